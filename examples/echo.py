@@ -1,0 +1,38 @@
+"""Echo server: gev's echo example in pygev.
+
+    python examples/echo.py --port 1833 --loops 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import resource
+
+import pygev
+
+
+class Echo(pygev.Handler):
+    def on_message(self, conn: pygev.Connection, ctx: object, data: bytes) -> bytes:
+        return data
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=1833, help="0 picks a free port")
+    parser.add_argument("--loops", type=int, default=0, help="loop threads, 0 = one per CPU")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # Many connections need many descriptors: raise the soft limit to the hard one.
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+    server = pygev.Server(Echo(), f"{args.host}:{args.port}", num_loops=args.loops)
+    host, port = server.address
+    print(f"pygev echo server listening on {host}:{port}", flush=True)
+    server.start()
+
+
+if __name__ == "__main__":
+    main()

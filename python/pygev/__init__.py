@@ -1,0 +1,28 @@
+"""pygev: gev for Python, a fast Reactor-pattern TCP server library with a Rust core.
+
+Write a :class:`Handler`, give it to a :class:`Server`, call :meth:`Server.start`::
+
+    import pygev
+
+    class Echo(pygev.Handler):
+        def on_message(self, conn, ctx, data):
+            return data
+
+    pygev.Server(Echo(), "127.0.0.1:1833").start()
+"""
+
+from __future__ import annotations
+
+from pygev._handler import Handler
+from pygev._pygev import Connection, ConnectionClosed, Raw, Server, Timer
+
+__all__ = [
+    "Connection",
+    "ConnectionClosed",
+    "Handler",
+    "Raw",
+    "Server",
+    "Timer",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,106 @@
+//! Server settings shared by the acceptor and the loops.
+
+use std::time::Duration;
+
+/// How the acceptor picks the loop that takes a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Strategy {
+    /// Each loop in turn.
+    #[default]
+    RoundRobin,
+    /// The loop with the fewest open connections.
+    LeastConnections,
+}
+
+/// Every tunable of a server, with production defaults.
+///
+/// # Examples
+///
+/// ```
+/// use pygev_core::Config;
+///
+/// let config = Config { num_loops: 2, ..Config::default() };
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Number of loop threads (at least 1).
+    pub num_loops: usize,
+    /// One SO_REUSEPORT listener per loop instead of one acceptor thread.
+    pub reuse_port: bool,
+    /// How the acceptor spreads connections over loops.
+    pub strategy: Strategy,
+    /// Close connections that neither read nor wrote for this long.
+    pub idle_timeout: Option<Duration>,
+    /// listen(2) backlog.
+    pub backlog: i32,
+    /// How long `close()` and server stop wait for pending output before closing anyway.
+    pub drain_timeout: Duration,
+    /// Output bytes past which a connection stops reading until its output drains to half.
+    pub write_high_water: usize,
+    /// Output bytes past which a connection is closed (a peer that never reads).
+    pub max_write_buffer: usize,
+    /// Bytes of unparsed input a connection may hold before it is closed.
+    pub max_input_buffer: usize,
+    /// Bytes a loop may have queued for the dispatcher before it stops reading.
+    pub dispatch_high_water: usize,
+    /// Size of each loop's read buffer (one read(2) reads at most this much).
+    pub read_buffer_size: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            num_loops: 1,
+            reuse_port: false,
+            strategy: Strategy::RoundRobin,
+            idle_timeout: None,
+            backlog: 1024,
+            drain_timeout: Duration::from_secs(5),
+            write_high_water: 1 << 20,
+            max_write_buffer: 64 << 20,
+            max_input_buffer: 64 << 20,
+            dispatch_high_water: 32 << 20,
+            read_buffer_size: 64 << 10,
+        }
+    }
+}
+
+impl Config {
+    /// Checks the settings; the error message names the bad one.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.num_loops == 0 || self.num_loops > 1024 {
+            return Err(format!(
+                "pygev: num_loops must be between 1 and 1024, got {}",
+                self.num_loops
+            ));
+        }
+        if let Some(idle) = self.idle_timeout {
+            if idle.is_zero() {
+                return Err("pygev: idle_timeout must be positive".into());
+            }
+        }
+        if self.backlog < 1 {
+            return Err(format!(
+                "pygev: backlog must be positive, got {}",
+                self.backlog
+            ));
+        }
+        if self.write_high_water == 0 || self.max_write_buffer < self.write_high_water {
+            return Err(format!(
+                "pygev: need 0 < write_high_water <= max_write_buffer, got {} and {}",
+                self.write_high_water, self.max_write_buffer
+            ));
+        }
+        if self.max_input_buffer == 0 || self.dispatch_high_water == 0 {
+            return Err("pygev: buffer limits must be positive".into());
+        }
+        if self.read_buffer_size < 512 {
+            return Err(format!(
+                "pygev: read_buffer_size must be at least 512, got {}",
+                self.read_buffer_size
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,142 @@
+//! The queue that carries events from loop threads to the dispatcher, in batches.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::event::Event;
+
+/// Events from every loop, plus the dispatcher's timers and stop flag.
+///
+/// Loop threads [`push`](Self::push) the events of one poll iteration at once; the
+/// dispatcher [`wait`](Self::wait)s and takes everything queued in one swap, so one wake-up
+/// (and, in the binding, one GIL acquisition) serves a whole batch. No lock is held while
+/// events are handled.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use pygev_core::{DispatchQueue, Event};
+///
+/// let queue = DispatchQueue::new();
+/// queue.push(&mut vec![Event::Quiesced { loop_index: 0 }]);
+/// let mut batch = Vec::new();
+/// let mut due = Vec::new();
+/// queue.wait(&mut batch, &mut due, Duration::from_millis(10));
+/// assert_eq!(batch.len(), 1);
+/// ```
+#[derive(Debug, Default)]
+pub struct DispatchQueue {
+    state: Mutex<QueueState>,
+    ready: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    events: Vec<Event>,
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// The dispatcher sleeps on `ready` and must be notified.
+    waiting: bool,
+    /// A wake-up with no event (stop requested, or a timer scheduled).
+    interrupted: bool,
+    stop_requested: bool,
+}
+
+impl DispatchQueue {
+    /// Creates an empty queue.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        // A panic while holding this lock leaves plain data behind; keep going.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Moves all of `events` to the queue (leaving `events` empty), waking the dispatcher if
+    /// it sleeps.
+    pub fn push(&self, events: &mut Vec<Event>) {
+        if events.is_empty() {
+            return;
+        }
+        let mut state = self.lock();
+        if state.events.is_empty() {
+            std::mem::swap(&mut state.events, events);
+        } else {
+            state.events.append(events);
+        }
+        self.notify(&mut state);
+    }
+
+    fn notify(&self, state: &mut QueueState) {
+        if state.waiting {
+            state.waiting = false;
+            self.ready.notify_one();
+        }
+    }
+
+    /// Arranges for timer `id` to be reported as due at `deadline`.
+    pub fn schedule_timer(&self, deadline: Instant, id: u64) {
+        let mut state = self.lock();
+        state.timers.push(Reverse((deadline, id)));
+        state.interrupted = true;
+        self.notify(&mut state);
+    }
+
+    /// Asks the dispatcher to stop; it sees [`stop_requested`](Self::stop_requested) after
+    /// its current wait.
+    pub fn request_stop(&self) {
+        let mut state = self.lock();
+        state.stop_requested = true;
+        state.interrupted = true;
+        self.notify(&mut state);
+    }
+
+    /// Whether [`request_stop`](Self::request_stop) was called.
+    pub fn stop_requested(&self) -> bool {
+        self.lock().stop_requested
+    }
+
+    /// Waits up to `max_wait` for events, a due timer or a stop request.
+    ///
+    /// Queued events are swapped into `batch` (which should be empty; its allocation is
+    /// reused) and the ids of due timers appended to `due`, in deadline order.
+    pub fn wait(&self, batch: &mut Vec<Event>, due: &mut Vec<u64>, max_wait: Duration) {
+        let give_up = Instant::now() + max_wait;
+        let mut state = self.lock();
+        loop {
+            let now = Instant::now();
+            while let Some(Reverse((deadline, id))) = state.timers.peek().copied() {
+                if deadline > now {
+                    break;
+                }
+                state.timers.pop();
+                due.push(id);
+            }
+            if !state.events.is_empty() || !due.is_empty() || state.interrupted || now >= give_up {
+                state.interrupted = false;
+                std::mem::swap(&mut state.events, batch);
+                return;
+            }
+            let mut until = give_up;
+            if let Some(Reverse((deadline, _))) = state.timers.peek() {
+                until = until.min(*deadline);
+            }
+            state.waiting = true;
+            state = self
+                .ready
+                .wait_timeout(state, until.saturating_duration_since(now))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+            state.waiting = false;
+        }
+    }
+
+    /// Takes whatever is queued without waiting.
+    pub fn try_take(&self, batch: &mut Vec<Event>) {
+        let mut state = self.lock();
+        std::mem::swap(&mut state.events, batch);
+    }
+}

@@ -1,0 +1,115 @@
+//! What loop threads tell the dispatcher (`Event`) and what they are told (`Command`).
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use mio::net::TcpStream;
+
+/// Addresses of a newly accepted connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectInfo {
+    /// Server-unique connection id.
+    pub id: u64,
+    /// The remote end.
+    pub peer: SocketAddr,
+    /// Our end.
+    pub local: SocketAddr,
+}
+
+/// One thing that happened in a loop thread, for the dispatcher to hand to Python.
+///
+/// Events of one loop reach the dispatcher in the order the loop produced them, so a
+/// connection's `Connect` precedes its `Message`s, which precede its `Closed`; a token is
+/// only reused after its `Closed`.
+#[derive(Debug)]
+pub enum Event {
+    /// A connection was accepted and registered under `token`.
+    Connect {
+        /// Index of the loop that owns the connection.
+        loop_index: u32,
+        /// The connection's slot in that loop.
+        token: u32,
+        /// Its addresses (boxed: events stay small on the hot path).
+        info: Box<ConnectInfo>,
+    },
+    /// One whole message (for the raw protocol: one read's worth of bytes).
+    Message {
+        /// Index of the loop that owns the connection.
+        loop_index: u32,
+        /// The connection's slot in that loop.
+        token: u32,
+        /// The payload.
+        data: Vec<u8>,
+    },
+    /// The peer finished sending (EOF). The loop keeps the connection open so that replies
+    /// to messages already dispatched can still be written; the dispatcher answers with
+    /// [`Command::Close`] once those messages have been handled.
+    PeerClosed {
+        /// Index of the loop that owns the connection.
+        loop_index: u32,
+        /// The connection's slot in that loop.
+        token: u32,
+    },
+    /// The connection's socket has been closed; its token may be reused after this.
+    Closed {
+        /// Index of the loop that owned the connection.
+        loop_index: u32,
+        /// The connection's slot in that loop.
+        token: u32,
+    },
+    /// The loop answered [`Command::Quiesce`]: it reads and accepts nothing more, and every
+    /// event it produced before this one is already queued.
+    Quiesced {
+        /// Index of the loop.
+        loop_index: u32,
+    },
+    /// The loop closed its last connection after [`Command::Drain`] and its thread ends.
+    LoopExited {
+        /// Index of the loop.
+        loop_index: u32,
+    },
+}
+
+/// An instruction posted to a loop's mailbox.
+#[derive(Debug)]
+pub enum Command {
+    /// Take over an accepted connection.
+    Register {
+        /// The accepted socket (non-blocking, TCP_NODELAY set).
+        stream: TcpStream,
+        /// The remote address accept(2) reported.
+        peer: SocketAddr,
+    },
+    /// Pack `data` with the loop's protocol and write it.
+    Send {
+        /// The connection's slot.
+        token: u32,
+        /// The connection's id, so a reused slot never receives a stale command.
+        id: u64,
+        /// The payload, before packing.
+        data: Vec<u8>,
+    },
+    /// Flush pending output, then shut down the write side (the peer sees EOF).
+    ShutdownWrite {
+        /// The connection's slot.
+        token: u32,
+        /// The connection's id.
+        id: u64,
+    },
+    /// Stop reading, flush pending output (bounded by the drain timeout), then close.
+    Close {
+        /// The connection's slot.
+        token: u32,
+        /// The connection's id.
+        id: u64,
+    },
+    /// The dispatcher caught up: resume reading connections paused for dispatch backpressure.
+    Resume,
+    /// Stop accepting and reading; answer with [`Event::Quiesced`].
+    Quiesce,
+    /// Flush and close every connection (forcibly at `deadline`), then end the thread.
+    Drain {
+        /// When connections still holding output are closed anyway.
+        deadline: Instant,
+    },
+}

@@ -1,0 +1,692 @@
+//! One reactor thread: a `mio::Poll`, its connections, its mailbox.
+
+use std::io::{self, Read};
+use std::net::Shutdown;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+
+use crate::acceptor::{accept_batch, AcceptOutcome};
+use crate::config::Config;
+use crate::dispatch_queue::DispatchQueue;
+use crate::event::{Command, ConnectInfo, Event};
+use crate::loop_handle::LoopHandle;
+use crate::protocol::{FrameSink, Protocol, ProtocolState};
+use crate::ring_buffer::RingBuffer;
+use crate::stats::LoopStats;
+
+const WAKER: Token = Token(usize::MAX);
+const LISTENER: Token = Token(usize::MAX - 1);
+
+/// Reads per readiness event before other connections get their turn.
+const READ_BUDGET: usize = 16;
+/// How often a loop looks for idle connections and expired drain deadlines.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+/// How long accepting pauses after EMFILE and friends, so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Connection state bits.
+mod flag {
+    /// The socket may have unread bytes (edge-triggered: remembered until WouldBlock).
+    pub const READ_READY: u16 = 1;
+    /// The last write hit WouldBlock; wait for a writable event.
+    pub const WRITE_BLOCKED: u16 = 1 << 1;
+    /// Output passed the high-water mark: not reading until it drains.
+    pub const OUTPUT_FULL: u16 = 1 << 2;
+    /// The peer sent EOF; nothing more to read.
+    pub const PEER_EOF: u16 = 1 << 3;
+    /// Closing: flush output, then close.
+    pub const CLOSING: u16 = 1 << 4;
+    /// Shut down the write side once output is flushed.
+    pub const SHUTDOWN_PENDING: u16 = 1 << 5;
+    /// The write side is shut down.
+    pub const WRITE_SHUT: u16 = 1 << 6;
+    /// Waiting in the deferred-read list (dispatch backpressure).
+    pub const DEFERRED: u16 = 1 << 7;
+    /// Waiting in the more-to-read list (read budget spent).
+    pub const MORE_TO_READ: u16 = 1 << 8;
+}
+
+struct Conn {
+    stream: TcpStream,
+    id: u64,
+    flags: u16,
+    input: RingBuffer,
+    output: RingBuffer,
+    state: ProtocolState,
+    last_active: Instant,
+    /// Set while closing: when to give up on flushing.
+    close_deadline: Option<Instant>,
+}
+
+impl Conn {
+    fn has(&self, bits: u16) -> bool {
+        self.flags & bits != 0
+    }
+
+    fn can_read(&self) -> bool {
+        !self.has(flag::OUTPUT_FULL | flag::PEER_EOF | flag::CLOSING)
+    }
+}
+
+/// Why a connection is closed right away.
+enum CloseCause {
+    /// Normal end: flushed, peer gone, idle, or stop.
+    Done,
+    /// Something the log should say.
+    Error(String),
+}
+
+/// One reactor thread's state. Built on the caller's thread, then moved into its own thread
+/// by [`EventLoop::run`].
+pub(crate) struct EventLoop {
+    index: u32,
+    poll: Poll,
+    handle: Arc<LoopHandle>,
+    conns: Slab<Conn>,
+    /// This loop's own SO_REUSEPORT listener, if any.
+    listener: Option<TcpListener>,
+    protocol: Arc<dyn Protocol>,
+    queue: Arc<DispatchQueue>,
+    config: Arc<Config>,
+    ids: Arc<AtomicU64>,
+    scratch: Vec<u8>,
+    frames: FrameSink,
+    events_out: Vec<Event>,
+    commands: Vec<Command>,
+    /// Connections not read because the dispatcher was behind.
+    deferred_reads: Vec<usize>,
+    /// Connections that spent their read budget and still have bytes.
+    more_to_read: Vec<usize>,
+    quiesced: bool,
+    draining: bool,
+    now: Instant,
+    next_sweep: Instant,
+    accept_paused_until: Option<Instant>,
+    last_accept_error_log: Option<Instant>,
+    write_buffered: usize,
+}
+
+impl EventLoop {
+    pub(crate) fn new(
+        index: u32,
+        listener: Option<std::net::TcpListener>,
+        protocol: Arc<dyn Protocol>,
+        queue: Arc<DispatchQueue>,
+        config: Arc<Config>,
+        ids: Arc<AtomicU64>,
+    ) -> io::Result<(EventLoop, Arc<LoopHandle>)> {
+        let poll = Poll::new()?;
+        let waker = Waker::new(poll.registry(), WAKER)?;
+        let handle = Arc::new(LoopHandle::new(index, waker));
+        let listener = match listener {
+            Some(std_listener) => {
+                std_listener.set_nonblocking(true)?;
+                let mut listener = TcpListener::from_std(std_listener);
+                poll.registry()
+                    .register(&mut listener, LISTENER, Interest::READABLE)?;
+                Some(listener)
+            }
+            None => None,
+        };
+        let now = Instant::now();
+        let event_loop = EventLoop {
+            index,
+            poll,
+            handle: handle.clone(),
+            conns: Slab::new(),
+            listener,
+            protocol,
+            queue,
+            scratch: vec![0; config.read_buffer_size],
+            config,
+            ids,
+            frames: FrameSink::new(),
+            events_out: Vec::new(),
+            commands: Vec::new(),
+            deferred_reads: Vec::new(),
+            more_to_read: Vec::new(),
+            quiesced: false,
+            draining: false,
+            now,
+            next_sweep: now + SWEEP_INTERVAL,
+            accept_paused_until: None,
+            last_accept_error_log: None,
+            write_buffered: 0,
+        };
+        Ok((event_loop, handle))
+    }
+
+    fn sweep_interval(&self) -> Duration {
+        match self.config.idle_timeout {
+            Some(idle) => (idle / 8).clamp(Duration::from_millis(5), SWEEP_INTERVAL),
+            None => SWEEP_INTERVAL,
+        }
+    }
+
+    /// Runs until drained after [`Command::Drain`]. Always ends with [`Event::LoopExited`].
+    pub(crate) fn run(mut self) {
+        let result = self.run_inner();
+        if let Err(err) = result {
+            log::error!("pygev: loop {} failed: {err}", self.index);
+            let tokens: Vec<usize> = self.conns.iter().map(|(t, _)| t).collect();
+            for token in tokens {
+                self.close_now(token, CloseCause::Done);
+            }
+        }
+        self.events_out.push(Event::LoopExited {
+            loop_index: self.index,
+        });
+        self.queue.push(&mut self.events_out);
+    }
+
+    fn run_inner(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout();
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+            self.now = Instant::now();
+            LoopStats::add(&self.handle.stats.wakeups, 1);
+            for event in events.iter() {
+                match event.token() {
+                    WAKER => self.drain_mailbox()?,
+                    LISTENER => self.accept(),
+                    Token(token) => {
+                        if event.is_writable() {
+                            if let Some(conn) = self.conns.get_mut(token) {
+                                conn.flags &= !flag::WRITE_BLOCKED;
+                                self.flush(token);
+                            }
+                        }
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            if let Some(conn) = self.conns.get_mut(token) {
+                                conn.flags |= flag::READ_READY;
+                                self.read(token);
+                            }
+                        }
+                    }
+                }
+            }
+            self.read_leftovers();
+            if self.accept_paused_until.is_some_and(|t| t <= self.now) {
+                self.accept_paused_until = None;
+                self.accept();
+            }
+            if self.now >= self.next_sweep {
+                self.sweep();
+                self.next_sweep = self.now + self.sweep_interval();
+            }
+            self.handle
+                .stats
+                .write_buffered
+                .store(self.write_buffered as u64, Ordering::Relaxed);
+            self.queue.push(&mut self.events_out);
+            if self.draining && self.conns.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        if !self.more_to_read.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let mut until = self.next_sweep;
+        if let Some(t) = self.accept_paused_until {
+            until = until.min(t);
+        }
+        Some(until.saturating_duration_since(Instant::now()))
+    }
+
+    // ---- mailbox ----------------------------------------------------------------------
+
+    fn drain_mailbox(&mut self) -> io::Result<()> {
+        let mut commands = std::mem::take(&mut self.commands);
+        self.handle.take(&mut commands);
+        for command in commands.drain(..) {
+            match command {
+                Command::Register { stream, peer } => self.register(stream, peer),
+                Command::Send { token, id, data } => self.send(token, id, &data),
+                Command::ShutdownWrite { token, id } => {
+                    if let Some(conn) = self.conn_mut(token, id) {
+                        conn.flags |= flag::SHUTDOWN_PENDING;
+                        self.flush(token as usize);
+                    }
+                }
+                Command::Close { token, id } => {
+                    if self.conn_mut(token, id).is_some() {
+                        self.begin_close(token as usize, self.now + self.config.drain_timeout);
+                    }
+                }
+                Command::Resume => self.resume_deferred(),
+                Command::Quiesce => self.quiesce()?,
+                Command::Drain { deadline } => self.drain(deadline),
+            }
+        }
+        self.commands = commands;
+        Ok(())
+    }
+
+    fn conn_mut(&mut self, token: u32, id: u64) -> Option<&mut Conn> {
+        self.conns
+            .get_mut(token as usize)
+            .filter(|conn| conn.id == id)
+    }
+
+    fn quiesce(&mut self) -> io::Result<()> {
+        self.quiesced = true;
+        if let Some(mut listener) = self.listener.take() {
+            self.poll.registry().deregister(&mut listener)?;
+        }
+        self.events_out.push(Event::Quiesced {
+            loop_index: self.index,
+        });
+        Ok(())
+    }
+
+    fn drain(&mut self, deadline: Instant) {
+        self.draining = true;
+        let tokens: Vec<usize> = self.conns.iter().map(|(t, _)| t).collect();
+        for token in tokens {
+            self.begin_close(token, deadline);
+        }
+    }
+
+    // ---- accepting --------------------------------------------------------------------
+
+    fn accept(&mut self) {
+        if self.accept_paused_until.is_some() {
+            return;
+        }
+        let Some(listener) = self.listener.as_ref() else {
+            return;
+        };
+        let mut accepted = Vec::new();
+        let outcome = accept_batch(listener, &mut accepted);
+        for (stream, peer) in accepted {
+            self.register(stream, peer);
+        }
+        if let AcceptOutcome::Backoff(err) = outcome {
+            self.accept_paused_until = Some(self.now + ACCEPT_BACKOFF);
+            let quiet = self
+                .last_accept_error_log
+                .is_some_and(|t| self.now.duration_since(t) < Duration::from_secs(1));
+            if !quiet {
+                log::warn!("pygev: accept failed ({err}); pausing accepts for 100 ms");
+                self.last_accept_error_log = Some(self.now);
+            }
+        }
+    }
+
+    fn register(&mut self, mut stream: TcpStream, peer: std::net::SocketAddr) {
+        let entry = self.conns.vacant_entry();
+        let token = entry.key();
+        if token >= LISTENER.0 {
+            return; // cannot happen: the slab would need 2^64 entries
+        }
+        let local = match stream.local_addr() {
+            Ok(local) => local,
+            Err(_) => return, // already reset by the peer: drop it
+        };
+        if let Err(err) = self.poll.registry().register(
+            &mut stream,
+            Token(token),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            log::warn!("pygev: could not register connection from {peer}: {err}");
+            return;
+        }
+        let id = self.ids.fetch_add(1, Ordering::Relaxed);
+        entry.insert(Conn {
+            stream,
+            id,
+            flags: 0,
+            input: RingBuffer::new(),
+            output: RingBuffer::new(),
+            state: self.protocol.new_state(),
+            last_active: self.now,
+            close_deadline: None,
+        });
+        LoopStats::add(&self.handle.stats.accepted, 1);
+        self.events_out.push(Event::Connect {
+            loop_index: self.index,
+            token: token as u32,
+            info: Box::new(ConnectInfo { id, peer, local }),
+        });
+        if self.quiesced {
+            self.begin_close(token, self.now + self.config.drain_timeout);
+        }
+    }
+
+    // ---- reading ----------------------------------------------------------------------
+
+    fn dispatch_backlogged(&self) -> bool {
+        self.handle.pending_dispatch.load(Ordering::SeqCst) > self.config.dispatch_high_water
+    }
+
+    fn read(&mut self, token: usize) {
+        if self.quiesced {
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(token) else {
+            return;
+        };
+        if !conn.can_read() || !conn.has(flag::READ_READY) {
+            return;
+        }
+        for _ in 0..READ_BUDGET {
+            if self.dispatch_backlogged() {
+                self.defer_read(token);
+                return;
+            }
+            let conn = &mut self.conns[token];
+            match conn.stream.read(&mut self.scratch) {
+                Ok(0) => {
+                    conn.flags = (conn.flags | flag::PEER_EOF) & !flag::READ_READY;
+                    self.events_out.push(Event::PeerClosed {
+                        loop_index: self.index,
+                        token: token as u32,
+                    });
+                    return;
+                }
+                Ok(n) => {
+                    conn.last_active = self.now;
+                    LoopStats::add(&self.handle.stats.bytes_in, n as u64);
+                    if let Err(cause) = self.feed(token, n) {
+                        self.close_now(token, cause);
+                        return;
+                    }
+                    // NOTE: on Linux a short read means the socket was drained, and epoll
+                    // (edge-triggered) reports any later arrival; skipping the read that
+                    // would return EAGAIN saves a system call per message.
+                    if n < self.scratch.len() {
+                        self.conns[token].flags &= !flag::READ_READY;
+                        return;
+                    }
+                    if !self.conns[token].can_read() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    conn.flags &= !flag::READ_READY;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let cause = reset_cause(&e);
+                    self.close_now(token, cause);
+                    return;
+                }
+            }
+        }
+        let conn = &mut self.conns[token];
+        if !conn.has(flag::MORE_TO_READ) {
+            conn.flags |= flag::MORE_TO_READ;
+            self.more_to_read.push(token);
+        }
+    }
+
+    /// Runs the protocol over `n` new bytes in the scratch buffer (after any leftover).
+    fn feed(&mut self, token: usize, n: usize) -> Result<(), CloseCause> {
+        let conn = &mut self.conns[token];
+        let data = &self.scratch[..n];
+        let result = if conn.input.is_empty() {
+            self.protocol
+                .unpack(&mut conn.state, data, &mut self.frames)
+                .map(|used| conn.input.write(&data[used..]))
+        } else {
+            conn.input.write(data);
+            let input = conn.input.make_contiguous();
+            self.protocol
+                .unpack(&mut conn.state, input, &mut self.frames)
+                .map(|used| conn.input.retrieve(used))
+        };
+        let mut bytes = 0;
+        let count = self.frames.len();
+        for data in self.frames.drain() {
+            bytes += data.len();
+            self.events_out.push(Event::Message {
+                loop_index: self.index,
+                token: token as u32,
+                data,
+            });
+        }
+        if count > 0 {
+            self.handle
+                .pending_dispatch
+                .fetch_add(bytes, Ordering::SeqCst);
+            LoopStats::add(&self.handle.stats.messages_in, count as u64);
+        }
+        if let Err(err) = result {
+            return Err(CloseCause::Error(format!(
+                "{} (protocol {}, connection {})",
+                err,
+                self.protocol.name(),
+                conn.id
+            )));
+        }
+        if conn.input.len() > self.config.max_input_buffer {
+            return Err(CloseCause::Error(format!(
+                "pygev: connection {} holds {} bytes of unparsed input, over max_input_buffer {}",
+                conn.id,
+                conn.input.len(),
+                self.config.max_input_buffer
+            )));
+        }
+        Ok(())
+    }
+
+    fn defer_read(&mut self, token: usize) {
+        let conn = &mut self.conns[token];
+        if !conn.has(flag::DEFERRED) {
+            conn.flags |= flag::DEFERRED;
+            self.deferred_reads.push(token);
+        }
+        if !self.handle.dispatch_paused.swap(true, Ordering::SeqCst) {
+            // The dispatcher may have caught up between our check and the flag: look again.
+            let pending = self.handle.pending_dispatch.load(Ordering::SeqCst);
+            if pending <= self.config.dispatch_high_water / 2
+                && self.handle.dispatch_paused.swap(false, Ordering::SeqCst)
+            {
+                self.resume_deferred();
+            }
+        }
+    }
+
+    fn resume_deferred(&mut self) {
+        let tokens = std::mem::take(&mut self.deferred_reads);
+        for token in &tokens {
+            if let Some(conn) = self.conns.get_mut(*token) {
+                conn.flags &= !flag::DEFERRED;
+            }
+        }
+        for token in tokens {
+            if self.conns.contains(token) {
+                self.read(token);
+            }
+        }
+    }
+
+    fn read_leftovers(&mut self) {
+        if self.more_to_read.is_empty() {
+            return;
+        }
+        let tokens = std::mem::take(&mut self.more_to_read);
+        for token in tokens {
+            if let Some(conn) = self.conns.get_mut(token) {
+                conn.flags &= !flag::MORE_TO_READ;
+                self.read(token);
+            }
+        }
+    }
+
+    // ---- writing ----------------------------------------------------------------------
+
+    fn send(&mut self, token: u32, id: u64, data: &[u8]) {
+        let protocol = self.protocol.clone();
+        let Some(conn) = self.conn_mut(token, id) else {
+            return;
+        };
+        if conn.has(flag::WRITE_SHUT | flag::SHUTDOWN_PENDING) {
+            return;
+        }
+        let before = conn.output.len();
+        if protocol.pack_is_identity() {
+            conn.output.write(data);
+        } else {
+            let mut packed = Vec::with_capacity(data.len() + 16);
+            protocol.pack(&mut conn.state, data, &mut packed);
+            conn.output.write(&packed);
+        }
+        self.write_buffered += conn.output.len() - before;
+        self.flush(token as usize);
+    }
+
+    /// Writes as much pending output as the socket takes, then applies what follows from
+    /// the output's new size (resume reading, shut down, close).
+    fn flush(&mut self, token: usize) {
+        let Some(conn) = self.conns.get_mut(token) else {
+            return;
+        };
+        while !conn.output.is_empty() && !conn.has(flag::WRITE_BLOCKED) {
+            let before = conn.output.len();
+            match conn.output.write_to(&mut conn.stream) {
+                Ok(n) => {
+                    self.write_buffered -= before - conn.output.len();
+                    conn.last_active = self.now;
+                    LoopStats::add(&self.handle.stats.bytes_out, n as u64);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    conn.flags |= flag::WRITE_BLOCKED;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let cause = reset_cause(&e);
+                    self.close_now(token, cause);
+                    return;
+                }
+            }
+        }
+        let pending = conn.output.len();
+        if pending > self.config.max_write_buffer {
+            let message = format!(
+                "pygev: connection {} has {} bytes of unsent output, over max_write_buffer {}; \
+                 closing it (the peer is not reading)",
+                conn.id, pending, self.config.max_write_buffer
+            );
+            self.close_now(token, CloseCause::Error(message));
+            return;
+        }
+        if pending > self.config.write_high_water {
+            if !conn.has(flag::OUTPUT_FULL) {
+                conn.flags |= flag::OUTPUT_FULL;
+                LoopStats::add(&self.handle.stats.read_pauses, 1);
+            }
+            return;
+        }
+        if conn.has(flag::OUTPUT_FULL) && pending <= self.config.write_high_water / 2 {
+            conn.flags &= !flag::OUTPUT_FULL;
+            if conn.has(flag::READ_READY) {
+                self.read(token);
+                if !self.conns.contains(token) {
+                    return;
+                }
+            }
+        }
+        let conn = &mut self.conns[token];
+        if pending > 0 {
+            return;
+        }
+        if conn.has(flag::CLOSING) {
+            self.close_now(token, CloseCause::Done);
+        } else if conn.has(flag::SHUTDOWN_PENDING) {
+            conn.flags = (conn.flags | flag::WRITE_SHUT) & !flag::SHUTDOWN_PENDING;
+            let _ = conn.stream.shutdown(Shutdown::Write);
+        }
+    }
+
+    // ---- closing ----------------------------------------------------------------------
+
+    /// Stops reading and closes once output is flushed, or at `deadline`.
+    fn begin_close(&mut self, token: usize, deadline: Instant) {
+        let Some(conn) = self.conns.get_mut(token) else {
+            return;
+        };
+        conn.flags |= flag::CLOSING;
+        let deadline = conn.close_deadline.map_or(deadline, |d| d.min(deadline));
+        conn.close_deadline = Some(deadline);
+        if conn.output.is_empty() || conn.has(flag::WRITE_SHUT) {
+            self.close_now(token, CloseCause::Done);
+        } else {
+            self.flush(token);
+        }
+    }
+
+    fn close_now(&mut self, token: usize, cause: CloseCause) {
+        let Some(mut conn) = self.conns.try_remove(token) else {
+            return;
+        };
+        if let CloseCause::Error(message) = cause {
+            log::warn!("{message}");
+        }
+        self.write_buffered -= conn.output.len();
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        drop(conn);
+        LoopStats::add(&self.handle.stats.closed, 1);
+        self.events_out.push(Event::Closed {
+            loop_index: self.index,
+            token: token as u32,
+        });
+    }
+
+    /// Closes idle connections and connections whose drain deadline passed.
+    fn sweep(&mut self) {
+        let now = self.now;
+        let idle = self.config.idle_timeout;
+        let mut expired = Vec::new();
+        let mut idle_conns = Vec::new();
+        for (token, conn) in self.conns.iter() {
+            if let Some(deadline) = conn.close_deadline {
+                if deadline <= now {
+                    expired.push(token);
+                }
+            } else if idle.is_some_and(|idle| now.duration_since(conn.last_active) >= idle) {
+                idle_conns.push(token);
+            }
+        }
+        for token in expired {
+            let id = self.conns[token].id;
+            let pending = self.conns[token].output.len();
+            self.close_now(
+                token,
+                CloseCause::Error(format!(
+                    "pygev: connection {id} closed with {pending} bytes unsent: drain timeout"
+                )),
+            );
+        }
+        for token in idle_conns {
+            log::debug!(
+                "pygev: closing connection {} after idle timeout",
+                self.conns[token].id
+            );
+            self.begin_close(token, now + self.config.drain_timeout);
+        }
+    }
+}
+
+fn reset_cause(err: &io::Error) -> CloseCause {
+    match err.kind() {
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::ConnectionAborted => CloseCause::Done,
+        _ => CloseCause::Error(format!("pygev: connection error: {err}")),
+    }
+}

@@ -1,0 +1,27 @@
+//! pygev's reactor core: mio event loops on several threads, per-connection ring buffers,
+//! native framing, and the batched queue that carries whole messages to a dispatcher.
+//!
+//! The crate knows nothing of Python; `pygev-py` binds it. A [`Server`] binds, then
+//! [`Server::start`] spawns the loops; whoever drives it drains the [`DispatchQueue`] and
+//! posts [`Command`]s back through each loop's [`LoopHandle`].
+#![deny(missing_docs)]
+
+mod acceptor;
+mod config;
+mod dispatch_queue;
+mod event;
+mod event_loop;
+mod loop_handle;
+mod protocol;
+mod ring_buffer;
+mod server;
+mod stats;
+
+pub use config::{Config, Strategy};
+pub use dispatch_queue::DispatchQueue;
+pub use event::{Command, ConnectInfo, Event};
+pub use loop_handle::LoopHandle;
+pub use protocol::{FrameSink, Protocol, ProtocolError, ProtocolState, Raw};
+pub use ring_buffer::RingBuffer;
+pub use server::{parse_address, Running, Server};
+pub use stats::{LoopStats, LoopStatsSnapshot};

@@ -1,0 +1,157 @@
+//! Framing: the `Protocol` trait every native framing implements, and the raw protocol.
+
+use std::any::Any;
+use std::fmt;
+
+/// Per-connection state a protocol may keep between calls (`None` for stateless framings).
+pub type ProtocolState = Option<Box<dyn Any + Send>>;
+
+/// Why a protocol refused a connection's input; the connection is closed with this message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtocolError {
+    message: String,
+}
+
+impl ProtocolError {
+    /// Creates an error; the message should start with `pygev:` and name the limit it broke.
+    pub fn new(message: impl Into<String>) -> Self {
+        ProtocolError {
+            message: message.into(),
+        }
+    }
+
+    /// The message logged when the connection is closed.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ProtocolError {}
+
+/// Collects the whole frames a protocol finds in its input.
+///
+/// Frames are copied out of the input as they are pushed, so the protocol may report the
+/// input consumed right away.
+#[derive(Debug, Default)]
+pub struct FrameSink {
+    frames: Vec<Vec<u8>>,
+}
+
+impl FrameSink {
+    /// Creates an empty sink.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records one whole frame's payload.
+    pub fn push(&mut self, payload: &[u8]) {
+        self.frames.push(payload.to_vec());
+    }
+
+    /// Records one whole frame's payload, taking ownership of it.
+    pub fn push_owned(&mut self, payload: Vec<u8>) {
+        self.frames.push(payload);
+    }
+
+    /// Number of frames recorded since the last drain.
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Whether no frame has been recorded since the last drain.
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Takes the recorded frames, in order.
+    pub fn drain(&mut self) -> std::vec::Drain<'_, Vec<u8>> {
+        self.frames.drain(..)
+    }
+}
+
+/// A framing run by the loop threads: it splits input bytes into whole frames and wraps
+/// outgoing payloads.
+///
+/// The trait is deliberately narrow (byte slices in, byte slices out, an opaque state per
+/// connection, an error string) so that it can be carried through a C ABI: a third-party
+/// plugin has exactly the same powers as the built-in protocols.
+///
+/// # Examples
+///
+/// ```
+/// use pygev_core::{FrameSink, Protocol, Raw};
+///
+/// let raw = Raw;
+/// let mut state = raw.new_state();
+/// let mut sink = FrameSink::new();
+/// let consumed = raw.unpack(&mut state, b"ping", &mut sink).unwrap();
+/// assert_eq!(consumed, 4);
+/// assert_eq!(sink.drain().collect::<Vec<_>>(), vec![b"ping".to_vec()]);
+/// ```
+pub trait Protocol: Send + Sync {
+    /// A short name used in log lines.
+    fn name(&self) -> &str;
+
+    /// Creates the state for a new connection.
+    fn new_state(&self) -> ProtocolState {
+        None
+    }
+
+    /// Pushes every whole frame found at the start of `input` into `frames` and returns how
+    /// many bytes of `input` those frames used; the rest is kept and offered again, with more
+    /// bytes after it, on the next call.
+    ///
+    /// An `Err` closes the connection; a protocol must refuse a declared length over its
+    /// limit before asking for more input, so that no buffer grows past the limit.
+    fn unpack(
+        &self,
+        state: &mut ProtocolState,
+        input: &[u8],
+        frames: &mut FrameSink,
+    ) -> Result<usize, ProtocolError>;
+
+    /// Appends the wire form of `payload` to `out`.
+    fn pack(&self, state: &mut ProtocolState, payload: &[u8], out: &mut Vec<u8>);
+
+    /// Whether `pack` returns the payload unchanged, letting the write path skip a copy.
+    fn pack_is_identity(&self) -> bool {
+        false
+    }
+}
+
+/// The default protocol: every chunk of bytes read is one message, sent bytes go out as they
+/// are.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Raw;
+
+impl Protocol for Raw {
+    fn name(&self) -> &str {
+        "raw"
+    }
+
+    fn unpack(
+        &self,
+        _state: &mut ProtocolState,
+        input: &[u8],
+        frames: &mut FrameSink,
+    ) -> Result<usize, ProtocolError> {
+        if !input.is_empty() {
+            frames.push(input);
+        }
+        Ok(input.len())
+    }
+
+    fn pack(&self, _state: &mut ProtocolState, payload: &[u8], out: &mut Vec<u8>) {
+        out.extend_from_slice(payload);
+    }
+
+    fn pack_is_identity(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,237 @@
+//! Binding listeners and running the loop threads.
+
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use socket2::{Domain, Socket, Type};
+
+use crate::acceptor::Acceptor;
+use crate::config::Config;
+use crate::dispatch_queue::DispatchQueue;
+use crate::event::{Command, Event};
+use crate::event_loop::EventLoop;
+use crate::loop_handle::LoopHandle;
+use crate::protocol::Protocol;
+
+/// A bound server whose loops have not started yet.
+///
+/// Binding happens in [`Server::bind`], so the address is known (and errors such as
+/// "address in use" surface) before anything runs. [`Server::start`] spawns the loop threads
+/// and the acceptor; the caller then drains the [`DispatchQueue`] and drives shutdown through
+/// the returned [`Running`].
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::Arc;
+/// use pygev_core::{Config, Raw, Server};
+///
+/// let server = Server::bind("127.0.0.1:0", Config::default(), Arc::new(Raw)).unwrap();
+/// assert_ne!(server.local_addr().port(), 0);
+/// ```
+pub struct Server {
+    config: Arc<Config>,
+    protocol: Arc<dyn Protocol>,
+    queue: Arc<DispatchQueue>,
+    listeners: Vec<std::net::TcpListener>,
+    local_addr: SocketAddr,
+}
+
+impl Server {
+    /// Validates `config`, resolves `address` (`"host:port"`, `"[::1]:0"`, `":1833"`) and
+    /// binds: one listener, or one SO_REUSEPORT listener per loop.
+    pub fn bind(address: &str, config: Config, protocol: Arc<dyn Protocol>) -> io::Result<Server> {
+        config
+            .validate()
+            .map_err(|msg| io::Error::new(io::ErrorKind::InvalidInput, msg))?;
+        let mut addr = parse_address(address)?;
+        let count = if config.reuse_port {
+            config.num_loops
+        } else {
+            1
+        };
+        let mut listeners = Vec::with_capacity(count);
+        for _ in 0..count {
+            let listener = bind_listener(addr, &config)?;
+            addr = listener.local_addr()?; // later listeners share the port picked first
+            listeners.push(listener);
+        }
+        Ok(Server {
+            config: Arc::new(config),
+            protocol,
+            queue: Arc::new(DispatchQueue::new()),
+            listeners,
+            local_addr: addr,
+        })
+    }
+
+    /// The address actually bound (with the real port when 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The queue the loops fill and the dispatcher drains.
+    pub fn queue(&self) -> &Arc<DispatchQueue> {
+        &self.queue
+    }
+
+    /// Closes the listening sockets without starting (a `stop()` before `start()`).
+    pub fn close_listeners(&mut self) {
+        self.listeners.clear();
+    }
+
+    /// Spawns the loop threads (and the acceptor, unless each loop has its own listener).
+    pub fn start(&mut self) -> io::Result<Running> {
+        if self.listeners.is_empty() {
+            return Err(io::Error::other("pygev: server was stopped"));
+        }
+        let ids = Arc::new(AtomicU64::new(1));
+        let mut listeners = std::mem::take(&mut self.listeners).into_iter();
+        let shared_listener = if self.config.reuse_port {
+            None
+        } else {
+            listeners.next()
+        };
+        let mut running = Running {
+            loops: Vec::new(),
+            threads: Vec::new(),
+            acceptor: None,
+        };
+        let mut loops = Vec::new();
+        for index in 0..self.config.num_loops {
+            let (event_loop, handle) = EventLoop::new(
+                index as u32,
+                listeners.next(),
+                self.protocol.clone(),
+                self.queue.clone(),
+                self.config.clone(),
+                ids.clone(),
+            )?;
+            loops.push(event_loop);
+            running.loops.push(handle);
+        }
+        for (index, event_loop) in loops.into_iter().enumerate() {
+            let queue = self.queue.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("pygev-loop-{index}"))
+                .spawn(move || {
+                    if catch_unwind(AssertUnwindSafe(|| event_loop.run())).is_err() {
+                        log::error!("pygev: loop {index} panicked; its connections are lost");
+                        queue.push(&mut vec![Event::LoopExited {
+                            loop_index: index as u32,
+                        }]);
+                    }
+                })?;
+            running.threads.push(thread);
+        }
+        if let Some(listener) = shared_listener {
+            running.acceptor = Some(Acceptor::spawn(
+                listener,
+                running.loops.clone(),
+                self.config.strategy,
+            )?);
+        }
+        Ok(running)
+    }
+}
+
+/// The threads of a started server, and the steps of its orderly shutdown.
+///
+/// Shutdown goes: [`stop_accepting`](Self::stop_accepting), [`quiesce`](Self::quiesce)
+/// (each loop answers [`Event::Quiesced`] once every message it read is queued), the
+/// dispatcher handles what is queued, then [`drain`](Self::drain) (each loop flushes and
+/// closes its connections and answers [`Event::LoopExited`]), then [`join`](Self::join).
+pub struct Running {
+    loops: Vec<Arc<LoopHandle>>,
+    threads: Vec<JoinHandle<()>>,
+    acceptor: Option<Acceptor>,
+}
+
+impl Running {
+    /// Handles to the loops, indexed by loop index.
+    pub fn loops(&self) -> &[Arc<LoopHandle>] {
+        &self.loops
+    }
+
+    /// Stops the acceptor thread and closes its listener; returns once it has ended.
+    pub fn stop_accepting(&mut self) {
+        if let Some(mut acceptor) = self.acceptor.take() {
+            acceptor.stop();
+        }
+    }
+
+    /// Tells every loop to stop reading and accepting.
+    pub fn quiesce(&self) {
+        self.broadcast(|| Command::Quiesce);
+    }
+
+    /// Tells every loop to flush and close its connections, forcibly at `deadline`.
+    pub fn drain(&self, deadline: Instant) {
+        self.broadcast(|| Command::Drain { deadline });
+    }
+
+    fn broadcast(&self, command: impl Fn() -> Command) {
+        for handle in &self.loops {
+            if let Err(e) = handle.post(command()) {
+                log::error!("pygev: could not wake loop {}: {e}", handle.index());
+            }
+        }
+    }
+
+    /// Waits for the loop threads to end.
+    pub fn join(&mut self) {
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn invalid(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, message)
+}
+
+/// Resolves `"host:port"`; an empty host (`":1833"`) means every IPv4 interface.
+pub fn parse_address(address: &str) -> io::Result<SocketAddr> {
+    if let Ok(addr) = address.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let (host, port) = address.rsplit_once(':').ok_or_else(|| {
+        invalid(format!(
+            "pygev: address must be \"host:port\" (\"[::1]:port\" for IPv6), got {address:?}"
+        ))
+    })?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| invalid(format!("pygev: bad port in address {address:?}")))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host = if host.is_empty() { "0.0.0.0" } else { host };
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| invalid(format!("pygev: cannot resolve address {address:?}: {e}")))?
+        .next()
+        .ok_or_else(|| invalid(format!("pygev: address {address:?} resolves to nothing")))
+}
+
+fn bind_listener(addr: SocketAddr, config: &Config) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if config.reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket
+        .bind(&addr.into())
+        .map_err(|e| io::Error::new(e.kind(), format!("pygev: cannot bind {addr}: {e}")))?;
+    socket.listen(config.backlog)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}

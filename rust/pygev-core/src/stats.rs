@@ -1,0 +1,64 @@
+//! Counters kept by loop threads and read from any thread.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// A loop's counters; written by its thread, read by `Server::stats()`.
+#[derive(Debug, Default)]
+pub struct LoopStats {
+    pub(crate) accepted: AtomicU64,
+    pub(crate) closed: AtomicU64,
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+    pub(crate) messages_in: AtomicU64,
+    pub(crate) wakeups: AtomicU64,
+    pub(crate) read_pauses: AtomicU64,
+    pub(crate) write_buffered: AtomicU64,
+}
+
+/// A copy of a loop's counters at one moment.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LoopStatsSnapshot {
+    /// Connections registered with the loop.
+    pub accepted: u64,
+    /// Connections closed by the loop.
+    pub closed: u64,
+    /// Bytes read from sockets.
+    pub bytes_in: u64,
+    /// Bytes written to sockets.
+    pub bytes_out: u64,
+    /// Messages handed to the dispatcher.
+    pub messages_in: u64,
+    /// Times the loop's poll returned (a spinning loop shows here).
+    pub wakeups: u64,
+    /// Times a connection stopped reading because its output passed the high-water mark.
+    pub read_pauses: u64,
+    /// Bytes currently queued for writing, over all connections of the loop.
+    pub write_buffered: u64,
+}
+
+impl LoopStatsSnapshot {
+    /// Connections currently open.
+    pub fn open(&self) -> u64 {
+        self.accepted.saturating_sub(self.closed)
+    }
+}
+
+impl LoopStats {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    /// Reads every counter.
+    pub fn snapshot(&self) -> LoopStatsSnapshot {
+        LoopStatsSnapshot {
+            accepted: self.accepted.load(Relaxed),
+            closed: self.closed.load(Relaxed),
+            bytes_in: self.bytes_in.load(Relaxed),
+            bytes_out: self.bytes_out.load(Relaxed),
+            messages_in: self.messages_in.load(Relaxed),
+            wakeups: self.wakeups.load(Relaxed),
+            read_pauses: self.read_pauses.load(Relaxed),
+            write_buffered: self.write_buffered.load(Relaxed),
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! `pygev.Connection`: the Python face of one TCP connection.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+use pygev_core::Command;
+use pyo3::buffer::PyBuffer;
+use pyo3::gc::PyVisit;
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes};
+use pyo3::PyTraverseError;
+
+use crate::errors::Error;
+use crate::shared::Shared;
+
+const OPEN: u8 = 0;
+const WRITE_SHUT: u8 = 1;
+const CLOSED: u8 = 2;
+
+/// One client connection. Created by the server; handed to every callback.
+#[pyclass(module = "pygev._pygev", frozen)]
+pub struct Connection {
+    shared: Arc<Shared>,
+    pub(crate) loop_index: u32,
+    pub(crate) token: u32,
+    id: u64,
+    peer: SocketAddr,
+    local: SocketAddr,
+    state: AtomicU8,
+    context: Mutex<Option<Py<PyAny>>>,
+}
+
+impl Connection {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        loop_index: u32,
+        token: u32,
+        id: u64,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> Self {
+        Connection {
+            shared,
+            loop_index,
+            token,
+            id,
+            peer,
+            local,
+            state: AtomicU8::new(OPEN),
+            context: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn id_value(&self) -> u64 {
+        self.id
+    }
+
+    /// Whether `close()` was called or the connection is gone: its messages are skipped.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.state.load(Ordering::Acquire) == CLOSED
+    }
+
+    /// Marks the connection closed (the loop closed it, or a callback failed).
+    pub(crate) fn mark_closed(&self) {
+        self.state.store(CLOSED, Ordering::Release);
+    }
+
+    /// Queues `data` for writing; the dispatcher's own path for returned replies.
+    pub(crate) fn send_bytes(&self, data: Vec<u8>) -> Result<(), Error> {
+        match self.state.load(Ordering::Acquire) {
+            OPEN => {}
+            WRITE_SHUT => {
+                return Err(Error::Closed(format!(
+                    "pygev: connection {} has shut down its write side",
+                    self.id
+                )))
+            }
+            _ => return Err(self.closed_error()),
+        }
+        let command = Command::Send {
+            token: self.token,
+            id: self.id,
+            data,
+        };
+        if !self.shared.post(self.loop_index, command) {
+            return Err(self.closed_error());
+        }
+        Ok(())
+    }
+
+    /// Closes after flushing pending output (the dispatcher uses it after a failed callback).
+    pub(crate) fn close_now(&self) {
+        if self.state.swap(CLOSED, Ordering::AcqRel) != CLOSED {
+            self.shared.post(
+                self.loop_index,
+                Command::Close {
+                    token: self.token,
+                    id: self.id,
+                },
+            );
+        }
+    }
+
+    fn closed_error(&self) -> Error {
+        Error::Closed(format!("pygev: connection {} is closed", self.id))
+    }
+
+    fn context_slot(&self) -> std::sync::MutexGuard<'_, Option<Py<PyAny>>> {
+        self.context.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Copies a bytes-like object (bytes, bytearray, memoryview, any C-contiguous buffer).
+pub(crate) fn bytes_of(data: &Bound<'_, PyAny>) -> Result<Vec<u8>, Error> {
+    if let Ok(bytes) = data.cast::<PyBytes>() {
+        return Ok(bytes.as_bytes().to_vec());
+    }
+    if let Ok(array) = data.cast::<PyByteArray>() {
+        return Ok(array.to_vec());
+    }
+    if let Ok(buffer) = PyBuffer::<u8>::get(data) {
+        return buffer
+            .to_vec(data.py())
+            .map_err(|e| Error::Type(format!("pygev: cannot read buffer: {e}")));
+    }
+    Err(Error::Type(format!(
+        "pygev: expected bytes, bytearray or memoryview, got {}",
+        data.get_type()
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|_| "?".into())
+    )))
+}
+
+fn addr_tuple(addr: &SocketAddr) -> (String, u16) {
+    (addr.ip().to_string(), addr.port())
+}
+
+#[pymethods]
+impl Connection {
+    /// Queues `data` for writing, packed by the server's protocol.
+    ///
+    /// Thread-safe: callable from any thread and from inside callbacks (where the writes of
+    /// a whole batch go out together).
+    fn send(&self, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        Ok(self.send_bytes(bytes_of(data)?)?)
+    }
+
+    /// Flushes pending output, then shuts down the write side (the peer reads EOF).
+    fn shutdown_write(&self) -> PyResult<()> {
+        if self
+            .state
+            .compare_exchange(OPEN, WRITE_SHUT, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Ok(());
+        }
+        let command = Command::ShutdownWrite {
+            token: self.token,
+            id: self.id,
+        };
+        if !self.shared.post(self.loop_index, command) {
+            return Err(self.closed_error().into());
+        }
+        Ok(())
+    }
+
+    /// Stops reading, flushes pending output, then closes. Idempotent.
+    fn close(&self) {
+        self.close_now();
+    }
+
+    /// The peer's address as `(host, port)`.
+    #[getter]
+    fn peer_addr(&self) -> (String, u16) {
+        addr_tuple(&self.peer)
+    }
+
+    /// This end's address as `(host, port)`.
+    #[getter]
+    fn local_addr(&self) -> (String, u16) {
+        addr_tuple(&self.local)
+    }
+
+    /// A server-unique number for this connection.
+    #[getter]
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// False once the connection was closed (by either side).
+    #[getter]
+    fn connected(&self) -> bool {
+        !self.is_closed()
+    }
+
+    /// A free slot for the user's per-connection state (default `None`).
+    #[getter]
+    fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
+        match &*self.context_slot() {
+            Some(obj) => obj.clone_ref(py),
+            None => py.None(),
+        }
+    }
+
+    #[setter]
+    fn set_context(&self, value: Py<PyAny>) {
+        let old = self.context_slot().replace(value);
+        drop(old); // outside the lock: dropping may run arbitrary __del__ code
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<pygev.Connection id={} peer={} {}>",
+            self.id,
+            self.peer,
+            if self.is_closed() { "closed" } else { "open" }
+        )
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Ok(slot) = self.context.try_lock() {
+            visit.call(slot.as_ref())?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let old = self.context_slot().take();
+        drop(old);
+    }
+}

@@ -1,0 +1,311 @@
+//! The dispatcher: runs on the thread that called `Server.start()`, takes batches of events
+//! from the loops and calls the Python handler for each, under one GIL acquisition per batch.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pygev_core::{Event, Running};
+use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use crate::connection::{bytes_of, Connection};
+use crate::logging;
+use crate::shared::Shared;
+
+/// How long the dispatcher sleeps at most before looking at signals (Ctrl+C).
+const SIGNAL_CHECK_INTERVAL: Duration = Duration::from_millis(50);
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LoopPhase {
+    Serving,
+    Quiesced,
+    Exited,
+}
+
+/// The handler's callbacks, looked up once.
+pub(crate) struct Callbacks {
+    pub(crate) on_connect: Py<PyAny>,
+    pub(crate) on_message: Py<PyAny>,
+    pub(crate) on_close: Py<PyAny>,
+}
+
+pub(crate) struct Dispatcher<'py> {
+    py: Python<'py>,
+    shared: Arc<Shared>,
+    callbacks: Callbacks,
+    /// Per loop, the connection objects indexed by token.
+    conns: Vec<Vec<Option<Py<Connection>>>>,
+    /// Per loop, message bytes handled in the current batch.
+    handled_bytes: Vec<usize>,
+    phases: Vec<LoopPhase>,
+    drain_timeout: Duration,
+    dispatch_high_water: usize,
+    stopping: bool,
+    /// An exception to re-raise from `start()` once stopped (e.g. SystemExit).
+    pending_error: Option<PyErr>,
+}
+
+impl<'py> Dispatcher<'py> {
+    pub(crate) fn new(
+        py: Python<'py>,
+        shared: Arc<Shared>,
+        callbacks: Callbacks,
+        num_loops: usize,
+        drain_timeout: Duration,
+        dispatch_high_water: usize,
+    ) -> Self {
+        Dispatcher {
+            py,
+            shared,
+            callbacks,
+            conns: (0..num_loops).map(|_| Vec::new()).collect(),
+            handled_bytes: vec![0; num_loops],
+            phases: vec![LoopPhase::Serving; num_loops],
+            drain_timeout,
+            dispatch_high_water,
+            stopping: false,
+            pending_error: None,
+        }
+    }
+
+    /// Dispatches until the server is stopped and every loop has closed its connections.
+    pub(crate) fn run(mut self, running: &mut Running) -> PyResult<()> {
+        let queue = self.shared.queue.clone();
+        let mut batch = Vec::new();
+        let mut due = Vec::new();
+        let mut drain_sent = false;
+        while !self.phases.iter().all(|p| *p == LoopPhase::Exited) {
+            if !self.stopping && queue.stop_requested() {
+                self.stopping = true;
+                self.py.detach(|| running.stop_accepting());
+                running.quiesce();
+            }
+            self.py
+                .detach(|| queue.wait(&mut batch, &mut due, SIGNAL_CHECK_INTERVAL));
+            if let Err(err) = self.py.check_signals() {
+                self.on_interrupt(err);
+            }
+            if !batch.is_empty() || !due.is_empty() {
+                self.dispatch_batch(&mut batch, &mut due);
+            }
+            logging::emit_pending(self.py);
+            if self.stopping && !drain_sent && !self.phases.contains(&LoopPhase::Serving) {
+                // Every message read before the stop has been handled and its replies are
+                // posted; now the loops may flush and close.
+                running.drain(Instant::now() + self.drain_timeout);
+                drain_sent = true;
+            }
+        }
+        self.py.detach(|| running.join());
+        logging::emit_pending(self.py);
+        match self.pending_error.take() {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
+    }
+
+    fn on_interrupt(&mut self, err: PyErr) {
+        if err.is_instance_of::<PyKeyboardInterrupt>(self.py) {
+            if !self.stopping {
+                log::info!("pygev: interrupted (Ctrl+C); stopping the server");
+            }
+        } else if self.pending_error.is_none() {
+            self.pending_error = Some(err);
+        }
+        self.shared.queue.request_stop();
+    }
+
+    fn dispatch_batch(&mut self, batch: &mut Vec<Event>, due: &mut Vec<u64>) {
+        let count = batch.len() + due.len();
+        self.shared.begin_batch();
+        for event in batch.drain(..) {
+            self.handle(event);
+        }
+        if !self.stopping {
+            for id in due.drain(..) {
+                self.fire_timer(id);
+            }
+        }
+        due.clear();
+        self.shared.end_batch();
+        if let Some(loops) = self.shared.loops.get() {
+            for (handle, bytes) in loops.iter().zip(self.handled_bytes.iter_mut()) {
+                if let Err(e) = handle.dispatched(std::mem::take(bytes), self.dispatch_high_water) {
+                    log::error!("pygev: could not wake loop {}: {e}", handle.index());
+                }
+            }
+        }
+        let stats = &self.shared.stats;
+        stats.events.fetch_add(count as u64, Ordering::Relaxed);
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats.max_batch.fetch_max(count as u64, Ordering::Relaxed);
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Message {
+                loop_index,
+                token,
+                data,
+            } => {
+                self.handled_bytes[loop_index as usize] += data.len();
+                if let Some(conn) = self.conn(loop_index, token) {
+                    self.on_message(conn, &data);
+                }
+            }
+            Event::Connect {
+                loop_index,
+                token,
+                info,
+            } => {
+                let conn = Connection::new(
+                    self.shared.clone(),
+                    loop_index,
+                    token,
+                    info.id,
+                    info.peer,
+                    info.local,
+                );
+                let conn = match Py::new(self.py, conn) {
+                    Ok(conn) => conn,
+                    Err(err) => {
+                        logging::log_exception(self.py, "pygev: cannot create connection", &err);
+                        return;
+                    }
+                };
+                let table = &mut self.conns[loop_index as usize];
+                if table.len() <= token as usize {
+                    table.resize_with(token as usize + 1, || None);
+                }
+                table[token as usize] = Some(conn.clone_ref(self.py));
+                let result = self
+                    .callbacks
+                    .on_connect
+                    .call1(self.py, (conn.clone_ref(self.py),));
+                if let Err(err) = result {
+                    self.callback_failed("on_connect", &conn, err);
+                }
+            }
+            Event::PeerClosed { loop_index, token } => {
+                // Replies to the messages before the EOF are already in the outbox: close
+                // after them.
+                if let Some(conn) = self.conn(loop_index, token) {
+                    conn.get().close_now();
+                }
+            }
+            Event::Closed { loop_index, token } => {
+                let slot = self.conns[loop_index as usize]
+                    .get_mut(token as usize)
+                    .and_then(Option::take);
+                if let Some(conn) = slot {
+                    conn.get().mark_closed();
+                    if let Err(err) = self
+                        .callbacks
+                        .on_close
+                        .call1(self.py, (conn.clone_ref(self.py),))
+                    {
+                        self.report("on_close", &conn, &err);
+                        self.maybe_stop(err);
+                    }
+                }
+            }
+            Event::Quiesced { loop_index } => {
+                self.phases[loop_index as usize] = LoopPhase::Quiesced;
+            }
+            Event::LoopExited { loop_index } => {
+                self.phases[loop_index as usize] = LoopPhase::Exited;
+                if !self.stopping {
+                    log::error!("pygev: loop {loop_index} ended unexpectedly");
+                }
+            }
+        }
+    }
+
+    fn conn(&self, loop_index: u32, token: u32) -> Option<Py<Connection>> {
+        self.conns[loop_index as usize]
+            .get(token as usize)
+            .and_then(|slot| slot.as_ref())
+            .map(|conn| conn.clone_ref(self.py))
+    }
+
+    fn on_message(&mut self, conn: Py<Connection>, data: &[u8]) {
+        if conn.get().is_closed() {
+            return; // closed by the handler or after an error: drop what is left
+        }
+        let py = self.py;
+        let bytes = PyBytes::new(py, data);
+        let result = self
+            .callbacks
+            .on_message
+            .bind(py)
+            .call1((conn.bind(py), py.None(), bytes));
+        match result {
+            Ok(reply) if reply.is_none() => {}
+            Ok(reply) => match bytes_of(&reply) {
+                Ok(reply) => {
+                    // A reply after shutdown_write()/close() is dropped, as a send would be.
+                    let _ = conn.get().send_bytes(reply);
+                }
+                Err(err) => {
+                    let err: PyErr = err.into();
+                    self.callback_failed("on_message returned a non-bytes value and", &conn, err);
+                }
+            },
+            Err(err) => self.callback_failed("on_message", &conn, err),
+        }
+    }
+
+    /// Logs a failed callback and closes its connection only.
+    fn callback_failed(&mut self, what: &str, conn: &Py<Connection>, err: PyErr) {
+        self.report(what, conn, &err);
+        conn.get().close_now();
+        self.maybe_stop(err);
+    }
+
+    fn report(&self, what: &str, conn: &Py<Connection>, err: &PyErr) {
+        let message = format!(
+            "pygev: {what} raised; closing connection {}",
+            conn.get().id_value()
+        );
+        logging::log_exception(self.py, &message, err);
+    }
+
+    /// Ctrl+C or sys.exit() inside a callback stops the server instead of one connection.
+    fn maybe_stop(&mut self, err: PyErr) {
+        if err.is_instance_of::<PyKeyboardInterrupt>(self.py)
+            || err.is_instance_of::<PySystemExit>(self.py)
+        {
+            self.on_interrupt(err);
+        }
+    }
+
+    fn fire_timer(&mut self, id: u64) {
+        let callback = {
+            let mut timers = self.shared.lock_timers();
+            let Some(entry) = timers.get_mut(&id) else {
+                return; // cancelled
+            };
+            let callback = entry.callback.clone_ref(self.py);
+            match entry.interval {
+                Some(interval) => {
+                    let now = Instant::now();
+                    entry.deadline += interval;
+                    if entry.deadline <= now {
+                        entry.deadline = now + interval; // fell behind: do not burst
+                    }
+                    self.shared.queue.schedule_timer(entry.deadline, id);
+                }
+                None => {
+                    timers.remove(&id);
+                }
+            }
+            callback
+        };
+        if let Err(err) = callback.call0(self.py) {
+            logging::log_exception(self.py, "pygev: timer callback raised", &err);
+            self.maybe_stop(err);
+        }
+    }
+}

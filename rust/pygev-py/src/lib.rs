@@ -1,0 +1,25 @@
+//! `pygev._pygev`: the compiled half of pygev. Users import `pygev`, never this module.
+
+mod connection;
+mod dispatcher;
+mod errors;
+mod logging;
+mod protocols;
+mod server;
+mod shared;
+mod timer;
+
+/// pygev's compiled core: Server, Connection, Timer, protocols.
+#[pyo3::pymodule]
+mod _pygev {
+    #[pymodule_export]
+    use crate::connection::Connection;
+    #[pymodule_export]
+    use crate::errors::ConnectionClosed;
+    #[pymodule_export]
+    use crate::protocols::Raw;
+    #[pymodule_export]
+    use crate::server::Server;
+    #[pymodule_export]
+    use crate::timer::Timer;
+}

@@ -1,0 +1,355 @@
+//! `pygev.Server`: binds in the constructor, runs the dispatcher in `start()`.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use pygev_core::{Config, LoopStatsSnapshot, Strategy};
+use pyo3::gc::PyVisit;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+use pyo3::PyTraverseError;
+
+use crate::dispatcher::{Callbacks, Dispatcher};
+use crate::errors::Error;
+use crate::logging;
+use crate::protocols::protocol_from;
+use crate::shared::{Shared, TimerEntry};
+use crate::timer::Timer;
+
+const BOUND: u8 = 0;
+const RUNNING: u8 = 1;
+const STOPPED: u8 = 2;
+
+/// A TCP server: binds when constructed, serves in `start()`, ends with `stop()`.
+#[pyclass(module = "pygev._pygev", frozen)]
+pub struct Server {
+    shared: Arc<Shared>,
+    /// The bound core; taken by `start()` or dropped by `stop()`.
+    core: Mutex<Option<pygev_core::Server>>,
+    handler: Mutex<Option<Py<PyAny>>>,
+    state: AtomicU8,
+    address: std::net::SocketAddr,
+    config: Config,
+}
+
+fn seconds(name: &str, value: f64, allow_zero: bool) -> Result<Duration, Error> {
+    let ok = value.is_finite() && (value > 0.0 || (allow_zero && value == 0.0));
+    if !ok || Duration::try_from_secs_f64(value).is_err() {
+        let bound = if allow_zero { ">= 0" } else { "> 0" };
+        return Err(Error::Value(format!(
+            "pygev: {name} must be a finite number of seconds {bound}, got {value}"
+        )));
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+fn positive(name: &str, value: i64) -> Result<usize, Error> {
+    usize::try_from(value)
+        .ok()
+        .filter(|v| *v > 0)
+        .ok_or_else(|| Error::Value(format!("pygev: {name} must be positive, got {value}")))
+}
+
+impl Server {
+    fn lock_handler(&self) -> MutexGuard<'_, Option<Py<PyAny>>> {
+        self.handler.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_core(&self) -> MutexGuard<'_, Option<pygev_core::Server>> {
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn callbacks(&self, py: Python<'_>) -> PyResult<Callbacks> {
+        let handler = self
+            .lock_handler()
+            .as_ref()
+            .map(|h| h.clone_ref(py))
+            .ok_or_else(|| Error::State("pygev: the server's handler was cleared".into()))?;
+        let handler = handler.bind(py);
+        Ok(Callbacks {
+            on_connect: handler.getattr("on_connect")?.unbind(),
+            on_message: handler.getattr("on_message")?.unbind(),
+            on_close: handler.getattr("on_close")?.unbind(),
+        })
+    }
+
+    fn schedule(
+        &self,
+        py: Python<'_>,
+        delay: Duration,
+        interval: Option<Duration>,
+        callback: &Bound<'_, PyAny>,
+    ) -> PyResult<Timer> {
+        if !callback.is_callable() {
+            return Err(Error::Type("pygev: timer callback must be callable".into()).into());
+        }
+        if self.state.load(Ordering::Acquire) == STOPPED {
+            return Err(Error::State("pygev: server is stopped".into()).into());
+        }
+        let id = self.shared.add_timer(TimerEntry {
+            callback: callback.clone().unbind(),
+            interval,
+            deadline: Instant::now() + delay,
+        });
+        let _ = py;
+        Ok(Timer::new(self.shared.clone(), id))
+    }
+}
+
+fn snapshot_dict<'py>(py: Python<'py>, s: &LoopStatsSnapshot) -> PyResult<Bound<'py, PyDict>> {
+    let dict = PyDict::new(py);
+    dict.set_item("connections", s.open())?;
+    dict.set_item("accepted", s.accepted)?;
+    dict.set_item("closed", s.closed)?;
+    dict.set_item("bytes_in", s.bytes_in)?;
+    dict.set_item("bytes_out", s.bytes_out)?;
+    dict.set_item("messages_in", s.messages_in)?;
+    dict.set_item("loop_wakeups", s.wakeups)?;
+    dict.set_item("read_pauses", s.read_pauses)?;
+    dict.set_item("write_buffered", s.write_buffered)?;
+    Ok(dict)
+}
+
+#[pymethods]
+impl Server {
+    /// Validates the settings and binds the listening socket(s).
+    #[new]
+    #[pyo3(signature = (
+        handler,
+        address = "0.0.0.0:1833",
+        *,
+        num_loops = 0,
+        protocol = None,
+        reuse_port = false,
+        strategy = "round_robin",
+        idle_timeout = None,
+        backlog = 1024,
+        drain_timeout = 5.0,
+        write_high_water = 1 << 20,
+        max_write_buffer = 64 << 20,
+        max_input_buffer = 64 << 20,
+        dispatch_high_water = 32 << 20,
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn py_new(
+        handler: &Bound<'_, PyAny>,
+        address: &str,
+        num_loops: i64,
+        protocol: Option<&Bound<'_, PyAny>>,
+        reuse_port: bool,
+        strategy: &str,
+        idle_timeout: Option<f64>,
+        backlog: i64,
+        drain_timeout: f64,
+        write_high_water: i64,
+        max_write_buffer: i64,
+        max_input_buffer: i64,
+        dispatch_high_water: i64,
+    ) -> PyResult<Self> {
+        for name in ["on_connect", "on_message", "on_close"] {
+            let callable = handler
+                .getattr(name)
+                .map(|attr| attr.is_callable())
+                .unwrap_or(false);
+            if !callable {
+                return Err(Error::Type(format!(
+                    "pygev: handler must have a callable {name}() (subclass pygev.Handler)"
+                ))
+                .into());
+            }
+        }
+        let num_loops = match num_loops {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n if n < 0 => {
+                return Err(Error::Value(format!(
+                    "pygev: num_loops must be >= 0 (0 = one per CPU), got {n}"
+                ))
+                .into())
+            }
+            n => n as usize,
+        };
+        let strategy = match strategy {
+            "round_robin" => Strategy::RoundRobin,
+            "least_connections" => Strategy::LeastConnections,
+            other => return Err(Error::Value(format!(
+                "pygev: strategy must be \"round_robin\" or \"least_connections\", got {other:?}"
+            ))
+            .into()),
+        };
+        let config = Config {
+            num_loops,
+            reuse_port,
+            strategy,
+            idle_timeout: idle_timeout
+                .map(|t| seconds("idle_timeout", t, false))
+                .transpose()?,
+            backlog: i32::try_from(positive("backlog", backlog)?).unwrap_or(i32::MAX),
+            drain_timeout: seconds("drain_timeout", drain_timeout, true)?,
+            write_high_water: positive("write_high_water", write_high_water)?,
+            max_write_buffer: positive("max_write_buffer", max_write_buffer)?,
+            max_input_buffer: positive("max_input_buffer", max_input_buffer)?,
+            dispatch_high_water: positive("dispatch_high_water", dispatch_high_water)?,
+            ..Config::default()
+        };
+        let protocol = protocol_from(protocol)?;
+        let core =
+            pygev_core::Server::bind(address, config.clone(), protocol).map_err(Error::from)?;
+        Ok(Server {
+            shared: Arc::new(Shared::new(core.queue().clone())),
+            address: core.local_addr(),
+            core: Mutex::new(Some(core)),
+            handler: Mutex::new(Some(handler.clone().unbind())),
+            state: AtomicU8::new(BOUND),
+            config,
+        })
+    }
+
+    /// The bound address as `(host, port)`.
+    #[getter]
+    fn address(&self) -> (String, u16) {
+        (self.address.ip().to_string(), self.address.port())
+    }
+
+    /// Number of loop threads.
+    #[getter]
+    fn num_loops(&self) -> usize {
+        self.config.num_loops
+    }
+
+    /// Serves until `stop()` (or Ctrl+C): blocks the calling thread, which runs the
+    /// callbacks.
+    fn start(&self, py: Python<'_>) -> PyResult<()> {
+        let core = self.lock_core().take();
+        let Some(mut core) = core else {
+            let msg = match self.state.load(Ordering::Acquire) {
+                RUNNING => "pygev: server is already running",
+                _ => "pygev: server was stopped; create a new one",
+            };
+            return Err(Error::State(msg.into()).into());
+        };
+        self.state.store(RUNNING, Ordering::Release);
+        let result = (|| -> PyResult<()> {
+            logging::install(py)?;
+            let callbacks = self.callbacks(py)?;
+            let mut running = core.start().map_err(Error::from)?;
+            let _ = self.shared.loops.set(running.loops().to_vec());
+            let dispatcher = Dispatcher::new(
+                py,
+                self.shared.clone(),
+                callbacks,
+                self.config.num_loops,
+                self.config.drain_timeout,
+                self.config.dispatch_high_water,
+            );
+            dispatcher.run(&mut running)
+        })();
+        drop(core);
+        self.state.store(STOPPED, Ordering::Release);
+        let timers = std::mem::take(&mut *self.shared.lock_timers());
+        drop(timers);
+        logging::emit_pending(py);
+        result
+    }
+
+    /// Stops the server: stops accepting, handles what was read, flushes pending output
+    /// (bounded by `drain_timeout`), calls `on_close` for every connection, closes every
+    /// socket; then `start()` returns. Thread-safe, callable from callbacks, idempotent;
+    /// before `start()` it just releases the listening socket.
+    fn stop(&self) {
+        let core = self.lock_core().take();
+        if let Some(mut core) = core {
+            core.close_listeners();
+            self.state.store(STOPPED, Ordering::Release);
+            return;
+        }
+        self.shared.queue.request_stop();
+    }
+
+    /// Runs `callback()` once, `delay` seconds from now, on the dispatcher thread.
+    fn run_after(
+        &self,
+        py: Python<'_>,
+        delay: f64,
+        callback: &Bound<'_, PyAny>,
+    ) -> PyResult<Timer> {
+        let delay = seconds("delay", delay, true)?;
+        self.schedule(py, delay, None, callback)
+    }
+
+    /// Runs `callback()` every `interval` seconds, on the dispatcher thread.
+    fn run_every(
+        &self,
+        py: Python<'_>,
+        interval: f64,
+        callback: &Bound<'_, PyAny>,
+    ) -> PyResult<Timer> {
+        let interval = seconds("interval", interval, false)?;
+        self.schedule(py, interval, Some(interval), callback)
+    }
+
+    /// Counters: connections, accepted, closed, bytes_in, bytes_out, messages_in,
+    /// events_dispatched, batches_dispatched, max_batch, loop_wakeups, read_pauses,
+    /// write_buffered, and `loops` (the same per loop).
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let snapshots: Vec<LoopStatsSnapshot> = self
+            .shared
+            .loops
+            .get()
+            .map(|loops| loops.iter().map(|h| h.stats().snapshot()).collect())
+            .unwrap_or_default();
+        let mut total = LoopStatsSnapshot::default();
+        for s in &snapshots {
+            total.accepted += s.accepted;
+            total.closed += s.closed;
+            total.bytes_in += s.bytes_in;
+            total.bytes_out += s.bytes_out;
+            total.messages_in += s.messages_in;
+            total.wakeups += s.wakeups;
+            total.read_pauses += s.read_pauses;
+            total.write_buffered += s.write_buffered;
+        }
+        let dict = snapshot_dict(py, &total)?;
+        let stats = &self.shared.stats;
+        dict.set_item("events_dispatched", stats.events.load(Ordering::Relaxed))?;
+        dict.set_item("batches_dispatched", stats.batches.load(Ordering::Relaxed))?;
+        dict.set_item("max_batch", stats.max_batch.load(Ordering::Relaxed))?;
+        let per_loop = PyList::empty(py);
+        for s in &snapshots {
+            per_loop.append(snapshot_dict(py, s)?)?;
+        }
+        dict.set_item("loops", per_loop)?;
+        Ok(dict)
+    }
+
+    fn __repr__(&self) -> String {
+        let state = match self.state.load(Ordering::Acquire) {
+            BOUND => "bound",
+            RUNNING => "running",
+            _ => "stopped",
+        };
+        format!(
+            "<pygev.Server {} loops={} {state}>",
+            self.address, self.config.num_loops
+        )
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Ok(handler) = self.handler.try_lock() {
+            visit.call(handler.as_ref())?;
+        }
+        if let Ok(timers) = self.shared.timers.try_lock() {
+            for entry in timers.values() {
+                visit.call(&entry.callback)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let handler = self.lock_handler().take();
+        let timers = std::mem::take(&mut *self.shared.lock_timers());
+        drop(handler);
+        drop(timers);
+    }
+}

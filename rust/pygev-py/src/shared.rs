@@ -1,0 +1,131 @@
+//! State shared by a server's Python objects (`Server`, `Connection`, `Timer`) and its
+//! dispatcher.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use pygev_core::{Command, DispatchQueue, LoopHandle};
+use pyo3::prelude::*;
+
+thread_local! {
+    /// The `Shared` whose dispatcher runs callbacks on this thread right now (its address),
+    /// or 0. Commands issued from inside a batch are collected and posted once per batch.
+    static DISPATCHING: Cell<usize> = const { Cell::new(0) };
+}
+
+/// A Python timer callback and when it runs next.
+pub(crate) struct TimerEntry {
+    pub(crate) callback: Py<PyAny>,
+    pub(crate) interval: Option<Duration>,
+    pub(crate) deadline: Instant,
+}
+
+/// The dispatcher's counters.
+#[derive(Default)]
+pub(crate) struct DispatchStats {
+    pub(crate) events: AtomicU64,
+    pub(crate) batches: AtomicU64,
+    pub(crate) max_batch: AtomicU64,
+}
+
+pub(crate) struct Shared {
+    pub(crate) stats: DispatchStats,
+    pub(crate) queue: Arc<DispatchQueue>,
+    /// Set when the server starts.
+    pub(crate) loops: OnceLock<Vec<Arc<LoopHandle>>>,
+    /// Commands issued during the current batch, per loop.
+    outboxes: Mutex<Vec<Vec<Command>>>,
+    pub(crate) timers: Mutex<HashMap<u64, TimerEntry>>,
+    next_timer_id: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn new(queue: Arc<DispatchQueue>) -> Self {
+        Shared {
+            stats: DispatchStats::default(),
+            queue,
+            loops: OnceLock::new(),
+            outboxes: Mutex::new(Vec::new()),
+            timers: Mutex::new(HashMap::new()),
+            next_timer_id: AtomicU64::new(1),
+        }
+    }
+
+    fn key(self: &Arc<Self>) -> usize {
+        Arc::as_ptr(self) as usize
+    }
+
+    /// Marks this thread as running `self`'s callbacks until [`Self::end_batch`].
+    pub(crate) fn begin_batch(self: &Arc<Self>) {
+        DISPATCHING.with(|d| d.set(self.key()));
+    }
+
+    /// Posts the commands collected during the batch: one wake-up per loop at most.
+    pub(crate) fn end_batch(self: &Arc<Self>) {
+        DISPATCHING.with(|d| d.set(0));
+        let Some(loops) = self.loops.get() else {
+            return;
+        };
+        let mut outboxes = self.lock_outboxes();
+        for (handle, outbox) in loops.iter().zip(outboxes.iter_mut()) {
+            if let Err(e) = handle.post_all(outbox) {
+                log::error!("pygev: could not wake loop {}: {e}", handle.index());
+            }
+        }
+    }
+
+    fn lock_outboxes(&self) -> MutexGuard<'_, Vec<Vec<Command>>> {
+        let mut outboxes = self.outboxes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(loops) = self.loops.get() {
+            outboxes.resize_with(loops.len(), Vec::new);
+        }
+        outboxes
+    }
+
+    /// Sends `command` to loop `loop_index`: batched when called from a callback of this
+    /// server, posted at once otherwise. Returns false when the server is not running.
+    pub(crate) fn post(self: &Arc<Self>, loop_index: u32, command: Command) -> bool {
+        let Some(loops) = self.loops.get() else {
+            return false;
+        };
+        if DISPATCHING.with(|d| d.get()) == self.key() {
+            let mut outboxes = self.lock_outboxes();
+            let outbox = &mut outboxes[loop_index as usize];
+            // NOTE: replies to glued messages of one connection arrive back to back;
+            // merging them gives the loop one write instead of several.
+            if let (
+                Some(Command::Send { token, id, data }),
+                Command::Send {
+                    token: new_token,
+                    id: new_id,
+                    data: new_data,
+                },
+            ) = (outbox.last_mut(), &command)
+            {
+                if token == new_token && id == new_id {
+                    data.extend_from_slice(new_data);
+                    return true;
+                }
+            }
+            outbox.push(command);
+        } else if let Err(e) = loops[loop_index as usize].post(command) {
+            log::error!("pygev: could not wake loop {loop_index}: {e}");
+        }
+        true
+    }
+
+    pub(crate) fn add_timer(&self, entry: TimerEntry) -> u64 {
+        let id = self.next_timer_id.fetch_add(1, Ordering::Relaxed);
+        let deadline = entry.deadline;
+        self.lock_timers().insert(id, entry);
+        self.queue.schedule_timer(deadline, id);
+        id
+    }
+
+    pub(crate) fn lock_timers(&self) -> MutexGuard<'_, HashMap<u64, TimerEntry>> {
+        self.timers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

@@ -49,6 +49,8 @@ mod flag {
     pub const DEFERRED: u16 = 1 << 7;
     /// Waiting in the more-to-read list (read budget spent).
     pub const MORE_TO_READ: u16 = 1 << 8;
+    /// epoll reported the peer's FIN (or an error): read on to EOF, even after short reads.
+    pub const HANGUP_SEEN: u16 = 1 << 9;
 }
 
 struct Conn {
@@ -206,9 +208,13 @@ impl EventLoop {
                                 self.flush(token);
                             }
                         }
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                        let hangup = event.is_read_closed() || event.is_error();
+                        if event.is_readable() || hangup {
                             if let Some(conn) = self.conns.get_mut(token) {
                                 conn.flags |= flag::READ_READY;
+                                if hangup {
+                                    conn.flags |= flag::HANGUP_SEEN;
+                                }
                                 self.read(token);
                             }
                         }
@@ -406,8 +412,9 @@ impl EventLoop {
                     }
                     // NOTE: on Linux a short read means the socket was drained, and epoll
                     // (edge-triggered) reports any later arrival; skipping the read that
-                    // would return EAGAIN saves a system call per message.
-                    if n < self.scratch.len() {
+                    // would return EAGAIN saves a system call per message. A FIN already
+                    // reported will not be reported again, so then we read on to EOF.
+                    if n < self.scratch.len() && !self.conns[token].has(flag::HANGUP_SEEN) {
                         self.conns[token].flags &= !flag::READ_READY;
                         return;
                     }

@@ -172,10 +172,12 @@ impl Server {
         let strategy = match strategy {
             "round_robin" => Strategy::RoundRobin,
             "least_connections" => Strategy::LeastConnections,
-            other => return Err(Error::Value(format!(
+            other => {
+                return Err(Error::Value(format!(
                 "pygev: strategy must be \"round_robin\" or \"least_connections\", got {other:?}"
             ))
-            .into()),
+                .into())
+            }
         };
         let config = Config {
             num_loops,

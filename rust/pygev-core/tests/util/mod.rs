@@ -1,0 +1,106 @@
+//! Small helpers for the integration tests: a dispatcher that echoes, driven by hand.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pygev_core::{Command, Config, Event, Raw, Running, Server};
+
+/// A started core server and the bookkeeping a dispatcher keeps.
+pub struct Harness {
+    pub server: Server,
+    pub running: Running,
+    /// (loop, token) -> connection id, for open connections.
+    pub conns: HashMap<(u32, u32), u64>,
+    pub log: Vec<String>,
+}
+
+impl Harness {
+    pub fn start(config: Config) -> Harness {
+        let mut server = Server::bind("127.0.0.1:0", config, Arc::new(Raw)).unwrap();
+        let running = server.start().unwrap();
+        Harness {
+            server,
+            running,
+            conns: HashMap::new(),
+            log: Vec::new(),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.server.local_addr().port()
+    }
+
+    /// Handles events for up to `budget`, echoing every message; returns when `done` holds.
+    pub fn pump_until(&mut self, budget: Duration, mut done: impl FnMut(&Harness) -> bool) {
+        let give_up = Instant::now() + budget;
+        let mut batch = Vec::new();
+        let mut due = Vec::new();
+        while !done(self) {
+            assert!(
+                Instant::now() < give_up,
+                "timed out; log so far: {:?}",
+                self.log
+            );
+            self.server
+                .queue()
+                .wait(&mut batch, &mut due, Duration::from_millis(20));
+            for event in batch.drain(..) {
+                self.handle(event);
+            }
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Connect {
+                loop_index,
+                token,
+                info,
+            } => {
+                self.conns.insert((loop_index, token), info.id);
+                self.log.push(format!("connect {}", info.id));
+            }
+            Event::Message {
+                loop_index,
+                token,
+                data,
+            } => {
+                let id = self.conns[&(loop_index, token)];
+                let handle = &self.running.loops()[loop_index as usize];
+                handle.dispatched(data.len(), usize::MAX).unwrap();
+                handle.post(Command::Send { token, id, data }).unwrap();
+            }
+            Event::PeerClosed { loop_index, token } => {
+                let id = self.conns[&(loop_index, token)];
+                self.running.loops()[loop_index as usize]
+                    .post(Command::Close { token, id })
+                    .unwrap();
+            }
+            Event::Closed { loop_index, token } => {
+                let id = self.conns.remove(&(loop_index, token)).unwrap();
+                self.log.push(format!("closed {id}"));
+            }
+            Event::Quiesced { loop_index } => self.log.push(format!("quiesced {loop_index}")),
+            Event::LoopExited { loop_index } => self.log.push(format!("exited {loop_index}")),
+        }
+    }
+
+    /// Runs the orderly shutdown and joins the threads.
+    pub fn shutdown(mut self) -> Vec<String> {
+        let loops = self.running.loops().len();
+        self.running.stop_accepting();
+        self.running.quiesce();
+        self.pump_until(Duration::from_secs(10), |h| {
+            h.log.iter().filter(|l| l.starts_with("quiesced")).count() == loops
+        });
+        self.running.drain(Instant::now() + Duration::from_secs(5));
+        self.pump_until(Duration::from_secs(10), |h| {
+            h.log.iter().filter(|l| l.starts_with("exited")).count() == loops
+        });
+        self.running.join();
+        self.log
+    }
+}

@@ -1,5 +1,7 @@
 """Echo server: gev's echo example in pygev.
 
+Every byte a client sends comes back to it.
+
     python examples/echo.py --port 1833 --loops 0
 """
 
@@ -8,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import resource
+import signal
 
 import pygev
 
@@ -30,6 +33,8 @@ def main() -> None:
 
     server = pygev.Server(Echo(), f"{args.host}:{args.port}", num_loops=args.loops)
     host, port = server.address
+    # Ctrl+C stops start() cleanly by itself; make SIGTERM (process managers) do the same.
+    signal.signal(signal.SIGTERM, lambda signum, frame: server.stop())
     print(f"pygev echo server listening on {host}:{port}", flush=True)
     server.start()
 

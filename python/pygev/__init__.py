@@ -16,6 +16,9 @@ from __future__ import annotations
 from pygev._handler import Handler
 from pygev._pygev import Connection, ConnectionClosed, Raw, Server, Timer
 
+# Exceptions pickle by module path: name the public one.
+ConnectionClosed.__module__ = "pygev"
+
 __all__ = [
     "Connection",
     "ConnectionClosed",

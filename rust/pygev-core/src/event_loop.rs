@@ -1,6 +1,6 @@
 //! One reactor thread: a `mio::Poll`, its connections, its mailbox.
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -539,21 +539,48 @@ impl EventLoop {
 
     fn send(&mut self, token: u32, id: u64, data: &[u8]) {
         let protocol = self.protocol.clone();
-        let Some(conn) = self.conn_mut(token, id) else {
+        let now = self.now;
+        let Some(conn) = self.conns.get_mut(token as usize).filter(|c| c.id == id) else {
             return;
         };
         if conn.has(flag::WRITE_SHUT | flag::SHUTDOWN_PENDING) {
             return;
         }
-        let before = conn.output.len();
-        if protocol.pack_is_identity() {
-            conn.output.write(data);
+        let packed;
+        let wire = if protocol.pack_is_identity() {
+            data
         } else {
-            let mut packed = Vec::with_capacity(data.len() + 16);
-            protocol.pack(&mut conn.state, data, &mut packed);
-            conn.output.write(&packed);
+            let mut out = Vec::with_capacity(data.len() + 16);
+            protocol.pack(&mut conn.state, data, &mut out);
+            packed = out;
+            &packed[..]
+        };
+        // NOTE: the common case (nothing queued) writes straight from the command's buffer;
+        // only what the socket does not take is copied into the output ring buffer.
+        let mut written = 0;
+        if conn.output.is_empty() && !conn.has(flag::WRITE_BLOCKED) {
+            while written < wire.len() {
+                match conn.stream.write(&wire[written..]) {
+                    Ok(n) => written += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        conn.flags |= flag::WRITE_BLOCKED;
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        let cause = reset_cause(&e);
+                        self.close_now(token as usize, cause);
+                        return;
+                    }
+                }
+            }
+            if written > 0 {
+                conn.last_active = now;
+                LoopStats::add(&self.handle.stats.bytes_out, written as u64);
+            }
         }
-        self.write_buffered += conn.output.len() - before;
+        conn.output.write(&wire[written..]);
+        self.write_buffered += wire.len() - written;
         self.flush(token as usize);
     }
 

@@ -149,12 +149,13 @@ impl Connection {
 
     /// Flushes pending output, then shuts down the write side (the peer reads EOF).
     fn shutdown_write(&self) -> PyResult<()> {
-        if self
+        match self
             .state
             .compare_exchange(OPEN, WRITE_SHUT, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
         {
-            return Ok(());
+            Ok(_) => {}
+            Err(WRITE_SHUT) => return Ok(()),
+            Err(_) => return Err(self.closed_error().into()),
         }
         let command = Command::ShutdownWrite {
             token: self.token,

@@ -93,7 +93,9 @@ pub(crate) fn emit_pending(py: Python<'_>) {
 pub(crate) fn log_exception(py: Python<'_>, message: &str, err: &PyErr) {
     let result = pygev_logger(py).and_then(|logger| {
         let kwargs = PyDict::new(py);
-        kwargs.set_item("exc_info", err.value(py))?;
+        // A tuple, not the exception: before Python 3.12 the value alone loses its traceback.
+        let exc_info = (err.get_type(py), err.value(py), err.traceback(py));
+        kwargs.set_item("exc_info", exc_info)?;
         logger.call_method("error", (message,), Some(&kwargs))
     });
     if result.is_err() {

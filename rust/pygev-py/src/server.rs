@@ -20,9 +20,11 @@ use crate::timer::Timer;
 const BOUND: u8 = 0;
 const RUNNING: u8 = 1;
 const STOPPED: u8 = 2;
+/// `stop()` came before `start()`: `start()` returns at once instead of serving.
+const STOPPED_BEFORE_START: u8 = 3;
 
 /// A TCP server: binds when constructed, serves in `start()`, ends with `stop()`.
-#[pyclass(module = "pygev._pygev", frozen)]
+#[pyclass(module = "pygev._pygev", frozen, weakref)]
 pub struct Server {
     shared: Arc<Shared>,
     /// The bound core; taken by `start()` or dropped by `stop()`.
@@ -84,7 +86,10 @@ impl Server {
         if !callback.is_callable() {
             return Err(Error::Type("pygev: timer callback must be callable".into()).into());
         }
-        if self.state.load(Ordering::Acquire) == STOPPED {
+        if matches!(
+            self.state.load(Ordering::Acquire),
+            STOPPED | STOPPED_BEFORE_START
+        ) {
             return Err(Error::State("pygev: server is stopped".into()).into());
         }
         let id = self.shared.add_timer(TimerEntry {
@@ -225,6 +230,9 @@ impl Server {
         let core = self.lock_core().take();
         let Some(mut core) = core else {
             let msg = match self.state.load(Ordering::Acquire) {
+                // A signal handler may call stop() before start() runs; that is a request
+                // not to serve, not a programming error.
+                STOPPED_BEFORE_START => return Ok(()),
                 RUNNING => "pygev: server is already running",
                 _ => "pygev: server was stopped; create a new one",
             };
@@ -262,7 +270,9 @@ impl Server {
         let core = self.lock_core().take();
         if let Some(mut core) = core {
             core.close_listeners();
-            self.state.store(STOPPED, Ordering::Release);
+            self.state.store(STOPPED_BEFORE_START, Ordering::Release);
+            let timers = std::mem::take(&mut *self.shared.lock_timers());
+            drop(timers);
             return;
         }
         self.shared.queue.request_stop();

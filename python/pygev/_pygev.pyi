@@ -1,0 +1,266 @@
+"""Typed face of ``pygev._pygev``, the compiled core. Users import these names from ``pygev``.
+
+Threads: a server's callbacks (handler methods and timer callbacks) all run on the thread
+that called :meth:`Server.start`, one at a time. Each method below says whether it may be
+called from another thread and from inside a callback.
+"""
+
+from collections.abc import Callable
+from typing import Any, Literal, final
+
+from typing_extensions import Buffer, Self
+
+from pygev._handler import Handler
+
+__all__ = ["Connection", "ConnectionClosed", "Raw", "Server", "Timer"]
+
+@final
+class ConnectionClosed(ConnectionError):
+    """Raised when sending on a connection that is closed or has shut down its write side."""
+
+@final
+class Raw:
+    """The default framing: each chunk of bytes read is one message; sent bytes go out as
+    they are.
+
+    Immutable: one instance may be shared by several servers and threads.
+    """
+
+    def __new__(cls) -> Self: ...
+
+@final
+class Timer:
+    """A scheduled callback, returned by :meth:`Server.run_after` and :meth:`Server.run_every`.
+
+    Not constructible from Python.
+    """
+
+    def cancel(self) -> None:
+        """Stops the timer: its callback will not run again.
+
+        Thread-safe and callable from callbacks (including the timer's own). Idempotent;
+        cancelling a timer that already ran or whose server stopped does nothing.
+        """
+
+    @property
+    def active(self) -> bool:
+        """Whether the callback is still due to run.
+
+        False once cancelled, once a ``run_after`` timer ran, or once :meth:`Server.start`
+        returned. Thread-safe and callable from callbacks.
+        """
+
+@final
+class Connection:
+    """One client connection, created by the server and handed to every handler callback.
+
+    Not constructible from Python. The object stays usable after the connection closed:
+    its addresses and ``context`` keep their values, and sending raises
+    :class:`ConnectionClosed`.
+    """
+
+    def send(self, data: Buffer) -> None:
+        """Queues ``data`` for writing, packed by the server's protocol.
+
+        The data is copied; the connection's loop writes it asynchronously. Thread-safe:
+        callable from any thread and from callbacks (where the writes of one batch of events
+        go out together).
+
+        Args:
+            data: The payload: ``bytes``, ``bytearray``, ``memoryview`` or any C-contiguous
+                buffer of bytes.
+
+        Raises:
+            ConnectionClosed: The connection is closed, or ``shutdown_write()`` was called.
+            TypeError: ``data`` is not a bytes-like object.
+        """
+
+    def shutdown_write(self) -> None:
+        """Flushes pending output, then shuts down the write side: the peer reads EOF.
+
+        The connection keeps reading: ``on_message`` still runs for what the peer sends, but
+        replies are dropped and ``send()`` raises :class:`ConnectionClosed`. Thread-safe and
+        callable from callbacks. Idempotent; on a connection that is already closed it does
+        nothing.
+        """
+
+    def close(self) -> None:
+        """Stops reading, flushes pending output, then closes; ``on_close`` follows.
+
+        Messages already read but not yet handled are dropped. Thread-safe, callable from
+        callbacks, idempotent.
+        """
+
+    @property
+    def peer_addr(self) -> tuple[str, int]:
+        """The peer's address as ``(host, port)``. Thread-safe."""
+
+    @property
+    def local_addr(self) -> tuple[str, int]:
+        """This end's address as ``(host, port)``. Thread-safe."""
+
+    @property
+    def id(self) -> int:
+        """A number unique to this connection within its server. Thread-safe."""
+
+    @property
+    def connected(self) -> bool:
+        """False once the connection is closed (by either side) or ``close()`` was called.
+
+        Thread-safe.
+        """
+
+    @property
+    def context(self) -> Any:
+        """A free slot for the user's per-connection state; ``None`` until set.
+
+        Reading and writing it is thread-safe, but callbacks are the natural place: they
+        never run concurrently, so state kept here needs no locks.
+        """
+
+    @context.setter
+    def context(self, value: Any) -> None: ...
+
+@final
+class Server:
+    """A TCP server: binds when constructed, serves in :meth:`start`, ends with :meth:`stop`."""
+
+    def __new__(
+        cls,
+        handler: Handler,
+        address: str = "0.0.0.0:1833",
+        *,
+        num_loops: int = 0,
+        protocol: Raw | None = None,
+        reuse_port: bool = False,
+        strategy: Literal["round_robin", "least_connections"] = "round_robin",
+        idle_timeout: float | None = None,
+        backlog: int = 1024,
+        drain_timeout: float = 5.0,
+        write_high_water: int = ...,
+        max_write_buffer: int = ...,
+        max_input_buffer: int = ...,
+        dispatch_high_water: int = ...,
+    ) -> Self:
+        """Validates the settings and binds the listening socket(s).
+
+        Args:
+            handler: The callbacks, usually a :class:`pygev.Handler` subclass instance. Any
+                object with callable ``on_connect``, ``on_message`` and ``on_close`` works.
+            address: ``"host:port"`` to listen on; port 0 picks a free port (see
+                :attr:`address`); ``"[::1]:0"`` for IPv6.
+            num_loops: Reactor (loop) threads; 0 means one per CPU.
+            protocol: The framing; ``None`` means :class:`Raw`.
+            reuse_port: Use ``SO_REUSEPORT``: one listening socket per loop, the kernel
+                balances connections between them.
+            strategy: How the acceptor picks a loop for a new connection:
+                ``"round_robin"`` or ``"least_connections"``.
+            idle_timeout: Seconds without traffic after which a connection is closed;
+                ``None`` never closes idle connections.
+            backlog: The listen backlog.
+            drain_timeout: Seconds :meth:`stop` waits at most for pending output to flush.
+            write_high_water: Bytes of pending output past which a connection stops reading
+                until its output drains (default 1 MiB).
+            max_write_buffer: Bytes of pending output past which a connection is closed
+                (default 64 MiB).
+            max_input_buffer: Bytes of unframed input past which a connection is closed
+                (default 64 MiB).
+            dispatch_high_water: Bytes of messages waiting for the Python dispatcher past
+                which the loops stop reading until it catches up (default 32 MiB).
+
+        Returns:
+            The bound server; nothing is served before :meth:`start`.
+
+        Raises:
+            TypeError: ``handler`` lacks a callable callback, or ``protocol`` is not one.
+            ValueError: A setting is out of range, or ``address`` cannot be parsed.
+            OSError: Binding failed (for example ``EADDRINUSE``), with its errno.
+        """
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound address as ``(host, port)``, with the actual port when 0 was asked.
+
+        Thread-safe.
+        """
+
+    @property
+    def num_loops(self) -> int:
+        """The number of loop threads. Thread-safe."""
+
+    def start(self) -> None:
+        """Serves until :meth:`stop` or Ctrl+C: blocks the calling thread, which runs every
+        callback.
+
+        Call it once, normally from the main thread (signals such as Ctrl+C are only seen
+        there); not from a callback. Ctrl+C stops the server cleanly and ``start()`` returns
+        normally; ``SystemExit`` raised in a callback stops it and is re-raised here.
+
+        Raises:
+            RuntimeError: The server is already running, or was stopped.
+            OSError: The loop threads could not be started.
+        """
+
+    def stop(self) -> None:
+        """Stops the server; :meth:`start` then returns.
+
+        Stops accepting, handles what was already read, flushes pending output (bounded by
+        ``drain_timeout``), calls ``on_close`` for every connection and closes every socket.
+        Before :meth:`start` it just releases the listening socket. Thread-safe, callable
+        from callbacks and signal handlers, idempotent.
+        """
+
+    def run_after(self, delay: float, callback: Callable[[], object]) -> Timer:
+        """Runs ``callback()`` once, ``delay`` seconds from now, on the dispatcher thread.
+
+        Timer callbacks run like handler callbacks: one at a time, never concurrently with
+        them. An exception is logged on the ``pygev`` logger. Thread-safe and callable from
+        callbacks; may be called before :meth:`start`.
+
+        Args:
+            delay: Seconds from now, ``>= 0``.
+            callback: Called with no arguments; its result is ignored.
+
+        Returns:
+            The timer; :meth:`Timer.cancel` stops it.
+
+        Raises:
+            ValueError: ``delay`` is negative or not finite.
+            TypeError: ``callback`` is not callable.
+            RuntimeError: The server is stopped.
+        """
+
+    def run_every(self, interval: float, callback: Callable[[], object]) -> Timer:
+        """Runs ``callback()`` every ``interval`` seconds, on the dispatcher thread.
+
+        The first run is ``interval`` seconds from now. A timer that falls behind skips
+        runs rather than bursting. Timer callbacks run like handler callbacks: one at a time,
+        never concurrently with them; an exception is logged on the ``pygev`` logger and the
+        timer goes on. Thread-safe and callable from callbacks; may be called before
+        :meth:`start`.
+
+        Args:
+            interval: Seconds between runs, ``> 0``.
+            callback: Called with no arguments; its result is ignored.
+
+        Returns:
+            The timer; :meth:`Timer.cancel` stops it.
+
+        Raises:
+            ValueError: ``interval`` is not positive or not finite.
+            TypeError: ``callback`` is not callable.
+            RuntimeError: The server is stopped.
+        """
+
+    def stats(self) -> dict[str, Any]:
+        """Counters, as a new dict.
+
+        Keys: ``connections`` (open now), ``accepted``, ``closed``, ``bytes_in``,
+        ``bytes_out``, ``messages_in``, ``loop_wakeups``, ``read_pauses``,
+        ``write_buffered``, ``events_dispatched``, ``batches_dispatched``, ``max_batch``
+        (integers), and ``loops``: a list with the loop counters per loop. Loop counters are
+        zero before :meth:`start`. Thread-safe and callable from callbacks.
+
+        Returns:
+            The counters.
+        """

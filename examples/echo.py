@@ -33,8 +33,9 @@ def main() -> None:
 
     server = pygev.Server(Echo(), f"{args.host}:{args.port}", num_loops=args.loops)
     host, port = server.address
-    # Ctrl+C stops start() cleanly by itself; make SIGTERM (process managers) do the same.
-    signal.signal(signal.SIGTERM, lambda signum, frame: server.stop())
+    # SIGINT (Ctrl+C) and SIGTERM stop the server cleanly, even before start() runs.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda signum, frame: server.stop())
     print(f"pygev echo server listening on {host}:{port}", flush=True)
     server.start()
 

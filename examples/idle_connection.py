@@ -49,7 +49,9 @@ def main() -> None:
     server = pygev.Server(
         Echo(), f"{args.host}:{args.port}", num_loops=args.loops, idle_timeout=args.idle
     )
-    signal.signal(signal.SIGTERM, lambda _signum, _frame: server.stop())
+    # SIGINT (Ctrl+C) and SIGTERM stop the server cleanly, even before start() runs.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda _signum, _frame: server.stop())
     host, port = server.address
     print(f"pygev idle_connection server listening on {host}:{port}", flush=True)
     server.start()

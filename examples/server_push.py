@@ -59,7 +59,9 @@ def main() -> None:
 
     handler = Push()
     server = pygev.Server(handler, f"{args.host}:{args.port}", num_loops=args.loops)
-    signal.signal(signal.SIGTERM, lambda _signum, _frame: server.stop())
+    # SIGINT (Ctrl+C) and SIGTERM stop the server cleanly, even before start() runs.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda _signum, _frame: server.stop())
     server.run_every(args.interval, handler.push)
     host, port = server.address
     print(f"pygev server_push server listening on {host}:{port}", flush=True)

@@ -92,12 +92,6 @@ def test_never_started_server_frees_handler_holding_server_and_timer():
     _assert_freed_on_drop(cyclic=True, with_timer=True)
 
 
-@pytest.mark.library_bug(
-    "handler -> Timer -> Arc<Shared> -> Shared.timers -> callback (handler.tick) -> handler: "
-    "Timer has no __traverse__/__clear__, and a Server dropped without stop() does not clear "
-    "Shared.timers (stop() does), so once the Server is gone the GC can neither see nor "
-    "break this cycle and the handler leaks"
-)
 def test_never_started_server_frees_handler_holding_a_timer():
     """The common pattern ``self.timer = server.run_every(..., self.tick)``, then the server
     is dropped without ever being started or stopped."""

@@ -6,6 +6,8 @@ import queue
 import random
 import signal
 import socket
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -272,8 +274,33 @@ def _sigint_test(example_echo, nconns: int, signum: int = signal.SIGINT):
 def test_ctrl_c_stops_example_cleanly_with_open_connections(example_echo):
     code, err = _sigint_test(example_echo, nconns=10)
     assert code == 0, err
-    assert "interrupted" in err
+    assert "stopping; draining" in err
     assert "Traceback" not in err, err
+
+
+SELF_INTERRUPT = """
+import logging, os, signal, sys, threading
+import pygev
+
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+server = pygev.Server(pygev.Handler(), "127.0.0.1:0", num_loops=1)
+# No SIGINT handler of our own: Python's default raises KeyboardInterrupt, which start()
+# must turn into a clean stop and return from.
+threading.Timer(0.2, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+server.start()
+print("start returned", flush=True)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_keyboard_interrupt_while_serving_returns_from_start():
+    proc = subprocess.run(
+        [sys.executable, "-c", SELF_INTERRUPT], capture_output=True, text=True, timeout=WAIT
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "start returned" in proc.stdout
+    assert "interrupted (Ctrl+C)" in proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
 
 
 @pytest.mark.timeout(60)

@@ -79,6 +79,8 @@ impl<'py> Dispatcher<'py> {
         while !self.phases.iter().all(|p| *p == LoopPhase::Exited) {
             if !self.stopping && queue.stop_requested() {
                 self.stopping = true;
+                let open: usize = self.conns.iter().flatten().filter(|c| c.is_some()).count();
+                log::info!("pygev: stopping; draining {open} open connections");
                 self.py.detach(|| running.stop_accepting());
                 running.quiesce();
             }
@@ -264,6 +266,11 @@ impl<'py> Dispatcher<'py> {
 
     /// Logs a failed callback and closes its connection only.
     fn callback_failed(&mut self, what: &str, conn: &Py<Connection>, err: PyErr) {
+        if err.is_instance_of::<PyKeyboardInterrupt>(self.py) {
+            // Ctrl+C landed inside a callback: stop the server, the connection is not at fault.
+            self.on_interrupt(err);
+            return;
+        }
         self.report(what, conn, &err);
         conn.get().close_now();
         self.maybe_stop(err);
@@ -294,7 +301,9 @@ impl<'py> Dispatcher<'py> {
             return;
         };
         if let Err(err) = callback.call0(self.py) {
-            logging::log_exception(self.py, "pygev: timer callback raised", &err);
+            if !err.is_instance_of::<PyKeyboardInterrupt>(self.py) {
+                logging::log_exception(self.py, "pygev: timer callback raised", &err);
+            }
             self.maybe_stop(err);
         }
     }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -19,31 +19,68 @@ const WAKER: Token = Token(1);
 /// Connections accepted per readiness event before the loops are told.
 const ACCEPT_BATCH: usize = 256;
 
-pub(crate) enum AcceptOutcome {
-    /// The backlog is empty (or the batch is full); wait for the next readiness event.
-    Drained,
-    /// Out of descriptors or memory: retry after a pause instead of spinning.
-    Backoff(io::Error),
+/// How long accepting pauses after EMFILE and friends, so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// What to do after an accept round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AcceptNext {
+    /// The backlog is empty: wait for the next readiness event.
+    Idle,
+    /// The batch was full: accept again soon (edge-triggered: no new event will come).
+    Again,
+    /// Out of descriptors or memory: retry at this instant instead of spinning.
+    RetryAt(Instant),
 }
 
-/// Accepts until the backlog is empty (or `ACCEPT_BATCH`), setting TCP_NODELAY on each.
-pub(crate) fn accept_batch(
-    listener: &TcpListener,
-    out: &mut Vec<(TcpStream, SocketAddr)>,
-) -> AcceptOutcome {
-    while out.len() < ACCEPT_BATCH {
-        match listener.accept() {
-            Ok((stream, peer)) => {
-                // NOTE: request/response traffic needs Nagle off; failure only costs latency.
-                let _ = stream.set_nodelay(true);
-                out.push((stream, peer));
+/// Accepting with a bounded batch and a backoff on resource errors; shared by the acceptor
+/// thread and the loops that own a SO_REUSEPORT listener.
+#[derive(Debug, Default)]
+pub(crate) struct Accepting {
+    paused_until: Option<Instant>,
+    last_log: Option<Instant>,
+}
+
+impl Accepting {
+    /// Accepts up to `ACCEPT_BATCH` connections into `out` (TCP_NODELAY set on each).
+    pub(crate) fn accept(
+        &mut self,
+        listener: &TcpListener,
+        out: &mut Vec<(TcpStream, SocketAddr)>,
+        now: Instant,
+    ) -> AcceptNext {
+        if let Some(until) = self.paused_until {
+            if now < until {
+                return AcceptNext::RetryAt(until);
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return AcceptOutcome::Drained,
-            Err(e) if is_transient(&e) => {}
-            Err(e) => return AcceptOutcome::Backoff(e),
+            self.paused_until = None;
         }
+        while out.len() < ACCEPT_BATCH {
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    // NOTE: request/response traffic needs Nagle off; failure only costs
+                    // latency.
+                    let _ = stream.set_nodelay(true);
+                    out.push((stream, peer));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return AcceptNext::Idle,
+                Err(e) if is_transient(&e) => {}
+                Err(e) => {
+                    let until = now + ACCEPT_BACKOFF;
+                    self.paused_until = Some(until);
+                    if self
+                        .last_log
+                        .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+                    {
+                        log::warn!("pygev: accept failed ({e}); pausing accepts for 100 ms");
+                        self.last_log = Some(now);
+                    }
+                    return AcceptNext::RetryAt(until);
+                }
+            }
+        }
+        AcceptNext::Again
     }
-    AcceptOutcome::Drained
 }
 
 /// Errors that concern one aborted connection only.
@@ -132,24 +169,24 @@ fn run(
     stop: Arc<AtomicBool>,
 ) {
     let mut events = Events::with_capacity(16);
+    let mut accepting = Accepting::default();
     let mut accepted = Vec::new();
     let mut outboxes: Vec<Vec<Command>> = loops.iter().map(|_| Vec::new()).collect();
     let mut next = 0usize;
-    let mut backoff: Option<Duration> = None;
-    let mut last_log: Option<std::time::Instant> = None;
+    let mut timeout: Option<Duration> = None;
     while !stop.load(Ordering::SeqCst) {
-        if let Err(e) = poll.poll(&mut events, backoff) {
+        if let Err(e) = poll.poll(&mut events, timeout) {
             if e.kind() != io::ErrorKind::Interrupted {
                 log::error!("pygev: acceptor poll failed: {e}");
                 return;
             }
         }
-        if stop.load(Ordering::SeqCst) {
-            break;
-        }
         loop {
-            let outcome = accept_batch(&listener, &mut accepted);
-            let full = accepted.len() >= ACCEPT_BATCH;
+            if stop.load(Ordering::SeqCst) {
+                return;
+            }
+            let now = Instant::now();
+            let outcome = accepting.accept(&listener, &mut accepted, now);
             for (stream, peer) in accepted.drain(..) {
                 let index = pick_loop(&loops, strategy, &mut next);
                 loops[index].assigned.fetch_add(1, Ordering::Relaxed);
@@ -161,18 +198,9 @@ fn run(
                 }
             }
             match outcome {
-                AcceptOutcome::Drained if full => continue,
-                AcceptOutcome::Drained => {
-                    backoff = None;
-                }
-                AcceptOutcome::Backoff(err) => {
-                    backoff = Some(Duration::from_millis(100));
-                    let now = std::time::Instant::now();
-                    if last_log.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
-                        log::warn!("pygev: accept failed ({err}); pausing accepts for 100 ms");
-                        last_log = Some(now);
-                    }
-                }
+                AcceptNext::Again => continue,
+                AcceptNext::Idle => timeout = None,
+                AcceptNext::RetryAt(until) => timeout = Some(until.saturating_duration_since(now)),
             }
             break;
         }

@@ -81,7 +81,7 @@ impl DispatchQueue {
     pub fn schedule_timer(&self, deadline: Instant, id: u64) {
         let mut state = self.lock();
         state.timers.push(Reverse((deadline, id)));
-        state.interrupted = true;
+        // A sleeping dispatcher recomputes its timeout from the heap when woken.
         self.notify(&mut state);
     }
 
@@ -132,11 +132,5 @@ impl DispatchQueue {
                 .0;
             state.waiting = false;
         }
-    }
-
-    /// Takes whatever is queued without waiting.
-    pub fn try_take(&self, batch: &mut Vec<Event>) {
-        let mut state = self.lock();
-        std::mem::swap(&mut state.events, batch);
     }
 }

@@ -11,7 +11,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use crate::acceptor::{accept_batch, AcceptOutcome};
+use crate::acceptor::{AcceptNext, Accepting};
 use crate::config::Config;
 use crate::dispatch_queue::DispatchQueue;
 use crate::event::{Command, ConnectInfo, Event};
@@ -25,10 +25,10 @@ const LISTENER: Token = Token(usize::MAX - 1);
 
 /// Reads per readiness event before other connections get their turn.
 const READ_BUDGET: usize = 16;
+/// How long a closing connection keeps discarding a still-sending peer's input.
+const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often a loop looks for idle connections and expired drain deadlines.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
-/// How long accepting pauses after EMFILE and friends, so the loop does not spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Connection state bits.
 mod flag {
@@ -52,6 +52,9 @@ mod flag {
     pub const MORE_TO_READ: u16 = 1 << 8;
     /// epoll reported the peer's FIN (or an error): read on to EOF, even after short reads.
     pub const HANGUP_SEEN: u16 = 1 << 9;
+    /// Output flushed and write side shut; discarding input until the peer's EOF, so that
+    /// closing with unread input (which sends RST) cannot destroy what we sent.
+    pub const LINGERING: u16 = 1 << 10;
 }
 
 struct Conn {
@@ -110,8 +113,9 @@ pub(crate) struct EventLoop {
     draining: bool,
     now: Instant,
     next_sweep: Instant,
-    accept_paused_until: Option<Instant>,
-    last_accept_error_log: Option<Instant>,
+    accepting: Accepting,
+    /// When to accept again without a readiness event (batch full, or after a backoff).
+    accept_again_at: Option<Instant>,
     write_buffered: usize,
 }
 
@@ -158,8 +162,8 @@ impl EventLoop {
             draining: false,
             now,
             next_sweep: now + SWEEP_INTERVAL,
-            accept_paused_until: None,
-            last_accept_error_log: None,
+            accepting: Accepting::default(),
+            accept_again_at: None,
             write_buffered: 0,
         };
         Ok((event_loop, handle))
@@ -224,8 +228,7 @@ impl EventLoop {
                 }
             }
             self.read_leftovers();
-            if self.accept_paused_until.is_some_and(|t| t <= self.now) {
-                self.accept_paused_until = None;
+            if self.accept_again_at.is_some_and(|t| t <= self.now) {
                 self.accept();
             }
             if self.now >= self.next_sweep {
@@ -248,7 +251,7 @@ impl EventLoop {
             return Some(Duration::ZERO);
         }
         let mut until = self.next_sweep;
-        if let Some(t) = self.accept_paused_until {
+        if let Some(t) = self.accept_again_at {
             until = until.min(t);
         }
         Some(until.saturating_duration_since(Instant::now()))
@@ -311,27 +314,20 @@ impl EventLoop {
     // ---- accepting --------------------------------------------------------------------
 
     fn accept(&mut self) {
-        if self.accept_paused_until.is_some() {
-            return;
-        }
+        self.accept_again_at = None;
         let Some(listener) = self.listener.as_ref() else {
             return;
         };
         let mut accepted = Vec::new();
-        let outcome = accept_batch(listener, &mut accepted);
+        let next = self.accepting.accept(listener, &mut accepted, self.now);
         for (stream, peer) in accepted {
             self.register(stream, peer);
         }
-        if let AcceptOutcome::Backoff(err) = outcome {
-            self.accept_paused_until = Some(self.now + ACCEPT_BACKOFF);
-            let quiet = self
-                .last_accept_error_log
-                .is_some_and(|t| self.now.duration_since(t) < Duration::from_secs(1));
-            if !quiet {
-                log::warn!("pygev: accept failed ({err}); pausing accepts for 100 ms");
-                self.last_accept_error_log = Some(self.now);
-            }
-        }
+        self.accept_again_at = match next {
+            AcceptNext::Idle => None,
+            AcceptNext::Again => Some(self.now),
+            AcceptNext::RetryAt(until) => Some(until),
+        };
     }
 
     fn register(&mut self, mut stream: TcpStream, peer: std::net::SocketAddr) {
@@ -381,13 +377,14 @@ impl EventLoop {
     }
 
     fn read(&mut self, token: usize) {
-        if self.quiesced {
-            return;
-        }
         let Some(conn) = self.conns.get_mut(token) else {
             return;
         };
-        if !conn.can_read() || !conn.has(flag::READ_READY) {
+        if conn.has(flag::LINGERING) {
+            self.linger(token);
+            return;
+        }
+        if self.quiesced || !conn.can_read() || !conn.has(flag::READ_READY) {
             return;
         }
         for _ in 0..READ_BUDGET {
@@ -421,9 +418,6 @@ impl EventLoop {
                         self.conns[token].flags &= !flag::READ_READY;
                         return;
                     }
-                    if !self.conns[token].can_read() {
-                        return;
-                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     conn.flags &= !flag::READ_READY;
@@ -451,14 +445,12 @@ impl EventLoop {
         let result = if conn.input.is_empty() && self.protocol.is_passthrough() {
             // NOTE: a large read is handed over as the message itself instead of copied
             // (raw echo of 4 KiB messages: memcpy was a quarter of the server's CPU).
-            if n >= self.config.read_buffer_size / 4 {
-                let mut data = std::mem::replace(
+            // (Only reads of at least half the buffer: shrinking a smaller one would copy.)
+            if n >= self.config.read_buffer_size / 2 {
+                let data = std::mem::replace(
                     &mut self.scratch,
                     Vec::with_capacity(self.config.read_buffer_size),
                 );
-                if n < data.capacity() / 2 {
-                    data.shrink_to_fit();
-                }
                 self.frames.push_owned(data);
             } else {
                 self.frames.push(&self.scratch);
@@ -602,8 +594,20 @@ impl EventLoop {
                 LoopStats::add(&self.handle.stats.bytes_out, written as u64);
             }
         }
-        conn.output.write(&wire[written..]);
-        self.write_buffered += wire.len() - written;
+        let rest = &wire[written..];
+        if conn.output.len() + rest.len() > self.config.max_write_buffer {
+            let message = format!(
+                "pygev: connection {} would have {} bytes of unsent output, over \
+                 max_write_buffer {}; closing it (the peer is not reading)",
+                conn.id,
+                conn.output.len() + rest.len(),
+                self.config.max_write_buffer
+            );
+            self.close_now(token as usize, CloseCause::Error(message));
+            return;
+        }
+        conn.output.write(rest);
+        self.write_buffered += rest.len();
         self.flush(token as usize);
     }
 
@@ -663,7 +667,7 @@ impl EventLoop {
             return;
         }
         if conn.has(flag::CLOSING) {
-            self.close_now(token, CloseCause::Done);
+            self.finish_close(token);
         } else if conn.has(flag::SHUTDOWN_PENDING) {
             conn.flags = (conn.flags | flag::WRITE_SHUT) & !flag::SHUTDOWN_PENDING;
             let _ = conn.stream.shutdown(Shutdown::Write);
@@ -681,9 +685,62 @@ impl EventLoop {
         let deadline = conn.close_deadline.map_or(deadline, |d| d.min(deadline));
         conn.close_deadline = Some(deadline);
         if conn.output.is_empty() || conn.has(flag::WRITE_SHUT) {
-            self.close_now(token, CloseCause::Done);
+            self.finish_close(token);
         } else {
             self.flush(token);
+        }
+    }
+
+    /// Closes a connection whose output is flushed. If the peer is still sending, first
+    /// shuts down the write side and lingers (discarding input until EOF, bounded by
+    /// `LINGER_TIMEOUT` and the close deadline): closing with unread input makes the kernel
+    /// send RST, and the peer would lose the tail of what we sent.
+    fn finish_close(&mut self, token: usize) {
+        let conn = &mut self.conns[token];
+        if conn.has(flag::PEER_EOF) {
+            self.close_now(token, CloseCause::Done);
+            return;
+        }
+        if !conn.has(flag::LINGERING) {
+            match read_into_spare(&conn.stream, &mut self.scratch) {
+                Ok(n) if n > 0 => self.scratch.clear(),
+                _ => {
+                    // EOF, nothing unread, or an error: a plain close loses nothing.
+                    self.scratch.clear();
+                    self.close_now(token, CloseCause::Done);
+                    return;
+                }
+            }
+            if !conn.has(flag::WRITE_SHUT) {
+                let _ = conn.stream.shutdown(Shutdown::Write);
+            }
+            conn.flags |= flag::LINGERING | flag::WRITE_SHUT;
+            let linger_until = self.now + LINGER_TIMEOUT;
+            conn.close_deadline = Some(
+                conn.close_deadline
+                    .map_or(linger_until, |d| d.min(linger_until)),
+            );
+        }
+        self.linger(token);
+    }
+
+    /// Discards a lingering connection's input; closes it at EOF (or on an error).
+    fn linger(&mut self, token: usize) {
+        for _ in 0..READ_BUDGET {
+            let result = read_into_spare(&self.conns[token].stream, &mut self.scratch);
+            self.scratch.clear();
+            match result {
+                Ok(0) => return self.close_now(token, CloseCause::Done),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.close_now(token, CloseCause::Done),
+            }
+        }
+        let conn = &mut self.conns[token];
+        if !conn.has(flag::MORE_TO_READ) {
+            conn.flags |= flag::MORE_TO_READ;
+            self.more_to_read.push(token);
         }
     }
 
@@ -715,19 +772,24 @@ impl EventLoop {
                 if deadline <= now {
                     expired.push(token);
                 }
-            } else if idle.is_some_and(|idle| now.duration_since(conn.last_active) >= idle) {
+            } else if idle.is_some_and(|idle| now.duration_since(conn.last_active) >= idle)
+                && !conn.has(flag::DEFERRED | flag::OUTPUT_FULL)
+            {
+                // A connection we paused is busy, not idle.
                 idle_conns.push(token);
             }
         }
         for token in expired {
             let id = self.conns[token].id;
             let pending = self.conns[token].output.len();
-            self.close_now(
-                token,
+            let cause = if pending == 0 {
+                CloseCause::Done // lingering peer that never sent EOF
+            } else {
                 CloseCause::Error(format!(
                     "pygev: connection {id} closed with {pending} bytes unsent: drain timeout"
-                )),
-            );
+                ))
+            };
+            self.close_now(token, cause);
         }
         for token in idle_conns {
             log::debug!(

@@ -200,6 +200,19 @@ fn invalid(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, message)
 }
 
+impl Drop for Running {
+    /// A `Running` dropped without the orderly shutdown (the dispatcher failed) still closes
+    /// every connection and ends its threads.
+    fn drop(&mut self) {
+        if self.threads.is_empty() {
+            return;
+        }
+        self.stop_accepting();
+        self.drain(Instant::now());
+        self.join();
+    }
+}
+
 /// Resolves `"host:port"`; an empty host (`":1833"`) means every IPv4 interface.
 pub fn parse_address(address: &str) -> io::Result<SocketAddr> {
     if let Ok(addr) = address.parse::<SocketAddr>() {
@@ -228,9 +241,7 @@ fn bind_listener(addr: SocketAddr, config: &Config) -> io::Result<std::net::TcpL
     if config.reuse_port {
         socket.set_reuse_port(true)?;
     }
-    socket
-        .bind(&addr.into())
-        .map_err(|e| io::Error::new(e.kind(), format!("pygev: cannot bind {addr}: {e}")))?;
+    socket.bind(&addr.into())?; // keeps errno; the binding names the address
     socket.listen(config.backlog)?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())

@@ -90,7 +90,7 @@ impl Connection {
     }
 
     /// Closes after flushing pending output (the dispatcher uses it after a failed callback).
-    pub(crate) fn close_now(&self) {
+    pub(crate) fn request_close(&self) {
         if self.state.swap(CLOSED, Ordering::AcqRel) != CLOSED {
             self.shared.post(
                 self.loop_index,
@@ -169,7 +169,7 @@ impl Connection {
 
     /// Stops reading, flushes pending output, then closes. Idempotent.
     fn close(&self) {
-        self.close_now();
+        self.request_close();
     }
 
     /// The peer's address as `(host, port)`.

@@ -5,8 +5,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pygev_core::{Event, Running};
-use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
+use pygev_core::{Command, Event, Running};
+use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
@@ -174,6 +174,8 @@ impl<'py> Dispatcher<'py> {
                     Ok(conn) => conn,
                     Err(err) => {
                         logging::log_exception(self.py, "pygev: cannot create connection", &err);
+                        let close = Command::Close { token, id: info.id };
+                        self.shared.post(loop_index, close);
                         return;
                     }
                 };
@@ -194,7 +196,7 @@ impl<'py> Dispatcher<'py> {
                 // Replies to the messages before the EOF are already in the outbox: close
                 // after them.
                 if let Some(conn) = self.conn(loop_index, token) {
-                    conn.get().close_now();
+                    conn.get().request_close();
                 }
             }
             Event::Closed { loop_index, token } => {
@@ -219,7 +221,28 @@ impl<'py> Dispatcher<'py> {
             Event::LoopExited { loop_index } => {
                 self.phases[loop_index as usize] = LoopPhase::Exited;
                 if !self.stopping {
-                    log::error!("pygev: loop {loop_index} ended unexpectedly");
+                    // A loop died (a bug): its connections are gone. Tell the handler, and
+                    // stop the server rather than keep sending new connections there.
+                    let orphans: Vec<Py<Connection>> = self.conns[loop_index as usize]
+                        .iter_mut()
+                        .filter_map(Option::take)
+                        .collect();
+                    for conn in orphans {
+                        conn.get().mark_closed();
+                        if let Err(err) = self
+                            .callbacks
+                            .on_close
+                            .call1(self.py, (conn.clone_ref(self.py),))
+                        {
+                            self.report("on_close", &conn, &err);
+                        }
+                    }
+                    if self.pending_error.is_none() {
+                        self.pending_error = Some(PyRuntimeError::new_err(format!(
+                            "pygev: loop {loop_index} failed; the server was stopped"
+                        )));
+                    }
+                    self.shared.queue.request_stop();
                 }
             }
         }
@@ -257,7 +280,11 @@ impl<'py> Dispatcher<'py> {
                 }
                 Err(err) => {
                     let err: PyErr = err.into();
-                    self.callback_failed("on_message returned a non-bytes value and", &conn, err);
+                    self.callback_failed(
+                        "on_message returned a non-bytes value, which",
+                        &conn,
+                        err,
+                    );
                 }
             },
             Err(err) => self.callback_failed("on_message", &conn, err),
@@ -272,7 +299,7 @@ impl<'py> Dispatcher<'py> {
             return;
         }
         self.report(what, conn, &err);
-        conn.get().close_now();
+        conn.get().request_close();
         self.maybe_stop(err);
     }
 

@@ -25,6 +25,8 @@ pub(crate) enum Error {
     Closed(String),
     /// A system error (`OSError` with its errno), or `ValueError` for invalid input.
     Io(io::Error),
+    /// A system error with our own message (`OSError(errno, message)`).
+    Os(Option<i32>, String),
 }
 
 impl From<io::Error> for Error {
@@ -43,29 +45,12 @@ impl From<Error> for PyErr {
             Error::Io(err) if err.kind() == io::ErrorKind::InvalidInput => {
                 PyValueError::new_err(err.to_string())
             }
+            Error::Os(Some(errno), msg) => PyOSError::new_err((errno, msg)),
+            Error::Os(None, msg) => PyOSError::new_err(msg),
             Error::Io(err) => match err.raw_os_error() {
                 Some(errno) => PyOSError::new_err((errno, err.to_string())),
-                None => {
-                    let errno = match err.kind() {
-                        io::ErrorKind::AddrInUse => libc_errno::EADDRINUSE,
-                        io::ErrorKind::AddrNotAvailable => libc_errno::EADDRNOTAVAIL,
-                        io::ErrorKind::PermissionDenied => libc_errno::EACCES,
-                        _ => 0,
-                    };
-                    if errno == 0 {
-                        PyOSError::new_err(err.to_string())
-                    } else {
-                        PyOSError::new_err((errno, err.to_string()))
-                    }
-                }
+                None => PyOSError::new_err(err.to_string()),
             },
         }
     }
-}
-
-/// The errno values we name, without a libc dependency (Linux values).
-mod libc_errno {
-    pub const EACCES: i32 = 13;
-    pub const EADDRINUSE: i32 = 98;
-    pub const EADDRNOTAVAIL: i32 = 99;
 }

@@ -35,12 +35,16 @@ pub struct Server {
     config: Config,
 }
 
+/// Longest duration accepted anywhere (about 31 years): deadlines stay far from overflow.
+const MAX_SECONDS: f64 = 1e9;
+
 fn seconds(name: &str, value: f64, allow_zero: bool) -> Result<Duration, Error> {
-    let ok = value.is_finite() && (value > 0.0 || (allow_zero && value == 0.0));
-    if !ok || Duration::try_from_secs_f64(value).is_err() {
+    let ok =
+        value.is_finite() && value <= MAX_SECONDS && (value > 0.0 || (allow_zero && value == 0.0));
+    if !ok {
         let bound = if allow_zero { ">= 0" } else { "> 0" };
         return Err(Error::Value(format!(
-            "pygev: {name} must be a finite number of seconds {bound}, got {value}"
+            "pygev: {name} must be a number of seconds {bound} and <= {MAX_SECONDS:e}, got {value}"
         )));
     }
     Ok(Duration::from_secs_f64(value))
@@ -199,10 +203,19 @@ impl Server {
             ..Config::default()
         };
         let protocol = protocol_from(protocol)?;
-        let core =
-            pygev_core::Server::bind(address, config.clone(), protocol).map_err(Error::from)?;
+        let merge_sends = protocol.pack_is_identity();
+        let core = pygev_core::Server::bind(address, config.clone(), protocol).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::InvalidInput {
+                Error::Io(e)
+            } else {
+                Error::Os(
+                    e.raw_os_error(),
+                    format!("pygev: cannot bind {address}: {e}"),
+                )
+            }
+        })?;
         Ok(Server {
-            shared: Arc::new(Shared::new(core.queue().clone())),
+            shared: Arc::new(Shared::new(core.queue().clone(), merge_sends)),
             address: core.local_addr(),
             core: Mutex::new(Some(core)),
             handler: Mutex::new(Some(handler.clone().unbind())),
@@ -226,7 +239,14 @@ impl Server {
     /// Serves until `stop()` (or Ctrl+C): blocks the calling thread, which runs the
     /// callbacks.
     fn start(&self, py: Python<'_>) -> PyResult<()> {
-        let core = self.lock_core().take();
+        let core = {
+            let mut slot = self.lock_core();
+            let core = slot.take();
+            if core.is_some() {
+                self.state.store(RUNNING, Ordering::Release);
+            }
+            core
+        };
         let Some(mut core) = core else {
             let msg = match self.state.load(Ordering::Acquire) {
                 // A signal handler may call stop() before start() runs; that is a request
@@ -237,7 +257,6 @@ impl Server {
             };
             return Err(Error::State(msg.into()).into());
         };
-        self.state.store(RUNNING, Ordering::Release);
         let result = (|| -> PyResult<()> {
             logging::install(py)?;
             let callbacks = self.callbacks(py)?;
@@ -265,13 +284,16 @@ impl Server {
     /// socket; then `start()` returns. Thread-safe, callable from callbacks, idempotent;
     /// before `start()` it just releases the listening socket.
     fn stop(&self) {
-        let core = self.lock_core().take();
-        if let Some(mut core) = core {
+        let mut slot = self.lock_core();
+        if let Some(mut core) = slot.take() {
             core.close_listeners();
+            // Under the lock, so a concurrent start() sees the state with the core gone.
             self.state.store(STOPPED_BEFORE_START, Ordering::Release);
+            drop(slot);
             self.shared.clear_timers();
             return;
         }
+        drop(slot);
         self.shared.queue.request_stop();
     }
 

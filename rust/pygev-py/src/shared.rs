@@ -35,12 +35,16 @@ pub(crate) struct Shared {
     outboxes: Mutex<Vec<Vec<Command>>>,
     /// Active timers by id. Only the `Server` reports these references to the GC.
     pub(crate) timers: Mutex<HashMap<u64, Py<Timer>>>,
+    /// Whether consecutive sends to one connection may be merged (only when packing is the
+    /// identity: a framing protocol must frame each send on its own).
+    merge_sends: bool,
     next_timer_id: AtomicU64,
 }
 
 impl Shared {
-    pub(crate) fn new(queue: Arc<DispatchQueue>) -> Self {
+    pub(crate) fn new(queue: Arc<DispatchQueue>, merge_sends: bool) -> Self {
         Shared {
+            merge_sends,
             stats: DispatchStats::default(),
             queue,
             loops: OnceLock::new(),
@@ -93,13 +97,14 @@ impl Shared {
             // NOTE: replies to glued messages of one connection arrive back to back;
             // merging them gives the loop one write instead of several.
             if let (
+                true,
                 Some(Command::Send { token, id, data }),
                 Command::Send {
                     token: new_token,
                     id: new_id,
                     data: new_data,
                 },
-            ) = (outbox.last_mut(), &command)
+            ) = (self.merge_sends, outbox.last_mut(), &command)
             {
                 if token == new_token && id == new_id {
                     data.extend_from_slice(new_data);

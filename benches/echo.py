@@ -90,10 +90,15 @@ def run_loadgen(loadgen, server, test, duration, warmup, busy_poll=True):
     stderr = proc.stderr.read().strip()
     proc.stderr.close()
     if result is None or cpu0 is None:
-        return {"failed": f"loadgen exited with code {proc.returncode} without a result"
-                          + (f": {stderr[-2000:]}" if stderr else "")}
+        why = f"loadgen exited with code {proc.returncode} without a result"
+        if stderr:
+            why += f": {stderr[-2000:]}"
+        if not server.alive():
+            why += f" (the server had exited with code {server.proc.returncode})"
+        return {"failed": why}
     if cpu1 is None:
-        return {"failed": "server died during the run" + server.log_tail()}
+        return {"failed": f"server exited with code {server.proc.returncode} during the run"
+                          + server.log_tail()}
     wall = t1 - t0
     secs = result["seconds"]
     cpu = cpu1 - cpu0
@@ -428,10 +433,10 @@ def main():
         "summary": summary,
         "table": text,
     }
-    json_path = os.path.join(args.out, "echo.json")
+    json_path = os.path.join(args.out, "echo-quick.json" if args.quick else "echo.json")
     with open(json_path, "w") as f:
         json.dump(data, f, indent=2)
-    png_path = os.path.join(args.out, "echo.png")
+    png_path = os.path.join(args.out, "echo-quick.png" if args.quick else "echo.png")
     if summary and plot(summary, names, tests, png_path):
         print(f"wrote {json_path} and {png_path}")
     else:

@@ -228,7 +228,7 @@ def main():
         print(f"FAILED {name}: {why}")
 
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "memory.json")
+    path = os.path.join(args.out, "memory-quick.json" if args.quick else "memory.json")
     with open(path, "w") as f:
         json.dump({
             "benchmark": "memory",

@@ -26,7 +26,11 @@ const LISTENER: Token = Token(usize::MAX - 1);
 /// Reads per readiness event before other connections get their turn.
 const READ_BUDGET: usize = 16;
 /// How long a closing connection keeps discarding a still-sending peer's input.
-const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
+const LINGER_TIMEOUT: Duration = Duration::from_secs(1);
+/// The same while the server stops, so that Ctrl+C stays prompt.
+const STOP_LINGER_TIMEOUT: Duration = Duration::from_millis(250);
+/// A peer that sent within this long before the close is taken to be still sending.
+const LINGER_RECENT: Duration = Duration::from_secs(1);
 /// How often a loop looks for idle connections and expired drain deadlines.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -65,6 +69,8 @@ struct Conn {
     output: RingBuffer,
     state: ProtocolState,
     last_active: Instant,
+    /// Last time bytes arrived (a peer that sent recently may still be sending).
+    last_read: Instant,
     /// Set while closing: when to give up on flushing.
     close_deadline: Option<Instant>,
 }
@@ -357,6 +363,7 @@ impl EventLoop {
             output: RingBuffer::new(),
             state: self.protocol.new_state(),
             last_active: self.now,
+            last_read: self.now,
             close_deadline: None,
         });
         LoopStats::add(&self.handle.stats.accepted, 1);
@@ -404,6 +411,7 @@ impl EventLoop {
                 }
                 Ok(n) => {
                     conn.last_active = self.now;
+                    conn.last_read = self.now;
                     LoopStats::add(&self.handle.stats.bytes_in, n as u64);
                     if let Err(cause) = self.feed(token, n) {
                         self.close_now(token, cause);
@@ -702,20 +710,29 @@ impl EventLoop {
             return;
         }
         if !conn.has(flag::LINGERING) {
-            match read_into_spare(&conn.stream, &mut self.scratch) {
-                Ok(n) if n > 0 => self.scratch.clear(),
-                _ => {
-                    // EOF, nothing unread, or an error: a plain close loses nothing.
-                    self.scratch.clear();
-                    self.close_now(token, CloseCause::Done);
-                    return;
-                }
+            let probe = read_into_spare(&conn.stream, &mut self.scratch);
+            self.scratch.clear();
+            let unread = match probe {
+                Ok(0) => return self.close_now(token, CloseCause::Done), // EOF
+                Ok(_) => true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+                Err(_) => return self.close_now(token, CloseCause::Done),
+            };
+            let sending = self.now.duration_since(conn.last_read) < LINGER_RECENT;
+            if !unread && !sending {
+                // A quiet peer: a plain close loses nothing and ends promptly.
+                return self.close_now(token, CloseCause::Done);
             }
             if !conn.has(flag::WRITE_SHUT) {
                 let _ = conn.stream.shutdown(Shutdown::Write);
             }
             conn.flags |= flag::LINGERING | flag::WRITE_SHUT;
-            let linger_until = self.now + LINGER_TIMEOUT;
+            let linger = if self.draining {
+                STOP_LINGER_TIMEOUT
+            } else {
+                LINGER_TIMEOUT
+            };
+            let linger_until = self.now + linger;
             conn.close_deadline = Some(
                 conn.close_deadline
                     .map_or(linger_until, |d| d.min(linger_until)),

@@ -152,7 +152,8 @@ impl<'py> Dispatcher<'py> {
                 token,
                 data,
             } => {
-                self.handled_bytes[loop_index as usize] += data.len();
+                // Capacity, as the loop counted it for dispatch backpressure.
+                self.handled_bytes[loop_index as usize] += data.capacity();
                 if let Some(conn) = self.conn(loop_index, token) {
                     self.on_message(conn, data);
                 }

@@ -70,7 +70,7 @@ impl Harness {
             } => {
                 let id = self.conns[&(loop_index, token)];
                 let handle = &self.running.loops()[loop_index as usize];
-                handle.dispatched(data.len(), usize::MAX).unwrap();
+                handle.dispatched(data.capacity(), usize::MAX).unwrap();
                 handle.post(Command::Send { token, id, data }).unwrap();
             }
             Event::PeerClosed { loop_index, token } => {

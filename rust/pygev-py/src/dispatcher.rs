@@ -205,15 +205,7 @@ impl<'py> Dispatcher<'py> {
                     .get_mut(token as usize)
                     .and_then(Option::take);
                 if let Some(conn) = slot {
-                    conn.get().mark_closed();
-                    if let Err(err) = self
-                        .callbacks
-                        .on_close
-                        .call1(self.py, (conn.clone_ref(self.py),))
-                    {
-                        self.report("on_close", &conn, &err);
-                        self.maybe_stop(err);
-                    }
+                    self.closed(conn);
                 }
             }
             Event::Quiesced { loop_index } => {
@@ -229,14 +221,7 @@ impl<'py> Dispatcher<'py> {
                         .filter_map(Option::take)
                         .collect();
                     for conn in orphans {
-                        conn.get().mark_closed();
-                        if let Err(err) = self
-                            .callbacks
-                            .on_close
-                            .call1(self.py, (conn.clone_ref(self.py),))
-                        {
-                            self.report("on_close", &conn, &err);
-                        }
+                        self.closed(conn);
                     }
                     if self.pending_error.is_none() {
                         self.pending_error = Some(PyRuntimeError::new_err(format!(
@@ -246,6 +231,20 @@ impl<'py> Dispatcher<'py> {
                     self.shared.queue.request_stop();
                 }
             }
+        }
+    }
+
+    /// The connection is gone: mark it and call `on_close` (exactly once: the caller took
+    /// it out of the table).
+    fn closed(&mut self, conn: Py<Connection>) {
+        conn.get().mark_closed();
+        if let Err(err) = self
+            .callbacks
+            .on_close
+            .call1(self.py, (conn.clone_ref(self.py),))
+        {
+            self.report("on_close", &conn, &err);
+            self.maybe_stop(err);
         }
     }
 

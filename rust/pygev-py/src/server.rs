@@ -261,7 +261,7 @@ impl Server {
             logging::install(py)?;
             let callbacks = self.callbacks(py)?;
             let mut running = core.start().map_err(Error::from)?;
-            let _ = self.shared.loops.set(running.loops().to_vec());
+            self.shared.set_loops(running.loops().to_vec());
             let dispatcher = Dispatcher::new(
                 py,
                 self.shared.clone(),

@@ -78,11 +78,13 @@ impl Shared {
     }
 
     fn lock_outboxes(&self) -> MutexGuard<'_, Vec<Vec<Command>>> {
-        let mut outboxes = self.outboxes.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(loops) = self.loops.get() {
-            outboxes.resize_with(loops.len(), Vec::new);
-        }
-        outboxes
+        self.outboxes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records the started loops and sizes the per-loop outboxes once.
+    pub(crate) fn set_loops(&self, loops: Vec<Arc<LoopHandle>>) {
+        self.lock_outboxes().resize_with(loops.len(), Vec::new);
+        let _ = self.loops.set(loops);
     }
 
     /// Sends `command` to loop `loop_index`: batched when called from a callback of this

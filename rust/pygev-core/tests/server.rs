@@ -121,3 +121,57 @@ fn bind_reports_address_in_use_and_bad_addresses() {
     );
     h.shutdown();
 }
+
+#[test]
+fn tiny_batches_still_serve_every_connection_in_turn() {
+    // With a batch of one byte, every read fills the batch and the other readable
+    // connections wait for later iterations. Connections that never stop sending must not
+    // starve one that sent a single message.
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut h = Harness::start(Config {
+        batch_bytes: 1,
+        ..Config::default()
+    });
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let mut hogs = Vec::new();
+    for _ in 0..4 {
+        let client = connect(h.port());
+        let mut writer_end = client.try_clone().unwrap();
+        let mut reader_end = client;
+        let stop_writing = stop.clone();
+        hogs.push(std::thread::spawn(move || {
+            let chunk = vec![7u8; 64 << 10];
+            while !stop_writing.load(Ordering::SeqCst) {
+                if writer_end.write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+        }));
+        hogs.push(std::thread::spawn(move || {
+            let mut sink = vec![0u8; 64 << 10];
+            while matches!(reader_end.read(&mut sink), Ok(n) if n > 0) {}
+        }));
+    }
+    let mut victim = connect(h.port());
+    h.pump_until(Duration::from_secs(5), |h| {
+        h.log.iter().filter(|l| l.starts_with("connect")).count() == 5
+    });
+    h.pump_until(Duration::from_secs(1), |h| {
+        h.running.loops()[0].stats().snapshot().bytes_in > 4 << 20
+    });
+    victim.write_all(b"are you there").unwrap();
+    victim.set_nonblocking(true).unwrap();
+    let mut got = Vec::new();
+    h.pump_until(Duration::from_secs(10), |_| {
+        let mut buf = [0u8; 64];
+        if let Ok(n) = victim.read(&mut buf) {
+            got.extend_from_slice(&buf[..n]);
+        }
+        got == b"are you there"
+    });
+    stop.store(true, Ordering::SeqCst);
+    h.shutdown();
+    for hog in hogs {
+        hog.join().unwrap();
+    }
+}

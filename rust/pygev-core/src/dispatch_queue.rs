@@ -67,12 +67,15 @@ impl DispatchQueue {
         } else {
             state.events.append(events);
         }
-        self.notify(&mut state);
+        self.notify(state);
     }
 
-    fn notify(&self, state: &mut QueueState) {
-        if state.waiting {
-            state.waiting = false;
+    /// Wakes a waiting dispatcher. The lock is released first: a dispatcher woken on the
+    /// same CPU would otherwise block on it at once and switch straight back.
+    fn notify(&self, mut state: MutexGuard<'_, QueueState>) {
+        let waiting = std::mem::replace(&mut state.waiting, false);
+        drop(state);
+        if waiting {
             self.ready.notify_one();
         }
     }
@@ -82,7 +85,7 @@ impl DispatchQueue {
         let mut state = self.lock();
         state.timers.push(Reverse((deadline, id)));
         // A sleeping dispatcher recomputes its timeout from the heap when woken.
-        self.notify(&mut state);
+        self.notify(state);
     }
 
     /// Asks the dispatcher to stop; it sees [`stop_requested`](Self::stop_requested) after
@@ -91,7 +94,7 @@ impl DispatchQueue {
         let mut state = self.lock();
         state.stop_requested = true;
         state.interrupted = true;
-        self.notify(&mut state);
+        self.notify(state);
     }
 
     /// Whether [`request_stop`](Self::request_stop) was called.

@@ -205,8 +205,11 @@ impl EventLoop {
     fn run_inner(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         loop {
-            let timeout = self.poll_timeout();
-            match self.poll.poll(&mut events, timeout) {
+            let mut timeout = self.poll_timeout();
+            if !timeout.is_zero() && !self.handle.may_sleep() {
+                timeout = Duration::ZERO; // commands are waiting
+            }
+            match self.poll.poll(&mut events, Some(timeout)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -214,9 +217,12 @@ impl EventLoop {
             self.now = Instant::now();
             self.batch_read = 0;
             LoopStats::add(&self.handle.stats.wakeups, 1);
+            // Every iteration looks at the mailbox: a loop that was not sleeping got no
+            // wake-up for what was posted meanwhile.
+            self.drain_mailbox()?;
             for event in events.iter() {
                 match event.token() {
-                    WAKER => self.drain_mailbox()?,
+                    WAKER => {}
                     LISTENER => self.accept(),
                     Token(token) => {
                         if event.is_writable() {
@@ -268,15 +274,15 @@ impl EventLoop {
         }
     }
 
-    fn poll_timeout(&self) -> Option<Duration> {
+    fn poll_timeout(&self) -> Duration {
         if !self.more_to_read.is_empty() {
-            return Some(Duration::ZERO);
+            return Duration::ZERO;
         }
         let mut until = self.next_sweep;
         if let Some(t) = self.accept_again_at {
             until = until.min(t);
         }
-        Some(until.saturating_duration_since(Instant::now()))
+        until.saturating_duration_since(Instant::now())
     }
 
     // ---- mailbox ----------------------------------------------------------------------

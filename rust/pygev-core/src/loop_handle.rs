@@ -12,14 +12,13 @@ use crate::stats::LoopStats;
 /// A handle to one loop thread, shared by the acceptor, the dispatcher and any thread that
 /// sends.
 ///
-/// Posting is thread-safe and never blocks on the loop; a loop is woken at most once until
-/// it has emptied its mailbox, so a batch of replies costs one wake-up.
+/// Posting is thread-safe and never blocks on the loop. Only a loop that is about to sleep,
+/// or sleeps, in `poll` is woken, and only once until it wakes: a loop that is running
+/// anyway empties its mailbox at its next iteration without a wake-up.
 #[derive(Debug)]
 pub struct LoopHandle {
     index: u32,
-    mailbox: Mutex<Vec<Command>>,
-    /// Set when a wake-up is in flight; cleared by the loop before it empties the mailbox.
-    notified: AtomicBool,
+    mailbox: Mutex<Mailbox>,
     waker: Waker,
     pub(crate) stats: LoopStats,
     /// Message bytes queued for the dispatcher and not yet handled.
@@ -30,12 +29,18 @@ pub struct LoopHandle {
     pub(crate) assigned: AtomicU64,
 }
 
+/// Commands for a loop, and whether the loop sleeps (or is about to) in `poll`.
+#[derive(Debug, Default)]
+struct Mailbox {
+    commands: Vec<Command>,
+    sleeping: bool,
+}
+
 impl LoopHandle {
     pub(crate) fn new(index: u32, waker: Waker) -> Self {
         LoopHandle {
             index,
-            mailbox: Mutex::new(Vec::new()),
-            notified: AtomicBool::new(false),
+            mailbox: Mutex::new(Mailbox::default()),
             waker,
             stats: LoopStats::default(),
             pending_dispatch: AtomicUsize::new(0),
@@ -54,43 +59,57 @@ impl LoopHandle {
         &self.stats
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vec<Command>> {
+    fn lock(&self) -> MutexGuard<'_, Mailbox> {
         self.mailbox.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Posts one command and wakes the loop if no wake-up is pending.
+    /// Queues `command` for the loop and wakes it if it sleeps.
     pub fn post(&self, command: Command) -> io::Result<()> {
-        self.lock().push(command);
-        self.wake()
+        let wake = {
+            let mut mailbox = self.lock();
+            mailbox.commands.push(command);
+            std::mem::take(&mut mailbox.sleeping)
+        };
+        self.wake_if(wake)
     }
 
-    /// Posts every command of `commands` (leaving it empty) with at most one wake-up.
+    /// Queues all of `commands` (leaving it empty) with at most one wake-up.
     pub fn post_all(&self, commands: &mut Vec<Command>) -> io::Result<()> {
         if commands.is_empty() {
             return Ok(());
         }
-        {
+        let wake = {
             let mut mailbox = self.lock();
-            if mailbox.is_empty() {
-                std::mem::swap(&mut *mailbox, commands);
+            if mailbox.commands.is_empty() {
+                std::mem::swap(&mut mailbox.commands, commands);
             } else {
-                mailbox.append(commands);
+                mailbox.commands.append(commands);
             }
-        }
-        self.wake()
+            std::mem::take(&mut mailbox.sleeping)
+        };
+        self.wake_if(wake)
     }
 
-    fn wake(&self) -> io::Result<()> {
-        if !self.notified.swap(true, Ordering::AcqRel) {
+    fn wake_if(&self, wake: bool) -> io::Result<()> {
+        if wake {
             self.waker.wake()?;
         }
         Ok(())
     }
 
-    /// Called by the loop: takes the posted commands into `into` (which should be empty).
+    /// Called by the loop before it polls with a timeout: marks it as sleeping unless
+    /// commands are waiting (then it should not sleep, and gets `false`).
+    pub(crate) fn may_sleep(&self) -> bool {
+        let mut mailbox = self.lock();
+        mailbox.sleeping = mailbox.commands.is_empty();
+        mailbox.sleeping
+    }
+
+    /// Called by the loop after each poll: marks it awake and takes the waiting commands.
     pub(crate) fn take(&self, into: &mut Vec<Command>) {
-        self.notified.store(false, Ordering::Release);
-        std::mem::swap(&mut *self.lock(), into);
+        let mut mailbox = self.lock();
+        mailbox.sleeping = false;
+        std::mem::swap(&mut mailbox.commands, into);
     }
 
     /// Called by the dispatcher once it has handled `bytes` of this loop's messages; wakes

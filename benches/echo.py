@@ -191,6 +191,28 @@ def summarize(runs, servers, tests):
                 "per_cpu_unit": TESTS[test]["per_cpu_unit"],
                 "errors": errors,
             }
+        # Ratios paired round by round: both servers ran minutes apart at most, so slow
+        # drift of the machine's speed cancels out (the median of these is the headline).
+        s = summary.get(test, {})
+        if "pygev" not in s:
+            continue
+        for peer in servers:
+            if peer == "pygev" or peer not in s:
+                continue
+            for key, fn in (("throughput", throughput), ("per_cpu_s", per_cpu)):
+                ratios = []
+                for rnd in sorted({r["round"] for r in runs}):
+                    pair = {}
+                    for r in runs:
+                        if (r["test"] == test and r["round"] == rnd and "failed" not in r
+                                and not r.get("discarded") and r["server"] in ("pygev", peer)):
+                            pair[r["server"]] = fn(test, r)
+                    if len(pair) == 2 and pair[peer]:
+                        ratios.append(pair["pygev"] / pair[peer])
+                if ratios:
+                    s["pygev"].setdefault("paired", {}).setdefault(peer, {})[key] = {
+                        "median": median(ratios), "min": min(ratios), "max": max(ratios),
+                    }
     return summary
 
 
@@ -233,8 +255,9 @@ def table(summary, servers, tests, args):
                 else:
                     row.append(fmt(s[name][key]))
             for b in ratio_cols:
-                if key in ("throughput", "per_cpu_s") and "pygev" in s and b in s and s[b][key]:
-                    row.append(f"{s['pygev'][key] / s[b][key]:.2f}x")
+                paired = s.get("pygev", {}).get("paired", {}).get(b, {}).get(key)
+                if key in ("throughput", "per_cpu_s") and paired:
+                    row.append(f"{paired['median']:.2f}x ({paired['min']:.2f}-{paired['max']:.2f})")
                 else:
                     row.append("")
             rows.append(row)
@@ -248,6 +271,8 @@ def table(summary, servers, tests, args):
     out = [
         f"echo benchmark: median of {args.rounds} round(s), {args.duration:g} s measured "
         f"after {args.warmup:g} s warmup; server on CPU {SERVER_CPU}, loadgen on CPU {LOADGEN_CPU}",
+        "ratios: median (min-max) of the per-round ratios, each round running every server "
+        "back to back",
         line(headers), line(["-" * w for w in widths]),
     ]
     for r in rows[:-1]:

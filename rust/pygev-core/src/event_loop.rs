@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::dispatch_queue::DispatchQueue;
 use crate::event::{Command, ConnectInfo, Event};
 use crate::loop_handle::LoopHandle;
-use crate::protocol::{FrameSink, Protocol, ProtocolState};
+use crate::protocols::{FrameSink, Protocol, ProtocolState};
 use crate::ring_buffer::RingBuffer;
 use crate::stats::LoopStats;
 

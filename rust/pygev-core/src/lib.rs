@@ -12,7 +12,7 @@ mod dispatch_queue;
 mod event;
 mod event_loop;
 mod loop_handle;
-mod protocol;
+mod protocols;
 mod ring_buffer;
 mod server;
 mod stats;
@@ -21,7 +21,10 @@ pub use config::{Config, Strategy};
 pub use dispatch_queue::DispatchQueue;
 pub use event::{Command, ConnectInfo, Event};
 pub use loop_handle::LoopHandle;
-pub use protocol::{FrameSink, Protocol, ProtocolError, ProtocolState, Raw};
+pub use protocols::{
+    ByteOrder, Delimited, FrameSink, LengthPrefix, Protocol, ProtocolError, ProtocolState, Raw,
+    MAX_DELIMITER,
+};
 pub use ring_buffer::RingBuffer;
 pub use server::{parse_address, Running, Server};
 pub use stats::{LoopStats, LoopStatsSnapshot};

@@ -16,7 +16,7 @@ use crate::dispatch_queue::DispatchQueue;
 use crate::event::{Command, Event};
 use crate::event_loop::EventLoop;
 use crate::loop_handle::LoopHandle;
-use crate::protocol::Protocol;
+use crate::protocols::Protocol;
 
 /// A bound server whose loops have not started yet.
 ///

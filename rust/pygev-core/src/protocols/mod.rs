@@ -1,7 +1,14 @@
-//! Framing: the `Protocol` trait every native framing implements, and the raw protocol.
+//! Framing: the `Protocol` trait every native framing implements, and the built-in
+//! framings (raw, length-prefix, delimited).
 
 use std::any::Any;
 use std::fmt;
+
+mod delimited;
+mod length_prefix;
+
+pub use delimited::{Delimited, MAX_DELIMITER};
+pub use length_prefix::{ByteOrder, LengthPrefix};
 
 /// Per-connection state a protocol may keep between calls (`None` for stateless framings).
 pub type ProtocolState = Option<Box<dyn Any + Send>>;
@@ -116,8 +123,20 @@ pub trait Protocol: Send + Sync {
         frames: &mut FrameSink,
     ) -> Result<usize, ProtocolError>;
 
-    /// Appends the wire form of `payload` to `out`.
+    /// Checks that `payload` can be sent (for example that its length fits in a header);
+    /// the error is raised to the caller of `send` instead of packing the payload.
+    fn check_payload(&self, _payload: &[u8]) -> Result<(), ProtocolError> {
+        Ok(())
+    }
+
+    /// Appends the wire form of `payload` (already accepted by `check_payload`) to `out`.
     fn pack(&self, state: &mut ProtocolState, payload: &[u8], out: &mut Vec<u8>);
+
+    /// Whether `pack` ignores the connection's state, so that payloads may be packed away
+    /// from the loop (the dispatcher packs a batch of replies into one buffer).
+    fn pack_is_stateless(&self) -> bool {
+        false
+    }
 
     /// Whether `pack` returns the payload unchanged, letting the write path skip a copy.
     fn pack_is_identity(&self) -> bool {
@@ -158,6 +177,10 @@ impl Protocol for Raw {
     }
 
     fn pack_is_identity(&self) -> bool {
+        true
+    }
+
+    fn pack_is_stateless(&self) -> bool {
         true
     }
 

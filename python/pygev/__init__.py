@@ -14,7 +14,15 @@ Write a :class:`Handler`, give it to a :class:`Server`, call :meth:`Server.start
 from __future__ import annotations
 
 from pygev._handler import Handler
-from pygev._pygev import Connection, ConnectionClosed, Raw, Server, Timer
+from pygev._pygev import (
+    Connection,
+    ConnectionClosed,
+    Delimited,
+    LengthPrefix,
+    Raw,
+    Server,
+    Timer,
+)
 
 # Exceptions pickle by module path: name the public one.
 ConnectionClosed.__module__ = "pygev"
@@ -22,7 +30,9 @@ ConnectionClosed.__module__ = "pygev"
 __all__ = [
     "Connection",
     "ConnectionClosed",
+    "Delimited",
     "Handler",
+    "LengthPrefix",
     "Raw",
     "Server",
     "Timer",

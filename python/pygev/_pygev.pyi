@@ -12,7 +12,15 @@ from typing_extensions import Buffer, Self
 
 from pygev._handler import Handler
 
-__all__ = ["Connection", "ConnectionClosed", "Raw", "Server", "Timer"]
+__all__ = [
+    "Connection",
+    "ConnectionClosed",
+    "Delimited",
+    "LengthPrefix",
+    "Raw",
+    "Server",
+    "Timer",
+]
 
 @final
 class ConnectionClosed(ConnectionError):
@@ -27,6 +35,69 @@ class Raw:
     """
 
     def __new__(cls) -> Self: ...
+
+@final
+class LengthPrefix:
+    """Frames made of an unsigned length header, then that many payload bytes.
+
+    Parsed in the loop threads, so only whole frames reach Python: ``on_message`` gets the
+    payload without its header, and a returned or sent payload gets its header. A frame
+    whose header declares more than ``max_frame_size`` bytes closes that connection (with a
+    log line naming the length and the limit) before any of it is buffered.
+
+    Args:
+        header_size: 1, 2, 4 or 8 bytes.
+        byteorder: ``"big"`` (network order) or ``"little"``.
+        max_frame_size: The largest payload accepted from a peer. Default 16 MiB, or what
+            the header can hold if less. Sending a payload longer than the header can hold
+            raises ``ValueError``.
+
+    Immutable: one instance may be shared by several servers and threads.
+    """
+
+    def __new__(
+        cls,
+        header_size: Literal[1, 2, 4, 8] = 4,
+        byteorder: Literal["big", "little"] = "big",
+        max_frame_size: int | None = None,
+    ) -> Self: ...
+    @property
+    def header_size(self) -> int:
+        """The header's size in bytes."""
+
+    @property
+    def byteorder(self) -> Literal["big", "little"]:
+        """The header's byte order."""
+
+    @property
+    def max_frame_size(self) -> int:
+        """The largest payload accepted from a peer, in bytes."""
+
+@final
+class Delimited:
+    """Frames that end with a delimiter of 1 to 16 bytes (``b"\\r\\n"`` by default).
+
+    Parsed in the loop threads: ``on_message`` gets each frame without its delimiter, and
+    a returned or sent payload gets it appended. A frame longer than ``max_frame_size``
+    (delimiter not counted) closes that connection as soon as that many bytes arrived
+    without a delimiter. Sending a payload that contains the delimiter raises
+    ``ValueError``: the peer would split it.
+
+    Args:
+        delimiter: 1 to 16 bytes.
+        max_frame_size: The largest frame accepted from a peer (default 1 MiB).
+
+    Immutable: one instance may be shared by several servers and threads.
+    """
+
+    def __new__(cls, delimiter: bytes = b"\r\n", max_frame_size: int = 1048576) -> Self: ...
+    @property
+    def delimiter(self) -> bytes:
+        """The delimiter."""
+
+    @property
+    def max_frame_size(self) -> int:
+        """The largest frame accepted from a peer, delimiter not counted."""
 
 @final
 class Timer:
@@ -73,6 +144,9 @@ class Connection:
         Raises:
             ConnectionClosed: The connection is closed, or ``shutdown_write()`` was called.
             TypeError: ``data`` is not a bytes-like object.
+            ValueError: The protocol cannot frame ``data`` (longer than a
+                :class:`LengthPrefix` header can hold, or containing the :class:`Delimited`
+                delimiter).
         """
 
     def shutdown_write(self) -> None:
@@ -131,7 +205,7 @@ class Server:
         address: str = "0.0.0.0:1833",
         *,
         num_loops: int = 0,
-        protocol: Raw | None = None,
+        protocol: Raw | LengthPrefix | Delimited | None = None,
         reuse_port: bool = False,
         strategy: Literal["round_robin", "least_connections"] = "round_robin",
         idle_timeout: float | None = None,
@@ -150,7 +224,8 @@ class Server:
             address: ``"host:port"`` to listen on; port 0 picks a free port (see
                 :attr:`address`); ``"[::1]:0"`` for IPv6.
             num_loops: Reactor (loop) threads; 0 means one per CPU.
-            protocol: The framing; ``None`` means :class:`Raw`.
+            protocol: The framing: :class:`Raw` (the default, also ``None``),
+                :class:`LengthPrefix` or :class:`Delimited`.
             reuse_port: Use ``SO_REUSEPORT``: one listening socket per loop, the kernel
                 balances connections between them.
             strategy: How the acceptor picks a loop for a new connection:

@@ -86,8 +86,11 @@ pub enum Command {
         token: u32,
         /// The connection's id, so a reused slot never receives a stale command.
         id: u64,
-        /// The payload, before packing.
+        /// The payload: before packing, or already in wire form when `packed`.
         data: Vec<u8>,
+        /// `data` was packed by the sender (stateless protocols pack a batch of replies in
+        /// the dispatcher, merged into one buffer per connection).
+        packed: bool,
     },
     /// Flush pending output, then shut down the write side (the peer sees EOF).
     ShutdownWrite {

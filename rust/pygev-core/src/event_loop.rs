@@ -293,7 +293,12 @@ impl EventLoop {
         for command in commands.drain(..) {
             match command {
                 Command::Register { stream, peer } => self.register(stream, peer),
-                Command::Send { token, id, data } => self.send(token, id, &data),
+                Command::Send {
+                    token,
+                    id,
+                    data,
+                    packed,
+                } => self.send(token, id, &data, packed),
                 Command::ShutdownWrite { token, id } => {
                     if let Some(conn) = self.conn_mut(token, id) {
                         conn.flags |= flag::SHUTDOWN_PENDING;
@@ -600,7 +605,7 @@ impl EventLoop {
 
     // ---- writing ----------------------------------------------------------------------
 
-    fn send(&mut self, token: u32, id: u64, data: &[u8]) {
+    fn send(&mut self, token: u32, id: u64, data: &[u8], packed: bool) {
         let protocol = self.protocol.clone();
         let now = self.now;
         let Some(conn) = self.conns.get_mut(token as usize).filter(|c| c.id == id) else {
@@ -609,14 +614,14 @@ impl EventLoop {
         if conn.has(flag::WRITE_SHUT | flag::SHUTDOWN_PENDING) {
             return;
         }
-        let packed;
-        let wire = if protocol.pack_is_identity() {
+        let framed;
+        let wire = if packed || protocol.pack_is_identity() {
             data
         } else {
             let mut out = Vec::with_capacity(data.len() + 16);
             protocol.pack(&mut conn.state, data, &mut out);
-            packed = out;
-            &packed[..]
+            framed = out;
+            &framed[..]
         };
         // NOTE: the common case (nothing queued) writes straight from the command's buffer;
         // only what the socket does not take is copied into the output ring buffer.

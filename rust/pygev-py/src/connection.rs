@@ -78,10 +78,15 @@ impl Connection {
             }
             _ => return Err(self.closed_error()),
         }
+        self.shared
+            .protocol
+            .check_payload(&data)
+            .map_err(|e| Error::Value(e.message().to_string()))?;
         let command = Command::Send {
             token: self.token,
             id: self.id,
             data,
+            packed: false,
         };
         if !self.shared.post(self.loop_index, command) {
             return Err(self.closed_error());

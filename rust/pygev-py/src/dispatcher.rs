@@ -11,6 +11,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::connection::{bytes_of, Connection};
+use crate::errors::Error;
 use crate::logging;
 use crate::shared::Shared;
 
@@ -270,14 +271,9 @@ impl<'py> Dispatcher<'py> {
             Ok(reply) if reply.is_none() => {}
             // NOTE: a handler that returns the bytes it was given (echo) sends our own copy
             // of them: no second copy (raw echo: memcpy was 17% of server CPU).
-            Ok(reply) if reply.is(&bytes) => {
-                let _ = conn.get().send_bytes(data);
-            }
+            Ok(reply) if reply.is(&bytes) => self.reply(&conn, data),
             Ok(reply) => match bytes_of(&reply) {
-                Ok(reply) => {
-                    // A reply after shutdown_write()/close() is dropped, as a send would be.
-                    let _ = conn.get().send_bytes(reply);
-                }
+                Ok(reply) => self.reply(&conn, reply),
                 Err(err) => {
                     let err: PyErr = err.into();
                     self.callback_failed(
@@ -288,6 +284,15 @@ impl<'py> Dispatcher<'py> {
                 }
             },
             Err(err) => self.callback_failed("on_message", &conn, err),
+        }
+    }
+
+    /// Sends what `on_message` returned. A reply after shutdown_write()/close() is dropped,
+    /// as a send would be; one the protocol cannot pack is the handler's error.
+    fn reply(&mut self, conn: &Py<Connection>, data: Vec<u8>) {
+        if let Err(err @ Error::Value(_)) = conn.get().send_bytes(data) {
+            let err: PyErr = err.into();
+            self.callback_failed("sending on_message's reply", conn, err);
         }
     }
 

@@ -17,7 +17,7 @@ mod _pygev {
     #[pymodule_export]
     use crate::errors::ConnectionClosed;
     #[pymodule_export]
-    use crate::protocols::Raw;
+    use crate::protocols::{Delimited, LengthPrefix, Raw};
     #[pymodule_export]
     use crate::server::Server;
     #[pymodule_export]

@@ -2,8 +2,9 @@
 
 use std::sync::Arc;
 
-use pygev_core::Protocol;
+use pygev_core::{ByteOrder, Protocol};
 use pyo3::prelude::*;
+use pyo3::types::PyBytes;
 
 use crate::errors::Error;
 
@@ -25,18 +26,156 @@ impl Raw {
     }
 }
 
+/// Default `max_frame_size` of the native framings (capped by a length header's capacity).
+const DEFAULT_MAX_FRAME: usize = 16 << 20;
+
+/// Frames made of an unsigned length header (1, 2, 4 or 8 bytes) and that many payload
+/// bytes. Parsed in the loop threads; handlers see payloads without the header.
+#[pyclass(module = "pygev._pygev", frozen)]
+pub struct LengthPrefix {
+    inner: Arc<pygev_core::LengthPrefix>,
+}
+
+#[pymethods]
+impl LengthPrefix {
+    #[new]
+    #[pyo3(signature = (header_size=4, byteorder="big", max_frame_size=None))]
+    fn py_new(
+        header_size: usize,
+        byteorder: &str,
+        max_frame_size: Option<usize>,
+    ) -> Result<Self, Error> {
+        let order = match byteorder {
+            "big" => ByteOrder::Big,
+            "little" => ByteOrder::Little,
+            other => {
+                return Err(Error::Value(format!(
+                    "pygev: byteorder must be \"big\" or \"little\", got {other:?}"
+                )))
+            }
+        };
+        let max_frame_size = match max_frame_size {
+            Some(0) => {
+                return Err(Error::Value(
+                    "pygev: max_frame_size must be positive".into(),
+                ))
+            }
+            Some(n) => n,
+            None => match header_size {
+                1 | 2 | 4 => DEFAULT_MAX_FRAME.min((1usize << (8 * header_size)) - 1),
+                _ => DEFAULT_MAX_FRAME,
+            },
+        };
+        let inner = pygev_core::LengthPrefix::new(header_size, order, max_frame_size)
+            .map_err(Error::Value)?;
+        Ok(LengthPrefix {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The header's size in bytes.
+    #[getter]
+    fn header_size(&self) -> usize {
+        self.inner.header_size()
+    }
+
+    /// `"big"` or `"little"`.
+    #[getter]
+    fn byteorder(&self) -> &'static str {
+        match self.inner.byte_order() {
+            ByteOrder::Big => "big",
+            ByteOrder::Little => "little",
+        }
+    }
+
+    /// The largest payload accepted from a peer, in bytes.
+    #[getter]
+    fn max_frame_size(&self) -> usize {
+        self.inner.max_frame_size()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "pygev.LengthPrefix(header_size={}, byteorder={:?}, max_frame_size={})",
+            self.header_size(),
+            self.byteorder(),
+            self.max_frame_size()
+        )
+    }
+}
+
+/// Frames ending with a delimiter of 1 to 16 bytes. Handlers see frames without it; sent
+/// payloads get it appended.
+#[pyclass(module = "pygev._pygev", frozen)]
+pub struct Delimited {
+    inner: Arc<pygev_core::Delimited>,
+}
+
+#[pymethods]
+impl Delimited {
+    #[new]
+    #[pyo3(
+        signature = (delimiter=b"\r\n".as_slice(), max_frame_size=1 << 20),
+        text_signature = "(delimiter=b'\\r\\n', max_frame_size=1048576)"
+    )]
+    fn py_new(delimiter: &[u8], max_frame_size: usize) -> Result<Self, Error> {
+        if max_frame_size == 0 {
+            return Err(Error::Value(
+                "pygev: max_frame_size must be positive".into(),
+            ));
+        }
+        let inner = pygev_core::Delimited::new(delimiter, max_frame_size).map_err(Error::Value)?;
+        Ok(Delimited {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The delimiter.
+    #[getter]
+    fn delimiter<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, self.inner.delimiter())
+    }
+
+    /// The largest frame accepted from a peer, delimiter not counted.
+    #[getter]
+    fn max_frame_size(&self) -> usize {
+        self.inner.max_frame_size()
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let delimiter = self
+            .delimiter(py)
+            .repr()
+            .map(|r| r.to_string())
+            .unwrap_or_default();
+        format!(
+            "pygev.Delimited({delimiter}, max_frame_size={})",
+            self.max_frame_size()
+        )
+    }
+}
+
 /// The core protocol for a `protocol=` argument (`None` means raw).
 pub(crate) fn protocol_from(
     protocol: Option<&Bound<'_, PyAny>>,
 ) -> Result<Arc<dyn Protocol>, Error> {
-    match protocol {
-        None => Ok(Arc::new(pygev_core::Raw)),
-        Some(obj) if obj.is_instance_of::<Raw>() => Ok(Arc::new(pygev_core::Raw)),
-        Some(obj) => Err(Error::Type(format!(
-            "pygev: protocol must be pygev.Raw(), got {}",
-            obj.repr()
-                .map(|r| r.to_string())
-                .unwrap_or_else(|_| "?".into())
-        ))),
+    let Some(obj) = protocol else {
+        return Ok(Arc::new(pygev_core::Raw));
+    };
+    if obj.is_instance_of::<Raw>() {
+        return Ok(Arc::new(pygev_core::Raw));
     }
+    if let Ok(framing) = obj.cast::<LengthPrefix>() {
+        return Ok(framing.get().inner.clone());
+    }
+    if let Ok(framing) = obj.cast::<Delimited>() {
+        return Ok(framing.get().inner.clone());
+    }
+    Err(Error::Type(format!(
+        "pygev: protocol must be pygev.Raw(), pygev.LengthPrefix(...) or pygev.Delimited(...), \
+         got {}",
+        obj.repr()
+            .map(|r| r.to_string())
+            .unwrap_or_else(|_| "?".into())
+    )))
 }

@@ -203,19 +203,19 @@ impl Server {
             ..Config::default()
         };
         let protocol = protocol_from(protocol)?;
-        let merge_sends = protocol.pack_is_identity();
-        let core = pygev_core::Server::bind(address, config.clone(), protocol).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::InvalidInput {
-                Error::Io(e)
-            } else {
-                Error::Os(
-                    e.raw_os_error(),
-                    format!("pygev: cannot bind {address}: {e}"),
-                )
-            }
-        })?;
+        let core =
+            pygev_core::Server::bind(address, config.clone(), protocol.clone()).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::InvalidInput {
+                    Error::Io(e)
+                } else {
+                    Error::Os(
+                        e.raw_os_error(),
+                        format!("pygev: cannot bind {address}: {e}"),
+                    )
+                }
+            })?;
         Ok(Server {
-            shared: Arc::new(Shared::new(core.queue().clone(), merge_sends)),
+            shared: Arc::new(Shared::new(core.queue().clone(), protocol)),
             address: core.local_addr(),
             core: Mutex::new(Some(core)),
             handler: Mutex::new(Some(handler.clone().unbind())),

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use pygev_core::{Command, DispatchQueue, LoopHandle};
+use pygev_core::{Command, DispatchQueue, LoopHandle, Protocol};
 
 use crate::timer::Timer;
 use pyo3::prelude::*;
@@ -35,16 +35,19 @@ pub(crate) struct Shared {
     outboxes: Mutex<Vec<Vec<Command>>>,
     /// Active timers by id. Only the `Server` reports these references to the GC.
     pub(crate) timers: Mutex<HashMap<u64, Py<Timer>>>,
-    /// Whether consecutive sends to one connection may be merged (only when packing is the
-    /// identity: a framing protocol must frame each send on its own).
-    merge_sends: bool,
+    /// The server's framing: payloads are checked here, and packed here when stateless.
+    pub(crate) protocol: Arc<dyn Protocol>,
+    /// Whether sends made during a batch are put in wire form here (identity or stateless
+    /// packing), so that those to one connection merge into one buffer and one write.
+    wire_in_dispatcher: bool,
     next_timer_id: AtomicU64,
 }
 
 impl Shared {
-    pub(crate) fn new(queue: Arc<DispatchQueue>, merge_sends: bool) -> Self {
+    pub(crate) fn new(queue: Arc<DispatchQueue>, protocol: Arc<dyn Protocol>) -> Self {
         Shared {
-            merge_sends,
+            wire_in_dispatcher: protocol.pack_is_identity() || protocol.pack_is_stateless(),
+            protocol,
             stats: DispatchStats::default(),
             queue,
             loops: OnceLock::new(),
@@ -96,28 +99,56 @@ impl Shared {
         if DISPATCHING.with(|d| d.get()) == self.key() {
             let mut outboxes = self.lock_outboxes();
             let outbox = &mut outboxes[loop_index as usize];
-            // NOTE: replies to glued messages of one connection arrive back to back;
-            // merging them gives the loop one write instead of several.
-            if let (
-                true,
-                Some(Command::Send { token, id, data }),
+            match command {
                 Command::Send {
-                    token: new_token,
-                    id: new_id,
-                    data: new_data,
-                },
-            ) = (self.merge_sends, outbox.last_mut(), &command)
-            {
-                if token == new_token && id == new_id {
-                    data.extend_from_slice(new_data);
-                    return true;
+                    token,
+                    id,
+                    data,
+                    packed: false,
+                } if self.wire_in_dispatcher => {
+                    // NOTE: replies and sends to one connection within a batch become one
+                    // buffer, so the loop writes them with one system call.
+                    if let Some(Command::Send {
+                        token: last_token,
+                        id: last_id,
+                        data: wire,
+                        packed: true,
+                    }) = outbox.last_mut()
+                    {
+                        if *last_token == token && *last_id == id {
+                            self.pack_into(&data, wire);
+                            return true;
+                        }
+                    }
+                    let wire = if self.protocol.pack_is_identity() {
+                        data // moved, not copied
+                    } else {
+                        let mut wire = Vec::with_capacity(data.len() + 16);
+                        self.pack_into(&data, &mut wire);
+                        wire
+                    };
+                    outbox.push(Command::Send {
+                        token,
+                        id,
+                        data: wire,
+                        packed: true,
+                    });
                 }
+                command => outbox.push(command),
             }
-            outbox.push(command);
         } else if let Err(e) = loops[loop_index as usize].post(command) {
             log::error!("pygev: could not wake loop {loop_index}: {e}");
         }
         true
+    }
+
+    /// Appends the wire form of `payload` to `wire` (identity or stateless protocols only).
+    fn pack_into(&self, payload: &[u8], wire: &mut Vec<u8>) {
+        if self.protocol.pack_is_identity() {
+            wire.extend_from_slice(payload);
+        } else {
+            self.protocol.pack(&mut None, payload, wire);
+        }
     }
 
     /// Schedules `callback` at `deadline` (then every `interval`) and returns its timer.

@@ -71,7 +71,14 @@ impl Harness {
                 let id = self.conns[&(loop_index, token)];
                 let handle = &self.running.loops()[loop_index as usize];
                 handle.dispatched(data.capacity(), usize::MAX).unwrap();
-                handle.post(Command::Send { token, id, data }).unwrap();
+                handle
+                    .post(Command::Send {
+                        token,
+                        id,
+                        data,
+                        packed: false,
+                    })
+                    .unwrap();
             }
             Event::PeerClosed { loop_index, token } => {
                 let id = self.conns[&(loop_index, token)];

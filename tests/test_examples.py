@@ -166,8 +166,9 @@ def test_idle_connection_closes_silent_clients() -> None:
             assert_echoes(client, b"after the idle close")
 
 
-def test_length_prefix_frames_replies_and_its_client_talks_to_it() -> None:
-    with run_example("length_prefix") as address, connect(address) as client:
+@pytest.mark.parametrize("name", ["length_prefix", "custom_protocol"])
+def test_length_framing_examples_and_their_client(name: str) -> None:
+    with run_example(name) as address, connect(address) as client:
         # Two frames glued in one write, then one split in the middle of its header.
         client.sendall(b"\x00\x00\x00\x02hi\x00\x00\x00\x00")
         client.sendall(b"\x00\x00")
@@ -178,7 +179,7 @@ def test_length_prefix_frames_replies_and_its_client_talks_to_it() -> None:
             header = recv_exactly(client, 4)
             assert recv_exactly(client, int.from_bytes(header, "big")) == reply
         host, port = address
-        command = [sys.executable, str(EXAMPLES / "length_prefix.py"), "--client"]
+        command = [sys.executable, str(EXAMPLES / f"{name}.py"), "--client"]
         command += ["--host", host, "--port", str(port), "--send", "hello", "--send", ""]
         out = subprocess.run(command, capture_output=True, timeout=WAIT, check=True).stdout
         assert out.splitlines() == [b"5 bytes: hello", b"0 bytes: "]

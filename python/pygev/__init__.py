@@ -14,12 +14,14 @@ Write a :class:`Handler`, give it to a :class:`Server`, call :meth:`Server.start
 from __future__ import annotations
 
 from pygev._handler import Handler
+from pygev._protocol import Protocol
 from pygev._pygev import (
     Connection,
     ConnectionClosed,
     Delimited,
     LengthPrefix,
     Raw,
+    RingBuffer,
     Server,
     Timer,
 )
@@ -33,7 +35,9 @@ __all__ = [
     "Delimited",
     "Handler",
     "LengthPrefix",
+    "Protocol",
     "Raw",
+    "RingBuffer",
     "Server",
     "Timer",
 ]

@@ -5,12 +5,14 @@ that called :meth:`Server.start`, one at a time. Each method below says whether 
 called from another thread and from inside a callback.
 """
 
+import builtins
 from collections.abc import Callable
 from typing import Any, Literal, final
 
 from typing_extensions import Buffer, Self
 
 from pygev._handler import Handler
+from pygev._protocol import Protocol
 
 __all__ = [
     "Connection",
@@ -18,6 +20,7 @@ __all__ = [
     "Delimited",
     "LengthPrefix",
     "Raw",
+    "RingBuffer",
     "Server",
     "Timer",
 ]
@@ -98,6 +101,52 @@ class Delimited:
     @property
     def max_frame_size(self) -> int:
         """The largest frame accepted from a peer, delimiter not counted."""
+
+@final
+class RingBuffer:
+    """The bytes of a connection that its :class:`~pygev.Protocol` has not taken yet, with
+    gev's reads.
+
+    The server lends a connection's buffer to ``Protocol.unpacket`` only: outside that call
+    every method raises ``RuntimeError``. ``RingBuffer()`` builds a standalone buffer, always
+    usable, for testing a protocol.
+    """
+
+    def __new__(cls) -> Self: ...
+    def write(self, data: Buffer) -> None:
+        """Appends ``data``."""
+
+    def __len__(self) -> int: ...
+    def len(self) -> int:
+        """Bytes held."""
+
+    def peek(self, n: int) -> builtins.bytes:
+        """Up to ``n`` bytes from the front, not consumed."""
+
+    def read(self, n: int) -> builtins.bytes:
+        """Up to ``n`` bytes from the front, consumed."""
+
+    def retrieve(self, n: int) -> None:
+        """Consumes ``n`` bytes (or all, if fewer are held)."""
+
+    def retrieve_all(self) -> None:
+        """Consumes everything held."""
+
+    def bytes(self) -> builtins.bytes:
+        """A copy of everything held; nothing is consumed."""
+
+    def virtual_read(self, n: int) -> builtins.bytes:
+        """Up to ``n`` bytes after the virtual cursor, which advances. Nothing is consumed
+        until :meth:`virtual_flush`; :meth:`virtual_revert` moves the cursor back."""
+
+    def virtual_length(self) -> int:
+        """Bytes after the virtual cursor."""
+
+    def virtual_flush(self) -> None:
+        """Consumes the bytes the virtual reads covered."""
+
+    def virtual_revert(self) -> None:
+        """Moves the virtual cursor back to the front."""
 
 @final
 class Timer:
@@ -205,7 +254,7 @@ class Server:
         address: str = "0.0.0.0:1833",
         *,
         num_loops: int = 0,
-        protocol: Raw | LengthPrefix | Delimited | None = None,
+        protocol: Raw | LengthPrefix | Delimited | Protocol | None = None,
         reuse_port: bool = False,
         strategy: Literal["round_robin", "least_connections"] = "round_robin",
         idle_timeout: float | None = None,
@@ -225,7 +274,8 @@ class Server:
                 :attr:`address`); ``"[::1]:0"`` for IPv6.
             num_loops: Reactor (loop) threads; 0 means one per CPU.
             protocol: The framing: :class:`Raw` (the default, also ``None``),
-                :class:`LengthPrefix` or :class:`Delimited`.
+                :class:`LengthPrefix`, :class:`Delimited`, or an instance of a
+                :class:`~pygev.Protocol` subclass (framing written in Python).
             reuse_port: Use ``SO_REUSEPORT``: one listening socket per loop, the kernel
                 balances connections between them.
             strategy: How the acceptor picks a loop for a new connection:

@@ -107,6 +107,13 @@ impl Connection {
         }
     }
 
+    /// Logs that the connection's Python framing failed, and closes the connection.
+    pub(crate) fn fail(&self, py: Python<'_>, what: &str, err: &PyErr) {
+        let message = format!("pygev: Protocol.{what}() raised; closing connection {}", self.id);
+        crate::logging::log_exception(py, &message, err);
+        self.request_close();
+    }
+
     fn closed_error(&self) -> Error {
         Error::Closed(format!("pygev: connection {} is closed", self.id))
     }
@@ -114,6 +121,17 @@ impl Connection {
     fn context_slot(&self) -> std::sync::MutexGuard<'_, Option<Py<PyAny>>> {
         self.context.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Frames `data` with the Python protocol's `packet(conn, data)`; its result must be
+/// bytes-like.
+pub(crate) fn packet(
+    protocol: &Bound<'_, PyAny>,
+    conn: &Bound<'_, Connection>,
+    data: &Bound<'_, PyAny>,
+) -> PyResult<Vec<u8>> {
+    let wire = protocol.call_method1("packet", (conn, data))?;
+    Ok(bytes_of(&wire)?)
 }
 
 /// Copies a bytes-like object (bytes, bytearray, memoryview, any C-contiguous buffer).
@@ -148,8 +166,25 @@ impl Connection {
     ///
     /// Thread-safe: callable from any thread and from inside callbacks (where the writes of
     /// a whole batch go out together).
-    fn send(&self, data: &Bound<'_, PyAny>) -> PyResult<()> {
-        Ok(self.send_bytes(bytes_of(data)?)?)
+    fn send(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let this = slf.get();
+        let wire = match this.shared.py_protocol(slf.py()) {
+            Some(protocol) => match packet(&protocol, slf, data) {
+                Ok(wire) => wire,
+                Err(err) => {
+                    // The framing failed, not the caller: the connection cannot go on.
+                    this.fail(slf.py(), "packet", &err);
+                    let closed = crate::errors::ConnectionClosed::new_err(format!(
+                        "pygev: Protocol.packet() raised; connection {} was closed",
+                        this.id
+                    ));
+                    closed.set_cause(slf.py(), Some(err));
+                    return Err(closed);
+                }
+            },
+            None => bytes_of(data)?,
+        };
+        Ok(this.send_bytes(wire)?)
     }
 
     /// Flushes pending output, then shuts down the write side (the peer reads EOF).

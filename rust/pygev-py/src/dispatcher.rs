@@ -1,16 +1,18 @@
 //! The dispatcher: runs on the thread that called `Server.start()`, takes batches of events
 //! from the loops and calls the Python handler for each, under one GIL acquisition per batch.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pygev_core::{Command, Event, Running};
-use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit};
+use pygev_core::{Command, Config, Event, Running};
+use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use crate::connection::{bytes_of, Connection};
+use crate::connection::{bytes_of, packet, Connection};
+use crate::ring_buffer::RingBuffer;
 use crate::errors::Error;
 use crate::logging;
 use crate::shared::Shared;
@@ -43,6 +45,11 @@ pub(crate) struct Dispatcher<'py> {
     phases: Vec<LoopPhase>,
     drain_timeout: Duration,
     dispatch_high_water: usize,
+    /// The server's framing written in Python, if any: it runs here, over `inputs`.
+    py_protocol: Option<Py<PyAny>>,
+    /// Per connection id, the bytes its Python framing has not taken yet.
+    inputs: HashMap<u64, Py<RingBuffer>>,
+    max_input_buffer: usize,
     stopping: bool,
     /// An exception to re-raise from `start()` once stopped (e.g. SystemExit).
     pending_error: Option<PyErr>,
@@ -53,19 +60,22 @@ impl<'py> Dispatcher<'py> {
         py: Python<'py>,
         shared: Arc<Shared>,
         callbacks: Callbacks,
-        num_loops: usize,
-        drain_timeout: Duration,
-        dispatch_high_water: usize,
+        config: &Config,
     ) -> Self {
+        let num_loops = config.num_loops;
+        let py_protocol = shared.py_protocol(py).map(Bound::unbind);
         Dispatcher {
+            py_protocol,
+            inputs: HashMap::new(),
+            max_input_buffer: config.max_input_buffer,
+            drain_timeout: config.drain_timeout,
+            dispatch_high_water: config.dispatch_high_water,
             py,
             shared,
             callbacks,
             conns: (0..num_loops).map(|_| Vec::new()).collect(),
             handled_bytes: vec![0; num_loops],
             phases: vec![LoopPhase::Serving; num_loops],
-            drain_timeout,
-            dispatch_high_water,
             stopping: false,
             pending_error: None,
         }
@@ -156,7 +166,10 @@ impl<'py> Dispatcher<'py> {
                 // Capacity, as the loop counted it for dispatch backpressure.
                 self.handled_bytes[loop_index as usize] += data.capacity();
                 if let Some(conn) = self.conn(loop_index, token) {
-                    self.on_message(conn, data);
+                    match self.py_protocol.as_ref().map(|p| p.clone_ref(self.py)) {
+                        Some(protocol) => self.on_bytes(conn, data, protocol.bind(self.py)),
+                        None => self.on_message(conn, data),
+                    }
                 }
             }
             Event::Connect {
@@ -239,6 +252,7 @@ impl<'py> Dispatcher<'py> {
     /// it out of the table).
     fn closed(&mut self, conn: Py<Connection>) {
         conn.get().mark_closed();
+        self.inputs.remove(&conn.get().id_value());
         if let Err(err) = self
             .callbacks
             .on_close
@@ -285,6 +299,85 @@ impl<'py> Dispatcher<'py> {
             },
             Err(err) => self.callback_failed("on_message", &conn, err),
         }
+    }
+
+    /// Bytes arrived for a server whose framing is a Python `pygev.Protocol`: append them to
+    /// the connection's buffer, then call `unpacket` while it returns frames, handing each
+    /// to `on_message`.
+    fn on_bytes(&mut self, conn: Py<Connection>, data: Vec<u8>, protocol: &Bound<'py, PyAny>) {
+        if conn.get().is_closed() {
+            return;
+        }
+        let py = self.py;
+        let id = conn.get().id_value();
+        let buffer = match self.inputs.get(&id) {
+            Some(buffer) => buffer.clone_ref(py),
+            None => match Py::new(py, RingBuffer::lent()) {
+                Ok(buffer) => {
+                    self.inputs.insert(id, buffer.clone_ref(py));
+                    buffer
+                }
+                Err(err) => return self.callback_failed("buffering input", &conn, err),
+            },
+        };
+        let held = buffer.get().append(&data);
+        drop(data);
+        if held > self.max_input_buffer {
+            log::error!(
+                "pygev: connection {id} holds {held} bytes that Protocol.unpacket() has not \
+                 taken, over max_input_buffer {}; closing it",
+                self.max_input_buffer
+            );
+            self.inputs.remove(&id);
+            conn.get().request_close();
+            return;
+        }
+        buffer.get().set_usable(true);
+        while !conn.get().is_closed() {
+            let before = buffer.get().held();
+            let frame = match protocol.call_method1("unpacket", (conn.bind(py), buffer.bind(py))) {
+                Ok(frame) if frame.is_none() => break,
+                Ok(frame) => frame,
+                Err(err) => {
+                    conn.get().fail(py, "unpacket", &err);
+                    break;
+                }
+            };
+            let (ctx, payload) = match frame.extract::<(Bound<'py, PyAny>, Bound<'py, PyAny>)>() {
+                Ok(pair) => pair,
+                Err(_) => {
+                    let err = PyTypeError::new_err(format!(
+                        "pygev: unpacket() must return (ctx, payload) or None, got {}",
+                        frame.repr().map(|r| r.to_string()).unwrap_or_default()
+                    ));
+                    conn.get().fail(py, "unpacket", &err);
+                    break;
+                }
+            };
+            if buffer.get().held() == before {
+                // Called again, it would return the same frame forever.
+                let err = PyRuntimeError::new_err(
+                    "pygev: unpacket() returned a frame but consumed no input (a virtual read \
+                     needs virtual_flush())",
+                );
+                conn.get().fail(py, "unpacket", &err);
+                break;
+            }
+            let result = self
+                .callbacks
+                .on_message
+                .bind(py)
+                .call1((conn.bind(py), ctx, payload));
+            match result {
+                Ok(reply) if reply.is_none() => {}
+                Ok(reply) => match packet(protocol, conn.bind(py), &reply) {
+                    Ok(wire) => self.reply(&conn, wire),
+                    Err(err) => conn.get().fail(py, "packet", &err),
+                },
+                Err(err) => self.callback_failed("on_message", &conn, err),
+            }
+        }
+        buffer.get().set_usable(false);
     }
 
     /// Sends what `on_message` returned. A reply after shutdown_write()/close() is dropped,

@@ -5,6 +5,7 @@ mod dispatcher;
 mod errors;
 mod logging;
 mod protocols;
+mod ring_buffer;
 mod server;
 mod shared;
 mod timer;
@@ -18,6 +19,8 @@ mod _pygev {
     use crate::errors::ConnectionClosed;
     #[pymodule_export]
     use crate::protocols::{Delimited, LengthPrefix, Raw};
+    #[pymodule_export]
+    use crate::ring_buffer::RingBuffer;
     #[pymodule_export]
     use crate::server::Server;
     #[pymodule_export]

@@ -155,25 +155,35 @@ impl Delimited {
     }
 }
 
-/// The core protocol for a `protocol=` argument (`None` means raw).
+/// What a `protocol=` argument means: the framing the loops run, plus the Python
+/// `pygev.Protocol` object when the framing is written in Python (then the loops pass raw
+/// bytes and the dispatcher runs `unpacket`/`packet`).
 pub(crate) fn protocol_from(
     protocol: Option<&Bound<'_, PyAny>>,
-) -> Result<Arc<dyn Protocol>, Error> {
+) -> Result<(Arc<dyn Protocol>, Option<Py<PyAny>>), Error> {
     let Some(obj) = protocol else {
-        return Ok(Arc::new(pygev_core::Raw));
+        return Ok((Arc::new(pygev_core::Raw), None));
     };
     if obj.is_instance_of::<Raw>() {
-        return Ok(Arc::new(pygev_core::Raw));
+        return Ok((Arc::new(pygev_core::Raw), None));
     }
     if let Ok(framing) = obj.cast::<LengthPrefix>() {
-        return Ok(framing.get().inner.clone());
+        return Ok((framing.get().inner.clone(), None));
     }
     if let Ok(framing) = obj.cast::<Delimited>() {
-        return Ok(framing.get().inner.clone());
+        return Ok((framing.get().inner.clone(), None));
+    }
+    let py = obj.py();
+    let base = py
+        .import("pygev._protocol")
+        .and_then(|m| m.getattr("Protocol"))
+        .map_err(|e| Error::State(format!("pygev: cannot load pygev.Protocol: {e}")))?;
+    if obj.is_instance(&base).unwrap_or(false) {
+        return Ok((Arc::new(pygev_core::Raw), Some(obj.clone().unbind())));
     }
     Err(Error::Type(format!(
-        "pygev: protocol must be pygev.Raw(), pygev.LengthPrefix(...) or pygev.Delimited(...), \
-         got {}",
+        "pygev: protocol must be pygev.Raw(), pygev.LengthPrefix(...), pygev.Delimited(...) \
+         or a pygev.Protocol instance, got {}",
         obj.repr()
             .map(|r| r.to_string())
             .unwrap_or_else(|_| "?".into())

@@ -202,7 +202,7 @@ impl Server {
             dispatch_high_water: positive("dispatch_high_water", dispatch_high_water)?,
             ..Config::default()
         };
-        let protocol = protocol_from(protocol)?;
+        let (protocol, py_protocol) = protocol_from(protocol)?;
         let core =
             pygev_core::Server::bind(address, config.clone(), protocol.clone()).map_err(|e| {
                 if e.kind() == std::io::ErrorKind::InvalidInput {
@@ -215,7 +215,7 @@ impl Server {
                 }
             })?;
         Ok(Server {
-            shared: Arc::new(Shared::new(core.queue().clone(), protocol)),
+            shared: Arc::new(Shared::new(core.queue().clone(), protocol, py_protocol)),
             address: core.local_addr(),
             core: Mutex::new(Some(core)),
             handler: Mutex::new(Some(handler.clone().unbind())),
@@ -266,9 +266,7 @@ impl Server {
                 py,
                 self.shared.clone(),
                 callbacks,
-                self.config.num_loops,
-                self.config.drain_timeout,
-                self.config.dispatch_high_water,
+                &self.config,
             );
             dispatcher.run(&mut running)
         })();
@@ -374,6 +372,9 @@ impl Server {
                 visit.call(timer)?;
             }
         }
+        if let Ok(protocol) = self.shared.py_protocol.try_lock() {
+            visit.call(protocol.as_ref())?;
+        }
         Ok(())
     }
 
@@ -381,6 +382,8 @@ impl Server {
         let handler = self.lock_handler().take();
         drop(handler);
         self.shared.clear_timers();
+        let protocol = self.shared.lock_py_protocol().take();
+        drop(protocol);
     }
 }
 

@@ -37,6 +37,9 @@ pub(crate) struct Shared {
     pub(crate) timers: Mutex<HashMap<u64, Py<Timer>>>,
     /// The server's framing: payloads are checked here, and packed here when stateless.
     pub(crate) protocol: Arc<dyn Protocol>,
+    /// A framing written in Python (a `pygev.Protocol`); then `protocol` is raw. Only the
+    /// `Server` reports this reference to the GC.
+    pub(crate) py_protocol: Mutex<Option<Py<PyAny>>>,
     /// Whether sends made during a batch are put in wire form here (identity or stateless
     /// packing), so that those to one connection merge into one buffer and one write.
     wire_in_dispatcher: bool,
@@ -44,8 +47,13 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(queue: Arc<DispatchQueue>, protocol: Arc<dyn Protocol>) -> Self {
+    pub(crate) fn new(
+        queue: Arc<DispatchQueue>,
+        protocol: Arc<dyn Protocol>,
+        py_protocol: Option<Py<PyAny>>,
+    ) -> Self {
         Shared {
+            py_protocol: Mutex::new(py_protocol),
             wire_in_dispatcher: protocol.pack_is_identity() || protocol.pack_is_stateless(),
             protocol,
             stats: DispatchStats::default(),
@@ -187,6 +195,17 @@ impl Shared {
             timer.get().release();
         }
         drop(timers);
+    }
+
+    pub(crate) fn lock_py_protocol(&self) -> MutexGuard<'_, Option<Py<PyAny>>> {
+        self.py_protocol.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The Python framing, if the server has one.
+    pub(crate) fn py_protocol<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        self.lock_py_protocol()
+            .as_ref()
+            .map(|p| p.bind(py).clone())
     }
 
     pub(crate) fn lock_timers(&self) -> MutexGuard<'_, HashMap<u64, Py<Timer>>> {

@@ -109,7 +109,10 @@ impl Connection {
 
     /// Logs that the connection's Python framing failed, and closes the connection.
     pub(crate) fn fail(&self, py: Python<'_>, what: &str, err: &PyErr) {
-        let message = format!("pygev: Protocol.{what}() raised; closing connection {}", self.id);
+        let message = format!(
+            "pygev: Protocol.{what}() raised; closing connection {}",
+            self.id
+        );
         crate::logging::log_exception(py, &message, err);
         self.request_close();
     }

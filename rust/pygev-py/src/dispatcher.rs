@@ -12,9 +12,9 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::connection::{bytes_of, packet, Connection};
-use crate::ring_buffer::RingBuffer;
 use crate::errors::Error;
 use crate::logging;
+use crate::ring_buffer::RingBuffer;
 use crate::shared::Shared;
 
 /// How long the dispatcher sleeps at most before looking at signals (Ctrl+C).

@@ -155,12 +155,15 @@ impl Delimited {
     }
 }
 
+/// A server's framing: what the loops run, and the Python `pygev.Protocol`, if any.
+pub(crate) type Framing = (Arc<dyn Protocol>, Option<Py<PyAny>>);
+
 /// What a `protocol=` argument means: the framing the loops run, plus the Python
 /// `pygev.Protocol` object when the framing is written in Python (then the loops pass raw
 /// bytes and the dispatcher runs `unpacket`/`packet`).
 pub(crate) fn protocol_from(
     protocol: Option<&Bound<'_, PyAny>>,
-) -> Result<(Arc<dyn Protocol>, Option<Py<PyAny>>), Error> {
+) -> Result<Framing, Error> {
     let Some(obj) = protocol else {
         return Ok((Arc::new(pygev_core::Raw), None));
     };

@@ -262,12 +262,7 @@ impl Server {
             let callbacks = self.callbacks(py)?;
             let mut running = core.start().map_err(Error::from)?;
             self.shared.set_loops(running.loops().to_vec());
-            let dispatcher = Dispatcher::new(
-                py,
-                self.shared.clone(),
-                callbacks,
-                &self.config,
-            );
+            let dispatcher = Dispatcher::new(py, self.shared.clone(), callbacks, &self.config);
             dispatcher.run(&mut running)
         })();
         drop(core);

@@ -203,9 +203,7 @@ impl Shared {
 
     /// The Python framing, if the server has one.
     pub(crate) fn py_protocol<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
-        self.lock_py_protocol()
-            .as_ref()
-            .map(|p| p.bind(py).clone())
+        self.lock_py_protocol().as_ref().map(|p| p.bind(py).clone())
     }
 
     pub(crate) fn lock_timers(&self) -> MutexGuard<'_, HashMap<u64, Py<Timer>>> {

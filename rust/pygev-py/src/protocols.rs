@@ -161,9 +161,7 @@ pub(crate) type Framing = (Arc<dyn Protocol>, Option<Py<PyAny>>);
 /// What a `protocol=` argument means: the framing the loops run, plus the Python
 /// `pygev.Protocol` object when the framing is written in Python (then the loops pass raw
 /// bytes and the dispatcher runs `unpacket`/`packet`).
-pub(crate) fn protocol_from(
-    protocol: Option<&Bound<'_, PyAny>>,
-) -> Result<Framing, Error> {
+pub(crate) fn protocol_from(protocol: Option<&Bound<'_, PyAny>>) -> Result<Framing, Error> {
     let Some(obj) = protocol else {
         return Ok((Arc::new(pygev_core::Raw), None));
     };

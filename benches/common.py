@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH_DIR)
@@ -41,6 +41,13 @@ class ServerSpec:
     # (maturin develop puts pygev/_pygev*.so into python/pygev/)
     fallback_pythonpath: str | None = None
 
+    def framed(self, framing):
+        """This server in the given framing mode ("raw" or "length"). A compiled server
+        echoes bytes unchanged, which is a valid length-prefix echo too."""
+        if framing == "raw" or self.compiled:
+            return self
+        return replace(self, args=[*self.args, "--framing", framing])
+
     def command(self):
         if self.compiled:
             return [build_c(self.script), *self.args]
@@ -50,7 +57,7 @@ class ServerSpec:
 def server_specs(include_gevent=False, include_c=False):
     """The servers under test, in display order."""
     specs = [
-        ServerSpec("pygev", "examples/echo.py", ["--port", "0", "--loops", "1"], "pygev",
+        ServerSpec("pygev", "examples/echo.py", ["--port", "0", "--loops", "1", "--stats"], "pygev",
                    fallback_pythonpath=os.path.join(REPO, "python")),
         ServerSpec("asyncio", "benches/peers/asyncio_echo.py", ["--port", "0"]),
         ServerSpec("uvloop", "benches/peers/uvloop_echo.py", ["--port", "0"], "uvloop"),

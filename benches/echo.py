@@ -11,6 +11,10 @@ every server once (in a rotated order), and the median over rounds is reported.
 Tests:
   raw       "raw echo MiB/s":  50 connections, 4096-byte messages, 8 in flight each
   pingpong  "ping-pong msg/s": 100 connections, 64-byte messages, 1 in flight each
+  framed    "length-prefix msg/s": 100 connections, 16 frames of 64 bytes in flight each
+            (4-byte length + 60 bytes); every frame is one handler call. The servers run
+            with --framing length (pygev.LengthPrefix parses in Rust; asyncio and uvloop
+            parse in Python and write each data_received's replies at once).
 
 For every run the server's CPU time (utime+stime from /proc/PID/stat, all
 threads) is sampled exactly when the load generator's measured window starts
@@ -49,6 +53,14 @@ TESTS = {
         "connections": 100, "size": 64, "inflight": 1,
         "unit": "msg/s", "per_cpu_unit": "msg/CPU-s",
     },
+    # 64-byte frames (4-byte big-endian length + 60 bytes), each one on_message call: pygev
+    # parses them in Rust (LengthPrefix), asyncio and uvloop in Python (--framing length).
+    "framed": {
+        "title": "length-prefix",
+        "connections": 100, "size": 64, "inflight": 16,
+        "unit": "msg/s", "per_cpu_unit": "msg/CPU-s",
+        "framing": "length", "loadgen_args": ["-f", "4"],
+    },
 }
 
 SERVER_CPU = 0
@@ -63,6 +75,7 @@ def run_loadgen(loadgen, server, test, duration, warmup, busy_poll=True):
         loadgen, "-H", server.host, "-p", str(server.port),
         "-c", str(t["connections"]), "-s", str(t["size"]), "-i", str(t["inflight"]),
         "-d", str(duration), "-w", str(warmup), *(["-b"] if busy_poll else []),
+        *t.get("loadgen_args", []),
     ], LOADGEN_CPU)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     cpu0 = cpu1 = lg0 = lg1 = None
@@ -333,7 +346,8 @@ def main():
     ap.add_argument("--servers", default="pygev,asyncio,uvloop,c",
                     help="comma-separated subset of: pygev,asyncio,uvloop,c (c is a minimal C "
                          "epoll echo server: the ceiling this machine and load generator allow)")
-    ap.add_argument("--tests", default="raw,pingpong", help="comma-separated: raw,pingpong")
+    ap.add_argument("--tests", default="raw,pingpong,framed",
+                    help="comma-separated: raw,pingpong,framed")
     ap.add_argument("--quick", action="store_true",
                     help="smoke test: 1 round, 1 s measured, 0.5 s warmup")
     ap.add_argument("--max-noise", type=float, default=10.0,
@@ -365,14 +379,17 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     runs, skipped, server_info = [], {}, {}
     started = datetime.datetime.now(datetime.timezone.utc)
+    framings = sorted({TESTS[t].get("framing", "raw") for t in tests}, reverse=True)
     for rnd in range(args.rounds):
         k = rnd % len(specs)
         order = specs[k:] + specs[:k]  # rotate so no server always goes first
-        for spec in order:
+        for spec, framing in [(sp, f) for sp in order for f in framings]:
             if spec.name in skipped:
                 continue
+            group = [t for t in tests if TESTS[t].get("framing", "raw") == framing]
             try:
-                server = common.Server(spec, cpu=SERVER_CPU, log_name=f"echo-{spec.name}")
+                server = common.Server(spec.framed(framing), cpu=SERVER_CPU,
+                                       log_name=f"echo-{spec.name}-{framing}")
             except ServerError as exc:
                 skipped[spec.name] = str(exc)
                 log(f"SKIP {spec.name}: {exc}")
@@ -380,7 +397,7 @@ def main():
             server_info[spec.name] = {"command": " ".join(spec.command()),
                                       "module": server.module_path}
             try:
-                for test in tests:
+                for test in group:
                     attempts = []
                     for attempt in range(1 + args.retries):
                         time.sleep(args.pause + 3.0 * attempt)  # let a burst of load pass

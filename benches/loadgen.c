@@ -18,7 +18,11 @@
  *
  * Build: gcc -O2 -o loadgen loadgen.c
  * Usage: loadgen [-H host] [-p port] [-c conns] [-s size] [-i inflight]
- *                [-d duration] [-w warmup] [-b]
+ *                [-d duration] [-w warmup] [-f header_size] [-b]
+ *
+ * -f H frames every message for a length-prefix server: its first H bytes (1, 2, 4 or
+ * 8) hold the length of the rest, big-endian. The stream is still checked byte for byte:
+ * a length-prefix echo returns header and payload unchanged.
  *
  * -b busy-polls (epoll_wait with a zero timeout) instead of sleeping, so the
  * server never has to wake the load generator up: on a VM a cross-CPU wakeup
@@ -46,7 +50,7 @@
 #include <unistd.h>
 
 /* Pattern length: a prime, so that it never lines up with message sizes. */
-#define PATTERN_LEN 1048573u
+#define PATTERN_MAX 1048573u /* a prime: connections' streams do not line up */
 #define CHUNK (256 * 1024) /* max bytes per read()/send() call */
 #define CONNECT_BATCH 64    /* connections in progress at once while connecting */
 
@@ -60,7 +64,8 @@ struct conn {
     uint64_t to_send;  /* bytes of outstanding messages not yet written */
 };
 
-static unsigned char *pattern; /* PATTERN_LEN + CHUNK bytes, tail repeats the head */
+static unsigned char *pattern; /* pattern_len + CHUNK bytes, tail repeats the head */
+static uint32_t pattern_len = PATTERN_MAX;
 static unsigned char *rbuf;
 static struct conn *conns;
 static int nconns;
@@ -93,7 +98,7 @@ static void on_signal(int sig) {
 static void usage(const char *argv0) {
     fprintf(stderr,
             "usage: %s [-H host] [-p port] [-c conns] [-s size] [-i inflight]\n"
-            "          [-d duration_s] [-w warmup_s] [-b]\n",
+            "          [-d duration_s] [-w warmup_s] [-f header_size] [-b]\n",
             argv0);
     exit(2);
 }
@@ -126,7 +131,7 @@ static void kill_conn(struct conn *c, const char *why, int err) {
 /* Write as much of the outstanding data as the socket takes. */
 static void flush_conn(struct conn *c) {
     while (c->alive && c->to_send > 0) {
-        size_t off = (size_t)((c->start + c->sent) % PATTERN_LEN);
+        size_t off = (size_t)((c->start + c->sent) % pattern_len);
         size_t n = c->to_send < CHUNK ? (size_t)c->to_send : CHUNK;
         ssize_t w = send(c->fd, pattern + off, n, MSG_NOSIGNAL);
         if (w > 0) {
@@ -166,7 +171,7 @@ static void read_conn(struct conn *c) {
         c_errors++;
         c_mismatch++;
     } else {
-        size_t off = (size_t)((c->start + c->recvd) % PATTERN_LEN);
+        size_t off = (size_t)((c->start + c->recvd) % pattern_len);
         if (memcmp(rbuf, pattern + off, n) != 0) {
             if (c_mismatch < 10) {
                 size_t i = 0;
@@ -261,12 +266,13 @@ int main(int argc, char **argv) {
     const char *port = NULL;
     int inflight = 1;
     int busy_poll = 0;
+    int frame_header = 0;
     double duration = 5, warmup = 1;
     nconns = 50;
     msg_size = 64;
 
     int opt;
-    while ((opt = getopt(argc, argv, "H:p:c:s:i:d:w:bh")) != -1) {
+    while ((opt = getopt(argc, argv, "H:p:c:s:i:d:w:f:bh")) != -1) {
         switch (opt) {
         case 'H': host = optarg; break;
         case 'p': port = optarg; break;
@@ -275,6 +281,7 @@ int main(int argc, char **argv) {
         case 'i': inflight = atoi(optarg); break;
         case 'd': duration = atof(optarg); break;
         case 'w': warmup = atof(optarg); break;
+        case 'f': frame_header = atoi(optarg); break;
         case 'b': busy_poll = 1; break;
         default: usage(argv[0]);
         }
@@ -308,7 +315,17 @@ int main(int argc, char **argv) {
 
     /* The shared random pattern; its first CHUNK bytes repeat at the end, so a
      * read or write of up to CHUNK bytes from any offset is contiguous. */
-    pattern = malloc(PATTERN_LEN + CHUNK);
+    if (frame_header) {
+        if ((frame_header != 1 && frame_header != 2 && frame_header != 4 && frame_header != 8) ||
+            msg_size <= (size_t)frame_header ||
+            (frame_header < 8 && msg_size - frame_header >= (1ull << (8 * frame_header)))) {
+            fprintf(stderr, "loadgen: -f needs 1, 2, 4 or 8 and a payload that fits it\n");
+            return 2;
+        }
+        /* Whole messages only, so every message-aligned offset starts a frame. */
+        pattern_len = (uint32_t)((PATTERN_MAX / msg_size) * msg_size);
+    }
+    pattern = malloc(pattern_len + CHUNK);
     rbuf = malloc(CHUNK);
     conns = calloc((size_t)nconns, sizeof *conns);
     if (!pattern || !rbuf || !conns) {
@@ -316,9 +333,18 @@ int main(int argc, char **argv) {
         return 1;
     }
     uint64_t seed = 0x9E3779B97F4A7C15ull;
-    for (uint32_t i = 0; i < PATTERN_LEN; i++) pattern[i] = (unsigned char)(xorshift64(&seed) >> 56);
-    memcpy(pattern + PATTERN_LEN, pattern, CHUNK);
-    for (int i = 0; i < nconns; i++) conns[i].start = (uint32_t)(xorshift64(&seed) % PATTERN_LEN);
+    for (uint32_t i = 0; i < pattern_len; i++) pattern[i] = (unsigned char)(xorshift64(&seed) >> 56);
+    if (frame_header) {
+        uint64_t payload = msg_size - (size_t)frame_header;
+        for (uint32_t m = 0; m < pattern_len; m += (uint32_t)msg_size)
+            for (int b = 0; b < frame_header; b++)
+                pattern[m + b] = (unsigned char)(payload >> (8 * (frame_header - 1 - b)));
+    }
+    memcpy(pattern + pattern_len, pattern, CHUNK);
+    for (int i = 0; i < nconns; i++) {
+        conns[i].start = (uint32_t)(xorshift64(&seed) % pattern_len);
+        if (frame_header) conns[i].start -= conns[i].start % (uint32_t)msg_size;
+    }
 
     epfd = epoll_create1(EPOLL_CLOEXEC);
     if (epfd < 0) {

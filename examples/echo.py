@@ -1,6 +1,7 @@
 """Echo server: gev's echo example in pygev.
 
-Every byte a client sends comes back to it.
+Every byte a client sends comes back to it. With ``--framing length`` the server speaks
+4-byte big-endian length-prefixed frames (``pygev.LengthPrefix``) and echoes each frame.
 
     python examples/echo.py --port 1833 --loops 0
 """
@@ -25,19 +26,28 @@ def main() -> None:
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=1833, help="0 picks a free port")
     parser.add_argument("--loops", type=int, default=0, help="loop threads, 0 = one per CPU")
+    parser.add_argument("--framing", choices=["raw", "length"], default="raw")
+    parser.add_argument("--stats", action="store_true", help="log server.stats() at exit")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     # Many connections need many descriptors: raise the soft limit to the hard one.
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
-    server = pygev.Server(Echo(), f"{args.host}:{args.port}", num_loops=args.loops)
+    protocol = pygev.LengthPrefix(4) if args.framing == "length" else pygev.Raw()
+    server = pygev.Server(
+        Echo(), f"{args.host}:{args.port}", num_loops=args.loops, protocol=protocol
+    )
     host, port = server.address
     # SIGINT (Ctrl+C) and SIGTERM stop the server cleanly, even before start() runs.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda signum, frame: server.stop())
     print(f"pygev echo server listening on {host}:{port}", flush=True)
     server.start()
+    if args.stats:
+        stats = server.stats()
+        per_batch = stats["events_dispatched"] / max(stats["batches_dispatched"], 1)
+        logging.getLogger("pygev").info("stats %s; %.1f events per batch", stats, per_batch)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,10 @@
 Python method call, data_received -> transport.write, the fair analogue of a
 pygev on_message handler that returns its data.
 
+With --framing length, messages are 4-byte big-endian length-prefixed frames: the
+protocol parses them in Python and calls one handler per frame, then writes the framed
+replies of one data_received with one write (what pygev.LengthPrefix does natively).
+
 Prints "listening on HOST:PORT" (flushed) once bound, serves until SIGINT/SIGTERM.
 uvloop_echo.py runs this same code on uvloop.
 """
@@ -10,6 +14,7 @@ import argparse
 import asyncio
 import resource
 import signal
+import struct
 import sys
 
 
@@ -35,9 +40,51 @@ class Echo(asyncio.Protocol):
         self.transport = None
 
 
-async def serve(host, port, backlog):
+HEADER = struct.Struct(">I")
+
+
+class FramedEcho(asyncio.Protocol):
+    """Length-prefixed frames parsed in Python, one on_message call per frame."""
+
+    __slots__ = ("buffer", "transport")
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.buffer = bytearray()
+
+    def on_message(self, data):
+        return data
+
+    def data_received(self, data):
+        buffer = self.buffer
+        buffer += data
+        size = len(buffer)
+        pos = 0
+        out = []
+        unpack = HEADER.unpack_from
+        while size - pos >= 4:
+            (length,) = unpack(buffer, pos)
+            end = pos + 4 + length
+            if end > size:
+                break
+            reply = self.on_message(bytes(buffer[pos + 4:end]))
+            if reply is not None:
+                out.append(HEADER.pack(len(reply)))
+                out.append(reply)
+            pos = end
+        if pos:
+            del buffer[:pos]
+        if out:
+            self.transport.write(b"".join(out))
+
+    def connection_lost(self, exc):
+        self.transport = None
+
+
+async def serve(host, port, backlog, framing):
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(Echo, host, port, backlog=backlog)
+    factory = FramedEcho if framing == "length" else Echo
+    server = await loop.create_server(factory, host, port, backlog=backlog)
     addr = server.sockets[0].getsockname()
     print(f"listening on {addr[0]}:{addr[1]}", flush=True)
     stop = loop.create_future()
@@ -52,6 +99,7 @@ def main(use_uvloop=False):
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0, help="0 = any free port")
     ap.add_argument("--backlog", type=int, default=1024)
+    ap.add_argument("--framing", choices=["raw", "length"], default="raw")
     args = ap.parse_args()
     raise_nofile_limit()
     if use_uvloop:
@@ -60,7 +108,7 @@ def main(use_uvloop=False):
         runner = uvloop.run
     else:
         runner = asyncio.run
-    runner(serve(args.host, args.port, args.backlog))
+    runner(serve(args.host, args.port, args.backlog, args.framing))
     return 0
 
 

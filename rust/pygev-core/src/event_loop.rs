@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::dispatch_queue::DispatchQueue;
 use crate::event::{Command, ConnectInfo, Event};
 use crate::loop_handle::LoopHandle;
-use crate::protocols::{FrameSink, Protocol, ProtocolState};
+use crate::protocols::{FrameSink, Protocol, ProtocolError, ProtocolState};
 use crate::ring_buffer::RingBuffer;
 use crate::stats::LoopStats;
 
@@ -510,12 +510,15 @@ impl EventLoop {
             if conn.input.is_empty() {
                 self.protocol
                     .unpack(&mut conn.state, data, &mut self.frames)
+                    .and_then(|used| checked_use(used, data.len()))
                     .map(|used| conn.input.write(&data[used..]))
             } else {
                 conn.input.write(data);
                 let input = conn.input.make_contiguous();
+                let len = input.len();
                 self.protocol
                     .unpack(&mut conn.state, input, &mut self.frames)
+                    .and_then(|used| checked_use(used, len))
                     .map(|used| conn.input.retrieve(used))
             }
         };
@@ -880,6 +883,17 @@ fn read_into_spare(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
     // SAFETY: read(2) initialised the first `n` bytes of the spare capacity.
     unsafe { buf.set_len(n) };
     Ok(n)
+}
+
+/// A protocol (a third-party one, say) that reports more input used than it was given is
+/// broken: refuse instead of slicing out of bounds.
+fn checked_use(used: usize, len: usize) -> Result<usize, ProtocolError> {
+    if used > len {
+        return Err(ProtocolError::new(format!(
+            "pygev: the protocol reported {used} bytes used of {len}"
+        )));
+    }
+    Ok(used)
 }
 
 fn reset_cause(err: &io::Error) -> CloseCause {

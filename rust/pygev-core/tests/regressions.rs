@@ -32,3 +32,58 @@ fn fin_glued_to_data_is_not_lost_after_a_short_read() {
     }
     h.shutdown();
 }
+
+/// A protocol that claims more input than it was given (a broken plugin, say) must close
+/// its connection, not make the loop slice out of bounds and die with every connection.
+#[test]
+fn a_protocol_claiming_too_much_input_closes_only_its_connection() {
+    use pygev_core::{FrameSink, Protocol, ProtocolError, ProtocolState};
+
+    struct Greedy;
+    impl Protocol for Greedy {
+        fn name(&self) -> &str {
+            "greedy"
+        }
+        fn unpack(
+            &self,
+            _state: &mut ProtocolState,
+            input: &[u8],
+            frames: &mut FrameSink,
+        ) -> Result<usize, ProtocolError> {
+            if input.starts_with(b"!") {
+                return Ok(input.len() + 1);
+            }
+            frames.push(input);
+            Ok(input.len())
+        }
+        fn pack(&self, _state: &mut ProtocolState, payload: &[u8], out: &mut Vec<u8>) {
+            out.extend_from_slice(payload);
+        }
+    }
+
+    let mut h = Harness::start_with(Config::default(), std::sync::Arc::new(Greedy));
+    let connect = |port| {
+        let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c
+    };
+    let mut bad = connect(h.port());
+    let mut good = connect(h.port());
+    bad.write_all(b"!boom").unwrap();
+    let mut rest = Vec::new();
+    bad.read_to_end(&mut rest).unwrap(); // closed by the server
+    assert!(rest.is_empty());
+    good.write_all(b"fine").unwrap();
+    let mut reply = [0u8; 4];
+    h.pump_until(Duration::from_secs(10), |h| {
+        h.log.iter().any(|l| l.starts_with("closed"))
+    });
+    h.pump_until(Duration::from_secs(10), |_| {
+        good.set_nonblocking(true).unwrap();
+        let got = good.read_exact(&mut reply).is_ok();
+        good.set_nonblocking(false).unwrap();
+        got
+    });
+    assert_eq!(&reply, b"fine");
+    h.shutdown();
+}

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pygev_core::{Command, Config, Event, Raw, Running, Server};
+use pygev_core::{Command, Config, Event, Protocol, Raw, Running, Server};
 
 /// A started core server and the bookkeeping a dispatcher keeps.
 pub struct Harness {
@@ -19,7 +19,12 @@ pub struct Harness {
 
 impl Harness {
     pub fn start(config: Config) -> Harness {
-        let mut server = Server::bind("127.0.0.1:0", config, Arc::new(Raw)).unwrap();
+        Harness::start_with(config, Arc::new(Raw))
+    }
+
+    /// A server running `protocol` (its messages are echoed as payloads, packed again).
+    pub fn start_with(config: Config, protocol: Arc<dyn Protocol>) -> Harness {
+        let mut server = Server::bind("127.0.0.1:0", config, protocol).unwrap();
         let running = server.start().unwrap();
         Harness {
             server,

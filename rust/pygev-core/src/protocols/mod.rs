@@ -87,7 +87,19 @@ impl FrameSink {
 ///
 /// The trait is deliberately narrow (byte slices in, byte slices out, an opaque state per
 /// connection, an error string) so that it can be carried through a C ABI: a third-party
-/// plugin has exactly the same powers as the built-in protocols.
+/// plugin has exactly the same powers as the built-in protocols. Each method maps onto one
+/// C function pointer:
+///
+/// | method | C shape |
+/// |---|---|
+/// | `new_state` / drop of the state | `void *create(void)`, `void free(void *state)` |
+/// | `unpack` | `int unpack(void *state, const u8 *in, size_t len, sink_fn push, void *sink, size_t *used, err_buf *err)` |
+/// | `check_payload` | `int check(const u8 *payload, size_t len, err_buf *err)` |
+/// | `pack` | `int pack(void *state, const u8 *payload, size_t len, out_fn append, void *out)` |
+/// | `pack_is_identity`, `pack_is_stateless`, `is_passthrough` | flags in the table |
+///
+/// The built-in framings ([`LengthPrefix`], [`Delimited`], [`Raw`]) use nothing beyond
+/// that: their state is an opaque box and their frames go through [`FrameSink::push`].
 ///
 /// # Examples
 ///

@@ -104,6 +104,48 @@ def test_the_buffer_is_only_valid_inside_unpacket(serve: Callable[..., ServerThr
         kept[-1].peek(1)
     with pytest.raises(RuntimeError, match="only valid inside"):
         len(kept[-1])
+    with pytest.raises(RuntimeError, match="cannot be written to"):
+        kept[-1].write(b"more")
+
+
+def test_the_buffer_is_not_lent_while_on_message_runs(serve: Callable[..., ServerThread]) -> None:
+    seen: list[str] = []
+
+    class Grabber(TwoByteLength):
+        def unpacket(
+            self, conn: pygev.Connection, buffer: pygev.RingBuffer
+        ) -> tuple[object, bytes] | None:
+            conn.context = buffer
+            return super().unpacket(conn, buffer)
+
+    class Peeker(pygev.Handler):
+        def on_message(self, conn: pygev.Connection, ctx: object, data: bytes) -> bytes:
+            try:
+                conn.context.peek(1)
+                seen.append("usable")
+            except RuntimeError:
+                seen.append("refused")
+            return data
+
+    server = serve(Peeker(), protocol=Grabber())
+    with server.connect() as sock:
+        sock.sendall(frame(b"one") + frame(b"two"))
+        assert recv_exactly(sock, 10) == frame(b"one") + frame(b"two")
+    assert seen == ["refused", "refused"]
+
+
+def test_a_send_packet_cannot_frame_raises_type_error_and_keeps_the_connection(
+    serve: Callable[..., ServerThread],
+) -> None:
+    recorder = Recorder(echo=False)
+    server = serve(recorder, protocol=pygev.Protocol())  # packet() returns data unchanged
+    with server.connect() as sock:
+        recorder.wait(lambda: recorder.connects == 1, what="the connection")
+        conn = next(iter(recorder.conns.values()))
+        with pytest.raises(TypeError, match=r"packet\(\) must return bytes.*got str"):
+            conn.send("not bytes")
+        conn.send(b"still open")
+        assert recv_exactly(sock, 10) == b"still open"
 
 
 @pytest.mark.parametrize(
@@ -113,7 +155,7 @@ def test_the_buffer_is_only_valid_inside_unpacket(serve: Callable[..., ServerThr
         ("bad_return", "must return (ctx, payload) or None"),
         ("no_consume", "consumed no input"),
         ("packet_raise", "packet failure on purpose"),
-        ("packet_type", "expected bytes"),
+        ("packet_type", "must return bytes, bytearray or memoryview, got int"),
     ],
 )
 def test_a_failing_protocol_closes_only_that_connection(

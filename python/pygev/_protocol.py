@@ -17,10 +17,14 @@ class Protocol:
     payload)``. Whatever ``on_message`` returns, and whatever is passed to
     ``conn.send()``, goes through :meth:`packet` before it is written.
 
-    Both methods run with the GIL, on the dispatcher's thread (``packet`` also on the thread
-    that calls ``conn.send()``). An exception in either is logged on the ``pygev`` logger
-    and closes that connection. The defaults make a raw protocol: every chunk received is
-    one message, sent bytes go out unchanged.
+    Both methods run with the GIL. ``unpacket`` runs on the dispatcher's thread; ``packet``
+    runs on the thread that sends (the dispatcher's for replies and for sends made in
+    callbacks, another thread's for ``conn.send()`` called there), so a ``packet`` that keeps
+    state across calls cannot rely on the order of sends made on different threads. An
+    exception in either is logged on the ``pygev`` logger and closes that connection
+    (``conn.send()`` then raises :class:`~pygev.ConnectionClosed`); a ``packet`` that returns
+    something that is not bytes-like makes ``conn.send()`` raise ``TypeError``. The defaults
+    make a raw protocol: every chunk received is one message, sent bytes go out unchanged.
     """
 
     def unpacket(self, conn: Connection, buffer: RingBuffer) -> tuple[object, object] | None:

@@ -45,7 +45,13 @@ pub struct Server {
 impl Server {
     /// Validates `config`, resolves `address` (`"host:port"`, `"[::1]:0"`, `":1833"`) and
     /// binds: one listener, or one SO_REUSEPORT listener per loop.
-    pub fn bind(address: &str, config: Config, protocol: Arc<dyn Protocol>) -> io::Result<Server> {
+    pub fn bind(
+        address: &str,
+        mut config: Config,
+        protocol: Arc<dyn Protocol>,
+    ) -> io::Result<Server> {
+        // A connection must be able to hold the largest frame its protocol accepts.
+        config.max_input_buffer = config.max_input_buffer.max(protocol.max_buffered_input());
         config
             .validate()
             .map_err(|msg| io::Error::new(io::ErrorKind::InvalidInput, msg))?;

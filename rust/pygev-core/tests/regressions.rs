@@ -87,3 +87,40 @@ fn a_protocol_claiming_too_much_input_closes_only_its_connection() {
     assert_eq!(&reply, b"fine");
     h.shutdown();
 }
+
+/// A framing whose max_frame_size is above max_input_buffer must still take its largest
+/// frames: the server raises the input limit to what the protocol needs.
+#[test]
+fn frames_up_to_max_frame_size_fit_whatever_max_input_buffer_says() {
+    use pygev_core::{ByteOrder, LengthPrefix};
+
+    let framing = LengthPrefix::new(4, ByteOrder::Big, 200_000).unwrap();
+    let config = Config {
+        max_input_buffer: 1024,
+        ..Config::default()
+    };
+    let mut h = Harness::start_with(config, std::sync::Arc::new(framing));
+    let mut client = TcpStream::connect(("127.0.0.1", h.port())).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let mut wire = (payload.len() as u32).to_be_bytes().to_vec();
+    wire.extend_from_slice(&payload);
+    let writer = {
+        let mut c = client.try_clone().unwrap();
+        let wire = wire.clone();
+        std::thread::spawn(move || c.write_all(&wire).unwrap())
+    };
+    let mut echoed = vec![0u8; wire.len()];
+    let reader = std::thread::spawn(move || {
+        client.read_exact(&mut echoed).unwrap();
+        echoed
+    });
+    h.pump_until(Duration::from_secs(10), |h| {
+        h.running.loops()[0].stats().snapshot().bytes_out == wire.len() as u64
+    });
+    writer.join().unwrap();
+    assert!(reader.join().unwrap() == wire);
+    h.shutdown();
+}

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use pygev_core::Command;
 use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes};
@@ -68,16 +69,7 @@ impl Connection {
 
     /// Queues `data` for writing; the dispatcher's own path for returned replies.
     pub(crate) fn send_bytes(&self, data: Vec<u8>) -> Result<(), Error> {
-        match self.state.load(Ordering::Acquire) {
-            OPEN => {}
-            WRITE_SHUT => {
-                return Err(Error::Closed(format!(
-                    "pygev: connection {} has shut down its write side",
-                    self.id
-                )))
-            }
-            _ => return Err(self.closed_error()),
-        }
+        self.writable()?;
         self.shared
             .protocol
             .check_payload(&data)
@@ -92,6 +84,18 @@ impl Connection {
             return Err(self.closed_error());
         }
         Ok(())
+    }
+
+    /// Whether sending is allowed (open, write side not shut down).
+    fn writable(&self) -> Result<(), Error> {
+        match self.state.load(Ordering::Acquire) {
+            OPEN => Ok(()),
+            WRITE_SHUT => Err(Error::Closed(format!(
+                "pygev: connection {} has shut down its write side",
+                self.id
+            ))),
+            _ => Err(self.closed_error()),
+        }
     }
 
     /// Closes after flushing pending output (the dispatcher uses it after a failed callback).
@@ -126,15 +130,23 @@ impl Connection {
     }
 }
 
-/// Frames `data` with the Python protocol's `packet(conn, data)`; its result must be
-/// bytes-like.
+/// Frames `data` with the Python protocol's `packet(conn, data)`: `Err` if it raised,
+/// `Ok(Err)` (a `TypeError`) if it returned something that is not bytes-like.
 pub(crate) fn packet(
     protocol: &Bound<'_, PyAny>,
     conn: &Bound<'_, Connection>,
     data: &Bound<'_, PyAny>,
-) -> PyResult<Vec<u8>> {
+) -> PyResult<Result<Vec<u8>, Error>> {
     let wire = protocol.call_method1("packet", (conn, data))?;
-    Ok(bytes_of(&wire)?)
+    Ok(bytes_of(&wire).map_err(|_| {
+        Error::Type(format!(
+            "pygev: Protocol.packet() must return bytes, bytearray or memoryview, got {}",
+            wire.get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_else(|_| "?".into())
+        ))
+    }))
 }
 
 /// Copies a bytes-like object (bytes, bytearray, memoryview, any C-contiguous buffer).
@@ -171,23 +183,31 @@ impl Connection {
     /// a whole batch go out together).
     fn send(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let this = slf.get();
-        let wire = match this.shared.py_protocol(slf.py()) {
-            Some(protocol) => match packet(&protocol, slf, data) {
-                Ok(wire) => wire,
-                Err(err) => {
-                    // The framing failed, not the caller: the connection cannot go on.
-                    this.fail(slf.py(), "packet", &err);
-                    let closed = crate::errors::ConnectionClosed::new_err(format!(
-                        "pygev: Protocol.packet() raised; connection {} was closed",
-                        this.id
-                    ));
-                    closed.set_cause(slf.py(), Some(err));
-                    return Err(closed);
-                }
-            },
-            None => bytes_of(data)?,
+        let Some(protocol) = this.shared.py_protocol(slf.py()) else {
+            return Ok(this.send_bytes(bytes_of(data)?)?);
         };
-        Ok(this.send_bytes(wire)?)
+        this.writable()?; // before running the user's packet()
+        match packet(&protocol, slf, data) {
+            Ok(Ok(wire)) => Ok(this.send_bytes(wire)?),
+            // packet() returned something that is not bytes: nothing was sent.
+            Ok(Err(not_bytes)) => Err(not_bytes.into()),
+            Err(err)
+                if err.is_instance_of::<PyKeyboardInterrupt>(slf.py())
+                    || err.is_instance_of::<PySystemExit>(slf.py()) =>
+            {
+                Err(err)
+            }
+            Err(err) => {
+                // The framing failed, not the caller: the connection cannot go on.
+                this.fail(slf.py(), "packet", &err);
+                let closed = crate::errors::ConnectionClosed::new_err(format!(
+                    "pygev: Protocol.packet() raised; connection {} was closed",
+                    this.id
+                ));
+                closed.set_cause(slf.py(), Some(err));
+                Err(closed)
+            }
+        }
     }
 
     /// Flushes pending output, then shuts down the write side (the peer reads EOF).

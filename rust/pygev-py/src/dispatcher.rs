@@ -303,7 +303,7 @@ impl<'py> Dispatcher<'py> {
 
     /// Bytes arrived for a server whose framing is a Python `pygev.Protocol`: append them to
     /// the connection's buffer, then call `unpacket` while it returns frames, handing each
-    /// to `on_message`.
+    /// to `on_message`. The buffer is lent only for the `unpacket` call itself.
     fn on_bytes(&mut self, conn: Py<Connection>, data: Vec<u8>, protocol: &Bound<'py, PyAny>) {
         if conn.get().is_closed() {
             return;
@@ -332,36 +332,36 @@ impl<'py> Dispatcher<'py> {
             conn.get().request_close();
             return;
         }
-        buffer.get().set_usable(true);
         while !conn.get().is_closed() {
             let before = buffer.get().held();
-            let frame = match protocol.call_method1("unpacket", (conn.bind(py), buffer.bind(py))) {
+            buffer.get().set_usable(true);
+            let frame = protocol.call_method1("unpacket", (conn.bind(py), buffer.bind(py)));
+            buffer.get().set_usable(false);
+            let frame = match frame {
                 Ok(frame) if frame.is_none() => break,
                 Ok(frame) => frame,
-                Err(err) => {
-                    conn.get().fail(py, "unpacket", &err);
-                    break;
-                }
+                Err(err) => return self.callback_failed("Protocol.unpacket()", &conn, err),
             };
-            let (ctx, payload) = match frame.extract::<(Bound<'py, PyAny>, Bound<'py, PyAny>)>() {
-                Ok(pair) => pair,
-                Err(_) => {
-                    let err = PyTypeError::new_err(format!(
-                        "pygev: unpacket() must return (ctx, payload) or None, got {}",
-                        frame.repr().map(|r| r.to_string()).unwrap_or_default()
-                    ));
-                    conn.get().fail(py, "unpacket", &err);
-                    break;
-                }
+            let Ok((ctx, payload)) = frame.extract::<(Bound<'py, PyAny>, Bound<'py, PyAny>)>()
+            else {
+                let err = PyTypeError::new_err(format!(
+                    "pygev: {}.unpacket() must return (ctx, payload) or None, got {}",
+                    type_name(protocol),
+                    frame.repr().map(|r| r.to_string()).unwrap_or_default()
+                ));
+                return self.callback_failed("Protocol.unpacket()", &conn, err);
             };
             if buffer.get().held() == before {
                 // Called again, it would return the same frame forever.
-                let err = PyRuntimeError::new_err(
-                    "pygev: unpacket() returned a frame but consumed no input (a virtual read \
-                     needs virtual_flush())",
-                );
-                conn.get().fail(py, "unpacket", &err);
-                break;
+                let err = PyRuntimeError::new_err(format!(
+                    "pygev: {}.unpacket() returned a frame but consumed no input (a virtual \
+                     read needs virtual_flush())",
+                    type_name(protocol)
+                ));
+                return self.callback_failed("Protocol.unpacket()", &conn, err);
+            }
+            if conn.get().is_closed() {
+                return; // unpacket closed it
             }
             let result = self
                 .callbacks
@@ -371,13 +371,16 @@ impl<'py> Dispatcher<'py> {
             match result {
                 Ok(reply) if reply.is_none() => {}
                 Ok(reply) => match packet(protocol, conn.bind(py), &reply) {
-                    Ok(wire) => self.reply(&conn, wire),
-                    Err(err) => conn.get().fail(py, "packet", &err),
+                    Ok(Ok(wire)) => self.reply(&conn, wire),
+                    Ok(Err(not_bytes)) => {
+                        let err: PyErr = not_bytes.into();
+                        self.callback_failed("Protocol.packet()", &conn, err);
+                    }
+                    Err(err) => self.callback_failed("Protocol.packet()", &conn, err),
                 },
                 Err(err) => self.callback_failed("on_message", &conn, err),
             }
         }
-        buffer.get().set_usable(false);
     }
 
     /// Sends what `on_message` returned. A reply after shutdown_write()/close() is dropped,
@@ -432,4 +435,12 @@ impl<'py> Dispatcher<'py> {
             self.maybe_stop(err);
         }
     }
+}
+
+/// The name of `obj`'s class, for messages.
+fn type_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into())
 }

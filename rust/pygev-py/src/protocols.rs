@@ -62,7 +62,10 @@ impl LengthPrefix {
             }
             Some(n) => n,
             None => match header_size {
-                1 | 2 | 4 => DEFAULT_MAX_FRAME.min((1usize << (8 * header_size)) - 1),
+                1 | 2 | 4 => {
+                    let capacity = (1u64 << (8 * header_size)) - 1;
+                    DEFAULT_MAX_FRAME.min(usize::try_from(capacity).unwrap_or(usize::MAX))
+                }
                 _ => DEFAULT_MAX_FRAME,
             },
         };

@@ -18,6 +18,8 @@ use crate::errors::Error;
 pub struct RingBuffer {
     inner: Mutex<pygev_core::RingBuffer>,
     usable: AtomicBool,
+    /// Built by the user (always usable, writable), not a connection's.
+    standalone: bool,
 }
 
 impl RingBuffer {
@@ -26,6 +28,7 @@ impl RingBuffer {
         RingBuffer {
             inner: Mutex::new(pygev_core::RingBuffer::new()),
             usable: AtomicBool::new(false),
+            standalone: false,
         }
     }
 
@@ -58,14 +61,15 @@ impl RingBuffer {
     }
 }
 
-fn joined<'py>(py: Python<'py>, (a, b): (&[u8], &[u8])) -> Bound<'py, PyBytes> {
-    PyBytes::new_with(py, a.len() + b.len(), |out| {
-        out[..a.len()].copy_from_slice(a);
-        out[a.len()..].copy_from_slice(b);
-        Ok(())
-    })
-    .expect("filling a new bytes object cannot fail")
+fn joined((a, b): (&[u8], &[u8])) -> Vec<u8> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    out.extend_from_slice(a);
+    out.extend_from_slice(b);
+    out
 }
+
+// NOTE: every method copies out under the lock and builds Python objects after releasing
+// it: allocating may run the GC (and any __del__), which must not find the lock held.
 
 #[pymethods]
 impl RingBuffer {
@@ -75,11 +79,19 @@ impl RingBuffer {
         RingBuffer {
             inner: Mutex::new(pygev_core::RingBuffer::new()),
             usable: AtomicBool::new(true),
+            standalone: true,
         }
     }
 
-    /// Appends `data` (bytes-like).
+    /// Appends `data` (bytes-like). Only for a buffer built with `RingBuffer()`: a
+    /// connection's buffer holds what the peer sent, nothing else.
     fn write(&self, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        if !self.standalone {
+            return Err(Error::State(
+                "pygev: a connection's RingBuffer cannot be written to".into(),
+            )
+            .into());
+        }
         let data = bytes_of(data)?;
         self.lock()?.write(&data);
         Ok(())
@@ -96,16 +108,19 @@ impl RingBuffer {
 
     /// Up to `n` bytes from the front, not consumed.
     fn peek<'py>(&self, py: Python<'py>, n: usize) -> PyResult<Bound<'py, PyBytes>> {
-        let inner = self.lock()?;
-        Ok(joined(py, inner.peek(n)))
+        let out = joined(self.lock()?.peek(n));
+        Ok(PyBytes::new(py, &out))
     }
 
     /// Up to `n` bytes from the front, consumed.
     fn read<'py>(&self, py: Python<'py>, n: usize) -> PyResult<Bound<'py, PyBytes>> {
-        let mut inner = self.lock()?;
-        let out = joined(py, inner.peek(n));
-        inner.retrieve(out.as_bytes().len());
-        Ok(out)
+        let out = {
+            let mut inner = self.lock()?;
+            let out = joined(inner.peek(n));
+            inner.retrieve(out.len());
+            out
+        };
+        Ok(PyBytes::new(py, &out))
     }
 
     /// Consumes `n` bytes (or all, if fewer are held) without returning them.
@@ -122,20 +137,20 @@ impl RingBuffer {
 
     /// A copy of every held byte (nothing consumed).
     fn bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
-        let inner = self.lock()?;
-        Ok(joined(py, inner.as_slices()))
+        let out = joined(self.lock()?.as_slices());
+        Ok(PyBytes::new(py, &out))
     }
 
     /// Up to `n` bytes after the virtual cursor, which advances; nothing is consumed until
     /// `virtual_flush()`.
     fn virtual_read<'py>(&self, py: Python<'py>, n: usize) -> PyResult<Bound<'py, PyBytes>> {
-        let mut inner = self.lock()?;
-        let n = n.min(inner.virtual_length());
-        let out = PyBytes::new_with(py, n, |out| {
-            inner.virtual_read(out);
-            Ok(())
-        })?;
-        Ok(out)
+        let out = {
+            let mut inner = self.lock()?;
+            let mut out = vec![0; n.min(inner.virtual_length())];
+            inner.virtual_read(&mut out);
+            out
+        };
+        Ok(PyBytes::new(py, &out))
     }
 
     /// Bytes after the virtual cursor.

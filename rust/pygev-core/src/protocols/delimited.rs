@@ -153,6 +153,11 @@ impl Protocol for Delimited {
         out.extend_from_slice(&self.delimiter);
     }
 
+    fn max_buffered_input(&self) -> usize {
+        // The frame, its delimiter, and what one read may bring after it.
+        self.max_frame_size.saturating_add(2 * self.delimiter.len())
+    }
+
     fn pack_is_stateless(&self) -> bool {
         true
     }

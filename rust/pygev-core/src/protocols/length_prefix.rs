@@ -166,6 +166,10 @@ impl Protocol for LengthPrefix {
         out.extend_from_slice(payload);
     }
 
+    fn max_buffered_input(&self) -> usize {
+        self.max_frame_size.saturating_add(self.header_size)
+    }
+
     fn pack_is_stateless(&self) -> bool {
         true
     }

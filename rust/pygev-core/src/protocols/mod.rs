@@ -144,6 +144,12 @@ pub trait Protocol: Send + Sync {
     /// Appends the wire form of `payload` (already accepted by `check_payload`) to `out`.
     fn pack(&self, state: &mut ProtocolState, payload: &[u8], out: &mut Vec<u8>);
 
+    /// The most unparsed input a connection may have to hold to complete one frame this
+    /// protocol accepts (0 if unbounded); the server raises `max_input_buffer` to it.
+    fn max_buffered_input(&self) -> usize {
+        0
+    }
+
     /// Whether `pack` ignores the connection's state, so that payloads may be packed away
     /// from the loop (the dispatcher packs a batch of replies into one buffer).
     fn pack_is_stateless(&self) -> bool {

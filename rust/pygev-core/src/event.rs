@@ -41,6 +41,16 @@ pub enum Event {
         /// The payload.
         data: Vec<u8>,
     },
+    /// Several whole messages of one connection, in order, from one read: one buffer for
+    /// all (many small frames cost one allocation).
+    Messages {
+        /// Index of the loop that owns the connection.
+        loop_index: u32,
+        /// The connection's slot in that loop.
+        token: u32,
+        /// The payloads.
+        frames: crate::protocols::Frames,
+    },
     /// The peer finished sending (EOF). The loop keeps the connection open so that replies
     /// to messages already dispatched can still be written; the dispatcher answers with
     /// [`Command::Close`] once those messages have been handled.

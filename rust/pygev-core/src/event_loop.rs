@@ -523,16 +523,29 @@ impl EventLoop {
             }
         };
         self.scratch.clear();
-        let mut bytes = 0;
         let count = self.frames.len();
-        for data in self.frames.drain() {
-            bytes += data.capacity(); // what the message really holds in memory
-            self.events_out.push(Event::Message {
-                loop_index: self.index,
-                token: token as u32,
-                data,
-            });
-        }
+        // What the messages really hold in memory, for dispatch backpressure.
+        let bytes = match self.frames.take() {
+            None => 0,
+            Some(Ok(data)) => {
+                let bytes = data.capacity();
+                self.events_out.push(Event::Message {
+                    loop_index: self.index,
+                    token: token as u32,
+                    data,
+                });
+                bytes
+            }
+            Some(Err(frames)) => {
+                let bytes = frames.held_bytes();
+                self.events_out.push(Event::Messages {
+                    loop_index: self.index,
+                    token: token as u32,
+                    frames,
+                });
+                bytes
+            }
+        };
         if count > 0 {
             self.handle
                 .pending_dispatch

@@ -22,8 +22,8 @@ pub use dispatch_queue::DispatchQueue;
 pub use event::{Command, ConnectInfo, Event};
 pub use loop_handle::LoopHandle;
 pub use protocols::{
-    ByteOrder, Delimited, FrameSink, LengthPrefix, Protocol, ProtocolError, ProtocolState, Raw,
-    MAX_DELIMITER,
+    ByteOrder, Delimited, FrameSink, Frames, LengthPrefix, Protocol, ProtocolError, ProtocolState,
+    Raw, MAX_DELIMITER,
 };
 pub use ring_buffer::RingBuffer;
 pub use server::{parse_address, Running, Server};

@@ -86,6 +86,22 @@ impl Connection {
         Ok(())
     }
 
+    /// Queues a borrowed payload (the dispatcher's path for echoed frames of a batch).
+    pub(crate) fn send_slice(&self, payload: &[u8]) -> Result<(), Error> {
+        self.writable()?;
+        self.shared
+            .protocol
+            .check_payload(payload)
+            .map_err(|e| Error::Value(e.message().to_string()))?;
+        if !self
+            .shared
+            .post_payload(self.loop_index, self.token, self.id, payload)
+        {
+            return Err(self.closed_error());
+        }
+        Ok(())
+    }
+
     /// Whether sending is allowed (open, write side not shut down).
     fn writable(&self) -> Result<(), Error> {
         match self.state.load(Ordering::Acquire) {

@@ -131,7 +131,15 @@ impl<'py> Dispatcher<'py> {
     }
 
     fn dispatch_batch(&mut self, batch: &mut Vec<Event>, due: &mut Vec<u64>) {
-        let count = batch.len() + due.len();
+        // Events as the handler sees them: a batch of frames counts once per frame.
+        let frames_batched: usize = batch
+            .iter()
+            .map(|e| match e {
+                Event::Messages { frames, .. } => frames.ends.len() - 1,
+                _ => 0,
+            })
+            .sum();
+        let count = batch.len() + frames_batched + due.len();
         self.shared.begin_batch();
         for event in batch.drain(..) {
             self.handle(event);
@@ -169,6 +177,24 @@ impl<'py> Dispatcher<'py> {
                     match self.py_protocol.as_ref().map(|p| p.clone_ref(self.py)) {
                         Some(protocol) => self.on_bytes(conn, data, protocol.bind(self.py)),
                         None => self.on_message(conn, data),
+                    }
+                }
+            }
+            Event::Messages {
+                loop_index,
+                token,
+                frames,
+            } => {
+                self.handled_bytes[loop_index as usize] += frames.held_bytes();
+                if let Some(conn) = self.conn(loop_index, token) {
+                    match self.py_protocol.as_ref().map(|p| p.clone_ref(self.py)) {
+                        // Python framings get raw bytes: the loop never splits for them.
+                        Some(protocol) => self.on_bytes(conn, frames.data, protocol.bind(self.py)),
+                        None => {
+                            for frame in frames.iter() {
+                                self.on_frame(&conn, Frame::Borrowed(frame));
+                            }
+                        }
                     }
                 }
             }
@@ -271,11 +297,16 @@ impl<'py> Dispatcher<'py> {
     }
 
     fn on_message(&mut self, conn: Py<Connection>, data: Vec<u8>) {
+        self.on_frame(&conn, Frame::Owned(data));
+    }
+
+    /// Calls `on_message` for one frame and sends its reply.
+    fn on_frame(&mut self, conn: &Py<Connection>, frame: Frame<'_>) {
         if conn.get().is_closed() {
             return; // closed by the handler or after an error: drop what is left
         }
         let py = self.py;
-        let bytes = PyBytes::new(py, &data);
+        let bytes = PyBytes::new(py, frame.bytes());
         let result = self
             .callbacks
             .on_message
@@ -285,19 +316,20 @@ impl<'py> Dispatcher<'py> {
             Ok(reply) if reply.is_none() => {}
             // NOTE: a handler that returns the bytes it was given (echo) sends our own copy
             // of them: no second copy (raw echo: memcpy was 17% of server CPU).
-            Ok(reply) if reply.is(&bytes) => self.reply(&conn, data),
+            Ok(reply) if reply.is(&bytes) => match frame {
+                Frame::Owned(data) if self.shared.protocol.pack_is_identity() => {
+                    self.reply(conn, data)
+                }
+                frame => self.reply_slice(conn, frame.bytes()),
+            },
             Ok(reply) => match bytes_of(&reply) {
-                Ok(reply) => self.reply(&conn, reply),
+                Ok(reply) => self.reply(conn, reply),
                 Err(err) => {
                     let err: PyErr = err.into();
-                    self.callback_failed(
-                        "on_message returned a non-bytes value, which",
-                        &conn,
-                        err,
-                    );
+                    self.callback_failed("on_message returned a non-bytes value, which", conn, err);
                 }
             },
-            Err(err) => self.callback_failed("on_message", &conn, err),
+            Err(err) => self.callback_failed("on_message", conn, err),
         }
     }
 
@@ -392,6 +424,14 @@ impl<'py> Dispatcher<'py> {
         }
     }
 
+    /// Sends a borrowed reply (an echoed frame of a batch).
+    fn reply_slice(&mut self, conn: &Py<Connection>, payload: &[u8]) {
+        if let Err(err @ Error::Value(_)) = conn.get().send_slice(payload) {
+            let err: PyErr = err.into();
+            self.callback_failed("sending on_message's reply", conn, err);
+        }
+    }
+
     /// Logs a failed callback and closes its connection only.
     fn callback_failed(&mut self, what: &str, conn: &Py<Connection>, err: PyErr) {
         if err.is_instance_of::<PyKeyboardInterrupt>(self.py) {
@@ -433,6 +473,21 @@ impl<'py> Dispatcher<'py> {
                 logging::log_exception(self.py, "pygev: timer callback raised", &err);
             }
             self.maybe_stop(err);
+        }
+    }
+}
+
+/// One message's payload: its own buffer, or a slice of a batch of frames.
+enum Frame<'a> {
+    Owned(Vec<u8>),
+    Borrowed(&'a [u8]),
+}
+
+impl Frame<'_> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Frame::Owned(data) => data,
+            Frame::Borrowed(data) => data,
         }
     }
 }

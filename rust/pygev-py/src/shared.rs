@@ -150,6 +150,57 @@ impl Shared {
         true
     }
 
+    /// Sends `payload` (borrowed) to a connection: inside a batch, with a protocol that
+    /// packs here, it is packed straight into the outbox without an intermediate copy.
+    /// Returns false when the server is not running.
+    pub(crate) fn post_payload(
+        self: &Arc<Self>,
+        loop_index: u32,
+        token: u32,
+        id: u64,
+        payload: &[u8],
+    ) -> bool {
+        if self.loops.get().is_none() {
+            return false;
+        }
+        if !(self.wire_in_dispatcher && DISPATCHING.with(|d| d.get()) == self.key()) {
+            let data = payload.to_vec();
+            let packed = false;
+            return self.post(
+                loop_index,
+                Command::Send {
+                    token,
+                    id,
+                    data,
+                    packed,
+                },
+            );
+        }
+        let mut outboxes = self.lock_outboxes();
+        let outbox = &mut outboxes[loop_index as usize];
+        if let Some(Command::Send {
+            token: last_token,
+            id: last_id,
+            data: wire,
+            packed: true,
+        }) = outbox.last_mut()
+        {
+            if *last_token == token && *last_id == id {
+                self.pack_into(payload, wire);
+                return true;
+            }
+        }
+        let mut wire = Vec::with_capacity(payload.len() + 16);
+        self.pack_into(payload, &mut wire);
+        outbox.push(Command::Send {
+            token,
+            id,
+            data: wire,
+            packed: true,
+        });
+        true
+    }
+
     /// Appends the wire form of `payload` to `wire` (identity or stateless protocols only).
     fn pack_into(&self, payload: &[u8], wire: &mut Vec<u8>) {
         if self.protocol.pack_is_identity() {

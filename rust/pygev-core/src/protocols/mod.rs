@@ -44,10 +44,42 @@ impl std::error::Error for ProtocolError {}
 /// Collects the whole frames a protocol finds in its input.
 ///
 /// Frames are copied out of the input as they are pushed, so the protocol may report the
-/// input consumed right away.
+/// input consumed right away. They are kept back to back in one buffer, so many small
+/// frames cost one allocation, not one each.
 #[derive(Debug, Default)]
 pub struct FrameSink {
-    frames: Vec<Vec<u8>>,
+    /// The frames' bytes, back to back.
+    data: Vec<u8>,
+    /// Where each frame ends in `data`.
+    ends: Vec<usize>,
+    /// A large raw read handed over whole (only ever alone in the sink).
+    owned: Option<Vec<u8>>,
+}
+
+/// The frames taken from a [`FrameSink`] at once: one buffer and where each frame ends.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Frames {
+    /// The frames' bytes, back to back.
+    pub data: Vec<u8>,
+    /// Where each frame ends in `data` (the first starts at 0).
+    pub ends: Vec<usize>,
+}
+
+impl Frames {
+    /// The frames, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let mut start = 0;
+        self.ends.iter().map(move |&end| {
+            let frame = &self.data[start..end];
+            start = end;
+            frame
+        })
+    }
+
+    /// The memory the batch holds (what dispatch backpressure counts).
+    pub fn held_bytes(&self) -> usize {
+        self.data.capacity() + self.ends.capacity() * std::mem::size_of::<usize>()
+    }
 }
 
 impl FrameSink {
@@ -58,27 +90,64 @@ impl FrameSink {
 
     /// Records one whole frame's payload.
     pub fn push(&mut self, payload: &[u8]) {
-        self.frames.push(payload.to_vec());
+        self.data.extend_from_slice(payload);
+        self.ends.push(self.data.len());
     }
 
-    /// Records one whole frame's payload, taking ownership of it.
+    /// Records one whole frame's payload, taking ownership of it (a large read handed over
+    /// without a copy). It must be the only frame of its batch.
     pub fn push_owned(&mut self, payload: Vec<u8>) {
-        self.frames.push(payload);
+        debug_assert!(self.is_empty());
+        self.owned = Some(payload);
     }
 
     /// Number of frames recorded since the last drain.
     pub fn len(&self) -> usize {
-        self.frames.len()
+        self.ends.len() + usize::from(self.owned.is_some())
     }
 
     /// Whether no frame has been recorded since the last drain.
     pub fn is_empty(&self) -> bool {
-        self.frames.is_empty()
+        self.len() == 0
     }
 
-    /// Takes the recorded frames, in order.
-    pub fn drain(&mut self) -> std::vec::Drain<'_, Vec<u8>> {
-        self.frames.drain(..)
+    /// Takes the recorded frames one by one, in order (one allocation each).
+    pub fn drain(&mut self) -> std::vec::IntoIter<Vec<u8>> {
+        let mut frames: Vec<Vec<u8>> = self.owned.take().into_iter().collect();
+        let mut start = 0;
+        for &end in &self.ends {
+            frames.push(self.data[start..end].to_vec());
+            start = end;
+        }
+        self.data.clear();
+        self.ends.clear();
+        frames.into_iter()
+    }
+
+    /// Takes a single recorded frame as its own buffer, or several frames as one
+    /// [`Frames`] batch; `None` when empty.
+    pub fn take(&mut self) -> Option<Result<Vec<u8>, Frames>> {
+        if let Some(owned) = self.owned.take() {
+            return Some(Ok(owned));
+        }
+        match self.ends.len() {
+            0 => None,
+            1 => {
+                self.ends.clear();
+                Some(Ok(std::mem::take(&mut self.data)))
+            }
+            _ => {
+                // NOTE: the sink's buffers go with the batch; new ones of a similar size
+                // (capped) are made at once, not grown frame by frame.
+                const REUSE_CAP: usize = 64 << 10;
+                let data_cap = self.data.capacity().min(REUSE_CAP);
+                let ends_cap = self.ends.capacity().min(REUSE_CAP / 8);
+                Some(Err(Frames {
+                    data: std::mem::replace(&mut self.data, Vec::with_capacity(data_cap)),
+                    ends: std::mem::replace(&mut self.ends, Vec::with_capacity(ends_cap)),
+                }))
+            }
+        }
     }
 }
 

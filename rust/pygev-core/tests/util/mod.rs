@@ -85,6 +85,25 @@ impl Harness {
                     })
                     .unwrap();
             }
+            Event::Messages {
+                loop_index,
+                token,
+                frames,
+            } => {
+                let id = self.conns[&(loop_index, token)];
+                let handle = &self.running.loops()[loop_index as usize];
+                handle.dispatched(frames.held_bytes(), usize::MAX).unwrap();
+                for data in frames.iter() {
+                    handle
+                        .post(Command::Send {
+                            token,
+                            id,
+                            data: data.to_vec(),
+                            packed: false,
+                        })
+                        .unwrap();
+                }
+            }
             Event::PeerClosed { loop_index, token } => {
                 let id = self.conns[&(loop_index, token)];
                 self.running.loops()[loop_index as usize]

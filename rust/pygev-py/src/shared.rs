@@ -1,6 +1,7 @@
 //! State shared by a server's Python objects (`Server`, `Connection`, `Timer`) and its
 //! dispatcher.
 
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -114,33 +115,7 @@ impl Shared {
                     data,
                     packed: false,
                 } if self.wire_in_dispatcher => {
-                    // NOTE: replies and sends to one connection within a batch become one
-                    // buffer, so the loop writes them with one system call.
-                    if let Some(Command::Send {
-                        token: last_token,
-                        id: last_id,
-                        data: wire,
-                        packed: true,
-                    }) = outbox.last_mut()
-                    {
-                        if *last_token == token && *last_id == id {
-                            self.pack_into(&data, wire);
-                            return true;
-                        }
-                    }
-                    let wire = if self.protocol.pack_is_identity() {
-                        data // moved, not copied
-                    } else {
-                        let mut wire = Vec::with_capacity(data.len() + 16);
-                        self.pack_into(&data, &mut wire);
-                        wire
-                    };
-                    outbox.push(Command::Send {
-                        token,
-                        id,
-                        data: wire,
-                        packed: true,
-                    });
+                    self.push_wire(outbox, token, id, Cow::Owned(data));
                 }
                 command => outbox.push(command),
             }
@@ -177,7 +152,20 @@ impl Shared {
             );
         }
         let mut outboxes = self.lock_outboxes();
-        let outbox = &mut outboxes[loop_index as usize];
+        self.push_wire(
+            &mut outboxes[loop_index as usize],
+            token,
+            id,
+            Cow::Borrowed(payload),
+        );
+        true
+    }
+
+    /// Queues `payload` in wire form in a loop's outbox.
+    ///
+    /// NOTE: replies and sends to one connection within a batch become one buffer, so the
+    /// loop writes them with one system call.
+    fn push_wire(&self, outbox: &mut Vec<Command>, token: u32, id: u64, payload: Cow<'_, [u8]>) {
         if let Some(Command::Send {
             token: last_token,
             id: last_id,
@@ -186,19 +174,24 @@ impl Shared {
         }) = outbox.last_mut()
         {
             if *last_token == token && *last_id == id {
-                self.pack_into(payload, wire);
-                return true;
+                self.pack_into(&payload, wire);
+                return;
             }
         }
-        let mut wire = Vec::with_capacity(payload.len() + 16);
-        self.pack_into(payload, &mut wire);
+        let wire = match payload {
+            Cow::Owned(data) if self.protocol.pack_is_identity() => data, // moved, not copied
+            payload => {
+                let mut wire = Vec::with_capacity(payload.len() + 16);
+                self.pack_into(&payload, &mut wire);
+                wire
+            }
+        };
         outbox.push(Command::Send {
             token,
             id,
             data: wire,
             packed: true,
         });
-        true
     }
 
     /// Appends the wire form of `payload` to `wire` (identity or stateless protocols only).

@@ -16,6 +16,7 @@ mod protocols;
 mod ring_buffer;
 mod server;
 mod stats;
+pub mod websocket;
 
 pub use config::{Config, Strategy};
 pub use dispatch_queue::DispatchQueue;

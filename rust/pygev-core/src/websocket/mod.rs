@@ -1,4 +1,6 @@
 //! WebSocket (RFC 6455), natively in the loop threads. Work in progress (issue 4): the
-//! upgrade handshake is here; frames, the protocol itself and permessage-deflate follow.
+//! upgrade handshake and the frame reader/writer are here; the protocol that ties them to a
+//! connection, and permessage-deflate, follow.
 
+pub mod frames;
 pub mod handshake;

@@ -1,0 +1,370 @@
+//! WebSocket frames (RFC 6455 section 5): the server side's incremental reader, which
+//! checks every rule a client must follow and reassembles fragmented messages, and the
+//! writer of (unmasked) server frames.
+
+/// Opcodes.
+pub mod opcode {
+    /// A continuation fragment.
+    pub const CONTINUATION: u8 = 0x0;
+    /// A text message (UTF-8).
+    pub const TEXT: u8 = 0x1;
+    /// A binary message.
+    pub const BINARY: u8 = 0x2;
+    /// The closing handshake.
+    pub const CLOSE: u8 = 0x8;
+    /// A ping.
+    pub const PING: u8 = 0x9;
+    /// A pong.
+    pub const PONG: u8 = 0xA;
+}
+
+/// Close codes the server sends.
+pub mod close_code {
+    /// Normal closure.
+    pub const NORMAL: u16 = 1000;
+    /// The peer broke the protocol.
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text message (or close reason) was not UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
+    /// A message over the size limit.
+    pub const TOO_BIG: u16 = 1009;
+}
+
+/// What the reader hands over, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// A whole text message, valid UTF-8.
+    Text(Vec<u8>),
+    /// A whole binary message.
+    Binary(Vec<u8>),
+    /// A ping with its payload (to answer with a pong).
+    Ping(Vec<u8>),
+    /// A pong with its payload.
+    Pong(Vec<u8>),
+    /// The peer's close frame: its code and reason, if it sent one.
+    Close(Option<(u16, String)>),
+}
+
+/// A broken rule: the connection is failed with this close code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// 1002 (protocol error), 1007 (bad UTF-8) or 1009 (too big).
+    pub code: u16,
+    /// One line, for the close frame's reason and the log.
+    pub reason: String,
+}
+
+fn violation(code: u16, reason: impl Into<String>) -> Violation {
+    Violation {
+        code,
+        reason: reason.into(),
+    }
+}
+
+/// A connection's reader: call [`Reader::read`] with the unconsumed input each time bytes
+/// arrive.
+#[derive(Debug)]
+pub struct Reader {
+    max_message_size: usize,
+    /// Whether RSV1 may be set on the first frame of a message (permessage-deflate).
+    rsv1_allowed: bool,
+    /// The message being reassembled: its opcode, whether RSV1 marked it, its bytes.
+    partial: Option<(u8, bool)>,
+    buffer: Vec<u8>,
+    /// For text: how much of `buffer` is known to be valid UTF-8.
+    utf8_valid: usize,
+}
+
+impl Reader {
+    /// A reader refusing messages over `max_message_size` bytes; `rsv1_allowed` when
+    /// permessage-deflate was negotiated.
+    pub fn new(max_message_size: usize, rsv1_allowed: bool) -> Self {
+        Reader {
+            max_message_size,
+            rsv1_allowed,
+            partial: None,
+            buffer: Vec::new(),
+            utf8_valid: 0,
+        }
+    }
+
+    /// Whether the current (or last) message was marked compressed (RSV1). A compressed
+    /// text message is checked for UTF-8 only after it is inflated, by the caller.
+    pub fn compressed(&self) -> bool {
+        self.partial.is_some_and(|(_, rsv1)| rsv1)
+    }
+
+    /// Reads every whole frame at the start of `input`, pushing whole messages and control
+    /// frames into `out`, and returns how many bytes it used. A partial frame is left for
+    /// the next call. Compressed messages come out as they are (still compressed): see
+    /// [`Reader::read_with`].
+    pub fn read(&mut self, input: &[u8], out: &mut Vec<Message>) -> Result<usize, Violation> {
+        self.read_with(input, out, &mut |_, data| Ok(data))
+    }
+
+    /// Like [`Reader::read`], with `inflate(is_text, data)` applied to every message that
+    /// was marked compressed before it is checked and handed over.
+    pub fn read_with(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<Message>,
+        inflate: &mut dyn FnMut(bool, Vec<u8>) -> Result<Vec<u8>, Violation>,
+    ) -> Result<usize, Violation> {
+        let mut used = 0;
+        while let Some(header) = Header::parse(&input[used..])? {
+            self.check(&header)?;
+            let start = used + header.size;
+            if ((input.len() - start) as u64) < header.len {
+                break; // the payload is not all here yet
+            }
+            let end = start + header.len as usize;
+            let mut payload = input[start..end].to_vec();
+            unmask(&mut payload, header.mask);
+            used = end;
+            if header.opcode >= opcode::CLOSE {
+                out.push(control(header.opcode, payload)?);
+                continue;
+            }
+            if header.opcode != opcode::CONTINUATION {
+                self.partial = Some((header.opcode, header.rsv1));
+                self.buffer.clear();
+                self.utf8_valid = 0;
+            }
+            self.buffer.extend_from_slice(&payload);
+            let Some((kind, compressed)) = self.partial else {
+                unreachable!("check() refused a continuation without a message");
+            };
+            if kind == opcode::TEXT && !compressed {
+                self.check_utf8(header.fin)?;
+            }
+            if header.fin {
+                let mut data = std::mem::take(&mut self.buffer);
+                if compressed {
+                    data = inflate(kind == opcode::TEXT, data)?;
+                    if kind == opcode::TEXT && simdutf8::basic::from_utf8(&data).is_err() {
+                        return Err(violation(close_code::INVALID_DATA, "text is not UTF-8"));
+                    }
+                }
+                self.partial = None;
+                out.push(if kind == opcode::TEXT {
+                    Message::Text(data)
+                } else {
+                    Message::Binary(data)
+                });
+            }
+        }
+        Ok(used)
+    }
+
+    fn check(&self, header: &Header) -> Result<(), Violation> {
+        let protocol = |reason: &str| Err(violation(close_code::PROTOCOL_ERROR, reason));
+        if header.rsv23 {
+            return protocol("reserved bits RSV2/RSV3 set");
+        }
+        if !header.masked {
+            return protocol("client frames must be masked");
+        }
+        match header.opcode {
+            opcode::CONTINUATION | opcode::TEXT | opcode::BINARY => {}
+            opcode::CLOSE | opcode::PING | opcode::PONG => {
+                if !header.fin {
+                    return protocol("control frames must not be fragmented");
+                }
+                if header.len > 125 {
+                    return protocol("control frame payload over 125 bytes");
+                }
+                if header.rsv1 {
+                    return protocol("RSV1 set on a control frame");
+                }
+                return Ok(());
+            }
+            _ => return protocol("reserved opcode"),
+        }
+        let continuing = self.partial.is_some();
+        if header.opcode == opcode::CONTINUATION {
+            if !continuing {
+                return protocol("continuation frame without a message to continue");
+            }
+            if header.rsv1 {
+                return protocol("RSV1 set on a continuation frame");
+            }
+        } else {
+            if continuing {
+                return protocol("new data frame before the fragmented message ended");
+            }
+            if header.rsv1 && !self.rsv1_allowed {
+                return protocol("RSV1 set without a negotiated extension");
+            }
+        }
+        let size = if header.opcode == opcode::CONTINUATION {
+            self.buffer.len() as u64
+        } else {
+            0
+        };
+        if size + header.len > self.max_message_size as u64 {
+            return Err(violation(
+                close_code::TOO_BIG,
+                format!(
+                    "message of at least {} bytes, over max_message_size {}",
+                    size + header.len,
+                    self.max_message_size
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the text received so far, failing fast: only an incomplete character at the
+    /// very end may wait for the next fragment.
+    fn check_utf8(&mut self, fin: bool) -> Result<(), Violation> {
+        let rest = &self.buffer[self.utf8_valid..];
+        match simdutf8::compat::from_utf8(rest) {
+            Ok(_) => self.utf8_valid = self.buffer.len(),
+            Err(err) if err.error_len().is_none() && !fin => {
+                self.utf8_valid += err.valid_up_to(); // an incomplete character at the end
+            }
+            Err(_) => return Err(violation(close_code::INVALID_DATA, "text is not UTF-8")),
+        }
+        Ok(())
+    }
+}
+
+fn control(kind: u8, payload: Vec<u8>) -> Result<Message, Violation> {
+    Ok(match kind {
+        opcode::PING => Message::Ping(payload),
+        opcode::PONG => Message::Pong(payload),
+        _ => Message::Close(close_payload(&payload)?),
+    })
+}
+
+/// A close frame's code and reason, checked (RFC 6455 section 7.4).
+fn close_payload(payload: &[u8]) -> Result<Option<(u16, String)>, Violation> {
+    match payload.len() {
+        0 => return Ok(None),
+        1 => {
+            return Err(violation(
+                close_code::PROTOCOL_ERROR,
+                "close payload of 1 byte",
+            ))
+        }
+        _ => {}
+    }
+    let code = u16::from_be_bytes([payload[0], payload[1]]);
+    if !valid_close_code(code) {
+        return Err(violation(
+            close_code::PROTOCOL_ERROR,
+            format!("invalid close code {code}"),
+        ));
+    }
+    let reason = std::str::from_utf8(&payload[2..])
+        .map_err(|_| violation(close_code::INVALID_DATA, "close reason is not UTF-8"))?;
+    Ok(Some((code, reason.to_string())))
+}
+
+/// Whether a peer may send `code` in a close frame.
+pub fn valid_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999)
+}
+
+fn unmask(payload: &mut [u8], mask: [u8; 4]) {
+    for (i, byte) in payload.iter_mut().enumerate() {
+        *byte ^= mask[i & 3];
+    }
+}
+
+/// A parsed frame header.
+#[derive(Debug, Clone, Copy)]
+struct Header {
+    fin: bool,
+    rsv1: bool,
+    rsv23: bool,
+    opcode: u8,
+    masked: bool,
+    mask: [u8; 4],
+    len: u64,
+    /// Bytes of the header itself.
+    size: usize,
+}
+
+impl Header {
+    /// The header at the start of `input`, or `None` if it is not all there.
+    fn parse(input: &[u8]) -> Result<Option<Header>, Violation> {
+        if input.len() < 2 {
+            return Ok(None);
+        }
+        let (b0, b1) = (input[0], input[1]);
+        let masked = b1 & 0x80 != 0;
+        let (len, mut size) = match b1 & 0x7f {
+            126 => {
+                if input.len() < 4 {
+                    return Ok(None);
+                }
+                (u64::from(u16::from_be_bytes([input[2], input[3]])), 4)
+            }
+            127 => {
+                if input.len() < 10 {
+                    return Ok(None);
+                }
+                let mut bytes = [0u8; 8];
+                bytes.copy_from_slice(&input[2..10]);
+                let len = u64::from_be_bytes(bytes);
+                if len >> 63 != 0 {
+                    return Err(violation(
+                        close_code::PROTOCOL_ERROR,
+                        "64-bit payload length with its top bit set",
+                    ));
+                }
+                (len, 10)
+            }
+            short => (u64::from(short), 2),
+        };
+        let mut mask = [0u8; 4];
+        if masked {
+            if input.len() < size + 4 {
+                return Ok(None);
+            }
+            mask.copy_from_slice(&input[size..size + 4]);
+            size += 4;
+        }
+        Ok(Some(Header {
+            fin: b0 & 0x80 != 0,
+            rsv1: b0 & 0x40 != 0,
+            rsv23: b0 & 0x30 != 0,
+            opcode: b0 & 0x0f,
+            masked,
+            mask,
+            len,
+            size,
+        }))
+    }
+}
+
+/// Appends one unmasked server frame to `out`.
+pub fn write_frame(out: &mut Vec<u8>, kind: u8, fin: bool, rsv1: bool, payload: &[u8]) {
+    out.reserve(payload.len() + 10);
+    out.push(u8::from(fin) << 7 | u8::from(rsv1) << 6 | kind);
+    match payload.len() {
+        n if n < 126 => out.push(n as u8),
+        n if n <= 0xffff => {
+            out.push(126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(payload);
+}
+
+/// Appends a close frame with `code` and `reason` (cut to fit 125 bytes, on a character
+/// boundary).
+pub fn write_close(out: &mut Vec<u8>, code: u16, reason: &str) {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut payload = code.to_be_bytes().to_vec();
+    payload.extend_from_slice(&reason.as_bytes()[..end]);
+    write_frame(out, opcode::CLOSE, true, false, &payload);
+}

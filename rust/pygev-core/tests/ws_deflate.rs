@@ -1,0 +1,112 @@
+//! permessage-deflate: negotiation, round trips with and without context takeover, and
+//! bounded decompression.
+
+use proptest::prelude::*;
+use pygev_core::websocket::deflate::{negotiate, Agreed, Codec, Settings};
+
+fn offer(text: &str) -> Option<String> {
+    negotiate(&[text.to_string()], &Settings::default()).map(|(_, response)| response)
+}
+
+#[test]
+fn offers_are_accepted_declined_or_answered_with_parameters() {
+    assert_eq!(
+        offer("permessage-deflate").as_deref(),
+        Some("permessage-deflate")
+    );
+    assert_eq!(
+        offer("permessage-deflate; client_max_window_bits").as_deref(),
+        Some("permessage-deflate; client_max_window_bits=15")
+    );
+    assert_eq!(
+        offer("permessage-deflate; server_no_context_takeover; client_no_context_takeover")
+            .as_deref(),
+        Some("permessage-deflate; server_no_context_takeover; client_no_context_takeover")
+    );
+    assert_eq!(
+        offer("permessage-deflate; server_max_window_bits=10; client_max_window_bits=12")
+            .as_deref(),
+        Some("permessage-deflate; server_max_window_bits=10; client_max_window_bits=12")
+    );
+    // Declined: unknown or repeated parameters, bad values, a window zlib cannot do.
+    for bad in [
+        "permessage-deflate; foo",
+        "permessage-deflate; server_no_context_takeover; server_no_context_takeover",
+        "permessage-deflate; server_max_window_bits=16",
+        "permessage-deflate; server_max_window_bits=010",
+        "permessage-deflate; server_max_window_bits",
+        "permessage-deflate; client_no_context_takeover=1",
+        "permessage-deflate; server_max_window_bits=8",
+        "x-webkit-deflate-frame",
+    ] {
+        assert_eq!(offer(bad), None, "{bad}");
+    }
+    // The first acceptable offer wins.
+    let offers = vec![
+        "permessage-deflate; server_max_window_bits=8".to_string(),
+        "permessage-deflate; server_max_window_bits=9".to_string(),
+    ];
+    let (agreed, _) = negotiate(&offers, &Settings::default()).unwrap();
+    assert_eq!(agreed.server_max_window_bits, 9);
+    // Turned off: never negotiated.
+    let off = Settings {
+        enabled: false,
+        ..Settings::default()
+    };
+    assert!(negotiate(&["permessage-deflate".to_string()], &off).is_none());
+    // Server settings are announced.
+    let strict = Settings {
+        server_no_context_takeover: true,
+        server_max_window_bits: 11,
+        ..Settings::default()
+    };
+    let (_, response) = negotiate(&["permessage-deflate".to_string()], &strict).unwrap();
+    assert_eq!(
+        response,
+        "permessage-deflate; server_no_context_takeover; server_max_window_bits=11"
+    );
+}
+
+fn agreed(no_takeover: bool, bits: u8) -> Agreed {
+    Agreed {
+        server_no_context_takeover: no_takeover,
+        client_no_context_takeover: no_takeover,
+        server_max_window_bits: bits,
+        client_max_window_bits: bits,
+    }
+}
+
+#[test]
+fn a_zip_bomb_is_refused_as_soon_as_it_passes_the_limit() {
+    let mut sender = Codec::new(agreed(false, 15), 0);
+    let bomb = sender.deflate(&vec![0u8; 50 << 20]); // 50 MiB of zeros: about 50 KiB
+    assert!(bomb.len() < 100 << 10);
+    let mut receiver = Codec::new(agreed(false, 15), 0);
+    let err = receiver.inflate(&bomb, 1 << 20).unwrap_err();
+    assert_eq!(err.code, 1009);
+}
+
+#[test]
+fn garbage_is_invalid_data() {
+    let mut receiver = Codec::new(agreed(false, 15), 0);
+    let err = receiver
+        .inflate(&[0xff, 0xff, 0xff, 0xff, 0x00], 1 << 20)
+        .unwrap_err();
+    assert_eq!(err.code, 1007);
+}
+
+proptest! {
+    #[test]
+    fn messages_round_trip_with_and_without_context_takeover(
+        messages in prop::collection::vec(prop::collection::vec(0u8..4, 0..3000), 1..8),
+        no_takeover in any::<bool>(),
+        bits in 9u8..=15,
+    ) {
+        let mut sender = Codec::new(agreed(no_takeover, bits), 0);
+        let mut receiver = Codec::new(agreed(no_takeover, bits), 0);
+        for message in messages {
+            let wire = sender.deflate(&message);
+            prop_assert_eq!(receiver.inflate(&wire, 1 << 20).unwrap(), message);
+        }
+    }
+}

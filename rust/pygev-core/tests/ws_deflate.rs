@@ -37,10 +37,17 @@ fn offers_are_accepted_declined_or_answered_with_parameters() {
         "permessage-deflate; server_max_window_bits",
         "permessage-deflate; client_no_context_takeover=1",
         "permessage-deflate; server_max_window_bits=8",
+        "permessage-deflate; server_max_window_bits=+9",
         "x-webkit-deflate-frame",
     ] {
         assert_eq!(offer(bad), None, "{bad}");
     }
+    // Never a larger client window than the client offered, even one zlib cannot compress
+    // with (the server only inflates with it).
+    assert_eq!(
+        offer("permessage-deflate; client_max_window_bits=8").as_deref(),
+        Some("permessage-deflate; client_max_window_bits=8")
+    );
     // The first acceptable offer wins.
     let offers = vec![
         "permessage-deflate; server_max_window_bits=8".to_string(),
@@ -109,4 +116,28 @@ proptest! {
             prop_assert_eq!(receiver.inflate(&wire, 1 << 20).unwrap(), message);
         }
     }
+}
+
+#[test]
+fn a_message_ending_its_deflate_stream_is_fine_and_so_is_the_next() {
+    use flate2::{Compress, Compression, FlushCompress};
+    let finished = |data: &[u8]| {
+        let mut c = Compress::new(Compression::default(), false);
+        let mut out = Vec::with_capacity(data.len() + 64);
+        c.compress_vec(data, &mut out, FlushCompress::Finish)
+            .unwrap();
+        out
+    };
+    let mut receiver = Codec::new(agreed(false, 15), 0);
+    assert_eq!(
+        receiver.inflate(&finished(b"first"), 1000).unwrap(),
+        b"first"
+    );
+    assert_eq!(
+        receiver.inflate(&finished(b"second"), 1000).unwrap(),
+        b"second"
+    );
+    let mut trailing = finished(b"third");
+    trailing.extend_from_slice(b"junk");
+    assert_eq!(receiver.inflate(&trailing, 1000).unwrap_err().code, 1007);
 }

@@ -255,3 +255,24 @@ proptest! {
         let _ = reader.read(&data, &mut Vec::new());
     }
 }
+
+#[test]
+fn nothing_after_the_close_frame_counts() {
+    let mut input = frame(false, opcode::TEXT, b"unfinished ");
+    input.extend(frame(true, opcode::CLOSE, &1000u16.to_be_bytes()));
+    let close_end = input.len();
+    input.extend(frame(true, opcode::CONTINUATION, b"message"));
+    input.extend_from_slice(&[0xff; 8]); // garbage too
+    let mut reader = Reader::new(1 << 20, false);
+    let mut out = Vec::new();
+    assert_eq!(reader.read(&input, &mut out), Ok(close_end));
+    assert_eq!(out, vec![Message::Close(Some((1000, String::new())))]);
+    assert_eq!(reader.read(&input[close_end..], &mut out), Ok(0));
+}
+
+#[test]
+fn a_compressed_message_without_the_extension_is_a_protocol_error() {
+    let mut reader = Reader::new(1 << 20, true);
+    let input = client_frame(0x80 | 0x40 | opcode::TEXT, b"x", [9, 9, 9, 9]);
+    assert_eq!(reader.read(&input, &mut Vec::new()).unwrap_err().code, 1002);
+}

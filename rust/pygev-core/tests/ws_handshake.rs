@@ -126,11 +126,26 @@ fn bad_requests_are_refused_with_the_right_status() {
             400,
         ), // the key twice
         ("GET / HTTP/1.1\r\nHost x\r\n\r\n".to_string(), 400), // malformed header line
+        (replaced("Host:", "Content-Length: 5\r\nHost:"), 400), // a body
+        (
+            replaced("Host:", "Transfer-Encoding: chunked\r\nHost:"),
+            400,
+        ),
     ];
     for (request, status) in cases {
         assert_eq!(status_of(&request), status, "{request:?}");
     }
     assert_eq!(status_of(GOOD), 101);
+    // Headers the handshake does not use may hold any bytes.
+    let request_line = GOOD.find("\r\n").unwrap() + 2;
+    let mut latin1 = GOOD.as_bytes()[..request_line].to_vec();
+    latin1.extend_from_slice(b"Cookie: caf\xe9\r\n");
+    latin1.extend_from_slice(&GOOD.as_bytes()[request_line..]);
+    assert!(parse(&latin1, &Limits::default()).unwrap().is_some());
+    assert_eq!(
+        status_of(&replaced("Host:", "Content-Length: 0\r\nHost:")),
+        101
+    );
     // Header names and tokens are case-insensitive.
     assert_eq!(
         status_of(&GOOD.replace("Upgrade: websocket", "upgrade: WebSocket")),

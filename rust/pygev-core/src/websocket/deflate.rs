@@ -113,10 +113,11 @@ fn accept(offer: &str, settings: &Settings) -> Option<(Agreed, String)> {
         }
     }
     if client_bits_allowed {
+        // Never more than the client offered (RFC 7692 section 7.1.2.2); the decompressor
+        // takes any window up to 15, so even 8 is fine here.
         agreed.client_max_window_bits = agreed
             .client_max_window_bits
-            .min(settings.client_max_window_bits)
-            .max(9);
+            .min(settings.client_max_window_bits);
     }
     let mut response = String::from("permessage-deflate");
     if agreed.server_no_context_takeover {
@@ -141,8 +142,11 @@ fn accept(offer: &str, settings: &Settings) -> Option<(Agreed, String)> {
 }
 
 fn window_bits(value: &str) -> Option<u8> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) || value.starts_with('0') {
+        return None;
+    }
     match value.parse::<u8>() {
-        Ok(bits @ 8..=15) if value.len() <= 2 && !value.starts_with('0') => Some(bits),
+        Ok(bits @ 8..=15) => Some(bits),
         _ => None,
     }
 }
@@ -189,37 +193,45 @@ impl Codec {
 
     /// Decompresses one message, refusing (1009) as soon as it passes `max` bytes.
     pub fn inflate(&mut self, compressed: &[u8], max: usize) -> Result<Vec<u8>, Violation> {
-        let mut out = Vec::with_capacity((compressed.len() * 3).min(max).max(64));
+        let limit = max.saturating_add(1); // one byte past max shows it was passed
+        let mut out = Vec::with_capacity(compressed.len().saturating_mul(3).clamp(64, limit));
+        let mut ended = false;
         for input in [compressed, &TAIL[..]] {
             let mut offset = 0;
-            loop {
+            while !ended {
                 if out.len() == out.capacity() {
-                    if out.len() > max {
+                    if out.len() >= limit {
                         return Err(too_big(max));
                     }
-                    out.reserve(out.capacity().min(max + 1 - out.len()).max(64));
+                    // Grow by at most what the limit leaves: never past max + 1.
+                    out.reserve_exact(out.capacity().min(limit - out.len()).max(1));
                 }
-                let before_in = self.inflate.total_in();
-                let before_out = out.len();
+                let (before_in, before_out) = (self.inflate.total_in(), out.len());
                 let status = self
                     .inflate
                     .decompress_vec(&input[offset..], &mut out, FlushDecompress::Sync)
-                    .map_err(|e| Violation {
-                        code: close_code::INVALID_DATA,
-                        reason: format!("invalid compressed data: {e}"),
-                    })?;
+                    .map_err(|e| invalid(format!("invalid compressed data: {e}")))?;
                 offset += (self.inflate.total_in() - before_in) as usize;
                 if out.len() > max {
                     return Err(too_big(max));
                 }
+                if status == Status::StreamEnd {
+                    // A final block (BFINAL) ends the deflate stream: nothing may follow it
+                    // but the tail we appended, and the next message starts a new stream.
+                    ended = true;
+                    if input.len() > offset && input != &TAIL[..] {
+                        return Err(invalid("data after the final deflate block"));
+                    }
+                    break;
+                }
                 let done = offset == input.len() && out.len() < out.capacity();
                 let stuck = self.inflate.total_in() == before_in && out.len() == before_out;
-                if done || stuck || status == Status::StreamEnd {
+                if done || stuck {
                     break;
                 }
             }
         }
-        if self.agreed.client_no_context_takeover {
+        if ended || self.agreed.client_no_context_takeover {
             self.inflate.reset(false);
         }
         Ok(out)
@@ -249,6 +261,13 @@ impl Codec {
             self.deflate.reset();
         }
         out
+    }
+}
+
+fn invalid(reason: impl Into<String>) -> Violation {
+    Violation {
+        code: close_code::INVALID_DATA,
+        reason: reason.into(),
     }
 }
 

@@ -73,6 +73,8 @@ pub struct Reader {
     buffer: Vec<u8>,
     /// For text: how much of `buffer` is known to be valid UTF-8.
     utf8_valid: usize,
+    /// The peer's close frame was read: nothing after it counts.
+    closed: bool,
 }
 
 impl Reader {
@@ -85,25 +87,27 @@ impl Reader {
             partial: None,
             buffer: Vec::new(),
             utf8_valid: 0,
+            closed: false,
         }
-    }
-
-    /// Whether the current (or last) message was marked compressed (RSV1). A compressed
-    /// text message is checked for UTF-8 only after it is inflated, by the caller.
-    pub fn compressed(&self) -> bool {
-        self.partial.is_some_and(|(_, rsv1)| rsv1)
     }
 
     /// Reads every whole frame at the start of `input`, pushing whole messages and control
     /// frames into `out`, and returns how many bytes it used. A partial frame is left for
-    /// the next call. Compressed messages come out as they are (still compressed): see
-    /// [`Reader::read_with`].
+    /// the next call. After the peer's close frame, nothing more is read (the rest of the
+    /// input is the caller's to discard). For a connection without permessage-deflate: a
+    /// compressed message is a protocol error here; see [`Reader::read_with`].
     pub fn read(&mut self, input: &[u8], out: &mut Vec<Message>) -> Result<usize, Violation> {
-        self.read_with(input, out, &mut |_, data| Ok(data))
+        self.read_with(input, out, &mut |_, _| {
+            Err(violation(
+                close_code::PROTOCOL_ERROR,
+                "a compressed message without permessage-deflate",
+            ))
+        })
     }
 
     /// Like [`Reader::read`], with `inflate(is_text, data)` applied to every message that
-    /// was marked compressed before it is checked and handed over.
+    /// was marked compressed (RSV1); a compressed text message is checked for UTF-8 after
+    /// it is inflated.
     pub fn read_with(
         &mut self,
         input: &[u8],
@@ -111,7 +115,10 @@ impl Reader {
         inflate: &mut dyn FnMut(bool, Vec<u8>) -> Result<Vec<u8>, Violation>,
     ) -> Result<usize, Violation> {
         let mut used = 0;
-        while let Some(header) = Header::parse(&input[used..])? {
+        while !self.closed {
+            let Some(header) = Header::parse(&input[used..])? else {
+                break;
+            };
             self.check(&header)?;
             let start = used + header.size;
             if ((input.len() - start) as u64) < header.len {
@@ -122,7 +129,9 @@ impl Reader {
             unmask(&mut payload, header.mask);
             used = end;
             if header.opcode >= opcode::CLOSE {
-                out.push(control(header.opcode, payload)?);
+                let message = control(header.opcode, payload)?;
+                self.closed = matches!(message, Message::Close(_));
+                out.push(message);
                 continue;
             }
             if header.opcode != opcode::CONTINUATION {

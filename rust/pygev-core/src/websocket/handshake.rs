@@ -128,8 +128,9 @@ fn validate(request: &httparse::Request<'_, '_>) -> Result<UpgradeRequest, Refus
     }
     let mut headers = Vec::with_capacity(request.headers.len());
     for field in request.headers.iter() {
-        let value = std::str::from_utf8(field.value)
-            .map_err(|_| Refusal::new(400, format!("header {} is not UTF-8", field.name)))?;
+        // Headers the handshake does not use may carry any bytes (a Latin-1 cookie, say);
+        // the ones it checks fail their checks if they are not the ASCII they must be.
+        let value = String::from_utf8_lossy(field.value);
         headers.push((field.name.to_ascii_lowercase(), value.trim().to_string()));
     }
     let one = |name: &str| -> Result<Option<&str>, Refusal> {
@@ -149,6 +150,11 @@ fn validate(request: &httparse::Request<'_, '_>) -> Result<UpgradeRequest, Refus
             .filter(|t| !t.is_empty())
             .collect()
     };
+    if one("transfer-encoding")?.is_some()
+        || one("content-length")?.is_some_and(|length| length != "0")
+    {
+        return Err(Refusal::new(400, "an upgrade request has no body"));
+    }
     if one("host")?.is_none_or(str::is_empty) {
         return Err(Refusal::new(400, "missing Host header"));
     }

@@ -2,7 +2,8 @@
 
 use proptest::prelude::*;
 use pygev_core::websocket::handshake::{
-    accept_key, accept_response, error_response, header_safe, parse, Limits, UpgradeRequest,
+    accept_key, accept_response, check_choice, error_response, header_safe, parse, Limits,
+    UpgradeRequest,
 };
 
 const GOOD: &str = "GET /chat?room=1&x=2 HTTP/1.1\r\n\
@@ -178,4 +179,16 @@ fn responses_are_complete_http() {
     assert!(refusal.contains("Content-Length: 16\r\n"));
     assert!(header_safe("chat.v2"));
     assert!(!header_safe("x\r\nSet-Cookie: evil"));
+}
+
+#[test]
+fn a_hook_may_only_choose_an_offered_subprotocol_and_sane_headers() {
+    let (request, _) = parse(GOOD.as_bytes(), &Limits::default()).unwrap().unwrap();
+    let header = |n: &str, v: &str| vec![(n.to_string(), v.to_string())];
+    assert!(check_choice(&request, Some("superchat"), &header("X-Server", "pygev")).is_ok());
+    assert!(check_choice(&request, None, &[]).is_ok());
+    let err = check_choice(&request, Some("mqtt"), &[]).unwrap_err();
+    assert!(err.contains("was not offered"));
+    assert!(check_choice(&request, None, &header("Bad Name", "x")).is_err());
+    assert!(check_choice(&request, None, &header("X-Ok", "a\r\nSet-Cookie: x")).is_err());
 }

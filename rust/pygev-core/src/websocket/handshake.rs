@@ -219,9 +219,41 @@ pub fn header_safe(text: &str) -> bool {
     !text.bytes().any(|b| b.is_ascii_control() && b != b'\t')
 }
 
+/// Checks what a hook chose before it goes into the response: the subprotocol must be one
+/// the client offered, extra header names must be HTTP tokens and values must be
+/// [`header_safe`]. The error names the culprit.
+pub fn check_choice(
+    request: &UpgradeRequest,
+    protocol: Option<&str>,
+    extra: &[(String, String)],
+) -> Result<(), String> {
+    if let Some(protocol) = protocol {
+        if !request.protocols.iter().any(|p| p == protocol) {
+            return Err(format!(
+                "pygev: subprotocol {protocol:?} was not offered by the client (offered: {:?})",
+                request.protocols
+            ));
+        }
+    }
+    for (name, value) in extra {
+        let token = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !token {
+            return Err(format!("pygev: {name:?} is not a valid header name"));
+        }
+        if !header_safe(value) {
+            return Err(format!(
+                "pygev: the value of header {name} has control characters"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The `101 Switching Protocols` response accepting `request`, with the chosen subprotocol
-/// and extensions and any extra header fields (all checked with [`header_safe`] by the
-/// caller).
+/// and extensions and any extra header fields (checked with [`check_choice`] first).
 pub fn accept_response(
     request: &UpgradeRequest,
     protocol: Option<&str>,

@@ -80,6 +80,19 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// The memory a message event holds, which dispatch backpressure counts (0 for other
+    /// events): the loop adds it when it queues the event, the dispatcher takes it off once
+    /// handled.
+    pub fn held_bytes(&self) -> usize {
+        match self {
+            Event::Message { data, .. } => data.capacity(),
+            Event::Messages { frames, .. } => frames.held_bytes(),
+            _ => 0,
+        }
+    }
+}
+
 /// An instruction posted to a loop's mailbox.
 #[derive(Debug)]
 pub enum Command {

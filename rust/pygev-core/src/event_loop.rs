@@ -524,33 +524,25 @@ impl EventLoop {
         };
         self.scratch.clear();
         let count = self.frames.len();
-        // What the messages really hold in memory, for dispatch backpressure.
-        let bytes = match self.frames.take() {
-            None => 0,
-            Some(Ok(data)) => {
-                let bytes = data.capacity();
-                self.events_out.push(Event::Message {
-                    loop_index: self.index,
-                    token: token as u32,
-                    data,
-                });
-                bytes
-            }
-            Some(Err(frames)) => {
-                let bytes = frames.held_bytes();
-                self.events_out.push(Event::Messages {
-                    loop_index: self.index,
-                    token: token as u32,
-                    frames,
-                });
-                bytes
-            }
-        };
-        if count > 0 {
+        let (loop_index, token32) = (self.index, token as u32);
+        let event = self.frames.take().map(|taken| match taken {
+            Ok(data) => Event::Message {
+                loop_index,
+                token: token32,
+                data,
+            },
+            Err(frames) => Event::Messages {
+                loop_index,
+                token: token32,
+                frames,
+            },
+        });
+        if let Some(event) = event {
             self.handle
                 .pending_dispatch
-                .fetch_add(bytes, Ordering::SeqCst);
+                .fetch_add(event.held_bytes(), Ordering::SeqCst);
             LoopStats::add(&self.handle.stats.messages_in, count as u64);
+            self.events_out.push(event);
         }
         if let Err(err) = result {
             return Err(CloseCause::Error(format!(

@@ -69,11 +69,7 @@ impl Connection {
 
     /// Queues `data` for writing; the dispatcher's own path for returned replies.
     pub(crate) fn send_bytes(&self, data: Vec<u8>) -> Result<(), Error> {
-        self.writable()?;
-        self.shared
-            .protocol
-            .check_payload(&data)
-            .map_err(|e| Error::Value(e.message().to_string()))?;
+        self.sendable(&data)?;
         let command = Command::Send {
             token: self.token,
             id: self.id,
@@ -88,11 +84,7 @@ impl Connection {
 
     /// Queues a borrowed payload (the dispatcher's path for echoed frames of a batch).
     pub(crate) fn send_slice(&self, payload: &[u8]) -> Result<(), Error> {
-        self.writable()?;
-        self.shared
-            .protocol
-            .check_payload(payload)
-            .map_err(|e| Error::Value(e.message().to_string()))?;
+        self.sendable(payload)?;
         if !self
             .shared
             .post_payload(self.loop_index, self.token, self.id, payload)
@@ -100,6 +92,16 @@ impl Connection {
             return Err(self.closed_error());
         }
         Ok(())
+    }
+
+    /// Whether `payload` may be sent now: the connection is writable and the framing can
+    /// carry it.
+    fn sendable(&self, payload: &[u8]) -> Result<(), Error> {
+        self.writable()?;
+        self.shared
+            .protocol
+            .check_payload(payload)
+            .map_err(|e| Error::Value(e.message().to_string()))
     }
 
     /// Whether sending is allowed (open, write side not shut down).

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pygev_core::{Command, Config, Event, Running};
+use pygev_core::{Command, Config, Event, Frames, Running};
 use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -165,39 +165,21 @@ impl<'py> Dispatcher<'py> {
     }
 
     fn handle(&mut self, event: Event) {
+        if let Event::Message { loop_index, .. } | Event::Messages { loop_index, .. } = &event {
+            // What the loop counted for dispatch backpressure.
+            self.handled_bytes[*loop_index as usize] += event.held_bytes();
+        }
         match event {
             Event::Message {
                 loop_index,
                 token,
                 data,
-            } => {
-                // Capacity, as the loop counted it for dispatch backpressure.
-                self.handled_bytes[loop_index as usize] += data.capacity();
-                if let Some(conn) = self.conn(loop_index, token) {
-                    match self.py_protocol.as_ref().map(|p| p.clone_ref(self.py)) {
-                        Some(protocol) => self.on_bytes(conn, data, protocol.bind(self.py)),
-                        None => self.on_message(conn, data),
-                    }
-                }
-            }
+            } => self.on_data(loop_index, token, Ok(data)),
             Event::Messages {
                 loop_index,
                 token,
                 frames,
-            } => {
-                self.handled_bytes[loop_index as usize] += frames.held_bytes();
-                if let Some(conn) = self.conn(loop_index, token) {
-                    match self.py_protocol.as_ref().map(|p| p.clone_ref(self.py)) {
-                        // Python framings get raw bytes: the loop never splits for them.
-                        Some(protocol) => self.on_bytes(conn, frames.data, protocol.bind(self.py)),
-                        None => {
-                            for frame in frames.iter() {
-                                self.on_frame(&conn, Frame::Borrowed(frame));
-                            }
-                        }
-                    }
-                }
-            }
+            } => self.on_data(loop_index, token, Err(frames)),
             Event::Connect {
                 loop_index,
                 token,
@@ -296,8 +278,24 @@ impl<'py> Dispatcher<'py> {
             .map(|conn| conn.clone_ref(self.py))
     }
 
-    fn on_message(&mut self, conn: Py<Connection>, data: Vec<u8>) {
-        self.on_frame(&conn, Frame::Owned(data));
+    /// Messages of one read: a single one in its own buffer (`Ok`), or several back to
+    /// back (`Err`). Python framings get the raw bytes (the loop never splits for them).
+    fn on_data(&mut self, loop_index: u32, token: u32, messages: Result<Vec<u8>, Frames>) {
+        let Some(conn) = self.conn(loop_index, token) else {
+            return;
+        };
+        if let Some(protocol) = self.py_protocol.as_ref().map(|p| p.clone_ref(self.py)) {
+            let data = messages.unwrap_or_else(|frames| frames.data);
+            return self.on_bytes(conn, data, protocol.bind(self.py));
+        }
+        match messages {
+            Ok(data) => self.on_frame(&conn, Frame::Owned(data)),
+            Err(frames) => {
+                for frame in frames.iter() {
+                    self.on_frame(&conn, Frame::Borrowed(frame));
+                }
+            }
+        }
     }
 
     /// Calls `on_message` for one frame and sends its reply.

@@ -59,6 +59,12 @@ impl Harness {
     }
 
     fn handle(&mut self, event: Event) {
+        if let Event::Message { loop_index, .. } | Event::Messages { loop_index, .. } = &event {
+            let held = event.held_bytes();
+            self.running.loops()[*loop_index as usize]
+                .dispatched(held, usize::MAX)
+                .unwrap();
+        }
         match event {
             Event::Connect {
                 loop_index,
@@ -75,7 +81,6 @@ impl Harness {
             } => {
                 let id = self.conns[&(loop_index, token)];
                 let handle = &self.running.loops()[loop_index as usize];
-                handle.dispatched(data.capacity(), usize::MAX).unwrap();
                 handle
                     .post(Command::Send {
                         token,
@@ -92,7 +97,6 @@ impl Harness {
             } => {
                 let id = self.conns[&(loop_index, token)];
                 let handle = &self.running.loops()[loop_index as usize];
-                handle.dispatched(frames.held_bytes(), usize::MAX).unwrap();
                 for data in frames.iter() {
                     handle
                         .post(Command::Send {

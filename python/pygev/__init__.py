@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pygev._handler import Handler
 from pygev._protocol import Protocol
+from pygev._websocket import Accept, Reject, WebSocketHandler
 from pygev._pygev import (
     Connection,
     ConnectionClosed,
@@ -24,12 +25,15 @@ from pygev._pygev import (
     RingBuffer,
     Server,
     Timer,
+    WebSocket,
+    WebSocketRequest,
 )
 
 # Exceptions pickle by module path: name the public one.
 ConnectionClosed.__module__ = "pygev"
 
 __all__ = [
+    "Accept",
     "Connection",
     "ConnectionClosed",
     "Delimited",
@@ -37,9 +41,13 @@ __all__ = [
     "LengthPrefix",
     "Protocol",
     "Raw",
+    "Reject",
     "RingBuffer",
     "Server",
     "Timer",
+    "WebSocket",
+    "WebSocketHandler",
+    "WebSocketRequest",
 ]
 
 __version__ = "0.1.0"

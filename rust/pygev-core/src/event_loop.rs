@@ -60,6 +60,8 @@ mod flag {
     /// Output flushed and write side shut; discarding input until the peer's EOF, so that
     /// closing with unread input (which sends RST) cannot destroy what we sent.
     pub const LINGERING: u16 = 1 << 10;
+    /// The protocol stopped reading; the dispatcher ends the connection (WebSocket close).
+    pub const READ_STOPPED: u16 = 1 << 11;
 }
 
 struct Conn {
@@ -82,7 +84,7 @@ impl Conn {
     }
 
     fn can_read(&self) -> bool {
-        !self.has(flag::OUTPUT_FULL | flag::PEER_EOF | flag::CLOSING)
+        !self.has(flag::OUTPUT_FULL | flag::PEER_EOF | flag::CLOSING | flag::READ_STOPPED)
     }
 }
 
@@ -180,10 +182,11 @@ impl EventLoop {
     }
 
     fn sweep_interval(&self) -> Duration {
-        match self.config.idle_timeout {
+        let idle = match self.config.idle_timeout {
             Some(idle) => (idle / 8).clamp(Duration::from_millis(5), SWEEP_INTERVAL),
             None => SWEEP_INTERVAL,
-        }
+        };
+        self.protocol.tick_interval().map_or(idle, |t| t.min(idle))
     }
 
     /// Runs until drained after [`Command::Drain`]. Always ends with [`Event::LoopExited`].
@@ -448,6 +451,9 @@ impl EventLoop {
                         self.close_now(token, cause);
                         return;
                     }
+                    if !self.conns.get(token).is_some_and(Conn::can_read) {
+                        return; // the protocol closed it (or its reply filled the output)
+                    }
                     // NOTE: on Linux a short read means the socket was drained, and epoll
                     // (edge-triggered) reports any later arrival; skipping the read that
                     // would return EAGAIN saves a system call per message. A FIN already
@@ -545,6 +551,8 @@ impl EventLoop {
             self.events_out.push(event);
         }
         if let Err(err) = result {
+            self.frames.take_actions();
+            self.frames.take_stop();
             return Err(CloseCause::Error(format!(
                 "{} (protocol {}, connection {})",
                 err,
@@ -553,6 +561,8 @@ impl EventLoop {
             )));
         }
         if conn.input.len() > self.config.max_input_buffer {
+            self.frames.take_actions();
+            self.frames.take_stop();
             return Err(CloseCause::Error(format!(
                 "pygev: connection {} holds {} bytes of unparsed input, over max_input_buffer {}",
                 conn.id,
@@ -560,7 +570,34 @@ impl EventLoop {
                 self.config.max_input_buffer
             )));
         }
+        if self.frames.has_actions() {
+            if let Some(error) = self.frames.take_stop() {
+                conn.flags |= flag::READ_STOPPED;
+                if let Some(message) = error {
+                    log::warn!("{message} (connection {})", conn.id);
+                }
+            }
+            let (reply, close) = self.frames.take_actions();
+            self.protocol_actions(token, &reply, close);
+        }
         Ok(())
+    }
+
+    /// Does what the protocol asked for itself: writes its reply (ahead of anything sent
+    /// later), then closes if it asked to, logging what the peer did wrong.
+    fn protocol_actions(&mut self, token: usize, reply: &[u8], close: Option<Option<String>>) {
+        let id = self.conns[token].id;
+        if !reply.is_empty() {
+            self.send(token as u32, id, reply, true);
+        }
+        if let Some(error) = close {
+            if let Some(message) = error {
+                log::warn!("{message} (connection {id})");
+            }
+            if self.conns.contains(token) {
+                self.begin_close(token, self.now + self.config.drain_timeout);
+            }
+        }
     }
 
     fn defer_read(&mut self, token: usize) {
@@ -670,6 +707,19 @@ impl EventLoop {
         conn.output.write(rest);
         self.write_buffered += rest.len();
         self.flush(token as usize);
+        if !packed && protocol.pack_resumes_input() {
+            // Packing may have released input the protocol held back (a WebSocket
+            // handshake accepted by the hook, with frames already behind it).
+            let held = self
+                .conns
+                .get(token as usize)
+                .is_some_and(|c| !c.input.is_empty() && !c.has(flag::CLOSING));
+            if held {
+                if let Err(cause) = self.feed(token as usize, 0) {
+                    self.close_now(token as usize, cause);
+                }
+            }
+        }
     }
 
     /// Writes as much pending output as the socket takes, then applies what follows from
@@ -863,6 +913,31 @@ impl EventLoop {
                 self.conns[token].id
             );
             self.begin_close(token, now + self.config.drain_timeout);
+        }
+        if self.protocol.tick_interval().is_some() {
+            self.tick_protocol();
+        }
+    }
+
+    /// Lets the protocol act on time (WebSocket keepalive pings) for every open connection.
+    fn tick_protocol(&mut self) {
+        let protocol = self.protocol.clone();
+        let mut actions = Vec::new();
+        for (token, conn) in self.conns.iter_mut() {
+            if conn.has(flag::CLOSING) {
+                continue;
+            }
+            let mut out = Vec::new();
+            let result = protocol.tick(&mut conn.state, self.now, conn.last_read, &mut out);
+            if !out.is_empty() || result.is_err() {
+                actions.push((token, out, result.err()));
+            }
+        }
+        for (token, out, error) in actions {
+            if self.conns.contains(token) {
+                let close = error.map(|e| Some(e.message().to_string()));
+                self.protocol_actions(token, &out, close);
+            }
         }
     }
 }

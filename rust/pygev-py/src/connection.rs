@@ -4,12 +4,14 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
+use pygev_core::websocket::frames::{self, opcode};
+use pygev_core::websocket::tag;
 use pygev_core::Command;
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes};
+use pyo3::types::{PyByteArray, PyBytes, PyString};
 use pyo3::PyTraverseError;
 
 use crate::errors::Error;
@@ -18,6 +20,16 @@ use crate::shared::Shared;
 const OPEN: u8 = 0;
 const WRITE_SHUT: u8 = 1;
 const CLOSED: u8 = 2;
+
+/// Where a WebSocket connection's handshake stands (`NOT_WS` for other protocols).
+mod ws {
+    pub(super) const NOT_WS: u8 = 0;
+    pub(super) const HANDSHAKING: u8 = 1;
+    /// Frames are made in the dispatcher (no compression: they need no state).
+    pub(super) const OPEN: u8 = 2;
+    /// permessage-deflate was agreed: the loop compresses, with the connection's context.
+    pub(super) const OPEN_COMPRESSED: u8 = 3;
+}
 
 /// One client connection. Created by the server; handed to every callback.
 #[pyclass(module = "pygev._pygev", frozen)]
@@ -29,6 +41,7 @@ pub struct Connection {
     peer: SocketAddr,
     local: SocketAddr,
     state: AtomicU8,
+    ws: AtomicU8,
     context: Mutex<Option<Py<PyAny>>>,
 }
 
@@ -42,14 +55,91 @@ impl Connection {
         local: SocketAddr,
     ) -> Self {
         Connection {
-            shared,
             loop_index,
             token,
             id,
             peer,
             local,
             state: AtomicU8::new(OPEN),
+            ws: AtomicU8::new(if shared.websocket.is_some() {
+                ws::HANDSHAKING
+            } else {
+                ws::NOT_WS
+            }),
             context: Mutex::new(None),
+            shared,
+        }
+    }
+
+    /// The WebSocket handshake completed (`compressed`: permessage-deflate was agreed).
+    pub(crate) fn set_ws_open(&self, compressed: bool) {
+        let state = if compressed {
+            ws::OPEN_COMPRESSED
+        } else {
+            ws::OPEN
+        };
+        self.ws.store(state, Ordering::Release);
+    }
+
+    /// Whether this is a WebSocket connection whose handshake completed (it got
+    /// `on_connect`, so it gets `on_close`).
+    pub(crate) fn ws_opened(&self) -> bool {
+        self.ws.load(Ordering::Acquire) >= ws::OPEN
+    }
+
+    /// Queues one WebSocket message.
+    pub(crate) fn send_ws(&self, text: bool, payload: &[u8]) -> Result<(), Error> {
+        self.writable()?;
+        let kind = if text { tag::TEXT } else { tag::BINARY };
+        match self.ws.load(Ordering::Acquire) {
+            ws::OPEN => {
+                let op = if text { opcode::TEXT } else { opcode::BINARY };
+                self.post_frame(|out| frames::write_frame(out, op, true, false, payload))
+            }
+            ws::OPEN_COMPRESSED => self.post_tagged(kind, payload),
+            _ => Err(self.not_open()),
+        }
+    }
+
+    /// Queues bytes in wire form made here (a frame without compression, which needs no
+    /// state, or an HTTP response).
+    pub(crate) fn post_frame(&self, write: impl FnOnce(&mut Vec<u8>)) -> Result<(), Error> {
+        if !self
+            .shared
+            .post_wire(self.loop_index, self.token, self.id, write)
+        {
+            return Err(self.closed_error());
+        }
+        Ok(())
+    }
+
+    /// Queues a tagged payload for the loop's WebSocket framing to pack.
+    pub(crate) fn post_tagged(&self, kind: u8, payload: &[u8]) -> Result<(), Error> {
+        let mut data = Vec::with_capacity(payload.len() + 1);
+        data.push(kind);
+        data.extend_from_slice(payload);
+        let command = Command::Send {
+            token: self.token,
+            id: self.id,
+            data,
+            packed: false,
+        };
+        if !self.shared.post(self.loop_index, command) {
+            return Err(self.closed_error());
+        }
+        Ok(())
+    }
+
+    fn not_open(&self) -> Error {
+        match self.ws.load(Ordering::Acquire) {
+            ws::NOT_WS => Error::Type(format!(
+                "pygev: connection {} is not a WebSocket connection",
+                self.id
+            )),
+            _ => Error::State(format!(
+                "pygev: connection {}: the WebSocket handshake is not complete",
+                self.id
+            )),
         }
     }
 
@@ -201,6 +291,12 @@ impl Connection {
     /// a whole batch go out together).
     fn send(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let this = slf.get();
+        if this.ws.load(Ordering::Acquire) != ws::NOT_WS {
+            if let Ok(text) = data.cast::<PyString>() {
+                return Ok(this.send_ws(true, text.to_str()?.as_bytes())?);
+            }
+            return Ok(this.send_ws(false, &bytes_of(data)?)?);
+        }
         let Some(protocol) = this.shared.py_protocol(slf.py()) else {
             return Ok(this.send_bytes(bytes_of(data)?)?);
         };
@@ -248,9 +344,51 @@ impl Connection {
         Ok(())
     }
 
-    /// Stops reading, flushes pending output, then closes. Idempotent.
-    fn close(&self) {
+    /// Stops reading, flushes pending output, then closes. Idempotent. A WebSocket
+    /// connection first sends a close frame with `code` and `reason`.
+    #[pyo3(signature = (code = 1000, reason = ""))]
+    fn close(&self, code: u16, reason: &str) -> PyResult<()> {
+        if self.ws_opened() && !self.is_closed() {
+            if !frames::valid_close_code(code) {
+                return Err(Error::Value(format!(
+                    "pygev: {code} is not a close code one may send (1000-1003, 1007-1011, \
+                     3000-4999)"
+                ))
+                .into());
+            }
+            if reason.len() > 123 {
+                return Err(Error::Value(format!(
+                    "pygev: a close reason holds at most 123 bytes of UTF-8, got {}",
+                    reason.len()
+                ))
+                .into());
+            }
+            if self.state.load(Ordering::Acquire) == OPEN {
+                let mut payload = code.to_be_bytes().to_vec();
+                payload.extend_from_slice(reason.as_bytes());
+                let _ = self.post_tagged(tag::CLOSE, &payload);
+            }
+        }
         self.request_close();
+        Ok(())
+    }
+
+    /// Sends a WebSocket ping with `payload` (at most 125 bytes); the client answers with a
+    /// pong, which the loop takes as a sign of life.
+    #[pyo3(signature = (payload = b"".as_slice()))]
+    fn ping(&self, payload: &[u8]) -> PyResult<()> {
+        if payload.len() > 125 {
+            return Err(Error::Value(format!(
+                "pygev: a ping carries at most 125 bytes, got {}",
+                payload.len()
+            ))
+            .into());
+        }
+        self.writable()?;
+        if !self.ws_opened() {
+            return Err(self.not_open().into());
+        }
+        Ok(self.post_frame(|out| frames::write_frame(out, opcode::PING, true, false, payload))?)
     }
 
     /// The peer's address as `(host, port)`.

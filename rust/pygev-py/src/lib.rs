@@ -9,6 +9,7 @@ mod ring_buffer;
 mod server;
 mod shared;
 mod timer;
+mod websocket;
 
 /// pygev's compiled core: Server, Connection, Timer, protocols.
 #[pyo3::pymodule]
@@ -25,4 +26,6 @@ mod _pygev {
     use crate::server::Server;
     #[pymodule_export]
     use crate::timer::Timer;
+    #[pymodule_export]
+    use crate::websocket::{WebSocket, WebSocketRequest};
 }

@@ -16,6 +16,8 @@ use crate::logging;
 use crate::protocols::protocol_from;
 use crate::shared::Shared;
 use crate::timer::Timer;
+use crate::websocket::WebSocket;
+use pygev_core::Protocol;
 
 const BOUND: u8 = 0;
 const RUNNING: u8 = 1;
@@ -73,10 +75,15 @@ impl Server {
             .map(|h| h.clone_ref(py))
             .ok_or_else(|| Error::State("pygev: the server's handler was cleared".into()))?;
         let handler = handler.bind(py);
+        let on_handshake = match self.shared.websocket {
+            Some(_) => handler.getattr("on_handshake").ok().map(Bound::unbind),
+            None => None,
+        };
         Ok(Callbacks {
             on_connect: handler.getattr("on_connect")?.unbind(),
             on_message: handler.getattr("on_message")?.unbind(),
             on_close: handler.getattr("on_close")?.unbind(),
+            on_handshake,
         })
     }
 
@@ -117,6 +124,48 @@ fn snapshot_dict<'py>(py: Python<'py>, s: &LoopStatsSnapshot) -> PyResult<Bound<
     dict.set_item("read_pauses", s.read_pauses)?;
     dict.set_item("write_buffered", s.write_buffered)?;
     Ok(dict)
+}
+
+type WebSocketCore = Arc<pygev_core::websocket::WebSocket>;
+
+/// What the loops run, the Python framing if any, and the WebSocket framing if any.
+type ServerFraming = (Arc<dyn Protocol>, Option<Py<PyAny>>, Option<WebSocketCore>);
+
+/// The server's framing. A `pygev.WebSocketHandler` goes with `pygev.WebSocket` (the default
+/// for it), and only with it; the handler's `on_handshake`, if any, becomes the hook.
+fn framing(
+    handler: &Bound<'_, PyAny>,
+    protocol: Option<&Bound<'_, PyAny>>,
+) -> PyResult<ServerFraming> {
+    let py = handler.py();
+    let base = py
+        .import("pygev._websocket")
+        .and_then(|m| m.getattr("WebSocketHandler"))?;
+    let ws_handler = handler.is_instance(&base)?;
+    let websocket = match protocol {
+        Some(protocol) => protocol.cast::<WebSocket>().ok().cloned(),
+        None if ws_handler => Some(Bound::new(py, WebSocket::default())?),
+        None => None,
+    };
+    match websocket {
+        Some(ws) if ws_handler => {
+            let hook = handler.hasattr("on_handshake")?;
+            let core = ws.get().core(hook);
+            Ok((core.clone(), None, Some(core)))
+        }
+        Some(_) => Err(Error::Type(
+            "pygev: protocol=pygev.WebSocket() needs a pygev.WebSocketHandler".into(),
+        )
+        .into()),
+        None if ws_handler => Err(Error::Type(
+            "pygev: a pygev.WebSocketHandler serves only protocol=pygev.WebSocket(...)".into(),
+        )
+        .into()),
+        None => {
+            let (protocol, py_protocol) = protocol_from(protocol)?;
+            Ok((protocol, py_protocol, None))
+        }
+    }
 }
 
 #[pymethods]
@@ -202,7 +251,7 @@ impl Server {
             dispatch_high_water: positive("dispatch_high_water", dispatch_high_water)?,
             ..Config::default()
         };
-        let (protocol, py_protocol) = protocol_from(protocol)?;
+        let (protocol, py_protocol, websocket) = framing(handler, protocol)?;
         let core =
             pygev_core::Server::bind(address, config.clone(), protocol.clone()).map_err(|e| {
                 if e.kind() == std::io::ErrorKind::InvalidInput {
@@ -215,7 +264,12 @@ impl Server {
                 }
             })?;
         Ok(Server {
-            shared: Arc::new(Shared::new(core.queue().clone(), protocol, py_protocol)),
+            shared: Arc::new(Shared::new(
+                core.queue().clone(),
+                protocol,
+                py_protocol,
+                websocket,
+            )),
             address: core.local_addr(),
             core: Mutex::new(Some(core)),
             handler: Mutex::new(Some(handler.clone().unbind())),

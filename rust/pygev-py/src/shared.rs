@@ -44,6 +44,8 @@ pub(crate) struct Shared {
     /// Whether sends made during a batch are put in wire form here (identity or stateless
     /// packing), so that those to one connection merge into one buffer and one write.
     wire_in_dispatcher: bool,
+    /// The server's WebSocket framing, when it serves WebSocket.
+    pub(crate) websocket: Option<Arc<pygev_core::websocket::WebSocket>>,
     next_timer_id: AtomicU64,
 }
 
@@ -52,8 +54,10 @@ impl Shared {
         queue: Arc<DispatchQueue>,
         protocol: Arc<dyn Protocol>,
         py_protocol: Option<Py<PyAny>>,
+        websocket: Option<Arc<pygev_core::websocket::WebSocket>>,
     ) -> Self {
         Shared {
+            websocket,
             py_protocol: Mutex::new(py_protocol),
             wire_in_dispatcher: protocol.pack_is_identity() || protocol.pack_is_stateless(),
             protocol,
@@ -166,32 +170,58 @@ impl Shared {
     /// NOTE: replies and sends to one connection within a batch become one buffer, so the
     /// loop writes them with one system call.
     fn push_wire(&self, outbox: &mut Vec<Command>, token: u32, id: u64, payload: Cow<'_, [u8]>) {
-        if let Some(Command::Send {
-            token: last_token,
-            id: last_id,
-            data: wire,
-            packed: true,
-        }) = outbox.last_mut()
-        {
-            if *last_token == token && *last_id == id {
+        match payload {
+            Cow::Owned(data) if self.protocol.pack_is_identity() && !merges(outbox, token, id) => {
+                // Moved, not copied.
+                outbox.push(Command::Send {
+                    token,
+                    id,
+                    data,
+                    packed: true,
+                });
+            }
+            payload => {
+                let wire = packed_tail(outbox, token, id, payload.len() + 16);
                 self.pack_into(&payload, wire);
-                return;
             }
         }
-        let wire = match payload {
-            Cow::Owned(data) if self.protocol.pack_is_identity() => data, // moved, not copied
-            payload => {
-                let mut wire = Vec::with_capacity(payload.len() + 16);
-                self.pack_into(&payload, &mut wire);
-                wire
-            }
+    }
+
+    /// Queues bytes that `write` puts in wire form here (a WebSocket frame): inside a batch
+    /// they join the connection's other sends in one buffer. Returns false when the server
+    /// is not running.
+    pub(crate) fn post_wire(
+        self: &Arc<Self>,
+        loop_index: u32,
+        token: u32,
+        id: u64,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) -> bool {
+        let Some(loops) = self.loops.get() else {
+            return false;
         };
-        outbox.push(Command::Send {
+        if DISPATCHING.with(|d| d.get()) == self.key() {
+            let mut outboxes = self.lock_outboxes();
+            write(packed_tail(
+                &mut outboxes[loop_index as usize],
+                token,
+                id,
+                64,
+            ));
+            return true;
+        }
+        let mut data = Vec::new();
+        write(&mut data);
+        let command = Command::Send {
             token,
             id,
-            data: wire,
+            data,
             packed: true,
-        });
+        };
+        if let Err(e) = loops[loop_index as usize].post(command) {
+            log::error!("pygev: could not wake loop {loop_index}: {e}");
+        }
+        true
     }
 
     /// Appends the wire form of `payload` to `wire` (identity or stateless protocols only).
@@ -252,5 +282,29 @@ impl Shared {
 
     pub(crate) fn lock_timers(&self) -> MutexGuard<'_, HashMap<u64, Py<Timer>>> {
         self.timers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Whether the outbox ends with wire bytes for this connection that more can join.
+fn merges(outbox: &[Command], token: u32, id: u64) -> bool {
+    matches!(
+        outbox.last(),
+        Some(Command::Send { token: t, id: i, packed: true, .. }) if *t == token && *i == id
+    )
+}
+
+/// The wire buffer at the end of `outbox` for this connection, made if needed.
+fn packed_tail(outbox: &mut Vec<Command>, token: u32, id: u64, capacity: usize) -> &mut Vec<u8> {
+    if !merges(outbox, token, id) {
+        outbox.push(Command::Send {
+            token,
+            id,
+            data: Vec::with_capacity(capacity),
+            packed: true,
+        });
+    }
+    match outbox.last_mut() {
+        Some(Command::Send { data, .. }) => data,
+        _ => unreachable!("a send was just pushed"),
     }
 }

@@ -54,6 +54,14 @@ pub struct FrameSink {
     ends: Vec<usize>,
     /// A large raw read handed over whole (only ever alone in the sink).
     owned: Option<Vec<u8>>,
+    /// Bytes the protocol writes back to the peer itself (a pong, a close frame, a
+    /// handshake response), after the frames are queued.
+    reply: Vec<u8>,
+    /// The protocol asked to close the connection once `reply` is flushed; with a log line
+    /// when the peer was at fault.
+    close: Option<Option<String>>,
+    /// The protocol asked the loop to stop reading (see [`FrameSink::stop_reading`]).
+    stop: Option<Option<String>>,
 }
 
 /// The frames taken from a [`FrameSink`] at once: one buffer and where each frame ends.
@@ -92,6 +100,50 @@ impl FrameSink {
     pub fn push(&mut self, payload: &[u8]) {
         self.data.extend_from_slice(payload);
         self.ends.push(self.data.len());
+    }
+
+    /// Records one whole frame as a one-byte tag followed by its payload (how a protocol
+    /// tells the dispatcher what kind of message it is; WebSocket's text or binary).
+    pub fn push_tagged(&mut self, tag: u8, payload: &[u8]) {
+        self.data.reserve(payload.len() + 1);
+        self.data.push(tag);
+        self.data.extend_from_slice(payload);
+        self.ends.push(self.data.len());
+    }
+
+    /// Bytes to write back to the peer at once, in order, ahead of anything sent later.
+    pub fn reply(&mut self) -> &mut Vec<u8> {
+        &mut self.reply
+    }
+
+    /// Asks the loop to close the connection once the reply is flushed (reading stops
+    /// now). `error` is logged: it says what the peer did wrong.
+    pub fn close_after_reply(&mut self, error: Option<String>) {
+        self.close = Some(error);
+    }
+
+    /// Asks the loop to stop reading the connection and leave it open: the protocol
+    /// pushed a frame telling the dispatcher how to end it (WebSocket's closing handshake,
+    /// whose close frame must follow the replies to the messages before it). `error` is
+    /// logged: it says what the peer did wrong.
+    pub fn stop_reading(&mut self, error: Option<String>) {
+        self.stop = Some(error);
+    }
+
+    /// Takes the stop-reading request, if any.
+    pub fn take_stop(&mut self) -> Option<Option<String>> {
+        self.stop.take()
+    }
+
+    /// Takes what the protocol asked the loop to do itself: the reply bytes (possibly
+    /// empty) and the close request, if any.
+    pub fn take_actions(&mut self) -> (Vec<u8>, Option<Option<String>>) {
+        (std::mem::take(&mut self.reply), self.close.take())
+    }
+
+    /// Whether the protocol asked for a reply or a close.
+    pub fn has_actions(&self) -> bool {
+        !self.reply.is_empty() || self.close.is_some() || self.stop.is_some()
     }
 
     /// Records one whole frame's payload, taking ownership of it (a large read handed over
@@ -234,6 +286,29 @@ pub trait Protocol: Send + Sync {
     /// the identity, letting the read path hand a large read over without copying it.
     fn is_passthrough(&self) -> bool {
         false
+    }
+
+    /// Whether `pack` may let `unpack` take input it held back (WebSocket: the handshake's
+    /// answer arrives as a payload); the loop then runs `unpack` again on what it holds.
+    fn pack_resumes_input(&self) -> bool {
+        false
+    }
+
+    /// How often the loop calls [`Protocol::tick`] for each connection (`None`: never).
+    fn tick_interval(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// Called every [`Protocol::tick_interval`] with the time the peer last sent anything;
+    /// may append bytes to write to `out` (a keepalive ping). An `Err` closes the connection.
+    fn tick(
+        &self,
+        _state: &mut ProtocolState,
+        _now: std::time::Instant,
+        _last_read: std::time::Instant,
+        _out: &mut Vec<u8>,
+    ) -> Result<(), ProtocolError> {
+        Ok(())
     }
 }
 

@@ -28,6 +28,10 @@ pub mod close_code {
     pub const INVALID_DATA: u16 = 1007;
     /// A message over the size limit.
     pub const TOO_BIG: u16 = 1009;
+    /// The server is going away (it stops).
+    pub const GOING_AWAY: u16 = 1001;
+    /// The server met a condition it cannot go on with (a keepalive ping went unanswered).
+    pub const INTERNAL_ERROR: u16 = 1011;
 }
 
 /// What the reader hands over, in order.

@@ -1,7 +1,10 @@
-//! WebSocket (RFC 6455), natively in the loop threads. Work in progress (issue 4): the
-//! upgrade handshake, the frame reader/writer and permessage-deflate are here; the protocol
-//! that ties them to a connection follows.
+//! WebSocket (RFC 6455) with permessage-deflate (RFC 7692), natively in the loop threads:
+//! the upgrade handshake, the frame reader and writer, compression, and the [`WebSocket`]
+//! framing that ties them to a connection.
 
 pub mod deflate;
 pub mod frames;
 pub mod handshake;
+mod protocol;
+
+pub use protocol::{tag, Settings, WebSocket};

@@ -1,0 +1,389 @@
+//! WebSocket as a framing the loops run: the handshake, then frames, per connection.
+//!
+//! The loop threads do every byte-level job: they parse the upgrade request and answer it
+//! (or hand it to a Python hook and hold the connection until the hook answers), read and
+//! check frames, reassemble and inflate messages, answer pings and the close handshake, and
+//! send keepalive pings. Only whole messages go to the dispatcher, each tagged with one byte
+//! (see [`tag`]) so that text and binary messages stay apart.
+
+use std::time::{Duration, Instant};
+
+use super::deflate::{self, Agreed, Codec};
+use super::frames::{self, close_code, opcode, Message, Reader, Violation};
+use super::handshake::{self, Limits, UpgradeRequest};
+use crate::protocols::{FrameSink, Protocol, ProtocolError, ProtocolState};
+
+/// The one-byte tags in front of what crosses between the loops and the dispatcher.
+pub mod tag {
+    /// A text message (valid UTF-8), either way.
+    pub const TEXT: u8 = b'T';
+    /// A binary message, either way.
+    pub const BINARY: u8 = b'B';
+    /// To the dispatcher: the raw upgrade request, held until the hook answers.
+    pub const HANDSHAKE: u8 = b'H';
+    /// To the dispatcher: the handshake was answered in the loop; one byte follows, 1 when
+    /// permessage-deflate was agreed.
+    pub const OPEN: u8 = b'O';
+    /// To the dispatcher: the connection ends; write this close frame (already in wire
+    /// form) after the replies to the messages before it, then close.
+    pub const END: u8 = b'E';
+    /// To the loop: the hook accepted; the complete 101 response follows.
+    pub const ACCEPT: u8 = b'A';
+    /// To the loop: send a ping with this payload.
+    pub const PING: u8 = b'P';
+    /// To the loop: start the closing handshake with this close payload (code, reason).
+    pub const CLOSE: u8 = b'C';
+}
+
+/// A WebSocket server's settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The largest message accepted, after reassembly and decompression (1009 past it).
+    pub max_message_size: usize,
+    /// Limits on the upgrade request.
+    pub limits: Limits,
+    /// permessage-deflate.
+    pub deflate: deflate::Settings,
+    /// Whether a hook in the dispatcher answers each upgrade request.
+    pub handshake_hook: bool,
+    /// Ping a peer silent for this long...
+    pub ping_interval: Option<Duration>,
+    /// ...and close the connection if nothing arrives this long after the ping.
+    pub ping_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            max_message_size: 16 << 20,
+            limits: Limits::default(),
+            deflate: deflate::Settings::default(),
+            handshake_hook: false,
+            ping_interval: None,
+            ping_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// The WebSocket framing (server side).
+#[derive(Debug, Clone, Default)]
+pub struct WebSocket {
+    settings: Settings,
+}
+
+/// Where a connection is in its life.
+#[derive(Debug)]
+enum Phase {
+    /// Reading the upgrade request.
+    Handshake,
+    /// The request went to the hook; input waits for its answer.
+    Pending(Option<Agreed>),
+    /// Exchanging messages.
+    Open,
+    /// We sent a close frame; the peer's close ends the connection.
+    CloseSent,
+    /// Done: the peer's close was answered, or the connection was failed.
+    Closed,
+}
+
+/// One connection's state.
+#[derive(Debug)]
+struct State {
+    phase: Phase,
+    reader: Reader,
+    /// What permessage-deflate settings were agreed, if any.
+    agreed: Option<Agreed>,
+    /// Made at the first compressed message either way (idle connections hold no zlib).
+    codec: Option<Box<Codec>>,
+    /// When the keepalive ping went out, until anything arrives.
+    ping_sent: Option<Instant>,
+}
+
+impl State {
+    fn codec(&mut self, threshold: usize) -> Option<&mut Codec> {
+        let agreed = self.agreed?;
+        Some(
+            self.codec
+                .get_or_insert_with(|| Box::new(Codec::new(agreed, threshold))),
+        )
+    }
+}
+
+fn state_of(state: &mut ProtocolState) -> &mut State {
+    state
+        .as_mut()
+        .and_then(|s| s.downcast_mut::<State>())
+        .expect("the WebSocket state is made by new_state")
+}
+
+impl WebSocket {
+    /// A WebSocket framing with these settings.
+    pub fn new(settings: Settings) -> Self {
+        WebSocket { settings }
+    }
+
+    /// Its settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The 101 response accepting `request` with the chosen subprotocol and extra header
+    /// fields (checked with [`handshake::check_choice`] first), and what was agreed for
+    /// compression. The loop and a hook in the dispatcher both answer through this.
+    pub fn answer(
+        &self,
+        request: &UpgradeRequest,
+        protocol: Option<&str>,
+        extra: &[(String, String)],
+    ) -> (Vec<u8>, Option<Agreed>) {
+        let negotiated = deflate::negotiate(&request.extensions, &self.settings.deflate);
+        let extensions = negotiated.as_ref().map(|(_, text)| text.as_str());
+        let response = handshake::accept_response(request, protocol, extensions, extra);
+        (response, negotiated.map(|(agreed, _)| agreed))
+    }
+
+    fn handshake(
+        &self,
+        state: &mut State,
+        input: &[u8],
+        sink: &mut FrameSink,
+    ) -> Result<usize, ProtocolError> {
+        let (request, used) = match handshake::parse(input, &self.settings.limits) {
+            Ok(None) => return Ok(0),
+            Ok(Some(parsed)) => parsed,
+            Err(refusal) => {
+                sink.reply().extend_from_slice(&refusal.response());
+                sink.close_after_reply(Some(format!(
+                    "pygev: WebSocket handshake refused with {}: {}",
+                    refusal.status, refusal.reason
+                )));
+                state.phase = Phase::Closed;
+                return Ok(input.len());
+            }
+        };
+        if self.settings.handshake_hook {
+            let negotiated = deflate::negotiate(&request.extensions, &self.settings.deflate);
+            sink.push_tagged(tag::HANDSHAKE, &input[..used]);
+            state.phase = Phase::Pending(negotiated.map(|(agreed, _)| agreed));
+            return Ok(used);
+        }
+        let (response, agreed) = self.answer(&request, None, &[]);
+        sink.reply().extend_from_slice(&response);
+        self.open(state, agreed);
+        sink.push_tagged(tag::OPEN, &[u8::from(agreed.is_some())]);
+        Ok(used + self.frames(state, &input[used..], sink)?)
+    }
+
+    fn open(&self, state: &mut State, agreed: Option<Agreed>) {
+        state.phase = Phase::Open;
+        state.agreed = agreed;
+        state.reader = Reader::new(self.settings.max_message_size, agreed.is_some());
+    }
+
+    fn frames(
+        &self,
+        state: &mut State,
+        input: &[u8],
+        sink: &mut FrameSink,
+    ) -> Result<usize, ProtocolError> {
+        let mut messages = Vec::new();
+        let max = self.settings.max_message_size;
+        let threshold = self.settings.deflate.threshold;
+        let result = {
+            let State {
+                reader,
+                agreed,
+                codec,
+                ..
+            } = &mut *state;
+            let agreed = *agreed;
+            reader.read_with(input, &mut messages, &mut |_, data| {
+                let agreed = agreed.expect("the reader takes RSV1 only with permessage-deflate");
+                codec
+                    .get_or_insert_with(|| Box::new(Codec::new(agreed, threshold)))
+                    .inflate(&data, max)
+            })
+        };
+        if result.as_ref().is_ok_and(|used| *used > 0) {
+            state.ping_sent = None; // the peer is alive
+        }
+        for message in messages {
+            match message {
+                Message::Text(data) => sink.push_tagged(tag::TEXT, &data),
+                Message::Binary(data) => sink.push_tagged(tag::BINARY, &data),
+                Message::Ping(data) => {
+                    frames::write_frame(sink.reply(), opcode::PONG, true, false, &data);
+                }
+                Message::Pong(_) => {}
+                Message::Close(received) => {
+                    let mut close = vec![tag::END];
+                    if matches!(state.phase, Phase::Open) {
+                        match received {
+                            Some((code, _)) => frames::write_close(&mut close, code, ""),
+                            None => {
+                                frames::write_frame(&mut close, opcode::CLOSE, true, false, &[])
+                            }
+                        }
+                    }
+                    self.end(state, sink, close, None);
+                }
+            }
+        }
+        match result {
+            Ok(used) => Ok(used),
+            Err(Violation { code, reason }) => {
+                let mut close = vec![tag::END];
+                if matches!(state.phase, Phase::Open) {
+                    frames::write_close(&mut close, code, &reason);
+                }
+                let error =
+                    format!("pygev: WebSocket protocol violation, closing with {code}: {reason}");
+                self.end(state, sink, close, Some(error));
+                Ok(input.len())
+            }
+        }
+    }
+
+    /// Ends the connection after the messages already pushed: the dispatcher writes `close`
+    /// (tagged) after their replies, then closes; nothing more is read.
+    fn end(&self, state: &mut State, sink: &mut FrameSink, close: Vec<u8>, error: Option<String>) {
+        if !matches!(state.phase, Phase::Closed) {
+            sink.push(&close);
+            sink.stop_reading(error);
+        }
+        state.phase = Phase::Closed;
+    }
+}
+
+impl Protocol for WebSocket {
+    fn name(&self) -> &str {
+        "websocket"
+    }
+
+    fn new_state(&self) -> ProtocolState {
+        Some(Box::new(State {
+            phase: Phase::Handshake,
+            reader: Reader::new(self.settings.max_message_size, false),
+            agreed: None,
+            codec: None,
+            ping_sent: None,
+        }))
+    }
+
+    fn unpack(
+        &self,
+        state: &mut ProtocolState,
+        input: &[u8],
+        sink: &mut FrameSink,
+    ) -> Result<usize, ProtocolError> {
+        let state = state_of(state);
+        match state.phase {
+            Phase::Handshake => self.handshake(state, input, sink),
+            Phase::Pending(_) => Ok(0),
+            Phase::Open | Phase::CloseSent => self.frames(state, input, sink),
+            Phase::Closed => Ok(input.len()),
+        }
+    }
+
+    fn check_payload(&self, payload: &[u8]) -> Result<(), ProtocolError> {
+        match payload.split_first() {
+            Some((&(tag::TEXT | tag::BINARY | tag::ACCEPT), _)) => Ok(()),
+            Some((&(tag::PING | tag::CLOSE), rest)) if rest.len() <= 125 => Ok(()),
+            Some((&(tag::PING | tag::CLOSE), rest)) => Err(ProtocolError::new(format!(
+                "pygev: a WebSocket control frame carries at most 125 bytes, got {}",
+                rest.len()
+            ))),
+            _ => Err(ProtocolError::new(
+                "pygev: a WebSocket payload must start with its tag",
+            )),
+        }
+    }
+
+    fn pack(&self, state: &mut ProtocolState, payload: &[u8], out: &mut Vec<u8>) {
+        let state = state_of(state);
+        let Some((&kind, data)) = payload.split_first() else {
+            return;
+        };
+        match (kind, &state.phase) {
+            (tag::ACCEPT, Phase::Pending(agreed)) => {
+                let agreed = *agreed;
+                out.extend_from_slice(data);
+                self.open(state, agreed);
+            }
+            (tag::TEXT | tag::BINARY, Phase::Open) => {
+                let op = if kind == tag::TEXT {
+                    opcode::TEXT
+                } else {
+                    opcode::BINARY
+                };
+                let threshold = self.settings.deflate.threshold;
+                match state.codec(threshold) {
+                    Some(codec) if codec.should_compress(data.len()) => {
+                        let compressed = codec.deflate(data);
+                        frames::write_frame(out, op, true, true, &compressed);
+                    }
+                    _ => frames::write_frame(out, op, true, false, data),
+                }
+            }
+            (tag::PING, Phase::Open) => frames::write_frame(out, opcode::PING, true, false, data),
+            (tag::CLOSE, Phase::Open) => {
+                frames::write_frame(out, opcode::CLOSE, true, false, data);
+                state.phase = Phase::CloseSent;
+            }
+            _ => {} // nothing may follow a close frame, nor precede the handshake
+        }
+    }
+
+    fn max_buffered_input(&self) -> usize {
+        // One whole frame (header up to 14 bytes), or the upgrade request.
+        self.settings
+            .max_message_size
+            .saturating_add(14)
+            .max(self.settings.limits.max_request_size)
+    }
+
+    fn pack_resumes_input(&self) -> bool {
+        self.settings.handshake_hook
+    }
+
+    fn tick_interval(&self) -> Option<Duration> {
+        let interval = self.settings.ping_interval?;
+        Some(
+            (interval.min(self.settings.ping_timeout) / 4)
+                .clamp(Duration::from_millis(5), Duration::from_secs(1)),
+        )
+    }
+
+    fn tick(
+        &self,
+        state: &mut ProtocolState,
+        now: Instant,
+        last_read: Instant,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ProtocolError> {
+        let Some(interval) = self.settings.ping_interval else {
+            return Ok(());
+        };
+        let state = state_of(state);
+        if !matches!(state.phase, Phase::Open) {
+            return Ok(());
+        }
+        match state.ping_sent {
+            Some(sent) if now.duration_since(sent) >= self.settings.ping_timeout => {
+                frames::write_close(out, close_code::INTERNAL_ERROR, "keepalive ping timeout");
+                state.phase = Phase::CloseSent;
+                Err(ProtocolError::new(format!(
+                    "pygev: no answer to a WebSocket keepalive ping within {:?}",
+                    self.settings.ping_timeout
+                )))
+            }
+            Some(_) => Ok(()),
+            None if now.duration_since(last_read) >= interval => {
+                frames::write_frame(out, opcode::PING, true, false, b"keepalive");
+                state.ping_sent = Some(now);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+}

@@ -24,6 +24,11 @@
  * 8) hold the length of the rest, big-endian. The stream is still checked byte for byte:
  * a length-prefix echo returns header and payload unchanged.
  *
+ * -W speaks WebSocket: each connection first sends an upgrade request (no extensions)
+ * and waits for "101", then every message is one masked binary frame of S payload bytes
+ * (a random mask key per message). The echoed frames (unmasked, same payload) are
+ * checked byte for byte against the stream of expected server frames.
+ *
  * -b busy-polls (epoll_wait with a zero timeout) instead of sleeping, so the
  * server never has to wake the load generator up: on a VM a cross-CPU wakeup
  * (an IPI) is expensive, and an idle load generator would make the server pay
@@ -59,6 +64,7 @@ struct conn {
     int alive;
     int want_out;      /* EPOLLOUT registered */
     uint32_t start;    /* offset of this connection's stream in the pattern */
+    uint32_t rstart;   /* offset of the expected replies in the reply pattern */
     uint64_t sent;     /* bytes written so far */
     uint64_t recvd;    /* bytes received (and checked) so far */
     uint64_t to_send;  /* bytes of outstanding messages not yet written */
@@ -67,6 +73,11 @@ struct conn {
 static unsigned char *pattern; /* pattern_len + CHUNK bytes, tail repeats the head */
 static uint32_t pattern_len = PATTERN_MAX;
 static unsigned char *rbuf;
+/* What comes back: the pattern itself for plain echo, server frames for WebSocket. */
+static unsigned char *rpattern;
+static uint32_t rpattern_len;
+static size_t send_size, reply_size; /* bytes of one message each way */
+static int websocket;
 static struct conn *conns;
 static int nconns;
 static size_t msg_size;
@@ -98,7 +109,7 @@ static void on_signal(int sig) {
 static void usage(const char *argv0) {
     fprintf(stderr,
             "usage: %s [-H host] [-p port] [-c conns] [-s size] [-i inflight]\n"
-            "          [-d duration_s] [-w warmup_s] [-f header_size] [-b]\n",
+            "          [-d duration_s] [-w warmup_s] [-f header_size] [-b] [-W]\n",
             argv0);
     exit(2);
 }
@@ -163,7 +174,9 @@ static void read_conn(struct conn *c) {
         return;
     }
     size_t n = (size_t)r;
-    if (c->recvd + n > c->sent) {
+    /* A WebSocket server can only answer whole frames; a raw echo answers any byte. */
+    uint64_t answerable = websocket ? (c->sent / send_size) * reply_size : c->sent;
+    if (c->recvd + n > answerable) {
         if (c_mismatch < 10)
             fprintf(stderr, "loadgen: connection %d: received %llu bytes but sent only %llu\n",
                     (int)(c - conns), (unsigned long long)(c->recvd + n),
@@ -171,28 +184,28 @@ static void read_conn(struct conn *c) {
         c_errors++;
         c_mismatch++;
     } else {
-        size_t off = (size_t)((c->start + c->recvd) % pattern_len);
-        if (memcmp(rbuf, pattern + off, n) != 0) {
+        size_t off = (size_t)((c->rstart + c->recvd) % rpattern_len);
+        if (memcmp(rbuf, rpattern + off, n) != 0) {
             if (c_mismatch < 10) {
                 size_t i = 0;
-                while (i < n && rbuf[i] == pattern[off + i]) i++;
+                while (i < n && rbuf[i] == rpattern[off + i]) i++;
                 fprintf(stderr,
                         "loadgen: connection %d: echoed data mismatch at stream byte %llu "
                         "(got 0x%02x, want 0x%02x)\n",
                         (int)(c - conns), (unsigned long long)(c->recvd + i), rbuf[i],
-                        pattern[off + i]);
+                        rpattern[off + i]);
             }
             c_errors++;
             c_mismatch++;
         }
     }
-    uint64_t before = c->recvd / msg_size;
+    uint64_t before = c->recvd / reply_size;
     c->recvd += n;
-    uint64_t done = c->recvd / msg_size - before;
+    uint64_t done = c->recvd / reply_size - before;
     c_bytes += n;
     if (done) {
         c_messages += done;
-        c->to_send += done * msg_size;
+        c->to_send += done * send_size;
         flush_conn(c);
     }
 }
@@ -261,6 +274,103 @@ static void connect_all(const struct sockaddr_storage *sa, socklen_t salen, doub
     }
 }
 
+/* Header bytes of a frame carrying `len` payload bytes (without a mask key). */
+static size_t ws_header(size_t len) { return len < 126 ? 2 : len <= 0xffff ? 4 : 10; }
+
+static void ws_put_header(unsigned char *out, size_t len, int masked) {
+    unsigned char m = masked ? 0x80 : 0;
+    out[0] = 0x82; /* FIN, binary */
+    if (len < 126) {
+        out[1] = m | (unsigned char)len;
+    } else if (len <= 0xffff) {
+        out[1] = m | 126;
+        out[2] = (unsigned char)(len >> 8);
+        out[3] = (unsigned char)len;
+    } else {
+        out[1] = m | 127;
+        for (int b = 0; b < 8; b++) out[2 + b] = (unsigned char)((uint64_t)len >> (56 - 8 * b));
+    }
+}
+
+/* Builds the client frames (masked, random keys) and the server frames expected back
+ * (unmasked), message k at k * send_size and k * reply_size, from the random payloads
+ * already in `pattern`. */
+static int make_ws_patterns(uint64_t *seed) {
+    size_t hdr = ws_header(msg_size);
+    send_size = hdr + 4 + msg_size;
+    reply_size = hdr + msg_size;
+    uint32_t count = (uint32_t)(PATTERN_MAX / send_size);
+    if (count == 0) count = 1;
+    uint32_t slen = count * (uint32_t)send_size, rlen = count * (uint32_t)reply_size;
+    unsigned char *sp = malloc(slen + CHUNK), *rp = malloc(rlen + CHUNK);
+    if (!sp || !rp) {
+        fprintf(stderr, "loadgen: out of memory\n");
+        return 1;
+    }
+    for (uint32_t k = 0; k < count; k++) {
+        unsigned char *s = sp + (size_t)k * send_size, *r = rp + (size_t)k * reply_size;
+        ws_put_header(s, msg_size, 1);
+        ws_put_header(r, msg_size, 0);
+        uint64_t key = xorshift64(seed);
+        unsigned char mask[4] = {(unsigned char)key, (unsigned char)(key >> 8),
+                                 (unsigned char)(key >> 16), (unsigned char)(key >> 24)};
+        memcpy(s + hdr, mask, 4);
+        for (size_t i = 0; i < msg_size; i++) {
+            unsigned char byte = pattern[((size_t)k * msg_size + i) % pattern_len];
+            s[hdr + 4 + i] = byte ^ mask[i & 3];
+            r[hdr + i] = byte;
+        }
+    }
+    /* The tails repeat the heads (CHUNK bytes, wrapping as often as needed). */
+    for (uint32_t i = 0; i < CHUNK; i++) {
+        sp[slen + i] = sp[i % slen];
+        rp[rlen + i] = rp[i % rlen];
+    }
+    pattern = sp;
+    pattern_len = slen;
+    rpattern = rp;
+    rpattern_len = rlen;
+    return 0;
+}
+
+/* Sends every connection's upgrade request and reads each 101 response. */
+static void upgrade_all(double timeout) {
+    static const char request[] =
+        "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    double deadline = now() + timeout;
+    for (int i = 0; i < nconns; i++) {
+        if (send(conns[i].fd, request, sizeof request - 1, MSG_NOSIGNAL) != (ssize_t)(sizeof request - 1)) {
+            fprintf(stderr, "loadgen: could not send the upgrade request\n");
+            exit(1);
+        }
+    }
+    char head[4096];
+    for (int i = 0; i < nconns; i++) {
+        size_t got = 0;
+        /* Byte by byte, so nothing past the response head is read. */
+        while (got < 4 || memcmp(head + got - 4, "\r\n\r\n", 4) != 0) {
+            if (now() > deadline || got == sizeof head) {
+                fprintf(stderr, "loadgen: no upgrade response\n");
+                exit(1);
+            }
+            ssize_t r = recv(conns[i].fd, head + got, 1, 0);
+            if (r == 1) got++;
+            else if (r == 0) {
+                fprintf(stderr, "loadgen: closed during the upgrade\n");
+                exit(1);
+            } else if (errno != EAGAIN && errno != EINTR) {
+                perror("recv");
+                exit(1);
+            }
+        }
+        if (memcmp(head, "HTTP/1.1 101", 12) != 0) {
+            fprintf(stderr, "loadgen: upgrade refused: %.*s\n", (int)got, head);
+            exit(1);
+        }
+    }
+}
+
 int main(int argc, char **argv) {
     const char *host = "127.0.0.1";
     const char *port = NULL;
@@ -272,7 +382,7 @@ int main(int argc, char **argv) {
     msg_size = 64;
 
     int opt;
-    while ((opt = getopt(argc, argv, "H:p:c:s:i:d:w:f:bh")) != -1) {
+    while ((opt = getopt(argc, argv, "H:p:c:s:i:d:w:f:bWh")) != -1) {
         switch (opt) {
         case 'H': host = optarg; break;
         case 'p': port = optarg; break;
@@ -283,6 +393,7 @@ int main(int argc, char **argv) {
         case 'w': warmup = atof(optarg); break;
         case 'f': frame_header = atoi(optarg); break;
         case 'b': busy_poll = 1; break;
+        case 'W': websocket = 1; break;
         default: usage(argv[0]);
         }
     }
@@ -341,9 +452,19 @@ int main(int argc, char **argv) {
                 pattern[m + b] = (unsigned char)(payload >> (8 * (frame_header - 1 - b)));
     }
     memcpy(pattern + pattern_len, pattern, CHUNK);
+    send_size = reply_size = msg_size;
+    rpattern = pattern;
+    rpattern_len = pattern_len;
+    if (websocket && make_ws_patterns(&seed) != 0) return 1;
     for (int i = 0; i < nconns; i++) {
         conns[i].start = (uint32_t)(xorshift64(&seed) % pattern_len);
         if (frame_header) conns[i].start -= conns[i].start % (uint32_t)msg_size;
+        conns[i].rstart = conns[i].start;
+        if (websocket) {
+            uint32_t k = conns[i].start / (uint32_t)send_size;
+            conns[i].start = k * (uint32_t)send_size;
+            conns[i].rstart = k * (uint32_t)reply_size;
+        }
     }
 
     epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -352,10 +473,11 @@ int main(int argc, char **argv) {
         return 1;
     }
     connect_all(&sa, salen, 30.0);
+    if (websocket) upgrade_all(10.0);
 
     /* Start the traffic: every connection queues `inflight` messages. */
     for (int i = 0; i < nconns; i++) {
-        conns[i].to_send = (uint64_t)inflight * msg_size;
+        conns[i].to_send = (uint64_t)inflight * send_size;
         flush_conn(&conns[i]);
     }
 

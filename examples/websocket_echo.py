@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 
 import pygev
 
@@ -38,8 +39,11 @@ def main() -> None:
     server = pygev.Server(
         Echo(), f"{args.host}:{args.port}", num_loops=args.loops, protocol=protocol
     )
+    # SIGINT (Ctrl+C) and SIGTERM stop the server cleanly: clients get close code 1001.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda _signum, _frame: server.stop())
     host, port = server.address
-    print(f"websocket echo listening on ws://{host}:{port}", flush=True)
+    print(f"pygev websocket echo listening on {host}:{port}", flush=True)
     server.start()
 
 

@@ -194,3 +194,42 @@ def test_sigterm_stops_the_example(name: str) -> None:
             recv_lines(client, 1)
         else:
             assert_echoes(client, b"ping")
+
+
+def test_websocket_echo() -> None:
+    from websockets.sync.client import connect as ws_connect
+
+    with run_example("websocket_echo") as (host, port):
+        with ws_connect(f"ws://{host}:{port}/", open_timeout=WAIT, proxy=None) as ws:
+            ws.send("hello ✓")
+            assert ws.recv(timeout=WAIT) == "hello ✓"
+            ws.send(b"\x00\xff" * 50000)
+            assert ws.recv(timeout=WAIT) == b"\x00\xff" * 50000
+
+
+def test_websocket_chat_broadcasts_to_everyone() -> None:
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect as ws_connect
+
+    def join(host: str, port: int, name: str):  # type: ignore[no-untyped-def]
+        return ws_connect(
+            f"ws://{host}:{port}/?name={name}",
+            subprotocols=["chat"],  # type: ignore[list-item]
+            open_timeout=WAIT,
+            proxy=None,
+        )
+
+    with run_example("websocket_chat") as (host, port):
+        with join(host, port, "ann") as ann:
+            assert ann.subprotocol == "chat"
+            assert ann.recv(timeout=WAIT) == "* ann joined (1 here)"
+            with join(host, port, "bob") as bob:
+                assert ann.recv(timeout=WAIT) == "* bob joined (2 here)"
+                assert bob.recv(timeout=WAIT) == "* bob joined (2 here)"
+                with pytest.raises(InvalidStatus) as taken:
+                    join(host, port, "ann")
+                assert taken.value.response.status_code == 409
+                bob.send("hi all")
+                assert ann.recv(timeout=WAIT) == "bob: hi all"
+                assert bob.recv(timeout=WAIT) == "bob: hi all"
+            assert ann.recv(timeout=WAIT) == "* bob left (1 here)"

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from pygev._handler import Handler
 from pygev._protocol import Protocol
-from pygev._websocket import Accept, Reject, WebSocketHandler
 from pygev._pygev import (
     Connection,
     ConnectionClosed,
@@ -28,6 +27,7 @@ from pygev._pygev import (
     WebSocket,
     WebSocketRequest,
 )
+from pygev._websocket import Accept, Reject, WebSocketHandler
 
 # Exceptions pickle by module path: name the public one.
 ConnectionClosed.__module__ = "pygev"

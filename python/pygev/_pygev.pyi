@@ -13,6 +13,7 @@ from typing_extensions import Buffer, Self
 
 from pygev._handler import Handler
 from pygev._protocol import Protocol
+from pygev._websocket import WebSocketHandler
 
 __all__ = [
     "Connection",
@@ -23,6 +24,8 @@ __all__ = [
     "RingBuffer",
     "Server",
     "Timer",
+    "WebSocket",
+    "WebSocketRequest",
 ]
 
 @final
@@ -179,8 +182,12 @@ class Connection:
     :class:`ConnectionClosed`.
     """
 
-    def send(self, data: Buffer) -> None:
+    def send(self, data: Buffer | str) -> None:
         """Queues ``data`` for writing, packed by the server's protocol.
+
+        On a WebSocket connection a ``str`` goes out as a text message and bytes as a
+        binary one; before the handshake completed (in ``on_handshake``) it raises
+        ``RuntimeError``. Other protocols take bytes only.
 
         The data is copied; the connection's loop writes it asynchronously. Thread-safe:
         callable from any thread and from callbacks (where the writes of one batch of events
@@ -207,11 +214,27 @@ class Connection:
         nothing.
         """
 
-    def close(self) -> None:
+    def close(self, code: int = 1000, reason: str = "") -> None:
         """Stops reading, flushes pending output, then closes; ``on_close`` follows.
 
         Messages already read but not yet handled are dropped. Thread-safe, callable from
         callbacks, idempotent.
+
+        Args:
+            code: WebSocket only: the close frame's status code (1000-1003, 1007-1011 or
+                3000-4999, else ``ValueError``). Ignored by other protocols.
+            reason: WebSocket only: the close frame's reason, at most 123 bytes of UTF-8.
+        """
+
+    def ping(self, payload: bytes = b"") -> None:
+        """Sends a WebSocket ping (the client answers with a pong, which the loop takes as a
+        sign of life). Thread-safe, callable from callbacks.
+
+        Raises:
+            ValueError: ``payload`` is over 125 bytes.
+            TypeError: The connection is not a WebSocket one.
+            RuntimeError: The handshake has not completed.
+            ConnectionClosed: The connection is closed.
         """
 
     @property
@@ -250,11 +273,11 @@ class Server:
 
     def __new__(
         cls,
-        handler: Handler,
+        handler: Handler | WebSocketHandler,
         address: str = "0.0.0.0:1833",
         *,
         num_loops: int = 0,
-        protocol: Raw | LengthPrefix | Delimited | Protocol | None = None,
+        protocol: Raw | LengthPrefix | Delimited | WebSocket | Protocol | None = None,
         reuse_port: bool = False,
         strategy: Literal["round_robin", "least_connections"] = "round_robin",
         idle_timeout: float | None = None,
@@ -274,8 +297,9 @@ class Server:
                 :attr:`address`); ``"[::1]:0"`` for IPv6.
             num_loops: Reactor (loop) threads; 0 means one per CPU.
             protocol: The framing: :class:`Raw` (the default, also ``None``),
-                :class:`LengthPrefix`, :class:`Delimited`, or an instance of a
-                :class:`~pygev.Protocol` subclass (framing written in Python).
+                :class:`LengthPrefix`, :class:`Delimited`, :class:`WebSocket` (the default
+                and the only choice for a :class:`~pygev.WebSocketHandler`), or an instance
+                of a :class:`~pygev.Protocol` subclass (framing written in Python).
             reuse_port: Use ``SO_REUSEPORT``: one listening socket per loop, the kernel
                 balances connections between them.
             strategy: How the acceptor picks a loop for a new connection:
@@ -389,3 +413,81 @@ class Server:
         Returns:
             The counters.
         """
+
+@final
+class WebSocket:
+    """WebSocket (RFC 6455) with permessage-deflate (RFC 7692), run in the loop threads.
+
+    Give it as ``protocol=`` with a :class:`~pygev.WebSocketHandler` (it is that handler's
+    default). The loops answer the upgrade request (or hold it for the handler's
+    ``on_handshake``), check every frame, reassemble fragmented messages, validate UTF-8,
+    inflate and deflate, answer pings and the closing handshake. Bad input fails only its
+    connection, with close code 1002 (protocol error), 1007 (bad UTF-8) or 1009 (too big);
+    a bad upgrade request gets HTTP 400, 426 or 431.
+
+    Args:
+        max_message_size: The largest message accepted, after reassembly and inflation.
+        compression: Accept permessage-deflate when a client offers it.
+        compression_threshold: Messages shorter than this go out uncompressed.
+        server_no_context_takeover: Reset the server's compressor after each message.
+        client_no_context_takeover: Ask clients to reset theirs after each message.
+        server_max_window_bits: The server's compression window, 9 to 15.
+        client_max_window_bits: The largest window a client may use, 9 to 15.
+        max_request_size: The largest upgrade request, in bytes.
+        max_headers: The most header fields in an upgrade request.
+        ping_interval: Ping a client silent for this many seconds (``None``: never).
+        ping_timeout: Close (1011) a pinged client silent this many more seconds.
+
+    Immutable: one instance may be shared by several servers and threads.
+    """
+
+    def __new__(
+        cls,
+        *,
+        max_message_size: int = 16777216,
+        compression: bool = True,
+        compression_threshold: int = 64,
+        server_no_context_takeover: bool = False,
+        client_no_context_takeover: bool = False,
+        server_max_window_bits: int = 15,
+        client_max_window_bits: int = 15,
+        max_request_size: int = 8192,
+        max_headers: int = 64,
+        ping_interval: float | None = None,
+        ping_timeout: float = 20.0,
+    ) -> Self: ...
+    @property
+    def max_message_size(self) -> int:
+        """The largest message accepted, in bytes."""
+
+    @property
+    def compression(self) -> bool:
+        """Whether permessage-deflate is accepted."""
+
+@final
+class WebSocketRequest:
+    """A client's upgrade request, as ``on_handshake(conn, request)`` sees it."""
+
+    @property
+    def path(self) -> str:
+        """The request target's path, e.g. ``"/chat"``."""
+
+    @property
+    def query(self) -> str | None:
+        """What follows ``?`` in the request target, or ``None``."""
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """Every header field in order, as ``(name, value)`` with lower-case names."""
+
+    @property
+    def origin(self) -> str | None:
+        """The ``Origin`` header, or ``None``."""
+
+    @property
+    def subprotocols(self) -> list[str]:
+        """The subprotocols the client offered, in its order of preference."""
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        """The value of header ``name`` (any case), or ``default``; repeated fields are
+        joined with ``", "``."""

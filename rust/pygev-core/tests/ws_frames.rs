@@ -151,7 +151,7 @@ fn every_broken_rule_fails_with_its_close_code() {
         (
             "close reason not UTF-8",
             frame(true, opcode::CLOSE, &[0x03, 0xe8, 0xff]),
-            1007,
+            1002,
         ),
         (
             "64-bit length with the top bit",

@@ -206,6 +206,16 @@ impl Connection {
         }
     }
 
+    /// Sends a WebSocket close frame (code and reason already checked), if the connection
+    /// is an open WebSocket one that may still write; the caller then closes it.
+    pub(crate) fn close_ws(&self, code: u16, reason: &str) {
+        if self.ws_opened() && self.state.load(Ordering::Acquire) == OPEN {
+            let mut payload = code.to_be_bytes().to_vec();
+            payload.extend_from_slice(reason.as_bytes());
+            let _ = self.post_tagged(tag::CLOSE, &payload);
+        }
+    }
+
     /// Closes after flushing pending output (the dispatcher uses it after a failed callback).
     pub(crate) fn request_close(&self) {
         if self.state.swap(CLOSED, Ordering::AcqRel) != CLOSED {
@@ -363,11 +373,7 @@ impl Connection {
                 ))
                 .into());
             }
-            if self.state.load(Ordering::Acquire) == OPEN {
-                let mut payload = code.to_be_bytes().to_vec();
-                payload.extend_from_slice(reason.as_bytes());
-                let _ = self.post_tagged(tag::CLOSE, &payload);
-            }
+            self.close_ws(code, reason);
         }
         self.request_close();
         Ok(())
@@ -375,7 +381,7 @@ impl Connection {
 
     /// Sends a WebSocket ping with `payload` (at most 125 bytes); the client answers with a
     /// pong, which the loop takes as a sign of life.
-    #[pyo3(signature = (payload = b"".as_slice()))]
+    #[pyo3(signature = (payload = b"".as_slice()), text_signature = "($self, payload=b'')")]
     fn ping(&self, payload: &[u8]) -> PyResult<()> {
         if payload.len() > 125 {
             return Err(Error::Value(format!(

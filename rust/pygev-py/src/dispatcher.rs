@@ -112,6 +112,7 @@ impl<'py> Dispatcher<'py> {
             }
             logging::emit_pending(self.py);
             if self.stopping && !drain_sent && !self.phases.contains(&LoopPhase::Serving) {
+                self.say_going_away();
                 // Every message read before the stop has been handled and its replies are
                 // posted; now the loops may flush and close.
                 running.drain(Instant::now() + self.drain_timeout);
@@ -123,6 +124,17 @@ impl<'py> Dispatcher<'py> {
         match self.pending_error.take() {
             Some(err) => Err(err),
             None => Ok(()),
+        }
+    }
+
+    /// The server stops: every open WebSocket connection gets a close frame (1001) after
+    /// what was already queued for it.
+    fn say_going_away(&self) {
+        if self.shared.websocket.is_none() {
+            return;
+        }
+        for conn in self.conns.iter().flatten().flatten() {
+            conn.get().close_ws(1001, "server stopping");
         }
     }
 
@@ -637,6 +649,7 @@ impl<'py> Dispatcher<'py> {
             return;
         }
         self.report(what, conn, &err);
+        conn.get().close_ws(1011, "internal error");
         conn.get().request_close();
         self.maybe_stop(err);
     }

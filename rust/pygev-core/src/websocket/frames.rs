@@ -270,7 +270,7 @@ fn close_payload(payload: &[u8]) -> Result<Option<(u16, String)>, Violation> {
         ));
     }
     let reason = std::str::from_utf8(&payload[2..])
-        .map_err(|_| violation(close_code::INVALID_DATA, "close reason is not UTF-8"))?;
+        .map_err(|_| violation(close_code::PROTOCOL_ERROR, "close reason is not UTF-8"))?;
     Ok(Some((code, reason.to_string())))
 }
 

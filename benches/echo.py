@@ -63,6 +63,17 @@ TESTS = {
     },
 }
 
+#: What this harness compares. benches/websocket.py runs the same harness with its own
+#: suite (tests, servers, peers).
+SUITE = {
+    "name": "echo",
+    "title": "echo benchmark",
+    "servers": "pygev,asyncio,uvloop,c",
+    "tests": "raw,pingpong,framed",
+    "peers": ("uvloop", "asyncio"),
+    "specs": lambda: common.server_specs(include_c=True),
+}
+
 SERVER_CPU = 0
 LOADGEN_CPU = 1
 CPUS = (SERVER_CPU, LOADGEN_CPU)
@@ -243,7 +254,7 @@ def fmt(v):
 
 def table(summary, servers, tests, args):
     """Plain-text table: servers side by side, ratios pygev/uvloop and pygev/asyncio."""
-    ratio_cols = [b for b in ("uvloop", "asyncio") if "pygev" in servers and b in servers]
+    ratio_cols = [b for b in SUITE["peers"] if "pygev" in servers and b in servers]
     headers = ["test", "metric", *servers, *[f"pygev/{b}" for b in ratio_cols]]
     rows = []
     for test in tests:
@@ -282,7 +293,7 @@ def table(summary, servers, tests, args):
                          for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
     out = [
-        f"echo benchmark: median of {args.rounds} round(s), {args.duration:g} s measured "
+        f"{SUITE['title']}: median of {args.rounds} round(s), {args.duration:g} s measured "
         f"after {args.warmup:g} s warmup; server on CPU {SERVER_CPU}, loadgen on CPU {LOADGEN_CPU}",
         "ratios: median (min-max) of the per-round ratios, each round running every server "
         "back to back",
@@ -330,7 +341,7 @@ def plot(summary, servers, tests, path):
                          f"{t['inflight']} in flight): {what}", fontsize=9)
             ax.set_ylabel(unit)
             ax.margins(y=0.25)
-    fig.suptitle("pygev echo benchmark (median of rounds, bars show min-max; server pinned "
+    fig.suptitle(f"pygev {SUITE['title']} (median of rounds, bars show min-max; server pinned "
                  "to one core)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -339,15 +350,16 @@ def plot(summary, servers, tests, path):
 
 
 def main():
-    ap = argparse.ArgumentParser(description="Echo benchmark: pygev vs asyncio vs uvloop.")
+    peers = ", ".join(SUITE["peers"])
+    ap = argparse.ArgumentParser(description=f"{SUITE['title']}: pygev vs {peers}.")
     ap.add_argument("--duration", type=float, default=5.0, help="measured seconds per run")
     ap.add_argument("--warmup", type=float, default=1.0, help="warmup seconds before measuring")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median reported)")
-    ap.add_argument("--servers", default="pygev,asyncio,uvloop,c",
-                    help="comma-separated subset of: pygev,asyncio,uvloop,c (c is a minimal C "
+    ap.add_argument("--servers", default=SUITE["servers"],
+                    help=f"comma-separated subset of: {SUITE['servers']} (c is a minimal C "
                          "epoll echo server: the ceiling this machine and load generator allow)")
-    ap.add_argument("--tests", default="raw,pingpong,framed",
-                    help="comma-separated: raw,pingpong,framed")
+    ap.add_argument("--tests", default=SUITE["tests"],
+                    help=f"comma-separated: {SUITE['tests']}")
     ap.add_argument("--quick", action="store_true",
                     help="smoke test: 1 round, 1 s measured, 0.5 s warmup")
     ap.add_argument("--max-noise", type=float, default=10.0,
@@ -369,7 +381,7 @@ def main():
     for t in tests:
         if t not in TESTS:
             raise SystemExit(f"unknown test {t!r}; known: {', '.join(TESTS)}")
-    specs = common.select_specs(common.server_specs(include_c=True), args.servers)
+    specs = common.select_specs(SUITE["specs"](), args.servers)
     if (os.cpu_count() or 1) < 2:
         log("warning: fewer than 2 CPUs; server and load generator will share a core")
     if not common.have_taskset():
@@ -389,7 +401,7 @@ def main():
             group = [t for t in tests if TESTS[t].get("framing", "raw") == framing]
             try:
                 server = common.Server(spec.framed(framing), cpu=SERVER_CPU,
-                                       log_name=f"echo-{spec.name}-{framing}")
+                                       log_name=f"{SUITE['name']}-{spec.name}-{framing}")
             except ServerError as exc:
                 skipped[spec.name] = str(exc)
                 log(f"SKIP {spec.name}: {exc}")
@@ -459,7 +471,7 @@ def main():
         print(f"ERROR: {len(failed)} run(s) failed")
 
     data = {
-        "benchmark": "echo",
+        "benchmark": SUITE["name"],
         "started": started.isoformat(timespec="seconds"),
         "args": {"duration": args.duration, "warmup": args.warmup, "rounds": args.rounds,
                  "busy_poll": not args.no_busy_poll,
@@ -475,10 +487,11 @@ def main():
         "summary": summary,
         "table": text,
     }
-    json_path = os.path.join(args.out, "echo-quick.json" if args.quick else "echo.json")
+    stem = SUITE["name"] + ("-quick" if args.quick else "")
+    json_path = os.path.join(args.out, f"{stem}.json")
     with open(json_path, "w") as f:
         json.dump(data, f, indent=2)
-    png_path = os.path.join(args.out, "echo-quick.png" if args.quick else "echo.png")
+    png_path = os.path.join(args.out, f"{stem}.png")
     if summary and plot(summary, names, tests, png_path):
         print(f"wrote {json_path} and {png_path}")
     else:

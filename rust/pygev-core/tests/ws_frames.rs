@@ -276,3 +276,28 @@ fn a_compressed_message_without_the_extension_is_a_protocol_error() {
     let input = client_frame(0x80 | 0x40 | opcode::TEXT, b"x", [9, 9, 9, 9]);
     assert_eq!(reader.read(&input, &mut Vec::new()).unwrap_err().code, 1002);
 }
+
+#[test]
+fn bad_utf8_fails_before_the_rest_of_its_frame_arrives() {
+    let mut payload = "ok so far, ".as_bytes().to_vec();
+    payload.push(0xff);
+    payload.extend(std::iter::repeat_n(b'x', 1000));
+    let whole = frame(true, opcode::TEXT, &payload);
+    let mut reader = Reader::new(1 << 20, false);
+    let mut out = Vec::new();
+    // Up to just before the bad byte: fine, nothing taken.
+    assert_eq!(reader.read(&whole[..8 + 11], &mut out), Ok(0));
+    // The bad byte arrives, the frame is far from complete: refused now.
+    let err = reader.read(&whole[..8 + 13], &mut out).unwrap_err();
+    assert_eq!(err.code, 1007);
+    // A character split across two fragments and cut mid-frame is not an error.
+    let mut reader = Reader::new(1 << 20, false);
+    let mut input = frame(false, opcode::TEXT, &"é".as_bytes()[..1]);
+    let cont = frame(
+        true,
+        opcode::CONTINUATION,
+        &[&"é".as_bytes()[1..], b"and more"].concat(),
+    );
+    input.extend_from_slice(&cont[..cont.len() - 4]);
+    assert_eq!(reader.read(&input, &mut out).map_err(|v| v.code), Ok(7));
+}

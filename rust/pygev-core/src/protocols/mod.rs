@@ -111,6 +111,14 @@ impl FrameSink {
         self.ends.push(self.data.len());
     }
 
+    /// Records one whole frame as a one-byte tag followed by what `write` appends (which
+    /// must only append): a payload transformed as it is copied in, such as unmasked.
+    pub fn push_tagged_with(&mut self, tag: u8, write: impl FnOnce(&mut Vec<u8>)) {
+        self.data.push(tag);
+        write(&mut self.data);
+        self.ends.push(self.data.len());
+    }
+
     /// Bytes to write back to the peer at once, in order, ahead of anything sent later.
     pub fn reply(&mut self) -> &mut Vec<u8> {
         &mut self.reply

@@ -65,6 +65,65 @@ fn violation(code: u16, reason: impl Into<String>) -> Violation {
     }
 }
 
+/// Decompresses one message: `(is_text, compressed) -> data` (see [`Reader::read_with`]).
+pub type Inflate<'a> = dyn FnMut(bool, &[u8]) -> Result<Vec<u8>, Violation> + 'a;
+
+/// Reassembly buffers above this size are freed once their message is delivered.
+const KEEP_BUFFER: usize = 64 << 10;
+
+/// Where a [`Reader`] delivers what it reads, in order.
+pub trait Deliver {
+    /// A whole text (`text`) or binary message.
+    fn data(&mut self, text: bool, payload: &[u8]);
+    /// A whole binary message that came in one uncompressed frame, still masked with
+    /// `mask`: the destination unmasks it as it copies it (see [`unmask_into`]).
+    fn masked(&mut self, payload: &[u8], mask: [u8; 4]) {
+        let mut data = Vec::with_capacity(payload.len());
+        unmask_into(&mut data, payload, mask);
+        self.data(false, &data);
+    }
+    /// A ping, pong or close frame.
+    fn control(&mut self, message: Message);
+}
+
+/// Collects everything as [`Message`]s (tests and tools).
+impl Deliver for Vec<Message> {
+    fn data(&mut self, text: bool, payload: &[u8]) {
+        self.push(if text {
+            Message::Text(payload.to_vec())
+        } else {
+            Message::Binary(payload.to_vec())
+        });
+    }
+
+    fn control(&mut self, message: Message) {
+        self.push(message);
+    }
+}
+
+/// Appends `masked` XOR the repeated 4-byte `mask` (a frame's payload starts at the mask's
+/// first byte) to `out`.
+pub fn unmask_into(out: &mut Vec<u8>, masked: &[u8], mask: [u8; 4]) {
+    out.reserve(masked.len());
+    let wide = u64::from_ne_bytes([
+        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
+    ]);
+    let mut chunks = masked.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        out.extend_from_slice(&(u64::from_ne_bytes(word) ^ wide).to_ne_bytes());
+    }
+    // Whole 8-byte chunks keep the mask's phase: the rest starts at mask[0] again.
+    out.extend(
+        chunks
+            .remainder()
+            .iter()
+            .zip(mask.iter().cycle())
+            .map(|(b, m)| b ^ m),
+    );
+}
+
 /// A connection's reader: call [`Reader::read`] with the unconsumed input each time bytes
 /// arrive.
 #[derive(Debug)]
@@ -79,6 +138,8 @@ pub struct Reader {
     utf8_valid: usize,
     /// The peer's close frame was read: nothing after it counts.
     closed: bool,
+    /// Of a text frame not all here yet: how much of its payload is known valid UTF-8.
+    arriving_valid: usize,
 }
 
 impl Reader {
@@ -92,6 +153,7 @@ impl Reader {
             buffer: Vec::new(),
             utf8_valid: 0,
             closed: false,
+            arriving_valid: 0,
         }
     }
 
@@ -100,7 +162,7 @@ impl Reader {
     /// the next call. After the peer's close frame, nothing more is read (the rest of the
     /// input is the caller's to discard). For a connection without permessage-deflate: a
     /// compressed message is a protocol error here; see [`Reader::read_with`].
-    pub fn read(&mut self, input: &[u8], out: &mut Vec<Message>) -> Result<usize, Violation> {
+    pub fn read(&mut self, input: &[u8], out: &mut dyn Deliver) -> Result<usize, Violation> {
         self.read_with(input, out, &mut |_, _| {
             Err(violation(
                 close_code::PROTOCOL_ERROR,
@@ -115,8 +177,8 @@ impl Reader {
     pub fn read_with(
         &mut self,
         input: &[u8],
-        out: &mut Vec<Message>,
-        inflate: &mut dyn FnMut(bool, Vec<u8>) -> Result<Vec<u8>, Violation>,
+        out: &mut dyn Deliver,
+        inflate: &mut Inflate<'_>,
     ) -> Result<usize, Violation> {
         let mut used = 0;
         while !self.closed {
@@ -126,16 +188,28 @@ impl Reader {
             self.check(&header)?;
             let start = used + header.size;
             if ((input.len() - start) as u64) < header.len {
-                break; // the payload is not all here yet
+                // The payload is not all here yet; text is still checked as it arrives.
+                if self.is_plain_text(&header) {
+                    self.check_arriving_text(&header, &input[start..])?;
+                }
+                break;
             }
             let end = start + header.len as usize;
-            let mut payload = input[start..end].to_vec();
-            unmask(&mut payload, header.mask);
+            let payload = &input[start..end];
             used = end;
+            self.arriving_valid = 0;
             if header.opcode >= opcode::CLOSE {
-                let message = control(header.opcode, payload)?;
+                let mut unmasked = Vec::with_capacity(payload.len());
+                unmask_into(&mut unmasked, payload, header.mask);
+                let message = control(header.opcode, unmasked)?;
                 self.closed = matches!(message, Message::Close(_));
-                out.push(message);
+                out.control(message);
+                continue;
+            }
+            if header.fin && header.opcode == opcode::BINARY && !header.rsv1 {
+                // NOTE: a whole uncompressed binary message in one frame (the common case)
+                // is unmasked straight into its destination: one copy, not three.
+                out.masked(payload, header.mask);
                 continue;
             }
             if header.opcode != opcode::CONTINUATION {
@@ -143,27 +217,29 @@ impl Reader {
                 self.buffer.clear();
                 self.utf8_valid = 0;
             }
-            self.buffer.extend_from_slice(&payload);
+            unmask_into(&mut self.buffer, payload, header.mask);
             let Some((kind, compressed)) = self.partial else {
                 unreachable!("check() refused a continuation without a message");
             };
-            if kind == opcode::TEXT && !compressed {
+            let text = kind == opcode::TEXT;
+            if text && !compressed {
                 self.check_utf8(header.fin)?;
             }
             if header.fin {
-                let mut data = std::mem::take(&mut self.buffer);
+                self.partial = None;
                 if compressed {
-                    data = inflate(kind == opcode::TEXT, data)?;
-                    if kind == opcode::TEXT && simdutf8::basic::from_utf8(&data).is_err() {
+                    let data = inflate(text, &self.buffer)?;
+                    if text && simdutf8::basic::from_utf8(&data).is_err() {
                         return Err(violation(close_code::INVALID_DATA, "text is not UTF-8"));
                     }
-                }
-                self.partial = None;
-                out.push(if kind == opcode::TEXT {
-                    Message::Text(data)
+                    out.data(text, &data);
                 } else {
-                    Message::Binary(data)
-                });
+                    out.data(text, &self.buffer);
+                }
+                self.buffer.clear();
+                if self.buffer.capacity() > KEEP_BUFFER {
+                    self.buffer = Vec::new(); // an idle connection holds no large buffer
+                }
             }
         }
         Ok(used)
@@ -227,6 +303,39 @@ impl Reader {
         Ok(())
     }
 
+    /// Whether `header` starts or continues an uncompressed text message.
+    fn is_plain_text(&self, header: &Header) -> bool {
+        match header.opcode {
+            opcode::TEXT => !header.rsv1,
+            opcode::CONTINUATION => self.partial == Some((opcode::TEXT, false)),
+            _ => false,
+        }
+    }
+
+    /// Checks the part of a text frame that arrived so far (`arrived`, still masked), so
+    /// that bad UTF-8 fails the connection before the rest of a large frame comes. Only the
+    /// bytes not yet checked are looked at.
+    fn check_arriving_text(&mut self, header: &Header, arrived: &[u8]) -> Result<(), Violation> {
+        let from = self.arriving_valid;
+        let mut text = Vec::new();
+        if from == 0 && header.opcode == opcode::CONTINUATION {
+            // A character may have begun in the previous fragment.
+            text.extend_from_slice(&self.buffer[self.utf8_valid..]);
+        }
+        let carried = text.len();
+        let phase = from % 4;
+        let mask = [0, 1, 2, 3].map(|i| header.mask[(phase + i) % 4]);
+        unmask_into(&mut text, &arrived[from..], mask);
+        match simdutf8::compat::from_utf8(&text) {
+            Ok(_) => self.arriving_valid = arrived.len(),
+            Err(err) if err.error_len().is_none() => {
+                self.arriving_valid = from + err.valid_up_to().saturating_sub(carried);
+            }
+            Err(_) => return Err(violation(close_code::INVALID_DATA, "text is not UTF-8")),
+        }
+        Ok(())
+    }
+
     /// Checks the text received so far, failing fast: only an incomplete character at the
     /// very end may wait for the next fragment.
     fn check_utf8(&mut self, fin: bool) -> Result<(), Violation> {
@@ -277,12 +386,6 @@ fn close_payload(payload: &[u8]) -> Result<Option<(u16, String)>, Violation> {
 /// Whether a peer may send `code` in a close frame.
 pub fn valid_close_code(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999)
-}
-
-fn unmask(payload: &mut [u8], mask: [u8; 4]) {
-    for (i, byte) in payload.iter_mut().enumerate() {
-        *byte ^= mask[i & 3];
-    }
 }
 
 /// A parsed frame header.

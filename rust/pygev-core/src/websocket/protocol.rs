@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use super::deflate::{self, Agreed, Codec};
-use super::frames::{self, close_code, opcode, Message, Reader, Violation};
+use super::frames::{self, close_code, opcode, Deliver, Message, Reader, Violation};
 use super::handshake::{self, Limits, UpgradeRequest};
 use crate::protocols::{FrameSink, Protocol, ProtocolError, ProtocolState};
 
@@ -84,6 +84,35 @@ enum Phase {
     CloseSent,
     /// Done: the peer's close was answered, or the connection was failed.
     Closed,
+}
+
+/// Delivers a reader's messages straight into the frame sink (tagged), answers pings, and
+/// keeps the peer's close for the protocol to handle after the messages before it.
+struct Delivery<'a> {
+    sink: &'a mut FrameSink,
+    closes: Vec<Option<(u16, String)>>,
+}
+
+impl Deliver for Delivery<'_> {
+    fn data(&mut self, text: bool, payload: &[u8]) {
+        let kind = if text { tag::TEXT } else { tag::BINARY };
+        self.sink.push_tagged(kind, payload);
+    }
+
+    fn masked(&mut self, payload: &[u8], mask: [u8; 4]) {
+        self.sink
+            .push_tagged_with(tag::BINARY, |out| frames::unmask_into(out, payload, mask));
+    }
+
+    fn control(&mut self, message: Message) {
+        match message {
+            Message::Ping(data) => {
+                frames::write_frame(self.sink.reply(), opcode::PONG, true, false, &data);
+            }
+            Message::Close(received) => self.closes.push(received),
+            _ => {} // pongs only show the peer is alive
+        }
+    }
 }
 
 /// One connection's state.
@@ -186,7 +215,10 @@ impl WebSocket {
         input: &[u8],
         sink: &mut FrameSink,
     ) -> Result<usize, ProtocolError> {
-        let mut messages = Vec::new();
+        let mut out = Delivery {
+            sink,
+            closes: Vec::new(),
+        };
         let max = self.settings.max_message_size;
         let threshold = self.settings.deflate.threshold;
         let result = {
@@ -197,37 +229,26 @@ impl WebSocket {
                 ..
             } = &mut *state;
             let agreed = *agreed;
-            reader.read_with(input, &mut messages, &mut |_, data| {
+            reader.read_with(input, &mut out, &mut |_, data| {
                 let agreed = agreed.expect("the reader takes RSV1 only with permessage-deflate");
                 codec
                     .get_or_insert_with(|| Box::new(Codec::new(agreed, threshold)))
-                    .inflate(&data, max)
+                    .inflate(data, max)
             })
         };
         if result.as_ref().is_ok_and(|used| *used > 0) {
             state.ping_sent = None; // the peer is alive
         }
-        for message in messages {
-            match message {
-                Message::Text(data) => sink.push_tagged(tag::TEXT, &data),
-                Message::Binary(data) => sink.push_tagged(tag::BINARY, &data),
-                Message::Ping(data) => {
-                    frames::write_frame(sink.reply(), opcode::PONG, true, false, &data);
-                }
-                Message::Pong(_) => {}
-                Message::Close(received) => {
-                    let mut close = vec![tag::END];
-                    if matches!(state.phase, Phase::Open) {
-                        match received {
-                            Some((code, _)) => frames::write_close(&mut close, code, ""),
-                            None => {
-                                frames::write_frame(&mut close, opcode::CLOSE, true, false, &[])
-                            }
-                        }
-                    }
-                    self.end(state, sink, close, None);
+        let Delivery { sink, closes } = out;
+        for received in closes {
+            let mut close = vec![tag::END];
+            if matches!(state.phase, Phase::Open) {
+                match received {
+                    Some((code, _)) => frames::write_close(&mut close, code, ""),
+                    None => frames::write_frame(&mut close, opcode::CLOSE, true, false, &[]),
                 }
             }
+            self.end(state, sink, close, None);
         }
         match result {
             Ok(used) => Ok(used),

@@ -1,0 +1,304 @@
+//! The WebSocket framing as the loops run it: handshake, messages, pings and the close,
+//! whatever way the bytes are split; and the server side's packing.
+
+use proptest::prelude::*;
+use pygev_core::websocket::frames::{opcode, unmask_into};
+use pygev_core::websocket::{tag, Settings, WebSocket};
+use pygev_core::{FrameSink, Protocol};
+
+const REQUEST: &[u8] = b"GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+    Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+    Sec-WebSocket-Version: 13\r\n\r\n";
+
+fn client_frame(fin: bool, kind: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let mut out = vec![u8::from(fin) << 7 | kind];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+/// What the loop does with the protocol's output, collected.
+#[derive(Debug, Default, PartialEq)]
+struct Outcome {
+    /// Tagged frames for the dispatcher, in order.
+    frames: Vec<Vec<u8>>,
+    /// Bytes written back by the protocol itself.
+    replies: Vec<u8>,
+    /// The protocol stopped reading (the dispatcher ends the connection).
+    stopped: bool,
+    /// The protocol asked to close after its reply.
+    closed: bool,
+}
+
+/// Feeds `input` to a fresh connection in pieces (cut points modulo its length), keeping
+/// what the protocol did not use, as the loop does.
+fn run(ws: &WebSocket, input: &[u8], cuts: &[usize]) -> Outcome {
+    let mut points: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+    points.sort_unstable();
+    points.push(input.len());
+    let mut state = ws.new_state();
+    let mut sink = FrameSink::new();
+    let mut pending = Vec::new();
+    let mut outcome = Outcome::default();
+    let mut start = 0;
+    for p in points {
+        pending.extend_from_slice(&input[start..p]);
+        start = p;
+        if outcome.stopped || outcome.closed {
+            break; // the loop reads no more
+        }
+        let used = ws
+            .unpack(&mut state, &pending, &mut sink)
+            .expect("no hard error");
+        pending.drain(..used);
+        outcome.frames.extend(sink.drain());
+        outcome.stopped |= sink.take_stop().is_some();
+        let (reply, close) = sink.take_actions();
+        outcome.replies.extend(reply);
+        outcome.closed |= close.is_some();
+    }
+    outcome
+}
+
+fn tagged(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![kind];
+    out.extend_from_slice(payload);
+    out
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Message {
+        text: bool,
+        payload: Vec<u8>,
+        pieces: usize,
+    },
+    Ping(Vec<u8>),
+    Pong(Vec<u8>),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        (
+            any::<bool>(),
+            prop::collection::vec(any::<u8>(), 0..300),
+            1usize..4
+        )
+            .prop_map(|(text, payload, pieces)| {
+                // Text must be UTF-8: map bytes to ASCII letters for text messages.
+                let payload = if text {
+                    payload.iter().map(|b| b'a' + b % 26).collect()
+                } else {
+                    payload
+                };
+                Step::Message {
+                    text,
+                    payload,
+                    pieces,
+                }
+            }),
+        prop::collection::vec(any::<u8>(), 0..126).prop_map(Step::Ping),
+        prop::collection::vec(any::<u8>(), 0..126).prop_map(Step::Pong),
+    ]
+}
+
+/// The wire form of `steps` after the upgrade request, and the frames and pongs expected.
+fn script(steps: &[Step], mask: [u8; 4]) -> (Vec<u8>, Vec<Vec<u8>>, Vec<u8>) {
+    let mut wire = REQUEST.to_vec();
+    let mut frames = vec![tagged(tag::OPEN, &[0])];
+    let mut pongs = Vec::new();
+    for step in steps {
+        match step {
+            Step::Message {
+                text,
+                payload,
+                pieces,
+            } => {
+                let size = payload.len().div_ceil(*pieces).max(1);
+                let chunks: Vec<&[u8]> = if payload.is_empty() {
+                    vec![&[]]
+                } else {
+                    payload.chunks(size).collect()
+                };
+                let first = if *text { opcode::TEXT } else { opcode::BINARY };
+                for (i, chunk) in chunks.iter().enumerate() {
+                    let kind = if i == 0 { first } else { opcode::CONTINUATION };
+                    wire.extend(client_frame(i + 1 == chunks.len(), kind, chunk, mask));
+                }
+                let kind = if *text { tag::TEXT } else { tag::BINARY };
+                frames.push(tagged(kind, payload));
+            }
+            Step::Ping(payload) => {
+                wire.extend(client_frame(true, opcode::PING, payload, mask));
+                pygev_core::websocket::frames::write_frame(
+                    &mut pongs,
+                    opcode::PONG,
+                    true,
+                    false,
+                    payload,
+                );
+            }
+            Step::Pong(payload) => wire.extend(client_frame(true, opcode::PONG, payload, mask)),
+        }
+    }
+    (wire, frames, pongs)
+}
+
+proptest! {
+    #[test]
+    fn any_split_gives_the_same_messages_and_pongs(
+        steps in prop::collection::vec(step(), 0..12),
+        mask in any::<[u8; 4]>(),
+        cuts in prop::collection::vec(any::<usize>(), 0..20),
+    ) {
+        let ws = WebSocket::new(Settings::default());
+        let (wire, frames, pongs) = script(&steps, mask);
+        let outcome = run(&ws, &wire, &cuts);
+        prop_assert_eq!(&outcome.frames, &frames);
+        let response_end = outcome.replies.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        prop_assert!(outcome.replies.starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"));
+        prop_assert_eq!(&outcome.replies[response_end..], &pongs[..]);
+        prop_assert!(!outcome.stopped && !outcome.closed);
+    }
+
+    #[test]
+    fn unmask_into_matches_a_plain_xor(
+        data in prop::collection::vec(any::<u8>(), 0..100),
+        mask in any::<[u8; 4]>(),
+        prefix in prop::collection::vec(any::<u8>(), 0..5),
+    ) {
+        let mut out = prefix.clone();
+        unmask_into(&mut out, &data, mask);
+        let expected: Vec<u8> = prefix
+            .iter()
+            .copied()
+            .chain(data.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]))
+            .collect();
+        prop_assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn garbage_after_the_handshake_never_panics(
+        junk in prop::collection::vec(any::<u8>(), 0..400),
+        cuts in prop::collection::vec(any::<usize>(), 0..10),
+    ) {
+        let ws = WebSocket::new(Settings::default());
+        let mut wire = REQUEST.to_vec();
+        wire.extend(junk);
+        let outcome = run(&ws, &wire, &cuts);
+        // Whatever happened, a failed connection ends with a close frame for the dispatcher.
+        if outcome.stopped {
+            let last = outcome.frames.last().unwrap();
+            prop_assert_eq!(last[0], tag::END);
+        }
+    }
+}
+
+#[test]
+fn a_close_comes_after_the_messages_before_it_and_echoes_the_code() {
+    let ws = WebSocket::new(Settings::default());
+    let mask = [1, 2, 3, 4];
+    let mut wire = REQUEST.to_vec();
+    wire.extend(client_frame(true, opcode::TEXT, b"last", mask));
+    wire.extend(client_frame(
+        true,
+        opcode::CLOSE,
+        &[0x0f, 0xa0, b'b', b'y'],
+        mask,
+    ));
+    wire.extend(client_frame(true, opcode::TEXT, b"ignored", mask));
+    let outcome = run(&ws, &wire, &[]);
+    assert!(outcome.stopped);
+    assert_eq!(outcome.frames.len(), 3);
+    assert_eq!(outcome.frames[1], tagged(tag::TEXT, b"last"));
+    // The END frame carries the close frame to write: code 4000 echoed, no reason.
+    assert_eq!(outcome.frames[2], vec![tag::END, 0x88, 2, 0x0f, 0xa0]);
+}
+
+#[test]
+fn a_violation_ends_with_its_code_after_earlier_messages() {
+    let ws = WebSocket::new(Settings::default());
+    let mut wire = REQUEST.to_vec();
+    wire.extend(client_frame(true, opcode::BINARY, b"ok", [9, 9, 9, 9]));
+    wire.extend(client_frame(true, opcode::TEXT, b"\xff", [0, 0, 0, 0]));
+    let outcome = run(&ws, &wire, &[]);
+    assert!(outcome.stopped);
+    assert_eq!(outcome.frames[1], tagged(tag::BINARY, b"ok"));
+    let end = &outcome.frames[2];
+    assert_eq!(end[0], tag::END);
+    assert_eq!(&end[1..2], &[0x88]);
+    assert_eq!(u16::from_be_bytes([end[3], end[4]]), 1007);
+}
+
+#[test]
+fn a_bad_request_is_answered_and_closed() {
+    let ws = WebSocket::new(Settings::default());
+    let outcome = run(&ws, b"GET / HTTP/1.0\r\n\r\n", &[]);
+    assert!(outcome.closed);
+    assert!(outcome.replies.starts_with(b"HTTP/1.1 400 Bad Request\r\n"));
+    assert!(outcome.frames.is_empty());
+}
+
+#[test]
+fn with_a_hook_the_request_is_held_until_the_answer_is_packed() {
+    let ws = WebSocket::new(Settings {
+        handshake_hook: true,
+        ..Settings::default()
+    });
+    let mut state = ws.new_state();
+    let mut sink = FrameSink::new();
+    let mut wire = REQUEST.to_vec();
+    wire.extend(client_frame(true, opcode::BINARY, b"early", [5, 6, 7, 8]));
+    let used = ws.unpack(&mut state, &wire, &mut sink).unwrap();
+    assert_eq!(used, REQUEST.len());
+    assert_eq!(
+        sink.drain().collect::<Vec<_>>(),
+        vec![tagged(tag::HANDSHAKE, REQUEST)]
+    );
+    // Held: nothing more is taken until the hook's answer.
+    assert_eq!(ws.unpack(&mut state, &wire[used..], &mut sink).unwrap(), 0);
+    let mut out = Vec::new();
+    ws.pack(
+        &mut state,
+        &tagged(tag::ACCEPT, b"HTTP/1.1 101 ...\r\n\r\n"),
+        &mut out,
+    );
+    assert_eq!(out, b"HTTP/1.1 101 ...\r\n\r\n");
+    let rest = &wire[used..];
+    assert_eq!(ws.unpack(&mut state, rest, &mut sink).unwrap(), rest.len());
+    assert_eq!(
+        sink.drain().collect::<Vec<_>>(),
+        vec![tagged(tag::BINARY, b"early")]
+    );
+}
+
+#[test]
+fn server_packing_text_binary_ping_close() {
+    let ws = WebSocket::new(Settings::default());
+    let mut state = ws.new_state();
+    let mut sink = FrameSink::new();
+    ws.unpack(&mut state, REQUEST, &mut sink).unwrap();
+    let mut out = Vec::new();
+    ws.pack(&mut state, &tagged(tag::TEXT, b"hi"), &mut out);
+    ws.pack(&mut state, &tagged(tag::BINARY, &[0; 200]), &mut out);
+    ws.pack(&mut state, &tagged(tag::PING, b"p"), &mut out);
+    ws.pack(&mut state, &tagged(tag::CLOSE, &[0x03, 0xe8]), &mut out);
+    ws.pack(&mut state, &tagged(tag::TEXT, b"after close"), &mut out);
+    let mut expected = vec![0x81, 2, b'h', b'i', 0x82, 126, 0, 200];
+    expected.extend([0; 200]);
+    expected.extend([0x89, 1, b'p', 0x88, 2, 0x03, 0xe8]);
+    assert_eq!(out, expected); // nothing after the close frame
+    assert!(ws.check_payload(&tagged(tag::PING, &[0; 126])).is_err());
+    assert!(ws.check_payload(b"").is_err());
+}

@@ -199,6 +199,7 @@ impl EventLoop {
                 self.close_now(token, CloseCause::Done);
             }
         }
+        self.handle.drop_spares();
         self.events_out.push(Event::LoopExited {
             loop_index: self.index,
         });
@@ -292,6 +293,7 @@ impl EventLoop {
 
     fn drain_mailbox(&mut self) -> io::Result<()> {
         let mut commands = std::mem::take(&mut self.commands);
+        let mut spent = Vec::new();
         self.handle.take(&mut commands);
         for command in commands.drain(..) {
             match command {
@@ -301,7 +303,12 @@ impl EventLoop {
                     id,
                     data,
                     packed,
-                } => self.send(token, id, &data, packed),
+                } => {
+                    self.send(token, id, &data, packed);
+                    if packed {
+                        spent.push(data);
+                    }
+                }
                 Command::ShutdownWrite { token, id } => {
                     if let Some(conn) = self.conn_mut(token, id) {
                         conn.flags |= flag::SHUTDOWN_PENDING;
@@ -319,6 +326,7 @@ impl EventLoop {
             }
         }
         self.commands = commands;
+        self.handle.recycle(&mut spent);
         Ok(())
     }
 
@@ -519,8 +527,7 @@ impl EventLoop {
                     .and_then(|used| checked_use(used, data.len()))
                     .map(|used| conn.input.write(&data[used..]))
             } else {
-                conn.input.write(data);
-                let input = conn.input.make_contiguous();
+                let input = conn.input.write_contiguous(data);
                 let len = input.len();
                 self.protocol
                     .unpack(&mut conn.state, input, &mut self.frames)

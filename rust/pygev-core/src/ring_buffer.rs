@@ -134,6 +134,26 @@ impl RingBuffer {
         )
     }
 
+    /// Appends `data` and returns everything held as one slice. When the new bytes would
+    /// wrap around the end of the storage, the held bytes move to its front first (a
+    /// memmove of what is held, no allocation), so a buffer only ever written this way
+    /// never wraps and never needs [`RingBuffer::make_contiguous`]'s reallocation.
+    pub fn write_contiguous(&mut self, data: &[u8]) -> &[u8] {
+        let needed = self.len + data.len();
+        if needed > self.capacity() {
+            let new_cap = needed.max(MIN_CAPACITY).next_power_of_two();
+            self.reallocate(new_cap); // leaves the held bytes at the front
+        } else if self.head + needed > self.capacity() {
+            self.make_contiguous();
+            self.storage.copy_within(self.head..self.head + self.len, 0);
+            self.head = 0;
+        }
+        let end = self.head + self.len;
+        self.storage[end..end + data.len()].copy_from_slice(data);
+        self.len += data.len();
+        &self.storage[self.head..self.head + self.len]
+    }
+
     /// Rearranges the storage so the held bytes are contiguous, and returns them.
     pub fn make_contiguous(&mut self) -> &[u8] {
         if self.head + self.len > self.capacity() {

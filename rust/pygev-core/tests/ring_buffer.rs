@@ -16,6 +16,7 @@ enum Op {
     VirtualFlush,
     VirtualRevert,
     MakeContiguous,
+    WriteContiguous(Vec<u8>),
     WriteTo(usize),
 }
 
@@ -30,6 +31,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::VirtualFlush),
         1 => Just(Op::VirtualRevert),
         1 => Just(Op::MakeContiguous),
+        2 => prop::collection::vec(any::<u8>(), 0..700).prop_map(Op::WriteContiguous),
         1 => (0usize..900).prop_map(Op::WriteTo),
     ]
 }
@@ -110,6 +112,11 @@ proptest! {
                 }
                 Op::MakeContiguous => {
                     let got = buf.make_contiguous().to_vec();
+                    prop_assert_eq!(got, model.iter().copied().collect::<Vec<_>>());
+                }
+                Op::WriteContiguous(data) => {
+                    model.extend(&data);
+                    let got = buf.write_contiguous(&data).to_vec();
                     prop_assert_eq!(got, model.iter().copied().collect::<Vec<_>>());
                 }
                 Op::WriteTo(limit) => {

@@ -94,7 +94,10 @@ impl Connection {
         match self.ws.load(Ordering::Acquire) {
             ws::OPEN => {
                 let op = if text { opcode::TEXT } else { opcode::BINARY };
-                self.post_frame(|out| frames::write_frame(out, op, true, false, payload))
+                let size = payload.len() + 10;
+                self.post_frame(size, |out| {
+                    frames::write_frame(out, op, true, false, payload)
+                })
             }
             ws::OPEN_COMPRESSED => self.post_tagged(kind, payload),
             _ => Err(self.not_open()),
@@ -103,10 +106,14 @@ impl Connection {
 
     /// Queues bytes in wire form made here (a frame without compression, which needs no
     /// state, or an HTTP response).
-    pub(crate) fn post_frame(&self, write: impl FnOnce(&mut Vec<u8>)) -> Result<(), Error> {
+    pub(crate) fn post_frame(
+        &self,
+        size: usize,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), Error> {
         if !self
             .shared
-            .post_wire(self.loop_index, self.token, self.id, write)
+            .post_wire(self.loop_index, self.token, self.id, size, write)
         {
             return Err(self.closed_error());
         }
@@ -394,7 +401,10 @@ impl Connection {
         if !self.ws_opened() {
             return Err(self.not_open().into());
         }
-        Ok(self.post_frame(|out| frames::write_frame(out, opcode::PING, true, false, payload))?)
+        let size = payload.len() + 2;
+        Ok(self.post_frame(size, |out| {
+            frames::write_frame(out, opcode::PING, true, false, payload)
+        })?)
     }
 
     /// The peer's address as `(host, port)`.

@@ -387,7 +387,9 @@ impl<'py> Dispatcher<'py> {
             tag::HANDSHAKE => self.ws_handshake(conn, payload),
             tag::END => {
                 // The close frame goes after the replies already queued.
-                let _ = conn.get().post_frame(|out| out.extend_from_slice(payload));
+                let _ = conn
+                    .get()
+                    .post_frame(payload.len(), |out| out.extend_from_slice(payload));
                 conn.get().request_close();
             }
             tag::TEXT | tag::BINARY => self.ws_message(conn, kind == tag::TEXT, payload),
@@ -538,7 +540,7 @@ impl<'py> Dispatcher<'py> {
         let response = handshake::error_response(status, reason);
         let _ = conn
             .get()
-            .post_frame(|out| out.extend_from_slice(&response));
+            .post_frame(response.len(), |out| out.extend_from_slice(&response));
         conn.get().request_close();
     }
 

@@ -104,24 +104,25 @@ impl Deliver for Vec<Message> {
 /// Appends `masked` XOR the repeated 4-byte `mask` (a frame's payload starts at the mask's
 /// first byte) to `out`.
 pub fn unmask_into(out: &mut Vec<u8>, masked: &[u8], mask: [u8; 4]) {
-    out.reserve(masked.len());
-    let wide = u64::from_ne_bytes([
-        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
-    ]);
-    let mut chunks = masked.chunks_exact(8);
-    for chunk in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        out.extend_from_slice(&(u64::from_ne_bytes(word) ^ wide).to_ne_bytes());
+    let start = out.len();
+    out.extend_from_slice(masked);
+    // NOTE: a copy, then XOR in place over fixed 32-byte chunks, which the compiler turns
+    // into vector instructions (an 8-byte-at-a-time extend loop took a quarter of the
+    // server's CPU on 16 KiB messages).
+    let mut wide = [0u8; 32];
+    for (i, byte) in wide.iter_mut().enumerate() {
+        *byte = mask[i % 4];
     }
-    // Whole 8-byte chunks keep the mask's phase: the rest starts at mask[0] again.
-    out.extend(
-        chunks
-            .remainder()
-            .iter()
-            .zip(mask.iter().cycle())
-            .map(|(b, m)| b ^ m),
-    );
+    let mut chunks = out[start..].chunks_exact_mut(32);
+    for chunk in &mut chunks {
+        for (byte, m) in chunk.iter_mut().zip(wide.iter()) {
+            *byte ^= m;
+        }
+    }
+    // Whole 32-byte chunks keep the mask's phase: the rest starts at mask[0] again.
+    for (byte, m) in chunks.into_remainder().iter_mut().zip(mask.iter().cycle()) {
+        *byte ^= m;
+    }
 }
 
 /// A connection's reader: call [`Reader::read`] with the unconsumed input each time bytes

@@ -10,6 +10,7 @@ idle, wait a moment and read the RSS again. Reports
 
 Writes benches/results/memory.json.
 Usage: python benches/memory.py [-n 10000] [--servers pygev,asyncio,uvloop,gevent]
+       python benches/memory.py --websocket [-n 10000] [--servers pygev,picows,websockets]
 """
 from __future__ import annotations
 
@@ -35,6 +36,31 @@ def message(i):
     return b"ping %010d\n" % i  # 16 bytes, unique per connection
 
 
+WS_REQUEST = (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+              b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+              b"Sec-WebSocket-Version: 13\r\n\r\n")
+
+
+def ws_message(i):
+    """The upgrade request (no extensions) and one masked 16-byte binary frame."""
+    mask = os.urandom(4)
+    payload = message(i)
+    masked = bytes(b ^ mask[k % 4] for k, b in enumerate(payload))
+    return WS_REQUEST + bytes([0x82, 0x80 | len(payload)]) + mask + masked
+
+
+def echoed(sent, got, websocket):
+    """None while the reply is incomplete, else whether it is the right one."""
+    if not websocket:
+        return None if len(got) < len(sent) else got == sent
+    head_end = got.find(b"\r\n\r\n")
+    if head_end < 0 or len(got) < head_end + 4 + 2 + 16:
+        return None
+    frame = got[head_end + 4:]
+    payload = bytes(b ^ m for b, m in zip(sent[-16:], sent[-20:-16] * 4))
+    return got.startswith(b"HTTP/1.1 101") and frame == bytes([0x82, 16]) + payload
+
+
 class Conn:
     __slots__ = ("connected", "got", "msg", "sock")
 
@@ -42,9 +68,10 @@ class Conn:
         self.sock, self.msg, self.got, self.connected = sock, msg, b"", False
 
 
-def open_idle_connections(host, port, n, batch, timeout=60.0):
+def open_idle_connections(host, port, n, batch, timeout=60.0, websocket=False):
     """Open n connections, batch at a time; each sends one message and reads
-    the echo. Returns the open (now idle) sockets."""
+    the echo (for WebSocket: completes the handshake and echoes one frame). Returns the
+    open (now idle) sockets."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sel = selectors.DefaultSelector()
     socks = []
@@ -58,7 +85,8 @@ def open_idle_connections(host, port, n, batch, timeout=60.0):
                 err = s.connect_ex((host, port))
                 if err not in (0, errno.EINPROGRESS):
                     raise OSError(err, f"connect #{i}: {os.strerror(err)}")
-                sel.register(s, selectors.EVENT_WRITE, Conn(s, message(i)))
+                msg = ws_message(i) if websocket else message(i)
+                sel.register(s, selectors.EVENT_WRITE, Conn(s, msg))
                 pending += 1
             deadline = time.monotonic() + timeout
             while pending:
@@ -72,15 +100,16 @@ def open_idle_connections(host, port, n, batch, timeout=60.0):
                         if err:
                             raise OSError(err, f"connect: {os.strerror(err)}")
                         c.connected = True
-                        c.sock.send(c.msg)  # 16 bytes into an empty socket buffer
+                        c.sock.sendall(c.msg)  # a few bytes into an empty socket buffer
                         sel.modify(c.sock, selectors.EVENT_READ, c)
                         continue
                     data = c.sock.recv(4096)
                     if not data:
                         raise ConnectionError("server closed a connection")
                     c.got += data
-                    if len(c.got) >= len(c.msg):
-                        if c.got != c.msg:
+                    ok = echoed(c.msg, c.got, websocket)
+                    if ok is not None:
+                        if not ok:
                             raise ValueError(f"bad echo: sent {c.msg!r}, got {c.got!r}")
                         sel.unregister(c.sock)
                         pending -= 1
@@ -93,8 +122,12 @@ def open_idle_connections(host, port, n, batch, timeout=60.0):
     return socks
 
 
-def echo_once(host, port):
+def echo_once(host, port, websocket=False):
     """The warm-up connection: one round trip, then close."""
+    if websocket:
+        for s in open_idle_connections(host, port, 1, 1, websocket=True):
+            s.close()
+        return
     with socket.create_connection((host, port), timeout=10) as s:
         s.sendall(b"warm-up\n")
         got = b""
@@ -105,15 +138,15 @@ def echo_once(host, port):
             got += chunk
 
 
-def measure(spec, n, batch, settle):
+def measure(spec, n, batch, settle, websocket=False):
     server = common.Server(spec, cpu=None, log_name=f"memory-{spec.name}")
     socks = []
     try:
-        echo_once(server.host, server.port)
+        echo_once(server.host, server.port, websocket)
         time.sleep(settle)
         before = server.rss_bytes()
         t0 = time.monotonic()
-        socks = open_idle_connections(server.host, server.port, n, batch)
+        socks = open_idle_connections(server.host, server.port, n, batch, websocket=websocket)
         connect_s = time.monotonic() - t0
         time.sleep(settle)
         if not server.alive():
@@ -170,8 +203,10 @@ def table(results, servers, args):
         return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                          for i, (c, w) in enumerate(zip(cells, widths)))
 
+    what = ("completed the WebSocket handshake and echoed one 16-byte binary message"
+            if args.websocket else "echoed one 16-byte message")
     out = [f"memory per idle connection (VmRSS delta / N, median of {args.rounds} round(s); "
-           f"each connection echoed one 16-byte message)",
+           f"each connection {what})",
            line(headers), line(["-" * w for w in widths])]
     out += [line(r) for r in rows]
     return "\n".join(out)
@@ -186,6 +221,9 @@ def main():
     ap.add_argument("--settle", type=float, default=1.0, help="seconds to wait before reading RSS")
     ap.add_argument("--rounds", type=int, default=1, help="rounds (median reported)")
     ap.add_argument("--quick", action="store_true", help="smoke test: 1000 connections")
+    ap.add_argument("--websocket", action="store_true",
+                    help="WebSocket servers (pygev, picows, websockets): each connection "
+                         "completes the handshake and echoes one 16-byte binary message")
     ap.add_argument("--out", default=common.RESULTS_DIR, help="results directory")
     args = ap.parse_args()
     if args.quick:
@@ -194,7 +232,12 @@ def main():
     if args.connections + 64 > hard:
         raise SystemExit(f"-n {args.connections} needs more file descriptors than the hard "
                          f"limit RLIMIT_NOFILE={hard} allows (the server needs as many)")
-    specs = common.select_specs(common.server_specs(include_gevent=True), args.servers)
+    if args.websocket:
+        import websocket as ws_bench
+
+        specs = common.select_specs(ws_bench.specs(), args.servers)
+    else:
+        specs = common.select_specs(common.server_specs(include_gevent=True), args.servers)
 
     results, skipped, failed = {}, {}, {}
     started = datetime.datetime.now(datetime.timezone.utc)
@@ -203,7 +246,7 @@ def main():
             if spec.name in skipped or spec.name in failed:
                 continue
             try:
-                r = measure(spec, args.connections, args.batch, args.settle)
+                r = measure(spec, args.connections, args.batch, args.settle, args.websocket)
             except ServerError as exc:
                 skipped[spec.name] = str(exc)
                 log(f"SKIP {spec.name}: {exc}")
@@ -228,7 +271,8 @@ def main():
         print(f"FAILED {name}: {why}")
 
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "memory-quick.json" if args.quick else "memory.json")
+    stem = "memory-websocket" if args.websocket else "memory"
+    path = os.path.join(args.out, f"{stem}-quick.json" if args.quick else f"{stem}.json")
     with open(path, "w") as f:
         json.dump({
             "benchmark": "memory",

@@ -567,6 +567,9 @@ class Gatekeeper(Recorder):
             raise RuntimeError("hook failed")
         if request.path == "/odd":
             return 42
+        if request.path == "/close":
+            conn.close()
+            return None
         return None
 
 
@@ -621,6 +624,20 @@ def test_hook_refusals(
         assert ws.recv(timeout=WAIT) == "after"
     keeper.wait(lambda: len(keeper.requests) == 2)
     assert sum(k == "connect" for ev in keeper.events.values() for k, _ in ev) == 1
+
+
+def test_a_hook_that_closes_the_connection_gets_no_callbacks(serve: Serve) -> None:
+    keeper = Gatekeeper()
+    server = serve(keeper)
+    request, _ = upgrade_request(path="/close")
+    sock = server.connect()
+    sock.sendall(request)
+    assert recv_until_eof(sock) == b""  # no 101
+    with client(server, path="/") as ws:
+        ws.send("after")
+        assert ws.recv(timeout=WAIT) == "after"
+    keeper.wait(lambda: len(keeper.closed_ids()) == 1, "on_close of the second client")
+    assert len(keeper.events) == 1
 
 
 def test_frames_sent_right_behind_the_request_wait_for_the_hook(serve: Serve) -> None:

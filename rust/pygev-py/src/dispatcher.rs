@@ -528,9 +528,12 @@ impl<'py> Dispatcher<'py> {
         protocol: Option<&str>,
         extra: &[(String, String)],
     ) {
+        if conn.get().is_closed() {
+            return; // the hook closed it: no handshake, no callbacks
+        }
         let (response, agreed) = ws.answer(request, protocol, extra);
         if conn.get().post_tagged(tag::ACCEPT, &response).is_err() {
-            return; // closed meanwhile
+            return; // the server stops
         }
         conn.get().set_ws_open(agreed.is_some());
         self.connected(conn);

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -743,3 +744,112 @@ def test_peer_vanishing_mid_frame_closes_quietly(serve: Serve) -> None:
     raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     raw.sock.close()  # RST
     recorder.wait(lambda: len(recorder.closed_ids()) == 1, "on_close")
+
+
+# ---- closing races and edge cases ------------------------------------------------------------
+
+DEFLATE_OFFER = [("Sec-WebSocket-Extensions", "permessage-deflate")]
+
+
+def test_replies_before_a_close_go_out_on_compressed_connections(serve: Serve) -> None:
+    server = serve(Recorder(), protocol=pygev.WebSocket(compression_threshold=0))
+    raw = RawClient(server.port, extra=DEFLATE_OFFER)
+    assert "permessage-deflate" in raw.headers["sec-websocket-extensions"]
+    # A message, then the close, in one packet: the reply (compressed, packed by the loop)
+    # must still go out before the close echo.
+    raw.sock.sendall(
+        frame(TEXT, deflate_message(b"hello"), rsv=4) + frame(CLOSE, struct.pack(">H", 1000))
+    )
+    opcode, _, rsv, payload = raw.read_frame()
+    assert (opcode, rsv) == (TEXT, 4)
+    assert zlib.decompressobj(wbits=-15).decompress(payload + b"\x00\x00\xff\xff") == b"hello"
+    assert raw.expect_close(1000) == b""
+
+
+def test_an_app_close_while_the_peers_close_is_pending_still_sends_a_close(serve: Serve) -> None:
+    class CloseOnMessage(pygev.WebSocketHandler):
+        def on_message(self, conn: pygev.Connection, data: str | bytes) -> None:
+            conn.close(4000, "app")
+
+    server = serve(CloseOnMessage())
+    raw = RawClient(server.port)
+    raw.sock.sendall(frame(TEXT, b"bye") + frame(CLOSE, struct.pack(">H", 1000)))
+    assert raw.expect_close(4000) == b"app"
+
+
+def test_empty_compressed_messages_keep_the_stream_in_step(serve: Serve) -> None:
+    server = serve(Recorder(), protocol=pygev.WebSocket(compression_threshold=0))
+    raw = RawClient(server.port, extra=DEFLATE_OFFER)
+    raw.send_frame(BINARY, b"", rsv=4)  # no deflate block at all
+    raw.send_frame(BINARY, b"\x00", rsv=4)  # RFC 7692's empty message
+    raw.send_frame(BINARY, deflate_message(b"payload"), rsv=4)
+    inflater = zlib.decompressobj(wbits=-15)  # the server keeps its context: one stream
+    for expected in (b"", b"", b"payload"):
+        opcode, _, rsv, payload = raw.read_frame()
+        assert (opcode, rsv) == (BINARY, 4)
+        assert payload  # an empty message compressed is 0x00, never nothing
+        assert inflater.decompress(payload + b"\x00\x00\xff\xff") == expected
+
+
+def test_tiny_max_message_size_with_compression_does_not_break_the_loop(serve: Serve) -> None:
+    server = serve(Recorder(), protocol=pygev.WebSocket(max_message_size=32))
+    raw = RawClient(server.port, extra=DEFLATE_OFFER)
+    raw.send_frame(BINARY, deflate_message(b"small"), rsv=4)
+    assert raw.read_message()[1] == b"small"
+    raw.send_frame(BINARY, deflate_message(b"x" * 100), rsv=4)
+    raw.expect_close(1009)
+    with client(server) as ws:  # the loop is alive
+        ws.send(b"ok")
+        assert ws.recv(timeout=WAIT) == b"ok"
+
+
+def test_an_incomplete_handshake_times_out(serve: Serve) -> None:
+    recorder = Recorder()
+    server = serve(recorder, protocol=pygev.WebSocket(handshake_timeout=0.2))
+    sock = server.connect()
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and nothing more
+    assert recv_until_eof(sock) == b""
+    assert recorder.events == {}
+
+
+def test_sends_from_a_thread_started_in_on_connect_follow_the_101(serve: Serve) -> None:
+    class Eager(Gatekeeper):
+        def on_connect(self, conn: pygev.Connection) -> None:
+            threading.Thread(target=conn.send, args=("first",)).start()
+
+    server = serve(Eager())
+    for _ in range(20):
+        with client(server) as ws:  # the handshake would fail if a frame came first
+            assert ws.recv(timeout=WAIT) == "first"
+
+
+def test_api_misuse_on_websocket_connections(serve: Serve, pygev_log: LogCapture) -> None:
+    seen: list[str] = []
+
+    class Misuse(pygev.WebSocketHandler):
+        def on_handshake(self, conn: pygev.Connection, request: pygev.WebSocketRequest) -> object:
+            if request.path == "/reserved":
+                return pygev.Accept(headers=[("Sec-WebSocket-Extensions", "permessage-deflate")])
+            return None
+
+        def on_message(self, conn: pygev.Connection, data: str | bytes) -> None:
+            for call in (
+                conn.shutdown_write,
+                lambda: conn.close(70000),
+                lambda: conn.close(1005),
+            ):
+                try:
+                    call()
+                except (TypeError, ValueError) as exc:
+                    seen.append(type(exc).__name__)
+            conn.close(1013, "try again later")
+
+    server = serve(Misuse())
+    raw = RawClient(server.port)
+    raw.send_frame(TEXT, b"go")
+    assert raw.expect_close(1013) == b"try again later"
+    assert seen == ["TypeError", "ValueError", "ValueError"]
+    with pytest.raises(InvalidStatus) as info:
+        client(server, path="/reserved")
+    assert info.value.response.status_code == 500
+    assert pygev_log.wait_for("the handshake sets Sec-WebSocket-Extensions itself")

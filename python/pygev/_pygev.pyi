@@ -208,6 +208,8 @@ class Connection:
     def shutdown_write(self) -> None:
         """Flushes pending output, then shuts down the write side: the peer reads EOF.
 
+        Not for WebSocket connections (``TypeError``): they end with :meth:`close`.
+
         The connection keeps reading: ``on_message`` still runs for what the peer sends, but
         replies are dropped and ``send()`` raises :class:`ConnectionClosed`. Thread-safe and
         callable from callbacks. Idempotent; on a connection that is already closed it does
@@ -221,7 +223,7 @@ class Connection:
         callbacks, idempotent.
 
         Args:
-            code: WebSocket only: the close frame's status code (1000-1003, 1007-1011 or
+            code: WebSocket only: the close frame's status code (1000-1003, 1007-1014 or
                 3000-4999, else ``ValueError``). Ignored by other protocols.
             reason: WebSocket only: the close frame's reason, at most 123 bytes of UTF-8.
         """
@@ -355,8 +357,10 @@ class Server:
 
         Stops accepting, handles what was already read, flushes pending output (bounded by
         ``drain_timeout``), calls ``on_close`` for every connection and closes every socket.
-        Before :meth:`start` it just releases the listening socket. Thread-safe, callable
-        from callbacks and signal handlers, idempotent.
+        WebSocket clients get a close frame (1001) first; a WebSocket connection whose
+        handshake never completed gets no ``on_close`` (it got no ``on_connect``). Before
+        :meth:`start` it just releases the listening socket. Thread-safe, callable from
+        callbacks and signal handlers, idempotent.
         """
 
     def run_after(self, delay: float, callback: Callable[[], object]) -> Timer:
@@ -437,6 +441,8 @@ class WebSocket:
         max_headers: The most header fields in an upgrade request.
         ping_interval: Ping a client silent for this many seconds (``None``: never).
         ping_timeout: Close (1011) a pinged client silent this many more seconds.
+        handshake_timeout: Close a connection whose upgrade request is not complete (and
+            answered) this many seconds after it was accepted.
 
     Immutable: one instance may be shared by several servers and threads.
     """
@@ -455,6 +461,7 @@ class WebSocket:
         max_headers: int = 64,
         ping_interval: float | None = None,
         ping_timeout: float = 20.0,
+        handshake_timeout: float = 10.0,
     ) -> Self: ...
     @property
     def max_message_size(self) -> int:

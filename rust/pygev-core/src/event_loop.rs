@@ -594,8 +594,8 @@ impl EventLoop {
     /// later), then closes if it asked to, logging what the peer did wrong.
     fn protocol_actions(&mut self, token: usize, reply: &[u8], close: Option<Option<String>>) {
         let id = self.conns[token].id;
-        if !reply.is_empty() {
-            self.send(token as u32, id, reply, true);
+        if !reply.is_empty() && !self.conns[token].has(flag::WRITE_SHUT | flag::SHUTDOWN_PENDING) {
+            self.write_out(token, reply);
         }
         if let Some(error) = close {
             if let Some(message) = error {
@@ -659,21 +659,42 @@ impl EventLoop {
 
     fn send(&mut self, token: u32, id: u64, data: &[u8], packed: bool) {
         let protocol = self.protocol.clone();
-        let now = self.now;
         let Some(conn) = self.conns.get_mut(token as usize).filter(|c| c.id == id) else {
             return;
         };
         if conn.has(flag::WRITE_SHUT | flag::SHUTDOWN_PENDING) {
             return;
         }
-        let framed;
-        let wire = if packed || protocol.pack_is_identity() {
-            data
+        if packed && !protocol.allows_packed(&conn.state) {
+            return; // the protocol's state forbids more (WebSocket: our close frame went out)
+        }
+        if packed || protocol.pack_is_identity() {
+            self.write_out(token as usize, data);
         } else {
             let mut out = Vec::with_capacity(data.len() + 16);
             protocol.pack(&mut conn.state, data, &mut out);
-            framed = out;
-            &framed[..]
+            self.write_out(token as usize, &out);
+            if protocol.pack_resumes_input(data) && !self.quiesced {
+                // Packing released input the protocol held back (a WebSocket handshake
+                // accepted by the hook, with frames already behind it).
+                let held = self
+                    .conns
+                    .get(token as usize)
+                    .is_some_and(|c| !c.input.is_empty() && !c.has(flag::CLOSING));
+                if held {
+                    if let Err(cause) = self.feed(token as usize, 0) {
+                        self.close_now(token as usize, cause);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes `wire` (already in wire form) after any pending output.
+    fn write_out(&mut self, token: usize, wire: &[u8]) {
+        let now = self.now;
+        let Some(conn) = self.conns.get_mut(token) else {
+            return;
         };
         // NOTE: the common case (nothing queued) writes straight from the command's buffer;
         // only what the socket does not take is copied into the output ring buffer.
@@ -689,7 +710,7 @@ impl EventLoop {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
                         let cause = reset_cause(&e);
-                        self.close_now(token as usize, cause);
+                        self.close_now(token, cause);
                         return;
                     }
                 }
@@ -708,25 +729,12 @@ impl EventLoop {
                 conn.output.len() + rest.len(),
                 self.config.max_write_buffer
             );
-            self.close_now(token as usize, CloseCause::Error(message));
+            self.close_now(token, CloseCause::Error(message));
             return;
         }
         conn.output.write(rest);
         self.write_buffered += rest.len();
-        self.flush(token as usize);
-        if !packed && protocol.pack_resumes_input() {
-            // Packing may have released input the protocol held back (a WebSocket
-            // handshake accepted by the hook, with frames already behind it).
-            let held = self
-                .conns
-                .get(token as usize)
-                .is_some_and(|c| !c.input.is_empty() && !c.has(flag::CLOSING));
-            if held {
-                if let Err(cause) = self.feed(token as usize, 0) {
-                    self.close_now(token as usize, cause);
-                }
-            }
-        }
+        self.flush(token);
     }
 
     /// Writes as much pending output as the socket takes, then applies what follows from
@@ -886,6 +894,7 @@ impl EventLoop {
 
     /// Closes idle connections and connections whose drain deadline passed.
     fn sweep(&mut self) {
+        self.handle.trim_spares();
         let now = self.now;
         let idle = self.config.idle_timeout;
         let mut expired = Vec::new();
@@ -931,7 +940,8 @@ impl EventLoop {
         let protocol = self.protocol.clone();
         let mut actions = Vec::new();
         for (token, conn) in self.conns.iter_mut() {
-            if conn.has(flag::CLOSING) {
+            // A connection we stopped reading is busy (or ending), not silent.
+            if conn.has(flag::CLOSING | flag::DEFERRED | flag::OUTPUT_FULL | flag::READ_STOPPED) {
                 continue;
             }
             let mut out = Vec::new();

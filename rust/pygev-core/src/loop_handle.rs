@@ -28,15 +28,26 @@ pub struct LoopHandle {
     /// Connections handed to this loop by the acceptor (for least-connections).
     pub(crate) assigned: AtomicU64,
     /// Large send buffers the loop has written out, for the dispatcher to fill again.
-    spares: Mutex<Vec<Vec<u8>>>,
+    spares: Mutex<Spares>,
 }
 
 /// Send buffers worth recycling: large enough that malloc would hand out fresh pages (a
 /// page fault per 4 KiB on first touch), small enough not to hold much memory.
 const SPARE_MIN: usize = 8 << 10;
 const SPARE_MAX: usize = 128 << 10;
-/// At most this many spare buffers per loop (at most 8 MiB).
+/// At most this many spare buffers per loop, holding at most `SPARE_BYTES`.
 const SPARES: usize = 64;
+const SPARE_BYTES: usize = 4 << 20;
+
+/// A loop's spare send buffers.
+#[derive(Debug, Default)]
+struct Spares {
+    buffers: Vec<Vec<u8>>,
+    /// Their capacities, summed.
+    bytes: usize,
+    /// One was taken since the last trim.
+    taken: bool,
+}
 
 /// Commands for a loop, and whether the loop sleeps (or is about to) in `poll`.
 #[derive(Debug, Default)]
@@ -55,7 +66,7 @@ impl LoopHandle {
             pending_dispatch: AtomicUsize::new(0),
             dispatch_paused: AtomicBool::new(false),
             assigned: AtomicU64::new(0),
-            spares: Mutex::new(Vec::new()),
+            spares: Mutex::new(Spares::default()),
         }
     }
 
@@ -132,9 +143,19 @@ impl LoopHandle {
         if !(SPARE_MIN..=SPARE_MAX).contains(&capacity) {
             return None;
         }
-        let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
-        let at = spares.iter().rposition(|b| b.capacity() >= capacity)?;
-        Some(spares.swap_remove(at))
+        let mut spares = self.lock_spares();
+        let at = spares
+            .buffers
+            .iter()
+            .rposition(|b| b.capacity() >= capacity)?;
+        let buffer = spares.buffers.swap_remove(at);
+        spares.bytes -= buffer.capacity();
+        spares.taken = true;
+        Some(buffer)
+    }
+
+    fn lock_spares(&self) -> MutexGuard<'_, Spares> {
+        self.spares.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Keeps written-out send buffers (emptied) for [`LoopHandle::spare_buffer`].
@@ -142,18 +163,32 @@ impl LoopHandle {
         if buffers.is_empty() {
             return;
         }
-        let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
+        let mut spares = self.lock_spares();
         for mut buffer in buffers.drain(..) {
-            if spares.len() < SPARES && (SPARE_MIN..=SPARE_MAX).contains(&buffer.capacity()) {
+            let capacity = buffer.capacity();
+            let fits = spares.buffers.len() < SPARES && spares.bytes + capacity <= SPARE_BYTES;
+            if fits && (SPARE_MIN..=SPARE_MAX).contains(&capacity) {
                 buffer.clear();
-                spares.push(buffer);
+                spares.bytes += capacity;
+                spares.buffers.push(buffer);
             }
         }
     }
 
-    /// Frees the spare buffers (the server stopped).
+    /// Frees the spare buffers if none was taken since the last call (the loop calls this
+    /// every sweep: spares outlive a burst of traffic by a quarter of a second at most).
+    pub(crate) fn trim_spares(&self) {
+        let mut spares = self.lock_spares();
+        if !std::mem::take(&mut spares.taken) && !spares.buffers.is_empty() {
+            let buffers = std::mem::take(&mut *spares);
+            drop(spares);
+            drop(buffers);
+        }
+    }
+
+    /// Frees the spare buffers (the loop ends).
     pub(crate) fn drop_spares(&self) {
-        let spares = std::mem::take(&mut *self.spares.lock().unwrap_or_else(|e| e.into_inner()));
+        let spares = std::mem::take(&mut *self.lock_spares());
         drop(spares);
     }
 

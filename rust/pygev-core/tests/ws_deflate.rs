@@ -141,3 +141,25 @@ fn a_message_ending_its_deflate_stream_is_fine_and_so_is_the_next() {
     trailing.extend_from_slice(b"junk");
     assert_eq!(receiver.inflate(&trailing, 1000).unwrap_err().code, 1007);
 }
+
+#[test]
+fn an_empty_message_between_others_keeps_the_stream_in_step() {
+    // zlib-rs flushes nothing for an empty message; a receiver fed only the tail would
+    // have read the next message as a stored block (found by the round-trip proptest).
+    for bits in [9, 15] {
+        let mut sender = Codec::new(agreed(false, bits), 0);
+        let mut receiver = Codec::new(agreed(false, bits), 0);
+        for message in [&b"abcabcabc hello"[..], b"", b"abcabc more", b"", b""] {
+            let wire = sender.deflate(message);
+            assert!(
+                !wire.is_empty(),
+                "RFC 7692 7.2.3.6: an empty message is 0x00"
+            );
+            assert_eq!(receiver.inflate(&wire, 1 << 20).unwrap(), message);
+        }
+        // And an empty compressed payload from another sender is an empty message.
+        assert_eq!(receiver.inflate(&[], 1 << 20).unwrap(), b"");
+        let wire = sender.deflate(b"after");
+        assert_eq!(receiver.inflate(&wire, 1 << 20).unwrap(), b"after");
+    }
+}

@@ -222,8 +222,89 @@ fn a_close_comes_after_the_messages_before_it_and_echoes_the_code() {
     assert!(outcome.stopped);
     assert_eq!(outcome.frames.len(), 3);
     assert_eq!(outcome.frames[1], tagged(tag::TEXT, b"last"));
-    // The END frame carries the close frame to write: code 4000 echoed, no reason.
-    assert_eq!(outcome.frames[2], vec![tag::END, 0x88, 2, 0x0f, 0xa0]);
+    // The END item carries our close frame's payload: code 4000 echoed, no reason.
+    assert_eq!(outcome.frames[2], vec![tag::END, 1, 0x0f, 0xa0]);
+}
+
+#[test]
+fn after_the_peers_close_replies_still_pack_then_our_close_ends_everything() {
+    let ws = WebSocket::new(Settings::default());
+    let mut state = ws.new_state();
+    let mut sink = FrameSink::new();
+    let mut wire = REQUEST.to_vec();
+    wire.extend(client_frame(
+        true,
+        opcode::CLOSE,
+        &[0x03, 0xe8],
+        [1, 2, 3, 4],
+    ));
+    ws.unpack(&mut state, &wire, &mut sink).unwrap();
+    assert!(sink.take_stop().is_some());
+    assert!(ws.allows_packed(&state)); // replies to earlier messages may still go
+    let mut out = Vec::new();
+    ws.pack(&mut state, &tagged(tag::TEXT, b"late reply"), &mut out);
+    ws.pack(&mut state, &tagged(tag::CLOSE, &[0x03, 0xe8]), &mut out);
+    ws.pack(&mut state, &tagged(tag::TEXT, b"too late"), &mut out);
+    ws.pack(&mut state, &tagged(tag::CLOSE, &[0x03, 0xe8]), &mut out);
+    let mut expected = vec![0x81, 10];
+    expected.extend_from_slice(b"late reply");
+    expected.extend([0x88, 2, 0x03, 0xe8]);
+    assert_eq!(out, expected); // one close frame, nothing after it
+    assert!(!ws.allows_packed(&state));
+}
+
+#[test]
+fn the_peers_close_after_ours_is_not_echoed() {
+    let ws = WebSocket::new(Settings::default());
+    let mut state = ws.new_state();
+    let mut sink = FrameSink::new();
+    ws.unpack(&mut state, REQUEST, &mut sink).unwrap();
+    let mut out = Vec::new();
+    ws.pack(&mut state, &tagged(tag::CLOSE, &[0x0f, 0xa0]), &mut out);
+    let reply = client_frame(true, opcode::CLOSE, &[0x0f, 0xa0], [0, 0, 0, 0]);
+    sink.drain().for_each(drop);
+    ws.unpack(&mut state, &reply, &mut sink).unwrap();
+    assert_eq!(sink.drain().collect::<Vec<_>>(), vec![vec![tag::END, 0]]);
+}
+
+#[test]
+fn an_unfinished_handshake_times_out_and_keepalive_pings_then_gives_up() {
+    use std::time::{Duration, Instant};
+    let ws = WebSocket::new(Settings {
+        handshake_timeout: Duration::from_secs(10),
+        ping_interval: Some(Duration::from_secs(5)),
+        ping_timeout: Duration::from_secs(2),
+        ..Settings::default()
+    });
+    let start = Instant::now();
+    let mut out = Vec::new();
+    let mut waiting = ws.new_state();
+    assert!(ws.tick(&mut waiting, start, start, &mut out).is_ok());
+    let late = start + Duration::from_secs(11);
+    assert!(ws.tick(&mut waiting, late, start, &mut out).is_err());
+    assert!(out.is_empty());
+
+    let mut state = ws.new_state();
+    ws.unpack(&mut state, REQUEST, &mut FrameSink::new())
+        .unwrap();
+    let t = |s: u64| start + Duration::from_secs(s);
+    ws.tick(&mut state, t(3), t(0), &mut out).unwrap();
+    assert!(out.is_empty()); // not silent long enough
+    ws.tick(&mut state, t(6), t(0), &mut out).unwrap();
+    assert_eq!(
+        out,
+        [0x89, 9, b'k', b'e', b'e', b'p', b'a', b'l', b'i', b'v', b'e']
+    );
+    out.clear();
+    // Bytes arrived after the ping (a long frame, say): the ping counts as answered.
+    ws.tick(&mut state, t(9), t(7), &mut out).unwrap();
+    assert!(out.is_empty());
+    // Silent again: a new ping, then nothing for ping_timeout: close 1011.
+    ws.tick(&mut state, t(13), t(7), &mut out).unwrap();
+    out.clear();
+    assert!(ws.tick(&mut state, t(16), t(7), &mut out).is_err());
+    assert_eq!(&out[..4], &[0x88, 24, 0x03, 0xf3]);
+    assert!(!ws.allows_packed(&state));
 }
 
 #[test]
@@ -236,9 +317,9 @@ fn a_violation_ends_with_its_code_after_earlier_messages() {
     assert!(outcome.stopped);
     assert_eq!(outcome.frames[1], tagged(tag::BINARY, b"ok"));
     let end = &outcome.frames[2];
-    assert_eq!(end[0], tag::END);
-    assert_eq!(&end[1..2], &[0x88]);
-    assert_eq!(u16::from_be_bytes([end[3], end[4]]), 1007);
+    assert_eq!(&end[..2], &[tag::END, 1]);
+    assert_eq!(u16::from_be_bytes([end[2], end[3]]), 1007);
+    assert_eq!(&end[4..], b"text is not UTF-8");
 }
 
 #[test]

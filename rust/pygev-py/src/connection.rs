@@ -122,19 +122,36 @@ impl Connection {
 
     /// Queues a tagged payload for the loop's WebSocket framing to pack.
     pub(crate) fn post_tagged(&self, kind: u8, payload: &[u8]) -> Result<(), Error> {
+        if !self
+            .shared
+            .post(self.loop_index, self.tagged(kind, payload))
+        {
+            return Err(self.closed_error());
+        }
+        Ok(())
+    }
+
+    /// Like [`Connection::post_tagged`], but posted to the loop at once even inside a batch.
+    pub(crate) fn post_tagged_now(&self, kind: u8, payload: &[u8]) -> Result<(), Error> {
+        if !self
+            .shared
+            .post_now(self.loop_index, self.tagged(kind, payload))
+        {
+            return Err(self.closed_error());
+        }
+        Ok(())
+    }
+
+    fn tagged(&self, kind: u8, payload: &[u8]) -> Command {
         let mut data = Vec::with_capacity(payload.len() + 1);
         data.push(kind);
         data.extend_from_slice(payload);
-        let command = Command::Send {
+        Command::Send {
             token: self.token,
             id: self.id,
             data,
             packed: false,
-        };
-        if !self.shared.post(self.loop_index, command) {
-            return Err(self.closed_error());
         }
-        Ok(())
     }
 
     fn not_open(&self) -> Error {
@@ -343,6 +360,14 @@ impl Connection {
 
     /// Flushes pending output, then shuts down the write side (the peer reads EOF).
     fn shutdown_write(&self) -> PyResult<()> {
+        if self.ws.load(Ordering::Acquire) != ws::NOT_WS {
+            return Err(Error::Type(
+                "pygev: a WebSocket connection ends with close(code, reason), not \
+                 shutdown_write()"
+                    .into(),
+            )
+            .into());
+        }
         match self
             .state
             .compare_exchange(OPEN, WRITE_SHUT, Ordering::AcqRel, Ordering::Acquire)
@@ -364,15 +389,18 @@ impl Connection {
     /// Stops reading, flushes pending output, then closes. Idempotent. A WebSocket
     /// connection first sends a close frame with `code` and `reason`.
     #[pyo3(signature = (code = 1000, reason = ""))]
-    fn close(&self, code: u16, reason: &str) -> PyResult<()> {
+    fn close(&self, code: i64, reason: &str) -> PyResult<()> {
         if self.ws_opened() && !self.is_closed() {
-            if !frames::valid_close_code(code) {
+            let Some(code) = u16::try_from(code)
+                .ok()
+                .filter(|c| frames::sendable_close_code(*c))
+            else {
                 return Err(Error::Value(format!(
-                    "pygev: {code} is not a close code one may send (1000-1003, 1007-1011, \
+                    "pygev: {code} is not a close code one may send (1000-1003, 1007-1014, \
                      3000-4999)"
                 ))
                 .into());
-            }
+            };
             if reason.len() > 123 {
                 return Err(Error::Value(format!(
                     "pygev: a close reason holds at most 123 bytes of UTF-8, got {}",

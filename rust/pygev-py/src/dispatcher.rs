@@ -135,6 +135,7 @@ impl<'py> Dispatcher<'py> {
         }
         for conn in self.conns.iter().flatten().flatten() {
             conn.get().close_ws(1001, "server stopping");
+            conn.get().request_close();
         }
     }
 
@@ -386,10 +387,11 @@ impl<'py> Dispatcher<'py> {
             }
             tag::HANDSHAKE => self.ws_handshake(conn, payload),
             tag::END => {
-                // The close frame goes after the replies already queued.
-                let _ = conn
-                    .get()
-                    .post_frame(payload.len(), |out| out.extend_from_slice(payload));
+                // Our close frame goes after the replies already queued, packed by the loop
+                // (which then refuses anything more).
+                if let Some((&1, close)) = payload.split_first() {
+                    let _ = conn.get().post_tagged(tag::CLOSE, close);
+                }
                 conn.get().request_close();
             }
             tag::TEXT | tag::BINARY => self.ws_message(conn, kind == tag::TEXT, payload),
@@ -532,7 +534,9 @@ impl<'py> Dispatcher<'py> {
             return; // the hook closed it: no handshake, no callbacks
         }
         let (response, agreed) = ws.answer(request, protocol, extra);
-        if conn.get().post_tagged(tag::ACCEPT, &response).is_err() {
+        // Posted now, not with the batch: once the connection is open, another thread may
+        // send on it, and that must not overtake the 101.
+        if conn.get().post_tagged_now(tag::ACCEPT, &response).is_err() {
             return; // the server stops
         }
         conn.get().set_ws_open(agreed.is_some());

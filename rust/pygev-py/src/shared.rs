@@ -129,6 +129,18 @@ impl Shared {
         true
     }
 
+    /// Sends `command` to loop `loop_index` at once, even from a callback (ahead of the
+    /// batch's commands). Returns false when the server is not running.
+    pub(crate) fn post_now(&self, loop_index: u32, command: Command) -> bool {
+        let Some(loops) = self.loops.get() else {
+            return false;
+        };
+        if let Err(e) = loops[loop_index as usize].post(command) {
+            log::error!("pygev: could not wake loop {loop_index}: {e}");
+        }
+        true
+    }
+
     /// Sends `payload` (borrowed) to a connection: inside a batch, with a protocol that
     /// packs here, it is packed straight into the outbox without an intermediate copy.
     /// Returns false when the server is not running.
@@ -342,7 +354,14 @@ fn packed_tail(
         });
     }
     match outbox.last_mut() {
-        Some(Command::Send { data, .. }) => data,
+        Some(Command::Send { data, .. }) => {
+            if data.capacity() - data.len() < capacity {
+                // Grow as Vec would (doubling), but not past MAX_MERGED.
+                let want = (data.len() + capacity).max(data.capacity() * 2);
+                data.reserve_exact(want.min(MAX_MERGED.max(data.len() + capacity)) - data.len());
+            }
+            data
+        }
         _ => unreachable!("a send was just pushed"),
     }
 }

@@ -18,6 +18,9 @@ pub struct WebSocket {
     pub(crate) settings: Settings,
 }
 
+/// The parser allocates room for `max_headers` fields on every attempt: keep it modest.
+const MAX_HEADERS: usize = 1024;
+
 fn window_bits(name: &str, bits: u8) -> Result<u8, Error> {
     if (9..=15).contains(&bits) {
         Ok(bits)
@@ -54,11 +57,12 @@ impl WebSocket {
         max_headers = 64,
         ping_interval = None,
         ping_timeout = 20.0,
+        handshake_timeout = 10.0,
     ), text_signature = "(*, max_message_size=16777216, compression=True, \
         compression_threshold=64, server_no_context_takeover=False, \
         client_no_context_takeover=False, server_max_window_bits=15, \
         client_max_window_bits=15, max_request_size=8192, max_headers=64, \
-        ping_interval=None, ping_timeout=20.0)")]
+        ping_interval=None, ping_timeout=20.0, handshake_timeout=10.0)")]
     #[allow(clippy::too_many_arguments)]
     fn py_new(
         max_message_size: usize,
@@ -72,11 +76,17 @@ impl WebSocket {
         max_headers: usize,
         ping_interval: Option<f64>,
         ping_timeout: f64,
+        handshake_timeout: f64,
     ) -> Result<Self, Error> {
         if max_message_size == 0 || max_request_size == 0 || max_headers == 0 {
             return Err(Error::Value(
                 "pygev: max_message_size, max_request_size and max_headers must be positive".into(),
             ));
+        }
+        if max_headers > MAX_HEADERS {
+            return Err(Error::Value(format!(
+                "pygev: max_headers is at most {MAX_HEADERS}, got {max_headers}"
+            )));
         }
         let settings = Settings {
             max_message_size,
@@ -103,6 +113,7 @@ impl WebSocket {
                 .map(|s| duration("ping_interval", s))
                 .transpose()?,
             ping_timeout: duration("ping_timeout", ping_timeout)?,
+            handshake_timeout: duration("handshake_timeout", handshake_timeout)?,
         };
         Ok(WebSocket { settings })
     }

@@ -296,10 +296,16 @@ pub trait Protocol: Send + Sync {
         false
     }
 
-    /// Whether `pack` may let `unpack` take input it held back (WebSocket: the handshake's
-    /// answer arrives as a payload); the loop then runs `unpack` again on what it holds.
-    fn pack_resumes_input(&self) -> bool {
+    /// Whether packing `payload` lets `unpack` take input it held back (WebSocket: the
+    /// hook's answer to the handshake); the loop then runs `unpack` again on what it holds.
+    fn pack_resumes_input(&self, _payload: &[u8]) -> bool {
         false
+    }
+
+    /// Whether bytes packed by the sender (see `pack_is_stateless`) may still be written on
+    /// a connection in this state (WebSocket: not after our close frame).
+    fn allows_packed(&self, _state: &ProtocolState) -> bool {
+        true
     }
 
     /// How often the loop calls [`Protocol::tick`] for each connection (`None`: never).

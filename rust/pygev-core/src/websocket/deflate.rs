@@ -193,8 +193,14 @@ impl Codec {
 
     /// Decompresses one message, refusing (1009) as soon as it passes `max` bytes.
     pub fn inflate(&mut self, compressed: &[u8], max: usize) -> Result<Vec<u8>, Violation> {
+        if compressed.is_empty() {
+            // No deflate block at all (a sender whose compressor had nothing to flush): an
+            // empty message. The tail must not go in alone: it would start a stored block
+            // whose length is read from the next message.
+            return Ok(Vec::new());
+        }
         let limit = max.saturating_add(1); // one byte past max shows it was passed
-        let mut out = Vec::with_capacity(compressed.len().saturating_mul(3).clamp(64, limit));
+        let mut out = Vec::with_capacity(compressed.len().saturating_mul(3).max(64).min(limit));
         let mut ended = false;
         for input in [compressed, &TAIL[..]] {
             let mut offset = 0;
@@ -256,6 +262,11 @@ impl Codec {
         }
         if out.ends_with(&TAIL) {
             out.truncate(out.len() - TAIL.len());
+        }
+        if out.is_empty() {
+            // zlib-rs flushes nothing for an empty message; send the one-byte empty block
+            // of RFC 7692 section 7.2.3.6, which any receiver inflates to nothing.
+            out.push(0x00);
         }
         if self.agreed.server_no_context_takeover {
             self.deflate.reset();

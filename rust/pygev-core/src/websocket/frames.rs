@@ -356,12 +356,12 @@ fn control(kind: u8, payload: Vec<u8>) -> Result<Message, Violation> {
     Ok(match kind {
         opcode::PING => Message::Ping(payload),
         opcode::PONG => Message::Pong(payload),
-        _ => Message::Close(close_payload(&payload)?),
+        _ => Message::Close(parse_close(&payload)?),
     })
 }
 
 /// A close frame's code and reason, checked (RFC 6455 section 7.4).
-fn close_payload(payload: &[u8]) -> Result<Option<(u16, String)>, Violation> {
+fn parse_close(payload: &[u8]) -> Result<Option<(u16, String)>, Violation> {
     match payload.len() {
         0 => return Ok(None),
         1 => {
@@ -474,14 +474,31 @@ pub fn write_frame(out: &mut Vec<u8>, kind: u8, fin: bool, rsv1: bool, payload: 
     out.extend_from_slice(payload);
 }
 
-/// Appends a close frame with `code` and `reason` (cut to fit 125 bytes, on a character
-/// boundary).
-pub fn write_close(out: &mut Vec<u8>, code: u16, reason: &str) {
+/// A close frame's payload: `code`, then `reason` cut to fit 125 bytes, on a character
+/// boundary.
+pub fn close_payload(code: u16, reason: &str) -> Vec<u8> {
     let mut end = reason.len().min(123);
     while !reason.is_char_boundary(end) {
         end -= 1;
     }
     let mut payload = code.to_be_bytes().to_vec();
     payload.extend_from_slice(&reason.as_bytes()[..end]);
-    write_frame(out, opcode::CLOSE, true, false, &payload);
+    payload
+}
+
+/// Appends a close frame with `code` and `reason` (see [`close_payload`]).
+pub fn write_close(out: &mut Vec<u8>, code: u16, reason: &str) {
+    write_frame(
+        out,
+        opcode::CLOSE,
+        true,
+        false,
+        &close_payload(code, reason),
+    );
+}
+
+/// Whether a server may send `code` in a close frame: the codes a peer may send, and the
+/// registered 1012-1014 (restart, try again later, bad gateway).
+pub fn sendable_close_code(code: u16) -> bool {
+    valid_close_code(code) || (1012..=1014).contains(&code)
 }

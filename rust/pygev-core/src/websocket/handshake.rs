@@ -243,6 +243,18 @@ pub fn check_choice(
         if !token {
             return Err(format!("pygev: {name:?} is not a valid header name"));
         }
+        let lower = name.to_ascii_lowercase();
+        let reserved = lower.starts_with("sec-websocket-")
+            || matches!(
+                lower.as_str(),
+                "upgrade" | "connection" | "content-length" | "transfer-encoding"
+            );
+        if reserved {
+            return Err(format!(
+                "pygev: the handshake sets {name} itself (pick a subprotocol with Accept's \
+                 subprotocol)"
+            ));
+        }
         if !header_safe(value) {
             return Err(format!(
                 "pygev: the value of header {name} has control characters"

@@ -24,8 +24,9 @@ pub mod tag {
     /// To the dispatcher: the handshake was answered in the loop; one byte follows, 1 when
     /// permessage-deflate was agreed.
     pub const OPEN: u8 = b'O';
-    /// To the dispatcher: the connection ends; write this close frame (already in wire
-    /// form) after the replies to the messages before it, then close.
+    /// To the dispatcher: the connection ends, after the replies to the messages before
+    /// it. Then one byte: 1 if a close frame must be sent, with its payload (code and
+    /// reason) following; 0 if not (ours went out already).
     pub const END: u8 = b'E';
     /// To the loop: the hook accepted; the complete 101 response follows.
     pub const ACCEPT: u8 = b'A';
@@ -46,6 +47,8 @@ pub struct Settings {
     pub deflate: deflate::Settings,
     /// Whether a hook in the dispatcher answers each upgrade request.
     pub handshake_hook: bool,
+    /// Close a connection whose upgrade request is not complete and answered by then.
+    pub handshake_timeout: Duration,
     /// Ping a peer silent for this long...
     pub ping_interval: Option<Duration>,
     /// ...and close the connection if nothing arrives this long after the ping.
@@ -59,6 +62,7 @@ impl Default for Settings {
             limits: Limits::default(),
             deflate: deflate::Settings::default(),
             handshake_hook: false,
+            handshake_timeout: Duration::from_secs(10),
             ping_interval: None,
             ping_timeout: Duration::from_secs(20),
         }
@@ -80,9 +84,12 @@ enum Phase {
     Pending(Option<Agreed>),
     /// Exchanging messages.
     Open,
+    /// The peer's close was read (or the peer failed): replies to earlier messages may
+    /// still go out, then our close frame.
+    CloseReceived,
     /// We sent a close frame; the peer's close ends the connection.
     CloseSent,
-    /// Done: the peer's close was answered, or the connection was failed.
+    /// Done: both close frames went, or the connection was refused.
     Closed,
 }
 
@@ -126,6 +133,8 @@ struct State {
     codec: Option<Box<Codec>>,
     /// When the keepalive ping went out, until anything arrives.
     ping_sent: Option<Instant>,
+    /// When the connection was accepted (for the handshake timeout).
+    started: Instant,
 }
 
 impl State {
@@ -241,38 +250,51 @@ impl WebSocket {
         }
         let Delivery { sink, closes } = out;
         for received in closes {
-            let mut close = vec![tag::END];
-            if matches!(state.phase, Phase::Open) {
-                match received {
-                    Some((code, _)) => frames::write_close(&mut close, code, ""),
-                    None => frames::write_frame(&mut close, opcode::CLOSE, true, false, &[]),
-                }
-            }
-            self.end(state, sink, close, None);
+            // The close is echoed with the peer's code (and no reason), or empty.
+            let payload = received.map_or_else(Vec::new, |(code, _)| code.to_be_bytes().to_vec());
+            self.end(state, sink, &payload, None);
         }
         match result {
             Ok(used) => Ok(used),
             Err(Violation { code, reason }) => {
-                let mut close = vec![tag::END];
-                if matches!(state.phase, Phase::Open) {
-                    frames::write_close(&mut close, code, &reason);
-                }
                 let error =
                     format!("pygev: WebSocket protocol violation, closing with {code}: {reason}");
-                self.end(state, sink, close, Some(error));
+                self.end(
+                    state,
+                    sink,
+                    &frames::close_payload(code, &reason),
+                    Some(error),
+                );
                 Ok(input.len())
             }
         }
     }
 
-    /// Ends the connection after the messages already pushed: the dispatcher writes `close`
-    /// (tagged) after their replies, then closes; nothing more is read.
-    fn end(&self, state: &mut State, sink: &mut FrameSink, close: Vec<u8>, error: Option<String>) {
-        if !matches!(state.phase, Phase::Closed) {
-            sink.push(&close);
-            sink.stop_reading(error);
+    /// Ends the connection after the messages already pushed, and reads no more: the
+    /// dispatcher sends our close frame (`close_payload`, unless ours went out already)
+    /// after their replies, then closes.
+    fn end(
+        &self,
+        state: &mut State,
+        sink: &mut FrameSink,
+        close_payload: &[u8],
+        error: Option<String>,
+    ) {
+        let mut end = vec![tag::END];
+        match state.phase {
+            Phase::Open => {
+                end.push(1);
+                end.extend_from_slice(close_payload);
+                state.phase = Phase::CloseReceived;
+            }
+            Phase::CloseSent => {
+                end.push(0);
+                state.phase = Phase::Closed;
+            }
+            _ => return, // already ending
         }
-        state.phase = Phase::Closed;
+        sink.push(&end);
+        sink.stop_reading(error);
     }
 }
 
@@ -288,6 +310,7 @@ impl Protocol for WebSocket {
             agreed: None,
             codec: None,
             ping_sent: None,
+            started: Instant::now(),
         }))
     }
 
@@ -302,7 +325,7 @@ impl Protocol for WebSocket {
             Phase::Handshake => self.handshake(state, input, sink),
             Phase::Pending(_) => Ok(0),
             Phase::Open | Phase::CloseSent => self.frames(state, input, sink),
-            Phase::Closed => Ok(input.len()),
+            Phase::CloseReceived | Phase::Closed => Ok(input.len()),
         }
     }
 
@@ -331,7 +354,7 @@ impl Protocol for WebSocket {
                 out.extend_from_slice(data);
                 self.open(state, agreed);
             }
-            (tag::TEXT | tag::BINARY, Phase::Open) => {
+            (tag::TEXT | tag::BINARY, Phase::Open | Phase::CloseReceived) => {
                 let op = if kind == tag::TEXT {
                     opcode::TEXT
                 } else {
@@ -351,6 +374,10 @@ impl Protocol for WebSocket {
                 frames::write_frame(out, opcode::CLOSE, true, false, data);
                 state.phase = Phase::CloseSent;
             }
+            (tag::CLOSE, Phase::CloseReceived) => {
+                frames::write_frame(out, opcode::CLOSE, true, false, data);
+                state.phase = Phase::Closed;
+            }
             _ => {} // nothing may follow a close frame, nor precede the handshake
         }
     }
@@ -363,16 +390,25 @@ impl Protocol for WebSocket {
             .max(self.settings.limits.max_request_size)
     }
 
-    fn pack_resumes_input(&self) -> bool {
-        self.settings.handshake_hook
+    fn pack_resumes_input(&self, payload: &[u8]) -> bool {
+        payload.first() == Some(&tag::ACCEPT)
+    }
+
+    fn allows_packed(&self, state: &ProtocolState) -> bool {
+        let phase = &state
+            .as_ref()
+            .and_then(|s| s.downcast_ref::<State>())
+            .expect("the WebSocket state is made by new_state")
+            .phase;
+        !matches!(phase, Phase::CloseSent | Phase::Closed)
     }
 
     fn tick_interval(&self) -> Option<Duration> {
-        let interval = self.settings.ping_interval?;
-        Some(
-            (interval.min(self.settings.ping_timeout) / 4)
-                .clamp(Duration::from_millis(5), Duration::from_secs(1)),
-        )
+        let mut shortest = self.settings.handshake_timeout;
+        if let Some(interval) = self.settings.ping_interval {
+            shortest = shortest.min(interval).min(self.settings.ping_timeout);
+        }
+        Some((shortest / 4).clamp(Duration::from_millis(5), Duration::from_secs(1)))
     }
 
     fn tick(
@@ -382,12 +418,26 @@ impl Protocol for WebSocket {
         last_read: Instant,
         out: &mut Vec<u8>,
     ) -> Result<(), ProtocolError> {
+        let state = state_of(state);
+        match state.phase {
+            Phase::Handshake | Phase::Pending(_) => {
+                let timeout = self.settings.handshake_timeout;
+                if now.duration_since(state.started) >= timeout {
+                    state.phase = Phase::Closed;
+                    return Err(ProtocolError::new(format!(
+                        "pygev: no complete WebSocket handshake within {timeout:?}"
+                    )));
+                }
+                return Ok(());
+            }
+            Phase::Open => {}
+            _ => return Ok(()),
+        }
         let Some(interval) = self.settings.ping_interval else {
             return Ok(());
         };
-        let state = state_of(state);
-        if !matches!(state.phase, Phase::Open) {
-            return Ok(());
+        if state.ping_sent.is_some_and(|sent| last_read > sent) {
+            state.ping_sent = None; // bytes came (a frame may still be arriving)
         }
         match state.ping_sent {
             Some(sent) if now.duration_since(sent) >= self.settings.ping_timeout => {

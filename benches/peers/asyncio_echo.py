@@ -81,16 +81,22 @@ class FramedEcho(asyncio.Protocol):
         self.transport = None
 
 
-async def serve(host, port, backlog, framing):
-    loop = asyncio.get_running_loop()
-    factory = FramedEcho if framing == "length" else Echo
-    server = await loop.create_server(factory, host, port, backlog=backlog)
+async def until_stopped(server):
+    """Prints the `listening on` line for `server`, then waits for SIGINT or SIGTERM."""
     addr = server.sockets[0].getsockname()
     print(f"listening on {addr[0]}:{addr[1]}", flush=True)
+    loop = asyncio.get_running_loop()
     stop = loop.create_future()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
     await stop
+
+
+async def serve(host, port, backlog, framing):
+    loop = asyncio.get_running_loop()
+    factory = FramedEcho if framing == "length" else Echo
+    server = await loop.create_server(factory, host, port, backlog=backlog)
+    await until_stopped(server)
     server.close()
 
 

@@ -9,14 +9,13 @@ Prints "listening on HOST:PORT" (flushed) once bound, serves until SIGINT/SIGTER
 import argparse
 import asyncio
 import os
-import signal
 import sys
 
 from picows import WSListener, WSMsgType, ws_create_server
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from asyncio_echo import raise_nofile_limit
+from asyncio_echo import raise_nofile_limit, until_stopped
 
 
 class Echo(WSListener):
@@ -33,13 +32,7 @@ class Echo(WSListener):
 
 async def serve(host, port):
     server = await ws_create_server(lambda _request: Echo(), host, port)
-    addr = server.sockets[0].getsockname()
-    print(f"listening on {addr[0]}:{addr[1]}", flush=True)
-    loop = asyncio.get_running_loop()
-    stop = loop.create_future()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
-    await stop
+    await until_stopped(server)
     server.close()
 
 

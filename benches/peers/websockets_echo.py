@@ -7,14 +7,13 @@ Prints "listening on HOST:PORT" (flushed) once bound, serves until SIGINT/SIGTER
 import argparse
 import asyncio
 import os
-import signal
 import sys
 
 from websockets.asyncio.server import serve as ws_serve
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from asyncio_echo import raise_nofile_limit
+from asyncio_echo import raise_nofile_limit, until_stopped
 
 
 async def echo(ws):
@@ -24,13 +23,7 @@ async def echo(ws):
 
 async def serve(host, port):
     async with ws_serve(echo, host, port, max_size=None, ping_interval=None) as server:
-        addr = server.sockets[0].getsockname()
-        print(f"listening on {addr[0]}:{addr[1]}", flush=True)
-        loop = asyncio.get_running_loop()
-        stop = loop.create_future()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
-        await stop
+        await until_stopped(server)
 
 
 def main():

@@ -1,26 +1,10 @@
 //! WebSocket frames: reassembly, every rule a client must follow, any split of the input.
 
+mod ws_util;
+
 use proptest::prelude::*;
 use pygev_core::websocket::frames::{opcode, write_close, write_frame, Message, Reader};
-
-/// A client frame (masked with `mask`).
-fn client_frame(first_byte: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-    let mut out = vec![first_byte];
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n <= 0xffff => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    out
-}
+use ws_util::client_frame;
 
 fn frame(fin: bool, kind: u8, payload: &[u8]) -> Vec<u8> {
     client_frame(u8::from(fin) << 7 | kind, payload, [0x12, 0x34, 0x56, 0x78])

@@ -1,6 +1,8 @@
 //! The WebSocket framing as the loops run it: handshake, messages, pings and the close,
 //! whatever way the bytes are split; and the server side's packing.
 
+mod ws_util;
+
 use proptest::prelude::*;
 use pygev_core::websocket::frames::{opcode, unmask_into};
 use pygev_core::websocket::{tag, Settings, WebSocket};
@@ -11,21 +13,7 @@ const REQUEST: &[u8] = b"GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n
     Sec-WebSocket-Version: 13\r\n\r\n";
 
 fn client_frame(fin: bool, kind: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-    let mut out = vec![u8::from(fin) << 7 | kind];
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n <= 0xffff => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    out
+    ws_util::client_frame(u8::from(fin) << 7 | kind, payload, mask)
 }
 
 /// What the loop does with the protocol's output, collected.

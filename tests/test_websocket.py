@@ -253,6 +253,28 @@ def test_push_from_another_thread(serve: Serve) -> None:
         assert [ws.recv(timeout=WAIT) for _ in range(200)] == [f"push {i}" for i in range(200)]
 
 
+def test_push_from_a_timer(serve: Serve) -> None:
+    class Ticker(Recorder):
+        def on_connect(self, conn: pygev.Connection) -> None:
+            super().on_connect(conn)
+            ticks = iter(range(3))
+
+            def tick() -> None:
+                n = next(ticks, None)
+                if n is None:
+                    timer.cancel()
+                else:
+                    conn.send(f"tick {n}")
+                    conn.send(b"binary tick")
+
+            timer = server.server.run_every(0.01, tick)
+
+    server = serve(Ticker())
+    with client(server) as ws:
+        got = [ws.recv(timeout=WAIT) for _ in range(6)]
+    assert got == ["tick 0", b"binary tick", "tick 1", b"binary tick", "tick 2", b"binary tick"]
+
+
 def test_close_with_a_bad_code_or_reason_raises(serve: Serve) -> None:
     errors: list[BaseException] = []
 

@@ -75,6 +75,11 @@ def extra_specs():
     return [
         # a minimal C epoll echo server: the ceiling the load generator can drive
         ServerSpec("c", "benches/peers/c_echo.c", ["--port", "0"], compiled=True),
+        # pygev with its length-prefix framing built as a Rust plugin (C ABI parity);
+        # the same as pygev in the raw tests
+        ServerSpec("pygev-plugin", "examples/echo.py",
+                   ["--port", "0", "--loops", "1", "--stats", "--plugin"], "pygev",
+                   fallback_pythonpath=os.path.join(REPO, "python")),
     ]
 
 

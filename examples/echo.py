@@ -28,13 +28,22 @@ def main() -> None:
     parser.add_argument("--loops", type=int, default=0, help="loop threads, 0 = one per CPU")
     parser.add_argument("--framing", choices=["raw", "length"], default="raw")
     parser.add_argument("--stats", action="store_true", help="log server.stats() at exit")
+    parser.add_argument(
+        "--plugin",
+        action="store_true",
+        help="with --framing length: run the length-prefix framing built as a Rust plugin "
+        "(the C ABI of pygev-plugin) instead of the built-in one",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     # Many connections need many descriptors: raise the soft limit to the hard one.
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
-    protocol = pygev.LengthPrefix(4) if args.framing == "length" else pygev.Raw()
+    framing = pygev.LengthPrefix(4) if args.framing == "length" else pygev.Raw()
+    # The same framing built as a Rust plugin (benches/echo.py compares the two).
+    plugin = pygev._pygev._length_prefix_plugin(4) if args.plugin else None
+    protocol = plugin if plugin is not None and args.framing == "length" else framing
     server = pygev.Server(
         Echo(), f"{args.host}:{args.port}", num_loops=args.loops, protocol=protocol
     )

@@ -15,7 +15,7 @@ python -m pip install -q -e ".[test,lint]"
 echo "== cargo fmt / clippy / test"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
-cargo test -p pygev-core
+cargo test -p pygev-core -p pygev-plugin
 
 echo "== ruff / mypy / stubtest"
 ruff check python tests examples benches

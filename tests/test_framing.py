@@ -53,15 +53,35 @@ def send_pieces(sock: socket.socket, wire: bytes, cuts: list[int]) -> None:
 
 
 # ---- LengthPrefix -----------------------------------------------------------------------
+# Every test runs twice: against the built-in pygev.LengthPrefix, and against the same
+# framing built as a Rust plugin behind the C ABI (pygev-plugin), which must behave alike.
+
+MakeLengthPrefix = Callable[..., object]
+
+
+@pytest.fixture(params=["builtin", "plugin"])
+def length_prefix(request: pytest.FixtureRequest) -> MakeLengthPrefix:
+    def make(
+        header_size: int = 4, byteorder: str = "big", max_frame_size: int | None = None
+    ) -> object:
+        if request.param == "builtin":
+            return pygev.LengthPrefix(header_size, byteorder, max_frame_size)
+        limit = max_frame_size if max_frame_size is not None else 16 << 20
+        return pygev._pygev._length_prefix_plugin(header_size, byteorder, limit)
+
+    return make
 
 
 @pytest.mark.parametrize("header_size", [1, 2, 4, 8])
 @pytest.mark.parametrize("byteorder", ["big", "little"])
 def test_length_prefix_hands_over_payloads_and_frames_replies(
-    serve: Callable[..., ServerThread], header_size: int, byteorder: str
+    serve: Callable[..., ServerThread],
+    length_prefix: MakeLengthPrefix,
+    header_size: int,
+    byteorder: str,
 ) -> None:
     recorder = Recorder()
-    server = serve(recorder, protocol=pygev.LengthPrefix(header_size, byteorder))
+    server = serve(recorder, protocol=length_prefix(header_size, byteorder))
     rng = random.Random(header_size)
     payloads = [rng.randbytes(rng.randrange(0, 200)) for _ in range(30)] + [b""]
     wire = b"".join(frame(p, header_size, byteorder) for p in payloads)
@@ -75,9 +95,11 @@ def test_length_prefix_hands_over_payloads_and_frames_replies(
         assert messages_of(recorder, only_conn_id(recorder)) == payloads
 
 
-def test_every_split_point_of_a_stream_of_frames(serve: Callable[..., ServerThread]) -> None:
+def test_every_split_point_of_a_stream_of_frames(
+    serve: Callable[..., ServerThread], length_prefix: MakeLengthPrefix
+) -> None:
     recorder = Recorder()
-    server = serve(recorder, protocol=pygev.LengthPrefix(2))
+    server = serve(recorder, protocol=length_prefix(2))
     payloads = [b"", b"a", b"hello", bytes(range(20)), b"\x00\x01"]
     wire = b"".join(frame(p, 2) for p in payloads)
     for at in range(len(wire) + 1):
@@ -91,10 +113,10 @@ def test_every_split_point_of_a_stream_of_frames(serve: Callable[..., ServerThre
 
 
 def test_empty_frames_and_frames_of_exactly_max_frame_size(
-    serve: Callable[..., ServerThread],
+    serve: Callable[..., ServerThread], length_prefix: MakeLengthPrefix
 ) -> None:
     recorder = Recorder()
-    server = serve(recorder, protocol=pygev.LengthPrefix(4, max_frame_size=1000))
+    server = serve(recorder, protocol=length_prefix(4, max_frame_size=1000))
     payloads = [b"", b"x" * 1000, b"", b"y" * 999]
     wire = b"".join(frame(p) for p in payloads)
     with server.connect() as sock:
@@ -104,9 +126,9 @@ def test_empty_frames_and_frames_of_exactly_max_frame_size(
 
 
 def test_declared_length_over_the_limit_closes_only_that_connection(
-    serve: Callable[..., ServerThread], pygev_log
+    serve: Callable[..., ServerThread], pygev_log, length_prefix: MakeLengthPrefix
 ) -> None:
-    server = serve(Recorder(), protocol=pygev.LengthPrefix(4, max_frame_size=1000))
+    server = serve(Recorder(), protocol=length_prefix(4, max_frame_size=1000))
     with server.connect() as good, server.connect() as bad:
         good.sendall(frame(b"before"))
         assert recv_exactly(good, 10) == frame(b"before")
@@ -119,7 +141,9 @@ def test_declared_length_over_the_limit_closes_only_that_connection(
         assert recv_exactly(good, 9) == frame(b"after")
 
 
-def test_send_checks_the_payload_fits_the_header(serve: Callable[..., ServerThread]) -> None:
+def test_send_checks_the_payload_fits_the_header(
+    serve: Callable[..., ServerThread], length_prefix: MakeLengthPrefix
+) -> None:
     errors: list[BaseException] = []
 
     class Greeter(pygev.Handler):
@@ -130,7 +154,7 @@ def test_send_checks_the_payload_fits_the_header(serve: Callable[..., ServerThre
                 errors.append(exc)
             conn.send(b"z" * 255)
 
-    server = serve(Greeter(), protocol=pygev.LengthPrefix(1))
+    server = serve(Greeter(), protocol=length_prefix(1))
     with server.connect() as sock:
         assert recv_exactly(sock, 256) == frame(b"z" * 255, 1)
     assert len(errors) == 1
@@ -138,10 +162,10 @@ def test_send_checks_the_payload_fits_the_header(serve: Callable[..., ServerThre
 
 
 def test_thousand_pipelined_frames_per_connection_on_many_connections(
-    serve: Callable[..., ServerThread],
+    serve: Callable[..., ServerThread], length_prefix: MakeLengthPrefix
 ) -> None:
     recorder = Recorder()
-    server = serve(recorder, protocol=pygev.LengthPrefix(4), num_loops=2)
+    server = serve(recorder, protocol=length_prefix(4), num_loops=2)
     results: dict[int, bool] = {}
 
     def client(index: int) -> None:

@@ -7,9 +7,10 @@ called from another thread and from inside a callback.
 
 import builtins
 from collections.abc import Callable
-from typing import Any, Literal, final
+from typing import Any, Literal, final, type_check_only
 
-from typing_extensions import Buffer, Self
+from typing_extensions import Buffer, CapsuleType, Self
+from typing_extensions import Protocol as _TypingProtocol
 
 from pygev._handler import Handler
 from pygev._protocol import Protocol
@@ -26,6 +27,7 @@ __all__ = [
     "Timer",
     "WebSocket",
     "WebSocketRequest",
+    "_length_prefix_plugin",
 ]
 
 @final
@@ -279,7 +281,14 @@ class Server:
         address: str = "0.0.0.0:1833",
         *,
         num_loops: int = 0,
-        protocol: Raw | LengthPrefix | Delimited | WebSocket | Protocol | None = None,
+        protocol: Raw
+        | LengthPrefix
+        | Delimited
+        | WebSocket
+        | Protocol
+        | CapsuleType
+        | ProvidesProtocol
+        | None = None,
         reuse_port: bool = False,
         strategy: Literal["round_robin", "least_connections"] = "round_robin",
         idle_timeout: float | None = None,
@@ -300,8 +309,12 @@ class Server:
             num_loops: Reactor (loop) threads; 0 means one per CPU.
             protocol: The framing: :class:`Raw` (the default, also ``None``),
                 :class:`LengthPrefix`, :class:`Delimited`, :class:`WebSocket` (the default
-                and the only choice for a :class:`~pygev.WebSocketHandler`), or an instance
-                of a :class:`~pygev.Protocol` subclass (framing written in Python).
+                and the only choice for a :class:`~pygev.WebSocketHandler`), an instance of
+                a :class:`~pygev.Protocol` subclass (framing written in Python), or a Rust
+                plugin: a capsule named ``"pygev.protocol"``, or an object whose
+                ``__pygev_protocol__()`` returns one (see docs/plugins.md). A capsule with
+                another name is a ``TypeError``; a table with the wrong magic, ABI version or
+                size is a ``ValueError``.
             reuse_port: Use ``SO_REUSEPORT``: one listening socket per loop, the kernel
                 balances connections between them.
             strategy: How the acceptor picks a loop for a new connection:
@@ -498,3 +511,19 @@ class WebSocketRequest:
     def header(self, name: str, default: str | None = None) -> str | None:
         """The value of header ``name`` (any case), or ``default``; repeated fields are
         joined with ``", "``."""
+
+@type_check_only
+class ProvidesProtocol(_TypingProtocol):
+    """An object that hands over a plugin's capsule (see docs/plugins.md)."""
+
+    def __pygev_protocol__(self) -> CapsuleType: ...
+
+def _length_prefix_plugin(
+    header_size: int = 4,
+    byteorder: str = "big",
+    max_frame_size: int = 16777216,
+    panic_on: bytes | None = None,
+) -> CapsuleType:
+    """A capsule holding pygev's length-prefix framing built as a Rust plugin through the C
+    ABI (tests and benchmarks compare it with :class:`LengthPrefix`). ``panic_on``: a frame
+    or payload equal to it makes the plugin panic (tests of the boundary)."""

@@ -672,7 +672,15 @@ impl EventLoop {
             self.write_out(token as usize, data);
         } else {
             let mut out = Vec::with_capacity(data.len() + 16);
-            protocol.pack(&mut conn.state, data, &mut out);
+            if let Err(err) = protocol.pack(&mut conn.state, data, &mut out) {
+                let message = format!(
+                    "{err} (protocol {}, connection {}, packing a send)",
+                    protocol.name(),
+                    conn.id
+                );
+                self.close_now(token as usize, CloseCause::Error(message));
+                return;
+            }
             self.write_out(token as usize, &out);
             if protocol.pack_resumes_input(data) && !self.quiesced {
                 // Packing released input the protocol held back (a WebSocket handshake

@@ -12,6 +12,7 @@ mod dispatch_queue;
 mod event;
 mod event_loop;
 mod loop_handle;
+pub mod plugin;
 mod protocols;
 mod ring_buffer;
 mod server;

@@ -26,7 +26,7 @@ fn pack_all(protocol: &dyn Protocol, payloads: &[Vec<u8>]) -> Vec<u8> {
     let mut wire = Vec::new();
     for p in payloads {
         protocol.check_payload(p).unwrap();
-        protocol.pack(&mut state, p, &mut wire);
+        protocol.pack(&mut state, p, &mut wire).unwrap();
     }
     wire
 }
@@ -91,7 +91,7 @@ proptest! {
         // delimiter, common.
         let framing = Delimited::new(&delimiter, 64).unwrap();
         let mut wire = Vec::new();
-        framing.pack(&mut framing.new_state(), &payload, &mut wire);
+        framing.pack(&mut framing.new_state(), &payload, &mut wire).unwrap();
         let (frames, rest) = feed(&framing, &[&wire]).unwrap();
         let round_trips = frames == vec![payload.clone()] && rest == 0;
         prop_assert_eq!(framing.check_payload(&payload).is_ok(), round_trips);

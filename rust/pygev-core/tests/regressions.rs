@@ -56,8 +56,14 @@ fn a_protocol_claiming_too_much_input_closes_only_its_connection() {
             frames.push(input);
             Ok(input.len())
         }
-        fn pack(&self, _state: &mut ProtocolState, payload: &[u8], out: &mut Vec<u8>) {
+        fn pack(
+            &self,
+            _state: &mut ProtocolState,
+            payload: &[u8],
+            out: &mut Vec<u8>,
+        ) -> Result<(), ProtocolError> {
             out.extend_from_slice(payload);
+            Ok(())
         }
     }
 

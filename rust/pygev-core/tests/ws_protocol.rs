@@ -230,10 +230,14 @@ fn after_the_peers_close_replies_still_pack_then_our_close_ends_everything() {
     assert!(sink.take_stop().is_some());
     assert!(ws.allows_packed(&state)); // replies to earlier messages may still go
     let mut out = Vec::new();
-    ws.pack(&mut state, &tagged(tag::TEXT, b"late reply"), &mut out);
-    ws.pack(&mut state, &tagged(tag::CLOSE, &[0x03, 0xe8]), &mut out);
-    ws.pack(&mut state, &tagged(tag::TEXT, b"too late"), &mut out);
-    ws.pack(&mut state, &tagged(tag::CLOSE, &[0x03, 0xe8]), &mut out);
+    ws.pack(&mut state, &tagged(tag::TEXT, b"late reply"), &mut out)
+        .unwrap();
+    ws.pack(&mut state, &tagged(tag::CLOSE, &[0x03, 0xe8]), &mut out)
+        .unwrap();
+    ws.pack(&mut state, &tagged(tag::TEXT, b"too late"), &mut out)
+        .unwrap();
+    ws.pack(&mut state, &tagged(tag::CLOSE, &[0x03, 0xe8]), &mut out)
+        .unwrap();
     let mut expected = vec![0x81, 10];
     expected.extend_from_slice(b"late reply");
     expected.extend([0x88, 2, 0x03, 0xe8]);
@@ -248,7 +252,8 @@ fn the_peers_close_after_ours_is_not_echoed() {
     let mut sink = FrameSink::new();
     ws.unpack(&mut state, REQUEST, &mut sink).unwrap();
     let mut out = Vec::new();
-    ws.pack(&mut state, &tagged(tag::CLOSE, &[0x0f, 0xa0]), &mut out);
+    ws.pack(&mut state, &tagged(tag::CLOSE, &[0x0f, 0xa0]), &mut out)
+        .unwrap();
     let reply = client_frame(true, opcode::CLOSE, &[0x0f, 0xa0], [0, 0, 0, 0]);
     sink.drain().for_each(drop);
     ws.unpack(&mut state, &reply, &mut sink).unwrap();
@@ -342,7 +347,8 @@ fn with_a_hook_the_request_is_held_until_the_answer_is_packed() {
         &mut state,
         &tagged(tag::ACCEPT, b"HTTP/1.1 101 ...\r\n\r\n"),
         &mut out,
-    );
+    )
+    .unwrap();
     assert_eq!(out, b"HTTP/1.1 101 ...\r\n\r\n");
     let rest = &wire[used..];
     assert_eq!(ws.unpack(&mut state, rest, &mut sink).unwrap(), rest.len());
@@ -359,11 +365,16 @@ fn server_packing_text_binary_ping_close() {
     let mut sink = FrameSink::new();
     ws.unpack(&mut state, REQUEST, &mut sink).unwrap();
     let mut out = Vec::new();
-    ws.pack(&mut state, &tagged(tag::TEXT, b"hi"), &mut out);
-    ws.pack(&mut state, &tagged(tag::BINARY, &[0; 200]), &mut out);
-    ws.pack(&mut state, &tagged(tag::PING, b"p"), &mut out);
-    ws.pack(&mut state, &tagged(tag::CLOSE, &[0x03, 0xe8]), &mut out);
-    ws.pack(&mut state, &tagged(tag::TEXT, b"after close"), &mut out);
+    ws.pack(&mut state, &tagged(tag::TEXT, b"hi"), &mut out)
+        .unwrap();
+    ws.pack(&mut state, &tagged(tag::BINARY, &[0; 200]), &mut out)
+        .unwrap();
+    ws.pack(&mut state, &tagged(tag::PING, b"p"), &mut out)
+        .unwrap();
+    ws.pack(&mut state, &tagged(tag::CLOSE, &[0x03, 0xe8]), &mut out)
+        .unwrap();
+    ws.pack(&mut state, &tagged(tag::TEXT, b"after close"), &mut out)
+        .unwrap();
     let mut expected = vec![0x81, 2, b'h', b'i', 0x82, 126, 0, 200];
     expected.extend([0; 200]);
     expected.extend([0x89, 1, b'p', 0x88, 2, 0x03, 0xe8]);

@@ -4,6 +4,7 @@ mod connection;
 mod dispatcher;
 mod errors;
 mod logging;
+mod plugin_fixture;
 mod protocols;
 mod ring_buffer;
 mod server;
@@ -18,6 +19,8 @@ mod _pygev {
     use crate::connection::Connection;
     #[pymodule_export]
     use crate::errors::ConnectionClosed;
+    #[pymodule_export]
+    use crate::plugin_fixture::_length_prefix_plugin;
     #[pymodule_export]
     use crate::protocols::{Delimited, LengthPrefix, Raw};
     #[pymodule_export]

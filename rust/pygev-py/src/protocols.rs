@@ -2,9 +2,10 @@
 
 use std::sync::Arc;
 
+use pygev_core::plugin::{PluginProtocol, CAPSULE_NAME};
 use pygev_core::{ByteOrder, Protocol};
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyCapsule};
 
 use crate::errors::Error;
 
@@ -177,6 +178,9 @@ pub(crate) fn protocol_from(protocol: Option<&Bound<'_, PyAny>>) -> Result<Frami
     if let Ok(framing) = obj.cast::<Delimited>() {
         return Ok((framing.get().inner.clone(), None));
     }
+    if let Some(plugin) = plugin_from(obj)? {
+        return Ok((Arc::new(plugin), None));
+    }
     let py = obj.py();
     let base = py
         .import("pygev._protocol")
@@ -186,10 +190,52 @@ pub(crate) fn protocol_from(protocol: Option<&Bound<'_, PyAny>>) -> Result<Frami
         return Ok((Arc::new(pygev_core::Raw), Some(obj.clone().unbind())));
     }
     Err(Error::Type(format!(
-        "pygev: protocol must be pygev.Raw(), pygev.LengthPrefix(...), pygev.Delimited(...) \
-         or a pygev.Protocol instance, got {}",
+        "pygev: protocol must be pygev.Raw(), pygev.LengthPrefix(...), pygev.Delimited(...), \
+         a pygev.Protocol instance, or a plugin (a \"pygev.protocol\" capsule or an object \
+         with __pygev_protocol__()), got {}",
         obj.repr()
             .map(|r| r.to_string())
             .unwrap_or_else(|_| "?".into())
     )))
+}
+
+/// A Rust plugin's framing: `obj` is a capsule named `"pygev.protocol"`, or an object whose
+/// `__pygev_protocol__()` returns one. `None` when `obj` is neither.
+fn plugin_from(obj: &Bound<'_, PyAny>) -> Result<Option<PluginProtocol>, Error> {
+    let capsule = if let Ok(capsule) = obj.cast::<PyCapsule>() {
+        capsule.clone()
+    } else if obj.hasattr("__pygev_protocol__").unwrap_or(false) {
+        let made = obj
+            .call_method0("__pygev_protocol__")
+            .map_err(|e| Error::Type(format!("pygev: __pygev_protocol__() raised: {e}")))?;
+        made.cast::<PyCapsule>().cloned().map_err(|_| {
+            Error::Type(format!(
+                "pygev: __pygev_protocol__() must return a \"pygev.protocol\" capsule, got {}",
+                made.get_type()
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|_| "?".into())
+            ))
+        })?
+    } else {
+        return Ok(None);
+    };
+    let pointer = capsule.pointer_checked(Some(CAPSULE_NAME)).map_err(|_| {
+        let name = capsule
+            .name()
+            .ok()
+            .flatten()
+            // SAFETY: a capsule's name is a NUL-terminated string it keeps alive.
+            .map(|n| unsafe { n.as_cstr() }.to_string_lossy().into_owned());
+        Error::Type(format!(
+            "pygev: a protocol capsule must be named \"pygev.protocol\", got {name:?}"
+        ))
+    })?;
+    let owner: Box<dyn std::any::Any + Send + Sync> = Box::new(capsule.unbind());
+    // SAFETY: a capsule named "pygev.protocol" promises a ProtocolTable (from_table checks
+    // its magic, version and size before reading more); the capsule, kept alive by `owner`,
+    // owns the table and the plugin module that holds its code.
+    unsafe { PluginProtocol::from_table(pointer.as_ptr().cast_const().cast(), owner) }
+        .map(Some)
+        .map_err(Error::Value)
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use pygev_core::{Command, DispatchQueue, LoopHandle, Protocol};
+use pygev_core::{Command, DispatchQueue, LoopHandle, Protocol, ProtocolError};
 
 use crate::timer::Timer;
 use pyo3::prelude::*;
@@ -207,7 +207,16 @@ impl Shared {
             payload => {
                 let spare = |capacity| self.spare_buffer(loop_index, capacity);
                 let wire = packed_tail(outbox, token, id, payload.len() + 16, spare);
-                self.pack_into(&payload, wire);
+                let before = wire.len();
+                if let Err(err) = self.pack_into(&payload, wire) {
+                    // A plugin failed: drop its partial frame and close that connection.
+                    wire.truncate(before);
+                    log::warn!(
+                        "{err} (protocol {}, connection {id}, packing a send)",
+                        self.protocol.name()
+                    );
+                    outbox.push(Command::Close { token, id });
+                }
             }
         }
     }
@@ -253,11 +262,12 @@ impl Shared {
     }
 
     /// Appends the wire form of `payload` to `wire` (identity or stateless protocols only).
-    fn pack_into(&self, payload: &[u8], wire: &mut Vec<u8>) {
+    fn pack_into(&self, payload: &[u8], wire: &mut Vec<u8>) -> Result<(), ProtocolError> {
         if self.protocol.pack_is_identity() {
             wire.extend_from_slice(payload);
+            Ok(())
         } else {
-            self.protocol.pack(&mut None, payload, wire);
+            self.protocol.pack(&mut None, payload, wire)
         }
     }
 

@@ -44,7 +44,7 @@ fuzz_target!(|input: &[u8]| {
     let mut repacked = Vec::new();
     for frame in &frames {
         assert!(frame.len() <= max);
-        framing.pack(&mut state, frame, &mut repacked);
+        framing.pack(&mut state, frame, &mut repacked).unwrap();
     }
     assert_eq!(repacked, consumed);
 });

@@ -27,7 +27,7 @@ pub const MAX_DELIMITER: usize = 16;
 /// assert_eq!(frames.drain().collect::<Vec<_>>(), vec![b"GET".to_vec()]);
 ///
 /// let mut wire = Vec::new();
-/// framing.pack(&mut state, b"OK", &mut wire);
+/// framing.pack(&mut state, b"OK", &mut wire).unwrap();
 /// assert_eq!(wire, b"OK\r\n");
 /// ```
 #[derive(Debug, Clone)]
@@ -147,10 +147,16 @@ impl Protocol for Delimited {
         Ok(())
     }
 
-    fn pack(&self, _state: &mut ProtocolState, payload: &[u8], out: &mut Vec<u8>) {
+    fn pack(
+        &self,
+        _state: &mut ProtocolState,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), ProtocolError> {
         out.reserve(payload.len() + self.delimiter.len());
         out.extend_from_slice(payload);
         out.extend_from_slice(&self.delimiter);
+        Ok(())
     }
 
     fn max_buffered_input(&self) -> usize {

@@ -24,7 +24,7 @@ pub enum ByteOrder {
 /// let framing = LengthPrefix::new(2, ByteOrder::Big, 1024).unwrap();
 /// let mut state = framing.new_state();
 /// let mut wire = Vec::new();
-/// framing.pack(&mut state, b"hi", &mut wire);
+/// framing.pack(&mut state, b"hi", &mut wire).unwrap();
 /// assert_eq!(wire, b"\x00\x02hi");
 ///
 /// let mut frames = FrameSink::new();
@@ -156,7 +156,12 @@ impl Protocol for LengthPrefix {
         Ok(())
     }
 
-    fn pack(&self, _state: &mut ProtocolState, payload: &[u8], out: &mut Vec<u8>) {
+    fn pack(
+        &self,
+        _state: &mut ProtocolState,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), ProtocolError> {
         let len = payload.len() as u64;
         debug_assert!(len <= header_capacity(self.header_size));
         match self.order {
@@ -164,6 +169,7 @@ impl Protocol for LengthPrefix {
             ByteOrder::Little => out.extend_from_slice(&len.to_le_bytes()[..self.header_size]),
         }
         out.extend_from_slice(payload);
+        Ok(())
     }
 
     fn max_buffered_input(&self) -> usize {

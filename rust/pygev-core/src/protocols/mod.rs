@@ -271,7 +271,14 @@ pub trait Protocol: Send + Sync {
     }
 
     /// Appends the wire form of `payload` (already accepted by `check_payload`) to `out`.
-    fn pack(&self, state: &mut ProtocolState, payload: &[u8], out: &mut Vec<u8>);
+    /// An `Err` (a plugin that failed or panicked) closes the connection; `out` may then
+    /// hold part of a frame, which is discarded.
+    fn pack(
+        &self,
+        state: &mut ProtocolState,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), ProtocolError>;
 
     /// The most unparsed input a connection may have to hold to complete one frame this
     /// protocol accepts (0 if unbounded); the server raises `max_input_buffer` to it.
@@ -348,8 +355,14 @@ impl Protocol for Raw {
         Ok(input.len())
     }
 
-    fn pack(&self, _state: &mut ProtocolState, payload: &[u8], out: &mut Vec<u8>) {
+    fn pack(
+        &self,
+        _state: &mut ProtocolState,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), ProtocolError> {
         out.extend_from_slice(payload);
+        Ok(())
     }
 
     fn pack_is_identity(&self) -> bool {

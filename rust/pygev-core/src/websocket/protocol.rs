@@ -343,10 +343,15 @@ impl Protocol for WebSocket {
         }
     }
 
-    fn pack(&self, state: &mut ProtocolState, payload: &[u8], out: &mut Vec<u8>) {
+    fn pack(
+        &self,
+        state: &mut ProtocolState,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), ProtocolError> {
         let state = state_of(state);
         let Some((&kind, data)) = payload.split_first() else {
-            return;
+            return Ok(());
         };
         match (kind, &state.phase) {
             (tag::ACCEPT, Phase::Pending(agreed)) => {
@@ -380,6 +385,7 @@ impl Protocol for WebSocket {
             }
             _ => {} // nothing may follow a close frame, nor precede the handshake
         }
+        Ok(())
     }
 
     fn max_buffered_input(&self) -> usize {

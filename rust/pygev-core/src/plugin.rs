@@ -10,7 +10,7 @@ pub use pygev_plugin::{ProtocolTable, ABI_VERSION, CAPSULE_NAME, MAGIC};
 use crate::protocols::{FrameSink, Protocol, ProtocolError, ProtocolState};
 
 /// The most of a plugin's error message that is kept.
-const ERROR_CAP: usize = 512;
+const ERROR_CAP: usize = 1024;
 
 /// A plugin's framing, run by the loops like a built-in one.
 pub struct PluginProtocol {
@@ -118,8 +118,8 @@ impl PluginProtocol {
     }
 
     /// Turns a failed call's code and message into an error.
-    fn error(&self, code: i32, what: &str, buf: &[u8], len: usize) -> ProtocolError {
-        let message = String::from_utf8_lossy(&buf[..len.min(buf.len())]);
+    fn error(&self, code: i32, what: &str, message: &[u8]) -> ProtocolError {
+        let message = String::from_utf8_lossy(message);
         let kind = if code == PANIC { "panicked" } else { "failed" };
         ProtocolError::new(format!(
             "pygev: plugin {} {kind} in {what}: {message}",
@@ -142,6 +142,23 @@ unsafe extern "C" fn push_frame(sink: *mut c_void, data: *const u8, len: usize) 
     };
     // SAFETY: `sink` is the FrameSink we passed, alive for the duration of the call.
     unsafe { (*sink.cast::<FrameSink>()).push(frame) }
+}
+
+/// Receives (part of) a plugin's error message, keeping at most `ERROR_CAP` bytes.
+///
+/// # Safety
+///
+/// `sink` is the `Vec<u8>` passed in the call's `ErrorOut`; `data` has `len` bytes.
+unsafe extern "C" fn append_message(sink: *mut c_void, data: *const u8, len: usize) {
+    // SAFETY: `sink` is the Vec we passed, alive for the duration of the call.
+    let message = unsafe { &mut *sink.cast::<Vec<u8>>() };
+    let room = ERROR_CAP.saturating_sub(message.len());
+    if len == 0 || room == 0 {
+        return;
+    }
+    // SAFETY: the plugin passes `len` readable bytes.
+    let bytes = unsafe { std::slice::from_raw_parts(data, len) };
+    message.extend_from_slice(&bytes[..len.min(room)]);
 }
 
 /// Receives output bytes from the plugin.
@@ -180,11 +197,10 @@ impl Protocol for PluginProtocol {
         input: &[u8],
         frames: &mut FrameSink,
     ) -> Result<usize, ProtocolError> {
-        let mut buf = [0u8; ERROR_CAP];
+        let mut message = Vec::new();
         let mut error = ErrorOut {
-            buf: buf.as_mut_ptr(),
-            cap: buf.len(),
-            len: 0,
+            sink: (&mut message as *mut Vec<u8>).cast(),
+            append: append_message,
         };
         let mut used = 0usize;
         // SAFETY: every pointer is valid for the call: the input slice, the sink (which
@@ -202,17 +218,16 @@ impl Protocol for PluginProtocol {
             )
         };
         if code != OK {
-            return Err(self.error(code, "unpack", &buf, error.len));
+            return Err(self.error(code, "unpack", &message));
         }
         Ok(used)
     }
 
     fn check_payload(&self, payload: &[u8]) -> Result<(), ProtocolError> {
-        let mut buf = [0u8; ERROR_CAP];
+        let mut message = Vec::new();
         let mut error = ErrorOut {
-            buf: buf.as_mut_ptr(),
-            cap: buf.len(),
-            len: 0,
+            sink: (&mut message as *mut Vec<u8>).cast(),
+            append: append_message,
         };
         // SAFETY: the payload slice and `error` are valid for the call.
         let code = unsafe {
@@ -224,7 +239,7 @@ impl Protocol for PluginProtocol {
             )
         };
         if code != OK {
-            let message = String::from_utf8_lossy(&buf[..error.len.min(buf.len())]);
+            let message = String::from_utf8_lossy(&message);
             return Err(ProtocolError::new(format!("pygev: {message}")));
         }
         Ok(())
@@ -236,11 +251,10 @@ impl Protocol for PluginProtocol {
         payload: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), ProtocolError> {
-        let mut buf = [0u8; ERROR_CAP];
+        let mut message = Vec::new();
         let mut error = ErrorOut {
-            buf: buf.as_mut_ptr(),
-            cap: buf.len(),
-            len: 0,
+            sink: (&mut message as *mut Vec<u8>).cast(),
+            append: append_message,
         };
         // SAFETY: the payload slice, `out` (which `append_bytes` casts back) and `error`
         // are valid for the call; the state is this table's (or null when packing away
@@ -257,7 +271,7 @@ impl Protocol for PluginProtocol {
             )
         };
         if code != OK {
-            return Err(self.error(code, "pack", &buf, error.len));
+            return Err(self.error(code, "pack", &message));
         }
         Ok(())
     }

@@ -49,6 +49,8 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod reference;
+
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -80,15 +82,14 @@ pub type PushFn = unsafe extern "C" fn(sink: *mut c_void, data: *const u8, len: 
 /// Appends bytes to pygev's output buffer `out` (copied before returning).
 pub type AppendFn = unsafe extern "C" fn(out: *mut c_void, data: *const u8, len: usize);
 
-/// Where a function writes why it failed: UTF-8, cut to `cap` bytes; `len` is set.
+/// Where a function writes why it failed (UTF-8): `append(sink, bytes, len)`, any number
+/// of times. Nothing is allocated unless a message is written.
 #[repr(C)]
 pub struct ErrorOut {
-    /// pygev's buffer.
-    pub buf: *mut u8,
-    /// Its size.
-    pub cap: usize,
-    /// Bytes written.
-    pub len: usize,
+    /// pygev's message buffer.
+    pub sink: *mut c_void,
+    /// Appends to it.
+    pub append: AppendFn,
 }
 
 /// What a plugin exports: everything pygev needs to run a framing.
@@ -300,26 +301,18 @@ unsafe fn framing<'a, F: Framing>(instance: *const c_void) -> &'a F {
     unsafe { &(*instance.cast::<Instance<F>>()).framing }
 }
 
-/// Writes `message` into `error` (cut on a character boundary to fit).
+/// Writes `message` into `error`.
 ///
 /// # Safety
 ///
-/// `error` must be null or point to a valid [`ErrorOut`] whose `buf` has `cap` bytes.
+/// `error` must be null or point to a valid [`ErrorOut`].
 unsafe fn report(error: *mut ErrorOut, message: &str) {
     if error.is_null() {
         return;
     }
-    // SAFETY: per the contract, `error` points to a valid ErrorOut.
-    let error = unsafe { &mut *error };
-    let mut n = message.len().min(error.cap);
-    while !message.is_char_boundary(n) {
-        n -= 1;
-    }
-    if n > 0 && !error.buf.is_null() {
-        // SAFETY: `buf` has `cap >= n` writable bytes, and `message` has `n` bytes.
-        unsafe { std::ptr::copy_nonoverlapping(message.as_ptr(), error.buf, n) };
-    }
-    error.len = n;
+    // SAFETY: per the contract, `error` points to a valid ErrorOut whose `append` takes
+    // `message.len()` readable bytes.
+    unsafe { ((*error).append)((*error).sink, message.as_ptr(), message.len()) }
 }
 
 /// Runs `f`, turning an `Err` or a panic into [`ERROR`] or [`PANIC`] with a message.

@@ -6,9 +6,7 @@
 //! (`PING\r\n`). Replies are RESP already (`pygev_resp.simple("OK")` and friends), so
 //! packing is the identity.
 
-use std::ffi::c_void;
-
-use pygev_plugin::{Frames, Framing, Output, ProtocolTable, CAPSULE_NAME};
+use pygev_plugin::{Frames, Framing, Output};
 use pyo3::prelude::*;
 use pyo3::types::PyCapsule;
 
@@ -186,19 +184,12 @@ impl Framing for Resp {
     }
 }
 
-fn free(table: ProtocolTable, _context: *mut c_void) {
-    // SAFETY: the table was made by `pygev_plugin::table` for this capsule only; pygev
-    // holds the capsule while any server uses it, so nothing calls the table afterwards.
-    unsafe { pygev_plugin::free_table(&table) }
-}
-
 /// The capsule pygev takes as `protocol=`: RESP2 requests, commands of at most
 /// `max_command_size` bytes.
 #[pyfunction]
 #[pyo3(signature = (max_command_size = 64 << 20))]
 fn capsule(py: Python<'_>, max_command_size: usize) -> PyResult<Bound<'_, PyCapsule>> {
-    let table = pygev_plugin::table(Resp { max_command_size });
-    PyCapsule::new_with_value_and_destructor(py, table, CAPSULE_NAME, free)
+    pygev_plugin::capsule!(py, Resp { max_command_size })
 }
 
 #[pymodule]

@@ -280,6 +280,27 @@ pub fn table<F: Framing>(framing: F) -> ProtocolTable {
     }
 }
 
+/// Makes the capsule pygev takes as `protocol=`, with PyO3 (0.29 or later) from the calling
+/// crate: `pygev_plugin::capsule!(py, MyFraming::new())` is a
+/// `PyResult<Bound<'py, PyCapsule>>` named [`CAPSULE_NAME`] that owns the table and frees
+/// it when Python frees the capsule. Plugin code needs no `unsafe`.
+#[macro_export]
+macro_rules! capsule {
+    ($py:expr, $framing:expr) => {{
+        fn free_table(table: $crate::ProtocolTable, _context: *mut ::std::ffi::c_void) {
+            // SAFETY: the table was made by `table()` for this capsule only, and pygev holds
+            // the capsule while it uses the table, so nothing calls it once it is freed.
+            unsafe { $crate::free_table(&table) }
+        }
+        ::pyo3::types::PyCapsule::new_with_value_and_destructor(
+            $py,
+            $crate::table($framing),
+            $crate::CAPSULE_NAME,
+            free_table,
+        )
+    }};
+}
+
 /// Frees what [`table`] allocated.
 ///
 /// # Safety

@@ -3,21 +3,11 @@
 //! run the built-in `LengthPrefix` and its plugin twin side by side (ABI parity).
 //! Exposed as `pygev._pygev._length_prefix_plugin(...)`, which returns the capsule.
 
-use std::ffi::c_void;
-
 use pygev_plugin::reference::LengthPrefix;
-use pygev_plugin::{ProtocolTable, CAPSULE_NAME};
 use pyo3::prelude::*;
 use pyo3::types::PyCapsule;
 
 use crate::errors::Error;
-
-/// Frees the table when Python frees the capsule.
-fn free(table: ProtocolTable, _context: *mut c_void) {
-    // SAFETY: the table was made by `pygev_plugin::table` for this capsule only, and
-    // nothing calls it once the capsule (which every server using it holds) is gone.
-    unsafe { pygev_plugin::free_table(&table) }
-}
 
 /// The capsule of a length-prefix framing built as a plugin (tests and benchmarks).
 #[pyfunction]
@@ -39,6 +29,5 @@ pub fn _length_prefix_plugin<'py>(
     };
     let framing = LengthPrefix::new(header_size, big_endian, max_frame_size, panic_on)
         .map_err(|e| Error::Value(format!("pygev: {e}")))?;
-    let table = pygev_plugin::table(framing);
-    PyCapsule::new_with_value_and_destructor(py, table, CAPSULE_NAME, free)
+    pygev_plugin::capsule!(py, framing)
 }

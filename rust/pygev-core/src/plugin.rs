@@ -4,7 +4,7 @@
 use std::any::Any;
 use std::ffi::{c_void, CStr};
 
-use pygev_plugin::{ErrorOut, FLAG_PACK_IDENTITY, FLAG_PACK_STATELESS, OK, PANIC};
+use pygev_plugin::{bytes, ErrorOut, FLAG_PACK_IDENTITY, FLAG_PACK_STATELESS, OK, PANIC};
 pub use pygev_plugin::{ProtocolTable, ABI_VERSION, CAPSULE_NAME, MAGIC};
 
 use crate::protocols::{FrameSink, Protocol, ProtocolError, ProtocolState};
@@ -134,12 +134,8 @@ impl PluginProtocol {
 ///
 /// `sink` is the `FrameSink` passed to the plugin for this call; `data` has `len` bytes.
 unsafe extern "C" fn push_frame(sink: *mut c_void, data: *const u8, len: usize) {
-    let frame = if len == 0 {
-        &[][..]
-    } else {
-        // SAFETY: the plugin passes `len` readable bytes.
-        unsafe { std::slice::from_raw_parts(data, len) }
-    };
+    // SAFETY: the plugin passes `len` readable bytes.
+    let frame = unsafe { bytes(data, len) };
     // SAFETY: `sink` is the FrameSink we passed, alive for the duration of the call.
     unsafe { (*sink.cast::<FrameSink>()).push(frame) }
 }
@@ -153,12 +149,9 @@ unsafe extern "C" fn append_message(sink: *mut c_void, data: *const u8, len: usi
     // SAFETY: `sink` is the Vec we passed, alive for the duration of the call.
     let message = unsafe { &mut *sink.cast::<Vec<u8>>() };
     let room = ERROR_CAP.saturating_sub(message.len());
-    if len == 0 || room == 0 {
-        return;
-    }
     // SAFETY: the plugin passes `len` readable bytes.
-    let bytes = unsafe { std::slice::from_raw_parts(data, len) };
-    message.extend_from_slice(&bytes[..len.min(room)]);
+    let data = unsafe { bytes(data, len) };
+    message.extend_from_slice(&data[..len.min(room)]);
 }
 
 /// Receives output bytes from the plugin.
@@ -167,13 +160,10 @@ unsafe extern "C" fn append_message(sink: *mut c_void, data: *const u8, len: usi
 ///
 /// `out` is the `Vec<u8>` passed to the plugin for this call; `data` has `len` bytes.
 unsafe extern "C" fn append_bytes(out: *mut c_void, data: *const u8, len: usize) {
-    if len == 0 {
-        return;
-    }
     // SAFETY: the plugin passes `len` readable bytes.
-    let bytes = unsafe { std::slice::from_raw_parts(data, len) };
+    let data = unsafe { bytes(data, len) };
     // SAFETY: `out` is the Vec we passed, alive for the duration of the call.
-    unsafe { (*out.cast::<Vec<u8>>()).extend_from_slice(bytes) }
+    unsafe { (*out.cast::<Vec<u8>>()).extend_from_slice(data) }
 }
 
 impl Protocol for PluginProtocol {

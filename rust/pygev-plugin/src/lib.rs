@@ -312,6 +312,20 @@ pub unsafe fn free_table(table: &ProtocolTable) {
     unsafe { (table.free_instance)(table.instance) }
 }
 
+/// The `len` bytes at `data` (which may be null or dangling when `len` is 0).
+///
+/// # Safety
+///
+/// When `len > 0`, `data` must point to `len` readable bytes that outlive `'a`.
+pub unsafe fn bytes<'a>(data: *const u8, len: usize) -> &'a [u8] {
+    if len == 0 {
+        &[]
+    } else {
+        // SAFETY: per the contract.
+        unsafe { std::slice::from_raw_parts(data, len) }
+    }
+}
+
 /// The framing behind `instance`.
 ///
 /// # Safety
@@ -401,12 +415,8 @@ unsafe extern "C" fn unpack<F: Framing>(
     // SAFETY: a non-null state was made by `new_state::<F>`; pygev uses it from one thread
     // at a time.
     let state = unsafe { &mut *state.cast::<F::State>() };
-    let input = if len == 0 {
-        &[][..]
-    } else {
-        // SAFETY: pygev passes `len` readable bytes at `input`.
-        unsafe { std::slice::from_raw_parts(input, len) }
-    };
+    // SAFETY: pygev passes `len` readable bytes at `input`.
+    let input = unsafe { bytes(input, len) };
     let mut frames = Frames {
         sink,
         push,
@@ -441,12 +451,8 @@ unsafe extern "C" fn check<F: Framing>(
 ) -> i32 {
     // SAFETY: pygev passes the table's own instance.
     let framing = unsafe { framing::<F>(instance) };
-    let payload = if len == 0 {
-        &[][..]
-    } else {
-        // SAFETY: pygev passes `len` readable bytes at `payload`.
-        unsafe { std::slice::from_raw_parts(payload, len) }
-    };
+    // SAFETY: pygev passes `len` readable bytes at `payload`.
+    let payload = unsafe { bytes(payload, len) };
     // SAFETY: pygev passes a valid ErrorOut.
     unsafe { guarded(error, "check", || framing.check(payload)) }
 }
@@ -469,12 +475,8 @@ unsafe extern "C" fn pack<F: Framing>(
         // SAFETY: a non-null state was made by `new_state::<F>`; one thread at a time.
         Some(unsafe { &mut *state.cast::<F::State>() })
     };
-    let payload = if len == 0 {
-        &[][..]
-    } else {
-        // SAFETY: pygev passes `len` readable bytes at `payload`.
-        unsafe { std::slice::from_raw_parts(payload, len) }
-    };
+    // SAFETY: pygev passes `len` readable bytes at `payload`.
+    let payload = unsafe { bytes(payload, len) };
     let mut output = Output {
         out,
         append,

@@ -133,3 +133,21 @@ def test_inline_commands_and_a_protocol_error_close_only_that_connection(
         client = redis.Redis(host=host, port=port, socket_timeout=WAIT, protocol=2)
         assert client.echo("still serving") == b"still serving"
         client.close()
+
+
+def test_commands_trickling_in_and_oversized_headers(resp_server: tuple[str, int]) -> None:
+    host, port = resp_server
+    command = b"*3\r\n$3\r\nSET\r\n$4\r\nslow\r\n$5\r\nvalue\r\n*2\r\n$3\r\nGET\r\n$4\r\nslow\r\n"
+    with connect(port, host) as sock:
+        for i in range(len(command)):
+            sock.sendall(command[i : i + 1])
+        expected = b"+OK\r\n$5\r\nvalue\r\n"
+        got = b""
+        deadline = time.monotonic() + WAIT
+        while len(got) < len(expected) and time.monotonic() < deadline:
+            got += sock.recv(100)
+        assert got == expected
+    for bad in (b"*" + b"1" * 40, b"*1\r\n$" + b"9" * 40, b"PING" + b" " * 70000):
+        with connect(port, host) as sock:
+            sock.sendall(bad)
+            assert recv_until_eof(sock) == b""

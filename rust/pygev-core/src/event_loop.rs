@@ -662,7 +662,10 @@ impl EventLoop {
         let Some(conn) = self.conns.get_mut(token as usize).filter(|c| c.id == id) else {
             return;
         };
-        if conn.has(flag::WRITE_SHUT | flag::SHUTDOWN_PENDING) {
+        if conn.has(flag::WRITE_SHUT | flag::SHUTDOWN_PENDING | flag::CLOSING) {
+            // NOTE: sends are taken in order, so what was queued before a close went out
+            // already; anything after it (a send that raced the close, replies after a
+            // failed pack) must not be written.
             return;
         }
         if packed && !protocol.allows_packed(&conn.state) {
@@ -673,12 +676,13 @@ impl EventLoop {
         } else {
             let mut out = Vec::with_capacity(data.len() + 16);
             if let Err(err) = protocol.pack(&mut conn.state, data, &mut out) {
-                let message = format!(
+                // As when the dispatcher packs: what was sent before still goes out.
+                log::warn!(
                     "{err} (protocol {}, connection {}, packing a send)",
                     protocol.name(),
                     conn.id
                 );
-                self.close_now(token as usize, CloseCause::Error(message));
+                self.begin_close(token as usize, self.now + self.config.drain_timeout);
                 return;
             }
             self.write_out(token as usize, &out);

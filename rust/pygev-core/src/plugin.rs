@@ -2,9 +2,12 @@
 //! into its own Python extension) run as an ordinary [`Protocol`].
 
 use std::any::Any;
-use std::ffi::{c_void, CStr};
+use std::ffi::{c_char, c_void, CStr};
+use std::sync::Arc;
 
-use pygev_plugin::{bytes, ErrorOut, FLAG_PACK_IDENTITY, FLAG_PACK_STATELESS, OK, PANIC};
+use pygev_plugin::{
+    bytes, AppendFn, ErrorOut, PushFn, FLAG_PACK_IDENTITY, FLAG_PACK_STATELESS, OK, PANIC,
+};
 pub use pygev_plugin::{ProtocolTable, ABI_VERSION, CAPSULE_NAME, MAGIC};
 
 use crate::protocols::{FrameSink, Protocol, ProtocolError, ProtocolState};
@@ -14,11 +17,12 @@ const ERROR_CAP: usize = 1024;
 
 /// A plugin's framing, run by the loops like a built-in one.
 pub struct PluginProtocol {
-    table: ProtocolTable,
+    table: Table,
     name: String,
     /// Keeps the table (and the plugin's code) alive: the binding's handle on the object
-    /// that owns it (the capsule).
-    _owner: Box<dyn Any + Send + Sync>,
+    /// that owns it (the capsule). Every connection's state holds it too, so no state can
+    /// outlive the code that frees it.
+    owner: Arc<dyn Any + Send + Sync>,
 }
 
 impl std::fmt::Debug for PluginProtocol {
@@ -29,17 +33,76 @@ impl std::fmt::Debug for PluginProtocol {
     }
 }
 
-// SAFETY: the ABI requires a table's functions to be callable from any thread, and a
-// state to be used by one thread at a time (a connection's state stays in its loop).
-unsafe impl Send for PluginProtocol {}
-// SAFETY: as above; the table is never mutated.
-unsafe impl Sync for PluginProtocol {}
+type NewState = unsafe extern "C" fn(*const c_void) -> *mut c_void;
+type FreeState = unsafe extern "C" fn(*const c_void, *mut c_void);
+type Unpack = unsafe extern "C" fn(
+    *const c_void,
+    *mut c_void,
+    *const u8,
+    usize,
+    *mut c_void,
+    PushFn,
+    *mut usize,
+    *mut ErrorOut,
+) -> i32;
+type Check = unsafe extern "C" fn(*const c_void, *const u8, usize, *mut ErrorOut) -> i32;
+type Pack = unsafe extern "C" fn(
+    *const c_void,
+    *mut c_void,
+    *const u8,
+    usize,
+    *mut c_void,
+    AppendFn,
+    *mut ErrorOut,
+) -> i32;
+
+/// Version 1 of the table as pygev reads it: the same layout as [`ProtocolTable`], with
+/// every function pointer nullable, so that a table written in C with a missing function
+/// is refused instead of being undefined behaviour.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RawTableV1 {
+    magic: u64,
+    abi_version: u32,
+    flags: u32,
+    size: usize,
+    instance: *const c_void,
+    name: *const c_char,
+    max_buffered_input: usize,
+    new_state: Option<NewState>,
+    free_state: Option<FreeState>,
+    unpack: Option<Unpack>,
+    check: Option<Check>,
+    pack: Option<Pack>,
+    free_instance: Option<unsafe extern "C" fn(*const c_void)>,
+}
+
+/// The checked table: every function pygev calls is there.
+#[derive(Clone, Copy)]
+struct Table {
+    flags: u32,
+    instance: *const c_void,
+    max_buffered_input: usize,
+    new_state: NewState,
+    free_state: FreeState,
+    unpack: Unpack,
+    check: Check,
+    pack: Pack,
+}
+
+// SAFETY: the ABI requires a table's functions to be callable from any thread, and its
+// instance to be shareable between them; the table is never mutated.
+unsafe impl Send for Table {}
+// SAFETY: as above.
+unsafe impl Sync for Table {}
 
 /// One connection's plugin state, freed through the table.
 struct PluginState {
     ptr: *mut c_void,
     instance: *const c_void,
-    free: unsafe extern "C" fn(*const c_void, *mut c_void),
+    free: FreeState,
+    /// The plugin stays loaded until this state is freed.
+    _owner: Arc<dyn Any + Send + Sync>,
 }
 
 // SAFETY: the ABI lets a state move between threads as long as one uses it at a time.
@@ -47,7 +110,8 @@ unsafe impl Send for PluginState {}
 
 impl Drop for PluginState {
     fn drop(&mut self) {
-        // SAFETY: `ptr` came from this table's `new_state` and is freed once, here.
+        // SAFETY: `ptr` came from this table's `new_state` (it may be null, which the ABI
+        // requires `free_state` to accept) and is freed once, here.
         unsafe { (self.free)(self.instance, self.ptr) }
     }
 }
@@ -57,9 +121,9 @@ impl PluginProtocol {
     ///
     /// # Safety
     ///
-    /// `table` must be null or point to readable memory laid out as a [`ProtocolTable`] of
-    /// some ABI version (its magic, version and size are checked before anything else is
-    /// read), whose functions stay valid while `owner` lives.
+    /// `table` must be null or point to readable memory that begins like a
+    /// [`ProtocolTable`] (magic, version, flags, size); `size` readable bytes must be
+    /// there, and its functions must stay valid while `owner` lives.
     pub unsafe fn from_table(
         table: *const ProtocolTable,
         owner: Box<dyn Any + Send + Sync>,
@@ -67,10 +131,14 @@ impl PluginProtocol {
         if table.is_null() {
             return Err("pygev: the plugin's capsule holds a null table".into());
         }
-        // SAFETY: per the contract the first fields (magic, version, flags, size) are
-        // readable; they are the same in every ABI version.
-        let (magic, version, size) =
-            unsafe { ((*table).magic, (*table).abi_version, (*table).size) };
+        // SAFETY: per the contract the head (the same in every ABI version) is readable;
+        // read unaligned, as C may have put it anywhere.
+        let head = unsafe { std::ptr::read_unaligned(table.cast::<[u64; 2]>()) };
+        let magic = head[0];
+        let version = head[1].to_ne_bytes()[..4]
+            .try_into()
+            .map(u32::from_ne_bytes)
+            .unwrap_or(0);
         if magic != MAGIC {
             return Err(format!(
                 "pygev: not a pygev protocol table (magic {magic:#018x}, expected {MAGIC:#018x})"
@@ -83,26 +151,41 @@ impl PluginProtocol {
                  pygev-plugin)"
             ));
         }
-        if size < std::mem::size_of::<ProtocolTable>() {
+        // SAFETY: the head is readable (above); `size` follows magic, version and flags.
+        let size = unsafe { std::ptr::read_unaligned(table.cast::<u8>().add(16).cast::<usize>()) };
+        let needed = std::mem::size_of::<RawTableV1>();
+        if size < needed {
             return Err(format!(
-                "pygev: the plugin's table has {size} bytes, fewer than version {ABI_VERSION}'s {}",
-                std::mem::size_of::<ProtocolTable>()
+                "pygev: the plugin's table has {size} bytes, fewer than version {ABI_VERSION}'s \
+                 {needed}"
             ));
         }
-        // SAFETY: the checks above show a whole version-1 table is there.
-        let table = unsafe { *table };
-        let name = if table.name.is_null() {
+        // SAFETY: `size` bytes are readable (the contract) and cover the version-1 fields,
+        // whose function pointers are read as nullable; later fields are not read.
+        let raw = unsafe { std::ptr::read_unaligned(table.cast::<RawTableV1>()) };
+        let missing = |what: &str| format!("pygev: the plugin's table has no {what} function");
+        let table = Table {
+            flags: raw.flags,
+            instance: raw.instance,
+            max_buffered_input: raw.max_buffered_input,
+            new_state: raw.new_state.ok_or_else(|| missing("new_state"))?,
+            free_state: raw.free_state.ok_or_else(|| missing("free_state"))?,
+            unpack: raw.unpack.ok_or_else(|| missing("unpack"))?,
+            check: raw.check.ok_or_else(|| missing("check"))?,
+            pack: raw.pack.ok_or_else(|| missing("pack"))?,
+        };
+        let name = if raw.name.is_null() {
             "plugin".to_string()
         } else {
             // SAFETY: the ABI requires a NUL-terminated name alive as long as the table.
-            unsafe { CStr::from_ptr(table.name) }
+            unsafe { CStr::from_ptr(raw.name) }
                 .to_string_lossy()
                 .into_owned()
         };
         Ok(PluginProtocol {
             table,
             name,
-            _owner: owner,
+            owner: Arc::from(owner),
         })
     }
 
@@ -178,6 +261,7 @@ impl Protocol for PluginProtocol {
             ptr,
             instance: self.table.instance,
             free: self.table.free_state,
+            _owner: self.owner.clone(),
         }))
     }
 
@@ -209,6 +293,13 @@ impl Protocol for PluginProtocol {
         };
         if code != OK {
             return Err(self.error(code, "unpack", &message));
+        }
+        if used > input.len() {
+            return Err(ProtocolError::new(format!(
+                "pygev: plugin {} reported {used} bytes used of {}",
+                self.name,
+                input.len()
+            )));
         }
         Ok(used)
     }

@@ -135,3 +135,24 @@ fn bad_tables_are_refused_before_anything_else_is_read() {
     // SAFETY: freed once, unused afterwards.
     unsafe { pygev_plugin::free_table(&table) };
 }
+
+#[test]
+fn a_table_missing_a_function_is_refused() {
+    let table = pygev_plugin::table(
+        pygev_plugin::reference::LengthPrefix::new(4, true, 100, None).unwrap(),
+    );
+    const SIZE: usize = std::mem::size_of::<pygev_plugin::ProtocolTable>();
+    // A C plugin's table with `check` left NULL: the same bytes, that field zeroed.
+    // SAFETY: reading a table's bytes (plain data).
+    let mut bytes: [u8; SIZE] = unsafe { std::mem::transmute_copy(&table) };
+    let at = std::mem::offset_of!(pygev_plugin::ProtocolTable, check);
+    bytes[at..at + std::mem::size_of::<usize>()].fill(0);
+    // SAFETY: readable memory of a version-1 table's size; its `check` is null.
+    let refused = unsafe { PluginProtocol::from_table(bytes.as_ptr().cast(), Box::new(())) };
+    assert_eq!(
+        refused.unwrap_err(),
+        "pygev: the plugin's table has no check function"
+    );
+    // SAFETY: freed once, unused afterwards.
+    unsafe { pygev_plugin::free_table(&table) };
+}

@@ -14,9 +14,11 @@
 //!
 //! # Stability
 //!
-//! [`ABI_VERSION`] changes only when the table's layout or a function's meaning changes;
-//! pygev refuses a table whose magic, version or size it does not know, with a clear error
-//! at `Server(...)`. Fields are only ever appended (`size` tells how many a table has).
+//! [`ABI_VERSION`] changes only when an existing field or a function's meaning changes.
+//! New fields are only ever appended, with the version unchanged: `size` tells pygev which
+//! ones a table has, and a table of the first version's size keeps working. pygev refuses
+//! a table whose magic or version it does not know, or that is smaller than the first
+//! version, with a clear error at `Server(...)`, and a table missing a function it calls.
 //!
 //! # Examples
 //!
@@ -96,7 +98,10 @@ pub struct ErrorOut {
 ///
 /// Every function gets `instance` (the plugin's configured framing) first. `state` is what
 /// `new_state` returned for the connection (it may be null) and is only ever used by one
-/// thread at a time.
+/// thread at a time. Functions may be called from any thread, and from several at once
+/// (with different states). They must not call into Python: `check` and `pack` may run on
+/// the dispatcher's thread, inside pygev's locks. Every function pointer must be non-null
+/// except `free_instance`, which pygev never calls.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct ProtocolTable {
@@ -115,9 +120,10 @@ pub struct ProtocolTable {
     /// The most unparsed input a connection may need to hold for one frame (0: no bound);
     /// pygev raises its `max_input_buffer` to it.
     pub max_buffered_input: usize,
-    /// Creates a connection's state (null if the framing keeps none).
+    /// Creates a connection's state (null if the framing keeps none: then `unpack` and
+    /// `pack` get null too).
     pub new_state: unsafe extern "C" fn(instance: *const c_void) -> *mut c_void,
-    /// Frees a state made by `new_state`.
+    /// Frees a state made by `new_state`; must accept null.
     pub free_state: unsafe extern "C" fn(instance: *const c_void, state: *mut c_void),
     /// Pushes every whole frame at the start of `input` through `push`, and stores in
     /// `used` how many bytes those frames took (the rest is offered again with more bytes
@@ -369,6 +375,8 @@ unsafe fn guarded(error: *mut ErrorOut, what: &str, f: impl FnOnce() -> Result<(
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "no message".into());
+            // The payload's own drop might panic: keep that from unwinding out.
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(panic)));
             // SAFETY: forwarded contract.
             unsafe { report(error, &format!("the plugin panicked in {what}: {detail}")) };
             PANIC

@@ -9,7 +9,7 @@ import struct
 from collections.abc import Callable
 
 import pytest
-from conftest import Recorder, ServerThread, expect_eof, recv_exactly
+from conftest import Recorder, ServerThread, expect_eof, recv_exactly, recv_until_eof
 
 import pygev
 
@@ -112,3 +112,21 @@ def test_a_plugin_error_closes_the_connection_with_its_message(
     record = pygev_log.wait_for("failed in unpack")
     assert "frame declares 11 bytes, over max_frame_size 10" in record.getMessage()
     assert "length-prefix-plugin" in record.getMessage()
+
+
+def test_nothing_is_written_after_a_failed_pack(
+    serve: Callable[..., ServerThread], pygev_log
+) -> None:
+    class Three(pygev.Handler):
+        def on_message(self, conn: pygev.Connection, ctx: object, data: bytes) -> None:
+            conn.send(b"first")
+            conn.send(b"BOOM")  # the plugin panics packing this one
+            conn.send(b"third")
+
+    plugin = pygev._pygev._length_prefix_plugin(panic_on=b"BOOM")
+    server = serve(Three(), protocol=plugin)
+    with server.connect() as sock:
+        sock.sendall(frame(b"go"))
+        # The reply before the failure arrives; nothing after it, then EOF.
+        assert recv_until_eof(sock) == frame(b"first")
+    assert pygev_log.wait_for("panicked in pack")

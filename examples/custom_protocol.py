@@ -23,10 +23,15 @@ import signal
 import socket
 import struct
 import sys
+from collections.abc import Callable
+from typing import Union
 
 import pygev
 
 HEADER = struct.Struct(">I")
+
+#: The framings this example's wire format runs on.
+Framing = Union[pygev.Protocol, pygev.LengthPrefix]
 
 
 class LengthProtocol(pygev.Protocol):
@@ -59,15 +64,15 @@ class Reply(pygev.Handler):
         return b"%d bytes: %s" % (len(data), data)
 
 
-def serve(args: argparse.Namespace) -> None:
+def serve(args: argparse.Namespace, protocol: Framing, name: str) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     server = pygev.Server(
-        Reply(), f"{args.host}:{args.port}", num_loops=args.loops, protocol=LengthProtocol()
+        Reply(), f"{args.host}:{args.port}", num_loops=args.loops, protocol=protocol
     )
     host, port = server.address
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda signum, frame: server.stop())
-    print(f"pygev custom protocol server listening on {host}:{port}", flush=True)
+    print(f"pygev {name} server listening on {host}:{port}", flush=True)
     server.start()
 
 
@@ -91,16 +96,18 @@ def client(args: argparse.Namespace) -> None:
             print(recv_exactly(sock, length).decode(errors="replace"), flush=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def run(description: str | None, protocol: Callable[[], Framing], name: str) -> None:
+    """The server with ``protocol()``, or with ``--client`` the client (shared with
+    examples/length_prefix.py, which speaks the same wire format)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=1833, help="0 picks a free port")
     parser.add_argument("--loops", type=int, default=0, help="loop threads, 0 = one per CPU")
     parser.add_argument("--client", action="store_true", help="run the client instead")
     parser.add_argument("--send", action="append", help="client: a message to send")
     args = parser.parse_args()
-    client(args) if args.client else serve(args)
+    client(args) if args.client else serve(args, protocol(), name)
 
 
 if __name__ == "__main__":
-    main()
+    run(__doc__, LengthProtocol, "custom protocol")

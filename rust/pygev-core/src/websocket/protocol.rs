@@ -30,8 +30,6 @@ pub mod tag {
     pub const END: u8 = b'E';
     /// To the loop: the hook accepted; the complete 101 response follows.
     pub const ACCEPT: u8 = b'A';
-    /// To the loop: send a ping with this payload.
-    pub const PING: u8 = b'P';
     /// To the loop: start the closing handshake with this close payload (code, reason).
     pub const CLOSE: u8 = b'C';
 }
@@ -332,8 +330,8 @@ impl Protocol for WebSocket {
     fn check_payload(&self, payload: &[u8]) -> Result<(), ProtocolError> {
         match payload.split_first() {
             Some((&(tag::TEXT | tag::BINARY | tag::ACCEPT), _)) => Ok(()),
-            Some((&(tag::PING | tag::CLOSE), rest)) if rest.len() <= 125 => Ok(()),
-            Some((&(tag::PING | tag::CLOSE), rest)) => Err(ProtocolError::new(format!(
+            Some((&tag::CLOSE, rest)) if rest.len() <= 125 => Ok(()),
+            Some((&tag::CLOSE, rest)) => Err(ProtocolError::new(format!(
                 "pygev: a WebSocket control frame carries at most 125 bytes, got {}",
                 rest.len()
             ))),
@@ -374,7 +372,6 @@ impl Protocol for WebSocket {
                     _ => frames::write_frame(out, op, true, false, data),
                 }
             }
-            (tag::PING, Phase::Open) => frames::write_frame(out, opcode::PING, true, false, data),
             (tag::CLOSE, Phase::Open) => {
                 frames::write_frame(out, opcode::CLOSE, true, false, data);
                 state.phase = Phase::CloseSent;

@@ -126,6 +126,36 @@ def recv_until_eof(sock: socket.socket, timeout: float = WAIT, limit: int = 1 <<
         sock.settimeout(old)
 
 
+def expect_reset(sock: socket.socket, timeout: float = WAIT) -> bytes:
+    """Asserts the peer ends the connection with a reset (ECONNRESET), never a clean EOF,
+    before the deadline; returns what was read before the reset."""
+    deadline = time.monotonic() + timeout
+    buf = bytearray()
+    old = sock.gettimeout()
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no reset after {timeout:.0f} s ({len(buf)} bytes read)")
+            sock.settimeout(remaining)
+            try:
+                chunk = sock.recv(1 << 20)
+            except socket.timeout:
+                raise AssertionError(
+                    f"no reset after {timeout:.0f} s ({len(buf)} bytes read)"
+                ) from None
+            except ConnectionResetError:
+                return bytes(buf)
+            if not chunk:
+                raise AssertionError(
+                    f"a clean EOF (FIN) after {len(buf)} bytes where a reset was due: the "
+                    "peer would take a cut-off stream for a complete one"
+                )
+            buf += chunk
+    finally:
+        sock.settimeout(old)
+
+
 def expect_eof(sock: socket.socket, timeout: float = WAIT) -> None:
     """Asserts the peer closes (EOF) with no further data, before the deadline."""
     rest = recv_until_eof(sock, timeout)

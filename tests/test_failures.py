@@ -361,14 +361,23 @@ def test_peer_that_never_reads_is_paused_not_buffered(serve, pygev_log):
 
 
 def test_max_write_buffer_closes_a_peer_that_never_reads(serve, pygev_log):
-    """Output past max_write_buffer (here: one reply larger than it) closes the connection
-    with a log line; other connections are unaffected."""
+    """Output past max_write_buffer (here: sends within one callback, more than the kernel's
+    socket buffers and the limit together) resets the connection with a log line, and the
+    send that would pass the limit raises ConnectionClosed; other connections are
+    unaffected."""
+    raised: list[BaseException] = []
 
     class Flood(Recorder):
         def on_message(self, conn, ctx, data):
             self._record(conn, "message", data)
-            # More than the kernel's socket buffers can take (tcp_wmem max is a few MiB).
-            conn.send(b"\0" * (24 << 20) if data == b"flood me" else data * 1000)
+            if data != b"flood me":
+                conn.send(data * 1000)
+                return
+            try:
+                for _ in range(96):  # 24 MiB in 256 KiB sends
+                    conn.send(b"\0" * (256 << 10))
+            except pygev.ConnectionClosed as exc:
+                raised.append(exc)
 
     rec = Flood()
     st_ = serve(rec, num_loops=1, write_high_water=256 << 10, max_write_buffer=1 << 20)
@@ -381,7 +390,9 @@ def test_max_write_buffer_closes_a_peer_that_never_reads(serve, pygev_log):
             sock.sendall(b"flood me")
             record = pygev_log.wait_for("max_write_buffer")
             assert record.levelno >= 30
+            assert "reset" in record.getMessage()
             rec.wait(lambda: rec.closes == 1, what="on_close of the flooded connection")
+            assert len(raised) == 1 and "max_write_buffer" in str(raised[0])
         finally:
             sock.close()
         good.sendall(b"x")

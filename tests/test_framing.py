@@ -17,6 +17,7 @@ from conftest import (
     Recorder,
     ServerThread,
     expect_eof,
+    expect_reset,
     recv_exactly,
 )
 from hypothesis import HealthCheck, given, settings
@@ -134,7 +135,7 @@ def test_declared_length_over_the_limit_closes_only_that_connection(
         assert recv_exactly(good, 10) == frame(b"before")
         # Only the header of the oversized frame is sent: it is refused on the header alone.
         bad.sendall(struct.pack(">I", 1001))
-        expect_eof(bad)
+        assert expect_reset(bad) == b""
         record = pygev_log.wait_for("over max_frame_size")
         assert "frame declares 1001 bytes, over max_frame_size 1000" in record.getMessage()
         good.sendall(frame(b"after"))
@@ -223,7 +224,7 @@ def test_no_delimiter_within_the_limit_closes_only_that_connection(
         assert recv_exactly(good, 102) == b"x" * 100 + b"\r\n"
         bad.sendall(b"y" * 60)
         bad.sendall(b"y" * 60)
-        expect_eof(bad)
+        assert expect_reset(bad) == b""
         record = pygev_log.wait_for("no delimiter within max_frame_size 100")
         assert "delimited" in record.getMessage()
         good.sendall(b"still here\r\n")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import WAIT, connect, recv_until_eof
+from conftest import WAIT, connect, expect_reset
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "plugin_resp"
@@ -129,7 +129,7 @@ def test_inline_commands_and_a_protocol_error_close_only_that_connection(
             got += good.recv(100)
         assert got == b"+PONG\r\n"
         bad.sendall(b"*1\r\n$-5\r\n")  # a negative bulk length
-        assert recv_until_eof(bad) == b""
+        assert expect_reset(bad) == b""
         client = redis.Redis(host=host, port=port, socket_timeout=WAIT, protocol=2)
         assert client.echo("still serving") == b"still serving"
         client.close()
@@ -150,4 +150,4 @@ def test_commands_trickling_in_and_oversized_headers(resp_server: tuple[str, int
     for bad in (b"*" + b"1" * 40, b"*1\r\n$" + b"9" * 40, b"PING" + b" " * 70000):
         with connect(port, host) as sock:
             sock.sendall(bad)
-            assert recv_until_eof(sock) == b""
+            assert expect_reset(sock) == b""

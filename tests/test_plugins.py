@@ -9,7 +9,7 @@ import struct
 from collections.abc import Callable
 
 import pytest
-from conftest import Recorder, ServerThread, expect_eof, recv_exactly, recv_until_eof
+from conftest import Recorder, ServerThread, expect_reset, recv_exactly
 
 import pygev
 
@@ -78,7 +78,7 @@ def test_a_panic_in_unpack_closes_only_that_connection(
         good.sendall(frame(b"fine"))
         assert recv_exactly(good, 8) == frame(b"fine")
         bad.sendall(frame(b"boom"))
-        expect_eof(bad)
+        assert expect_reset(bad) == b""
         record = pygev_log.wait_for("panicked in unpack")
         assert "asked to panic" in record.getMessage()
         good.sendall(frame(b"still fine"))
@@ -96,7 +96,7 @@ def test_a_panic_in_pack_closes_only_that_connection(
     server = serve(Shout(), protocol=plugin)
     with server.connect() as good, server.connect() as bad:
         bad.sendall(frame(b"boom"))  # its reply, b"BOOM", panics the plugin's pack
-        expect_eof(bad)
+        assert expect_reset(bad) == b""
         assert pygev_log.wait_for("panicked in pack")
         good.sendall(frame(b"ok"))
         assert recv_exactly(good, 6) == frame(b"OK")
@@ -108,7 +108,7 @@ def test_a_plugin_error_closes_the_connection_with_its_message(
     server = serve(Recorder(), protocol=pygev._pygev._length_prefix_plugin(max_frame_size=10))
     with server.connect() as sock:
         sock.sendall(struct.pack(">I", 11))
-        expect_eof(sock)
+        assert expect_reset(sock) == b""
     record = pygev_log.wait_for("failed in unpack")
     assert "frame declares 11 bytes, over max_frame_size 10" in record.getMessage()
     assert "length-prefix-plugin" in record.getMessage()
@@ -127,6 +127,7 @@ def test_nothing_is_written_after_a_failed_pack(
     server = serve(Three(), protocol=plugin)
     with server.connect() as sock:
         sock.sendall(frame(b"go"))
-        # The reply before the failure arrives; nothing after it, then EOF.
-        assert recv_until_eof(sock) == frame(b"first")
+        # The reply before the failure arrives; nothing after it, then a reset (the lost
+        # reply must not look like a clean end).
+        assert expect_reset(sock) == frame(b"first")
     assert pygev_log.wait_for("panicked in pack")

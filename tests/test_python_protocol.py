@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 
 import pytest
-from conftest import Recorder, ServerThread, expect_eof, recv_exactly
+from conftest import Recorder, ServerThread, expect_reset, recv_exactly
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -188,8 +188,8 @@ def test_a_failing_protocol_closes_only_that_connection(
             bad.sendall(frame(b"!bad"))  # echoed, so its reply goes through packet()
         else:
             bad.sendall(b"!")
-        expect_eof(bad)
-        record = pygev_log.wait_for("raised; closing connection")
+        assert expect_reset(bad) == b""
+        record = pygev_log.wait_for("raised; resetting connection")
         assert message in pygev_log.formatted(record)
         good.sendall(frame(b"after"))
         assert recv_exactly(good, 7) == frame(b"after")
@@ -210,7 +210,7 @@ def test_a_send_that_packet_refuses_raises_connection_closed(
         with pytest.raises(pygev.ConnectionClosed, match="packet\\(\\) raised") as info:
             conn.send(b"x")
         assert isinstance(info.value.__cause__, ValueError)
-        expect_eof(sock)
+        assert expect_reset(sock) == b""
     assert "cannot frame this" in pygev_log.formatted(pygev_log.wait_for("Protocol.packet()"))
 
 
@@ -226,7 +226,7 @@ def test_unparsed_input_is_bounded_by_max_input_buffer(
     server = serve(Recorder(), protocol=Never(), max_input_buffer=64 * 1024)
     with server.connect() as sock:
         sock.sendall(b"x" * 100_000)
-        expect_eof(sock)
+        assert expect_reset(sock) == b""
     record = pygev_log.wait_for("over max_input_buffer")
     assert "over max_input_buffer 65536" in record.getMessage()
 

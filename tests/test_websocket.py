@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import websockets.sync.client as ws_client
-from conftest import WAIT, LogCapture, ServerThread, expect_eof, recv_until_eof
+from conftest import WAIT, LogCapture, ServerThread, expect_eof, expect_reset, recv_until_eof
 from websockets.exceptions import InvalidStatus
 from wsraw import (
     BINARY,
@@ -830,7 +830,7 @@ def test_an_incomplete_handshake_times_out(serve: Serve) -> None:
     server = serve(recorder, protocol=pygev.WebSocket(handshake_timeout=0.2))
     sock = server.connect()
     sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and nothing more
-    assert recv_until_eof(sock) == b""
+    assert expect_reset(sock) == b""
     assert recorder.events == {}
 
 

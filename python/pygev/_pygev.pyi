@@ -200,11 +200,16 @@ class Connection:
                 buffer of bytes.
 
         Raises:
-            ConnectionClosed: The connection is closed, or ``shutdown_write()`` was called.
+            ConnectionClosed: The connection is closed, or ``shutdown_write()`` was called,
+                or the server stopped; or this send would have taken the connection's unsent
+                output past ``max_write_buffer`` (sends count at once, also within one
+                callback): the connection was then reset, as the peer does not read as fast
+                as it is sent to.
             TypeError: ``data`` is not a bytes-like object.
             ValueError: The protocol cannot frame ``data`` (longer than a
                 :class:`LengthPrefix` header can hold, or containing the :class:`Delimited`
-                delimiter).
+                delimiter), or ``data`` alone is larger than ``max_write_buffer``. Nothing
+                was sent; the connection stays open.
         """
 
     def shutdown_write(self) -> None:
@@ -292,6 +297,7 @@ class Server:
         reuse_port: bool = False,
         strategy: Literal["round_robin", "least_connections"] = "round_robin",
         idle_timeout: float | None = None,
+        frame_timeout: float | None = ...,
         backlog: int = 1024,
         drain_timeout: float = 5.0,
         write_high_water: int = ...,
@@ -319,18 +325,31 @@ class Server:
                 balances connections between them.
             strategy: How the acceptor picks a loop for a new connection:
                 ``"round_robin"`` or ``"least_connections"``.
-            idle_timeout: Seconds without traffic after which a connection is closed;
-                ``None`` never closes idle connections.
+            idle_timeout: Seconds without progress, reading or writing, after which a
+                connection is closed; ``None`` never closes idle connections. A peer that
+                stopped reading makes no progress however much output waits for it; such a
+                connection (or one holding part of a frame) is reset, not closed with a FIN.
+            frame_timeout: Seconds within which a frame (a WebSocket message) that started
+                arriving must be complete, or the connection is reset: a slowloris client
+                cannot hold a connection by trickling a frame (default 60). ``None``
+                disables it. Time
+                the server itself stopped reading (backpressure) does not count.
             backlog: The listen backlog.
             drain_timeout: Seconds :meth:`stop` waits at most for pending output to flush.
             write_high_water: Bytes of pending output past which a connection stops reading
                 until its output drains (default 1 MiB).
-            max_write_buffer: Bytes of pending output past which a connection is closed
-                (default 64 MiB).
+            max_write_buffer: Bytes of pending output past which a connection is reset
+                (default 64 MiB). Sends count at once: a send that would take a connection
+                past it resets the connection and raises :class:`ConnectionClosed`; a single
+                send larger than it raises ``ValueError`` and sends nothing.
             max_input_buffer: Bytes of unframed input past which a connection is closed
                 (default 64 MiB).
-            dispatch_high_water: Bytes of messages waiting for the Python dispatcher past
-                which the loops stop reading until it catches up (default 32 MiB).
+            dispatch_high_water: Dispatch cost (bytes held plus 128 per event) of what waits
+                for the Python dispatcher past which the loops stop reading and accepting
+                until it catches up (default 32 MiB). Besides, a connection with more than
+                256 KiB of it waiting is not read until the dispatcher caught up with it (the
+                others are), and the dispatcher makes at most 2048 handler calls per batch,
+                connections with much queued taking turns.
 
         Returns:
             The bound server; nothing is served before :meth:`start`.
@@ -452,8 +471,10 @@ class WebSocket:
         client_max_window_bits: The largest window a client may use, 9 to 15.
         max_request_size: The largest upgrade request, in bytes.
         max_headers: The most header fields in an upgrade request.
-        ping_interval: Ping a client silent for this many seconds (``None``: never).
-        ping_timeout: Close (1011) a pinged client silent this many more seconds.
+        ping_interval: Ping a client silent for this many seconds (``None``: never). On by
+            default, as in ``websockets``: a peer that vanished without a FIN is found.
+        ping_timeout: Close (1011) a pinged client silent this many more seconds. A client
+            that takes output we queued counts as heard from.
         handshake_timeout: Close a connection whose upgrade request is not complete (and
             answered) this many seconds after it was accepted.
 
@@ -472,7 +493,7 @@ class WebSocket:
         client_max_window_bits: int = 15,
         max_request_size: int = 8192,
         max_headers: int = 64,
-        ping_interval: float | None = None,
+        ping_interval: float | None = 20.0,
         ping_timeout: float = 20.0,
         handshake_timeout: float = 10.0,
     ) -> Self: ...

@@ -21,6 +21,9 @@ const ACCEPT_BATCH: usize = 256;
 
 /// How long accepting pauses after EMFILE and friends, so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How often the acceptor looks again while every loop's dispatch queue is full (new
+/// connections wait in the kernel's backlog meanwhile).
+const BACKLOGGED_RETRY: Duration = Duration::from_millis(10);
 
 /// What to do after an accept round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +109,7 @@ impl Acceptor {
         listener: std::net::TcpListener,
         loops: Vec<Arc<LoopHandle>>,
         strategy: Strategy,
+        dispatch_high_water: usize,
     ) -> io::Result<Acceptor> {
         listener.set_nonblocking(true)?;
         let mut listener = TcpListener::from_std(listener);
@@ -117,7 +121,16 @@ impl Acceptor {
         let thread_stop = stop.clone();
         let thread = std::thread::Builder::new()
             .name("pygev-acceptor".into())
-            .spawn(move || run(poll, listener, loops, strategy, thread_stop))?;
+            .spawn(move || {
+                run(
+                    poll,
+                    listener,
+                    loops,
+                    strategy,
+                    dispatch_high_water,
+                    thread_stop,
+                )
+            })?;
         Ok(Acceptor {
             stop,
             waker,
@@ -166,6 +179,7 @@ fn run(
     listener: TcpListener,
     loops: Vec<Arc<LoopHandle>>,
     strategy: Strategy,
+    dispatch_high_water: usize,
     stop: Arc<AtomicBool>,
 ) {
     let mut events = Events::with_capacity(16);
@@ -186,6 +200,15 @@ fn run(
                 return;
             }
             let now = Instant::now();
+            // Connect events count toward dispatch backpressure: while Python is behind on
+            // every loop, new connections wait in the kernel's backlog.
+            if loops
+                .iter()
+                .all(|h| h.dispatch_backlogged(dispatch_high_water))
+            {
+                timeout = Some(BACKLOGGED_RETRY);
+                break;
+            }
             let outcome = accepting.accept(&listener, &mut accepted, now);
             for (stream, peer) in accepted.drain(..) {
                 let index = pick_loop(&loops, strategy, &mut next);

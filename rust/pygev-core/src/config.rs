@@ -30,8 +30,12 @@ pub struct Config {
     pub reuse_port: bool,
     /// How the acceptor spreads connections over loops.
     pub strategy: Strategy,
-    /// Close connections that neither read nor wrote for this long.
+    /// Close connections that made no progress, reading or writing, for this long (a peer
+    /// that stopped reading is idle too, however much output waits for it).
     pub idle_timeout: Option<Duration>,
+    /// A frame (or WebSocket message) that started arriving must be complete within this
+    /// long, or the connection is reset: a slowloris peer cannot hold it open by trickling.
+    pub frame_timeout: Option<Duration>,
     /// listen(2) backlog.
     pub backlog: i32,
     /// How long `close()` and server stop wait for pending output before closing anyway.
@@ -42,8 +46,15 @@ pub struct Config {
     pub max_write_buffer: usize,
     /// Bytes of unparsed input a connection may hold before it is closed.
     pub max_input_buffer: usize,
-    /// Bytes a loop may have queued for the dispatcher before it stops reading.
+    /// Dispatch cost (bytes held plus [`EVENT_COST`](crate::EVENT_COST) per event) a loop
+    /// may have queued for the dispatcher before it stops reading and accepting.
     pub dispatch_high_water: usize,
+    /// Dispatch cost one connection may have queued before the loop stops reading it (the
+    /// others are still read): a loud client cannot fill the queue ahead of everyone.
+    pub conn_dispatch_high_water: usize,
+    /// The most handler calls the dispatcher makes in one batch; between batches replies go
+    /// out and paused reads resume, and connections with much queued take turns.
+    pub max_batch_events: usize,
     /// Size of each loop's read buffer (one read(2) reads at most this much).
     pub read_buffer_size: usize,
     /// Bytes a loop reads before it hands what it has to the dispatcher and yields its CPU.
@@ -58,12 +69,15 @@ impl Default for Config {
             reuse_port: false,
             strategy: Strategy::RoundRobin,
             idle_timeout: None,
+            frame_timeout: Some(Duration::from_secs(60)),
             backlog: 1024,
             drain_timeout: Duration::from_secs(5),
             write_high_water: 1 << 20,
             max_write_buffer: 64 << 20,
             max_input_buffer: 64 << 20,
             dispatch_high_water: 32 << 20,
+            conn_dispatch_high_water: 256 << 10,
+            max_batch_events: 2048,
             read_buffer_size: 64 << 10,
             batch_bytes: 256 << 10,
         }
@@ -84,6 +98,9 @@ impl Config {
                 return Err("pygev: idle_timeout must be positive".into());
             }
         }
+        if self.frame_timeout.is_some_and(|t| t.is_zero()) {
+            return Err("pygev: frame_timeout must be positive".into());
+        }
         if self.backlog < 1 {
             return Err(format!(
                 "pygev: backlog must be positive, got {}",
@@ -96,8 +113,14 @@ impl Config {
                 self.write_high_water, self.max_write_buffer
             ));
         }
-        if self.max_input_buffer == 0 || self.dispatch_high_water == 0 {
+        if self.max_input_buffer == 0
+            || self.dispatch_high_water == 0
+            || self.conn_dispatch_high_water == 0
+        {
             return Err("pygev: buffer limits must be positive".into());
+        }
+        if self.max_batch_events == 0 {
+            return Err("pygev: max_batch_events must be positive".into());
         }
         if self.read_buffer_size < 512 {
             return Err(format!(

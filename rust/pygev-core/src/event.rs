@@ -1,12 +1,20 @@
 //! What loop threads tell the dispatcher (`Event`) and what they are told (`Command`).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use mio::net::TcpStream;
 
-/// Addresses of a newly accepted connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+use crate::backlog::Backlog;
+
+/// What every event costs in dispatch backpressure on top of the bytes it holds: a handler
+/// call costs the dispatcher time whatever its size, so a flood of empty frames fills the
+/// queue as surely as a flood of large ones.
+pub const EVENT_COST: usize = 128;
+
+/// Addresses of a newly accepted connection, and its counters.
+#[derive(Debug, Clone)]
 pub struct ConnectInfo {
     /// Server-unique connection id.
     pub id: u64,
@@ -14,6 +22,8 @@ pub struct ConnectInfo {
     pub peer: SocketAddr,
     /// Our end.
     pub local: SocketAddr,
+    /// What is queued each way, shared with the loop.
+    pub backlog: Arc<Backlog>,
 }
 
 /// One thing that happened in a loop thread, for the dispatcher to hand to Python.
@@ -81,15 +91,20 @@ pub enum Event {
 }
 
 impl Event {
-    /// The memory a message event holds, which dispatch backpressure counts (0 for other
-    /// events): the loop adds it when it queues the event, the dispatcher takes it off once
-    /// handled.
-    pub fn held_bytes(&self) -> usize {
+    /// What the event counts for in dispatch backpressure: the memory it holds plus
+    /// [`EVENT_COST`] per handler call it will cause. The loop adds it when it queues the
+    /// event, the dispatcher takes it off once handled.
+    pub fn dispatch_cost(&self) -> usize {
         match self {
-            Event::Message { data, .. } => data.capacity(),
-            Event::Messages { frames, .. } => frames.held_bytes(),
-            _ => 0,
+            Event::Message { data, .. } => data.capacity() + EVENT_COST,
+            Event::Messages { frames, .. } => frames.held_bytes() + frames.ends.len() * EVENT_COST,
+            _ => EVENT_COST,
         }
+    }
+
+    /// Whether this is a message event (counted per connection as well as per loop).
+    pub fn is_message(&self) -> bool {
+        matches!(self, Event::Message { .. } | Event::Messages { .. })
     }
 }
 
@@ -129,8 +144,26 @@ pub enum Command {
         /// The connection's id.
         id: u64,
     },
+    /// Close at once with a reset, dropping pending output.
+    Abort {
+        /// The connection's slot.
+        token: u32,
+        /// The connection's id.
+        id: u64,
+        /// What went wrong (a limit, a protocol error), for the loop to log; `None` when
+        /// the sender logged it already.
+        reason: Option<String>,
+    },
     /// The dispatcher caught up: resume reading connections paused for dispatch backpressure.
     Resume,
+    /// The dispatcher caught up with one connection (see [`Backlog::dispatched`]): read it
+    /// again.
+    Unthrottle {
+        /// The connection's slot.
+        token: u32,
+        /// The connection's id.
+        id: u64,
+    },
     /// Stop accepting and reading; answer with [`Event::Quiesced`].
     Quiesce,
     /// Flush and close every connection (forcibly at `deadline`), then end the thread.

@@ -7,7 +7,11 @@
 #![deny(missing_docs)]
 
 mod acceptor;
+mod backlog;
+mod clock;
 mod config;
+mod connection;
+mod deadlines;
 mod dispatch_queue;
 mod event;
 mod event_loop;
@@ -19,9 +23,10 @@ mod server;
 mod stats;
 pub mod websocket;
 
+pub use backlog::Backlog;
 pub use config::{Config, Strategy};
 pub use dispatch_queue::DispatchQueue;
-pub use event::{Command, ConnectInfo, Event};
+pub use event::{Command, ConnectInfo, Event, EVENT_COST};
 pub use loop_handle::LoopHandle;
 pub use protocols::{
     ByteOrder, Delimited, FrameSink, Frames, LengthPrefix, Protocol, ProtocolError, ProtocolState,

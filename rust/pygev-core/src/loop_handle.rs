@@ -19,9 +19,8 @@ use crate::stats::LoopStats;
 pub struct LoopHandle {
     index: u32,
     mailbox: Mutex<Mailbox>,
-    waker: Waker,
     pub(crate) stats: LoopStats,
-    /// Message bytes queued for the dispatcher and not yet handled.
+    /// Dispatch cost of the events queued for the dispatcher and not yet handled.
     pub(crate) pending_dispatch: AtomicUsize,
     /// The loop stopped reading because `pending_dispatch` passed the high-water mark.
     pub(crate) dispatch_paused: AtomicBool,
@@ -50,18 +49,23 @@ struct Spares {
 }
 
 /// Commands for a loop, and whether the loop sleeps (or is about to) in `poll`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Mailbox {
     commands: Vec<Command>,
     sleeping: bool,
+    /// Wakes the loop's `poll`; dropped (its descriptor closed) when the loop ends.
+    waker: Option<Waker>,
 }
 
 impl LoopHandle {
     pub(crate) fn new(index: u32, waker: Waker) -> Self {
         LoopHandle {
             index,
-            mailbox: Mutex::new(Mailbox::default()),
-            waker,
+            mailbox: Mutex::new(Mailbox {
+                commands: Vec::new(),
+                sleeping: false,
+                waker: Some(waker),
+            }),
             stats: LoopStats::default(),
             pending_dispatch: AtomicUsize::new(0),
             dispatch_paused: AtomicBool::new(false),
@@ -84,38 +88,68 @@ impl LoopHandle {
         self.mailbox.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues `command` for the loop and wakes it if it sleeps.
+    /// Queues `command` for the loop and wakes it if it sleeps. Fails with
+    /// `ErrorKind::NotConnected` once the loop has ended (the command is dropped).
     pub fn post(&self, command: Command) -> io::Result<()> {
-        let wake = {
-            let mut mailbox = self.lock();
-            mailbox.commands.push(command);
-            std::mem::take(&mut mailbox.sleeping)
-        };
-        self.wake_if(wake)
+        let mut mailbox = self.lock();
+        if mailbox.waker.is_none() {
+            return Err(self.ended());
+        }
+        mailbox.commands.push(command);
+        Self::wake(&mut mailbox)
     }
 
-    /// Queues all of `commands` (leaving it empty) with at most one wake-up.
+    /// Queues all of `commands` (leaving it empty) with at most one wake-up; fails like
+    /// [`LoopHandle::post`] (the commands are dropped).
     pub fn post_all(&self, commands: &mut Vec<Command>) -> io::Result<()> {
         if commands.is_empty() {
             return Ok(());
         }
-        let wake = {
-            let mut mailbox = self.lock();
-            if mailbox.commands.is_empty() {
-                std::mem::swap(&mut mailbox.commands, commands);
-            } else {
-                mailbox.commands.append(commands);
-            }
-            std::mem::take(&mut mailbox.sleeping)
-        };
-        self.wake_if(wake)
+        let mut mailbox = self.lock();
+        if mailbox.waker.is_none() {
+            commands.clear();
+            return Err(self.ended());
+        }
+        if mailbox.commands.is_empty() {
+            std::mem::swap(&mut mailbox.commands, commands);
+        } else {
+            mailbox.commands.append(commands);
+        }
+        Self::wake(&mut mailbox)
     }
 
-    fn wake_if(&self, wake: bool) -> io::Result<()> {
-        if wake {
-            self.waker.wake()?;
+    /// Wakes the loop if it sleeps (under the mailbox lock: the waker goes with the loop).
+    fn wake(mailbox: &mut Mailbox) -> io::Result<()> {
+        if std::mem::take(&mut mailbox.sleeping) {
+            if let Some(waker) = &mailbox.waker {
+                waker.wake()?;
+            }
         }
         Ok(())
+    }
+
+    fn ended(&self) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::NotConnected,
+            format!("pygev: loop {} has ended", self.index),
+        )
+    }
+
+    /// Whether the loop has ended (posting fails).
+    pub fn is_closed(&self) -> bool {
+        self.lock().waker.is_none()
+    }
+
+    /// Called by the loop as it ends: closes the waker's descriptor, drops commands still
+    /// queued and refuses new ones, frees the spare buffers.
+    pub(crate) fn close(&self) {
+        let (waker, commands) = {
+            let mut mailbox = self.lock();
+            (mailbox.waker.take(), std::mem::take(&mut mailbox.commands))
+        };
+        drop(waker);
+        drop(commands);
+        self.drop_spares();
     }
 
     /// Called by the loop before it polls with a timeout: marks it as sleeping unless
@@ -186,19 +220,34 @@ impl LoopHandle {
         }
     }
 
+    /// Whether spare buffers are held.
+    pub(crate) fn has_spares(&self) -> bool {
+        !self.lock_spares().buffers.is_empty()
+    }
+
     /// Frees the spare buffers (the loop ends).
-    pub(crate) fn drop_spares(&self) {
+    fn drop_spares(&self) {
         let spares = std::mem::take(&mut *self.lock_spares());
         drop(spares);
     }
 
-    /// Called by the dispatcher once it has handled `bytes` of this loop's messages; wakes
-    /// the loop if it was paused and the queue has drained below half the high-water mark.
-    pub fn dispatched(&self, bytes: usize, high_water: usize) -> io::Result<()> {
-        if bytes == 0 {
+    /// Whether more than `high_water` of dispatch cost waits for the dispatcher.
+    pub(crate) fn dispatch_backlogged(&self, high_water: usize) -> bool {
+        self.pending_dispatch.load(Ordering::SeqCst) > high_water
+    }
+
+    /// Dispatch cost of this loop's events not yet handled.
+    pub fn pending_dispatch(&self) -> usize {
+        self.pending_dispatch.load(Ordering::SeqCst)
+    }
+
+    /// Called by the dispatcher once it has handled events of this dispatch cost; wakes the
+    /// loop if it was paused and the queue has drained below half the high-water mark.
+    pub fn dispatched(&self, cost: usize, high_water: usize) -> io::Result<()> {
+        if cost == 0 {
             return Ok(());
         }
-        let left = self.pending_dispatch.fetch_sub(bytes, Ordering::AcqRel) - bytes;
+        let left = self.pending_dispatch.fetch_sub(cost, Ordering::AcqRel) - cost;
         if left <= high_water / 2 && self.dispatch_paused.swap(false, Ordering::AcqRel) {
             self.post(Command::Resume)?;
         }

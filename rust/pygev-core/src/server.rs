@@ -145,6 +145,7 @@ impl Server {
                 listener,
                 running.loops.clone(),
                 self.config.strategy,
+                self.config.dispatch_high_water,
             )?);
         }
         Ok(running)

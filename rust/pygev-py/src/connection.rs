@@ -4,9 +4,11 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
+use std::borrow::Cow;
+
 use pygev_core::websocket::frames::{self, opcode};
 use pygev_core::websocket::tag;
-use pygev_core::Command;
+use pygev_core::{Backlog, Command};
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::gc::PyVisit;
@@ -15,7 +17,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyString};
 use pyo3::PyTraverseError;
 
 use crate::errors::Error;
-use crate::shared::Shared;
+use crate::shared::{Shared, Target};
 
 const OPEN: u8 = 0;
 const WRITE_SHUT: u8 = 1;
@@ -40,6 +42,8 @@ pub struct Connection {
     id: u64,
     peer: SocketAddr,
     local: SocketAddr,
+    /// What is queued each way, shared with the loop.
+    pub(crate) backlog: Arc<Backlog>,
     state: AtomicU8,
     ws: AtomicU8,
     context: Mutex<Option<Py<PyAny>>>,
@@ -53,6 +57,7 @@ impl Connection {
         id: u64,
         peer: SocketAddr,
         local: SocketAddr,
+        backlog: Arc<Backlog>,
     ) -> Self {
         Connection {
             loop_index,
@@ -60,6 +65,7 @@ impl Connection {
             id,
             peer,
             local,
+            backlog,
             state: AtomicU8::new(OPEN),
             ws: AtomicU8::new(if shared.websocket.is_some() {
                 ws::HANDSHAKING
@@ -87,9 +93,57 @@ impl Connection {
         self.ws.load(Ordering::Acquire) >= ws::OPEN
     }
 
+    fn target(&self) -> Target<'_> {
+        Target {
+            loop_index: self.loop_index,
+            token: self.token,
+            id: self.id,
+            backlog: &self.backlog,
+        }
+    }
+
+    /// Checks that `len` more bytes of output fit the connection's `max_write_buffer`: a
+    /// single send larger than the limit is the caller's error (nothing is sent); one that
+    /// would take the unsent output past it means the peer does not read as fast as it is
+    /// sent to, and the connection is reset at once (sends within one callback count).
+    fn check_room(&self, len: usize) -> Result<(), Error> {
+        let limit = self.shared.max_write_buffer;
+        if len > limit {
+            return Err(Error::Value(format!(
+                "pygev: a send of {len} bytes exceeds max_write_buffer {limit}"
+            )));
+        }
+        let unsent = self.backlog.unsent();
+        if unsent + len > limit {
+            self.abort(Some(format!(
+                "pygev: connection {} would have {} bytes of unsent output, over \
+                 max_write_buffer {limit} (it is sent to faster than the peer reads)",
+                self.id,
+                unsent + len
+            )));
+            return Err(Error::Closed(format!(
+                "pygev: connection {} was reset: its unsent output would exceed \
+                 max_write_buffer {limit}",
+                self.id
+            )));
+        }
+        Ok(())
+    }
+
+    /// Resets the connection at once (unsent output is dropped); the loop logs `reason`
+    /// (`None`: logged already).
+    pub(crate) fn abort(&self, reason: Option<String>) {
+        if self.state.swap(CLOSED, Ordering::AcqRel) != CLOSED {
+            let (token, id) = (self.token, self.id);
+            self.shared
+                .post(self.loop_index, Command::Abort { token, id, reason });
+        }
+    }
+
     /// Queues one WebSocket message.
     pub(crate) fn send_ws(&self, text: bool, payload: &[u8]) -> Result<(), Error> {
         self.writable()?;
+        self.check_room(payload.len())?;
         let kind = if text { tag::TEXT } else { tag::BINARY };
         match self.ws.load(Ordering::Acquire) {
             ws::OPEN => {
@@ -111,10 +165,7 @@ impl Connection {
         size: usize,
         write: impl FnOnce(&mut Vec<u8>),
     ) -> Result<(), Error> {
-        if !self
-            .shared
-            .post_wire(self.loop_index, self.token, self.id, size, write)
-        {
+        if !self.shared.post_wire(self.target(), size, write) {
             return Err(self.closed_error());
         }
         Ok(())
@@ -122,10 +173,8 @@ impl Connection {
 
     /// Queues a tagged payload for the loop's WebSocket framing to pack.
     pub(crate) fn post_tagged(&self, kind: u8, payload: &[u8]) -> Result<(), Error> {
-        if !self
-            .shared
-            .post(self.loop_index, self.tagged(kind, payload))
-        {
+        let data = Cow::Owned(tagged(kind, payload));
+        if !self.shared.post_send(self.target(), data) {
             return Err(self.closed_error());
         }
         Ok(())
@@ -135,23 +184,11 @@ impl Connection {
     pub(crate) fn post_tagged_now(&self, kind: u8, payload: &[u8]) -> Result<(), Error> {
         if !self
             .shared
-            .post_now(self.loop_index, self.tagged(kind, payload))
+            .post_send_now(self.target(), tagged(kind, payload))
         {
             return Err(self.closed_error());
         }
         Ok(())
-    }
-
-    fn tagged(&self, kind: u8, payload: &[u8]) -> Command {
-        let mut data = Vec::with_capacity(payload.len() + 1);
-        data.push(kind);
-        data.extend_from_slice(payload);
-        Command::Send {
-            token: self.token,
-            id: self.id,
-            data,
-            packed: false,
-        }
     }
 
     fn not_open(&self) -> Error {
@@ -183,39 +220,31 @@ impl Connection {
 
     /// Queues `data` for writing; the dispatcher's own path for returned replies.
     pub(crate) fn send_bytes(&self, data: Vec<u8>) -> Result<(), Error> {
-        self.sendable(&data)?;
-        let command = Command::Send {
-            token: self.token,
-            id: self.id,
-            data,
-            packed: false,
-        };
-        if !self.shared.post(self.loop_index, command) {
-            return Err(self.closed_error());
-        }
-        Ok(())
+        self.send_payload(Cow::Owned(data))
     }
 
     /// Queues a borrowed payload (the dispatcher's path for echoed frames of a batch).
     pub(crate) fn send_slice(&self, payload: &[u8]) -> Result<(), Error> {
-        self.sendable(payload)?;
-        if !self
-            .shared
-            .post_payload(self.loop_index, self.token, self.id, payload)
-        {
+        self.send_payload(Cow::Borrowed(payload))
+    }
+
+    fn send_payload(&self, payload: Cow<'_, [u8]>) -> Result<(), Error> {
+        self.sendable(&payload)?;
+        if !self.shared.post_send(self.target(), payload) {
             return Err(self.closed_error());
         }
         Ok(())
     }
 
-    /// Whether `payload` may be sent now: the connection is writable and the framing can
-    /// carry it.
+    /// Whether `payload` may be sent now: the connection is writable, the framing can
+    /// carry it, and it fits the connection's output limit.
     fn sendable(&self, payload: &[u8]) -> Result<(), Error> {
         self.writable()?;
         self.shared
             .protocol
             .check_payload(payload)
-            .map_err(|e| Error::Value(e.message().to_string()))
+            .map_err(|e| Error::Value(e.message().to_string()))?;
+        self.check_room(payload.len())
     }
 
     /// Whether sending is allowed (open, write side not shut down).
@@ -256,11 +285,11 @@ impl Connection {
     /// Logs that the connection's Python framing failed, and closes the connection.
     pub(crate) fn fail(&self, py: Python<'_>, what: &str, err: &PyErr) {
         let message = format!(
-            "pygev: Protocol.{what}() raised; closing connection {}",
+            "pygev: Protocol.{what}() raised; resetting connection {}",
             self.id
         );
         crate::logging::log_exception(py, &message, err);
-        self.request_close();
+        self.abort(None);
     }
 
     fn closed_error(&self) -> Error {
@@ -270,6 +299,14 @@ impl Connection {
     fn context_slot(&self) -> std::sync::MutexGuard<'_, Option<Py<PyAny>>> {
         self.context.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// A payload behind its one-byte WebSocket tag (what the loop's framing packs).
+fn tagged(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut data = Vec::with_capacity(payload.len() + 1);
+    data.push(kind);
+    data.extend_from_slice(payload);
+    data
 }
 
 /// Frames `data` with the Python protocol's `packet(conn, data)`: `Err` if it raised,

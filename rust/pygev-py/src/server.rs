@@ -181,6 +181,7 @@ impl Server {
         reuse_port = false,
         strategy = "round_robin",
         idle_timeout = None,
+        frame_timeout = Some(60.0),
         backlog = 1024,
         drain_timeout = 5.0,
         write_high_water = 1 << 20,
@@ -197,6 +198,7 @@ impl Server {
         reuse_port: bool,
         strategy: &str,
         idle_timeout: Option<f64>,
+        frame_timeout: Option<f64>,
         backlog: i64,
         drain_timeout: f64,
         write_high_water: i64,
@@ -243,6 +245,9 @@ impl Server {
             idle_timeout: idle_timeout
                 .map(|t| seconds("idle_timeout", t, false))
                 .transpose()?,
+            frame_timeout: frame_timeout
+                .map(|t| seconds("frame_timeout", t, false))
+                .transpose()?,
             backlog: i32::try_from(positive("backlog", backlog)?).unwrap_or(i32::MAX),
             drain_timeout: seconds("drain_timeout", drain_timeout, true)?,
             write_high_water: positive("write_high_water", write_high_water)?,
@@ -269,6 +274,7 @@ impl Server {
                 protocol,
                 py_protocol,
                 websocket,
+                config.max_write_buffer,
             )),
             address: core.local_addr(),
             core: Mutex::new(Some(core)),

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use pygev_core::{Command, DispatchQueue, LoopHandle, Protocol, ProtocolError};
+use pygev_core::{Backlog, Command, DispatchQueue, LoopHandle, Protocol, ProtocolError};
 
 use crate::timer::Timer;
 use pyo3::prelude::*;
@@ -46,6 +46,8 @@ pub(crate) struct Shared {
     wire_in_dispatcher: bool,
     /// The server's WebSocket framing, when it serves WebSocket.
     pub(crate) websocket: Option<Arc<pygev_core::websocket::WebSocket>>,
+    /// Unsent output a connection may have (see `Connection::check_room`).
+    pub(crate) max_write_buffer: usize,
     next_timer_id: AtomicU64,
 }
 
@@ -55,9 +57,11 @@ impl Shared {
         protocol: Arc<dyn Protocol>,
         py_protocol: Option<Py<PyAny>>,
         websocket: Option<Arc<pygev_core::websocket::WebSocket>>,
+        max_write_buffer: usize,
     ) -> Self {
         Shared {
             websocket,
+            max_write_buffer,
             py_protocol: Mutex::new(py_protocol),
             wire_in_dispatcher: protocol.pack_is_identity() || protocol.pack_is_stateless(),
             protocol,
@@ -87,9 +91,7 @@ impl Shared {
         };
         let mut outboxes = self.lock_outboxes();
         for (handle, outbox) in loops.iter().zip(outboxes.iter_mut()) {
-            if let Err(e) = handle.post_all(outbox) {
-                log::error!("pygev: could not wake loop {}: {e}", handle.index());
-            }
+            posted(handle.index(), handle.post_all(outbox));
         }
     }
 
@@ -103,100 +105,87 @@ impl Shared {
         let _ = self.loops.set(loops);
     }
 
-    /// Sends `command` to loop `loop_index`: batched when called from a callback of this
-    /// server, posted at once otherwise. Returns false when the server is not running.
+    fn in_batch(self: &Arc<Self>) -> bool {
+        DISPATCHING.with(|d| d.get()) == self.key()
+    }
+
+    /// Posts to a loop at once; false when the server is not running or the loop ended.
+    fn post_to(&self, loop_index: u32, command: Command) -> bool {
+        let Some(loops) = self.loops.get() else {
+            return false;
+        };
+        posted(loop_index, loops[loop_index as usize].post(command))
+    }
+
+    /// Sends `command` (anything but a send) to loop `loop_index`: batched when called from
+    /// a callback of this server, posted at once otherwise. Returns false when the server
+    /// is not running.
     pub(crate) fn post(self: &Arc<Self>, loop_index: u32, command: Command) -> bool {
-        let Some(loops) = self.loops.get() else {
-            return false;
-        };
-        if DISPATCHING.with(|d| d.get()) == self.key() {
-            let mut outboxes = self.lock_outboxes();
-            let outbox = &mut outboxes[loop_index as usize];
-            match command {
-                Command::Send {
-                    token,
-                    id,
-                    data,
-                    packed: false,
-                } if self.wire_in_dispatcher => {
-                    self.push_wire(loop_index, outbox, token, id, Cow::Owned(data));
-                }
-                command => outbox.push(command),
-            }
-        } else if let Err(e) = loops[loop_index as usize].post(command) {
-            log::error!("pygev: could not wake loop {loop_index}: {e}");
-        }
-        true
-    }
-
-    /// Sends `command` to loop `loop_index` at once, even from a callback (ahead of the
-    /// batch's commands). Returns false when the server is not running.
-    pub(crate) fn post_now(&self, loop_index: u32, command: Command) -> bool {
-        let Some(loops) = self.loops.get() else {
-            return false;
-        };
-        if let Err(e) = loops[loop_index as usize].post(command) {
-            log::error!("pygev: could not wake loop {loop_index}: {e}");
-        }
-        true
-    }
-
-    /// Sends `payload` (borrowed) to a connection: inside a batch, with a protocol that
-    /// packs here, it is packed straight into the outbox without an intermediate copy.
-    /// Returns false when the server is not running.
-    pub(crate) fn post_payload(
-        self: &Arc<Self>,
-        loop_index: u32,
-        token: u32,
-        id: u64,
-        payload: &[u8],
-    ) -> bool {
         if self.loops.get().is_none() {
             return false;
         }
-        if !(self.wire_in_dispatcher && DISPATCHING.with(|d| d.get()) == self.key()) {
-            let data = payload.to_vec();
-            let packed = false;
-            return self.post(
-                loop_index,
-                Command::Send {
-                    token,
-                    id,
-                    data,
-                    packed,
-                },
-            );
+        if self.in_batch() {
+            self.lock_outboxes()[loop_index as usize].push(command);
+            return true;
         }
-        let mut outboxes = self.lock_outboxes();
-        self.push_wire(
-            loop_index,
-            &mut outboxes[loop_index as usize],
-            token,
-            id,
-            Cow::Borrowed(payload),
-        );
-        true
+        self.post_to(loop_index, command)
+    }
+
+    /// Sends `payload` to a connection, charging its backlog with exactly the bytes queued
+    /// (the loop credits them as it takes the send). Inside a batch, with a protocol that
+    /// packs here, it is packed straight into the outbox (joining the connection's other
+    /// sends of the batch). Returns false when the server is not running.
+    pub(crate) fn post_send(self: &Arc<Self>, to: Target<'_>, payload: Cow<'_, [u8]>) -> bool {
+        if self.loops.get().is_none() {
+            return false;
+        }
+        if self.wire_in_dispatcher && self.in_batch() {
+            let mut outboxes = self.lock_outboxes();
+            self.push_wire(&mut outboxes[to.loop_index as usize], to, payload);
+            return true;
+        }
+        let data = payload.into_owned();
+        to.backlog.charge_send(data.len());
+        let command = Command::Send {
+            token: to.token,
+            id: to.id,
+            data,
+            packed: false,
+        };
+        if self.in_batch() {
+            self.lock_outboxes()[to.loop_index as usize].push(command);
+            return true;
+        }
+        self.post_to(to.loop_index, command)
+    }
+
+    /// Like [`Shared::post_send`] without packing, posted to the loop at once even inside
+    /// a batch (ahead of the batch's commands).
+    pub(crate) fn post_send_now(&self, to: Target<'_>, data: Vec<u8>) -> bool {
+        to.backlog.charge_send(data.len());
+        let command = Command::Send {
+            token: to.token,
+            id: to.id,
+            data,
+            packed: false,
+        };
+        self.post_to(to.loop_index, command)
     }
 
     fn spare_buffer(&self, loop_index: u32, capacity: usize) -> Option<Vec<u8>> {
         self.loops.get()?[loop_index as usize].spare_buffer(capacity)
     }
 
-    /// Queues `payload` in wire form in a loop's outbox.
+    /// Queues `payload` in wire form in a loop's outbox, charging the bytes it adds.
     ///
     /// NOTE: replies and sends to one connection within a batch become one buffer, so the
     /// loop writes them with one system call.
-    fn push_wire(
-        &self,
-        loop_index: u32,
-        outbox: &mut Vec<Command>,
-        token: u32,
-        id: u64,
-        payload: Cow<'_, [u8]>,
-    ) {
+    fn push_wire(&self, outbox: &mut Vec<Command>, to: Target<'_>, payload: Cow<'_, [u8]>) {
+        let (token, id) = (to.token, to.id);
         match payload {
             Cow::Owned(data) if self.protocol.pack_is_identity() && !merges(outbox, token, id) => {
                 // Moved, not copied.
+                to.backlog.charge_send(data.len());
                 outbox.push(Command::Send {
                     token,
                     id,
@@ -205,17 +194,26 @@ impl Shared {
                 });
             }
             payload => {
-                let spare = |capacity| self.spare_buffer(loop_index, capacity);
+                let spare = |capacity| self.spare_buffer(to.loop_index, capacity);
                 let wire = packed_tail(outbox, token, id, payload.len() + 16, spare);
                 let before = wire.len();
-                if let Err(err) = self.pack_into(&payload, wire) {
-                    // A plugin failed: drop its partial frame and close that connection.
-                    wire.truncate(before);
-                    log::warn!(
-                        "{err} (protocol {}, connection {id}, packing a send)",
-                        self.protocol.name()
-                    );
-                    outbox.push(Command::Close { token, id });
+                match self.pack_into(&payload, wire) {
+                    Ok(()) => {
+                        to.backlog.charge_send(wire.len() - before);
+                    }
+                    Err(err) => {
+                        // A plugin failed: drop its partial frame and reset that connection.
+                        wire.truncate(before);
+                        let reason = format!(
+                            "{err} (protocol {}, connection {id}, packing a send)",
+                            self.protocol.name()
+                        );
+                        outbox.push(Command::Abort {
+                            token,
+                            id,
+                            reason: Some(reason),
+                        });
+                    }
                 }
             }
         }
@@ -226,39 +224,33 @@ impl Shared {
     /// false when the server is not running.
     pub(crate) fn post_wire(
         self: &Arc<Self>,
-        loop_index: u32,
-        token: u32,
-        id: u64,
+        to: Target<'_>,
         size: usize,
         write: impl FnOnce(&mut Vec<u8>),
     ) -> bool {
-        let Some(loops) = self.loops.get() else {
+        if self.loops.get().is_none() {
             return false;
-        };
-        if DISPATCHING.with(|d| d.get()) == self.key() {
+        }
+        if self.in_batch() {
             let mut outboxes = self.lock_outboxes();
-            let spare = |capacity| self.spare_buffer(loop_index, capacity);
-            write(packed_tail(
-                &mut outboxes[loop_index as usize],
-                token,
-                id,
-                size,
-                spare,
-            ));
+            let spare = |capacity| self.spare_buffer(to.loop_index, capacity);
+            let outbox = &mut outboxes[to.loop_index as usize];
+            let wire = packed_tail(outbox, to.token, to.id, size, spare);
+            let before = wire.len();
+            write(wire);
+            to.backlog.charge_send(wire.len() - before);
             return true;
         }
         let mut data = Vec::with_capacity(size);
         write(&mut data);
+        to.backlog.charge_send(data.len());
         let command = Command::Send {
-            token,
-            id,
+            token: to.token,
+            id: to.id,
             data,
             packed: true,
         };
-        if let Err(e) = loops[loop_index as usize].post(command) {
-            log::error!("pygev: could not wake loop {loop_index}: {e}");
-        }
-        true
+        self.post_to(to.loop_index, command)
     }
 
     /// Appends the wire form of `payload` to `wire` (identity or stateless protocols only).
@@ -320,6 +312,28 @@ impl Shared {
 
     pub(crate) fn lock_timers(&self) -> MutexGuard<'_, HashMap<u64, Py<Timer>>> {
         self.timers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Where a send goes: a connection's loop, slot and id, and the counters it charges.
+#[derive(Clone, Copy)]
+pub(crate) struct Target<'a> {
+    pub(crate) loop_index: u32,
+    pub(crate) token: u32,
+    pub(crate) id: u64,
+    pub(crate) backlog: &'a Backlog,
+}
+
+/// Whether posting to loop `loop_index` went through; an ended loop is not an error worth
+/// a log line (the connection is gone).
+fn posted(loop_index: u32, result: std::io::Result<()>) -> bool {
+    match result {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotConnected => false,
+        Err(e) => {
+            log::error!("pygev: could not wake loop {loop_index}: {e}");
+            false
+        }
     }
 }
 

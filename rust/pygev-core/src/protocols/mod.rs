@@ -315,18 +315,33 @@ pub trait Protocol: Send + Sync {
         true
     }
 
-    /// How often the loop calls [`Protocol::tick`] for each connection (`None`: never).
-    fn tick_interval(&self) -> Option<std::time::Duration> {
+    /// Whether a connection holding `buffered` bytes of unparsed input is in the middle of a
+    /// frame (or message): the loop then runs the frame deadline, so a peer cannot hold a
+    /// connection open by trickling a frame that never ends.
+    fn has_partial_frame(&self, _state: &ProtocolState, buffered: usize) -> bool {
+        buffered > 0
+    }
+
+    /// When the loop should next call [`Protocol::tick`] for this connection, given the
+    /// last time the peer was heard from (bytes arrived, or it took output we had queued);
+    /// `None` for never. The loop keeps the answer in its deadline heap, so a protocol that
+    /// needs no ticks costs idle connections nothing.
+    fn next_tick(
+        &self,
+        _state: &ProtocolState,
+        _last_heard: std::time::Instant,
+    ) -> Option<std::time::Instant> {
         None
     }
 
-    /// Called every [`Protocol::tick_interval`] with the time the peer last sent anything;
-    /// may append bytes to write to `out` (a keepalive ping). An `Err` closes the connection.
+    /// Called once the time [`Protocol::next_tick`] gave has come (a WebSocket handshake
+    /// timeout, a keepalive ping); may append bytes to write to `out`. An `Err` closes the
+    /// connection. It may be called early and must then do nothing.
     fn tick(
         &self,
         _state: &mut ProtocolState,
         _now: std::time::Instant,
-        _last_read: std::time::Instant,
+        _last_heard: std::time::Instant,
         _out: &mut Vec<u8>,
     ) -> Result<(), ProtocolError> {
         Ok(())

@@ -158,6 +158,11 @@ impl Reader {
         }
     }
 
+    /// Whether a fragmented message has started and not ended yet.
+    pub fn in_message(&self) -> bool {
+        self.partial.is_some()
+    }
+
     /// Reads every whole frame at the start of `input`, pushing whole messages and control
     /// frames into `out`, and returns how many bytes it used. A partial frame is left for
     /// the next call. After the peer's close frame, nothing more is read (the rest of the

@@ -145,6 +145,13 @@ impl State {
     }
 }
 
+fn state_ref(state: &ProtocolState) -> &State {
+    state
+        .as_ref()
+        .and_then(|s| s.downcast_ref::<State>())
+        .expect("the WebSocket state is made by new_state")
+}
+
 fn state_of(state: &mut ProtocolState) -> &mut State {
     state
         .as_mut()
@@ -398,27 +405,41 @@ impl Protocol for WebSocket {
     }
 
     fn allows_packed(&self, state: &ProtocolState) -> bool {
-        let phase = &state
-            .as_ref()
-            .and_then(|s| s.downcast_ref::<State>())
-            .expect("the WebSocket state is made by new_state")
-            .phase;
-        !matches!(phase, Phase::CloseSent | Phase::Closed)
+        !matches!(state_ref(state).phase, Phase::CloseSent | Phase::Closed)
     }
 
-    fn tick_interval(&self) -> Option<Duration> {
-        let mut shortest = self.settings.handshake_timeout;
-        if let Some(interval) = self.settings.ping_interval {
-            shortest = shortest.min(interval).min(self.settings.ping_timeout);
+    fn has_partial_frame(&self, state: &ProtocolState, buffered: usize) -> bool {
+        let state = state_ref(state);
+        match state.phase {
+            Phase::Handshake => buffered > 0,
+            Phase::Open | Phase::CloseSent => buffered > 0 || state.reader.in_message(),
+            // Held behind the hook (the handshake timeout runs), or ending.
+            Phase::Pending(_) | Phase::CloseReceived | Phase::Closed => false,
         }
-        Some((shortest / 4).clamp(Duration::from_millis(5), Duration::from_secs(1)))
+    }
+
+    fn next_tick(&self, state: &ProtocolState, last_heard: Instant) -> Option<Instant> {
+        let state = state_ref(state);
+        match state.phase {
+            Phase::Handshake | Phase::Pending(_) => {
+                Some(state.started + self.settings.handshake_timeout)
+            }
+            Phase::Open => {
+                let interval = self.settings.ping_interval?;
+                match state.ping_sent {
+                    Some(sent) if last_heard <= sent => Some(sent + self.settings.ping_timeout),
+                    _ => Some(last_heard + interval),
+                }
+            }
+            _ => None,
+        }
     }
 
     fn tick(
         &self,
         state: &mut ProtocolState,
         now: Instant,
-        last_read: Instant,
+        last_heard: Instant,
         out: &mut Vec<u8>,
     ) -> Result<(), ProtocolError> {
         let state = state_of(state);
@@ -439,7 +460,7 @@ impl Protocol for WebSocket {
         let Some(interval) = self.settings.ping_interval else {
             return Ok(());
         };
-        if state.ping_sent.is_some_and(|sent| last_read > sent) {
+        if state.ping_sent.is_some_and(|sent| last_heard > sent) {
             state.ping_sent = None; // bytes came (a frame may still be arriving)
         }
         match state.ping_sent {
@@ -452,7 +473,7 @@ impl Protocol for WebSocket {
                 )))
             }
             Some(_) => Ok(()),
-            None if now.duration_since(last_read) >= interval => {
+            None if now.duration_since(last_heard) >= interval => {
                 frames::write_frame(out, opcode::PING, true, false, b"keepalive");
                 state.ping_sent = Some(now);
                 Ok(())

@@ -6,14 +6,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pygev_core::{Command, Config, Event, Protocol, Raw, Running, Server};
+use pygev_core::{Backlog, Command, Config, Event, Protocol, Raw, Running, Server};
 
 /// A started core server and the bookkeeping a dispatcher keeps.
 pub struct Harness {
     pub server: Server,
     pub running: Running,
-    /// (loop, token) -> connection id, for open connections.
-    pub conns: HashMap<(u32, u32), u64>,
+    /// (loop, token) -> connection id and counters, for open connections.
+    pub conns: HashMap<(u32, u32), (u64, Arc<Backlog>)>,
     pub log: Vec<String>,
 }
 
@@ -59,19 +59,15 @@ impl Harness {
     }
 
     fn handle(&mut self, event: Event) {
-        if let Event::Message { loop_index, .. } | Event::Messages { loop_index, .. } = &event {
-            let held = event.held_bytes();
-            self.running.loops()[*loop_index as usize]
-                .dispatched(held, usize::MAX)
-                .unwrap();
-        }
+        self.credit(&event);
         match event {
             Event::Connect {
                 loop_index,
                 token,
                 info,
             } => {
-                self.conns.insert((loop_index, token), info.id);
+                self.conns
+                    .insert((loop_index, token), (info.id, info.backlog));
                 self.log.push(format!("connect {}", info.id));
             }
             Event::Message {
@@ -79,7 +75,7 @@ impl Harness {
                 token,
                 data,
             } => {
-                let id = self.conns[&(loop_index, token)];
+                let id = self.conns[&(loop_index, token)].0;
                 let handle = &self.running.loops()[loop_index as usize];
                 handle
                     .post(Command::Send {
@@ -95,7 +91,7 @@ impl Harness {
                 token,
                 frames,
             } => {
-                let id = self.conns[&(loop_index, token)];
+                let id = self.conns[&(loop_index, token)].0;
                 let handle = &self.running.loops()[loop_index as usize];
                 for data in frames.iter() {
                     handle
@@ -109,17 +105,52 @@ impl Harness {
                 }
             }
             Event::PeerClosed { loop_index, token } => {
-                let id = self.conns[&(loop_index, token)];
+                let id = self.conns[&(loop_index, token)].0;
                 self.running.loops()[loop_index as usize]
                     .post(Command::Close { token, id })
                     .unwrap();
             }
             Event::Closed { loop_index, token } => {
-                let id = self.conns.remove(&(loop_index, token)).unwrap();
+                let id = self.conns.remove(&(loop_index, token)).unwrap().0;
                 self.log.push(format!("closed {id}"));
             }
             Event::Quiesced { loop_index } => self.log.push(format!("quiesced {loop_index}")),
             Event::LoopExited { loop_index } => self.log.push(format!("exited {loop_index}")),
+        }
+    }
+
+    /// Takes a handled event's cost off dispatch backpressure, as the real dispatcher does:
+    /// every event for its loop, messages for their connection too.
+    fn credit(&self, event: &Event) {
+        let (loop_index, token) = match event {
+            Event::Connect {
+                loop_index, token, ..
+            }
+            | Event::Message {
+                loop_index, token, ..
+            }
+            | Event::Messages {
+                loop_index, token, ..
+            }
+            | Event::PeerClosed { loop_index, token }
+            | Event::Closed { loop_index, token } => (*loop_index, Some(*token)),
+            Event::Quiesced { loop_index } => (*loop_index, None),
+            Event::LoopExited { .. } => return,
+        };
+        let cost = event.dispatch_cost();
+        let handle = &self.running.loops()[loop_index as usize];
+        handle.dispatched(cost, usize::MAX).unwrap();
+        if event.is_message() {
+            let backlog = match (token, event) {
+                (Some(token), _) => self.conns.get(&(loop_index, token)).map(|c| &c.1),
+                _ => None,
+            };
+            if let (Some(backlog), Some(token)) = (backlog, token) {
+                if backlog.dispatched(cost, usize::MAX / 2) {
+                    let id = self.conns[&(loop_index, token)].0;
+                    handle.post(Command::Unthrottle { token, id }).unwrap();
+                }
+            }
         }
     }
 

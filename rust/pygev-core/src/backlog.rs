@@ -1,0 +1,97 @@
+//! What is queued for one connection in each direction, shared by its loop and the
+//! dispatcher.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+/// A connection's queues as counters: what waits for Python, and what waits to be written.
+///
+/// The loop and the dispatcher each see one end of each queue, so both keep the counters:
+/// the loop charges what it queues for Python and the dispatcher credits what it handled;
+/// senders charge what they post and the loop credits what it takes, publishing what its
+/// output buffer holds. Limits are checked against these at once, on either side: a
+/// connection that has much waiting for Python is not read (others are), and a send that
+/// would take unsent output past its limit fails at the call.
+///
+/// # Examples
+///
+/// ```
+/// use pygev_core::Backlog;
+///
+/// let backlog = Backlog::default();
+/// backlog.charge_dispatch(300);
+/// assert!(backlog.throttle(256));            // over the limit: the loop stops reading
+/// assert!(backlog.dispatched(200, 256));      // under half: reading resumes
+/// ```
+#[derive(Debug, Default)]
+pub struct Backlog {
+    /// Dispatch cost of this connection's messages queued for Python (see
+    /// [`Event::dispatch_cost`](crate::Event::dispatch_cost)).
+    to_python: AtomicUsize,
+    /// The loop stopped reading the connection because `to_python` passed its limit.
+    throttled: AtomicBool,
+    /// Bytes of sends posted to the loop and not yet taken by it.
+    posted: AtomicUsize,
+    /// Bytes in the loop's output buffer, not yet written to the socket.
+    buffered: AtomicUsize,
+}
+
+impl Backlog {
+    /// The loop queued messages of this dispatch cost for Python.
+    pub fn charge_dispatch(&self, cost: usize) {
+        self.to_python.fetch_add(cost, Ordering::AcqRel);
+    }
+
+    /// Dispatch cost of the messages Python has not handled yet.
+    pub fn pending_dispatch(&self) -> usize {
+        self.to_python.load(Ordering::Acquire)
+    }
+
+    /// Called by the loop before reading: whether the connection must wait because more
+    /// than `limit` is queued for Python. When it must, the dispatcher's
+    /// [`Backlog::dispatched`] reports the moment it may go on.
+    pub fn throttle(&self, limit: usize) -> bool {
+        if self.to_python.load(Ordering::Acquire) <= limit {
+            return false;
+        }
+        self.throttled.store(true, Ordering::SeqCst);
+        // The dispatcher may have credited in between and missed the flag: look again.
+        !(self.to_python.load(Ordering::SeqCst) <= limit / 2
+            && self.throttled.swap(false, Ordering::SeqCst))
+    }
+
+    /// Called by the dispatcher once it has handled messages of this dispatch cost: true
+    /// when the loop throttled the connection and should now resume reading it.
+    pub fn dispatched(&self, cost: usize, limit: usize) -> bool {
+        let left = self.to_python.fetch_sub(cost, Ordering::AcqRel) - cost;
+        left <= limit / 2 && self.throttled.swap(false, Ordering::SeqCst)
+    }
+
+    /// Adds `bytes` posted for writing; returns the unsent output the connection would
+    /// then have (posted, plus what the loop holds).
+    pub fn charge_send(&self, bytes: usize) -> usize {
+        let posted = self.posted.fetch_add(bytes, Ordering::AcqRel) + bytes;
+        posted + self.buffered.load(Ordering::Acquire)
+    }
+
+    /// Takes back a charge that was not posted after all.
+    pub fn uncharge_send(&self, bytes: usize) {
+        self.posted.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// Called by the loop when it takes a posted send of `bytes`.
+    pub(crate) fn took_send(&self, bytes: usize) {
+        self.posted.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// Called by the loop when its output buffer for the connection changed size.
+    pub(crate) fn set_buffered(&self, bytes: usize) {
+        if self.buffered.load(Ordering::Relaxed) != bytes {
+            self.buffered.store(bytes, Ordering::Release);
+        }
+    }
+
+    /// Output not yet written to the socket: posted sends plus the loop's buffer.
+    pub fn unsent(&self) -> usize {
+        self.posted.load(Ordering::Acquire) + self.buffered.load(Ordering::Acquire)
+    }
+}

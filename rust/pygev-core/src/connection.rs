@@ -1,0 +1,124 @@
+//! One connection as its loop holds it: socket, buffers, framing state, times and flags.
+
+use std::sync::Arc;
+
+use mio::net::TcpStream;
+
+use crate::backlog::Backlog;
+use crate::clock::Millis;
+use crate::protocols::ProtocolState;
+use crate::ring_buffer::RingBuffer;
+
+/// Connection state bits.
+pub(crate) mod flag {
+    /// The socket may have unread bytes (edge-triggered: remembered until WouldBlock).
+    pub(crate) const READ_READY: u16 = 1;
+    /// The last write hit WouldBlock; wait for a writable event.
+    pub(crate) const WRITE_BLOCKED: u16 = 1 << 1;
+    /// Output passed the high-water mark: not reading until it drains.
+    pub(crate) const OUTPUT_FULL: u16 = 1 << 2;
+    /// The peer sent EOF; nothing more to read.
+    pub(crate) const PEER_EOF: u16 = 1 << 3;
+    /// Closing: flush output, then close.
+    pub(crate) const CLOSING: u16 = 1 << 4;
+    /// Shut down the write side once output is flushed.
+    pub(crate) const SHUTDOWN_PENDING: u16 = 1 << 5;
+    /// The write side is shut down.
+    pub(crate) const WRITE_SHUT: u16 = 1 << 6;
+    /// Waiting in the deferred-read list (the loop's whole dispatch queue is full).
+    pub(crate) const DEFERRED: u16 = 1 << 7;
+    /// Waiting in the more-to-read list (read budget spent).
+    pub(crate) const MORE_TO_READ: u16 = 1 << 8;
+    /// epoll reported the peer's FIN (or an error): read on to EOF, even after short reads.
+    pub(crate) const HANGUP_SEEN: u16 = 1 << 9;
+    /// Output flushed and write side shut; discarding input until the peer's EOF, so that
+    /// closing with unread input (which sends RST) cannot destroy what we sent.
+    pub(crate) const LINGERING: u16 = 1 << 10;
+    /// The protocol stopped reading; the dispatcher ends the connection (WebSocket close).
+    pub(crate) const READ_STOPPED: u16 = 1 << 11;
+    /// Not read because this connection has much queued for Python (others still are).
+    pub(crate) const THROTTLED: u16 = 1 << 12;
+
+    /// The loop stopped reading this connection for its own reasons (Python is behind):
+    /// time spent so is not the peer's silence.
+    pub(crate) const PAUSED_BY_US: u16 = DEFERRED | THROTTLED;
+}
+
+/// A connection owned by a loop, in its slab.
+pub(crate) struct Conn {
+    pub(crate) stream: TcpStream,
+    pub(crate) id: u64,
+    pub(crate) flags: u16,
+    pub(crate) input: RingBuffer,
+    pub(crate) output: RingBuffer,
+    pub(crate) state: ProtocolState,
+    /// Counters shared with the dispatcher's `Connection`.
+    pub(crate) backlog: Arc<Backlog>,
+    /// Last progress either way (bytes read, or written to the socket).
+    pub(crate) last_active: Millis,
+    /// Last time bytes arrived (a peer that sent recently may still be sending).
+    pub(crate) last_read: Millis,
+    /// Last sign that the peer is there: bytes arrived, or it took output we had queued.
+    pub(crate) last_heard: Millis,
+    /// When the frame now arriving started (NEVER between frames).
+    pub(crate) frame_started: Millis,
+    /// Closing: when to give up on flushing. Before that, after the peer's EOF: how long
+    /// Python may take to answer the messages that came before it.
+    pub(crate) close_deadline: Millis,
+    /// The time of this connection's live entry in the deadline heap (NEVER: none).
+    pub(crate) wake_at: Millis,
+}
+
+impl Conn {
+    pub(crate) fn new(
+        stream: TcpStream,
+        id: u64,
+        state: ProtocolState,
+        backlog: Arc<Backlog>,
+        now: Millis,
+    ) -> Conn {
+        Conn {
+            stream,
+            id,
+            flags: 0,
+            input: RingBuffer::new(),
+            output: RingBuffer::new(),
+            state,
+            backlog,
+            last_active: now,
+            last_read: now,
+            last_heard: now,
+            frame_started: Millis::NEVER,
+            close_deadline: Millis::NEVER,
+            wake_at: Millis::NEVER,
+        }
+    }
+
+    pub(crate) fn has(&self, bits: u16) -> bool {
+        self.flags & bits != 0
+    }
+
+    pub(crate) fn can_read(&self) -> bool {
+        !self.has(
+            flag::OUTPUT_FULL
+                | flag::PEER_EOF
+                | flag::CLOSING
+                | flag::READ_STOPPED
+                | flag::THROTTLED,
+        )
+    }
+}
+
+/// Why a connection is closed right away.
+pub(crate) enum CloseCause {
+    /// Normal end: flushed, peer gone, or stop; nothing is lost.
+    Done,
+    /// The socket failed (the log says how); nothing more can be sent anyway.
+    Failed(String),
+    /// A limit, a timeout or a protocol error ends the connection with data unsent or
+    /// unread: the peer gets a reset (SO_LINGER 0), never a FIN that would make a cut-off
+    /// stream look complete. The reason is logged once.
+    Abort(String),
+    /// The same, already logged by whoever asked for it.
+    Reset,
+}

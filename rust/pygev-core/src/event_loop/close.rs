@@ -1,0 +1,130 @@
+//! Closing: graceful (flush, then FIN, lingering while the peer still sends) and abortive
+//! (a reset, when closing drops data).
+
+use std::io;
+use std::net::Shutdown;
+use std::time::Duration;
+
+use super::read::read_into_spare;
+use super::{EventLoop, READ_BUDGET};
+use crate::clock::Millis;
+use crate::connection::{flag, CloseCause};
+use crate::event::Event;
+use crate::stats::LoopStats;
+
+/// How long a closing connection keeps discarding a still-sending peer's input.
+const LINGER_TIMEOUT: Duration = Duration::from_secs(1);
+/// The same while the server stops, so that Ctrl+C stays prompt.
+const STOP_LINGER_TIMEOUT: Duration = Duration::from_millis(250);
+/// A peer that sent within this long before the close is taken to be still sending.
+const LINGER_RECENT: Duration = Duration::from_secs(1);
+
+impl EventLoop {
+    /// Stops reading and closes once output is flushed, or at `deadline`.
+    pub(super) fn begin_close(&mut self, token: usize, deadline: Millis) {
+        let Some(conn) = self.conns.get_mut(token) else {
+            return;
+        };
+        if !conn.has(flag::CLOSING) {
+            // Any earlier deadline was the EOF grace: the close has its own.
+            conn.close_deadline = Millis::NEVER;
+        }
+        conn.flags |= flag::CLOSING;
+        conn.close_deadline = conn.close_deadline.min(deadline);
+        if conn.output.is_empty() || conn.has(flag::WRITE_SHUT) {
+            self.finish_close(token);
+        } else {
+            self.schedule(token);
+            self.flush(token);
+        }
+    }
+
+    /// Closes a connection whose output is flushed. If the peer is still sending, first
+    /// shuts down the write side and lingers (discarding input until EOF, bounded by
+    /// `LINGER_TIMEOUT` and the close deadline): closing with unread input makes the kernel
+    /// send RST, and the peer would lose the tail of what we sent.
+    pub(super) fn finish_close(&mut self, token: usize) {
+        let conn = &mut self.conns[token];
+        if conn.has(flag::PEER_EOF) {
+            self.close_now(token, CloseCause::Done);
+            return;
+        }
+        if !conn.has(flag::LINGERING) {
+            let probe = read_into_spare(&conn.stream, &mut self.scratch);
+            self.scratch.clear();
+            let unread = match probe {
+                Ok(0) => return self.close_now(token, CloseCause::Done), // EOF
+                Ok(_) => true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+                Err(_) => return self.close_now(token, CloseCause::Done),
+            };
+            let sending = self.now.since(conn.last_read) < LINGER_RECENT;
+            if !unread && !sending {
+                // A quiet peer: a plain close loses nothing and ends promptly.
+                return self.close_now(token, CloseCause::Done);
+            }
+            if !conn.has(flag::WRITE_SHUT) {
+                let _ = conn.stream.shutdown(Shutdown::Write);
+            }
+            conn.flags |= flag::LINGERING | flag::WRITE_SHUT;
+            let linger = if self.draining {
+                STOP_LINGER_TIMEOUT
+            } else {
+                LINGER_TIMEOUT
+            };
+            conn.close_deadline = conn.close_deadline.min(self.now.after(linger));
+            self.schedule(token);
+        }
+        self.linger(token);
+    }
+
+    /// Discards a lingering connection's input; closes it at EOF (or on an error).
+    pub(super) fn linger(&mut self, token: usize) {
+        for _ in 0..READ_BUDGET {
+            let result = read_into_spare(&self.conns[token].stream, &mut self.scratch);
+            self.scratch.clear();
+            match result {
+                Ok(0) => return self.close_now(token, CloseCause::Done),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.close_now(token, CloseCause::Done),
+            }
+        }
+        self.read_later(token);
+    }
+
+    /// Closes the socket now and tells the dispatcher. An abort resets the connection
+    /// (SO_LINGER 0), so the peer cannot take a cut-off stream for a complete one.
+    pub(super) fn close_now(&mut self, token: usize, cause: CloseCause) {
+        let Some(mut conn) = self.conns.try_remove(token) else {
+            return;
+        };
+        let reset = match cause {
+            CloseCause::Done => false,
+            CloseCause::Failed(message) => {
+                log::warn!("{message}");
+                false
+            }
+            CloseCause::Abort(reason) => {
+                log::warn!("{reason}; the connection was reset");
+                true
+            }
+            CloseCause::Reset => true,
+        };
+        if reset {
+            let socket = socket2::SockRef::from(&conn.stream);
+            if let Err(err) = socket.set_linger(Some(Duration::ZERO)) {
+                log::debug!("pygev: could not set SO_LINGER 0: {err}");
+            }
+        }
+        self.write_buffered -= conn.output.len();
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        drop(conn);
+        LoopStats::add(&self.handle.stats.closed, 1);
+        self.queue_event(Event::Closed {
+            loop_index: self.index,
+            token: token as u32,
+        });
+    }
+}

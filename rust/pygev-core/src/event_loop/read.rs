@@ -1,0 +1,391 @@
+//! The read path: reading sockets, running the framing, queueing whole messages for the
+//! dispatcher, and the two kinds of dispatch backpressure (the loop's whole queue, and one
+//! connection's share of it).
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+
+use mio::net::TcpStream;
+
+use super::{EventLoop, READ_BUDGET};
+use crate::clock::Millis;
+use crate::connection::{flag, CloseCause, Conn};
+use crate::event::Event;
+use crate::protocols::ProtocolError;
+use crate::stats::LoopStats;
+
+impl EventLoop {
+    /// Whether the loop's whole dispatch queue is over its high-water mark.
+    pub(super) fn dispatch_backlogged(&self) -> bool {
+        self.handle
+            .dispatch_backlogged(self.config.dispatch_high_water)
+    }
+
+    pub(super) fn read(&mut self, token: usize) {
+        let Some(conn) = self.conns.get_mut(token) else {
+            return;
+        };
+        if conn.has(flag::LINGERING) {
+            self.linger(token);
+            return;
+        }
+        if self.quiesced || !conn.can_read() || !conn.has(flag::READ_READY) {
+            return;
+        }
+        for _ in 0..READ_BUDGET {
+            if self.batch_full() {
+                break;
+            }
+            if self.dispatch_backlogged() {
+                self.defer_read(token);
+                return;
+            }
+            let conn = &mut self.conns[token];
+            if conn.backlog.throttle(self.config.conn_dispatch_high_water) {
+                // This connection has its share queued for Python; others are still read.
+                conn.flags |= flag::THROTTLED;
+                return;
+            }
+            match read_into_spare(&conn.stream, &mut self.scratch) {
+                Ok(0) => return self.peer_eof(token),
+                Ok(n) => {
+                    self.batch_read += n;
+                    conn.last_active = self.now;
+                    conn.last_read = self.now;
+                    conn.last_heard = self.now;
+                    LoopStats::add(&self.handle.stats.bytes_in, n as u64);
+                    if let Err(cause) = self.feed(token, n) {
+                        self.close_now(token, cause);
+                        return;
+                    }
+                    if !self.conns.get(token).is_some_and(Conn::can_read) {
+                        return; // the protocol closed it (or its reply filled the output)
+                    }
+                    // NOTE: on Linux a short read means the socket was drained, and epoll
+                    // (edge-triggered) reports any later arrival; skipping the read that
+                    // would return EAGAIN saves a system call per message. A FIN already
+                    // reported will not be reported again, so then we read on to EOF.
+                    if n < self.config.read_buffer_size && !self.conns[token].has(flag::HANGUP_SEEN)
+                    {
+                        self.conns[token].flags &= !flag::READ_READY;
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    conn.flags &= !flag::READ_READY;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let cause = reset_cause(&e);
+                    self.close_now(token, cause);
+                    return;
+                }
+            }
+        }
+        self.read_later(token);
+    }
+
+    /// The peer sent EOF. A connection with nothing waiting (no output, no message in
+    /// Python, no reply on its way) closes at once, so that peers leaving while Python is busy do not hold
+    /// descriptors; `on_close` follows in order. Otherwise it stays open so that replies
+    /// to the messages before the EOF reach a peer that only shut down its write side, for
+    /// at most `drain_timeout` (then it closes, whether Python answered or not).
+    fn peer_eof(&mut self, token: usize) {
+        let conn = &mut self.conns[token];
+        conn.flags = (conn.flags | flag::PEER_EOF) & !flag::READ_READY;
+        // Python credits a message only after its handler ran, and the handler's replies
+        // are charged as it sends them: nothing in either count means nothing is coming.
+        let waiting = conn.backlog.pending_dispatch() > 0
+            || conn.backlog.unsent() > 0
+            || !conn.output.is_empty();
+        if !waiting && !conn.has(flag::CLOSING) {
+            return self.close_now(token, CloseCause::Done);
+        }
+        self.queue_event(Event::PeerClosed {
+            loop_index: self.index,
+            token: token as u32,
+        });
+        let conn = &mut self.conns[token];
+        if !conn.has(flag::CLOSING) {
+            conn.close_deadline = self.now.after(self.config.drain_timeout);
+            self.schedule(token);
+        }
+    }
+
+    /// Whether this iteration has read its `batch_bytes`.
+    pub(super) fn batch_full(&self) -> bool {
+        self.batch_read >= self.config.batch_bytes
+    }
+
+    /// Reads `token` in the next iteration, which polls without waiting.
+    pub(super) fn read_later(&mut self, token: usize) {
+        let conn = &mut self.conns[token];
+        if !conn.has(flag::MORE_TO_READ) {
+            conn.flags |= flag::MORE_TO_READ;
+            self.more_to_read.push_back(token);
+        }
+    }
+
+    /// Runs the protocol over the `n` bytes just read into the scratch buffer (after any
+    /// leftover), and leaves the scratch buffer empty.
+    pub(super) fn feed(&mut self, token: usize, n: usize) -> Result<(), CloseCause> {
+        let conn = &mut self.conns[token];
+        let result = if conn.input.is_empty() && self.protocol.is_passthrough() {
+            // NOTE: a large read is handed over as the message itself instead of copied
+            // (raw echo of 4 KiB messages: memcpy was a quarter of the server's CPU). The
+            // buffer is not shrunk (that would copy); dispatch accounting counts capacity.
+            if n >= self.config.read_buffer_size / 8 {
+                let data = std::mem::replace(
+                    &mut self.scratch,
+                    Vec::with_capacity(self.config.read_buffer_size),
+                );
+                self.frames.push_owned(data);
+            } else {
+                self.frames.push(&self.scratch);
+            }
+            Ok(())
+        } else {
+            let data = &self.scratch[..];
+            if conn.input.is_empty() {
+                self.protocol
+                    .unpack(&mut conn.state, data, &mut self.frames)
+                    .and_then(|used| checked_use(used, data.len()))
+                    .map(|used| conn.input.write(&data[used..]))
+            } else {
+                let input = conn.input.write_contiguous(data);
+                let len = input.len();
+                self.protocol
+                    .unpack(&mut conn.state, input, &mut self.frames)
+                    .and_then(|used| checked_use(used, len))
+                    .map(|used| conn.input.retrieve(used))
+            }
+        };
+        self.scratch.clear();
+        let count = self.frames.len();
+        let (loop_index, token32) = (self.index, token as u32);
+        let event = self.frames.take().map(|taken| match taken {
+            Ok(data) => Event::Message {
+                loop_index,
+                token: token32,
+                data,
+            },
+            Err(frames) => Event::Messages {
+                loop_index,
+                token: token32,
+                frames,
+            },
+        });
+        if let Some(event) = event {
+            conn.backlog.charge_dispatch(event.dispatch_cost());
+            LoopStats::add(&self.handle.stats.messages_in, count as u64);
+            self.queue_event(event);
+        }
+        let conn = &mut self.conns[token];
+        if let Err(err) = result {
+            self.frames.take_actions();
+            self.frames.take_stop();
+            return Err(CloseCause::Abort(format!(
+                "{} (protocol {}, connection {})",
+                err,
+                self.protocol.name(),
+                conn.id
+            )));
+        }
+        if conn.input.len() > self.config.max_input_buffer {
+            self.frames.take_actions();
+            self.frames.take_stop();
+            return Err(CloseCause::Abort(format!(
+                "pygev: connection {} holds {} bytes of unparsed input, over max_input_buffer {}",
+                conn.id,
+                conn.input.len(),
+                self.config.max_input_buffer
+            )));
+        }
+        if self.frames.has_actions() {
+            if let Some(error) = self.frames.take_stop() {
+                conn.flags |= flag::READ_STOPPED;
+                if let Some(message) = error {
+                    log::warn!("{message} (connection {})", conn.id);
+                }
+            }
+            let (reply, close) = self.frames.take_actions();
+            self.protocol_actions(token, &reply, close);
+        }
+        self.track_frame(token);
+        Ok(())
+    }
+
+    /// Starts the frame deadline when a frame began arriving, and ends it once the framing
+    /// holds no partial frame.
+    fn track_frame(&mut self, token: usize) {
+        if self.config.frame_timeout.is_none() {
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(token) else {
+            return;
+        };
+        if !self
+            .protocol
+            .has_partial_frame(&conn.state, conn.input.len())
+        {
+            conn.frame_started = Millis::NEVER;
+        } else if conn.frame_started.is_never() {
+            conn.frame_started = self.now;
+            self.schedule(token);
+        }
+    }
+
+    /// Does what the protocol asked for itself: writes its reply (ahead of anything sent
+    /// later), then closes if it asked to, logging what the peer did wrong.
+    pub(super) fn protocol_actions(
+        &mut self,
+        token: usize,
+        reply: &[u8],
+        close: Option<Option<String>>,
+    ) {
+        let id = self.conns[token].id;
+        if !reply.is_empty() && !self.conns[token].has(flag::WRITE_SHUT | flag::SHUTDOWN_PENDING) {
+            self.write_out(token, reply);
+        }
+        if let Some(error) = close {
+            if let Some(message) = error {
+                log::warn!("{message} (connection {id})");
+            }
+            if self.conns.contains(token) {
+                self.begin_close(token, self.now.after(self.config.drain_timeout));
+            }
+        }
+    }
+
+    fn defer_read(&mut self, token: usize) {
+        let conn = &mut self.conns[token];
+        if !conn.has(flag::DEFERRED) {
+            conn.flags |= flag::DEFERRED;
+            self.deferred_reads.push(token);
+        }
+        self.note_dispatch_paused();
+    }
+
+    /// Asks the dispatcher for a `Resume` once it catches up.
+    pub(super) fn note_dispatch_paused(&mut self) {
+        if !self.handle.dispatch_paused.swap(true, Ordering::SeqCst) {
+            // The dispatcher may have caught up between our check and the flag: look again.
+            let pending = self.handle.pending_dispatch.load(Ordering::SeqCst);
+            if pending <= self.config.dispatch_high_water / 2
+                && self.handle.dispatch_paused.swap(false, Ordering::SeqCst)
+            {
+                self.resume_deferred();
+            }
+        }
+    }
+
+    pub(super) fn resume_deferred(&mut self) {
+        let tokens = std::mem::take(&mut self.deferred_reads);
+        for token in &tokens {
+            if let Some(conn) = self.conns.get_mut(*token) {
+                conn.flags &= !flag::DEFERRED;
+                self.resumed(*token);
+            }
+        }
+        for token in tokens {
+            if self.conns.contains(token) {
+                self.read(token);
+            }
+        }
+        if std::mem::take(&mut self.accept_deferred) {
+            self.accept();
+        }
+    }
+
+    /// The dispatcher caught up with one throttled connection.
+    pub(super) fn unthrottle(&mut self, token: u32, id: u64) {
+        let Some(conn) = self.conn_mut(token, id) else {
+            return;
+        };
+        if !conn.has(flag::THROTTLED) {
+            return;
+        }
+        conn.flags &= !flag::THROTTLED;
+        self.resumed(token as usize);
+        self.read(token as usize);
+    }
+
+    /// A connection we had stopped reading for our own reasons goes on: the time it waited
+    /// was not its silence, so its timeouts start afresh.
+    fn resumed(&mut self, token: usize) {
+        let conn = &mut self.conns[token];
+        if conn.has(flag::PAUSED_BY_US) {
+            return; // still paused for the other reason
+        }
+        conn.last_active = self.now;
+        conn.last_heard = self.now;
+        if !conn.frame_started.is_never() {
+            conn.frame_started = self.now;
+        }
+        self.schedule(token);
+    }
+
+    /// Reads the connections left over from earlier iterations, oldest first, until the
+    /// batch is full; a connection that still has bytes goes to the back of the line.
+    pub(super) fn read_leftovers(&mut self) {
+        for _ in 0..self.more_to_read.len() {
+            if self.batch_full() {
+                return;
+            }
+            let Some(token) = self.more_to_read.pop_front() else {
+                return;
+            };
+            if let Some(conn) = self.conns.get_mut(token) {
+                conn.flags &= !flag::MORE_TO_READ;
+                self.read(token);
+            }
+        }
+    }
+}
+
+/// Reads from `stream` into the spare capacity of `buf` (which must be empty), without
+/// zeroing it first; returns the count, which is also `buf`'s new length.
+pub(super) fn read_into_spare(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+    debug_assert!(buf.is_empty());
+    let spare = buf.spare_capacity_mut();
+    // SAFETY: `spare` is writable memory of `spare.len()` bytes owned by `buf`; read(2)
+    // writes at most that many bytes into it and touches nothing else.
+    let n = unsafe {
+        libc::read(
+            stream.as_raw_fd(),
+            spare.as_mut_ptr().cast::<libc::c_void>(),
+            spare.len(),
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    // SAFETY: read(2) initialised the first `n` bytes of the spare capacity.
+    unsafe { buf.set_len(n) };
+    Ok(n)
+}
+
+/// A protocol (a third-party one, say) that reports more input used than it was given is
+/// broken: refuse instead of slicing out of bounds.
+fn checked_use(used: usize, len: usize) -> Result<usize, ProtocolError> {
+    if used > len {
+        return Err(ProtocolError::new(format!(
+            "pygev: the protocol reported {used} bytes used of {len}"
+        )));
+    }
+    Ok(used)
+}
+
+/// How a failed read or write ends the connection: a peer that reset or vanished is a
+/// normal end; anything else is logged.
+pub(super) fn reset_cause(err: &io::Error) -> CloseCause {
+    match err.kind() {
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::ConnectionAborted => CloseCause::Done,
+        _ => CloseCause::Failed(format!("pygev: connection error: {err}")),
+    }
+}

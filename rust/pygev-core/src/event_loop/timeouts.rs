@@ -1,0 +1,180 @@
+//! The deadlines a connection may have running (drain, EOF grace, idle timeout, frame
+//! deadline, the protocol's own: handshake timeout, keepalive), kept in the loop's deadline
+//! heap so that the loop does no work for a connection until one is due.
+
+use std::time::Duration;
+
+use super::EventLoop;
+use crate::clock::Millis;
+use crate::connection::{flag, CloseCause, Conn};
+
+/// Stale heap entries tolerated beyond twice the number of connections before compacting.
+const COMPACT_SLACK: usize = 1024;
+
+impl EventLoop {
+    /// Puts the connection's next deadline in the heap, unless an entry at or before it is
+    /// there already (a later one becomes due, finds nothing to do, and reschedules).
+    pub(super) fn schedule(&mut self, token: usize) {
+        self.schedule_after(token, self.now);
+    }
+
+    /// Like [`EventLoop::schedule`], but never before `floor` (after handling a deadline:
+    /// one that is still due must not make the loop spin).
+    fn schedule_after(&mut self, token: usize, floor: Millis) {
+        let Some(conn) = self.conns.get(token) else {
+            return;
+        };
+        let due = self.next_deadline(conn);
+        if due.is_never() {
+            return;
+        }
+        let due = due.max(floor);
+        let conn = &mut self.conns[token];
+        if due < conn.wake_at {
+            conn.wake_at = due;
+            self.deadlines.push(due, token, conn.id);
+        }
+    }
+
+    /// The earliest of the connection's running deadlines (NEVER: none).
+    fn next_deadline(&self, conn: &Conn) -> Millis {
+        let mut due = conn.close_deadline;
+        if conn.has(flag::CLOSING | flag::PAUSED_BY_US) {
+            // Closing: only the close deadline counts. Paused by us: the other deadlines
+            // start afresh when reading resumes.
+            return due;
+        }
+        if let Some(idle) = self.config.idle_timeout {
+            due = due.min(conn.last_active.after(idle));
+        }
+        if let (Some(limit), false) = (self.config.frame_timeout, conn.frame_started.is_never()) {
+            due = due.min(conn.frame_started.after(limit));
+        }
+        let heard = self.clock.instant(conn.last_heard);
+        if let Some(tick) = self.protocol.next_tick(&conn.state, heard) {
+            due = due.min(self.clock.millis_ceil(tick));
+        }
+        due
+    }
+
+    /// Handles every connection whose deadline has come.
+    pub(super) fn expire_deadlines(&mut self) {
+        while let Some(entry) = self.deadlines.pop_due(self.now) {
+            let live = self
+                .conns
+                .get_mut(entry.token)
+                .filter(|c| c.id == entry.id && c.wake_at == entry.at);
+            let Some(conn) = live else {
+                continue; // closed, or superseded by an earlier entry
+            };
+            conn.wake_at = Millis::NEVER;
+            self.on_deadline(entry.token);
+            self.schedule_after(entry.token, self.now.after(Duration::from_millis(1)));
+        }
+        if self.deadlines.len() > 2 * self.conns.len() + COMPACT_SLACK {
+            let conns = &self.conns;
+            self.deadlines.compact(|e| {
+                conns
+                    .get(e.token)
+                    .is_some_and(|c| c.id == e.id && c.wake_at == e.at)
+            });
+        }
+    }
+
+    /// Acts on whichever of the connection's deadlines has passed.
+    fn on_deadline(&mut self, token: usize) {
+        let now = self.now;
+        let conn = &mut self.conns[token];
+        if conn.close_deadline <= now {
+            if conn.has(flag::CLOSING) {
+                let pending = conn.output.len();
+                let cause = if pending == 0 {
+                    CloseCause::Done // lingering peer that never sent EOF
+                } else {
+                    CloseCause::Abort(format!(
+                        "pygev: connection {} closed with {pending} bytes unsent: drain timeout",
+                        conn.id
+                    ))
+                };
+                return self.close_now(token, cause);
+            }
+            // The peer sent EOF and Python did not answer its last messages in time.
+            conn.close_deadline = Millis::NEVER;
+            return self.begin_close(token, now.after(self.config.drain_timeout));
+        }
+        if conn.has(flag::CLOSING | flag::PAUSED_BY_US) {
+            return;
+        }
+        if let Some(idle) = self.config.idle_timeout {
+            if conn.last_active.after(idle) <= now {
+                return self.idle(token);
+            }
+        }
+        if let Some(limit) = self.config.frame_timeout {
+            if !conn.frame_started.is_never() && conn.frame_started.after(limit) <= now {
+                if conn.has(flag::OUTPUT_FULL) {
+                    // We stopped reading (the peer is slow to read): not its fault.
+                    conn.frame_started = now;
+                } else {
+                    let reason = format!(
+                        "pygev: connection {} sent part of a frame and not the rest within \
+                         frame_timeout {limit:?}",
+                        conn.id
+                    );
+                    return self.close_now(token, CloseCause::Abort(reason));
+                }
+            }
+        }
+        let heard = self.clock.instant(conn.last_heard);
+        if self
+            .protocol
+            .next_tick(&conn.state, heard)
+            .is_some_and(|t| t <= self.instant)
+        {
+            self.tick_protocol(token);
+        }
+    }
+
+    /// Closes a connection that made no progress for `idle_timeout`: gracefully when
+    /// nothing is lost, with a reset when output or input would be dropped.
+    fn idle(&mut self, token: usize) {
+        let conn = &self.conns[token];
+        let (unsent, unread) = (conn.output.len(), conn.input.len());
+        if unsent == 0 && unread == 0 {
+            log::debug!("pygev: closing connection {} after idle timeout", conn.id);
+            return self.begin_close(token, self.now.after(self.config.drain_timeout));
+        }
+        let reason = format!(
+            "pygev: connection {} made no progress for idle_timeout {:?} with {unsent} bytes \
+             unsent and {unread} bytes of an unfinished frame",
+            conn.id,
+            self.config.idle_timeout.unwrap_or_default()
+        );
+        self.close_now(token, CloseCause::Abort(reason));
+    }
+
+    /// Lets the protocol act on time (a WebSocket handshake timeout, a keepalive ping).
+    fn tick_protocol(&mut self, token: usize) {
+        let protocol = self.protocol.clone();
+        let conn = &mut self.conns[token];
+        if conn.has(flag::READ_STOPPED) {
+            return; // ending: the dispatcher closes it
+        }
+        let heard = self.clock.instant(conn.last_heard);
+        let mut out = Vec::new();
+        let result = protocol.tick(&mut conn.state, self.instant, heard, &mut out);
+        match result {
+            Ok(()) if out.is_empty() => {}
+            Ok(()) => self.protocol_actions(token, &out, None),
+            // Before any in-band close exists (a handshake that never completed): reset.
+            Err(err) if out.is_empty() => {
+                let reason = format!("{} (connection {})", err.message(), conn.id);
+                self.close_now(token, CloseCause::Abort(reason));
+            }
+            Err(err) => {
+                let close = Some(Some(err.message().to_string()));
+                self.protocol_actions(token, &out, close);
+            }
+        }
+    }
+}

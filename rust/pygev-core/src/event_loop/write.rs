@@ -1,0 +1,173 @@
+//! The write path: packing sends, writing straight to the socket when nothing is queued,
+//! buffering the rest, and what follows from the output's size (pause reading, resume,
+//! shut down, close).
+
+use std::io::{self, Write};
+use std::net::Shutdown;
+
+use super::read::reset_cause;
+use super::EventLoop;
+use crate::connection::{flag, CloseCause};
+use crate::stats::LoopStats;
+
+impl EventLoop {
+    /// The socket became writable: flush, and note that the peer took what was queued.
+    pub(super) fn on_writable(&mut self, token: usize) {
+        let Some(conn) = self.conns.get_mut(token) else {
+            return;
+        };
+        conn.flags &= !flag::WRITE_BLOCKED;
+        let before = conn.output.len();
+        self.flush(token);
+        if let Some(conn) = self.conns.get_mut(token) {
+            if conn.output.len() < before {
+                conn.last_heard = self.now; // the peer is reading
+            }
+        }
+    }
+
+    pub(super) fn send(&mut self, token: u32, id: u64, data: &[u8], packed: bool) {
+        let protocol = self.protocol.clone();
+        let Some(conn) = self.conns.get_mut(token as usize).filter(|c| c.id == id) else {
+            return;
+        };
+        conn.backlog.took_send(data.len());
+        if conn.has(flag::WRITE_SHUT | flag::SHUTDOWN_PENDING | flag::CLOSING) {
+            // NOTE: sends are taken in order, so what was queued before a close went out
+            // already; anything after it (a send that raced the close, replies after a
+            // failed pack) must not be written.
+            return;
+        }
+        if packed && !protocol.allows_packed(&conn.state) {
+            return; // the protocol's state forbids more (WebSocket: our close frame went out)
+        }
+        if packed || protocol.pack_is_identity() {
+            self.write_out(token as usize, data);
+            return;
+        }
+        let mut out = Vec::with_capacity(data.len() + 16);
+        if let Err(err) = protocol.pack(&mut conn.state, data, &mut out) {
+            // The send is lost: the peer must not take what it got for the whole stream.
+            let reason = format!(
+                "{err} (protocol {}, connection {}, packing a send)",
+                protocol.name(),
+                conn.id
+            );
+            return self.close_now(token as usize, CloseCause::Abort(reason));
+        }
+        self.write_out(token as usize, &out);
+        if protocol.pack_resumes_input(data) && !self.quiesced {
+            // Packing released input the protocol held back (a WebSocket handshake
+            // accepted by the hook, with frames already behind it).
+            let held = self
+                .conns
+                .get(token as usize)
+                .is_some_and(|c| !c.input.is_empty() && !c.has(flag::CLOSING));
+            if held {
+                if let Err(cause) = self.feed(token as usize, 0) {
+                    self.close_now(token as usize, cause);
+                }
+            }
+        }
+    }
+
+    /// Writes `wire` (already in wire form) after any pending output.
+    pub(super) fn write_out(&mut self, token: usize, wire: &[u8]) {
+        let now = self.now;
+        let Some(conn) = self.conns.get_mut(token) else {
+            return;
+        };
+        // NOTE: the common case (nothing queued) writes straight from the command's buffer;
+        // only what the socket does not take is copied into the output ring buffer.
+        let mut written = 0;
+        if conn.output.is_empty() && !conn.has(flag::WRITE_BLOCKED) {
+            while written < wire.len() {
+                match conn.stream.write(&wire[written..]) {
+                    Ok(n) => written += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        conn.flags |= flag::WRITE_BLOCKED;
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        let cause = reset_cause(&e);
+                        self.close_now(token, cause);
+                        return;
+                    }
+                }
+            }
+            if written > 0 {
+                conn.last_active = now;
+                LoopStats::add(&self.handle.stats.bytes_out, written as u64);
+            }
+        }
+        let rest = &wire[written..];
+        if !rest.is_empty() && conn.output.len() + rest.len() > self.config.max_write_buffer {
+            let reason = format!(
+                "pygev: connection {} would have {} bytes of unsent output, over \
+                 max_write_buffer {} (the peer is not reading)",
+                conn.id,
+                conn.output.len() + rest.len(),
+                self.config.max_write_buffer
+            );
+            self.close_now(token, CloseCause::Abort(reason));
+            return;
+        }
+        conn.output.write(rest);
+        self.write_buffered += rest.len();
+        self.flush(token);
+    }
+
+    /// Writes as much pending output as the socket takes, then applies what follows from
+    /// the output's new size (resume reading, shut down, close).
+    pub(super) fn flush(&mut self, token: usize) {
+        let Some(conn) = self.conns.get_mut(token) else {
+            return;
+        };
+        while !conn.output.is_empty() && !conn.has(flag::WRITE_BLOCKED) {
+            let before = conn.output.len();
+            match conn.output.write_to(&mut conn.stream) {
+                Ok(n) => {
+                    self.write_buffered -= before - conn.output.len();
+                    conn.last_active = self.now;
+                    LoopStats::add(&self.handle.stats.bytes_out, n as u64);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    conn.flags |= flag::WRITE_BLOCKED;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let cause = reset_cause(&e);
+                    self.close_now(token, cause);
+                    return;
+                }
+            }
+        }
+        let pending = conn.output.len();
+        conn.backlog.set_buffered(pending);
+        if pending > self.config.write_high_water {
+            if !conn.has(flag::OUTPUT_FULL) {
+                conn.flags |= flag::OUTPUT_FULL;
+                LoopStats::add(&self.handle.stats.read_pauses, 1);
+            }
+            return;
+        }
+        if conn.has(flag::OUTPUT_FULL) && pending <= self.config.write_high_water / 2 {
+            conn.flags &= !flag::OUTPUT_FULL;
+            if conn.has(flag::READ_READY) {
+                // Read in the loop's next turn: a write never re-enters the read path.
+                self.read_later(token);
+            }
+        }
+        let conn = &mut self.conns[token];
+        if pending > 0 {
+            return;
+        }
+        if conn.has(flag::CLOSING) {
+            self.finish_close(token);
+        } else if conn.has(flag::SHUTDOWN_PENDING) {
+            conn.flags = (conn.flags | flag::WRITE_SHUT) & !flag::SHUTDOWN_PENDING;
+            let _ = conn.stream.shutdown(Shutdown::Write);
+        }
+    }
+}

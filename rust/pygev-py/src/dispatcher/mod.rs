@@ -1,0 +1,476 @@
+//! The dispatcher: runs on the thread that called `Server.start()`, takes batches of events
+//! from the loops and calls the Python handler for each, under one GIL acquisition per batch.
+//!
+//! This file holds the run loop and what every mode shares (connections, callbacks,
+//! replies, failures, timers); `rounds.rs` cuts the work into bounded, fair rounds, and
+//! `websocket.rs` and `python_protocol.rs` hold their modes' own paths.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pygev_core::{Command, Config, Event, Running};
+use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit};
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use crate::connection::{bytes_of, Connection};
+use crate::errors::Error;
+use crate::logging;
+use crate::ring_buffer::RingBuffer;
+use crate::shared::Shared;
+
+mod python_protocol;
+mod rounds;
+mod websocket;
+
+use rounds::Work;
+
+/// How long the dispatcher sleeps at most before looking at signals (Ctrl+C).
+const SIGNAL_CHECK_INTERVAL: Duration = Duration::from_millis(50);
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LoopPhase {
+    Serving,
+    Quiesced,
+    Exited,
+}
+
+/// The handler's callbacks, looked up once.
+pub(crate) struct Callbacks {
+    pub(crate) on_connect: Py<PyAny>,
+    pub(crate) on_message: Py<PyAny>,
+    pub(crate) on_close: Py<PyAny>,
+    /// A WebSocket handler's `on_handshake`, if it has one.
+    pub(crate) on_handshake: Option<Py<PyAny>>,
+}
+
+pub(crate) struct Dispatcher<'py> {
+    py: Python<'py>,
+    shared: Arc<Shared>,
+    callbacks: Callbacks,
+    /// Per loop, the connection objects indexed by token.
+    conns: Vec<Vec<Option<Py<Connection>>>>,
+    /// Per loop, dispatch cost of the events handled in the current batch.
+    handled_cost: Vec<usize>,
+    phases: Vec<LoopPhase>,
+    drain_timeout: Duration,
+    dispatch_high_water: usize,
+    conn_dispatch_high_water: usize,
+    /// Handler calls per batch at most.
+    max_batch_events: usize,
+    /// Work left over from earlier batches (bounded batches; see `rounds.rs`).
+    pending: VecDeque<Work>,
+    /// The server's framing written in Python, if any: it runs here, over `inputs`.
+    py_protocol: Option<Py<PyAny>>,
+    /// Per connection id, the bytes its Python framing has not taken yet.
+    inputs: HashMap<u64, Py<RingBuffer>>,
+    /// Per connection id, since when its Python framing holds part of a frame.
+    partial_frames: HashMap<u64, (Instant, Py<Connection>)>,
+    frame_timeout: Option<Duration>,
+    max_input_buffer: usize,
+    stopping: bool,
+    /// An exception to re-raise from `start()` once stopped (e.g. SystemExit).
+    pending_error: Option<PyErr>,
+}
+
+impl<'py> Dispatcher<'py> {
+    pub(crate) fn new(
+        py: Python<'py>,
+        shared: Arc<Shared>,
+        callbacks: Callbacks,
+        config: &Config,
+    ) -> Self {
+        let num_loops = config.num_loops;
+        let py_protocol = shared.py_protocol(py).map(Bound::unbind);
+        Dispatcher {
+            py_protocol,
+            inputs: HashMap::new(),
+            partial_frames: HashMap::new(),
+            frame_timeout: config.frame_timeout,
+            max_input_buffer: config.max_input_buffer,
+            drain_timeout: config.drain_timeout,
+            dispatch_high_water: config.dispatch_high_water,
+            conn_dispatch_high_water: config.conn_dispatch_high_water,
+            max_batch_events: config.max_batch_events,
+            pending: VecDeque::new(),
+            py,
+            shared,
+            callbacks,
+            conns: (0..num_loops).map(|_| Vec::new()).collect(),
+            handled_cost: vec![0; num_loops],
+            phases: vec![LoopPhase::Serving; num_loops],
+            stopping: false,
+            pending_error: None,
+        }
+    }
+
+    /// Dispatches until the server is stopped and every loop has closed its connections.
+    pub(crate) fn run(mut self, running: &mut Running) -> PyResult<()> {
+        let queue = self.shared.queue.clone();
+        let mut batch = Vec::new();
+        let mut due = Vec::new();
+        let mut drain_sent = false;
+        while !self.phases.iter().all(|p| *p == LoopPhase::Exited) || !self.pending.is_empty() {
+            if !self.stopping && queue.stop_requested() {
+                self.stopping = true;
+                let open: usize = self.conns.iter().flatten().filter(|c| c.is_some()).count();
+                log::info!("pygev: stopping; draining {open} open connections");
+                self.py.detach(|| running.stop_accepting());
+                running.quiesce();
+            }
+            // With work left over, take what came meanwhile and go on without sleeping.
+            let max_wait = if self.pending.is_empty() {
+                SIGNAL_CHECK_INTERVAL
+            } else {
+                Duration::ZERO
+            };
+            self.py
+                .detach(|| queue.wait(&mut batch, &mut due, max_wait));
+            if let Err(err) = self.py.check_signals() {
+                self.on_interrupt(err);
+            }
+            if !batch.is_empty() || !due.is_empty() || !self.pending.is_empty() {
+                self.dispatch_batch(&mut batch, &mut due);
+            }
+            self.expire_partial_frames();
+            logging::emit_pending(self.py);
+            let caught_up = self.pending.is_empty();
+            if self.stopping
+                && !drain_sent
+                && caught_up
+                && !self.phases.contains(&LoopPhase::Serving)
+            {
+                self.say_going_away();
+                // Every message read before the stop has been handled and its replies are
+                // posted; now the loops may flush and close.
+                running.drain(Instant::now() + self.drain_timeout);
+                drain_sent = true;
+            }
+        }
+        self.py.detach(|| running.join());
+        logging::emit_pending(self.py);
+        match self.pending_error.take() {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
+    }
+
+    /// The server stops: every open WebSocket connection gets a close frame (1001) after
+    /// what was already queued for it.
+    fn say_going_away(&self) {
+        if self.shared.websocket.is_none() {
+            return;
+        }
+        for conn in self.conns.iter().flatten().flatten() {
+            conn.get().close_ws(1001, "server stopping");
+            conn.get().request_close();
+        }
+    }
+
+    fn on_interrupt(&mut self, err: PyErr) {
+        if err.is_instance_of::<PyKeyboardInterrupt>(self.py) {
+            if !self.stopping {
+                log::info!("pygev: interrupted (Ctrl+C); stopping the server");
+            }
+        } else if self.pending_error.is_none() {
+            self.pending_error = Some(err);
+        }
+        self.shared.queue.request_stop();
+    }
+
+    /// Handles one bounded round of the work queued (see `rounds.rs`), then the due timers;
+    /// then posts the batch's commands and gives the loops their credit.
+    fn dispatch_batch(&mut self, batch: &mut Vec<Event>, due: &mut Vec<u64>) {
+        self.shared.begin_batch();
+        let mut calls = self.run_round(batch);
+        if !self.stopping {
+            calls += due.len();
+            for id in due.drain(..) {
+                self.fire_timer(id);
+            }
+        }
+        due.clear();
+        self.shared.end_batch();
+        if let Some(loops) = self.shared.loops.get() {
+            for (handle, cost) in loops.iter().zip(self.handled_cost.iter_mut()) {
+                let cost = std::mem::take(cost);
+                if let Err(e) = handle.dispatched(cost, self.dispatch_high_water) {
+                    if e.kind() != std::io::ErrorKind::NotConnected {
+                        log::error!("pygev: could not wake loop {}: {e}", handle.index());
+                    }
+                }
+            }
+        }
+        let stats = &self.shared.stats;
+        stats.events.fetch_add(calls as u64, Ordering::Relaxed);
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats.max_batch.fetch_max(calls as u64, Ordering::Relaxed);
+    }
+
+    /// Takes a handled event's cost off dispatch backpressure: the loop's, and for a
+    /// message its connection's (which the loop then reads again if it had stopped).
+    fn credit(&mut self, loop_index: u32, token: u32, cost: usize, message: bool) {
+        self.handled_cost[loop_index as usize] += cost;
+        if !message {
+            return;
+        }
+        let limit = self.conn_dispatch_high_water;
+        let slot = self.conns[loop_index as usize].get(token as usize);
+        if let Some(conn) = slot.and_then(Option::as_ref) {
+            let conn = conn.get();
+            if conn.backlog.dispatched(cost, limit) {
+                let id = conn.id_value();
+                self.shared
+                    .post(loop_index, Command::Unthrottle { token, id });
+            }
+        }
+    }
+
+    /// Handles an event other than a message.
+    fn handle(&mut self, event: Event) {
+        let cost = event.dispatch_cost();
+        match event {
+            Event::Message { .. } | Event::Messages { .. } => {
+                unreachable!("messages are handled in rounds")
+            }
+            Event::Connect {
+                loop_index,
+                token,
+                info,
+            } => {
+                self.credit(loop_index, token, cost, false);
+                let conn = Connection::new(
+                    self.shared.clone(),
+                    loop_index,
+                    token,
+                    info.id,
+                    info.peer,
+                    info.local,
+                    info.backlog,
+                );
+                let conn = match Py::new(self.py, conn) {
+                    Ok(conn) => conn,
+                    Err(err) => {
+                        logging::log_exception(self.py, "pygev: cannot create connection", &err);
+                        let close = Command::Close { token, id: info.id };
+                        self.shared.post(loop_index, close);
+                        return;
+                    }
+                };
+                let table = &mut self.conns[loop_index as usize];
+                if table.len() <= token as usize {
+                    table.resize_with(token as usize + 1, || None);
+                }
+                table[token as usize] = Some(conn.clone_ref(self.py));
+                if self.shared.websocket.is_none() {
+                    self.connected(&conn);
+                } // a WebSocket connection is connected once its handshake completes
+            }
+            Event::PeerClosed { loop_index, token } => {
+                self.credit(loop_index, token, cost, false);
+                // Replies to the messages before the EOF are already in the outbox: close
+                // after them.
+                if let Some(conn) = self.conn(loop_index, token) {
+                    conn.get().request_close();
+                }
+            }
+            Event::Closed { loop_index, token } => {
+                self.credit(loop_index, token, cost, false);
+                let slot = self.conns[loop_index as usize]
+                    .get_mut(token as usize)
+                    .and_then(Option::take);
+                if let Some(conn) = slot {
+                    self.closed(conn);
+                }
+            }
+            Event::Quiesced { loop_index } => {
+                self.handled_cost[loop_index as usize] += cost;
+                self.phases[loop_index as usize] = LoopPhase::Quiesced;
+            }
+            Event::LoopExited { loop_index } => {
+                self.phases[loop_index as usize] = LoopPhase::Exited;
+                if !self.stopping {
+                    // A loop died (a bug): its connections are gone. Tell the handler, and
+                    // stop the server rather than keep sending new connections there.
+                    let orphans: Vec<Py<Connection>> = self.conns[loop_index as usize]
+                        .iter_mut()
+                        .filter_map(Option::take)
+                        .collect();
+                    for conn in orphans {
+                        self.closed(conn);
+                    }
+                    if self.pending_error.is_none() {
+                        self.pending_error = Some(PyRuntimeError::new_err(format!(
+                            "pygev: loop {loop_index} failed; the server was stopped"
+                        )));
+                    }
+                    self.shared.queue.request_stop();
+                }
+            }
+        }
+    }
+
+    fn connected(&mut self, conn: &Py<Connection>) {
+        let result = self
+            .callbacks
+            .on_connect
+            .call1(self.py, (conn.clone_ref(self.py),));
+        if let Err(err) = result {
+            self.callback_failed("on_connect", conn, err);
+        }
+    }
+
+    /// The connection is gone: mark it and call `on_close` (exactly once: the caller took
+    /// it out of the table; never for a WebSocket whose handshake did not complete).
+    fn closed(&mut self, conn: Py<Connection>) {
+        conn.get().mark_closed();
+        self.inputs.remove(&conn.get().id_value());
+        self.partial_frames.remove(&conn.get().id_value());
+        if self.shared.websocket.is_some() && !conn.get().ws_opened() {
+            return;
+        }
+        if let Err(err) = self
+            .callbacks
+            .on_close
+            .call1(self.py, (conn.clone_ref(self.py),))
+        {
+            self.report("on_close", &conn, &err);
+            self.maybe_stop(err);
+        }
+    }
+
+    fn conn(&self, loop_index: u32, token: u32) -> Option<Py<Connection>> {
+        self.conns[loop_index as usize]
+            .get(token as usize)
+            .and_then(|slot| slot.as_ref())
+            .map(|conn| conn.clone_ref(self.py))
+    }
+
+    /// Calls `on_message` for one frame and sends its reply.
+    fn on_frame(&mut self, conn: &Py<Connection>, frame: Frame<'_>) {
+        if conn.get().is_closed() {
+            return; // closed by the handler or after an error: drop what is left
+        }
+        let py = self.py;
+        let bytes = PyBytes::new(py, frame.bytes());
+        let result = self
+            .callbacks
+            .on_message
+            .bind(py)
+            .call1((conn.bind(py), py.None(), &bytes));
+        match result {
+            Ok(reply) if reply.is_none() => {}
+            // NOTE: a handler that returns the bytes it was given (echo) sends our own copy
+            // of them: no second copy (raw echo: memcpy was 17% of server CPU).
+            Ok(reply) if reply.is(&bytes) => match frame {
+                Frame::Owned(data) if self.shared.protocol.pack_is_identity() => {
+                    self.reply(conn, data)
+                }
+                frame => self.reply_slice(conn, frame.bytes()),
+            },
+            Ok(reply) => match bytes_of(&reply) {
+                Ok(reply) => self.reply(conn, reply),
+                Err(err) => {
+                    let err: PyErr = err.into();
+                    self.callback_failed("on_message returned a non-bytes value, which", conn, err);
+                }
+            },
+            Err(err) => self.callback_failed("on_message", conn, err),
+        }
+    }
+
+    /// Sends what `on_message` returned. A reply after shutdown_write()/close() is dropped,
+    /// as a send would be; one the protocol cannot pack is the handler's error.
+    fn reply(&mut self, conn: &Py<Connection>, data: Vec<u8>) {
+        if let Err(err @ Error::Value(_)) = conn.get().send_bytes(data) {
+            let err: PyErr = err.into();
+            self.callback_failed("sending on_message's reply", conn, err);
+        }
+    }
+
+    /// Sends a borrowed reply (an echoed frame of a batch).
+    fn reply_slice(&mut self, conn: &Py<Connection>, payload: &[u8]) {
+        if let Err(err @ Error::Value(_)) = conn.get().send_slice(payload) {
+            let err: PyErr = err.into();
+            self.callback_failed("sending on_message's reply", conn, err);
+        }
+    }
+
+    /// Ctrl+C landed inside a callback: stop the server (true), the connection is not at
+    /// fault.
+    fn interrupts(&mut self, err: &PyErr) -> bool {
+        if err.is_instance_of::<PyKeyboardInterrupt>(self.py) {
+            self.on_interrupt(err.clone_ref(self.py));
+            return true;
+        }
+        false
+    }
+
+    /// Logs a failed callback and closes its connection only.
+    fn callback_failed(&mut self, what: &str, conn: &Py<Connection>, err: PyErr) {
+        if self.interrupts(&err) {
+            return;
+        }
+        self.report(what, conn, &err);
+        conn.get().close_ws(1011, "internal error");
+        conn.get().request_close();
+        self.maybe_stop(err);
+    }
+
+    fn report(&self, what: &str, conn: &Py<Connection>, err: &PyErr) {
+        let message = format!(
+            "pygev: {what} raised; closing connection {}",
+            conn.get().id_value()
+        );
+        logging::log_exception(self.py, &message, err);
+    }
+
+    /// Ctrl+C or sys.exit() inside a callback stops the server instead of one connection.
+    fn maybe_stop(&mut self, err: PyErr) {
+        if err.is_instance_of::<PyKeyboardInterrupt>(self.py)
+            || err.is_instance_of::<PySystemExit>(self.py)
+        {
+            self.on_interrupt(err);
+        }
+    }
+
+    fn fire_timer(&mut self, id: u64) {
+        let Some(timer) = self.shared.timer(self.py, id) else {
+            return; // cancelled
+        };
+        let Some(callback) = timer.get().fire(self.py) else {
+            return;
+        };
+        if let Err(err) = callback.call0(self.py) {
+            if !err.is_instance_of::<PyKeyboardInterrupt>(self.py) {
+                logging::log_exception(self.py, "pygev: timer callback raised", &err);
+            }
+            self.maybe_stop(err);
+        }
+    }
+}
+
+/// One message's payload: its own buffer, or a slice of a batch of frames.
+enum Frame<'a> {
+    Owned(Vec<u8>),
+    Borrowed(&'a [u8]),
+}
+
+impl Frame<'_> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Frame::Owned(data) => data,
+            Frame::Borrowed(data) => data,
+        }
+    }
+}
+
+/// The name of `obj`'s class, for messages.
+fn type_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into())
+}

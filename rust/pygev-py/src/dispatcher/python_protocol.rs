@@ -1,0 +1,177 @@
+//! The Python framing mode: a `pygev.Protocol` subclass splits each connection's bytes
+//! into frames under the dispatcher, over a per-connection `RingBuffer`.
+
+use std::time::Instant;
+
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::prelude::*;
+
+use super::{type_name, Dispatcher};
+use crate::connection::{packet, Connection};
+use crate::ring_buffer::RingBuffer;
+
+impl<'py> Dispatcher<'py> {
+    /// Bytes arrived (`data`) or are left over from an earlier turn (`None`) for a server
+    /// whose framing is a Python `pygev.Protocol`: append them to the connection's buffer,
+    /// then call `unpacket` while it returns frames, handing each to `on_message`, at most
+    /// `budget` times. Returns the handler calls made and whether frames may remain (the
+    /// budget ran out). The buffer is lent only for the `unpacket` call itself.
+    pub(super) fn on_bytes(
+        &mut self,
+        conn: &Py<Connection>,
+        data: Option<Vec<u8>>,
+        protocol: &Bound<'py, PyAny>,
+        budget: usize,
+    ) -> (usize, bool) {
+        if conn.get().is_closed() {
+            return (0, false);
+        }
+        let py = self.py;
+        let id = conn.get().id_value();
+        let buffer = match self.inputs.get(&id) {
+            Some(buffer) => buffer.clone_ref(py),
+            None => match Py::new(py, RingBuffer::lent()) {
+                Ok(buffer) => {
+                    self.inputs.insert(id, buffer.clone_ref(py));
+                    buffer
+                }
+                Err(err) => {
+                    self.callback_failed("buffering input", conn, err);
+                    return (0, false);
+                }
+            },
+        };
+        if let Some(data) = data {
+            let held = buffer.get().append(&data);
+            drop(data);
+            if held > self.max_input_buffer {
+                self.inputs.remove(&id);
+                conn.get().abort(Some(format!(
+                    "pygev: connection {id} holds {held} bytes that Protocol.unpacket() has not \
+                     taken, over max_input_buffer {}",
+                    self.max_input_buffer
+                )));
+                return (0, false);
+            }
+        }
+        let mut calls = 0;
+        while !conn.get().is_closed() {
+            if calls == budget {
+                return (calls, true);
+            }
+            let before = buffer.get().held();
+            buffer.get().set_usable(true);
+            let frame = protocol.call_method1("unpacket", (conn.bind(py), buffer.bind(py)));
+            buffer.get().set_usable(false);
+            let frame = match frame {
+                Ok(frame) if frame.is_none() => break,
+                Ok(frame) => frame,
+                Err(err) => {
+                    self.protocol_failed("Protocol.unpacket()", conn, err);
+                    return (calls, false);
+                }
+            };
+            let Ok((ctx, payload)) = frame.extract::<(Bound<'py, PyAny>, Bound<'py, PyAny>)>()
+            else {
+                let err = PyTypeError::new_err(format!(
+                    "pygev: {}.unpacket() must return (ctx, payload) or None, got {}",
+                    type_name(protocol),
+                    frame.repr().map(|r| r.to_string()).unwrap_or_default()
+                ));
+                self.protocol_failed("Protocol.unpacket()", conn, err);
+                return (calls, false);
+            };
+            if buffer.get().held() == before {
+                // Called again, it would return the same frame forever.
+                let err = PyRuntimeError::new_err(format!(
+                    "pygev: {}.unpacket() returned a frame but consumed no input (a virtual \
+                     read needs virtual_flush())",
+                    type_name(protocol)
+                ));
+                self.protocol_failed("Protocol.unpacket()", conn, err);
+                return (calls, false);
+            }
+            if conn.get().is_closed() {
+                return (calls, false); // unpacket closed it
+            }
+            calls += 1;
+            let result = self
+                .callbacks
+                .on_message
+                .bind(py)
+                .call1((conn.bind(py), ctx, payload));
+            match result {
+                Ok(reply) if reply.is_none() => {}
+                Ok(reply) => match packet(protocol, conn.bind(py), &reply) {
+                    Ok(Ok(wire)) => self.reply(conn, wire),
+                    Ok(Err(not_bytes)) => {
+                        let err: PyErr = not_bytes.into();
+                        self.protocol_failed("Protocol.packet()", conn, err);
+                    }
+                    Err(err) => self.protocol_failed("Protocol.packet()", conn, err),
+                },
+                Err(err) => self.callback_failed("on_message", conn, err),
+            }
+        }
+        self.track_partial(conn, buffer.get().held() > 0);
+        (calls, false)
+    }
+
+    /// Runs the frame deadline for a Python framing: from the moment its buffer holds part
+    /// of a frame until it holds none.
+    fn track_partial(&mut self, conn: &Py<Connection>, partial: bool) {
+        if self.frame_timeout.is_none() {
+            return;
+        }
+        let id = conn.get().id_value();
+        if !partial {
+            self.partial_frames.remove(&id);
+        } else if !self.partial_frames.contains_key(&id) {
+            self.partial_frames
+                .insert(id, (Instant::now(), conn.clone_ref(self.py)));
+        }
+    }
+
+    /// Resets the connections whose Python framing has held part of a frame for longer
+    /// than `frame_timeout`.
+    pub(super) fn expire_partial_frames(&mut self) {
+        let Some(limit) = self.frame_timeout else {
+            return;
+        };
+        if self.partial_frames.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let expired: Vec<u64> = self
+            .partial_frames
+            .iter()
+            .filter(|(_, (since, _))| now.duration_since(*since) >= limit)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some((_, conn)) = self.partial_frames.remove(&id) {
+                self.inputs.remove(&id);
+                conn.get().abort(Some(format!(
+                    "pygev: connection {id} sent part of a frame and not the rest within \
+                     frame_timeout {limit:?}"
+                )));
+            }
+        }
+    }
+
+    /// The Python framing failed on this connection: its input cannot be read on, so the
+    /// connection is reset (logged once, with the traceback).
+    fn protocol_failed(&mut self, what: &str, conn: &Py<Connection>, err: PyErr) {
+        if self.interrupts(&err) {
+            return;
+        }
+        let message = format!(
+            "pygev: {what} raised; resetting connection {}",
+            conn.get().id_value()
+        );
+        crate::logging::log_exception(self.py, &message, &err);
+        self.inputs.remove(&conn.get().id_value());
+        conn.get().abort(None);
+        self.maybe_stop(err);
+    }
+}

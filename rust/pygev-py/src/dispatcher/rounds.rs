@@ -1,0 +1,294 @@
+//! Bounded, fair rounds: the dispatcher makes at most `max_batch_events` handler calls per
+//! batch, and connections with much queued take turns instead of the loudest going first.
+//!
+//! A round that fits the bound runs its events in arrival order, as they came. Past the
+//! bound, the work (what arrived, after what was left over) runs in two passes: first every
+//! connection gets up to `QUANTUM` calls, in arrival order; then what is left of the bound
+//! goes in arrival order again. A connection's own events always keep their order (once
+//! one of them waits, its later ones wait too), and so do a loop's events about itself. What
+//! does not fit waits for the next round, after the batch's replies went out and the loops
+//! got their credit: a bystander's message is handled within one round of arriving,
+//! however much another connection has queued.
+
+use std::collections::HashSet;
+
+use pygev_core::{Event, Frames};
+
+use super::{Dispatcher, Frame};
+
+/// Handler calls a connection may make in the first pass of a round past the bound.
+const QUANTUM: usize = 64;
+
+/// The slot of a loop's own events (not a connection's) in a work item's key.
+const LOOP_SLOT: u32 = u32::MAX;
+
+/// What the dispatcher has yet to do.
+pub(super) enum Work {
+    /// An event not started yet.
+    Event(Event),
+    /// The frames of a `Messages` event, of which the first `next` were handled.
+    Frames {
+        loop_index: u32,
+        token: u32,
+        frames: Frames,
+        next: usize,
+        /// The event's dispatch cost, credited once every frame was handled.
+        cost: usize,
+    },
+    /// A Python framing's connection whose buffer may hold more frames.
+    Unpack {
+        loop_index: u32,
+        token: u32,
+        cost: usize,
+    },
+}
+
+impl Work {
+    /// Whose work it is: (loop, connection slot), or (loop, `LOOP_SLOT`).
+    fn key(&self) -> (u32, u32) {
+        match self {
+            Work::Event(event) => match event {
+                Event::Connect {
+                    loop_index, token, ..
+                }
+                | Event::Message {
+                    loop_index, token, ..
+                }
+                | Event::Messages {
+                    loop_index, token, ..
+                }
+                | Event::PeerClosed { loop_index, token }
+                | Event::Closed { loop_index, token } => (*loop_index, *token),
+                Event::Quiesced { loop_index } | Event::LoopExited { loop_index } => {
+                    (*loop_index, LOOP_SLOT)
+                }
+            },
+            Work::Frames {
+                loop_index, token, ..
+            }
+            | Work::Unpack {
+                loop_index, token, ..
+            } => (*loop_index, *token),
+        }
+    }
+}
+
+/// Handler calls `event` makes with a native framing.
+fn calls(event: &Event) -> usize {
+    match event {
+        Event::Messages { frames, .. } => frames.ends.len(),
+        _ => 1,
+    }
+}
+
+/// Connections (and loops) whose work waits for a later pass: their later work waits too.
+#[derive(Default)]
+struct Waiting {
+    keys: HashSet<(u32, u32)>,
+    loops: HashSet<u32>,
+}
+
+impl Waiting {
+    fn add(&mut self, key: (u32, u32)) {
+        self.keys.insert(key);
+        self.loops.insert(key.0);
+    }
+
+    /// Whether work of `key` must wait behind earlier work.
+    fn holds(&self, key: (u32, u32)) -> bool {
+        self.keys.contains(&key) || (key.1 == LOOP_SLOT && self.loops.contains(&key.0))
+    }
+}
+
+impl<'py> Dispatcher<'py> {
+    /// Runs one bounded round over the work left over and `batch` (emptied); returns the
+    /// handler calls made.
+    pub(super) fn run_round(&mut self, batch: &mut Vec<Event>) -> usize {
+        let bound = self.max_batch_events;
+        let native = self.py_protocol.is_none();
+        if self.pending.is_empty() && native && batch.iter().map(calls).sum::<usize>() <= bound {
+            // NOTE: the common case: everything fits, in arrival order, with no bookkeeping.
+            let mut made = 0;
+            for event in batch.drain(..) {
+                made += self.work(Work::Event(event), usize::MAX).0;
+            }
+            return made;
+        }
+        self.pending.extend(batch.drain(..).map(Work::Event));
+        let mut left = bound;
+        // First pass: every connection gets its quantum.
+        let mut used = std::collections::HashMap::<(u32, u32), usize>::new();
+        let mut waiting = Waiting::default();
+        let mut later = std::collections::VecDeque::with_capacity(self.pending.len());
+        while let Some(item) = self.pending.pop_front() {
+            let key = item.key();
+            let spent = used.get(&key).copied().unwrap_or(0);
+            let allow = left.min(QUANTUM.saturating_sub(spent));
+            if allow == 0 || waiting.holds(key) {
+                waiting.add(key);
+                later.push_back(item);
+                continue;
+            }
+            let (made, rest) = self.work(item, allow);
+            left -= made.min(left);
+            *used.entry(key).or_default() += made;
+            if let Some(rest) = rest {
+                waiting.add(key);
+                later.push_back(rest);
+            }
+        }
+        // Second pass: the rest of the bound, in arrival order.
+        let mut waiting = Waiting::default();
+        while let Some(item) = later.pop_front() {
+            let key = item.key();
+            if left == 0 || waiting.holds(key) {
+                waiting.add(key);
+                self.pending.push_back(item);
+                continue;
+            }
+            let (made, rest) = self.work(item, left);
+            left -= made.min(left);
+            if let Some(rest) = rest {
+                waiting.add(key);
+                self.pending.push_back(rest);
+            }
+        }
+        bound - left
+    }
+
+    /// Does up to `allow` handler calls of `item`; returns the calls made (at least one for
+    /// any item, so that rounds always progress) and what is left of it.
+    fn work(&mut self, item: Work, allow: usize) -> (usize, Option<Work>) {
+        match item {
+            Work::Event(event) => {
+                let cost = event.dispatch_cost();
+                match event {
+                    Event::Message {
+                        loop_index,
+                        token,
+                        data,
+                    } => {
+                        if self.py_protocol.is_some() {
+                            return self.unpack(loop_index, token, Some(data), cost, allow);
+                        }
+                        self.message(loop_index, token, data);
+                        self.credit(loop_index, token, cost, true);
+                        (1, None)
+                    }
+                    Event::Messages {
+                        loop_index,
+                        token,
+                        frames,
+                    } => {
+                        if self.py_protocol.is_some() {
+                            return self.unpack(loop_index, token, Some(frames.data), cost, allow);
+                        }
+                        self.frames(loop_index, token, frames, 0, cost, allow)
+                    }
+                    other => {
+                        self.handle(other);
+                        (1, None)
+                    }
+                }
+            }
+            Work::Frames {
+                loop_index,
+                token,
+                frames,
+                next,
+                cost,
+            } => self.frames(loop_index, token, frames, next, cost, allow),
+            Work::Unpack {
+                loop_index,
+                token,
+                cost,
+            } => self.unpack(loop_index, token, None, cost, allow),
+        }
+    }
+
+    /// One message in its own buffer.
+    fn message(&mut self, loop_index: u32, token: u32, data: Vec<u8>) {
+        let Some(conn) = self.conn(loop_index, token) else {
+            return;
+        };
+        if self.shared.websocket.is_some() {
+            self.on_ws_frame(&conn, &data);
+        } else {
+            self.on_frame(&conn, Frame::Owned(data));
+        }
+    }
+
+    /// Frames `next..` of one read, `allow` of them at most.
+    fn frames(
+        &mut self,
+        loop_index: u32,
+        token: u32,
+        frames: Frames,
+        next: usize,
+        cost: usize,
+        allow: usize,
+    ) -> (usize, Option<Work>) {
+        let total = frames.ends.len();
+        let end = next.saturating_add(allow).min(total);
+        let Some(conn) = self.conn(loop_index, token) else {
+            self.credit(loop_index, token, cost, true);
+            return (1, None);
+        };
+        let mut start = if next == 0 { 0 } else { frames.ends[next - 1] };
+        let websocket = self.shared.websocket.is_some();
+        for &stop in &frames.ends[next..end] {
+            let frame = &frames.data[start..stop];
+            start = stop;
+            if conn.get().is_closed() {
+                break; // what is left is dropped, as on_frame would
+            }
+            if websocket {
+                self.on_ws_frame(&conn, frame);
+            } else {
+                self.on_frame(&conn, Frame::Borrowed(frame));
+            }
+        }
+        let made = (end - next).max(1);
+        if end == total || conn.get().is_closed() {
+            self.credit(loop_index, token, cost, true);
+            return (made, None);
+        }
+        let rest = Work::Frames {
+            loop_index,
+            token,
+            frames,
+            next: end,
+            cost,
+        };
+        (made, Some(rest))
+    }
+
+    /// Bytes for a Python framing (`data`), or what its buffer still holds (`None`).
+    fn unpack(
+        &mut self,
+        loop_index: u32,
+        token: u32,
+        data: Option<Vec<u8>>,
+        cost: usize,
+        allow: usize,
+    ) -> (usize, Option<Work>) {
+        let (Some(conn), Some(protocol)) = (
+            self.conn(loop_index, token),
+            self.py_protocol.as_ref().map(|p| p.clone_ref(self.py)),
+        ) else {
+            self.credit(loop_index, token, cost, true);
+            return (1, None);
+        };
+        let (made, more) = self.on_bytes(&conn, data, protocol.bind(self.py), allow);
+        if more {
+            let rest = Work::Unpack {
+                loop_index,
+                token,
+                cost,
+            };
+            return (made.max(1), Some(rest));
+        }
+        self.credit(loop_index, token, cost, true);
+        (made.max(1), None)
+    }
+}

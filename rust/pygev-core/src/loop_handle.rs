@@ -236,6 +236,26 @@ impl LoopHandle {
         self.pending_dispatch.load(Ordering::SeqCst) > high_water
     }
 
+    /// Takes back a charge for an event that will not come.
+    pub(crate) fn dispatched_quietly(&self, cost: usize) {
+        self.pending_dispatch.fetch_sub(cost, Ordering::SeqCst);
+    }
+
+    /// Adds to the dispatch cost queued (an event on its way).
+    pub(crate) fn charge_dispatch(&self, cost: usize) {
+        self.pending_dispatch.fetch_add(cost, Ordering::SeqCst);
+    }
+
+    /// How many more events (at [`EVENT_COST`](crate::EVENT_COST) each) fit under
+    /// `high_water` before the loop is backlogged (at least one while it is not).
+    pub(crate) fn dispatch_room(&self, high_water: usize) -> usize {
+        let pending = self.pending_dispatch.load(Ordering::SeqCst);
+        if pending > high_water {
+            return 0;
+        }
+        (high_water - pending) / crate::event::EVENT_COST + 1
+    }
+
     /// Dispatch cost of this loop's events not yet handled.
     pub fn pending_dispatch(&self) -> usize {
         self.pending_dispatch.load(Ordering::SeqCst)

@@ -188,6 +188,7 @@ impl Server {
         max_write_buffer = 64 << 20,
         max_input_buffer = 64 << 20,
         dispatch_high_water = 32 << 20,
+        max_batch_events = 2048,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn py_new(
@@ -205,6 +206,7 @@ impl Server {
         max_write_buffer: i64,
         max_input_buffer: i64,
         dispatch_high_water: i64,
+        max_batch_events: i64,
     ) -> PyResult<Self> {
         for name in ["on_connect", "on_message", "on_close"] {
             let callable = handler
@@ -254,6 +256,7 @@ impl Server {
             max_write_buffer: positive("max_write_buffer", max_write_buffer)?,
             max_input_buffer: positive("max_input_buffer", max_input_buffer)?,
             dispatch_high_water: positive("dispatch_high_water", dispatch_high_water)?,
+            max_batch_events: positive("max_batch_events", max_batch_events)?,
             ..Config::default()
         };
         let (protocol, py_protocol, websocket) = framing(handler, protocol)?;
@@ -398,6 +401,7 @@ impl Server {
         dict.set_item("events_dispatched", stats.events.load(Ordering::Relaxed))?;
         dict.set_item("batches_dispatched", stats.batches.load(Ordering::Relaxed))?;
         dict.set_item("max_batch", stats.max_batch.load(Ordering::Relaxed))?;
+        dict.set_item("timers_queued", self.shared.queue.timers_queued())?;
         let per_loop = PyList::empty(py);
         for s in &snapshots {
             per_loop.append(snapshot_dict(py, s)?)?;

@@ -294,6 +294,7 @@ impl Shared {
 
     /// Forgets every timer (the server stopped or is being freed).
     pub(crate) fn clear_timers(&self) {
+        self.queue.clear_timers();
         let timers = std::mem::take(&mut *self.lock_timers());
         for timer in timers.values() {
             timer.get().release();

@@ -89,6 +89,9 @@ impl Timer {
 impl Timer {
     /// Stops the timer: its callback will not run again. Thread-safe and idempotent.
     fn cancel(&self) {
+        if self.lock().callback.is_some() {
+            self.shared.queue.cancel_timer(self.id);
+        }
         self.release();
         self.shared.remove_timer(self.id);
     }

@@ -124,6 +124,18 @@ impl WebSocket {
         self.settings.max_message_size
     }
 
+    /// Seconds of silence after which a client is pinged (`None`: never).
+    #[getter]
+    fn ping_interval(&self) -> Option<f64> {
+        self.settings.ping_interval.map(|d| d.as_secs_f64())
+    }
+
+    /// Seconds a pinged client may stay silent before it is closed (1011).
+    #[getter]
+    fn ping_timeout(&self) -> f64 {
+        self.settings.ping_timeout.as_secs_f64()
+    }
+
     /// Whether permessage-deflate is offered to clients that ask for it.
     #[getter]
     fn compression(&self) -> bool {

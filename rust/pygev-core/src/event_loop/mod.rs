@@ -264,7 +264,7 @@ impl EventLoop {
         self.handle.take(&mut commands);
         for command in commands.drain(..) {
             match command {
-                Command::Register { stream, peer } => self.register(stream, peer),
+                Command::Register { stream, peer } => self.register(stream, peer, true),
                 Command::Send {
                     token,
                     id,
@@ -343,17 +343,20 @@ impl EventLoop {
         let Some(listener) = self.listener.as_ref() else {
             return;
         };
-        if self.dispatch_backlogged() {
-            // Connect events count toward dispatch backpressure: new connections wait in
-            // the kernel's backlog until the dispatcher catches up (then `Resume`).
+        // Connect events count toward dispatch backpressure: new connections wait in the
+        // kernel's backlog until the dispatcher catches up (then `Resume`).
+        let room = self.handle.dispatch_room(self.config.dispatch_high_water);
+        if room == 0 {
             self.accept_deferred = true;
             self.note_dispatch_paused();
             return;
         }
         let mut accepted = Vec::new();
-        let next = self.accepting.accept(listener, &mut accepted, self.instant);
+        let next = self
+            .accepting
+            .accept(listener, &mut accepted, room, self.instant);
         for (stream, peer) in accepted {
-            self.register(stream, peer);
+            self.register(stream, peer, false);
         }
         self.accept_again_at = match next {
             AcceptNext::Idle => None,
@@ -362,15 +365,22 @@ impl EventLoop {
         };
     }
 
-    fn register(&mut self, mut stream: TcpStream, peer: std::net::SocketAddr) {
+    /// Takes over an accepted connection. `charged`: the acceptor thread already counted
+    /// its Connect event in dispatch backpressure.
+    fn register(&mut self, mut stream: TcpStream, peer: std::net::SocketAddr, charged: bool) {
+        let uncharge = |handle: &LoopHandle| {
+            if charged {
+                handle.dispatched_quietly(crate::event::EVENT_COST);
+            }
+        };
         let entry = self.conns.vacant_entry();
         let token = entry.key();
         if token >= LISTENER.0 {
-            return; // cannot happen: the slab would need 2^64 entries
+            return uncharge(&self.handle); // cannot happen: the slab would need 2^64 entries
         }
         let local = match stream.local_addr() {
             Ok(local) => local,
-            Err(_) => return, // already reset by the peer: drop it
+            Err(_) => return uncharge(&self.handle), // already reset by the peer: drop it
         };
         if let Err(err) = self.poll.registry().register(
             &mut stream,
@@ -378,14 +388,14 @@ impl EventLoop {
             Interest::READABLE | Interest::WRITABLE,
         ) {
             log::warn!("pygev: could not register connection from {peer}: {err}");
-            return;
+            return uncharge(&self.handle);
         }
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
         let backlog = Arc::new(Backlog::default());
         let state = self.protocol.new_state();
         entry.insert(Conn::new(stream, id, state, backlog.clone(), self.now));
         LoopStats::add(&self.handle.stats.accepted, 1);
-        self.queue_event(Event::Connect {
+        let connect = Event::Connect {
             loop_index: self.index,
             token: token as u32,
             info: Box::new(ConnectInfo {
@@ -394,7 +404,12 @@ impl EventLoop {
                 local,
                 backlog,
             }),
-        });
+        };
+        if charged {
+            self.events_out.push(connect);
+        } else {
+            self.queue_event(connect);
+        }
         if self.quiesced {
             self.begin_close(token, self.now.after(self.config.drain_timeout));
         } else {

@@ -328,6 +328,16 @@ impl Protocol for WebSocket {
         let state = state_of(state);
         match state.phase {
             Phase::Handshake => self.handshake(state, input, sink),
+            // Clients must wait for the 101; what they send meanwhile is held, up to the
+            // size of a request.
+            Phase::Pending(_) if input.len() > self.settings.limits.max_request_size => {
+                Err(ProtocolError::new(format!(
+                    "pygev: {} bytes arrived before the WebSocket handshake was answered, over \
+                     max_request_size {}",
+                    input.len(),
+                    self.settings.limits.max_request_size
+                )))
+            }
             Phase::Pending(_) => Ok(0),
             Phase::Open | Phase::CloseSent => self.frames(state, input, sink),
             Phase::CloseReceived | Phase::Closed => Ok(input.len()),

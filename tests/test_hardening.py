@@ -1,0 +1,510 @@
+"""Hostile and careless peers (issue 10): fair dispatch, no silent truncation, idle means
+idle, safe defaults, descriptors released while Python is busy, bounded timers.
+
+Every test with a single offender keeps a bystander connection and checks it is served.
+Nothing here measures time: delays are counted in handler calls, and waits only bound the
+test.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import threading
+import time
+from typing import Any
+
+import pytest
+from conftest import (
+    WAIT,
+    Recorder,
+    ServerThread,
+    connect,
+    echo_roundtrip,
+    expect_reset,
+    recv_exactly,
+    wait_until,
+)
+from wsraw import BINARY, TEXT, RawClient, upgrade_request
+
+import pygev
+
+HEADER = struct.Struct(">I")
+
+
+def frame(payload: bytes) -> bytes:
+    return HEADER.pack(len(payload)) + payload
+
+
+def small_rcvbuf_client(port: int) -> socket.socket:
+    """A client whose receive buffer is small, so that a peer that never reads stalls."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 10)
+    sock.settimeout(WAIT)
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+def spin(seconds: float) -> None:
+    """Busy work standing in for a handler that costs CPU time."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+# ---- 1. fair dispatch -----------------------------------------------------------------------
+
+
+class Flooded(pygev.Handler):
+    """Empty frames are the flood (each costs ``cost`` seconds of handler time); anything
+    else is a bystander's message, echoed, noting how many flood frames had been handled by
+    then."""
+
+    def __init__(self, cost: float = 20e-6) -> None:
+        self.cost = cost
+        self.flood_calls = 0
+        self.order: list[int] = []
+        self.seen_at: list[int] = []
+
+    def on_message(self, conn: pygev.Connection, ctx: object, data: bytes) -> bytes | None:
+        if data:
+            self.seen_at.append(self.flood_calls)
+            return data
+        self.flood_calls += 1
+        self.order.append(conn.id)
+        spin(self.cost)
+        return None
+
+
+BATCH = 256
+
+
+def test_a_flood_of_empty_frames_delays_a_bystander_by_one_batch_at_most(serve):
+    """One client sends 100,000 empty length-prefix frames; a bystander's request, sent
+    while they are being handled, is answered within about one bounded batch of flood
+    frames (counted in handler calls), not after the whole flood. (A flood frame costs
+    100 µs here, so that a batch lasts far longer than the loop thread may wait for a CPU.)"""
+    handler = Flooded(cost=100e-6)
+    server = serve(handler, num_loops=1, protocol=pygev.LengthPrefix(), max_batch_events=BATCH)
+    with server.connect() as flooder, server.connect() as bystander:
+        sender = threading.Thread(target=flooder.sendall, args=(b"\0\0\0\0" * 100_000,))
+        sender.start()
+        try:
+            wait_until(lambda: handler.flood_calls >= 2000, what="the flood to be handled")
+            for _ in range(3):
+                sent_at = handler.flood_calls
+                bystander.sendall(frame(b"ping"))
+                assert recv_exactly(bystander, 8) == frame(b"ping")
+                waited = handler.seen_at[-1] - sent_at
+                # The batch under way, possibly the next one (the message arrived just
+                # after it was taken), and one quantum of the flooder in the one after.
+                assert waited <= 2 * BATCH + 64, f"waited behind {waited} flood frames"
+            assert handler.flood_calls < 90_000, "the flood was over before the test"
+        finally:
+            flooder.close()
+            sender.join(WAIT)
+
+
+def test_two_floods_take_turns(serve):
+    """Two clients flooding at once are served in turn: in every stretch of two batches
+    of handler calls, both make progress."""
+    handler = Flooded()
+    server = serve(handler, num_loops=1, protocol=pygev.LengthPrefix(), max_batch_events=BATCH)
+    with server.connect() as first, server.connect() as second:
+        senders = [
+            threading.Thread(target=sock.sendall, args=(b"\0\0\0\0" * 40_000,))
+            for sock in (first, second)
+        ]
+        for sender in senders:
+            sender.start()
+        wait_until(lambda: handler.flood_calls >= 20_000, what="both floods under way")
+        for sender in senders:
+            sender.join(WAIT)
+        order = list(handler.order[:20_000])
+    ids = set(order)
+    assert len(ids) == 2
+    # From the moment both were being served until one of them was done.
+    start = max(order.index(i) for i in ids)
+    counts = dict.fromkeys(ids, 0)
+    end = len(order)
+    for at, conn_id in enumerate(order):
+        counts[conn_id] += 1
+        if counts[conn_id] == 40_000:
+            end = at
+            break
+    window = 2 * BATCH
+    assert end - start > 4 * window, "the floods did not overlap enough to compare"
+    for at in range(start, end - window, BATCH // 2):
+        assert len(set(order[at : at + window])) == 2, f"one flood starved at call {at}"
+
+
+def test_connect_and_close_events_count_toward_backpressure(serve):
+    """While Python is blocked, the loops stop accepting once the queue holds its
+    high-water mark of events (each event costs 128 in it): connections wait in the kernel's
+    backlog instead of piling up as events; all are served once Python runs again."""
+    release = threading.Event()
+
+    class Blocking(Recorder):
+        def on_message(self, conn, ctx, data):
+            if data == b"block":
+                release.wait(WAIT)
+            return super().on_message(conn, ctx, data)
+
+    rec = Blocking()
+    high_water = 128 * 100
+    server = serve(rec, num_loops=1, dispatch_high_water=high_water)
+    blocker = server.connect()
+    blocker.sendall(b"block")
+    wait_until(lambda: server.stats()["messages_in"] >= 1, what="the blocking message")
+    clients: list[socket.socket] = []
+    try:
+        for _ in range(300):
+            clients.append(connect(server.port))
+        # Give the loop every chance to accept more than it may.
+        wait_until(
+            lambda: server.stats()["accepted"] >= 95, what="accepts up to the high-water mark"
+        )
+        time.sleep(0.3)
+        accepted = server.stats()["accepted"]
+        assert accepted <= 100 + 2, f"{accepted} connections accepted while Python was blocked"
+        release.set()
+        for sock in clients:
+            echo_roundtrip(sock, b"hello")
+        assert server.stats()["accepted"] == 301
+    finally:
+        release.set()
+        for sock in clients:
+            sock.close()
+        blocker.close()
+
+
+# ---- 2. no silent truncation ----------------------------------------------------------------
+
+
+def test_a_send_larger_than_max_write_buffer_raises_and_keeps_the_connection(serve):
+    results: list[Any] = []
+
+    class Big(Recorder):
+        def on_message(self, conn, ctx, data):
+            try:
+                conn.send(b"x" * (1 << 20) + b"!")
+            except ValueError as exc:
+                results.append(exc)
+            return data
+
+    server = serve(Big(), write_high_water=256 << 10, max_write_buffer=1 << 20)
+    with server.connect() as sock:
+        echo_roundtrip(sock, b"still here")
+    assert len(results) == 1
+    assert "exceeds max_write_buffer 1048576" in str(results[0])
+
+
+def test_stop_resets_a_connection_whose_output_did_not_drain(serve, pygev_log):
+    """stop() cannot flush 16 MiB to a peer that does not read within drain_timeout: that
+    connection ends with a reset (logged once), never a FIN that would make the cut-off
+    reply look complete; a bystander that reads gets its reply and a clean close."""
+
+    class Push(Recorder):
+        def on_message(self, conn, ctx, data):
+            if data == b"big":
+                for _ in range(64):
+                    conn.send(b"\0" * (256 << 10))
+                return None
+            return data
+
+    rec = Push()
+    server = serve(rec, drain_timeout=0.5)
+    stalled = small_rcvbuf_client(server.port)
+    with server.connect() as bystander:
+        stalled.sendall(b"big")
+        wait_until(lambda: server.stats()["write_buffered"] > 8 << 20, what="output queued")
+        bystander.sendall(b"ok")
+        assert recv_exactly(bystander, 2) == b"ok"
+        server.stop()
+        got = expect_reset(stalled)
+        assert len(got) < 16 << 20
+        assert bystander.recv(10) == b""  # the bystander's close is clean
+    stalled.close()
+    records = pygev_log.matching("drain timeout")
+    assert len(records) == 1 and "reset" in records[0].getMessage()
+
+
+# ---- 3. idle means idle ---------------------------------------------------------------------
+
+
+def test_idle_timeout_resets_a_peer_that_stopped_reading(serve, pygev_log):
+    """A peer that stopped reading makes no progress: idle_timeout closes it (with a reset,
+    as its output is dropped) however much output waits for it."""
+
+    class Push(Recorder):
+        def on_message(self, conn, ctx, data):
+            if data == b"big":
+                for _ in range(48):  # 12 MiB
+                    conn.send(b"\0" * (256 << 10))
+                return None
+            return data
+
+    rec = Push()
+    server = serve(rec, idle_timeout=0.5)
+    stalled = small_rcvbuf_client(server.port)
+    try:
+        with server.connect() as bystander:
+            stalled.sendall(b"big")
+            deadline = time.monotonic() + WAIT
+            while rec.closes == 0 and time.monotonic() < deadline:
+                echo_roundtrip(bystander, b"alive")  # active, so never idle
+                time.sleep(0.05)
+            assert rec.closes == 1, "the stalled connection was not closed"
+            assert expect_reset(stalled) != b""
+            record = pygev_log.wait_for("idle_timeout")
+            assert "bytes unsent" in record.getMessage()
+            echo_roundtrip(bystander, b"alive")
+    finally:
+        stalled.close()
+
+
+def test_websocket_keepalive_closes_a_peer_that_stopped_reading(serve):
+    """The keepalive does not skip a connection whose output is full: a client that stopped
+    reading gets no further than its ping timeout."""
+
+    class Push(pygev.WebSocketHandler):
+        def __init__(self) -> None:
+            self.closed: list[int] = []
+
+        def on_message(self, conn, data):
+            if data == "big":
+                for _ in range(48):
+                    conn.send(b"\0" * (256 << 10))
+                return None
+            return data
+
+        def on_close(self, conn):
+            self.closed.append(conn.id)
+
+    handler = Push()
+    protocol = pygev.WebSocket(ping_interval=0.3, ping_timeout=0.3, compression=False)
+    server = serve(handler, protocol=protocol, drain_timeout=0.3)
+    stalled = RawClient(server.port)
+    stalled.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 10)
+    bystander = RawClient(server.port)
+    try:
+        stalled.send_frame(TEXT, b"big")
+        deadline = time.monotonic() + WAIT
+        while not handler.closed and time.monotonic() < deadline:
+            bystander.send_frame(BINARY, b"alive")  # answers pings as it reads
+            assert bystander.read_message() == (BINARY, b"alive")
+            time.sleep(0.05)
+        assert len(handler.closed) == 1, "the stalled connection was not closed"
+        bystander.send_frame(BINARY, b"alive")
+        assert bystander.read_message() == (BINARY, b"alive")
+    finally:
+        stalled.close()
+        bystander.close()
+
+
+# ---- 5. safe defaults ------------------------------------------------------------------------
+
+
+def test_safe_defaults():
+    protocol = pygev.WebSocket()
+    assert protocol.ping_interval == 20.0
+    assert protocol.ping_timeout == 20.0
+
+
+class LengthPrefixInPython(pygev.Protocol):
+    def unpacket(self, conn, buffer):
+        if buffer.virtual_length() < 4:
+            return None
+        length = int.from_bytes(buffer.virtual_read(4), "big")
+        if buffer.virtual_length() < length:
+            buffer.virtual_revert()
+            return None
+        payload = buffer.virtual_read(length)
+        buffer.virtual_flush()
+        return None, payload
+
+    def packet(self, conn, data):
+        return frame(data)
+
+
+@pytest.mark.parametrize("framing", ["native", "python"])
+def test_a_trickled_frame_is_reset_at_frame_timeout(serve, pygev_log, framing):
+    """Slowloris: a frame whose bytes trickle in (each within any idle timeout) must still be
+    complete within frame_timeout, or the connection is reset; a bystander's frames are
+    served throughout."""
+    protocol = pygev.LengthPrefix() if framing == "native" else LengthPrefixInPython()
+    server = serve(Recorder(), protocol=protocol, frame_timeout=0.6, idle_timeout=5.0)
+    with server.connect() as slow, server.connect() as bystander:
+        slow.sendall(HEADER.pack(100))
+        deadline = time.monotonic() + WAIT
+        reset = False
+        while not pygev_log.matching("frame_timeout"):
+            assert time.monotonic() < deadline, "the trickled frame was never cut off"
+            echo_roundtrip(bystander, frame(b"fine"))
+            time.sleep(0.1)
+            try:
+                slow.sendall(b"x")  # one more byte of the frame, well within idle_timeout
+            except ConnectionResetError:
+                reset = True  # the reset was reported to this send
+                break
+        if not reset:
+            assert expect_reset(slow) == b""
+        record = pygev_log.wait_for("frame_timeout")
+        assert "part of a frame" in record.getMessage()
+        echo_roundtrip(bystander, frame(b"still fine"))
+
+
+def test_a_websocket_message_left_unfinished_is_reset_at_frame_timeout(serve, pygev_log):
+    class Echo(pygev.WebSocketHandler):
+        def on_message(self, conn, data):
+            return data
+
+    server = serve(Echo(), protocol=pygev.WebSocket(compression=False), frame_timeout=0.5)
+    slow = RawClient(server.port)
+    bystander = RawClient(server.port)
+    try:
+        slow.send_frame(TEXT, b"first half ", fin=False)
+        pygev_log.wait_for("frame_timeout")
+        assert expect_reset(slow.sock) == b""
+        bystander.send_frame(TEXT, b"fine")
+        assert bystander.read_message() == (TEXT, b"fine")
+    finally:
+        slow.close()
+        bystander.close()
+
+
+def test_data_sent_before_the_101_is_bounded_by_the_request_size(serve, pygev_log):
+    """While the handshake hook decides, a client's early bytes are held up to
+    max_request_size; past it the connection is reset."""
+    release = threading.Event()
+
+    class Slow(pygev.WebSocketHandler):
+        def on_handshake(self, conn, request):
+            if request.path == "/slow":
+                release.wait(WAIT)
+            return None
+
+        def on_message(self, conn, data):
+            return data
+
+    handler = Slow()
+    protocol = pygev.WebSocket(max_request_size=4096, compression=False)
+    server = serve(handler, protocol=protocol)
+    request, _ = upgrade_request(path="/slow")
+    early = connect(server.port)
+    try:
+        early.sendall(request)
+        wait_until(lambda: server.stats()["messages_in"] >= 1, what="the held request")
+        early.sendall(b"\x82\x80\0\0\0\0" * 2048)  # 12 KiB of frames before the 101
+        # The loop resets it while Python is still in the hook.
+        assert expect_reset(early) == b""
+        release.set()
+        record = pygev_log.wait_for("before the WebSocket handshake was answered")
+        assert "max_request_size 4096" in record.getMessage()
+        bystander = RawClient(server.port)
+        bystander.send_frame(TEXT, b"fine")
+        assert bystander.read_message() == (TEXT, b"fine")
+        bystander.close()
+    finally:
+        release.set()
+        early.close()
+
+
+# ---- 6. the loops release what Python does not need ------------------------------------------
+
+
+def test_peers_that_leave_while_python_is_blocked_free_their_descriptors(serve):
+    """While a handler blocks, peers that connect and leave are closed by the loop at once
+    (no CLOSE_WAIT pile-up); peers that sent a message first are closed within
+    drain_timeout; each still gets on_connect, its messages and on_close, once, in order,
+    when Python runs again."""
+    release = threading.Event()
+
+    class Blocking(Recorder):
+        def on_message(self, conn, ctx, data):
+            if data == b"block":
+                release.wait(WAIT)
+            return super().on_message(conn, ctx, data)
+
+    rec = Blocking()
+    server = serve(rec, num_loops=1, drain_timeout=0.5)
+    blocker = server.connect()
+    try:
+        blocker.sendall(b"block")
+        wait_until(lambda: server.stats()["messages_in"] >= 1, what="the blocking message")
+        for i in range(30):
+            sock = server.connect()
+            if i % 3 == 0:
+                sock.sendall(b"bye")
+            sock.close()
+        wait_until(lambda: server.stats()["accepted"] == 31, what="every peer accepted")
+        wait_until(
+            lambda: server.stats()["connections"] == 1,
+            what="the loop to close the peers that left, with Python still blocked",
+        )
+        assert rec.connects == 1  # Python did not run meanwhile
+        release.set()
+        rec.wait(lambda: rec.closes == 30, what="on_close for every peer that left")
+        for conn_id, events in rec.events.items():
+            kinds = [kind for kind, _ in events]
+            if conn_id == next(iter(rec.events)):
+                continue  # the blocker
+            assert kinds[0] == "connect" and kinds[-1] == "close", kinds
+            assert kinds.count("close") == 1
+            assert set(kinds[1:-1]) <= {"message"}
+        assert recv_exactly(blocker, 5) == b"block"
+        echo_roundtrip(blocker, b"and on")
+    finally:
+        release.set()
+        blocker.close()
+
+
+# ---- 7. timers and stop() -------------------------------------------------------------------
+
+
+def test_cancelled_timers_leave_the_heap(serve):
+    server = serve(Recorder())
+    timers = [server.server.run_after(3600, lambda: None) for _ in range(10_000)]
+    assert server.stats()["timers_queued"] >= 10_000
+    for timer in timers:
+        timer.cancel()
+    assert server.stats()["timers_queued"] < 200
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc (Linux)")
+def test_stop_releases_every_descriptor_while_the_server_object_lives():
+    before = open_descriptors()
+    st = ServerThread(Recorder(), num_loops=2, reuse_port=True).start()
+    with st.connect() as sock:
+        echo_roundtrip(sock, b"x")
+    st.stop()
+    assert open_descriptors() == before
+    del st
+
+
+def test_a_send_after_the_end_raises_connection_closed(serve):
+    rec = Recorder()
+    server = serve(rec)
+    with server.connect() as sock:
+        echo_roundtrip(sock, b"x")
+        conn = next(iter(rec.conns.values()))
+        server.stop()
+    errors: list[BaseException] = []
+
+    def send_from_a_thread() -> None:
+        try:
+            conn.send(b"late")
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=send_from_a_thread)
+    thread.start()
+    thread.join(WAIT)
+    with pytest.raises(pygev.ConnectionClosed):
+        conn.send(b"late")
+    assert len(errors) == 1 and isinstance(errors[0], pygev.ConnectionClosed)

@@ -508,3 +508,82 @@ def test_a_send_after_the_end_raises_connection_closed(serve):
     with pytest.raises(pygev.ConnectionClosed):
         conn.send(b"late")
     assert len(errors) == 1 and isinstance(errors[0], pygev.ConnectionClosed)
+
+
+# ---- 4. compression memory ------------------------------------------------------------------
+
+
+def resident_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc (Linux)")
+@pytest.mark.parametrize(
+    "offer",
+    [
+        "permessage-deflate; client_max_window_bits",
+        "permessage-deflate",  # no limit allowed: asked for client_no_context_takeover
+    ],
+)
+def test_idle_compressed_connections_hold_at_most_8_kib_each(offer):
+    """1,000 WebSocket connections each exchange one compressed message both ways and go
+    quiet: their compression state is freed (the client's window kept, when its context is
+    kept) and the server's memory per connection, all of it, falls to 8 KiB or less."""
+    import subprocess
+    import sys
+    import zlib
+
+    from wsraw import read_response
+
+    script = os.path.join(os.path.dirname(__file__), "ws_memory_server.py")
+    proc = subprocess.Popen(
+        [sys.executable, script, "compressed"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    clients: list[socket.socket] = []
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline().split()[1])
+        before = resident_bytes(proc.pid)
+        message = b'{"type": "chat", "text": "hello, compressed world"} ' * 8
+        for _ in range(1000):
+            sock = connect(port)
+            request, _ = upgrade_request(extra=[("Sec-WebSocket-Extensions", offer)])
+            sock.sendall(request)
+            status, headers, rest = read_response(sock)
+            assert status == 101 and "permessage-deflate" in headers["sec-websocket-extensions"]
+            compressor = zlib.compressobj(wbits=-15)
+            deflated = compressor.compress(message) + compressor.flush(zlib.Z_SYNC_FLUSH)
+            mask = os.urandom(4)
+            payload = bytes(b ^ mask[i % 4] for i, b in enumerate(deflated[:-4]))
+            sock.sendall(bytes([0xC1, 0x80 | 126]) + struct.pack(">H", len(payload)))
+            sock.sendall(mask + payload)
+            head = rest + recv_exactly(sock, max(0, 2 - len(rest)))
+            assert head[0] == 0xC1, "a compressed text reply"  # FIN, RSV1, text
+            length = head[1] & 0x7F
+            got = head[2:] + recv_exactly(sock, length - len(head[2:]))
+            inflated = zlib.decompressobj(wbits=-15).decompress(got + b"\0\0\xff\xff")
+            assert inflated == message
+            clients.append(sock)
+        per_conn: list[float] = []
+
+        def small_enough() -> bool:
+            per_conn.append((resident_bytes(proc.pid) - before) / len(clients))
+            return per_conn[-1] <= 8192
+
+        try:
+            wait_until(small_enough, timeout=30, what="idle compressed connections to shrink")
+        except AssertionError:
+            raise AssertionError(f"{per_conn[-1]:.0f} bytes per connection") from None
+        print(f"server memory per idle compressed connection: {per_conn[-1]:.0f} B")
+    finally:
+        for sock in clients:
+            sock.close()
+        proc.communicate("", timeout=WAIT)

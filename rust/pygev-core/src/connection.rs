@@ -38,6 +38,9 @@ pub(crate) mod flag {
     pub(crate) const READ_STOPPED: u16 = 1 << 11;
     /// Not read because this connection has much queued for Python (others still are).
     pub(crate) const THROTTLED: u16 = 1 << 12;
+    /// The protocol has more to do with the input held (bounded steps): unpack again
+    /// before reading more.
+    pub(crate) const UNPACK_AGAIN: u16 = 1 << 13;
 
     /// The loop stopped reading this connection for its own reasons (Python is behind):
     /// time spent so is not the peer's silence.

@@ -10,14 +10,22 @@ fn offer(text: &str) -> Option<String> {
 
 #[test]
 fn offers_are_accepted_declined_or_answered_with_parameters() {
+    // A client that allows no window limit is asked not to keep its context (an idle
+    // connection keeps at most a 4 KiB window of it by default).
     assert_eq!(
         offer("permessage-deflate").as_deref(),
-        Some("permessage-deflate")
+        Some("permessage-deflate; client_no_context_takeover")
     );
     assert_eq!(
         offer("permessage-deflate; client_max_window_bits").as_deref(),
-        Some("permessage-deflate; client_max_window_bits=15")
+        Some("permessage-deflate; client_max_window_bits=12")
     );
+    let wide = Settings {
+        client_max_window_bits: 15,
+        ..Settings::default()
+    };
+    let (_, response) = negotiate(&["permessage-deflate".to_string()], &wide).unwrap();
+    assert_eq!(response, "permessage-deflate");
     assert_eq!(
         offer("permessage-deflate; server_no_context_takeover; client_no_context_takeover")
             .as_deref(),
@@ -67,10 +75,15 @@ fn offers_are_accepted_declined_or_answered_with_parameters() {
         server_max_window_bits: 11,
         ..Settings::default()
     };
-    let (_, response) = negotiate(&["permessage-deflate".to_string()], &strict).unwrap();
+    let (_, response) = negotiate(
+        &["permessage-deflate; client_max_window_bits".to_string()],
+        &strict,
+    )
+    .unwrap();
     assert_eq!(
         response,
-        "permessage-deflate; server_no_context_takeover; server_max_window_bits=11"
+        "permessage-deflate; server_no_context_takeover; server_max_window_bits=11; \
+         client_max_window_bits=12"
     );
 }
 
@@ -102,7 +115,61 @@ fn garbage_is_invalid_data() {
     assert_eq!(err.code, 1007);
 }
 
+#[test]
+fn a_parked_codec_holds_only_the_clients_window_and_goes_on_where_it_was() {
+    let mut sender = Codec::new(agreed(false, 12), 0);
+    let mut receiver = Codec::new(agreed(false, 12), 0);
+    // 3,000 bytes that do not compress on their own (a simple LCG), sent again and again.
+    let mut seed = 12345u32;
+    let text: Vec<u8> = (0..3000)
+        .map(|_| {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            (seed >> 16) as u8
+        })
+        .collect();
+    for round in 0..4 {
+        let wire = sender.deflate(&text);
+        if round == 0 {
+            assert!(wire.len() > 2500, "{} bytes", wire.len());
+        } else {
+            // The sender refers back into the previous message: only the kept window can
+            // make sense of it.
+            assert!(wire.len() < 100, "{} bytes", wire.len());
+        }
+        assert_eq!(receiver.inflate(&wire, 1 << 20).unwrap(), text);
+        receiver.park();
+        assert!(receiver.is_parked());
+        assert!(receiver.parked_bytes() <= 4096);
+    }
+    // A parked sender forgets its context: still a valid stream for the peer.
+    sender.park();
+    let wire = sender.deflate(&text);
+    assert_eq!(receiver.inflate(&wire, 1 << 20).unwrap(), text);
+}
+
 proptest! {
+    #[test]
+    fn messages_round_trip_across_parks(
+        messages in prop::collection::vec(prop::collection::vec(0u8..4, 0..6000), 1..8),
+        parks in prop::collection::vec(any::<(bool, bool)>(), 8),
+        no_takeover in any::<bool>(),
+        bits in 9u8..=15,
+    ) {
+        let mut sender = Codec::new(agreed(no_takeover, bits), 0);
+        let mut receiver = Codec::new(agreed(no_takeover, bits), 0);
+        for (message, (park_sender, park_receiver)) in messages.into_iter().zip(parks) {
+            if park_sender {
+                sender.park();
+            }
+            if park_receiver {
+                receiver.park();
+                prop_assert!(receiver.parked_bytes() <= 1 << bits);
+            }
+            let wire = sender.deflate(&message);
+            prop_assert_eq!(receiver.inflate(&wire, 1 << 20).unwrap(), message);
+        }
+    }
+
     #[test]
     fn messages_round_trip_with_and_without_context_takeover(
         messages in prop::collection::vec(prop::collection::vec(0u8..4, 0..3000), 1..8),

@@ -27,6 +27,8 @@ struct Outcome {
     stopped: bool,
     /// The protocol asked to close after its reply.
     closed: bool,
+    /// Extra turns the protocol asked for (bounded steps).
+    steps: usize,
 }
 
 /// Feeds `input` to a fresh connection in pieces (cut points modulo its length), keeping
@@ -46,15 +48,21 @@ fn run(ws: &WebSocket, input: &[u8], cuts: &[usize]) -> Outcome {
         if outcome.stopped || outcome.closed {
             break; // the loop reads no more
         }
-        let used = ws
-            .unpack(&mut state, &pending, &mut sink)
-            .expect("no hard error");
-        pending.drain(..used);
-        outcome.frames.extend(sink.drain());
-        outcome.stopped |= sink.take_stop().is_some();
-        let (reply, close) = sink.take_actions();
-        outcome.replies.extend(reply);
-        outcome.closed |= close.is_some();
+        loop {
+            let used = ws
+                .unpack(&mut state, &pending, &mut sink)
+                .expect("no hard error");
+            pending.drain(..used);
+            outcome.frames.extend(sink.drain());
+            outcome.stopped |= sink.take_stop().is_some();
+            let (reply, close) = sink.take_actions();
+            outcome.replies.extend(reply);
+            outcome.closed |= close.is_some();
+            if !sink.take_again() {
+                break; // else: bounded work left on what is held, as the loop does
+            }
+            outcome.steps += 1;
+        }
     }
     outcome
 }
@@ -379,4 +387,38 @@ fn server_packing_text_binary_close() {
     assert_eq!(out, expected); // nothing after the close frame
     assert!(ws.check_payload(&tagged(tag::CLOSE, &[0; 126])).is_err());
     assert!(ws.check_payload(b"").is_err());
+}
+
+#[test]
+fn a_large_compressed_message_is_inflated_in_bounded_steps_and_keeps_its_place() {
+    use pygev_core::websocket::deflate::{Agreed, Codec};
+    let ws = WebSocket::new(Settings::default());
+    let request = String::from_utf8(REQUEST.to_vec()).unwrap().replace(
+        "\r\n\r\n",
+        "\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n",
+    );
+    let mut wire = request.into_bytes();
+    // 4 MiB of text (a zip bomb's shape: a few KiB on the wire), then a small message.
+    let text = b"all work and no play ".repeat(200_000);
+    let mut sender = Codec::new(
+        Agreed {
+            server_no_context_takeover: false,
+            client_no_context_takeover: false,
+            server_max_window_bits: 12,
+            client_max_window_bits: 12,
+        },
+        0,
+    );
+    let compressed = sender.deflate(&text);
+    assert!(compressed.len() < 64 << 10);
+    wire.extend(ws_util::client_frame(0xC1, &compressed, [1, 2, 3, 4]));
+    wire.extend(client_frame(true, opcode::TEXT, b"after", [5, 6, 7, 8]));
+    let outcome = run(&ws, &wire, &[]);
+    // 4 MiB in steps of 256 KiB: many turns, and the messages in order.
+    assert!(outcome.steps >= 15, "{} steps", outcome.steps);
+    let messages: Vec<&Vec<u8>> = outcome.frames.iter().skip(1).collect(); // after OPEN
+    assert_eq!(messages.len(), 2);
+    assert_eq!(messages[0][0], tag::TEXT);
+    assert_eq!(&messages[0][1..], &text[..]);
+    assert_eq!(messages[1], &tagged(tag::TEXT, b"after"));
 }

@@ -24,14 +24,19 @@ fn run(ws: &WebSocket, input: &[u8], step: usize) -> (Vec<Vec<u8>>, Vec<u8>, boo
             break;
         }
         pending.extend_from_slice(chunk);
-        let used = ws.unpack(&mut state, &pending, &mut sink).expect("no hard errors");
-        assert!(used <= pending.len());
-        pending.drain(..used);
-        frames.extend(sink.drain());
-        ended |= sink.take_stop().is_some();
-        let (reply, close) = sink.take_actions();
-        replies.extend(reply);
-        ended |= close.is_some();
+        loop {
+            let used = ws.unpack(&mut state, &pending, &mut sink).expect("no hard errors");
+            assert!(used <= pending.len());
+            pending.drain(..used);
+            frames.extend(sink.drain());
+            ended |= sink.take_stop().is_some();
+            let (reply, close) = sink.take_actions();
+            replies.extend(reply);
+            ended |= close.is_some();
+            if ended || !sink.take_again() {
+                break; // else bounded work left on what is held: go on, as the loop does
+            }
+        }
     }
     for frame in &frames {
         assert!(matches!(frame[0], tag::OPEN | tag::TEXT | tag::BINARY | tag::END));

@@ -30,6 +30,27 @@ impl EventLoop {
             self.linger(token);
             return;
         }
+        if conn.has(flag::UNPACK_AGAIN) {
+            // The protocol's work on what it holds comes first (one step per turn); while
+            // the connection is paused it waits, as reading would.
+            if self.quiesced || !conn.can_read() {
+                return;
+            }
+            conn.flags &= !flag::UNPACK_AGAIN;
+            if let Err(cause) = self.feed(token, 0) {
+                return self.close_now(token, cause);
+            }
+            if self
+                .conns
+                .get(token)
+                .is_some_and(|c| c.has(flag::UNPACK_AGAIN))
+            {
+                return; // still at it: read_later() was called
+            }
+        }
+        let Some(conn) = self.conns.get_mut(token) else {
+            return;
+        };
         if self.quiesced || !conn.can_read() || !conn.has(flag::READ_READY) {
             return;
         }
@@ -203,6 +224,11 @@ impl EventLoop {
                 self.config.max_input_buffer
             )));
         }
+        if self.frames.take_again() {
+            conn.flags |= flag::UNPACK_AGAIN;
+            self.read_later(token);
+        }
+        let conn = &mut self.conns[token];
         if self.frames.has_actions() {
             if let Some(error) = self.frames.take_stop() {
                 conn.flags |= flag::READ_STOPPED;
@@ -218,14 +244,18 @@ impl EventLoop {
     }
 
     /// Starts the frame deadline when a frame began arriving, and ends it once the framing
-    /// holds no partial frame.
-    fn track_frame(&mut self, token: usize) {
-        if self.config.frame_timeout.is_none() {
-            return;
-        }
+    /// holds no partial frame; takes in a deadline the protocol brought forward.
+    pub(super) fn track_frame(&mut self, token: usize) {
         let Some(conn) = self.conns.get_mut(token) else {
             return;
         };
+        if self.protocol.take_reschedule(&mut conn.state) {
+            self.schedule(token);
+        }
+        if self.config.frame_timeout.is_none() {
+            return;
+        }
+        let conn = &mut self.conns[token];
         if !self
             .protocol
             .has_partial_frame(&conn.state, conn.input.len())

@@ -55,6 +55,9 @@ impl EventLoop {
             );
             return self.close_now(token as usize, CloseCause::Abort(reason));
         }
+        if protocol.take_reschedule(&mut conn.state) {
+            self.schedule(token as usize);
+        }
         self.write_out(token as usize, &out);
         if protocol.pack_resumes_input(data) && !self.quiesced {
             // Packing released input the protocol held back (a WebSocket handshake
@@ -154,7 +157,7 @@ impl EventLoop {
         }
         if conn.has(flag::OUTPUT_FULL) && pending <= self.config.write_high_water / 2 {
             conn.flags &= !flag::OUTPUT_FULL;
-            if conn.has(flag::READ_READY) {
+            if conn.has(flag::READ_READY | flag::UNPACK_AGAIN) {
                 // Read in the loop's next turn: a write never re-enters the read path.
                 self.read_later(token);
             }

@@ -62,6 +62,8 @@ pub struct FrameSink {
     close: Option<Option<String>>,
     /// The protocol asked the loop to stop reading (see [`FrameSink::stop_reading`]).
     stop: Option<Option<String>>,
+    /// The protocol has more to do with the input it holds (see [`FrameSink::call_again`]).
+    again: bool,
 }
 
 /// The frames taken from a [`FrameSink`] at once: one buffer and where each frame ends.
@@ -136,6 +138,18 @@ impl FrameSink {
     /// logged: it says what the peer did wrong.
     pub fn stop_reading(&mut self, error: Option<String>) {
         self.stop = Some(error);
+    }
+
+    /// Asks the loop to call `unpack` again in its next turn, with the input held, before
+    /// reading more: the protocol stopped part-way through work it does in bounded steps
+    /// (inflating a large WebSocket message).
+    pub fn call_again(&mut self) {
+        self.again = true;
+    }
+
+    /// Takes the call-again request.
+    pub fn take_again(&mut self) -> bool {
+        std::mem::take(&mut self.again)
     }
 
     /// Takes the stop-reading request, if any.
@@ -332,6 +346,13 @@ pub trait Protocol: Send + Sync {
         _last_heard: std::time::Instant,
     ) -> Option<std::time::Instant> {
         None
+    }
+
+    /// Whether the time [`Protocol::next_tick`] gives moved earlier since the loop last
+    /// asked (a WebSocket codec came to life and will be parked when idle); the loop asks
+    /// after each read and each send it packs, and clears it.
+    fn take_reschedule(&self, _state: &mut ProtocolState) -> bool {
+        false
     }
 
     /// Called once the time [`Protocol::next_tick`] gave has come (a WebSocket handshake

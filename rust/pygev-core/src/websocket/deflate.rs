@@ -16,8 +16,10 @@ pub struct Settings {
     pub client_no_context_takeover: bool,
     /// The largest window the server compresses with (9 to 15).
     pub server_max_window_bits: u8,
-    /// The largest window the client may compress with (9 to 15), when the client allows a
-    /// limit.
+    /// The largest window the client may compress with (8 to 15), when the client allows a
+    /// limit. Below 15, a client that allows no limit is asked for client_no_context_takeover
+    /// instead: either way an idle connection keeps at most this window of the client's
+    /// context.
     pub client_max_window_bits: u8,
     /// Messages shorter than this go out uncompressed.
     pub threshold: usize,
@@ -30,7 +32,9 @@ impl Default for Settings {
             server_no_context_takeover: false,
             client_no_context_takeover: false,
             server_max_window_bits: 15,
-            client_max_window_bits: 15,
+            // NOTE: as in `websockets`: a 4 KiB window costs little ratio on the short,
+            // repetitive messages WebSocket carries, and bounds what an idle connection holds.
+            client_max_window_bits: 12,
             threshold: 64,
         }
     }
@@ -60,8 +64,8 @@ pub struct Agreed {
 ///
 /// let offers = vec!["permessage-deflate; client_max_window_bits".to_string()];
 /// let (agreed, response) = negotiate(&offers, &Settings::default()).unwrap();
-/// assert_eq!(response, "permessage-deflate; client_max_window_bits=15");
-/// assert_eq!(agreed.client_max_window_bits, 15);
+/// assert_eq!(response, "permessage-deflate; client_max_window_bits=12");
+/// assert_eq!(agreed.client_max_window_bits, 12);
 /// ```
 pub fn negotiate(offers: &[String], settings: &Settings) -> Option<(Agreed, String)> {
     if !settings.enabled {
@@ -118,6 +122,10 @@ fn accept(offer: &str, settings: &Settings) -> Option<(Agreed, String)> {
         agreed.client_max_window_bits = agreed
             .client_max_window_bits
             .min(settings.client_max_window_bits);
+    } else if settings.client_max_window_bits < 15 {
+        // The client keeps a 32 KiB window we could not limit: ask it not to refer to earlier
+        // messages at all (a server may, RFC 7692 section 7.1.1.2).
+        agreed.client_no_context_takeover = true;
     }
     let mut response = String::from("permessage-deflate");
     if agreed.server_no_context_takeover {
@@ -155,17 +163,27 @@ fn window_bits(value: &str) -> Option<u8> {
 const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
 /// One connection's compressor and decompressor.
+///
+/// Both are made when first needed and dropped again by [`Codec::park`] when the
+/// connection idles: a compressor may forget its context at any time (the peer's
+/// decompressor copes with messages that refer to nothing), and a decompressor with the
+/// client's context kept is rebuilt from the last window of bytes it produced. An idle
+/// connection so holds at most that window (4 KiB with the default 12 window bits), not
+/// the hundreds of KiB of zlib state.
 pub struct Codec {
     agreed: Agreed,
     threshold: usize,
-    deflate: Compress,
-    inflate: Decompress,
+    deflate: Option<Box<Compress>>,
+    inflate: Option<Box<Decompress>>,
+    /// With client context takeover: the last bytes inflated, up to the client's window.
+    window: Vec<u8>,
 }
 
 impl std::fmt::Debug for Codec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Codec")
             .field("agreed", &self.agreed)
+            .field("parked", &self.is_parked())
             .finish()
     }
 }
@@ -176,13 +194,55 @@ impl Codec {
         Codec {
             agreed,
             threshold,
-            deflate: Compress::new_with_window_bits(
+            deflate: None,
+            inflate: None,
+            window: Vec::new(),
+        }
+    }
+
+    /// Drops the compressor and decompressor (they are rebuilt on the next message); only
+    /// the client's window stays, when its context is kept.
+    pub fn park(&mut self) {
+        self.deflate = None;
+        self.inflate = None;
+        self.window.shrink_to_fit();
+    }
+
+    /// Whether neither zlib state is held.
+    pub fn is_parked(&self) -> bool {
+        self.deflate.is_none() && self.inflate.is_none()
+    }
+
+    /// The memory a parked codec holds besides itself (the kept window).
+    pub fn parked_bytes(&self) -> usize {
+        self.window.capacity()
+    }
+
+    fn deflater(&mut self) -> &mut Compress {
+        let bits = self.agreed.server_max_window_bits.max(9);
+        self.deflate.get_or_insert_with(|| {
+            Box::new(Compress::new_with_window_bits(
                 Compression::default(),
                 false,
-                agreed.server_max_window_bits.max(9),
-            ),
-            // Inflating with the largest window accepts any smaller one.
-            inflate: Decompress::new_with_window_bits(false, 15),
+                bits,
+            ))
+        })
+    }
+
+    /// Keeps the last bytes of `message` (and the window before it) that the client's next
+    /// messages may refer to.
+    fn remember(&mut self, message: &[u8]) {
+        let size = 1usize << self.agreed.client_max_window_bits;
+        if message.len() >= size {
+            self.window.clear();
+            self.window
+                .extend_from_slice(&message[message.len() - size..]);
+            return;
+        }
+        self.window.extend_from_slice(message);
+        if self.window.len() > size {
+            let excess = self.window.len() - size;
+            self.window.drain(..excess);
         }
     }
 
@@ -193,18 +253,45 @@ impl Codec {
 
     /// Decompresses one message, refusing (1009) as soon as it passes `max` bytes.
     pub fn inflate(&mut self, compressed: &[u8], max: usize) -> Result<Vec<u8>, Violation> {
+        let mut progress = Progress::default();
+        while !self.inflate_step(compressed, &mut progress, max, usize::MAX)? {}
+        Ok(progress.out)
+    }
+
+    /// Decompresses some more of one message: at most about `budget` bytes of output per
+    /// call (so that one large message does not hold a loop for long). Returns true once
+    /// `progress.out` holds the whole message; call again with the same `compressed` and
+    /// `progress` until then.
+    pub fn inflate_step(
+        &mut self,
+        compressed: &[u8],
+        progress: &mut Progress,
+        max: usize,
+        budget: usize,
+    ) -> Result<bool, Violation> {
         if compressed.is_empty() {
             // No deflate block at all (a sender whose compressor had nothing to flush): an
             // empty message. The tail must not go in alone: it would start a stored block
             // whose length is read from the next message.
-            return Ok(Vec::new());
+            return Ok(true);
         }
         let limit = max.saturating_add(1); // one byte past max shows it was passed
-        let mut out = Vec::with_capacity(compressed.len().saturating_mul(3).max(64).min(limit));
-        let mut ended = false;
-        for input in [compressed, &TAIL[..]] {
-            let mut offset = 0;
-            while !ended {
+        let out = &mut progress.out;
+        if out.capacity() == 0 {
+            // Not clamp(): a max_message_size under 64 makes the bounds cross.
+            out.reserve_exact(compressed.len().saturating_mul(3).max(64).min(limit));
+        }
+        let stop_at = out.len().saturating_add(budget);
+        while progress.input < 2 && !progress.ended {
+            let input = if progress.input == 0 {
+                compressed
+            } else {
+                &TAIL[..]
+            };
+            loop {
+                if out.len() >= stop_at {
+                    return Ok(false); // the rest in the next step
+                }
                 if out.len() == out.capacity() {
                     if out.len() >= limit {
                         return Err(too_big(max));
@@ -212,50 +299,66 @@ impl Codec {
                     // Grow by at most what the limit leaves: never past max + 1.
                     out.reserve_exact(out.capacity().min(limit - out.len()).max(1));
                 }
-                let (before_in, before_out) = (self.inflate.total_in(), out.len());
-                let status = self
+                let offset = progress.offset;
+                let inflate = self
                     .inflate
-                    .decompress_vec(&input[offset..], &mut out, FlushDecompress::Sync)
-                    .map_err(|e| invalid(format!("invalid compressed data: {e}")))?;
-                offset += (self.inflate.total_in() - before_in) as usize;
+                    .get_or_insert_with(|| new_inflater(&self.window));
+                let (before_in, before_out) = (inflate.total_in(), out.len());
+                // Stop at the step's budget: the output buffer may hold more room than that.
+                let room = (stop_at - out.len()).min(out.capacity() - out.len());
+                let cap = out.len() + room;
+                let status = decompress_into(inflate, &input[offset..], out, cap)?;
+                let used_in = (inflate.total_in() - before_in) as usize;
+                progress.offset += used_in;
                 if out.len() > max {
                     return Err(too_big(max));
                 }
                 if status == Status::StreamEnd {
                     // A final block (BFINAL) ends the deflate stream: nothing may follow it
                     // but the tail we appended, and the next message starts a new stream.
-                    ended = true;
-                    if input.len() > offset && input != &TAIL[..] {
+                    progress.ended = true;
+                    if input.len() > progress.offset && progress.input == 0 {
                         return Err(invalid("data after the final deflate block"));
                     }
                     break;
                 }
-                let done = offset == input.len() && out.len() < out.capacity();
-                let stuck = self.inflate.total_in() == before_in && out.len() == before_out;
+                let done = progress.offset == input.len() && out.len() < out.capacity();
+                let stuck = used_in == 0 && out.len() == before_out;
                 if done || stuck {
                     break;
                 }
             }
+            progress.input += 1;
+            progress.offset = 0;
         }
-        if ended || self.agreed.client_no_context_takeover {
-            self.inflate.reset(false);
+        if progress.ended || self.agreed.client_no_context_takeover {
+            if let Some(inflate) = self.inflate.as_mut() {
+                inflate.reset(false);
+            }
+            self.window.clear();
+        } else {
+            let message = std::mem::take(&mut progress.out);
+            self.remember(&message);
+            progress.out = message;
         }
-        Ok(out)
+        Ok(true)
     }
 
     /// Compresses one message (the frame gets RSV1).
     pub fn deflate(&mut self, payload: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(payload.len() / 2 + 64);
         let mut offset = 0;
+        let no_takeover = self.agreed.server_no_context_takeover;
+        let deflate = self.deflater();
         loop {
-            let before_in = self.deflate.total_in();
+            let before_in = deflate.total_in();
             if out.len() == out.capacity() {
                 out.reserve(out.capacity().max(64));
             }
-            self.deflate
+            deflate
                 .compress_vec(&payload[offset..], &mut out, FlushCompress::Sync)
                 .expect("deflate into a growing buffer cannot fail");
-            offset += (self.deflate.total_in() - before_in) as usize;
+            offset += (deflate.total_in() - before_in) as usize;
             if offset == payload.len() && out.len() < out.capacity() {
                 break;
             }
@@ -268,11 +371,64 @@ impl Codec {
             // of RFC 7692 section 7.2.3.6, which any receiver inflates to nothing.
             out.push(0x00);
         }
-        if self.agreed.server_no_context_takeover {
-            self.deflate.reset();
+        if no_takeover {
+            deflate.reset();
         }
         out
     }
+}
+
+/// How far the inflation of one message got (see [`Codec::inflate_step`]).
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// The message inflated so far.
+    pub out: Vec<u8>,
+    /// Which input is being fed: 0 the message, 1 the tail, 2 done.
+    input: u8,
+    /// How much of that input was fed.
+    offset: usize,
+    /// The sender ended its deflate stream (BFINAL).
+    ended: bool,
+}
+
+/// A decompressor, with `window` (the client's context kept when it was parked) as its
+/// dictionary.
+fn new_inflater(window: &[u8]) -> Box<Decompress> {
+    // Inflating with the largest window accepts any smaller one.
+    let mut inflate = Decompress::new_with_window_bits(false, 15);
+    if !window.is_empty() {
+        inflate
+            .set_dictionary(window)
+            .expect("a raw inflater takes a dictionary of at most its window");
+    }
+    Box::new(inflate)
+}
+
+/// Inflates `input` into `out`, writing no further than `out.len()` reaches `cap` (at most
+/// its capacity).
+fn decompress_into(
+    inflate: &mut Decompress,
+    input: &[u8],
+    out: &mut Vec<u8>,
+    cap: usize,
+) -> Result<Status, Violation> {
+    // NOTE: `decompress_vec` writes into the spare capacity; a spare capacity larger than
+    // the budget is hidden by splitting the vector's tail off, never copied.
+    let spare = out.capacity() - out.len();
+    if cap >= out.len() + spare {
+        return inflate
+            .decompress_vec(input, out, FlushDecompress::Sync)
+            .map_err(|e| invalid(format!("invalid compressed data: {e}")));
+    }
+    let len = out.len();
+    out.resize(cap, 0);
+    let before = inflate.total_out();
+    let status = inflate
+        .decompress(input, &mut out[len..cap], FlushDecompress::Sync)
+        .map_err(|e| invalid(format!("invalid compressed data: {e}")));
+    let produced = (inflate.total_out() - before) as usize;
+    out.truncate(len + produced);
+    status
 }
 
 fn invalid(reason: impl Into<String>) -> Violation {

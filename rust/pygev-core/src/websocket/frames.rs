@@ -2,6 +2,8 @@
 //! checks every rule a client must follow and reassembles fragmented messages, and the
 //! writer of (unmasked) server frames.
 
+use super::deflate::Progress;
+
 /// Opcodes.
 pub mod opcode {
     /// A continuation fragment.
@@ -66,7 +68,10 @@ fn violation(code: u16, reason: impl Into<String>) -> Violation {
 }
 
 /// Decompresses one message: `(is_text, compressed) -> data` (see [`Reader::read_with`]).
-pub type Inflate<'a> = dyn FnMut(bool, &[u8]) -> Result<Vec<u8>, Violation> + 'a;
+/// Inflates a compressed message in steps: called with the whole compressed message and
+/// the progress so far, returns true once `progress.out` holds all of it (see
+/// [`Codec::inflate_step`](super::deflate::Codec::inflate_step)).
+pub type Inflate<'a> = dyn FnMut(&[u8], &mut Progress) -> Result<bool, Violation> + 'a;
 
 /// Reassembly buffers above this size are freed once their message is delivered.
 const KEEP_BUFFER: usize = 64 << 10;
@@ -141,6 +146,9 @@ pub struct Reader {
     closed: bool,
     /// Of a text frame not all here yet: how much of its payload is known valid UTF-8.
     arriving_valid: usize,
+    /// A whole compressed message (in `buffer`) being inflated in steps: whether it is
+    /// text, and how far it got.
+    inflating: Option<(bool, Progress)>,
 }
 
 impl Reader {
@@ -155,12 +163,19 @@ impl Reader {
             utf8_valid: 0,
             closed: false,
             arriving_valid: 0,
+            inflating: None,
         }
+    }
+
+    /// Whether a compressed message is being inflated: call [`Reader::read_with`] again
+    /// (with any input, even none) to go on.
+    pub fn is_inflating(&self) -> bool {
+        self.inflating.is_some()
     }
 
     /// Whether a fragmented message has started and not ended yet.
     pub fn in_message(&self) -> bool {
-        self.partial.is_some()
+        self.partial.is_some() || self.inflating.is_some()
     }
 
     /// Reads every whole frame at the start of `input`, pushing whole messages and control
@@ -177,15 +192,23 @@ impl Reader {
         })
     }
 
-    /// Like [`Reader::read`], with `inflate(is_text, data)` applied to every message that
-    /// was marked compressed (RSV1); a compressed text message is checked for UTF-8 after
-    /// it is inflated.
+    /// Like [`Reader::read`], with `inflate` applied to every message that was marked
+    /// compressed (RSV1); a compressed text message is checked for UTF-8 after it is
+    /// inflated. When `inflate` stops before the end of a message, reading stops there too
+    /// ([`Reader::is_inflating`]): the next call goes on with it before any later frame.
     pub fn read_with(
         &mut self,
         input: &[u8],
         out: &mut dyn Deliver,
         inflate: &mut Inflate<'_>,
     ) -> Result<usize, Violation> {
+        if let Some((text, mut progress)) = self.inflating.take() {
+            if !inflate(&self.buffer, &mut progress)? {
+                self.inflating = Some((text, progress));
+                return Ok(0);
+            }
+            self.deliver_inflated(text, progress.out, out)?;
+        }
         let mut used = 0;
         while !self.closed {
             let Some(header) = Header::parse(&input[used..])? else {
@@ -234,21 +257,41 @@ impl Reader {
             if header.fin {
                 self.partial = None;
                 if compressed {
-                    let data = inflate(text, &self.buffer)?;
-                    if text && simdutf8::basic::from_utf8(&data).is_err() {
-                        return Err(violation(close_code::INVALID_DATA, "text is not UTF-8"));
+                    let mut progress = Progress::default();
+                    if !inflate(&self.buffer, &mut progress)? {
+                        self.inflating = Some((text, progress));
+                        return Ok(used);
                     }
-                    out.data(text, &data);
+                    self.deliver_inflated(text, progress.out, out)?;
                 } else {
                     out.data(text, &self.buffer);
-                }
-                self.buffer.clear();
-                if self.buffer.capacity() > KEEP_BUFFER {
-                    self.buffer = Vec::new(); // an idle connection holds no large buffer
+                    self.done_with_buffer();
                 }
             }
         }
         Ok(used)
+    }
+
+    /// Delivers a whole inflated message (text checked for UTF-8 first).
+    fn deliver_inflated(
+        &mut self,
+        text: bool,
+        data: Vec<u8>,
+        out: &mut dyn Deliver,
+    ) -> Result<(), Violation> {
+        self.done_with_buffer();
+        if text && simdutf8::basic::from_utf8(&data).is_err() {
+            return Err(violation(close_code::INVALID_DATA, "text is not UTF-8"));
+        }
+        out.data(text, &data);
+        Ok(())
+    }
+
+    fn done_with_buffer(&mut self) {
+        self.buffer.clear();
+        if self.buffer.capacity() > KEEP_BUFFER {
+            self.buffer = Vec::new(); // an idle connection holds no large buffer
+        }
     }
 
     fn check(&self, header: &Header) -> Result<(), Violation> {

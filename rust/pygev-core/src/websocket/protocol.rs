@@ -127,21 +127,49 @@ struct State {
     reader: Reader,
     /// What permessage-deflate settings were agreed, if any.
     agreed: Option<Agreed>,
-    /// Made at the first compressed message either way (idle connections hold no zlib).
+    /// Made at the first compressed message either way; parked (zlib state freed) once the
+    /// connection's messages stop for `CODEC_IDLE`.
     codec: Option<Box<Codec>>,
+    /// The codec holds zlib state (its park deadline runs).
+    codec_live: bool,
+    /// When the codec was last used.
+    codec_used: Instant,
+    /// A new deadline (the codec's park) the loop must take into its heap.
+    reschedule: bool,
     /// When the keepalive ping went out, until anything arrives.
     ping_sent: Option<Instant>,
     /// When the connection was accepted (for the handshake timeout).
     started: Instant,
 }
 
+/// Output one inflation step produces at most: a large compressed message is inflated a
+/// step per loop turn, never holding the loop for long.
+const INFLATE_STEP: usize = 256 << 10;
+
+/// How long a connection's compression state outlives its last compressed message.
+const CODEC_IDLE: Duration = Duration::from_secs(1);
+
 impl State {
     fn codec(&mut self, threshold: usize) -> Option<&mut Codec> {
         let agreed = self.agreed?;
+        self.codec_used();
         Some(
             self.codec
                 .get_or_insert_with(|| Box::new(Codec::new(agreed, threshold))),
         )
+    }
+
+    /// The codec is in use: it stays live for `CODEC_IDLE` from now.
+    fn codec_used(&mut self) {
+        self.codec_used = Instant::now();
+        if !self.codec_live {
+            self.codec_live = true;
+            self.reschedule = true;
+        }
+    }
+
+    fn park_deadline(&self) -> Option<Instant> {
+        self.codec_live.then(|| self.codec_used + CODEC_IDLE)
     }
 }
 
@@ -160,6 +188,23 @@ fn state_of(state: &mut ProtocolState) -> &mut State {
 }
 
 impl WebSocket {
+    /// The handshake timeout, or the keepalive's next ping or ping timeout.
+    fn own_tick(&self, state: &State, last_heard: Instant) -> Option<Instant> {
+        match state.phase {
+            Phase::Handshake | Phase::Pending(_) => {
+                Some(state.started + self.settings.handshake_timeout)
+            }
+            Phase::Open => {
+                let interval = self.settings.ping_interval?;
+                match state.ping_sent {
+                    Some(sent) if last_heard <= sent => Some(sent + self.settings.ping_timeout),
+                    _ => Some(last_heard + interval),
+                }
+            }
+            _ => None,
+        }
+    }
+
     /// A WebSocket framing with these settings.
     pub fn new(settings: Settings) -> Self {
         WebSocket { settings }
@@ -235,6 +280,7 @@ impl WebSocket {
         };
         let max = self.settings.max_message_size;
         let threshold = self.settings.deflate.threshold;
+        let mut inflated = false;
         let result = {
             let State {
                 reader,
@@ -243,17 +289,24 @@ impl WebSocket {
                 ..
             } = &mut *state;
             let agreed = *agreed;
-            reader.read_with(input, &mut out, &mut |_, data| {
+            reader.read_with(input, &mut out, &mut |data, progress| {
                 let agreed = agreed.expect("the reader takes RSV1 only with permessage-deflate");
+                inflated = true;
                 codec
                     .get_or_insert_with(|| Box::new(Codec::new(agreed, threshold)))
-                    .inflate(data, max)
+                    .inflate_step(data, progress, max, INFLATE_STEP)
             })
         };
+        if inflated {
+            state.codec_used();
+        }
         if result.as_ref().is_ok_and(|used| *used > 0) {
             state.ping_sent = None; // the peer is alive
         }
         let Delivery { sink, closes } = out;
+        if state.reader.is_inflating() {
+            sink.call_again(); // the rest of this message in the loop's next turn
+        }
         for received in closes {
             // The close is echoed with the peer's code (and no reason), or empty.
             let payload = received.map_or_else(Vec::new, |(code, _)| code.to_be_bytes().to_vec());
@@ -314,6 +367,9 @@ impl Protocol for WebSocket {
             reader: Reader::new(self.settings.max_message_size, false),
             agreed: None,
             codec: None,
+            codec_live: false,
+            codec_used: Instant::now(),
+            reschedule: false,
             ping_sent: None,
             started: Instant::now(),
         }))
@@ -428,20 +484,16 @@ impl Protocol for WebSocket {
         }
     }
 
+    fn take_reschedule(&self, state: &mut ProtocolState) -> bool {
+        std::mem::take(&mut state_of(state).reschedule)
+    }
+
     fn next_tick(&self, state: &ProtocolState, last_heard: Instant) -> Option<Instant> {
         let state = state_ref(state);
-        match state.phase {
-            Phase::Handshake | Phase::Pending(_) => {
-                Some(state.started + self.settings.handshake_timeout)
-            }
-            Phase::Open => {
-                let interval = self.settings.ping_interval?;
-                match state.ping_sent {
-                    Some(sent) if last_heard <= sent => Some(sent + self.settings.ping_timeout),
-                    _ => Some(last_heard + interval),
-                }
-            }
-            _ => None,
+        let own = self.own_tick(state, last_heard);
+        match (own, state.park_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -453,6 +505,12 @@ impl Protocol for WebSocket {
         out: &mut Vec<u8>,
     ) -> Result<(), ProtocolError> {
         let state = state_of(state);
+        if state.park_deadline().is_some_and(|at| now >= at) {
+            if let Some(codec) = state.codec.as_mut() {
+                codec.park();
+            }
+            state.codec_live = false;
+        }
         match state.phase {
             Phase::Handshake | Phase::Pending(_) => {
                 let timeout = self.settings.handshake_timeout;

@@ -40,6 +40,8 @@ class ServerSpec:
     # tried when `requires` does not import as installed: an in-place build
     # (maturin develop puts pygev/_pygev*.so into python/pygev/)
     fallback_pythonpath: str | None = None
+    # put first on the server's PYTHONPATH (a baseline build of pygev, see below)
+    pythonpath: str | None = None
 
     def framed(self, framing):
         """This server in the given framing mode ("raw" or "length"). A compiled server
@@ -80,14 +82,27 @@ def extra_specs():
         ServerSpec("pygev-plugin", "examples/echo.py",
                    ["--port", "0", "--loops", "1", "--stats", "--plugin"], "pygev",
                    fallback_pythonpath=os.path.join(REPO, "python")),
+        # the same pygev server, built from an older revision (PYGEV_BASELINE)
+        *baseline_spec("pygev-old", "examples/echo.py", ["--port", "0", "--loops", "1", "--stats"]),
     ]
+
+
+def baseline_spec(name, script, args):
+    """`name` run from the baseline build in $PYGEV_BASELINE (benches/build_baseline.sh):
+    that revision's own `script` against its own pygev, for old-against-new runs."""
+    base = os.environ.get("PYGEV_BASELINE")
+    if not base:
+        return []
+    base = os.path.abspath(base)
+    return [ServerSpec(name, os.path.join(base, "repo", script), args, "pygev",
+                       pythonpath=os.path.join(base, "site"))]
 
 
 def select_specs(specs, wanted: str | None):
     if not wanted:
         return specs
     names = [w.strip() for w in wanted.split(",") if w.strip()]
-    by_name = {s.name: s for s in [*specs, *extra_specs()]}
+    by_name = {s.name: s for s in [*extra_specs(), *specs]}  # the suite's own specs win
     unknown = [n for n in names if n not in by_name]
     if unknown:
         raise SystemExit(f"unknown server(s): {', '.join(unknown)}; known: {', '.join(by_name)}")
@@ -128,6 +143,9 @@ class Server:
         if not os.path.exists(script):
             raise ServerError(f"{spec.script} does not exist (yet)")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if spec.pythonpath:
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (spec.pythonpath, env.get("PYTHONPATH")) if p)
         self.module_path = None
         if spec.requires and not spec.compiled:
             env, self.module_path = resolve_import(spec, env)

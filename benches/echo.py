@@ -70,7 +70,7 @@ SUITE = {
     "title": "echo benchmark",
     "servers": "pygev,asyncio,uvloop,c",
     "tests": "raw,pingpong,framed",
-    "peers": ("uvloop", "asyncio", "pygev-plugin"),
+    "peers": ("uvloop", "asyncio", "pygev-plugin", "pygev-old"),
     "specs": lambda: common.server_specs(include_c=True),
 }
 

@@ -52,6 +52,9 @@ def specs():
         ServerSpec("picows", "benches/peers/picows_echo.py", ["--port", "0"], "picows"),
         ServerSpec("websockets", "benches/peers/websockets_echo.py", ["--port", "0"],
                    "websockets"),
+        # the same pygev server, built from an older revision (PYGEV_BASELINE)
+        *common.baseline_spec("pygev-old", "examples/websocket_echo.py",
+                              ["--port", "0", "--loops", "1"]),
     ]
 
 
@@ -63,7 +66,7 @@ def main():
         "title": "WebSocket echo benchmark",
         "servers": "pygev,picows,websockets",
         "tests": "ws64,ws16k",
-        "peers": ("picows", "websockets"),
+        "peers": ("picows", "websockets", "pygev-old"),
         "specs": specs,
     })
     return echo.main()

@@ -22,7 +22,10 @@ class Echo(pygev.WebSocketHandler):
 
 def main() -> None:
     compression = sys.argv[1] == "compressed"
-    protocol = pygev.WebSocket(compression=compression, ping_interval=None)
+    bits = int(sys.argv[2]) if len(sys.argv) > 2 else 12
+    protocol = pygev.WebSocket(
+        compression=compression, ping_interval=None, client_max_window_bits=bits
+    )
     server = pygev.Server(Echo(), "127.0.0.1:0", num_loops=1, protocol=protocol)
     libc = ctypes.CDLL("libc.so.6")
     server.run_every(0.1, lambda: libc.malloc_trim(0))

@@ -474,7 +474,10 @@ class WebSocket:
         server_no_context_takeover: Reset the server's compressor after each message.
         client_no_context_takeover: Ask clients to reset theirs after each message.
         server_max_window_bits: The server's compression window, 9 to 15.
-        client_max_window_bits: The largest window a client may use, 9 to 15.
+        client_max_window_bits: The largest window a client may use, 9 to 15 (default 12:
+            an idle connection keeps at most this window of the client's context; a client
+            that allows no limit is asked for ``client_no_context_takeover`` instead, unless
+            this is 15).
         max_request_size: The largest upgrade request, in bytes.
         max_headers: The most header fields in an upgrade request.
         ping_interval: Ping a client silent for this many seconds (``None``: never). On by
@@ -496,7 +499,7 @@ class WebSocket:
         server_no_context_takeover: bool = False,
         client_no_context_takeover: bool = False,
         server_max_window_bits: int = 15,
-        client_max_window_bits: int = 15,
+        client_max_window_bits: int = 12,
         max_request_size: int = 8192,
         max_headers: int = 64,
         ping_interval: float | None = 20.0,

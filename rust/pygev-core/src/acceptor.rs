@@ -215,7 +215,13 @@ fn run(
             }
             let outcome = accepting.accept(&listener, &mut accepted, room, now);
             for (stream, peer) in accepted.drain(..) {
-                let index = pick_loop(&loops, strategy, &mut next);
+                let mut index = pick_loop(&loops, strategy, &mut next);
+                if loops[index].dispatch_room(dispatch_high_water) == 0 {
+                    // That loop's queue is full: another that has room takes it.
+                    index = (0..loops.len())
+                        .find(|&i| loops[i].dispatch_room(dispatch_high_water) > 0)
+                        .unwrap_or(index);
+                }
                 loops[index].assigned.fetch_add(1, Ordering::Relaxed);
                 // Charged now, so that the room seen next time counts the connections on
                 // their way to the loop (its Connect event carries this charge).

@@ -62,20 +62,20 @@ impl Backlog {
     /// Called by the dispatcher once it has handled messages of this dispatch cost: true
     /// when the loop throttled the connection and should now resume reading it.
     pub fn dispatched(&self, cost: usize, limit: usize) -> bool {
-        let left = self.to_python.fetch_sub(cost, Ordering::AcqRel) - cost;
-        left <= limit / 2 && self.throttled.swap(false, Ordering::SeqCst)
+        let left = self.to_python.fetch_sub(cost, Ordering::SeqCst) - cost;
+        // NOTE: the load first: a swap on every handled message would be an atomic
+        // read-modify-write each time. SeqCst on both sides (here and in `throttle`) keeps
+        // the flag from being missed: either this load sees it, or the loop's second look
+        // sees the count this fetch_sub left.
+        left <= limit / 2
+            && self.throttled.load(Ordering::SeqCst)
+            && self.throttled.swap(false, Ordering::SeqCst)
     }
 
-    /// Adds `bytes` posted for writing; returns the unsent output the connection would
-    /// then have (posted, plus what the loop holds).
-    pub fn charge_send(&self, bytes: usize) -> usize {
-        let posted = self.posted.fetch_add(bytes, Ordering::AcqRel) + bytes;
-        posted + self.buffered.load(Ordering::Acquire)
-    }
-
-    /// Takes back a charge that was not posted after all.
-    pub fn uncharge_send(&self, bytes: usize) {
-        self.posted.fetch_sub(bytes, Ordering::AcqRel);
+    /// Adds `bytes` posted for writing.
+    #[inline]
+    pub fn charge_send(&self, bytes: usize) {
+        self.posted.fetch_add(bytes, Ordering::AcqRel);
     }
 
     /// Called by the loop when it takes a posted send of `bytes`.
@@ -91,6 +91,7 @@ impl Backlog {
     }
 
     /// Output not yet written to the socket: posted sends plus the loop's buffer.
+    #[inline]
     pub fn unsent(&self) -> usize {
         self.posted.load(Ordering::Acquire) + self.buffered.load(Ordering::Acquire)
     }

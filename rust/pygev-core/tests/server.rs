@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
 
-use pygev_core::{Config, Strategy};
+use pygev_core::{Command, Config, Strategy};
 use util::Harness;
 
 fn connect(port: u16) -> TcpStream {
@@ -174,4 +174,20 @@ fn tiny_batches_still_serve_every_connection_in_turn() {
     for hog in hogs {
         hog.join().unwrap();
     }
+}
+
+/// A loop that has ended refuses commands (they would pile up in its mailbox) and has
+/// closed its waker's descriptor.
+#[test]
+fn posting_to_an_ended_loop_fails_and_keeps_nothing() {
+    let h = Harness::start(Config::default());
+    let handle = h.running.loops()[0].clone();
+    assert!(!handle.is_closed());
+    h.shutdown();
+    assert!(handle.is_closed());
+    let err = handle.post(Command::Resume).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotConnected);
+    let mut commands = vec![Command::Resume, Command::Quiesce];
+    assert!(handle.post_all(&mut commands).is_err());
+    assert!(commands.is_empty());
 }

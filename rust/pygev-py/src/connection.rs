@@ -106,28 +106,37 @@ impl Connection {
     /// single send larger than the limit is the caller's error (nothing is sent); one that
     /// would take the unsent output past it means the peer does not read as fast as it is
     /// sent to, and the connection is reset at once (sends within one callback count).
+    #[inline]
     fn check_room(&self, len: usize) -> Result<(), Error> {
         let limit = self.shared.max_write_buffer;
+        // NOTE: the common case stays small enough to inline into every send; the errors,
+        // with their formatting, live out of line.
+        if len <= limit && self.backlog.unsent() + len <= limit {
+            return Ok(());
+        }
+        self.no_room(len, limit)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn no_room(&self, len: usize, limit: usize) -> Result<(), Error> {
         if len > limit {
             return Err(Error::Value(format!(
                 "pygev: a send of {len} bytes exceeds max_write_buffer {limit}"
             )));
         }
         let unsent = self.backlog.unsent();
-        if unsent + len > limit {
-            self.abort(Some(format!(
-                "pygev: connection {} would have {} bytes of unsent output, over \
-                 max_write_buffer {limit} (it is sent to faster than the peer reads)",
-                self.id,
-                unsent + len
-            )));
-            return Err(Error::Closed(format!(
-                "pygev: connection {} was reset: its unsent output would exceed \
-                 max_write_buffer {limit}",
-                self.id
-            )));
-        }
-        Ok(())
+        self.abort(Some(format!(
+            "pygev: connection {} would have {} bytes of unsent output, over \
+             max_write_buffer {limit} (it is sent to faster than the peer reads)",
+            self.id,
+            unsent + len
+        )));
+        Err(Error::Closed(format!(
+            "pygev: connection {} was reset: its unsent output would exceed \
+             max_write_buffer {limit}",
+            self.id
+        )))
     }
 
     /// Resets the connection at once (unsent output is dropped); the loop logs `reason`
@@ -228,6 +237,7 @@ impl Connection {
         self.send_payload(Cow::Borrowed(payload))
     }
 
+    #[inline]
     fn send_payload(&self, payload: Cow<'_, [u8]>) -> Result<(), Error> {
         self.sendable(&payload)?;
         if !self.shared.post_send(self.target(), payload) {
@@ -238,24 +248,33 @@ impl Connection {
 
     /// Whether `payload` may be sent now: the connection is writable, the framing can
     /// carry it, and it fits the connection's output limit.
+    #[inline]
     fn sendable(&self, payload: &[u8]) -> Result<(), Error> {
         self.writable()?;
-        self.shared
-            .protocol
-            .check_payload(payload)
-            .map_err(|e| Error::Value(e.message().to_string()))?;
+        if let Err(e) = self.shared.protocol.check_payload(payload) {
+            return Err(Error::Value(e.message().to_string()));
+        }
         self.check_room(payload.len())
     }
 
     /// Whether sending is allowed (open, write side not shut down).
+    #[inline]
     fn writable(&self) -> Result<(), Error> {
         match self.state.load(Ordering::Acquire) {
             OPEN => Ok(()),
-            WRITE_SHUT => Err(Error::Closed(format!(
+            state => Err(self.not_writable(state)),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn not_writable(&self, state: u8) -> Error {
+        match state {
+            WRITE_SHUT => Error::Closed(format!(
                 "pygev: connection {} has shut down its write side",
                 self.id
-            ))),
-            _ => Err(self.closed_error()),
+            )),
+            _ => self.closed_error(),
         }
     }
 

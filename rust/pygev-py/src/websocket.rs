@@ -52,7 +52,7 @@ impl WebSocket {
         server_no_context_takeover = false,
         client_no_context_takeover = false,
         server_max_window_bits = 15,
-        client_max_window_bits = 15,
+        client_max_window_bits = 12,
         max_request_size = 8 << 10,
         max_headers = 64,
         ping_interval = Some(20.0),
@@ -61,7 +61,7 @@ impl WebSocket {
     ), text_signature = "(*, max_message_size=16777216, compression=True, \
         compression_threshold=64, server_no_context_takeover=False, \
         client_no_context_takeover=False, server_max_window_bits=15, \
-        client_max_window_bits=15, max_request_size=8192, max_headers=64, \
+        client_max_window_bits=12, max_request_size=8192, max_headers=64, \
         ping_interval=20.0, ping_timeout=20.0, handshake_timeout=10.0)")]
     #[allow(clippy::too_many_arguments)]
     fn py_new(

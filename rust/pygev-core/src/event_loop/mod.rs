@@ -50,6 +50,8 @@ pub(crate) struct EventLoop {
     /// This loop's own SO_REUSEPORT listener, if any.
     listener: Option<TcpListener>,
     protocol: Arc<dyn Protocol>,
+    /// `protocol.has_ticks()`, asked once.
+    protocol_ticks: bool,
     queue: Arc<DispatchQueue>,
     config: Arc<Config>,
     ids: Arc<AtomicU64>,
@@ -112,6 +114,7 @@ impl EventLoop {
             handle: handle.clone(),
             conns: Slab::new(),
             listener,
+            protocol_ticks: protocol.has_ticks(),
             protocol,
             queue,
             scratch: Vec::with_capacity(config.read_buffer_size),
@@ -188,6 +191,10 @@ impl EventLoop {
                                 conn.flags |= flag::READ_READY;
                                 if hangup {
                                     conn.flags |= flag::HANGUP_SEEN;
+                                    if conn.has(flag::PAUSED_BY_US) {
+                                        self.hangup_while_paused(token);
+                                        continue;
+                                    }
                                 }
                                 if self.more_to_read.is_empty() {
                                     self.read(token);
@@ -392,6 +399,9 @@ impl EventLoop {
         }
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
         let backlog = Arc::new(Backlog::default());
+        // The connection's own count holds its Connect until `on_connect` ran: a peer that
+        // half-closes at once still gets what `on_connect` sends (a banner).
+        backlog.charge_dispatch(crate::event::EVENT_COST);
         let state = self.protocol.new_state();
         entry.insert(Conn::new(stream, id, state, backlog.clone(), self.now));
         LoopStats::add(&self.handle.stats.accepted, 1);

@@ -10,7 +10,7 @@ use mio::net::TcpStream;
 
 use super::{EventLoop, READ_BUDGET};
 use crate::clock::Millis;
-use crate::connection::{flag, CloseCause, Conn};
+use crate::connection::{flag, CloseCause};
 use crate::event::Event;
 use crate::protocols::ProtocolError;
 use crate::stats::LoopStats;
@@ -33,7 +33,8 @@ impl EventLoop {
         if conn.has(flag::UNPACK_AGAIN) {
             // The protocol's work on what it holds comes first (one step per turn); while
             // the connection is paused it waits, as reading would.
-            if self.quiesced || !conn.can_read() {
+            let paused = flag::OUTPUT_FULL | flag::CLOSING | flag::READ_STOPPED | flag::THROTTLED;
+            if self.quiesced || conn.has(paused) {
                 return;
             }
             conn.flags &= !flag::UNPACK_AGAIN;
@@ -80,8 +81,12 @@ impl EventLoop {
                         self.close_now(token, cause);
                         return;
                     }
-                    if !self.conns.get(token).is_some_and(Conn::can_read) {
-                        return; // the protocol closed it (or its reply filled the output)
+                    let conn = self.conns.get(token);
+                    if !conn.is_some_and(|c| c.can_read() && !c.has(flag::UNPACK_AGAIN)) {
+                        // The protocol closed it, its reply filled the output, or it has
+                        // work left on what it holds: that comes before more input (even
+                        // an EOF already signalled).
+                        return;
                     }
                     // NOTE: on Linux a short read means the socket was drained, and epoll
                     // (edge-triggered) reports any later arrival; skipping the read that
@@ -120,7 +125,8 @@ impl EventLoop {
         // are charged as it sends them: nothing in either count means nothing is coming.
         let waiting = conn.backlog.pending_dispatch() > 0
             || conn.backlog.unsent() > 0
-            || !conn.output.is_empty();
+            || !conn.output.is_empty()
+            || conn.has(flag::UNPACK_AGAIN);
         if !waiting && !conn.has(flag::CLOSING) {
             return self.close_now(token, CloseCause::Done);
         }
@@ -132,6 +138,24 @@ impl EventLoop {
         if !conn.has(flag::CLOSING) {
             conn.close_deadline = self.now.after(self.config.drain_timeout);
             self.schedule(token);
+        }
+    }
+
+    /// The peer hung up while the loop does not read it (Python is behind on the whole
+    /// loop): if it left nothing unread and nothing of it waits, the descriptor is closed now
+    /// instead of when Python catches up (no CLOSE_WAIT pile-up); `on_close` follows.
+    pub(super) fn hangup_while_paused(&mut self, token: usize) {
+        let conn = &self.conns[token];
+        if !conn.has(flag::PAUSED_BY_US) || conn.has(flag::CLOSING) {
+            return;
+        }
+        let waiting = conn.backlog.pending_dispatch() > 0
+            || conn.backlog.unsent() > 0
+            || !conn.output.is_empty()
+            || !conn.input.is_empty()
+            || conn.has(flag::UNPACK_AGAIN);
+        if !waiting && unread_bytes(&conn.stream) == Some(0) {
+            self.close_now(token, CloseCause::Done);
         }
     }
 
@@ -198,6 +222,7 @@ impl EventLoop {
                 frames,
             },
         });
+        let produced = event.is_some();
         if let Some(event) = event {
             conn.backlog.charge_dispatch(event.dispatch_cost());
             LoopStats::add(&self.handle.stats.messages_in, count as u64);
@@ -239,17 +264,18 @@ impl EventLoop {
             let (reply, close) = self.frames.take_actions();
             self.protocol_actions(token, &reply, close);
         }
-        self.track_frame(token);
+        self.track_frame(token, produced);
         Ok(())
     }
 
-    /// Starts the frame deadline when a frame began arriving, and ends it once the framing
-    /// holds no partial frame; takes in a deadline the protocol brought forward.
-    pub(super) fn track_frame(&mut self, token: usize) {
+    /// Starts the frame deadline when a frame began arriving (the read that completed a
+    /// frame and began the next one starts it afresh), and ends it once the framing holds no
+    /// partial frame; takes in a deadline the protocol brought forward.
+    pub(super) fn track_frame(&mut self, token: usize, produced: bool) {
         let Some(conn) = self.conns.get_mut(token) else {
             return;
         };
-        if self.protocol.take_reschedule(&mut conn.state) {
+        if self.protocol_ticks && self.protocol.take_reschedule(&mut conn.state) {
             self.schedule(token);
         }
         if self.config.frame_timeout.is_none() {
@@ -264,6 +290,8 @@ impl EventLoop {
         } else if conn.frame_started.is_never() {
             conn.frame_started = self.now;
             self.schedule(token);
+        } else if produced {
+            conn.frame_started = self.now; // later: the entry in the heap finds it moved
         }
     }
 
@@ -396,6 +424,14 @@ pub(super) fn read_into_spare(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Resu
     // SAFETY: read(2) initialised the first `n` bytes of the spare capacity.
     unsafe { buf.set_len(n) };
     Ok(n)
+}
+
+/// How many bytes wait unread in the socket's receive queue (FIONREAD), if it says.
+fn unread_bytes(stream: &TcpStream) -> Option<usize> {
+    let mut count: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the pointer, which points at `count`.
+    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::FIONREAD, &mut count) };
+    (rc == 0).then_some(count as usize)
 }
 
 /// A protocol (a third-party one, say) that reports more input used than it was given is

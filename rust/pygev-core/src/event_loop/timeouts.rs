@@ -50,6 +50,9 @@ impl EventLoop {
         if let (Some(limit), false) = (self.config.frame_timeout, conn.frame_started.is_never()) {
             due = due.min(conn.frame_started.after(limit));
         }
+        if conn.has(flag::READ_STOPPED) || !self.protocol_ticks {
+            return due; // ending (the dispatcher closes it), or a protocol without ticks
+        }
         let heard = self.clock.instant(conn.last_heard);
         if let Some(tick) = self.protocol.next_tick(&conn.state, heard) {
             due = due.min(self.clock.millis_ceil(tick));
@@ -98,8 +101,17 @@ impl EventLoop {
                 };
                 return self.close_now(token, cause);
             }
-            // The peer sent EOF and Python did not answer its last messages in time.
+            // The peer sent EOF and Python did not answer its last messages in time: what
+            // it still owes is lost, so the peer must not see a clean end.
             conn.close_deadline = Millis::NEVER;
+            if conn.backlog.pending_dispatch() > 0 {
+                let reason = format!(
+                    "pygev: connection {}: Python did not answer the messages before the \
+                     peer's EOF within drain_timeout {:?}",
+                    conn.id, self.config.drain_timeout
+                );
+                return self.close_now(token, CloseCause::Abort(reason));
+            }
             return self.begin_close(token, now.after(self.config.drain_timeout));
         }
         if conn.has(flag::CLOSING | flag::PAUSED_BY_US) {

@@ -55,7 +55,7 @@ impl EventLoop {
             );
             return self.close_now(token as usize, CloseCause::Abort(reason));
         }
-        if protocol.take_reschedule(&mut conn.state) {
+        if self.protocol_ticks && protocol.take_reschedule(&mut conn.state) {
             self.schedule(token as usize);
         }
         self.write_out(token as usize, &out);

@@ -348,6 +348,12 @@ pub trait Protocol: Send + Sync {
         None
     }
 
+    /// Whether this protocol ever has ticks (see [`Protocol::next_tick`]): the loop skips
+    /// asking for them, per read, when it has none.
+    fn has_ticks(&self) -> bool {
+        false
+    }
+
     /// Whether the time [`Protocol::next_tick`] gives moved earlier since the loop last
     /// asked (a WebSocket codec came to life and will be parked when idle); the loop asks
     /// after each read and each send it packs, and clears it.

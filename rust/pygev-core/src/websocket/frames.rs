@@ -173,6 +173,19 @@ impl Reader {
         self.inflating.is_some()
     }
 
+    /// Whether the reader keeps a reassembly buffer between messages (see
+    /// [`Reader::release_buffer`]).
+    pub fn holds_buffer(&self) -> bool {
+        self.buffer.capacity() > 0 && self.partial.is_none() && self.inflating.is_none()
+    }
+
+    /// Frees the reassembly buffer kept between messages (the connection went quiet).
+    pub fn release_buffer(&mut self) {
+        if self.buffer.is_empty() {
+            self.buffer = Vec::new();
+        }
+    }
+
     /// Whether a fragmented message has started and not ended yet.
     pub fn in_message(&self) -> bool {
         self.partial.is_some() || self.inflating.is_some()

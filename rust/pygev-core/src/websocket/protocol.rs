@@ -128,13 +128,14 @@ struct State {
     /// What permessage-deflate settings were agreed, if any.
     agreed: Option<Agreed>,
     /// Made at the first compressed message either way; parked (zlib state freed) once the
-    /// connection's messages stop for `CODEC_IDLE`.
+    /// connection's messages stop for `PARK_AFTER`.
     codec: Option<Box<Codec>>,
-    /// The codec holds zlib state (its park deadline runs).
-    codec_live: bool,
-    /// When the codec was last used.
-    codec_used: Instant,
-    /// A new deadline (the codec's park) the loop must take into its heap.
+    /// The codec or the reader holds memory a quiet connection does not need (the park
+    /// deadline runs).
+    holding: bool,
+    /// When that memory was last used.
+    held_since: Instant,
+    /// A deadline (the park, or the keepalive's once open) the loop must take into its heap.
     reschedule: bool,
     /// When the keepalive ping went out, until anything arrives.
     ping_sent: Option<Instant>,
@@ -146,30 +147,41 @@ struct State {
 /// step per loop turn, never holding the loop for long.
 const INFLATE_STEP: usize = 256 << 10;
 
-/// How long a connection's compression state outlives its last compressed message.
-const CODEC_IDLE: Duration = Duration::from_secs(1);
+/// How long a connection's compression state and reassembly buffer outlive its last
+/// message that used them.
+const PARK_AFTER: Duration = Duration::from_secs(1);
 
 impl State {
     fn codec(&mut self, threshold: usize) -> Option<&mut Codec> {
         let agreed = self.agreed?;
-        self.codec_used();
+        self.used_memory();
         Some(
             self.codec
                 .get_or_insert_with(|| Box::new(Codec::new(agreed, threshold))),
         )
     }
 
-    /// The codec is in use: it stays live for `CODEC_IDLE` from now.
-    fn codec_used(&mut self) {
-        self.codec_used = Instant::now();
-        if !self.codec_live {
-            self.codec_live = true;
+    /// The codec or the reader's buffer was used: they stay for `PARK_AFTER` from now.
+    fn used_memory(&mut self) {
+        self.held_since = Instant::now();
+        if !self.holding {
+            self.holding = true;
             self.reschedule = true;
         }
     }
 
     fn park_deadline(&self) -> Option<Instant> {
-        self.codec_live.then(|| self.codec_used + CODEC_IDLE)
+        self.holding.then(|| self.held_since + PARK_AFTER)
+    }
+
+    /// Frees what a quiet connection does not need: zlib state (keeping the client's
+    /// window) and the reassembly buffer.
+    fn park(&mut self) {
+        if let Some(codec) = self.codec.as_mut() {
+            codec.park();
+        }
+        self.reader.release_buffer();
+        self.holding = false;
     }
 }
 
@@ -264,6 +276,7 @@ impl WebSocket {
 
     fn open(&self, state: &mut State, agreed: Option<Agreed>) {
         state.phase = Phase::Open;
+        state.reschedule = true; // the keepalive's deadline replaces the handshake's
         state.agreed = agreed;
         state.reader = Reader::new(self.settings.max_message_size, agreed.is_some());
     }
@@ -297,8 +310,8 @@ impl WebSocket {
                     .inflate_step(data, progress, max, INFLATE_STEP)
             })
         };
-        if inflated {
-            state.codec_used();
+        if inflated || state.reader.holds_buffer() {
+            state.used_memory();
         }
         if result.as_ref().is_ok_and(|used| *used > 0) {
             state.ping_sent = None; // the peer is alive
@@ -367,8 +380,8 @@ impl Protocol for WebSocket {
             reader: Reader::new(self.settings.max_message_size, false),
             agreed: None,
             codec: None,
-            codec_live: false,
-            codec_used: Instant::now(),
+            holding: false,
+            held_since: Instant::now(),
             reschedule: false,
             ping_sent: None,
             started: Instant::now(),
@@ -484,6 +497,10 @@ impl Protocol for WebSocket {
         }
     }
 
+    fn has_ticks(&self) -> bool {
+        true
+    }
+
     fn take_reschedule(&self, state: &mut ProtocolState) -> bool {
         std::mem::take(&mut state_of(state).reschedule)
     }
@@ -506,10 +523,7 @@ impl Protocol for WebSocket {
     ) -> Result<(), ProtocolError> {
         let state = state_of(state);
         if state.park_deadline().is_some_and(|at| now >= at) {
-            if let Some(codec) = state.codec.as_mut() {
-                codec.park();
-            }
-            state.codec_live = false;
+            state.park();
         }
         match state.phase {
             Phase::Handshake | Phase::Pending(_) => {

@@ -213,9 +213,14 @@ impl<'py> Dispatcher<'py> {
     /// message its connection's (which the loop then reads again if it had stopped).
     fn credit(&mut self, loop_index: u32, token: u32, cost: usize, message: bool) {
         self.handled_cost[loop_index as usize] += cost;
-        if !message {
-            return;
+        if message {
+            self.credit_connection(loop_index, token, cost);
         }
+    }
+
+    /// Takes a handled event's cost off its connection's count (a message, or the Connect
+    /// once `on_connect` ran); the loop reads the connection again if it had stopped.
+    fn credit_connection(&mut self, loop_index: u32, token: u32, cost: usize) {
         let limit = self.conn_dispatch_high_water;
         let slot = self.conns[loop_index as usize].get(token as usize);
         if let Some(conn) = slot.and_then(Option::as_ref) {
@@ -267,6 +272,7 @@ impl<'py> Dispatcher<'py> {
                 if self.shared.websocket.is_none() {
                     self.connected(&conn);
                 } // a WebSocket connection is connected once its handshake completes
+                self.credit_connection(loop_index, token, cost);
             }
             Event::PeerClosed { loop_index, token } => {
                 self.credit(loop_index, token, cost, false);

@@ -113,20 +113,20 @@ impl<'py> Dispatcher<'py> {
                 Err(err) => self.callback_failed("on_message", conn, err),
             }
         }
-        self.track_partial(conn, buffer.get().held() > 0);
+        self.track_partial(conn, buffer.get().held() > 0, calls > 0);
         (calls, false)
     }
 
     /// Runs the frame deadline for a Python framing: from the moment its buffer holds part
-    /// of a frame until it holds none.
-    fn track_partial(&mut self, conn: &Py<Connection>, partial: bool) {
+    /// of a frame (afresh once a frame completed) until it holds none.
+    fn track_partial(&mut self, conn: &Py<Connection>, partial: bool, completed: bool) {
         if self.frame_timeout.is_none() {
             return;
         }
         let id = conn.get().id_value();
         if !partial {
             self.partial_frames.remove(&id);
-        } else if !self.partial_frames.contains_key(&id) {
+        } else if completed || !self.partial_frames.contains_key(&id) {
             self.partial_frames
                 .insert(id, (Instant::now(), conn.clone_ref(self.py)));
         }

@@ -12,7 +12,7 @@
 
 use std::collections::HashSet;
 
-use pygev_core::{Event, Frames};
+use pygev_core::{Event, Frames, EVENT_COST};
 
 use super::{Dispatcher, Frame};
 
@@ -32,7 +32,9 @@ pub(super) enum Work {
         token: u32,
         frames: Frames,
         next: usize,
-        /// The event's dispatch cost, credited once every frame was handled.
+        /// What is left of the event's dispatch cost to credit: each step credits the
+        /// frames it handled, so that the loop reads the connection again before the
+        /// dispatcher runs out of its frames; the last step credits the rest.
         cost: usize,
     },
     /// A Python framing's connection whose buffer may hold more frames.
@@ -239,9 +241,7 @@ impl<'py> Dispatcher<'py> {
         for &stop in &frames.ends[next..end] {
             let frame = &frames.data[start..stop];
             start = stop;
-            if conn.get().is_closed() {
-                break; // what is left is dropped, as on_frame would
-            }
+            // (A closed connection's frames are dropped by the callees, which look first.)
             if websocket {
                 self.on_ws_frame(&conn, frame);
             } else {
@@ -253,12 +253,16 @@ impl<'py> Dispatcher<'py> {
             self.credit(loop_index, token, cost, true);
             return (made, None);
         }
+        let handled_bytes =
+            frames.ends[end - 1] - if next == 0 { 0 } else { frames.ends[next - 1] };
+        let step = ((end - next) * EVENT_COST + handled_bytes).min(cost);
+        self.credit(loop_index, token, step, true);
         let rest = Work::Frames {
             loop_index,
             token,
             frames,
             next: end,
-            cost,
+            cost: cost - step,
         };
         (made, Some(rest))
     }

@@ -9,7 +9,8 @@ milliseconds per second per 10,000 connections. Rounds alternate the servers.
 
 Servers (each with the same settings, so that old and new pygev compare like for like):
   pygev-raw        raw echo, idle_timeout=60 (the idle sweep's case)
-  pygev-ws         WebSocket echo, ping_interval=20, ping_timeout=20 (keepalive ticks)
+  pygev-ws         WebSocket echo, keepalive on (ping_interval=120: no ping in the window;
+                   the old build walked every connection for its keepalive ticks anyway)
   pygev-old-raw / pygev-old-ws   the same from the baseline build (PYGEV_BASELINE, see
                    benches/build_baseline.sh)
   uvloop-raw       uvloop's echo, for reference (asyncio keeps no per-connection timer)
@@ -17,6 +18,7 @@ Servers (each with the same settings, so that old and new pygev compare like for
 Writes benches/results/idle_cpu.json and benches/results/idle_cpu.png (with matplotlib).
 Usage: python benches/idle_cpu.py [-n 19000] [--window 20] [--rounds 2] [--servers ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,10 +39,20 @@ SERVER = "benches/peers/pygev_idle_server.py"
 
 def specs():
     here = [
-        ServerSpec("pygev-raw", SERVER, ["--mode", "raw"], "pygev",
-                   fallback_pythonpath=os.path.join(common.REPO, "python")),
-        ServerSpec("pygev-ws", SERVER, ["--mode", "ws"], "pygev",
-                   fallback_pythonpath=os.path.join(common.REPO, "python")),
+        ServerSpec(
+            "pygev-raw",
+            SERVER,
+            ["--mode", "raw"],
+            "pygev",
+            fallback_pythonpath=os.path.join(common.REPO, "python"),
+        ),
+        ServerSpec(
+            "pygev-ws",
+            SERVER,
+            ["--mode", "ws"],
+            "pygev",
+            fallback_pythonpath=os.path.join(common.REPO, "python"),
+        ),
         ServerSpec("uvloop-raw", "benches/peers/uvloop_echo.py", ["--port", "0"], "uvloop"),
     ]
     base = os.environ.get("PYGEV_BASELINE")
@@ -74,8 +86,13 @@ def measure(spec, n, window, settle):
         time.sleep(window)
         t1, c1 = time.monotonic(), cpu_seconds(server.proc.pid)
         pct = 100.0 * (c1 - c0) / (t1 - t0)
-        return {"server": spec.name, "connections": len(socks), "open_s": opened,
-                "cpu_pct": pct, "cpu_ms_per_s_per_10k": 10.0 * pct / (len(socks) / 10_000)}
+        return {
+            "server": spec.name,
+            "connections": len(socks),
+            "open_s": opened,
+            "cpu_pct": pct,
+            "cpu_ms_per_s_per_10k": 10.0 * pct / (len(socks) / 10_000),
+        }
     finally:
         for s in socks:
             s.close()
@@ -85,6 +102,7 @@ def measure(spec, n, window, settle):
 def plot(summary, path):
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -113,31 +131,49 @@ def main():
         wanted = [s.strip() for s in args.servers.split(",")]
         chosen = [s for s in chosen if s.name in wanted]
     runs = []
+    unavailable = set()
     for rnd in range(args.rounds):
         k = rnd % len(chosen)
         for spec in chosen[k:] + chosen[:k]:
-            r = measure(spec, args.n, args.window, args.settle)
+            if spec.name in unavailable:
+                continue
+            try:
+                r = measure(spec, args.n, args.window, args.settle)
+            except common.ServerError as exc:
+                log(f"{spec.name}: skipped ({exc})")
+                unavailable.add(spec.name)
+                continue
             r["round"] = rnd
-            log(f"round {rnd} {spec.name}: {r['connections']} connections, "
-                f"server CPU {r['cpu_pct']:.3f}% of a core")
+            log(
+                f"round {rnd} {spec.name}: {r['connections']} connections, "
+                f"server CPU {r['cpu_pct']:.3f}% of a core"
+            )
             runs.append(r)
     summary = {}
     for spec in chosen:
         rs = [r for r in runs if r["server"] == spec.name]
+        if not rs:
+            continue
         summary[spec.name] = {
             "cpu_pct": median([r["cpu_pct"] for r in rs]),
             "cpu_pct_min": min(r["cpu_pct"] for r in rs),
             "cpu_pct_max": max(r["cpu_pct"] for r in rs),
             "connections": rs[0]["connections"],
         }
-    print(f"\nserver CPU with {args.n} idle connections, {args.window:.0f} s windows, "
-          f"median of {args.rounds} rounds (min-max)")
+    print(
+        f"\nserver CPU with {args.n} idle connections, {args.window:.0f} s windows, "
+        f"median of {args.rounds} rounds (min-max)"
+    )
     print(f"{'server':<16} {'CPU % of a core':>22}")
     for name, s in summary.items():
         print(f"{name:<16} {s['cpu_pct']:>8.3f} ({s['cpu_pct_min']:.3f}-{s['cpu_pct_max']:.3f})")
     os.makedirs(args.out, exist_ok=True)
-    result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-              "args": vars(args), "runs": runs, "summary": summary}
+    result = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "args": vars(args),
+        "runs": runs,
+        "summary": summary,
+    }
     with open(os.path.join(args.out, "idle_cpu.json"), "w") as f:
         json.dump(result, f, indent=2)
     plot(summary, os.path.join(args.out, "idle_cpu.png"))

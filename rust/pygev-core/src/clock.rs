@@ -25,6 +25,12 @@ impl Millis {
         Millis(self.0.saturating_add(ms))
     }
 
+    /// `self` minus `duration` (saturating at the clock's start).
+    pub(crate) fn before(self, duration: Duration) -> Millis {
+        let ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        Millis(self.0.saturating_sub(ms))
+    }
+
     /// How long after `earlier` this is (zero if it is not later).
     pub(crate) fn since(self, earlier: Millis) -> Duration {
         Duration::from_millis(self.0.saturating_sub(earlier.0))

@@ -52,6 +52,9 @@ pub(crate) struct Conn {
     pub(crate) stream: TcpStream,
     pub(crate) id: u64,
     pub(crate) flags: u16,
+    /// Bytes in the kernel's send queue when a write last found it full (see
+    /// `EventLoop::peer_took_output`).
+    pub(crate) queued_at_block: u32,
     pub(crate) input: RingBuffer,
     pub(crate) output: RingBuffer,
     pub(crate) state: ProtocolState,
@@ -84,6 +87,7 @@ impl Conn {
             stream,
             id,
             flags: 0,
+            queued_at_block: 0,
             input: RingBuffer::new(),
             output: RingBuffer::new(),
             state,

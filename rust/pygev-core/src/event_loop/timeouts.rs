@@ -4,9 +4,15 @@
 
 use std::time::Duration;
 
+use super::write::KernelQueue;
 use super::EventLoop;
 use crate::clock::Millis;
 use crate::connection::{flag, CloseCause, Conn};
+
+/// How soon a connection that seems idle, with output waiting in the kernel, is looked at
+/// again (to see whether the peer takes it).
+const RECHECK_MIN: Duration = Duration::from_millis(10);
+const RECHECK_MAX: Duration = Duration::from_secs(1);
 
 /// Stale heap entries tolerated beyond twice the number of connections before compacting.
 const COMPACT_SLACK: usize = 1024;
@@ -117,10 +123,47 @@ impl EventLoop {
         if conn.has(flag::CLOSING | flag::PAUSED_BY_US) {
             return;
         }
-        if let Some(idle) = self.config.idle_timeout {
-            if conn.last_active.after(idle) <= now {
-                return self.idle(token);
+        let idle_due = self
+            .config
+            .idle_timeout
+            .is_some_and(|idle| conn.last_active.after(idle) <= now);
+        let tick_due = {
+            let heard = self.clock.instant(conn.last_heard);
+            self.protocol_ticks
+                && self
+                    .protocol
+                    .next_tick(&conn.state, heard)
+                    .is_some_and(|t| t <= self.instant)
+        };
+        if idle_due || tick_due {
+            match self.kernel_queue(token) {
+                KernelQueue::Draining => {
+                    // A slow reader, not a silent one: progress, and a sign of life.
+                    let conn = &mut self.conns[token];
+                    conn.last_active = now;
+                    conn.last_heard = now;
+                    return;
+                }
+                KernelQueue::FirstLook => {
+                    // Output waits in the kernel: look again shortly whether it drains.
+                    let recheck = self.config.idle_timeout.map_or(RECHECK_MAX, |idle| {
+                        (idle / 4).clamp(RECHECK_MIN, RECHECK_MAX)
+                    });
+                    let conn = &mut self.conns[token];
+                    if let Some(idle) = self.config.idle_timeout {
+                        conn.last_active = now.after(recheck).before(idle);
+                    }
+                    if tick_due {
+                        conn.last_heard = now; // the tick comes again after its own wait
+                    }
+                    return;
+                }
+                KernelQueue::Empty | KernelQueue::Stalled => {}
             }
+        }
+        let conn = &mut self.conns[token];
+        if idle_due {
+            return self.idle(token);
         }
         if let Some(limit) = self.config.frame_timeout {
             if !conn.frame_started.is_never() && conn.frame_started.after(limit) <= now {

@@ -5,12 +5,33 @@
 use std::io::{self, Write};
 use std::net::Shutdown;
 
+use std::os::fd::AsRawFd;
+
+use mio::net::TcpStream;
+
 use super::read::reset_cause;
 use super::EventLoop;
 use crate::connection::{flag, CloseCause};
 use crate::stats::LoopStats;
 
 impl EventLoop {
+    /// What the kernel's send queue says of a peer that seems idle: whether it took bytes
+    /// out of it since the loop last looked. epoll reports the socket writable only once a
+    /// good part of a send buffer of megabytes drained, and the loop writes nothing while
+    /// the kernel still holds what it wrote, so a slow but live reader can go longer than a
+    /// timeout without one of our writes succeeding.
+    pub(super) fn kernel_queue(&mut self, token: usize) -> KernelQueue {
+        let conn = &mut self.conns[token];
+        let queued = kernel_send_queue(&conn.stream).unwrap_or(0);
+        let before = std::mem::replace(&mut conn.queued_at_block, queued);
+        match (queued, before) {
+            (0, _) => KernelQueue::Empty,
+            (_, 0) => KernelQueue::FirstLook,
+            (q, b) if q < b => KernelQueue::Draining,
+            _ => KernelQueue::Stalled,
+        }
+    }
+
     /// The socket became writable: flush, and note that the peer took what was queued.
     pub(super) fn on_writable(&mut self, token: usize) {
         let Some(conn) = self.conns.get_mut(token) else {
@@ -22,6 +43,11 @@ impl EventLoop {
         if let Some(conn) = self.conns.get_mut(token) {
             if conn.output.len() < before {
                 conn.last_heard = self.now; // the peer is reading
+                if conn.output.is_empty() {
+                    // What is left sits in the kernel's queue: the peer's reading shows
+                    // there from now on (see `peer_took_output`).
+                    conn.queued_at_block = kernel_send_queue(&conn.stream).unwrap_or(0);
+                }
             }
         }
     }
@@ -89,6 +115,7 @@ impl EventLoop {
                     Ok(n) => written += n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         conn.flags |= flag::WRITE_BLOCKED;
+                        conn.queued_at_block = kernel_send_queue(&conn.stream).unwrap_or(0);
                         break;
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -137,6 +164,7 @@ impl EventLoop {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     conn.flags |= flag::WRITE_BLOCKED;
+                    conn.queued_at_block = kernel_send_queue(&conn.stream).unwrap_or(0);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -173,4 +201,26 @@ impl EventLoop {
             let _ = conn.stream.shutdown(Shutdown::Write);
         }
     }
+}
+
+/// What [`EventLoop::kernel_queue`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum KernelQueue {
+    /// Nothing we wrote waits in the kernel.
+    Empty,
+    /// Bytes wait there, and it is the first look: look again shortly.
+    FirstLook,
+    /// Fewer bytes wait than at the last look: the peer is reading.
+    Draining,
+    /// As many wait as at the last look: the peer is not reading.
+    Stalled,
+}
+
+/// Bytes in the socket's send queue not yet acknowledged by the peer (SIOCOUTQ).
+fn kernel_send_queue(stream: &TcpStream) -> Option<u32> {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one c_int through the pointer, which points at
+    // `queued`.
+    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+    (rc == 0).then(|| u32::try_from(queued).unwrap_or(0))
 }

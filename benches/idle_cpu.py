@@ -8,7 +8,7 @@ for the server to settle, then read its CPU time (utime + stime of all threads, 
 milliseconds per second per 10,000 connections. Rounds alternate the servers.
 
 Servers (each with the same settings, so that old and new pygev compare like for like):
-  pygev-raw        raw echo, idle_timeout=60 (the idle sweep's case)
+  pygev-raw        raw echo, idle_timeout=300 (the idle sweep's case; none fires in the window)
   pygev-ws         WebSocket echo, keepalive on (ping_interval=120: no ping in the window;
                    the old build walked every connection for its keepalive ticks anyway)
   pygev-old-raw / pygev-old-ws   the same from the baseline build (PYGEV_BASELINE, see

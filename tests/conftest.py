@@ -100,8 +100,11 @@ def recv_exactly(sock: socket.socket, n: int, timeout: float = WAIT) -> bytes:
     return bytes(buf)
 
 
-def recv_until_eof(sock: socket.socket, timeout: float = WAIT, limit: int = 1 << 30) -> bytes:
-    """Reads until EOF before the deadline; returns everything read."""
+def read_to_end(
+    sock: socket.socket, timeout: float = WAIT, limit: int = 1 << 30
+) -> tuple[bytes, str]:
+    """Reads until the peer ends the connection, before the deadline; returns everything
+    read and how it ended: ``"eof"`` (a FIN) or ``"reset"`` (ECONNRESET)."""
     deadline = time.monotonic() + timeout
     buf = bytearray()
     old = sock.gettimeout()
@@ -109,51 +112,41 @@ def recv_until_eof(sock: socket.socket, timeout: float = WAIT, limit: int = 1 <<
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise AssertionError(f"no EOF after {timeout:.0f} s ({len(buf)} bytes read)")
+                raise AssertionError(f"no end after {timeout:.0f} s ({len(buf)} bytes read)")
             sock.settimeout(remaining)
             try:
                 chunk = sock.recv(1 << 20)
             except socket.timeout:
                 raise AssertionError(
-                    f"no EOF after {timeout:.0f} s ({len(buf)} bytes read)"
+                    f"no end after {timeout:.0f} s ({len(buf)} bytes read)"
                 ) from None
+            except ConnectionResetError:
+                return bytes(buf), "reset"
             if not chunk:
-                return bytes(buf)
+                return bytes(buf), "eof"
             buf += chunk
             if len(buf) > limit:
-                raise AssertionError(f"read more than {limit} bytes without EOF")
+                raise AssertionError(f"read more than {limit} bytes without an end")
     finally:
         sock.settimeout(old)
+
+
+def recv_until_eof(sock: socket.socket, timeout: float = WAIT, limit: int = 1 << 30) -> bytes:
+    """Reads until EOF before the deadline; returns everything read."""
+    data, end = read_to_end(sock, timeout, limit)
+    assert end == "eof", f"a reset after {len(data)} bytes where a clean EOF was due"
+    return data
 
 
 def expect_reset(sock: socket.socket, timeout: float = WAIT) -> bytes:
     """Asserts the peer ends the connection with a reset (ECONNRESET), never a clean EOF,
     before the deadline; returns what was read before the reset."""
-    deadline = time.monotonic() + timeout
-    buf = bytearray()
-    old = sock.gettimeout()
-    try:
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"no reset after {timeout:.0f} s ({len(buf)} bytes read)")
-            sock.settimeout(remaining)
-            try:
-                chunk = sock.recv(1 << 20)
-            except socket.timeout:
-                raise AssertionError(
-                    f"no reset after {timeout:.0f} s ({len(buf)} bytes read)"
-                ) from None
-            except ConnectionResetError:
-                return bytes(buf)
-            if not chunk:
-                raise AssertionError(
-                    f"a clean EOF (FIN) after {len(buf)} bytes where a reset was due: the "
-                    "peer would take a cut-off stream for a complete one"
-                )
-            buf += chunk
-    finally:
-        sock.settimeout(old)
+    data, end = read_to_end(sock, timeout)
+    assert end == "reset", (
+        f"a clean EOF (FIN) after {len(data)} bytes where a reset was due: the peer would "
+        "take a cut-off stream for a complete one"
+    )
+    return data
 
 
 def expect_eof(sock: socket.socket, timeout: float = WAIT) -> None:

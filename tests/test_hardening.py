@@ -53,6 +53,19 @@ def spin(seconds: float) -> None:
         pass
 
 
+class Blocking(Recorder):
+    """Echoes; the message ``block`` holds the dispatcher until ``release`` is set."""
+
+    def __init__(self, release: threading.Event) -> None:
+        super().__init__()
+        self.release = release
+
+    def on_message(self, conn: pygev.Connection, ctx: object, data: bytes) -> bytes | None:
+        if data == b"block":
+            self.release.wait(WAIT)
+        return super().on_message(conn, ctx, data)
+
+
 # ---- 1. fair dispatch -----------------------------------------------------------------------
 
 
@@ -147,14 +160,7 @@ def test_connect_and_close_events_count_toward_backpressure(serve):
     high-water mark of events (each event costs 128 in it): connections wait in the kernel's
     backlog instead of piling up as events; all are served once Python runs again."""
     release = threading.Event()
-
-    class Blocking(Recorder):
-        def on_message(self, conn, ctx, data):
-            if data == b"block":
-                release.wait(WAIT)
-            return super().on_message(conn, ctx, data)
-
-    rec = Blocking()
+    rec = Blocking(release)
     high_water = 128 * 100
     server = serve(rec, num_loops=1, dispatch_high_water=high_water)
     blocker = server.connect()
@@ -449,14 +455,7 @@ def test_peers_that_leave_while_python_is_blocked_free_their_descriptors(serve):
     drain_timeout; each still gets on_connect, its messages and on_close, once, in order,
     when Python runs again."""
     release = threading.Event()
-
-    class Blocking(Recorder):
-        def on_message(self, conn, ctx, data):
-            if data == b"block":
-                release.wait(WAIT)
-            return super().on_message(conn, ctx, data)
-
-    rec = Blocking()
+    rec = Blocking(release)
     server = serve(rec, num_loops=1, drain_timeout=0.5)
     blocker = server.connect()
     try:

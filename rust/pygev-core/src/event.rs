@@ -102,6 +102,27 @@ impl Event {
         }
     }
 
+    /// The loop the event comes from, and the connection's slot (`None` for the loop's own
+    /// events).
+    pub fn source(&self) -> (u32, Option<u32>) {
+        match self {
+            Event::Connect {
+                loop_index, token, ..
+            }
+            | Event::Message {
+                loop_index, token, ..
+            }
+            | Event::Messages {
+                loop_index, token, ..
+            }
+            | Event::PeerClosed { loop_index, token }
+            | Event::Closed { loop_index, token } => (*loop_index, Some(*token)),
+            Event::Quiesced { loop_index } | Event::LoopExited { loop_index } => {
+                (*loop_index, None)
+            }
+        }
+    }
+
     /// Whether this is a message event (counted per connection as well as per loop).
     pub fn is_message(&self) -> bool {
         matches!(self, Event::Message { .. } | Event::Messages { .. })

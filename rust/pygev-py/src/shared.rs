@@ -144,14 +144,7 @@ impl Shared {
             self.push_wire(&mut outboxes[to.loop_index as usize], to, payload);
             return true;
         }
-        let data = payload.into_owned();
-        to.backlog.charge_send(data.len());
-        let command = Command::Send {
-            token: to.token,
-            id: to.id,
-            data,
-            packed: false,
-        };
+        let command = to.charged_send(payload.into_owned(), false);
         if self.in_batch() {
             self.lock_outboxes()[to.loop_index as usize].push(command);
             return true;
@@ -162,14 +155,7 @@ impl Shared {
     /// Like [`Shared::post_send`] without packing, posted to the loop at once even inside
     /// a batch (ahead of the batch's commands).
     pub(crate) fn post_send_now(&self, to: Target<'_>, data: Vec<u8>) -> bool {
-        to.backlog.charge_send(data.len());
-        let command = Command::Send {
-            token: to.token,
-            id: to.id,
-            data,
-            packed: false,
-        };
-        self.post_to(to.loop_index, command)
+        self.post_to(to.loop_index, to.charged_send(data, false))
     }
 
     fn spare_buffer(&self, loop_index: u32, capacity: usize) -> Option<Vec<u8>> {
@@ -243,14 +229,7 @@ impl Shared {
         }
         let mut data = Vec::with_capacity(size);
         write(&mut data);
-        to.backlog.charge_send(data.len());
-        let command = Command::Send {
-            token: to.token,
-            id: to.id,
-            data,
-            packed: true,
-        };
-        self.post_to(to.loop_index, command)
+        self.post_to(to.loop_index, to.charged_send(data, true))
     }
 
     /// Appends the wire form of `payload` to `wire` (identity or stateless protocols only).
@@ -323,6 +302,20 @@ pub(crate) struct Target<'a> {
     pub(crate) token: u32,
     pub(crate) id: u64,
     pub(crate) backlog: &'a Backlog,
+}
+
+impl Target<'_> {
+    /// A send of `data` to this connection, its bytes charged to the connection's backlog
+    /// (the loop credits them as it takes the command).
+    fn charged_send(&self, data: Vec<u8>, packed: bool) -> Command {
+        self.backlog.charge_send(data.len());
+        Command::Send {
+            token: self.token,
+            id: self.id,
+            data,
+            packed,
+        }
+    }
 }
 
 /// Whether posting to loop `loop_index` went through; an ended loop is not an error worth

@@ -122,21 +122,10 @@ impl Harness {
     /// Takes a handled event's cost off dispatch backpressure, as the real dispatcher does:
     /// every event for its loop, messages for their connection too.
     fn credit(&self, event: &Event) {
-        let (loop_index, token) = match event {
-            Event::Connect {
-                loop_index, token, ..
-            }
-            | Event::Message {
-                loop_index, token, ..
-            }
-            | Event::Messages {
-                loop_index, token, ..
-            }
-            | Event::PeerClosed { loop_index, token }
-            | Event::Closed { loop_index, token } => (*loop_index, Some(*token)),
-            Event::Quiesced { loop_index } => (*loop_index, None),
-            Event::LoopExited { .. } => return,
-        };
+        if let Event::LoopExited { .. } = event {
+            return;
+        }
+        let (loop_index, token) = event.source();
         let cost = event.dispatch_cost();
         let handle = &self.running.loops()[loop_index as usize];
         handle.dispatched(cost, usize::MAX).unwrap();

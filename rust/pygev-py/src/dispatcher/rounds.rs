@@ -49,21 +49,9 @@ impl Work {
     /// Whose work it is: (loop, connection slot), or (loop, `LOOP_SLOT`).
     fn key(&self) -> (u32, u32) {
         match self {
-            Work::Event(event) => match event {
-                Event::Connect {
-                    loop_index, token, ..
-                }
-                | Event::Message {
-                    loop_index, token, ..
-                }
-                | Event::Messages {
-                    loop_index, token, ..
-                }
-                | Event::PeerClosed { loop_index, token }
-                | Event::Closed { loop_index, token } => (*loop_index, *token),
-                Event::Quiesced { loop_index } | Event::LoopExited { loop_index } => {
-                    (*loop_index, LOOP_SLOT)
-                }
+            Work::Event(event) => match event.source() {
+                (loop_index, Some(token)) => (loop_index, token),
+                (loop_index, None) => (loop_index, LOOP_SLOT),
             },
             Work::Frames {
                 loop_index, token, ..

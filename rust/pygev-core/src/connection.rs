@@ -45,6 +45,8 @@ pub(crate) mod flag {
     /// The loop stopped reading this connection for its own reasons (Python is behind):
     /// time spent so is not the peer's silence.
     pub(crate) const PAUSED_BY_US: u16 = DEFERRED | THROTTLED;
+    /// Reading (and a protocol's held work) waits while any of these is set.
+    pub(crate) const NOT_READING: u16 = OUTPUT_FULL | CLOSING | READ_STOPPED | THROTTLED;
 }
 
 /// A connection owned by a loop, in its slab.
@@ -52,9 +54,9 @@ pub(crate) struct Conn {
     pub(crate) stream: TcpStream,
     pub(crate) id: u64,
     pub(crate) flags: u16,
-    /// Bytes in the kernel's send queue when a write last found it full (see
-    /// `EventLoop::peer_took_output`).
-    pub(crate) queued_at_block: u32,
+    /// Bytes the kernel's send queue held at the last look (0: empty, or not looked at);
+    /// see `EventLoop::kernel_queue`.
+    pub(crate) kernel_queued: u32,
     pub(crate) input: RingBuffer,
     pub(crate) output: RingBuffer,
     pub(crate) state: ProtocolState,
@@ -87,7 +89,7 @@ impl Conn {
             stream,
             id,
             flags: 0,
-            queued_at_block: 0,
+            kernel_queued: 0,
             input: RingBuffer::new(),
             output: RingBuffer::new(),
             state,
@@ -106,13 +108,16 @@ impl Conn {
     }
 
     pub(crate) fn can_read(&self) -> bool {
-        !self.has(
-            flag::OUTPUT_FULL
-                | flag::PEER_EOF
-                | flag::CLOSING
-                | flag::READ_STOPPED
-                | flag::THROTTLED,
-        )
+        !self.has(flag::NOT_READING | flag::PEER_EOF)
+    }
+
+    /// Whether anything of the connection is still on its way: a message in Python (whose
+    /// handler may reply), a reply charged but not written, output, or protocol work held.
+    pub(crate) fn owes_anything(&self) -> bool {
+        self.backlog.pending_dispatch() > 0
+            || self.backlog.unsent() > 0
+            || !self.output.is_empty()
+            || self.has(flag::UNPACK_AGAIN)
     }
 }
 

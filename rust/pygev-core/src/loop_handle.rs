@@ -233,7 +233,7 @@ impl LoopHandle {
 
     /// Whether more than `high_water` of dispatch cost waits for the dispatcher.
     pub(crate) fn dispatch_backlogged(&self, high_water: usize) -> bool {
-        self.pending_dispatch.load(Ordering::SeqCst) > high_water
+        self.dispatch_room(high_water) == 0
     }
 
     /// Takes back a charge for an event that will not come.

@@ -142,10 +142,14 @@ impl Connection {
     /// Resets the connection at once (unsent output is dropped); the loop logs `reason`
     /// (`None`: logged already).
     pub(crate) fn abort(&self, reason: Option<String>) {
+        let (token, id) = (self.token, self.id);
+        self.end_with(Command::Abort { token, id, reason });
+    }
+
+    /// Marks the connection closed and tells its loop how to end it, the first time only.
+    fn end_with(&self, command: Command) {
         if self.state.swap(CLOSED, Ordering::AcqRel) != CLOSED {
-            let (token, id) = (self.token, self.id);
-            self.shared
-                .post(self.loop_index, Command::Abort { token, id, reason });
+            self.shared.post(self.loop_index, command);
         }
     }
 
@@ -290,15 +294,8 @@ impl Connection {
 
     /// Closes after flushing pending output (the dispatcher uses it after a failed callback).
     pub(crate) fn request_close(&self) {
-        if self.state.swap(CLOSED, Ordering::AcqRel) != CLOSED {
-            self.shared.post(
-                self.loop_index,
-                Command::Close {
-                    token: self.token,
-                    id: self.id,
-                },
-            );
-        }
+        let (token, id) = (self.token, self.id);
+        self.end_with(Command::Close { token, id });
     }
 
     /// Logs that the connection's Python framing failed, and closes the connection.

@@ -139,17 +139,17 @@ impl Shared {
         if self.loops.get().is_none() {
             return false;
         }
-        if self.wire_in_dispatcher && self.in_batch() {
-            let mut outboxes = self.lock_outboxes();
-            self.push_wire(&mut outboxes[to.loop_index as usize], to, payload);
-            return true;
+        if !self.in_batch() {
+            return self.post_to(to.loop_index, to.charged_send(payload.into_owned(), false));
         }
-        let command = to.charged_send(payload.into_owned(), false);
-        if self.in_batch() {
-            self.lock_outboxes()[to.loop_index as usize].push(command);
-            return true;
+        let mut outboxes = self.lock_outboxes();
+        let outbox = &mut outboxes[to.loop_index as usize];
+        if self.wire_in_dispatcher {
+            self.push_wire(outbox, to, payload);
+        } else {
+            outbox.push(to.charged_send(payload.into_owned(), false));
         }
-        self.post_to(to.loop_index, command)
+        true
     }
 
     /// Like [`Shared::post_send`] without packing, posted to the loop at once even inside

@@ -429,9 +429,7 @@ impl EventLoop {
 
     /// Queues `event` for the dispatcher, charging its cost to dispatch backpressure.
     fn queue_event(&mut self, event: Event) {
-        self.handle
-            .pending_dispatch
-            .fetch_add(event.dispatch_cost(), Ordering::SeqCst);
+        self.handle.charge_dispatch(event.dispatch_cost());
         self.events_out.push(event);
     }
 }

@@ -33,8 +33,7 @@ impl EventLoop {
         if conn.has(flag::UNPACK_AGAIN) {
             // The protocol's work on what it holds comes first (one step per turn); while
             // the connection is paused it waits, as reading would.
-            let paused = flag::OUTPUT_FULL | flag::CLOSING | flag::READ_STOPPED | flag::THROTTLED;
-            if self.quiesced || conn.has(paused) {
+            if self.quiesced || conn.has(flag::NOT_READING) {
                 return;
             }
             conn.flags &= !flag::UNPACK_AGAIN;
@@ -113,32 +112,25 @@ impl EventLoop {
         self.read_later(token);
     }
 
-    /// The peer sent EOF. A connection with nothing waiting (no output, no message in
-    /// Python, no reply on its way) closes at once, so that peers leaving while Python is busy do not hold
-    /// descriptors; `on_close` follows in order. Otherwise it stays open so that replies
-    /// to the messages before the EOF reach a peer that only shut down its write side, for
-    /// at most `drain_timeout` (then it closes, whether Python answered or not).
+    /// The peer sent EOF. A connection that owes nothing closes at once, so that peers
+    /// leaving while Python is busy do not hold descriptors; `on_close` follows in order.
+    /// Otherwise it stays open so that replies to the messages before the EOF reach a peer
+    /// that only shut down its write side, for at most `drain_timeout` (then a reset if
+    /// Python still owes them; see `on_deadline`).
     fn peer_eof(&mut self, token: usize) {
         let conn = &mut self.conns[token];
         conn.flags = (conn.flags | flag::PEER_EOF) & !flag::READ_READY;
         // Python credits a message only after its handler ran, and the handler's replies
         // are charged as it sends them: nothing in either count means nothing is coming.
-        let waiting = conn.backlog.pending_dispatch() > 0
-            || conn.backlog.unsent() > 0
-            || !conn.output.is_empty()
-            || conn.has(flag::UNPACK_AGAIN);
-        if !waiting && !conn.has(flag::CLOSING) {
+        if !conn.owes_anything() {
             return self.close_now(token, CloseCause::Done);
         }
+        conn.close_deadline = self.now.after(self.config.drain_timeout);
         self.queue_event(Event::PeerClosed {
             loop_index: self.index,
             token: token as u32,
         });
-        let conn = &mut self.conns[token];
-        if !conn.has(flag::CLOSING) {
-            conn.close_deadline = self.now.after(self.config.drain_timeout);
-            self.schedule(token);
-        }
+        self.schedule(token);
     }
 
     /// The peer hung up while the loop does not read it (Python is behind on the whole
@@ -149,11 +141,7 @@ impl EventLoop {
         if !conn.has(flag::PAUSED_BY_US) || conn.has(flag::CLOSING) {
             return;
         }
-        let waiting = conn.backlog.pending_dispatch() > 0
-            || conn.backlog.unsent() > 0
-            || !conn.output.is_empty()
-            || !conn.input.is_empty()
-            || conn.has(flag::UNPACK_AGAIN);
+        let waiting = conn.owes_anything() || !conn.input.is_empty();
         if !waiting && unread_bytes(&conn.stream) == Some(0) {
             self.close_now(token, CloseCause::Done);
         }

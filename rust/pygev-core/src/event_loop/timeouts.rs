@@ -180,12 +180,7 @@ impl EventLoop {
                 }
             }
         }
-        let heard = self.clock.instant(conn.last_heard);
-        if self
-            .protocol
-            .next_tick(&conn.state, heard)
-            .is_some_and(|t| t <= self.instant)
-        {
+        if tick_due {
             self.tick_protocol(token);
         }
     }

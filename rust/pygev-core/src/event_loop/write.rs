@@ -23,7 +23,7 @@ impl EventLoop {
     pub(super) fn kernel_queue(&mut self, token: usize) -> KernelQueue {
         let conn = &mut self.conns[token];
         let queued = kernel_send_queue(&conn.stream).unwrap_or(0);
-        let before = std::mem::replace(&mut conn.queued_at_block, queued);
+        let before = std::mem::replace(&mut conn.kernel_queued, queued);
         match (queued, before) {
             (0, _) => KernelQueue::Empty,
             (_, 0) => KernelQueue::FirstLook,
@@ -45,8 +45,8 @@ impl EventLoop {
                 conn.last_heard = self.now; // the peer is reading
                 if conn.output.is_empty() {
                     // What is left sits in the kernel's queue: the peer's reading shows
-                    // there from now on (see `peer_took_output`).
-                    conn.queued_at_block = kernel_send_queue(&conn.stream).unwrap_or(0);
+                    // there from now on (see `kernel_queue`).
+                    conn.kernel_queued = kernel_send_queue(&conn.stream).unwrap_or(0);
                 }
             }
         }
@@ -115,7 +115,7 @@ impl EventLoop {
                     Ok(n) => written += n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         conn.flags |= flag::WRITE_BLOCKED;
-                        conn.queued_at_block = kernel_send_queue(&conn.stream).unwrap_or(0);
+                        conn.kernel_queued = kernel_send_queue(&conn.stream).unwrap_or(0);
                         break;
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -164,7 +164,7 @@ impl EventLoop {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     conn.flags |= flag::WRITE_BLOCKED;
-                    conn.queued_at_block = kernel_send_queue(&conn.stream).unwrap_or(0);
+                    conn.kernel_queued = kernel_send_queue(&conn.stream).unwrap_or(0);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {

@@ -1,9 +1,8 @@
 //! permessage-deflate (RFC 7692): negotiation, and the per-connection compressor and
 //! decompressor. Decompressed size is bounded (no zip bombs).
 
-use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
-
 use super::frames::{close_code, Violation};
+use super::zlib::{Deflater, Inflater};
 
 /// The server's permessage-deflate settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,9 +172,10 @@ const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 pub struct Codec {
     agreed: Agreed,
     threshold: usize,
-    deflate: Option<Box<Compress>>,
-    inflate: Option<Box<Decompress>>,
-    /// With client context takeover: the last bytes inflated, up to the client's window.
+    deflate: Option<Deflater>,
+    inflate: Option<Inflater>,
+    /// While parked with client context takeover: the last bytes inflated, up to the
+    /// client's window.
     window: Vec<u8>,
 }
 
@@ -187,6 +187,9 @@ impl std::fmt::Debug for Codec {
             .finish()
     }
 }
+
+/// The compression level (zlib's default: a good ratio at moderate cost).
+const LEVEL: u8 = 6;
 
 impl Codec {
     /// A codec for what was agreed; messages under `threshold` bytes go out uncompressed.
@@ -204,13 +207,10 @@ impl Codec {
     /// the client's window stays, when its context is kept.
     pub fn park(&mut self) {
         self.deflate = None;
-        self.inflate = None;
-        // NOTE: the window moves to a fresh allocation, made after the zlib state is
-        // freed: the one it had sat among that state's blocks and kept their pages in
-        // memory (11.7 KiB per idle connection with a 4 KiB window, measured at 1,000).
-        if !self.window.is_empty() {
-            let kept = self.window.as_slice().to_vec();
-            self.window = kept;
+        if let Some(inflate) = self.inflate.take() {
+            if !self.agreed.client_no_context_takeover {
+                self.window = inflate.history(1 << self.agreed.client_max_window_bits);
+            }
         }
     }
 
@@ -222,34 +222,6 @@ impl Codec {
     /// The memory a parked codec holds besides itself (the kept window).
     pub fn parked_bytes(&self) -> usize {
         self.window.capacity()
-    }
-
-    fn deflater(&mut self) -> &mut Compress {
-        let bits = self.agreed.server_max_window_bits.max(9);
-        self.deflate.get_or_insert_with(|| {
-            Box::new(Compress::new_with_window_bits(
-                Compression::default(),
-                false,
-                bits,
-            ))
-        })
-    }
-
-    /// Keeps the last bytes of `message` (and the window before it) that the client's next
-    /// messages may refer to.
-    fn remember(&mut self, message: &[u8]) {
-        let size = 1usize << self.agreed.client_max_window_bits;
-        if message.len() >= size {
-            self.window.clear();
-            self.window
-                .extend_from_slice(&message[message.len() - size..]);
-            return;
-        }
-        self.window.extend_from_slice(message);
-        if self.window.len() > size {
-            let excess = self.window.len() - size;
-            self.window.drain(..excess);
-        }
     }
 
     /// Whether a message of `len` bytes is worth compressing.
@@ -306,20 +278,19 @@ impl Codec {
                     out.reserve_exact(out.capacity().min(limit - out.len()).max(1));
                 }
                 let offset = progress.offset;
-                let inflate = self
-                    .inflate
-                    .get_or_insert_with(|| new_inflater(&self.window));
-                let (before_in, before_out) = (inflate.total_in(), out.len());
+                let before_out = out.len();
                 // Stop at the step's budget: the output buffer may hold more room than that.
                 let room = (stop_at - out.len()).min(out.capacity() - out.len());
-                let cap = out.len() + room;
-                let status = decompress_into(inflate, &input[offset..], out, cap)?;
-                let used_in = (inflate.total_in() - before_in) as usize;
+                let step = self
+                    .inflater()?
+                    .inflate(&input[offset..], out, room)
+                    .map_err(|e| invalid(format!("invalid compressed data: {e}")))?;
+                let used_in = step.consumed;
                 progress.offset += used_in;
                 if out.len() > max {
                     return Err(too_big(max));
                 }
-                if status == Status::StreamEnd {
+                if step.ended {
                     // A final block (BFINAL) ends the deflate stream: nothing may follow it
                     // but the tail we appended, and the next message starts a new stream.
                     progress.ended = true;
@@ -339,32 +310,38 @@ impl Codec {
         }
         if progress.ended || self.agreed.client_no_context_takeover {
             if let Some(inflate) = self.inflate.as_mut() {
-                inflate.reset(false);
+                inflate.reset();
             }
-            self.window.clear();
-        } else {
-            let message = std::mem::take(&mut progress.out);
-            self.remember(&message);
-            progress.out = message;
         }
         Ok(true)
     }
 
-    /// Compresses one message (the frame gets RSV1).
-    pub fn deflate(&mut self, payload: &[u8]) -> Vec<u8> {
+    /// The decompressor, rebuilt from the kept window when parked.
+    fn inflater(&mut self) -> Result<&mut Inflater, Violation> {
+        if self.inflate.is_none() {
+            // Inflating with the largest window accepts any smaller one.
+            let inflate = Inflater::new(15, &self.window).ok_or_else(out_of_memory)?;
+            self.window = Vec::new(); // the decompressor holds the context now
+            self.inflate = Some(inflate);
+        }
+        Ok(self.inflate.as_mut().expect("made above"))
+    }
+
+    /// Compresses one message (the frame gets RSV1); `None` when no compressor can be
+    /// made (out of memory): the message then goes out uncompressed.
+    pub fn deflate(&mut self, payload: &[u8]) -> Option<Vec<u8>> {
+        if self.deflate.is_none() {
+            let bits = self.agreed.server_max_window_bits.max(9);
+            self.deflate = Some(Deflater::new(LEVEL, bits)?);
+        }
+        let deflate = self.deflate.as_mut().expect("made above");
         let mut out = Vec::with_capacity(payload.len() / 2 + 64);
         let mut offset = 0;
-        let no_takeover = self.agreed.server_no_context_takeover;
-        let deflate = self.deflater();
         loop {
-            let before_in = deflate.total_in();
             if out.len() == out.capacity() {
                 out.reserve(out.capacity().max(64));
             }
-            deflate
-                .compress_vec(&payload[offset..], &mut out, FlushCompress::Sync)
-                .expect("deflate into a growing buffer cannot fail");
-            offset += (deflate.total_in() - before_in) as usize;
+            offset += deflate.deflate(&payload[offset..], &mut out).consumed;
             if offset == payload.len() && out.len() < out.capacity() {
                 break;
             }
@@ -373,14 +350,14 @@ impl Codec {
             out.truncate(out.len() - TAIL.len());
         }
         if out.is_empty() {
-            // zlib-rs flushes nothing for an empty message; send the one-byte empty block
-            // of RFC 7692 section 7.2.3.6, which any receiver inflates to nothing.
+            // Nothing flushed for an empty message: send the one-byte empty block of
+            // RFC 7692 section 7.2.3.6, which any receiver inflates to nothing.
             out.push(0x00);
         }
-        if no_takeover {
+        if self.agreed.server_no_context_takeover {
             deflate.reset();
         }
-        out
+        Some(out)
     }
 }
 
@@ -397,44 +374,11 @@ pub struct Progress {
     ended: bool,
 }
 
-/// A decompressor, with `window` (the client's context kept when it was parked) as its
-/// dictionary.
-fn new_inflater(window: &[u8]) -> Box<Decompress> {
-    // Inflating with the largest window accepts any smaller one.
-    let mut inflate = Decompress::new_with_window_bits(false, 15);
-    if !window.is_empty() {
-        inflate
-            .set_dictionary(window)
-            .expect("a raw inflater takes a dictionary of at most its window");
+fn out_of_memory() -> Violation {
+    Violation {
+        code: close_code::INTERNAL_ERROR,
+        reason: "no memory for a decompressor".into(),
     }
-    Box::new(inflate)
-}
-
-/// Inflates `input` into `out`, writing no further than `out.len()` reaches `cap` (at most
-/// its capacity).
-fn decompress_into(
-    inflate: &mut Decompress,
-    input: &[u8],
-    out: &mut Vec<u8>,
-    cap: usize,
-) -> Result<Status, Violation> {
-    // NOTE: `decompress_vec` writes into the spare capacity; a spare capacity larger than
-    // the budget is hidden by splitting the vector's tail off, never copied.
-    let spare = out.capacity() - out.len();
-    if cap >= out.len() + spare {
-        return inflate
-            .decompress_vec(input, out, FlushDecompress::Sync)
-            .map_err(|e| invalid(format!("invalid compressed data: {e}")));
-    }
-    let len = out.len();
-    out.resize(cap, 0);
-    let before = inflate.total_out();
-    let status = inflate
-        .decompress(input, &mut out[len..cap], FlushDecompress::Sync)
-        .map_err(|e| invalid(format!("invalid compressed data: {e}")));
-    let produced = (inflate.total_out() - before) as usize;
-    out.truncate(len + produced);
-    status
 }
 
 fn invalid(reason: impl Into<String>) -> Violation {

@@ -6,5 +6,6 @@ pub mod deflate;
 pub mod frames;
 pub mod handshake;
 mod protocol;
+mod zlib;
 
 pub use protocol::{tag, Settings, WebSocket};

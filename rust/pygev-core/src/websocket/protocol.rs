@@ -450,12 +450,13 @@ impl Protocol for WebSocket {
                     opcode::BINARY
                 };
                 let threshold = self.settings.deflate.threshold;
-                match state.codec(threshold) {
-                    Some(codec) if codec.should_compress(data.len()) => {
-                        let compressed = codec.deflate(data);
-                        frames::write_frame(out, op, true, true, &compressed);
-                    }
-                    _ => frames::write_frame(out, op, true, false, data),
+                let compressed = match state.codec(threshold) {
+                    Some(codec) if codec.should_compress(data.len()) => codec.deflate(data),
+                    _ => None,
+                };
+                match compressed {
+                    Some(compressed) => frames::write_frame(out, op, true, true, &compressed),
+                    None => frames::write_frame(out, op, true, false, data),
                 }
             }
             (tag::CLOSE, Phase::Open) => {

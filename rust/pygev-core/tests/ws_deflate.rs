@@ -152,18 +152,36 @@ proptest! {
     fn messages_round_trip_across_parks(
         messages in prop::collection::vec(prop::collection::vec(0u8..4, 0..6000), 1..8),
         parks in prop::collection::vec(any::<(bool, bool)>(), 8),
-        no_takeover in any::<bool>(),
-        bits in 9u8..=15,
+        (server_no_takeover, client_no_takeover) in any::<(bool, bool)>(),
+        (sender_bits, extra_bits) in (9u8..=15, 0u8..=6),
     ) {
-        let mut sender = Codec::new(agreed(no_takeover, bits), 0);
-        let mut receiver = Codec::new(agreed(no_takeover, bits), 0);
+        // The sender's compressor (the server's side of its Agreed) and the receiver's
+        // decompressor (the client's side of its own), agreed apart: a receiver that
+        // keeps no context needs a sender that keeps none, and its window must hold the
+        // sender's.
+        let receiver_bits = (sender_bits + extra_bits).min(15);
+        let sent = Agreed {
+            server_no_context_takeover: server_no_takeover || client_no_takeover,
+            client_no_context_takeover: true,
+            server_max_window_bits: sender_bits,
+            client_max_window_bits: 15,
+        };
+        let received = Agreed {
+            server_no_context_takeover: true,
+            client_no_context_takeover: client_no_takeover,
+            server_max_window_bits: 15,
+            client_max_window_bits: receiver_bits,
+        };
+        let mut sender = Codec::new(sent, 0);
+        let mut receiver = Codec::new(received, 0);
         for (message, (park_sender, park_receiver)) in messages.into_iter().zip(parks) {
             if park_sender {
                 sender.park();
             }
             if park_receiver {
                 receiver.park();
-                prop_assert!(receiver.parked_bytes() <= 1 << bits);
+                prop_assert!(receiver.parked_bytes() <= 1 << receiver_bits);
+                prop_assert!(!client_no_takeover || receiver.parked_bytes() == 0);
             }
             let wire = sender.deflate(&message).unwrap();
             prop_assert_eq!(receiver.inflate(&wire, 1 << 20).unwrap(), message);
@@ -188,23 +206,40 @@ proptest! {
 #[test]
 fn a_message_ending_its_deflate_stream_is_fine_and_so_is_the_next() {
     use flate2::{Compress, Compression, FlushCompress};
-    let finished = |data: &[u8]| {
+    // Each message its own deflate stream (BFINAL), the second referring back into the
+    // first through a preset dictionary: with the client's context kept, the window
+    // outlives the end of a stream (RFC 7692 section 7.2.2).
+    let finished = |data: &[u8], dictionary: &[u8]| {
         let mut c = Compress::new(Compression::default(), false);
+        if !dictionary.is_empty() {
+            c.set_dictionary(dictionary).unwrap();
+        }
         let mut out = Vec::with_capacity(data.len() + 64);
         c.compress_vec(data, &mut out, FlushCompress::Finish)
             .unwrap();
         out
     };
+    let first = b"the first message, long enough to be referred back to".to_vec();
+    let second = b"the first message, long enough to be referred back to, again".to_vec();
+    let wire = finished(&second, &first);
+    assert!(
+        wire.len() < 30,
+        "the second refers back: {} bytes",
+        wire.len()
+    );
+    for park in [false, true] {
+        let mut receiver = Codec::new(agreed(false, 15), 0);
+        assert_eq!(
+            receiver.inflate(&finished(&first, b""), 1000).unwrap(),
+            first
+        );
+        if park {
+            receiver.park();
+        }
+        assert_eq!(receiver.inflate(&wire, 1000).unwrap(), second);
+    }
     let mut receiver = Codec::new(agreed(false, 15), 0);
-    assert_eq!(
-        receiver.inflate(&finished(b"first"), 1000).unwrap(),
-        b"first"
-    );
-    assert_eq!(
-        receiver.inflate(&finished(b"second"), 1000).unwrap(),
-        b"second"
-    );
-    let mut trailing = finished(b"third");
+    let mut trailing = finished(b"third", b"");
     trailing.extend_from_slice(b"junk");
     assert_eq!(receiver.inflate(&trailing, 1000).unwrap_err().code, 1007);
 }

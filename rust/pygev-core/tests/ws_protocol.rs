@@ -422,3 +422,60 @@ fn a_large_compressed_message_is_inflated_in_bounded_steps_and_keeps_its_place()
     assert_eq!(&messages[0][1..], &text[..]);
     assert_eq!(messages[1], &tagged(tag::TEXT, b"after"));
 }
+
+#[test]
+fn a_park_due_while_a_message_is_inflated_in_steps_waits_for_its_end() {
+    use pygev_core::websocket::deflate::{Agreed, Codec};
+    use std::time::{Duration, Instant};
+    let ws = WebSocket::new(Settings {
+        ping_interval: None,
+        ..Settings::default()
+    });
+    let request = String::from_utf8(REQUEST.to_vec()).unwrap().replace(
+        "\r\n\r\n",
+        "\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n",
+    );
+    let mut sender = Codec::new(
+        Agreed {
+            server_no_context_takeover: false,
+            client_no_context_takeover: false,
+            server_max_window_bits: 12,
+            client_max_window_bits: 12,
+        },
+        0,
+    );
+    let text = b"all work and no play ".repeat(100_000); // 2 MiB: 8 steps
+    let mut wire = request.into_bytes();
+    wire.extend(ws_util::client_frame(
+        0xC1,
+        &sender.deflate(&text).unwrap(),
+        [1, 2, 3, 4],
+    ));
+    // The next message refers back into the first: the context must survive.
+    let next = sender.deflate(&text[..1000]).unwrap();
+    wire.extend(ws_util::client_frame(0xC1, &next, [5, 6, 7, 8]));
+
+    let mut state = ws.new_state();
+    let mut sink = FrameSink::new();
+    let mut frames = Vec::new();
+    let used = ws.unpack(&mut state, &wire, &mut sink).unwrap();
+    let mut pending = wire[used..].to_vec();
+    frames.extend(sink.drain());
+    assert!(sink.take_again(), "more steps to go");
+    // The loop paused the connection between two steps for longer than the park's delay.
+    let later = Instant::now() + Duration::from_secs(5);
+    let mut out = Vec::new();
+    ws.tick(&mut state, later, later, &mut out).unwrap();
+    loop {
+        let used = ws.unpack(&mut state, &pending, &mut sink).unwrap();
+        pending.drain(..used);
+        frames.extend(sink.drain());
+        if !sink.take_again() {
+            break;
+        }
+    }
+    let messages: Vec<&Vec<u8>> = frames.iter().skip(1).collect(); // after OPEN
+    assert_eq!(messages.len(), 2, "{:?}", sink.take_actions());
+    assert_eq!(&messages[0][1..], &text[..]);
+    assert_eq!(&messages[1][1..], &text[..1000]);
+}

@@ -2,7 +2,7 @@
 //! decompressor. Decompressed size is bounded (no zip bombs).
 
 use super::frames::{close_code, Violation};
-use super::zlib::{Deflater, Inflater};
+use super::zlib::{Deflater, Failure, Inflater};
 
 /// The server's permessage-deflate settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -284,7 +284,7 @@ impl Codec {
                 let step = self
                     .inflater()?
                     .inflate(&input[offset..], out, room)
-                    .map_err(|e| invalid(format!("invalid compressed data: {e}")))?;
+                    .map_err(inflate_failed)?;
                 let used_in = step.consumed;
                 progress.offset += used_in;
                 if out.len() > max {
@@ -309,8 +309,12 @@ impl Codec {
             progress.offset = 0;
         }
         if progress.ended || self.agreed.client_no_context_takeover {
+            // A final block ends the client's deflate stream, not its context: the next
+            // message may still refer to this one unless the client agreed it would not
+            // (RFC 7692 section 7.2.2).
+            let keep_window = !self.agreed.client_no_context_takeover;
             if let Some(inflate) = self.inflate.as_mut() {
-                inflate.reset();
+                inflate.reset(keep_window);
             }
         }
         Ok(true)
@@ -328,7 +332,9 @@ impl Codec {
     }
 
     /// Compresses one message (the frame gets RSV1); `None` when no compressor can be
-    /// made (out of memory): the message then goes out uncompressed.
+    /// made (out of memory) or it failed: the message then goes out uncompressed (and a
+    /// failed compressor is dropped: the peer copes with a next message that refers to
+    /// nothing).
     pub fn deflate(&mut self, payload: &[u8]) -> Option<Vec<u8>> {
         if self.deflate.is_none() {
             let bits = self.agreed.server_max_window_bits.max(9);
@@ -341,9 +347,19 @@ impl Codec {
             if out.len() == out.capacity() {
                 out.reserve(out.capacity().max(64));
             }
-            offset += deflate.deflate(&payload[offset..], &mut out).consumed;
+            let before = out.len();
+            let Ok(step) = deflate.deflate(&payload[offset..], &mut out) else {
+                self.deflate = None;
+                return None;
+            };
+            offset += step.consumed;
             if offset == payload.len() && out.len() < out.capacity() {
                 break;
+            }
+            if step.consumed == 0 && out.len() == before && out.len() < out.capacity() {
+                // No progress with room left and input to take: never spin on it.
+                self.deflate = None;
+                return None;
             }
         }
         if out.ends_with(&TAIL) {
@@ -372,6 +388,16 @@ pub struct Progress {
     offset: usize,
     /// The sender ended its deflate stream (BFINAL).
     ended: bool,
+}
+
+fn inflate_failed(failure: Failure) -> Violation {
+    match failure {
+        Failure::Invalid(message) => invalid(format!("invalid compressed data: {message}")),
+        Failure::Broken(code) => Violation {
+            code: close_code::INTERNAL_ERROR,
+            reason: format!("the decompressor failed (zlib code {code})"),
+        },
+    }
 }
 
 fn out_of_memory() -> Violation {

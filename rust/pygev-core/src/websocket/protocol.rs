@@ -175,8 +175,14 @@ impl State {
     }
 
     /// Frees what a quiet connection does not need: zlib state (keeping the client's
-    /// window) and the reassembly buffer.
+    /// window) and the reassembly buffer. Not while a message is being inflated in steps
+    /// (the loop paused the connection between two): its decompressor is mid-stream; the
+    /// park waits another `PARK_AFTER`.
     fn park(&mut self) {
+        if self.reader.is_inflating() {
+            self.held_since = Instant::now();
+            return;
+        }
         if let Some(codec) = self.codec.as_mut() {
             codec.park();
         }

@@ -6,18 +6,20 @@
 //! is filled by the small allocations that outlive them (buffers, windows, connection
 //! state), and the heap's pages stay resident for those few bytes: an idle compressed
 //! connection then costs 4 to 7 KiB more than it holds (measured at 1,000). Mapped apart,
-//! the state returns to the system whole when it is freed, and the heap stays dense.
+//! the heap stays dense; freed state goes back to the system, but for a bounded spare list
+//! of blocks (4 MiB in all) kept for the next streams.
 
 use std::alloc::{alloc, dealloc, Layout};
 use std::ffi::{c_int, c_uint, c_void};
 use std::mem::size_of;
 use std::ptr;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use libz_rs_sys::{
     deflate, deflateEnd, deflateInit2_, deflateReset, inflate, inflateEnd, inflateGetDictionary,
-    inflateInit2_, inflateReset, inflateSetDictionary, uInt, voidpf, z_stream, zlibVersion,
-    Z_BUF_ERROR, Z_DEFAULT_STRATEGY, Z_DEFLATED, Z_OK, Z_STREAM_END, Z_SYNC_FLUSH,
+    inflateInit2_, inflateReset, inflateResetKeep, inflateSetDictionary, uInt, voidpf, z_stream,
+    zlibVersion, Z_BUF_ERROR, Z_DATA_ERROR, Z_DEFAULT_STRATEGY, Z_DEFLATED, Z_OK, Z_STREAM_END,
+    Z_SYNC_FLUSH,
 };
 
 /// What one call did.
@@ -31,19 +33,33 @@ pub struct Step {
     pub ended: bool,
 }
 
+/// Why a call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The input is not valid deflate data (zlib's message).
+    Invalid(String),
+    /// The stream cannot go on (zlib's return code): not the input's fault.
+    Broken(c_int),
+}
+
+/// A zlib entry point that runs a stream with a flush mode (`inflate`, `deflate`).
+type Call = unsafe extern "C" fn(*mut z_stream, c_int) -> c_int;
+
 /// A raw inflater.
 pub struct Inflater {
-    // NOTE: boxed: the zlib API lets the state point back at its stream, which must not move.
+    // NOTE: boxed as the zlib API asks (C zlib's state points back at its stream); zlib-rs
+    // does not need it, but nothing here relies on that.
     stream: Box<z_stream>,
 }
 
 // SAFETY: the stream and the state it points to are owned by this value alone and touched
-// only through `&mut self` (or `&self` for reads); nothing in them is tied to a thread.
+// only through `&mut self` (or `&self` for reads); nothing in them is tied to a thread, and
+// the allocator they use is shared behind a lock.
 unsafe impl Send for Inflater {}
 
 impl Inflater {
     /// A raw inflater for windows up to `window_bits` (8 to 15), primed with `dictionary`
-    /// (at most the window); `None` when the state cannot be mapped.
+    /// (at most the window); `None` when no memory is left for its state.
     pub fn new(window_bits: u8, dictionary: &[u8]) -> Option<Self> {
         let mut stream = new_stream();
         // SAFETY: `stream` is a zeroed z_stream with our allocator set, as inflateInit2_
@@ -74,38 +90,43 @@ impl Inflater {
     }
 
     /// Inflates from `input` with a sync flush, appending at most `room` bytes to `out`
-    /// (within its spare capacity); an error carries zlib's message.
+    /// (within its spare capacity).
     pub fn inflate(
         &mut self,
         input: &[u8],
         out: &mut Vec<u8>,
         room: usize,
-    ) -> Result<Step, String> {
-        // SAFETY: the stream was initialised in `new`.
-        let rc = unsafe {
-            run(&mut self.stream, input, out, room, |s| {
-                inflate(s, Z_SYNC_FLUSH)
-            })
-        };
-        match rc {
+    ) -> Result<Step, Failure> {
+        match run(&mut self.stream, inflate, input, out, room) {
             (Z_OK | Z_BUF_ERROR, step) => Ok(step),
             (Z_STREAM_END, step) => Ok(Step {
                 ended: true,
                 ..step
             }),
-            _ => Err(message(&self.stream)
-                .unwrap_or("invalid compressed data")
-                .to_string()),
+            (Z_DATA_ERROR, _) => Err(Failure::Invalid(
+                message(&self.stream)
+                    .unwrap_or("invalid deflate data")
+                    .to_string(),
+            )),
+            (rc, _) => Err(Failure::Broken(rc)),
         }
     }
 
-    /// Forgets the stream's history: the next input starts a new stream.
-    pub fn reset(&mut self) {
+    /// Ends the stream: the next input starts a new one, which may refer to what this one
+    /// produced when `keep_window`, and to nothing otherwise.
+    pub fn reset(&mut self, keep_window: bool) {
         // SAFETY: the stream was initialised in `new`.
-        unsafe { inflateReset(&mut *self.stream) };
+        unsafe {
+            if keep_window {
+                inflateResetKeep(&mut *self.stream);
+            } else {
+                inflateReset(&mut *self.stream);
+            }
+        }
     }
 
-    /// The last `at_most` bytes of output the stream's next input may refer to.
+    /// The last `at_most` bytes of output the stream's next input may refer to, oldest
+    /// first.
     pub fn history(&self, at_most: usize) -> Vec<u8> {
         let mut window = [0u8; 1 << 15];
         let mut len: c_uint = 0;
@@ -137,7 +158,7 @@ unsafe impl Send for Deflater {}
 
 impl Deflater {
     /// A raw deflater at `level` (0 to 9) with a window of `window_bits` (9 to 15); `None`
-    /// when the state cannot be mapped.
+    /// when no memory is left for its state.
     pub fn new(level: u8, window_bits: u8) -> Option<Self> {
         let mut stream = new_stream();
         // SAFETY: as for `Inflater::new`; 8 is zlib's default memory level.
@@ -158,17 +179,14 @@ impl Deflater {
 
     /// Deflates from `input` with a sync flush, appending to `out` within its spare
     /// capacity (the output ends on a byte boundary with an empty stored block once all
-    /// input is taken and room is left).
-    pub fn deflate(&mut self, input: &[u8], out: &mut Vec<u8>) -> Step {
+    /// input is taken and room is left). Z_BUF_ERROR (nothing to do) is a step that moved
+    /// nothing.
+    pub fn deflate(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<Step, Failure> {
         let room = out.capacity() - out.len();
-        // SAFETY: the stream was initialised in `new`. Deflating valid memory cannot fail:
-        // the return is Z_OK, or Z_BUF_ERROR when no room was left.
-        unsafe {
-            run(&mut self.stream, input, out, room, |s| {
-                deflate(s, Z_SYNC_FLUSH)
-            })
+        match run(&mut self.stream, deflate, input, out, room) {
+            (Z_OK | Z_BUF_ERROR, step) => Ok(step),
+            (rc, _) => Err(Failure::Broken(rc)),
         }
-        .1
     }
 
     /// Forgets the stream's history (the next message refers to nothing before it).
@@ -185,18 +203,15 @@ impl Drop for Deflater {
     }
 }
 
-/// Runs one zlib call on `stream` from `input` into the spare capacity of `out` (at most
-/// `room` bytes), appending what it wrote; returns zlib's code and what moved.
-///
-/// # Safety
-///
-/// `stream` was initialised for the kind of call `call` makes.
-unsafe fn run(
+/// Runs `call` (with a sync flush) on `stream`, an initialised stream of its kind, from
+/// `input` into the spare capacity of `out` (at most `room` bytes), appending what it
+/// wrote; returns zlib's code and what moved.
+fn run(
     stream: &mut z_stream,
+    call: Call,
     input: &[u8],
     out: &mut Vec<u8>,
     room: usize,
-    call: impl FnOnce(&mut z_stream) -> c_int,
 ) -> (c_int, Step) {
     let spare = out.spare_capacity_mut();
     let (avail_in, avail_out) = (clamp(input.len()), clamp(room.min(spare.len())));
@@ -204,27 +219,31 @@ unsafe fn run(
     stream.avail_in = avail_in;
     stream.next_out = spare.as_mut_ptr().cast::<u8>();
     stream.avail_out = avail_out;
-    // NOTE: next_in/avail_in describe `input`, next_out/avail_out writable spare capacity
-    // of `out` (zlib writes there without reading), both borrowed for this call only: what
-    // the zlib call in `call` (made under the caller's `unsafe`) requires.
-    let rc = call(stream);
+    // SAFETY: the callers pass the entry point of the kind `stream` was initialised for
+    // (Inflater: inflate, Deflater: deflate); next_in/avail_in describe `input`, and
+    // next_out/avail_out writable spare capacity of `out` (zlib writes there without
+    // reading), both borrowed for this call only.
+    let rc = unsafe { call(stream, Z_SYNC_FLUSH) };
     let step = Step {
         consumed: (avail_in - stream.avail_in) as usize,
         produced: (avail_out - stream.avail_out) as usize,
         ended: false,
     };
     stream.next_in = ptr::null();
+    stream.avail_in = 0;
     stream.next_out = ptr::null_mut();
-    // SAFETY: zlib initialised the first `produced` bytes of the spare capacity.
+    stream.avail_out = 0;
+    // SAFETY: zlib initialised the first `produced` bytes of the spare capacity, which is
+    // at least that long.
     unsafe { out.set_len(out.len() + step.produced) };
     (rc, step)
 }
 
-/// A zeroed stream that takes its memory from [`map`] and gives it back to [`unmap`].
+/// A zeroed stream that takes its memory from [`zalloc`] and gives it back to [`zfree`].
 fn new_stream() -> Box<z_stream> {
     let mut stream = Box::new(z_stream::default());
-    stream.zalloc = Some(map);
-    stream.zfree = Some(unmap);
+    stream.zalloc = Some(zalloc);
+    stream.zfree = Some(zfree);
     stream.opaque = ptr::null_mut();
     stream
 }
@@ -242,6 +261,8 @@ fn message(stream: &z_stream) -> Option<&'static str> {
         .to_str()
         .ok()
 }
+
+// ---- zlib's allocator ----------------------------------------------------------------------
 
 /// Room before each block for its length and where it came from; it keeps the block
 /// 64-byte aligned.
@@ -272,15 +293,45 @@ struct Mapping(*mut u8);
 // SAFETY: a spare mapping is memory nothing refers to; the list that holds it owns it.
 unsafe impl Send for Mapping {}
 
-fn spare() -> std::sync::MutexGuard<'static, Spare> {
+fn spare() -> MutexGuard<'static, Spare> {
     SPARE
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Tests: this thread's blocks come from the heap, as when no mapping can be made.
+    static NO_MAPPINGS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A new private anonymous mapping of `len` bytes, or null.
+fn new_mapping(len: usize) -> *mut u8 {
+    #[cfg(test)]
+    if NO_MAPPINGS.with(|no| no.get()) {
+        return ptr::null_mut();
+    }
+    // SAFETY: a new private anonymous mapping overlaps no memory in use.
+    let base = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        ptr::null_mut()
+    } else {
+        base.cast::<u8>()
+    }
+}
+
 /// zlib's allocator: each block is an anonymous mapping (a spare one of its length, or a
 /// new one), its length and origin in front of it; the heap when no mapping can be made.
-unsafe extern "C" fn map(_opaque: voidpf, items: uInt, size: uInt) -> voidpf {
+unsafe extern "C" fn zalloc(_opaque: voidpf, items: uInt, size: uInt) -> voidpf {
     let Some(len) = (items as usize)
         .checked_mul(size as usize)
         .and_then(|n| n.checked_add(HEADER))
@@ -296,23 +347,12 @@ unsafe extern "C" fn map(_opaque: voidpf, items: uInt, size: uInt) -> voidpf {
         })
     };
     if let Some(base) = reused {
-        // SAFETY: a spare block is a whole block from an earlier call: its header is intact.
+        // SAFETY: a spare block is a whole block from an earlier call, header intact.
         return unsafe { base.add(HEADER).cast::<c_void>() };
     }
-    // SAFETY: a new private anonymous mapping overlaps no memory in use.
-    let mut base = unsafe {
-        libc::mmap(
-            ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    }
-    .cast::<u8>();
+    let mut base = new_mapping(len);
     let mut origin = 0;
-    if base.cast::<c_void>() == libc::MAP_FAILED {
+    if base.is_null() {
         let Ok(layout) = Layout::from_size_align(len, ALIGN) else {
             return ptr::null_mut();
         };
@@ -332,13 +372,13 @@ unsafe extern "C" fn map(_opaque: voidpf, items: uInt, size: uInt) -> voidpf {
     }
 }
 
-/// zlib's deallocator for blocks from [`map`]: kept for reuse while the spare list has
-/// room, unmapped otherwise.
-unsafe extern "C" fn unmap(_opaque: voidpf, block: voidpf) {
+/// zlib's deallocator for blocks from [`zalloc`]: a mapping is kept for reuse while the
+/// spare list has room, unmapped otherwise.
+unsafe extern "C" fn zfree(_opaque: voidpf, block: voidpf) {
     if block.is_null() {
         return;
     }
-    // SAFETY: `block` came from `map` (zlib frees only what its allocator gave), so its
+    // SAFETY: `block` came from `zalloc` (zlib frees only what its allocator gave), so its
     // header is HEADER bytes before it: the length and origin written there, which say
     // how to give it back.
     let (base, len, origin) = unsafe {
@@ -347,7 +387,7 @@ unsafe extern "C" fn unmap(_opaque: voidpf, block: voidpf) {
         (base, header.read(), header.add(1).read())
     };
     if origin == FROM_HEAP {
-        // SAFETY: `map` allocated it from the heap with this layout.
+        // SAFETY: `zalloc` took it from the heap with this layout (checked there).
         unsafe { dealloc(base, Layout::from_size_align_unchecked(len, ALIGN)) };
         return;
     }
@@ -360,5 +400,142 @@ unsafe extern "C" fn unmap(_opaque: voidpf, block: voidpf) {
         }
     }
     // SAFETY: the mapping is this block's alone, and zlib no longer uses it.
-    unsafe { libc::munmap(base.cast::<c_void>(), len) };
+    if unsafe { libc::munmap(base.cast::<c_void>(), len) } != 0 {
+        // Splitting a merged mapping can fail at the process's mapping limit: the block
+        // stays mapped (lost, not reused: nothing refers to it any more).
+        log::warn!(
+            "pygev: could not unmap {len} bytes of compression state: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 100 KiB that compress a little (a simple LCG over 16 symbols).
+    fn sample() -> Vec<u8> {
+        let mut seed = 7u32;
+        (0..100 << 10)
+            .map(|_| {
+                seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                b"abcdefghijklmnop"[(seed >> 28) as usize]
+            })
+            .collect()
+    }
+
+    fn deflate_all(deflater: &mut Deflater, input: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(input.len() + 1024);
+        let step = deflater.deflate(input, &mut out).unwrap();
+        assert_eq!(step.consumed, input.len());
+        out
+    }
+
+    fn inflate_all(inflater: &mut Inflater, input: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1 << 20);
+        let step = inflater.inflate(input, &mut out, 1 << 20).unwrap();
+        assert_eq!(step.consumed, input.len());
+        out
+    }
+
+    #[test]
+    fn round_trips_on_mapped_reused_and_heap_blocks_alike() {
+        let data = sample();
+        let fresh = deflate_all(&mut Deflater::new(6, 15).unwrap(), &data);
+        // Dirty blocks: streams that ran and were freed leave their blocks to the next.
+        for round in 0..3 {
+            let mut deflater = Deflater::new(6, 15).unwrap();
+            let mut inflater = Inflater::new(15, &[]).unwrap();
+            let wire = deflate_all(&mut deflater, &data);
+            assert_eq!(
+                wire, fresh,
+                "round {round}: a reused block changed the output"
+            );
+            assert_eq!(inflate_all(&mut inflater, &wire), data);
+        }
+        // The heap, when no mapping can be made: the same output, and blocks aligned.
+        NO_MAPPINGS.with(|no| no.set(true));
+        let mut deflater = Deflater::new(6, 15).unwrap();
+        let mut inflater = Inflater::new(15, &[]).unwrap();
+        NO_MAPPINGS.with(|no| no.set(false));
+        assert_eq!(deflate_all(&mut deflater, &data), fresh);
+        assert_eq!(inflate_all(&mut inflater, &fresh), data);
+        assert!(spare().bytes <= SPARE_LIMIT);
+    }
+
+    #[test]
+    fn zlibs_blocks_are_aligned_and_freed_blocks_are_kept_by_length() {
+        for _ in 0..2 {
+            for no_mappings in [false, true] {
+                NO_MAPPINGS.with(|no| no.set(no_mappings));
+                // SAFETY: a block from our allocator, given back to it at once.
+                unsafe {
+                    let block = zalloc(ptr::null_mut(), 3, 1000);
+                    assert!(!block.is_null());
+                    assert_eq!(block as usize % ALIGN, 0);
+                    block.cast::<u8>().write_bytes(0xAB, 3000);
+                    zfree(ptr::null_mut(), block);
+                }
+            }
+        }
+        NO_MAPPINGS.with(|no| no.set(false));
+        let spare = spare();
+        assert!(spare.bytes <= SPARE_LIMIT);
+        assert_eq!(spare.bytes, spare.blocks.iter().map(|b| b.1).sum::<usize>());
+    }
+
+    #[test]
+    fn history_is_the_newest_output_in_order_and_a_reset_keeps_it_only_when_asked() {
+        let data = sample(); // past 32 KiB: the window wrapped around
+        let wire = deflate_all(&mut Deflater::new(6, 15).unwrap(), &data);
+        let mut inflater = Inflater::new(15, &[]).unwrap();
+        assert_eq!(inflate_all(&mut inflater, &wire), data);
+        assert_eq!(inflater.history(4096), &data[data.len() - 4096..]);
+        assert_eq!(inflater.history(1 << 20), &data[data.len() - (1 << 15)..]);
+        inflater.reset(true);
+        assert_eq!(inflater.history(4096), &data[data.len() - 4096..]);
+        inflater.reset(false);
+        assert!(inflater.history(4096).is_empty());
+    }
+
+    #[test]
+    fn a_primed_inflater_takes_references_into_its_dictionary() {
+        let data = sample();
+        let (first, second) = data.split_at(60 << 10);
+        // The sender's stream goes on across both: the second part refers back 4 KiB.
+        let mut deflater = Deflater::new(6, 12).unwrap();
+        let wire_first = deflate_all(&mut deflater, first);
+        let wire_second = deflate_all(&mut deflater, second);
+        let mut inflater = Inflater::new(15, &[]).unwrap();
+        assert_eq!(inflate_all(&mut inflater, &wire_first), first);
+        let kept = inflater.history(1 << 12);
+        drop(inflater);
+        let mut primed = Inflater::new(15, &kept).unwrap();
+        assert_eq!(inflate_all(&mut primed, &wire_second), second);
+        // Garbage is invalid data, not a broken stream.
+        let mut inflater = Inflater::new(15, &[]).unwrap();
+        let mut out = Vec::with_capacity(64);
+        let err = inflater.inflate(&[0xff, 0xff, 0xff], &mut out, 64);
+        assert!(matches!(err, Err(Failure::Invalid(_))), "{err:?}");
+    }
+
+    #[test]
+    fn streams_move_between_threads() {
+        let data = sample();
+        let mut deflater = Deflater::new(6, 15).unwrap();
+        let mut inflater = Inflater::new(15, &[]).unwrap();
+        let (first, second) = data.split_at(50 << 10);
+        assert_eq!(
+            inflate_all(&mut inflater, &deflate_all(&mut deflater, first)),
+            first
+        );
+        let second = second.to_vec();
+        let sent = second.clone();
+        let handle = std::thread::spawn(move || {
+            let wire = deflate_all(&mut deflater, &sent);
+            inflate_all(&mut inflater, &wire)
+        });
+        assert_eq!(handle.join().unwrap(), second);
+    }
 }

@@ -2,12 +2,11 @@
 
 use std::sync::Arc;
 
-use mio::net::TcpStream;
-
 use crate::backlog::Backlog;
 use crate::clock::Millis;
 use crate::protocols::ProtocolState;
 use crate::ring_buffer::RingBuffer;
+use crate::transport::Transport;
 
 /// Connection state bits.
 pub(crate) mod flag {
@@ -51,7 +50,7 @@ pub(crate) mod flag {
 
 /// A connection owned by a loop, in its slab.
 pub(crate) struct Conn {
-    pub(crate) stream: TcpStream,
+    pub(crate) transport: Transport,
     pub(crate) id: u64,
     pub(crate) flags: u16,
     /// Bytes the kernel's send queue held at the last look (0: empty, or not looked at);
@@ -79,14 +78,14 @@ pub(crate) struct Conn {
 
 impl Conn {
     pub(crate) fn new(
-        stream: TcpStream,
+        transport: Transport,
         id: u64,
         state: ProtocolState,
         backlog: Arc<Backlog>,
         now: Millis,
     ) -> Conn {
         Conn {
-            stream,
+            transport,
             id,
             flags: 0,
             kernel_queued: 0,

@@ -21,6 +21,7 @@ mod protocols;
 mod ring_buffer;
 mod server;
 mod stats;
+mod transport;
 pub mod websocket;
 
 pub use backlog::Backlog;
@@ -35,3 +36,4 @@ pub use protocols::{
 pub use ring_buffer::RingBuffer;
 pub use server::{parse_address, Running, Server};
 pub use stats::{LoopStats, LoopStatsSnapshot};
+pub use transport::Transport;

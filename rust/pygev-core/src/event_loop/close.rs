@@ -2,10 +2,8 @@
 //! (a reset, when closing drops data).
 
 use std::io;
-use std::net::Shutdown;
 use std::time::Duration;
 
-use super::read::read_into_spare;
 use super::{EventLoop, READ_BUDGET};
 use crate::clock::Millis;
 use crate::connection::{flag, CloseCause};
@@ -50,7 +48,7 @@ impl EventLoop {
             return;
         }
         if !conn.has(flag::LINGERING) {
-            let probe = read_into_spare(&conn.stream, &mut self.scratch);
+            let probe = conn.transport.read_into(&mut self.scratch);
             self.scratch.clear();
             let unread = match probe {
                 Ok(0) => return self.close_now(token, CloseCause::Done), // EOF
@@ -64,7 +62,7 @@ impl EventLoop {
                 return self.close_now(token, CloseCause::Done);
             }
             if !conn.has(flag::WRITE_SHUT) {
-                let _ = conn.stream.shutdown(Shutdown::Write);
+                let _ = conn.transport.shutdown_write();
             }
             conn.flags |= flag::LINGERING | flag::WRITE_SHUT;
             let linger = if self.draining {
@@ -81,7 +79,7 @@ impl EventLoop {
     /// Discards a lingering connection's input; closes it at EOF (or on an error).
     pub(super) fn linger(&mut self, token: usize) {
         for _ in 0..READ_BUDGET {
-            let result = read_into_spare(&self.conns[token].stream, &mut self.scratch);
+            let result = self.conns[token].transport.read_into(&mut self.scratch);
             self.scratch.clear();
             match result {
                 Ok(0) => return self.close_now(token, CloseCause::Done),
@@ -113,13 +111,12 @@ impl EventLoop {
             CloseCause::Reset => true,
         };
         if reset {
-            let socket = socket2::SockRef::from(&conn.stream);
-            if let Err(err) = socket.set_linger(Some(Duration::ZERO)) {
+            if let Err(err) = conn.transport.reset_on_close() {
                 log::debug!("pygev: could not set SO_LINGER 0: {err}");
             }
         }
         self.write_buffered -= conn.output.len();
-        let _ = self.poll.registry().deregister(&mut conn.stream);
+        let _ = self.poll.registry().deregister(&mut conn.transport);
         drop(conn);
         LoopStats::add(&self.handle.stats.closed, 1);
         self.queue_event(Event::Closed {

@@ -26,6 +26,7 @@ use crate::event::{Command, ConnectInfo, Event};
 use crate::loop_handle::LoopHandle;
 use crate::protocols::{FrameSink, Protocol};
 use crate::stats::LoopStats;
+use crate::transport::Transport;
 
 mod close;
 mod read;
@@ -374,7 +375,7 @@ impl EventLoop {
 
     /// Takes over an accepted connection. `charged`: the acceptor thread already counted
     /// its Connect event in dispatch backpressure.
-    fn register(&mut self, mut stream: TcpStream, peer: std::net::SocketAddr, charged: bool) {
+    fn register(&mut self, stream: TcpStream, peer: std::net::SocketAddr, charged: bool) {
         let uncharge = |handle: &LoopHandle| {
             if charged {
                 handle.dispatched_quietly(crate::event::EVENT_COST);
@@ -389,8 +390,9 @@ impl EventLoop {
             Ok(local) => local,
             Err(_) => return uncharge(&self.handle), // already reset by the peer: drop it
         };
+        let mut transport = Transport::Tcp(stream);
         if let Err(err) = self.poll.registry().register(
-            &mut stream,
+            &mut transport,
             Token(token),
             Interest::READABLE | Interest::WRITABLE,
         ) {
@@ -403,7 +405,7 @@ impl EventLoop {
         // half-closes at once still gets what `on_connect` sends (a banner).
         backlog.charge_dispatch(crate::event::EVENT_COST);
         let state = self.protocol.new_state();
-        entry.insert(Conn::new(stream, id, state, backlog.clone(), self.now));
+        entry.insert(Conn::new(transport, id, state, backlog.clone(), self.now));
         LoopStats::add(&self.handle.stats.accepted, 1);
         let connect = Event::Connect {
             loop_index: self.index,

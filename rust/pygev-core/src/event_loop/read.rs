@@ -3,10 +3,7 @@
 //! connection's share of it).
 
 use std::io;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
-
-use mio::net::TcpStream;
 
 use super::{EventLoop, READ_BUDGET};
 use crate::clock::Millis;
@@ -68,7 +65,7 @@ impl EventLoop {
                 conn.flags |= flag::THROTTLED;
                 return;
             }
-            match read_into_spare(&conn.stream, &mut self.scratch) {
+            match conn.transport.read_into(&mut self.scratch) {
                 Ok(0) => return self.peer_eof(token),
                 Ok(n) => {
                     self.batch_read += n;
@@ -142,7 +139,7 @@ impl EventLoop {
             return;
         }
         let waiting = conn.owes_anything() || !conn.input.is_empty();
-        if !waiting && unread_bytes(&conn.stream) == Some(0) {
+        if !waiting && conn.transport.unread_bytes() == Some(0) {
             self.close_now(token, CloseCause::Done);
         }
     }
@@ -389,37 +386,6 @@ impl EventLoop {
             }
         }
     }
-}
-
-/// Reads from `stream` into the spare capacity of `buf` (which must be empty), without
-/// zeroing it first; returns the count, which is also `buf`'s new length.
-pub(super) fn read_into_spare(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
-    debug_assert!(buf.is_empty());
-    let spare = buf.spare_capacity_mut();
-    // SAFETY: `spare` is writable memory of `spare.len()` bytes owned by `buf`; read(2)
-    // writes at most that many bytes into it and touches nothing else.
-    let n = unsafe {
-        libc::read(
-            stream.as_raw_fd(),
-            spare.as_mut_ptr().cast::<libc::c_void>(),
-            spare.len(),
-        )
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let n = n as usize;
-    // SAFETY: read(2) initialised the first `n` bytes of the spare capacity.
-    unsafe { buf.set_len(n) };
-    Ok(n)
-}
-
-/// How many bytes wait unread in the socket's receive queue (FIONREAD), if it says.
-fn unread_bytes(stream: &TcpStream) -> Option<usize> {
-    let mut count: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one c_int through the pointer, which points at `count`.
-    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::FIONREAD, &mut count) };
-    (rc == 0).then_some(count as usize)
 }
 
 /// A protocol (a third-party one, say) that reports more input used than it was given is

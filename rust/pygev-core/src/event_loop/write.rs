@@ -2,12 +2,7 @@
 //! buffering the rest, and what follows from the output's size (pause reading, resume,
 //! shut down, close).
 
-use std::io::{self, Write};
-use std::net::Shutdown;
-
-use std::os::fd::AsRawFd;
-
-use mio::net::TcpStream;
+use std::io;
 
 use super::read::reset_cause;
 use super::EventLoop;
@@ -22,7 +17,7 @@ impl EventLoop {
     /// timeout without one of our writes succeeding.
     pub(super) fn kernel_queue(&mut self, token: usize) -> KernelQueue {
         let conn = &mut self.conns[token];
-        let queued = kernel_send_queue(&conn.stream).unwrap_or(0);
+        let queued = conn.transport.send_queue().unwrap_or(0);
         let before = std::mem::replace(&mut conn.kernel_queued, queued);
         match (queued, before) {
             (0, _) => KernelQueue::Empty,
@@ -46,7 +41,7 @@ impl EventLoop {
                 if conn.output.is_empty() {
                     // What is left sits in the kernel's queue: the peer's reading shows
                     // there from now on (see `kernel_queue`).
-                    conn.kernel_queued = kernel_send_queue(&conn.stream).unwrap_or(0);
+                    conn.kernel_queued = conn.transport.send_queue().unwrap_or(0);
                 }
             }
         }
@@ -111,11 +106,11 @@ impl EventLoop {
         let mut written = 0;
         if conn.output.is_empty() && !conn.has(flag::WRITE_BLOCKED) {
             while written < wire.len() {
-                match conn.stream.write(&wire[written..]) {
+                match conn.transport.write(&wire[written..]) {
                     Ok(n) => written += n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         conn.flags |= flag::WRITE_BLOCKED;
-                        conn.kernel_queued = kernel_send_queue(&conn.stream).unwrap_or(0);
+                        conn.kernel_queued = conn.transport.send_queue().unwrap_or(0);
                         break;
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -156,7 +151,7 @@ impl EventLoop {
         };
         while !conn.output.is_empty() && !conn.has(flag::WRITE_BLOCKED) {
             let before = conn.output.len();
-            match conn.output.write_to(&mut conn.stream) {
+            match conn.output.write_to(&mut &conn.transport) {
                 Ok(n) => {
                     self.write_buffered -= before - conn.output.len();
                     conn.last_active = self.now;
@@ -164,7 +159,7 @@ impl EventLoop {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     conn.flags |= flag::WRITE_BLOCKED;
-                    conn.kernel_queued = kernel_send_queue(&conn.stream).unwrap_or(0);
+                    conn.kernel_queued = conn.transport.send_queue().unwrap_or(0);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -198,7 +193,7 @@ impl EventLoop {
             self.finish_close(token);
         } else if conn.has(flag::SHUTDOWN_PENDING) {
             conn.flags = (conn.flags | flag::WRITE_SHUT) & !flag::SHUTDOWN_PENDING;
-            let _ = conn.stream.shutdown(Shutdown::Write);
+            let _ = conn.transport.shutdown_write();
         }
     }
 }
@@ -214,13 +209,4 @@ pub(super) enum KernelQueue {
     Draining,
     /// As many wait as at the last look: the peer is not reading.
     Stalled,
-}
-
-/// Bytes in the socket's send queue not yet acknowledged by the peer (SIOCOUTQ).
-fn kernel_send_queue(stream: &TcpStream) -> Option<u32> {
-    let mut queued: libc::c_int = 0;
-    // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one c_int through the pointer, which points at
-    // `queued`.
-    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
-    (rc == 0).then(|| u32::try_from(queued).unwrap_or(0))
 }

@@ -1,0 +1,156 @@
+//! A connection's byte stream: every system call and `unsafe` of its I/O (reading,
+//! writing, write shutdown, resets, the kernel's queue sizes), for each kind of socket.
+//!
+//! The loop reads, writes and closes through [`Transport`] only, so that a new kind of
+//! stream (TLS, wrapping one of these) changes this module and nothing that frames bytes.
+
+use std::io::{self, IoSlice, Write};
+use std::net::Shutdown;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Duration;
+
+use mio::event::Source;
+use mio::net::{TcpStream, UnixStream};
+use mio::{Interest, Registry, Token};
+
+/// A connected, non-blocking stream socket.
+#[derive(Debug)]
+pub enum Transport {
+    /// TCP over IPv4 or IPv6 (TCP_NODELAY set by whoever made it).
+    Tcp(TcpStream),
+    /// A Unix domain stream socket.
+    Unix(UnixStream),
+}
+
+impl Transport {
+    fn fd(&self) -> RawFd {
+        match self {
+            Transport::Tcp(s) => s.as_raw_fd(),
+            Transport::Unix(s) => s.as_raw_fd(),
+        }
+    }
+
+    /// Reads into the spare capacity of `buf` (which must be empty), without zeroing it
+    /// first; returns the count, which is also `buf`'s new length (0: the peer's EOF).
+    pub fn read_into(&self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        debug_assert!(buf.is_empty());
+        let spare = buf.spare_capacity_mut();
+        // SAFETY: `spare` is writable memory of `spare.len()` bytes owned by `buf`; read(2)
+        // writes at most that many bytes into it and touches nothing else.
+        let n = unsafe {
+            libc::read(
+                self.fd(),
+                spare.as_mut_ptr().cast::<libc::c_void>(),
+                spare.len(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        // SAFETY: read(2) initialised the first `n` bytes of the spare capacity.
+        unsafe { buf.set_len(n) };
+        Ok(n)
+    }
+
+    /// Writes what the socket takes of `data` now.
+    pub fn write(&self, data: &[u8]) -> io::Result<usize> {
+        match self {
+            Transport::Tcp(s) => (&*s).write(data),
+            Transport::Unix(s) => (&*s).write(data),
+        }
+    }
+
+    /// Writes what the socket takes of `parts` now, in order (one system call).
+    pub fn write_vectored(&self, parts: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Transport::Tcp(s) => (&*s).write_vectored(parts),
+            Transport::Unix(s) => (&*s).write_vectored(parts),
+        }
+    }
+
+    /// Shuts down the write side: the peer reads EOF once it has what was sent.
+    pub fn shutdown_write(&self) -> io::Result<()> {
+        match self {
+            Transport::Tcp(s) => s.shutdown(Shutdown::Write),
+            Transport::Unix(s) => s.shutdown(Shutdown::Write),
+        }
+    }
+
+    /// Makes closing the socket a reset, not an orderly end, so that a peer cut off by a
+    /// limit cannot take what it got for the whole stream: TCP sends RST (SO_LINGER 0). A
+    /// Unix socket has no reset: its peer reads EOF, or ECONNRESET when it left data of
+    /// its own unread here.
+    pub fn reset_on_close(&self) -> io::Result<()> {
+        match self {
+            Transport::Tcp(s) => socket2::SockRef::from(s).set_linger(Some(Duration::ZERO)),
+            Transport::Unix(_) => Ok(()),
+        }
+    }
+
+    /// How many bytes wait unread in the socket's receive queue (FIONREAD), if it says.
+    pub fn unread_bytes(&self) -> Option<usize> {
+        let mut count: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one c_int through the pointer, which points at `count`.
+        let rc = unsafe { libc::ioctl(self.fd(), libc::FIONREAD, &mut count) };
+        (rc == 0).then_some(count as usize)
+    }
+
+    /// Bytes written that the peer has not taken yet (SIOCOUTQ: for TCP, not yet
+    /// acknowledged; for a Unix socket, not yet read).
+    pub fn send_queue(&self) -> Option<u32> {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one c_int through the pointer, which points at
+        // `queued`.
+        let rc = unsafe { libc::ioctl(self.fd(), libc::TIOCOUTQ, &mut queued) };
+        (rc == 0).then(|| u32::try_from(queued).unwrap_or(0))
+    }
+}
+
+/// `io::Write` for the ring buffer's vectored flush.
+impl Write for &Transport {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        Transport::write(self, data)
+    }
+
+    fn write_vectored(&mut self, parts: &[IoSlice<'_>]) -> io::Result<usize> {
+        Transport::write_vectored(self, parts)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Source for Transport {
+    fn register(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interests: Interest,
+    ) -> io::Result<()> {
+        match self {
+            Transport::Tcp(s) => s.register(registry, token, interests),
+            Transport::Unix(s) => s.register(registry, token, interests),
+        }
+    }
+
+    fn reregister(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interests: Interest,
+    ) -> io::Result<()> {
+        match self {
+            Transport::Tcp(s) => s.reregister(registry, token, interests),
+            Transport::Unix(s) => s.reregister(registry, token, interests),
+        }
+    }
+
+    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
+        match self {
+            Transport::Tcp(s) => s.deregister(registry),
+            Transport::Unix(s) => s.deregister(registry),
+        }
+    }
+}

@@ -77,6 +77,17 @@ def connect(port: int, host: str = "127.0.0.1", timeout: float = WAIT) -> socket
     return sock
 
 
+def connect_unix(address: str, timeout: float = WAIT) -> socket.socket:
+    """A blocking client socket connected to a pygev Unix address (``"unix:/path"`` or
+    ``"unix:@name"``) with a socket timeout."""
+    name = address.removeprefix("unix:")
+    target = "\0" + name[1:] if name.startswith("@") else name
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    sock.connect(target)
+    return sock
+
+
 def recv_exactly(sock: socket.socket, n: int, timeout: float = WAIT) -> bytes:
     """Reads exactly ``n`` bytes before the deadline; fails on EOF or timeout."""
     deadline = time.monotonic() + timeout
@@ -212,7 +223,10 @@ class ServerThread:
     def __init__(self, handler: Any, address: str = "127.0.0.1:0", **kwargs: Any) -> None:
         self.handler = handler
         self.server = pygev.Server(handler, address, **kwargs)
-        self.host, self.port = self.server.address
+        bound = self.server.address
+        #: The server's Unix address, or None on TCP (then host and port are set).
+        self.unix: str | None = bound if isinstance(bound, str) else None
+        self.host, self.port = ("", 0) if self.unix else bound
         self.error: BaseException | None = None
         self.returned = threading.Event()
         self.thread = threading.Thread(target=self._run, name="pygev-dispatcher", daemon=True)
@@ -235,6 +249,8 @@ class ServerThread:
         return self.thread.ident
 
     def connect(self, timeout: float = WAIT) -> socket.socket:
+        if self.unix is not None:
+            return connect_unix(self.unix, timeout)
         return connect(self.port, self.host, timeout)
 
     def stats(self) -> dict[str, Any]:

@@ -247,12 +247,22 @@ class Connection:
         """
 
     @property
-    def peer_addr(self) -> tuple[str, int]:
-        """The peer's address as ``(host, port)``. Thread-safe."""
+    def peer_addr(self) -> Any:
+        """The peer's address: ``(host, port)``, or on a Unix socket ``"unix:/path"``,
+        ``"unix:@name"`` or ``"unix:"`` (a client that bound no name). Thread-safe.
+
+        Typed ``Any`` (as asyncio's ``getpeername``) so that ``host, port =
+        conn.peer_addr`` type-checks on TCP servers."""
 
     @property
-    def local_addr(self) -> tuple[str, int]:
-        """This end's address as ``(host, port)``. Thread-safe."""
+    def local_addr(self) -> Any:
+        """This end's address, in the same forms as :attr:`peer_addr`. Thread-safe."""
+
+    @property
+    def peer_credentials(self) -> tuple[int, int, int] | None:
+        """On a Unix socket, the peer process as ``(pid, uid, gid)``, as the kernel
+        recorded it when the peer connected (``SO_PEERCRED``); ``None`` on TCP.
+        Thread-safe."""
 
     @property
     def id(self) -> int:
@@ -283,7 +293,7 @@ class Server:
     def __new__(
         cls,
         handler: Handler | WebSocketHandler,
-        address: str = "0.0.0.0:1833",
+        address: str | tuple[str, int] | None = None,
         *,
         num_loops: int = 0,
         protocol: Raw
@@ -305,14 +315,19 @@ class Server:
         max_input_buffer: int = ...,
         dispatch_high_water: int = ...,
         max_batch_events: int = 2048,
+        unix_mode: int | None = None,
     ) -> Self:
         """Validates the settings and binds the listening socket(s).
 
         Args:
             handler: The callbacks, usually a :class:`pygev.Handler` subclass instance. Any
                 object with callable ``on_connect``, ``on_message`` and ``on_close`` works.
-            address: ``"host:port"`` to listen on; port 0 picks a free port (see
-                :attr:`address`); ``"[::1]:0"`` for IPv6.
+            address: Where to listen: ``"host:port"`` (port 0 picks a free port, see
+                :attr:`address`; ``"[::1]:0"`` for IPv6), a ``(host, port)`` tuple,
+                ``"unix:/path/to.sock"`` (a Unix socket file: a stale one left by a dead
+                process is replaced, one a live server listens on is refused with
+                ``EADDRINUSE``, and the file is removed on :meth:`stop`) or ``"unix:@name"``
+                (Linux's abstract namespace, no file). Default ``"0.0.0.0:1833"``.
             num_loops: Reactor (loop) threads; 0 means one per CPU.
             protocol: The framing: :class:`Raw` (the default, also ``None``),
                 :class:`LengthPrefix`, :class:`Delimited`, :class:`WebSocket` (the default
@@ -354,6 +369,8 @@ class Server:
                 Between batches replies go out and paused reads resume; past it,
                 connections with much queued take turns, so one flooding client delays
                 another's reply by one batch at most.
+            unix_mode: Permissions of the Unix socket file (for example ``0o660``);
+                ``None`` keeps what the umask gives.
 
         Returns:
             The bound server; nothing is served before :meth:`start`.
@@ -365,8 +382,10 @@ class Server:
         """
 
     @property
-    def address(self) -> tuple[str, int]:
-        """The bound address as ``(host, port)``, with the actual port when 0 was asked.
+    def address(self) -> Any:
+        """The bound address as ``(host, port)``, with the actual port when 0 was asked,
+        or the ``"unix:..."`` address of a Unix socket (typed ``Any``, as
+        :attr:`Connection.peer_addr`).
 
         Thread-safe.
         """

@@ -1,18 +1,19 @@
 //! The acceptor thread: accepts connections and hands them to loops.
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use crate::address::Address;
 use crate::config::Strategy;
 use crate::event::Command;
+use crate::listener::Listener;
 use crate::loop_handle::LoopHandle;
+use crate::transport::Transport;
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -45,12 +46,11 @@ pub(crate) struct Accepting {
 }
 
 impl Accepting {
-    /// Accepts up to `max` connections (and `ACCEPT_BATCH` at most) into `out`
-    /// (TCP_NODELAY set on each).
+    /// Accepts up to `max` connections (and `ACCEPT_BATCH` at most) into `out`.
     pub(crate) fn accept(
         &mut self,
-        listener: &TcpListener,
-        out: &mut Vec<(TcpStream, SocketAddr)>,
+        listener: &Listener,
+        out: &mut Vec<(Transport, Address)>,
         max: usize,
         now: Instant,
     ) -> AcceptNext {
@@ -63,12 +63,7 @@ impl Accepting {
         let max = max.min(ACCEPT_BATCH);
         while out.len() < max {
             match listener.accept() {
-                Ok((stream, peer)) => {
-                    // NOTE: request/response traffic needs Nagle off; failure only costs
-                    // latency.
-                    let _ = stream.set_nodelay(true);
-                    out.push((stream, peer));
-                }
+                Ok(accepted) => out.push(accepted),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return AcceptNext::Idle,
                 Err(e) if is_transient(&e) => {}
                 Err(e) => {
@@ -109,13 +104,11 @@ pub(crate) struct Acceptor {
 
 impl Acceptor {
     pub(crate) fn spawn(
-        listener: std::net::TcpListener,
+        mut listener: Listener,
         loops: Vec<Arc<LoopHandle>>,
         strategy: Strategy,
         dispatch_high_water: usize,
     ) -> io::Result<Acceptor> {
-        listener.set_nonblocking(true)?;
-        let mut listener = TcpListener::from_std(listener);
         let poll = Poll::new()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -179,7 +172,7 @@ fn pick_loop(loops: &[Arc<LoopHandle>], strategy: Strategy, next: &mut usize) ->
 
 fn run(
     mut poll: Poll,
-    listener: TcpListener,
+    listener: Listener,
     loops: Vec<Arc<LoopHandle>>,
     strategy: Strategy,
     dispatch_high_water: usize,
@@ -214,7 +207,7 @@ fn run(
                 break;
             }
             let outcome = accepting.accept(&listener, &mut accepted, room, now);
-            for (stream, peer) in accepted.drain(..) {
+            for (transport, peer) in accepted.drain(..) {
                 let mut index = pick_loop(&loops, strategy, &mut next);
                 if loops[index].dispatch_room(dispatch_high_water) == 0 {
                     // That loop's queue is full: another that has room takes it.
@@ -226,7 +219,7 @@ fn run(
                 // Charged now, so that the room seen next time counts the connections on
                 // their way to the loop (its Connect event carries this charge).
                 loops[index].charge_dispatch(crate::event::EVENT_COST);
-                outboxes[index].push(Command::Register { stream, peer });
+                outboxes[index].push(Command::Register { transport, peer });
             }
             for (handle, outbox) in loops.iter().zip(outboxes.iter_mut()) {
                 if let Err(e) = handle.post_all(outbox) {

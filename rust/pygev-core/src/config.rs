@@ -38,6 +38,9 @@ pub struct Config {
     pub frame_timeout: Option<Duration>,
     /// listen(2) backlog.
     pub backlog: i32,
+    /// Permissions of a Unix socket file the server makes (e.g. 0o660); `None` keeps what
+    /// the process's umask gives.
+    pub unix_mode: Option<u32>,
     /// How long `close()` and server stop wait for pending output before closing anyway.
     pub drain_timeout: Duration,
     /// Output bytes past which a connection stops reading until its output drains to half.
@@ -71,6 +74,7 @@ impl Default for Config {
             idle_timeout: None,
             frame_timeout: Some(Duration::from_secs(60)),
             backlog: 1024,
+            unix_mode: None,
             drain_timeout: Duration::from_secs(5),
             write_high_water: 1 << 20,
             max_write_buffer: 64 << 20,

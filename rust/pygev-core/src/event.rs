@@ -1,12 +1,11 @@
 //! What loop threads tell the dispatcher (`Event`) and what they are told (`Command`).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use mio::net::TcpStream;
-
+use crate::address::Address;
 use crate::backlog::Backlog;
+use crate::transport::{Credentials, Transport};
 
 /// What every event costs in dispatch backpressure on top of the bytes it holds: a handler
 /// call costs the dispatcher time whatever its size, so a flood of empty frames fills the
@@ -19,9 +18,11 @@ pub struct ConnectInfo {
     /// Server-unique connection id.
     pub id: u64,
     /// The remote end.
-    pub peer: SocketAddr,
+    pub peer: Address,
     /// Our end.
-    pub local: SocketAddr,
+    pub local: Address,
+    /// The peer process, on a Unix socket.
+    pub credentials: Option<Credentials>,
     /// What is queued each way, shared with the loop.
     pub backlog: Arc<Backlog>,
 }
@@ -134,10 +135,10 @@ impl Event {
 pub enum Command {
     /// Take over an accepted connection.
     Register {
-        /// The accepted socket (non-blocking, TCP_NODELAY set).
-        stream: TcpStream,
+        /// The accepted socket (non-blocking, TCP_NODELAY set on TCP).
+        transport: Transport,
         /// The remote address accept(2) reported.
-        peer: SocketAddr,
+        peer: Address,
     },
     /// Pack `data` with the loop's protocol and write it.
     Send {

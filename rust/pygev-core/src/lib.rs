@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 mod acceptor;
+mod address;
 mod backlog;
 mod clock;
 mod config;
@@ -15,6 +16,7 @@ mod deadlines;
 mod dispatch_queue;
 mod event;
 mod event_loop;
+mod listener;
 mod loop_handle;
 pub mod plugin;
 mod protocols;
@@ -24,6 +26,7 @@ mod stats;
 mod transport;
 pub mod websocket;
 
+pub use address::{parse_inet, Address, UnixAddress};
 pub use backlog::Backlog;
 pub use config::{Config, Strategy};
 pub use dispatch_queue::DispatchQueue;
@@ -34,6 +37,6 @@ pub use protocols::{
     Raw, MAX_DELIMITER,
 };
 pub use ring_buffer::RingBuffer;
-pub use server::{parse_address, Running, Server};
+pub use server::{Running, Server};
 pub use stats::{LoopStats, LoopStatsSnapshot};
-pub use transport::Transport;
+pub use transport::{Credentials, Transport};

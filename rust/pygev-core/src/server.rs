@@ -1,20 +1,19 @@
 //! Binding listeners and running the loop threads.
 
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use socket2::{Domain, Socket, Type};
-
 use crate::acceptor::Acceptor;
+use crate::address::Address;
 use crate::config::Config;
 use crate::dispatch_queue::DispatchQueue;
 use crate::event::{Command, Event};
 use crate::event_loop::EventLoop;
+use crate::listener::Listener;
 use crate::loop_handle::LoopHandle;
 use crate::protocols::Protocol;
 
@@ -32,19 +31,20 @@ use crate::protocols::Protocol;
 /// use pygev_core::{Config, Raw, Server};
 ///
 /// let server = Server::bind("127.0.0.1:0", Config::default(), Arc::new(Raw)).unwrap();
-/// assert_ne!(server.local_addr().port(), 0);
+/// assert_ne!(server.local_addr().as_inet().unwrap().port(), 0);
 /// ```
 pub struct Server {
     config: Arc<Config>,
     protocol: Arc<dyn Protocol>,
     queue: Arc<DispatchQueue>,
-    listeners: Vec<std::net::TcpListener>,
-    local_addr: SocketAddr,
+    listeners: Vec<Listener>,
+    local_addr: Address,
 }
 
 impl Server {
-    /// Validates `config`, resolves `address` (`"host:port"`, `"[::1]:0"`, `":1833"`) and
-    /// binds: one listener, or one SO_REUSEPORT listener per loop.
+    /// Validates `config`, resolves `address` (`"host:port"`, `"[::1]:0"`, `":1833"`,
+    /// `"unix:/path"`, `"unix:@name"`) and binds: one listener, or one SO_REUSEPORT
+    /// listener per loop (TCP only: a Unix socket is one listener, shared).
     pub fn bind(
         address: &str,
         mut config: Config,
@@ -55,7 +55,10 @@ impl Server {
         config
             .validate()
             .map_err(|msg| io::Error::new(io::ErrorKind::InvalidInput, msg))?;
-        let mut addr = parse_address(address)?;
+        let mut addr = Address::parse(address)?;
+        if matches!(addr, Address::Unix(_)) {
+            config.reuse_port = false;
+        }
         let count = if config.reuse_port {
             config.num_loops
         } else {
@@ -63,7 +66,7 @@ impl Server {
         };
         let mut listeners = Vec::with_capacity(count);
         for _ in 0..count {
-            let listener = bind_listener(addr, &config)?;
+            let listener = Listener::bind(&addr, &config)?;
             addr = listener.local_addr()?; // later listeners share the port picked first
             listeners.push(listener);
         }
@@ -77,8 +80,8 @@ impl Server {
     }
 
     /// The address actually bound (with the real port when 0 was asked).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+    pub fn local_addr(&self) -> &Address {
+        &self.local_addr
     }
 
     /// The settings in force.
@@ -203,10 +206,6 @@ impl Running {
     }
 }
 
-fn invalid(message: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, message)
-}
-
 impl Drop for Running {
     /// A `Running` dropped without the orderly shutdown (the dispatcher failed) still closes
     /// every connection and ends its threads.
@@ -218,38 +217,4 @@ impl Drop for Running {
         self.drain(Instant::now());
         self.join();
     }
-}
-
-/// Resolves `"host:port"`; an empty host (`":1833"`) means every IPv4 interface.
-pub fn parse_address(address: &str) -> io::Result<SocketAddr> {
-    if let Ok(addr) = address.parse::<SocketAddr>() {
-        return Ok(addr);
-    }
-    let (host, port) = address.rsplit_once(':').ok_or_else(|| {
-        invalid(format!(
-            "pygev: address must be \"host:port\" (\"[::1]:port\" for IPv6), got {address:?}"
-        ))
-    })?;
-    let port: u16 = port
-        .parse()
-        .map_err(|_| invalid(format!("pygev: bad port in address {address:?}")))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let host = if host.is_empty() { "0.0.0.0" } else { host };
-    (host, port)
-        .to_socket_addrs()
-        .map_err(|e| invalid(format!("pygev: cannot resolve address {address:?}: {e}")))?
-        .next()
-        .ok_or_else(|| invalid(format!("pygev: address {address:?} resolves to nothing")))
-}
-
-fn bind_listener(addr: SocketAddr, config: &Config) -> io::Result<std::net::TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    if config.reuse_port {
-        socket.set_reuse_port(true)?;
-    }
-    socket.bind(&addr.into())?; // keeps errno; the binding names the address
-    socket.listen(config.backlog)?;
-    socket.set_nonblocking(true)?;
-    Ok(socket.into())
 }

@@ -10,6 +10,8 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
 use mio::event::Source;
+
+use crate::address::Address;
 use mio::net::{TcpStream, UnixStream};
 use mio::{Interest, Registry, Token};
 
@@ -23,6 +25,14 @@ pub enum Transport {
 }
 
 impl Transport {
+    /// The socket, for registering with the poller.
+    fn socket(&mut self) -> &mut dyn Source {
+        match self {
+            Transport::Tcp(s) => s,
+            Transport::Unix(s) => s,
+        }
+    }
+
     fn fd(&self) -> RawFd {
         match self {
             Transport::Tcp(s) => s.as_raw_fd(),
@@ -88,6 +98,52 @@ impl Transport {
         }
     }
 
+    /// Our end's address.
+    pub fn local_addr(&self) -> io::Result<Address> {
+        match self {
+            Transport::Tcp(s) => s.local_addr().map(Address::Inet),
+            Transport::Unix(s) => s.local_addr().map(|a| Address::from_unix(&a)),
+        }
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> io::Result<Address> {
+        match self {
+            Transport::Tcp(s) => s.peer_addr().map(Address::Inet),
+            Transport::Unix(s) => s.peer_addr().map(|a| Address::from_unix(&a)),
+        }
+    }
+
+    /// The peer process's credentials as the kernel recorded them when it connected (a
+    /// Unix socket's SO_PEERCRED); `None` on TCP.
+    pub fn peer_credentials(&self) -> Option<Credentials> {
+        let Transport::Unix(stream) = self else {
+            return None;
+        };
+        let mut cred = libc::ucred {
+            pid: 0,
+            uid: 0,
+            gid: 0,
+        };
+        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+        // SAFETY: SO_PEERCRED writes a ucred of at most `len` bytes through the pointer,
+        // which points at `cred`, and its length through `len`.
+        let rc = unsafe {
+            libc::getsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERCRED,
+                (&mut cred as *mut libc::ucred).cast::<libc::c_void>(),
+                &mut len,
+            )
+        };
+        (rc == 0).then_some(Credentials {
+            pid: cred.pid,
+            uid: cred.uid,
+            gid: cred.gid,
+        })
+    }
+
     /// How many bytes wait unread in the socket's receive queue (FIONREAD), if it says.
     pub fn unread_bytes(&self) -> Option<usize> {
         let mut count: libc::c_int = 0;
@@ -96,8 +152,9 @@ impl Transport {
         (rc == 0).then_some(count as usize)
     }
 
-    /// Bytes written that the peer has not taken yet (SIOCOUTQ: for TCP, not yet
-    /// acknowledged; for a Unix socket, not yet read).
+    /// What we wrote that the peer has not taken yet (SIOCOUTQ): for TCP the bytes not
+    /// yet acknowledged; for a Unix socket the memory the bytes not yet read take (more
+    /// than their count). Either falls as the peer reads, and is 0 once it read all.
     pub fn send_queue(&self) -> Option<u32> {
         let mut queued: libc::c_int = 0;
         // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one c_int through the pointer, which points at
@@ -105,6 +162,17 @@ impl Transport {
         let rc = unsafe { libc::ioctl(self.fd(), libc::TIOCOUTQ, &mut queued) };
         (rc == 0).then(|| u32::try_from(queued).unwrap_or(0))
     }
+}
+
+/// The process at the other end of a Unix socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Credentials {
+    /// Its process id (as the peer's namespace numbers it: 0 when it is not ours).
+    pub pid: i32,
+    /// Its effective user id.
+    pub uid: u32,
+    /// Its effective group id.
+    pub gid: u32,
 }
 
 /// `io::Write` for the ring buffer's vectored flush.
@@ -129,10 +197,7 @@ impl Source for Transport {
         token: Token,
         interests: Interest,
     ) -> io::Result<()> {
-        match self {
-            Transport::Tcp(s) => s.register(registry, token, interests),
-            Transport::Unix(s) => s.register(registry, token, interests),
-        }
+        self.socket().register(registry, token, interests)
     }
 
     fn reregister(
@@ -141,16 +206,10 @@ impl Source for Transport {
         token: Token,
         interests: Interest,
     ) -> io::Result<()> {
-        match self {
-            Transport::Tcp(s) => s.reregister(registry, token, interests),
-            Transport::Unix(s) => s.reregister(registry, token, interests),
-        }
+        self.socket().reregister(registry, token, interests)
     }
 
     fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
-        match self {
-            Transport::Tcp(s) => s.deregister(registry),
-            Transport::Unix(s) => s.deregister(registry),
-        }
+        self.socket().deregister(registry)
     }
 }

@@ -113,10 +113,10 @@ fn bind_reports_address_in_use_and_bad_addresses() {
     .err()
     .unwrap();
     assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
-    let err = pygev_core::parse_address("no-port-here").unwrap_err();
+    let err = pygev_core::parse_inet("no-port-here").unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
     assert_eq!(
-        pygev_core::parse_address(":1833").unwrap(),
+        pygev_core::parse_inet(":1833").unwrap(),
         "0.0.0.0:1833".parse().unwrap()
     );
     h.shutdown();

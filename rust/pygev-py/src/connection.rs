@@ -1,6 +1,5 @@
 //! `pygev.Connection`: the Python face of one TCP connection.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -8,7 +7,7 @@ use std::borrow::Cow;
 
 use pygev_core::websocket::frames::{self, opcode};
 use pygev_core::websocket::tag;
-use pygev_core::{Backlog, Command};
+use pygev_core::{Address, Backlog, Command, ConnectInfo, Credentials};
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::gc::PyVisit;
@@ -16,6 +15,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyString};
 use pyo3::PyTraverseError;
 
+use crate::address::{address_object, credentials_tuple};
 use crate::errors::Error;
 use crate::shared::{Shared, Target};
 
@@ -40,8 +40,9 @@ pub struct Connection {
     pub(crate) loop_index: u32,
     pub(crate) token: u32,
     id: u64,
-    peer: SocketAddr,
-    local: SocketAddr,
+    peer: Address,
+    local: Address,
+    credentials: Option<Credentials>,
     /// What is queued each way, shared with the loop.
     pub(crate) backlog: Arc<Backlog>,
     state: AtomicU8,
@@ -50,21 +51,22 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub(crate) fn new(
-        shared: Arc<Shared>,
-        loop_index: u32,
-        token: u32,
-        id: u64,
-        peer: SocketAddr,
-        local: SocketAddr,
-        backlog: Arc<Backlog>,
-    ) -> Self {
+    /// The Python side of a connection the loop `loop_index` holds in slot `token`.
+    pub(crate) fn new(shared: Arc<Shared>, loop_index: u32, token: u32, info: ConnectInfo) -> Self {
+        let ConnectInfo {
+            id,
+            peer,
+            local,
+            credentials,
+            backlog,
+        } = info;
         Connection {
             loop_index,
             token,
             id,
             peer,
             local,
+            credentials,
             backlog,
             state: AtomicU8::new(OPEN),
             ws: AtomicU8::new(if shared.websocket.is_some() {
@@ -366,10 +368,6 @@ pub(crate) fn bytes_of(data: &Bound<'_, PyAny>) -> Result<Vec<u8>, Error> {
     )))
 }
 
-fn addr_tuple(addr: &SocketAddr) -> (String, u16) {
-    (addr.ip().to_string(), addr.port())
-}
-
 #[pymethods]
 impl Connection {
     /// Queues `data` for writing, packed by the server's protocol.
@@ -488,16 +486,24 @@ impl Connection {
         })?)
     }
 
-    /// The peer's address as `(host, port)`.
+    /// The peer's address: `(host, port)`, or on a Unix socket `"unix:/path"`,
+    /// `"unix:@name"` or `"unix:"` (a client that bound no name).
     #[getter]
-    fn peer_addr(&self) -> (String, u16) {
-        addr_tuple(&self.peer)
+    fn peer_addr(&self, py: Python<'_>) -> Py<PyAny> {
+        address_object(py, &self.peer)
     }
 
-    /// This end's address as `(host, port)`.
+    /// This end's address, in the same forms as `peer_addr`.
     #[getter]
-    fn local_addr(&self) -> (String, u16) {
-        addr_tuple(&self.local)
+    fn local_addr(&self, py: Python<'_>) -> Py<PyAny> {
+        address_object(py, &self.local)
+    }
+
+    /// The peer process on a Unix socket as `(pid, uid, gid)` (SO_PEERCRED, taken when it
+    /// connected); `None` on TCP.
+    #[getter]
+    fn peer_credentials(&self) -> Option<(i32, u32, u32)> {
+        self.credentials.map(credentials_tuple)
     }
 
     /// A server-unique number for this connection.

@@ -1,5 +1,6 @@
 //! `pygev._pygev`: the compiled half of pygev. Users import `pygev`, never this module.
 
+mod address;
 mod connection;
 mod dispatcher;
 mod errors;

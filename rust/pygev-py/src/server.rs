@@ -4,12 +4,13 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use pygev_core::{Config, LoopStatsSnapshot, Strategy};
+use pygev_core::{Address, Config, LoopStatsSnapshot, Strategy};
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use pyo3::PyTraverseError;
 
+use crate::address::{address_object, address_text};
 use crate::dispatcher::{Callbacks, Dispatcher};
 use crate::errors::Error;
 use crate::logging;
@@ -18,6 +19,9 @@ use crate::shared::Shared;
 use crate::timer::Timer;
 use crate::websocket::WebSocket;
 use pygev_core::Protocol;
+
+/// Where a server listens when no address is given.
+const DEFAULT_ADDRESS: &str = "0.0.0.0:1833";
 
 const BOUND: u8 = 0;
 const RUNNING: u8 = 1;
@@ -33,7 +37,7 @@ pub struct Server {
     core: Mutex<Option<pygev_core::Server>>,
     handler: Mutex<Option<Py<PyAny>>>,
     state: AtomicU8,
-    address: std::net::SocketAddr,
+    address: Address,
     config: Config,
 }
 
@@ -174,7 +178,7 @@ impl Server {
     #[new]
     #[pyo3(signature = (
         handler,
-        address = "0.0.0.0:1833",
+        address = None,
         *,
         num_loops = 0,
         protocol = None,
@@ -189,11 +193,12 @@ impl Server {
         max_input_buffer = 64 << 20,
         dispatch_high_water = 32 << 20,
         max_batch_events = 2048,
+        unix_mode = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn py_new(
         handler: &Bound<'_, PyAny>,
-        address: &str,
+        address: Option<&Bound<'_, PyAny>>,
         num_loops: i64,
         protocol: Option<&Bound<'_, PyAny>>,
         reuse_port: bool,
@@ -207,7 +212,13 @@ impl Server {
         max_input_buffer: i64,
         dispatch_high_water: i64,
         max_batch_events: i64,
+        unix_mode: Option<u32>,
     ) -> PyResult<Self> {
+        let address = match address {
+            Some(address) => address_text(address)?,
+            None => DEFAULT_ADDRESS.to_string(),
+        };
+        let address = address.as_str();
         for name in ["on_connect", "on_message", "on_close"] {
             let callable = handler
                 .getattr(name)
@@ -257,6 +268,7 @@ impl Server {
             max_input_buffer: positive("max_input_buffer", max_input_buffer)?,
             dispatch_high_water: positive("dispatch_high_water", dispatch_high_water)?,
             max_batch_events: positive("max_batch_events", max_batch_events)?,
+            unix_mode: unix_mode.map(|mode| mode & 0o7777),
             ..Config::default()
         };
         let (protocol, py_protocol, websocket) = framing(handler, protocol)?;
@@ -279,7 +291,7 @@ impl Server {
                 websocket,
                 config.max_write_buffer,
             )),
-            address: core.local_addr(),
+            address: core.local_addr().clone(),
             core: Mutex::new(Some(core)),
             handler: Mutex::new(Some(handler.clone().unbind())),
             state: AtomicU8::new(BOUND),
@@ -287,10 +299,11 @@ impl Server {
         })
     }
 
-    /// The bound address as `(host, port)`.
+    /// The bound address: `(host, port)` (with the real port when 0 was asked), or the
+    /// `"unix:..."` address of a Unix socket.
     #[getter]
-    fn address(&self) -> (String, u16) {
-        (self.address.ip().to_string(), self.address.port())
+    fn address(&self, py: Python<'_>) -> Py<PyAny> {
+        address_object(py, &self.address)
     }
 
     /// Number of loop threads.

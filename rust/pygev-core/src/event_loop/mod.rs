@@ -11,11 +11,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use crate::acceptor::{AcceptNext, Accepting};
+use crate::address::Address;
 use crate::backlog::Backlog;
 use crate::clock::{Clock, Millis};
 use crate::config::Config;
@@ -23,6 +23,7 @@ use crate::connection::{flag, CloseCause, Conn};
 use crate::deadlines::Deadlines;
 use crate::dispatch_queue::DispatchQueue;
 use crate::event::{Command, ConnectInfo, Event};
+use crate::listener::Listener;
 use crate::loop_handle::LoopHandle;
 use crate::protocols::{FrameSink, Protocol};
 use crate::stats::LoopStats;
@@ -49,7 +50,7 @@ pub(crate) struct EventLoop {
     handle: Arc<LoopHandle>,
     conns: Slab<Conn>,
     /// This loop's own SO_REUSEPORT listener, if any.
-    listener: Option<TcpListener>,
+    listener: Option<Listener>,
     protocol: Arc<dyn Protocol>,
     /// `protocol.has_ticks()`, asked once.
     protocol_ticks: bool,
@@ -88,7 +89,7 @@ pub(crate) struct EventLoop {
 impl EventLoop {
     pub(crate) fn new(
         index: u32,
-        listener: Option<std::net::TcpListener>,
+        listener: Option<Listener>,
         protocol: Arc<dyn Protocol>,
         queue: Arc<DispatchQueue>,
         config: Arc<Config>,
@@ -98,9 +99,7 @@ impl EventLoop {
         let waker = Waker::new(poll.registry(), WAKER)?;
         let handle = Arc::new(LoopHandle::new(index, waker));
         let listener = match listener {
-            Some(std_listener) => {
-                std_listener.set_nonblocking(true)?;
-                let mut listener = TcpListener::from_std(std_listener);
+            Some(mut listener) => {
                 poll.registry()
                     .register(&mut listener, LISTENER, Interest::READABLE)?;
                 Some(listener)
@@ -272,7 +271,7 @@ impl EventLoop {
         self.handle.take(&mut commands);
         for command in commands.drain(..) {
             match command {
-                Command::Register { stream, peer } => self.register(stream, peer, true),
+                Command::Register { transport, peer } => self.register(transport, peer, true),
                 Command::Send {
                     token,
                     id,
@@ -363,8 +362,8 @@ impl EventLoop {
         let next = self
             .accepting
             .accept(listener, &mut accepted, room, self.instant);
-        for (stream, peer) in accepted {
-            self.register(stream, peer, false);
+        for (transport, peer) in accepted {
+            self.register(transport, peer, false);
         }
         self.accept_again_at = match next {
             AcceptNext::Idle => None,
@@ -375,7 +374,7 @@ impl EventLoop {
 
     /// Takes over an accepted connection. `charged`: the acceptor thread already counted
     /// its Connect event in dispatch backpressure.
-    fn register(&mut self, stream: TcpStream, peer: std::net::SocketAddr, charged: bool) {
+    fn register(&mut self, mut transport: Transport, peer: Address, charged: bool) {
         let uncharge = |handle: &LoopHandle| {
             if charged {
                 handle.dispatched_quietly(crate::event::EVENT_COST);
@@ -386,11 +385,11 @@ impl EventLoop {
         if token >= LISTENER.0 {
             return uncharge(&self.handle); // cannot happen: the slab would need 2^64 entries
         }
-        let local = match stream.local_addr() {
+        let local = match transport.local_addr() {
             Ok(local) => local,
             Err(_) => return uncharge(&self.handle), // already reset by the peer: drop it
         };
-        let mut transport = Transport::Tcp(stream);
+        let credentials = transport.peer_credentials();
         if let Err(err) = self.poll.registry().register(
             &mut transport,
             Token(token),
@@ -414,6 +413,7 @@ impl EventLoop {
                 id,
                 peer,
                 local,
+                credentials,
                 backlog,
             }),
         };

@@ -35,7 +35,11 @@ impl Harness {
     }
 
     pub fn port(&self) -> u16 {
-        self.server.local_addr().port()
+        self.server
+            .local_addr()
+            .as_inet()
+            .expect("a TCP server")
+            .port()
     }
 
     /// Handles events for up to `budget`, echoing every message; returns when `done` holds.

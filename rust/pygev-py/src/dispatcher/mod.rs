@@ -246,20 +246,13 @@ impl<'py> Dispatcher<'py> {
                 info,
             } => {
                 self.credit(loop_index, token, cost, false);
-                let conn = Connection::new(
-                    self.shared.clone(),
-                    loop_index,
-                    token,
-                    info.id,
-                    info.peer,
-                    info.local,
-                    info.backlog,
-                );
+                let id = info.id;
+                let conn = Connection::new(self.shared.clone(), loop_index, token, *info);
                 let conn = match Py::new(self.py, conn) {
                     Ok(conn) => conn,
                     Err(err) => {
                         logging::log_exception(self.py, "pygev: cannot create connection", &err);
-                        let close = Command::Close { token, id: info.id };
+                        let close = Command::Close { token, id };
                         self.shared.post(loop_index, close);
                         return;
                     }

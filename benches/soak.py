@@ -73,7 +73,12 @@ PATTERN_SIZE = 1 * MIB  # payloads are slices of a random pattern at random offs
 FLOOD_CAP = 4 * MIB  # unanswered bytes past which a flood waits for its next read
 SLOW_CAP = 8 * MIB  # the same for a slow reader: well past the server's write_high_water
 ECHO_CAP = 1 * MIB  # an echo client skips a frame while this much is unanswered
-SMALL_RCVBUF = 32 * 1024  # floods and slow readers: backpressure reaches the server sooner
+# Floods and slow readers: a receive buffer small enough that backpressure reaches the
+# server soon (the kernel would autotune it to megabytes), not smaller: on loopback (64 KiB
+# MSS) a 32 KiB buffer cannot hold one segment's memory, the kernel drops in-window data
+# (TcpExtTCPRcvQDrop) and both ends back off for tens of seconds: a TCP artefact, seen with
+# SOAK_SS=1 (which prints both ends' `ss` state at each problem).
+SMALL_RCVBUF = 256 * 1024
 
 STALL_S = 30.0  # an expected reply (or EOF) later than this is a stall
 CONNECT_TIMEOUT_S = 10.0
@@ -310,6 +315,16 @@ class Worker:
                 file=sys.stderr,
                 flush=True,
             )
+            if os.environ.get("SOAK_SS"):
+                # Diagnosis: both ends' TCP state (queues, timers) as the kernel sees them.
+                port = c.sock.getsockname()[1]
+                out = subprocess.run(
+                    ["ss", "-tnoim", f"( sport = :{port} or dport = :{port} )"],
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                ).stdout
+                print(out, file=sys.stderr, flush=True)
 
     def close(self, c: Conn, how: str) -> None:
         """Ends a connection: "close" (FIN), "rst" (SO_LINGER 0) or "gone" (the server ended

@@ -220,13 +220,13 @@ class Echo(pygev.Handler):
 class ServerThread:
     """A pygev.Server whose ``start()`` runs in a background thread (the dispatcher)."""
 
-    def __init__(self, handler: Any, address: str = "127.0.0.1:0", **kwargs: Any) -> None:
+    def __init__(self, handler: Any, address: Any = "127.0.0.1:0", **kwargs: Any) -> None:
         self.handler = handler
         self.server = pygev.Server(handler, address, **kwargs)
         bound = self.server.address
         #: The server's Unix address, or None on TCP (then host and port are set).
         self.unix: str | None = bound if isinstance(bound, str) else None
-        self.host, self.port = ("", 0) if self.unix else bound
+        self.host, self.port = ("", 0) if self.unix or bound is None else bound
         self.error: BaseException | None = None
         self.returned = threading.Event()
         self.thread = threading.Thread(target=self._run, name="pygev-dispatcher", daemon=True)
@@ -277,7 +277,7 @@ def serve() -> Iterator[Callable[..., ServerThread]]:
     """
     servers: list[ServerThread] = []
 
-    def factory(handler: Any = None, address: str = "127.0.0.1:0", **kwargs: Any) -> ServerThread:
+    def factory(handler: Any = None, address: Any = "127.0.0.1:0", **kwargs: Any) -> ServerThread:
         st = ServerThread(handler if handler is not None else Echo(), address, **kwargs)
         servers.append(st)
         return st.start()

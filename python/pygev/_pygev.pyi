@@ -6,6 +6,7 @@ called from another thread and from inside a callback.
 """
 
 import builtins
+import concurrent.futures
 from collections.abc import Callable
 from typing import Any, Literal, final, type_check_only
 
@@ -293,7 +294,7 @@ class Server:
     def __new__(
         cls,
         handler: Handler | WebSocketHandler,
-        address: str | tuple[str, int] | None = None,
+        address: str | tuple[str, int] | None = ...,
         *,
         num_loops: int = 0,
         protocol: Raw
@@ -328,6 +329,8 @@ class Server:
                 process is replaced, one a live server listens on is refused with
                 ``EADDRINUSE``, and the file is removed on :meth:`stop`) or ``"unix:@name"``
                 (Linux's abstract namespace, no file). Default ``"0.0.0.0:1833"``.
+                ``None``: no listener, a server whose loops only serve the connections
+                it dials with :meth:`connect`.
             num_loops: Reactor (loop) threads; 0 means one per CPU.
             protocol: The framing: :class:`Raw` (the default, also ``None``),
                 :class:`LengthPrefix`, :class:`Delimited`, :class:`WebSocket` (the default
@@ -405,6 +408,43 @@ class Server:
         Raises:
             RuntimeError: The server is already running, or was stopped.
             OSError: The loop threads could not be started.
+        """
+
+    def connect(
+        self,
+        address: str | tuple[str, int],
+        handler: Handler | None = None,
+        *,
+        timeout: float = 10.0,
+    ) -> concurrent.futures.Future[Connection]:
+        """Dials ``address`` from the server's loops (in turn).
+
+        Once connected the connection is like an accepted one: the same callbacks (of
+        ``handler``, or the server's), protocol, limits, idle timeout and stats, and
+        :meth:`stop` drains and closes it. Callable before :meth:`start` (the request then
+        waits for it), from any thread and from callbacks. A host name is resolved in the
+        calling thread.
+
+        Args:
+            address: ``"host:port"``, a ``(host, port)`` tuple, ``"unix:/path"`` or
+                ``"unix:@name"``.
+            handler: The connection's callbacks; default the server's.
+            timeout: Seconds the connect may take.
+
+        Returns:
+            A future that resolves to the :class:`Connection` once connected (just before
+            ``on_connect``), or fails with the ``OSError`` of the connect:
+            ``ConnectionRefusedError``, ``TimeoutError`` after ``timeout``,
+            ``FileNotFoundError`` (no such socket file), or ``ConnectionAbortedError`` when
+            the server stopped first. A failed connect leaves no descriptor open.
+            Cancelling the future before it resolves closes the connection without
+            callbacks. ``asyncio.wrap_future`` makes it awaitable.
+
+        Raises:
+            TypeError: ``address`` is not an address, or ``handler`` lacks a callback.
+            ValueError: ``address`` cannot be parsed, ``timeout`` is not positive, or the
+                server speaks WebSocket (the client handshake is not implemented yet).
+            RuntimeError: The server was stopped.
         """
 
     def stop(self) -> None:

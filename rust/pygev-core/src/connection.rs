@@ -40,12 +40,15 @@ pub(crate) mod flag {
     /// The protocol has more to do with the input held (bounded steps): unpack again
     /// before reading more.
     pub(crate) const UNPACK_AGAIN: u16 = 1 << 13;
+    /// Dialed and not connected yet: only the connect timeout runs (in `close_deadline`).
+    pub(crate) const CONNECTING: u16 = 1 << 14;
 
     /// The loop stopped reading this connection for its own reasons (Python is behind):
     /// time spent so is not the peer's silence.
     pub(crate) const PAUSED_BY_US: u16 = DEFERRED | THROTTLED;
     /// Reading (and a protocol's held work) waits while any of these is set.
-    pub(crate) const NOT_READING: u16 = OUTPUT_FULL | CLOSING | READ_STOPPED | THROTTLED;
+    pub(crate) const NOT_READING: u16 =
+        OUTPUT_FULL | CLOSING | READ_STOPPED | THROTTLED | CONNECTING;
 }
 
 /// A connection owned by a loop, in its slab.

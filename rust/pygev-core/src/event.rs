@@ -23,6 +23,8 @@ pub struct ConnectInfo {
     pub local: Address,
     /// The peer process, on a Unix socket.
     pub credentials: Option<Credentials>,
+    /// We dialed it ([`Command::Connect`], whose id is `id`); accepted otherwise.
+    pub outgoing: bool,
     /// What is queued each way, shared with the loop.
     pub backlog: Arc<Backlog>,
 }
@@ -34,7 +36,7 @@ pub struct ConnectInfo {
 /// only reused after its `Closed`.
 #[derive(Debug)]
 pub enum Event {
-    /// A connection was accepted and registered under `token`.
+    /// A connection was accepted, or a dialed one connected, and registered under `token`.
     Connect {
         /// Index of the loop that owns the connection.
         loop_index: u32,
@@ -78,6 +80,16 @@ pub enum Event {
         /// The connection's slot in that loop.
         token: u32,
     },
+    /// A [`Command::Connect`] failed (refused, timed out, unreachable, or the loop is
+    /// stopping); no other event concerns it.
+    ConnectFailed {
+        /// Index of the loop that dialed.
+        loop_index: u32,
+        /// The id the command gave.
+        id: u64,
+        /// Why.
+        error: std::io::Error,
+    },
     /// The loop answered [`Command::Quiesce`]: it reads and accepts nothing more, and every
     /// event it produced before this one is already queued.
     Quiesced {
@@ -118,9 +130,9 @@ impl Event {
             }
             | Event::PeerClosed { loop_index, token }
             | Event::Closed { loop_index, token } => (*loop_index, Some(*token)),
-            Event::Quiesced { loop_index } | Event::LoopExited { loop_index } => {
-                (*loop_index, None)
-            }
+            Event::Quiesced { loop_index }
+            | Event::LoopExited { loop_index }
+            | Event::ConnectFailed { loop_index, .. } => (*loop_index, None),
         }
     }
 
@@ -139,6 +151,17 @@ pub enum Command {
         transport: Transport,
         /// The remote address accept(2) reported.
         peer: Address,
+    },
+    /// Dial `address`: a non-blocking connect, given up after `timeout`. Answered with an
+    /// [`Event::Connect`] whose connection has id `id` (then it is like an accepted one),
+    /// or an [`Event::ConnectFailed`].
+    Connect {
+        /// The connection's id, taken from [`Running::next_id`](crate::Running::next_id).
+        id: u64,
+        /// Where to.
+        address: Address,
+        /// How long the connect may take.
+        timeout: std::time::Duration,
     },
     /// Pack `data` with the loop's protocol and write it.
     Send {

@@ -2,10 +2,10 @@
 
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::acceptor::Acceptor;
 use crate::address::Address;
@@ -31,31 +31,29 @@ use crate::protocols::Protocol;
 /// use pygev_core::{Config, Raw, Server};
 ///
 /// let server = Server::bind("127.0.0.1:0", Config::default(), Arc::new(Raw)).unwrap();
-/// assert_ne!(server.local_addr().as_inet().unwrap().port(), 0);
+/// assert_ne!(server.local_addr().unwrap().as_inet().unwrap().port(), 0);
 /// ```
 pub struct Server {
     config: Arc<Config>,
     protocol: Arc<dyn Protocol>,
     queue: Arc<DispatchQueue>,
     listeners: Vec<Listener>,
-    local_addr: Address,
+    /// What the listeners bound (`None`: a server that only dials).
+    local_addr: Option<Address>,
+    /// `close_listeners` was called: the server may not start.
+    closed: bool,
+    /// Connection ids, shared with the loops once started.
+    ids: Arc<AtomicU64>,
 }
 
 impl Server {
     /// Validates `config`, resolves `address` (`"host:port"`, `"[::1]:0"`, `":1833"`,
     /// `"unix:/path"`, `"unix:@name"`) and binds: one listener, or one SO_REUSEPORT
     /// listener per loop (TCP only: a Unix socket is one listener, shared).
-    pub fn bind(
-        address: &str,
-        mut config: Config,
-        protocol: Arc<dyn Protocol>,
-    ) -> io::Result<Server> {
-        // A connection must be able to hold the largest frame its protocol accepts.
-        config.max_input_buffer = config.max_input_buffer.max(protocol.max_buffered_input());
-        config
-            .validate()
-            .map_err(|msg| io::Error::new(io::ErrorKind::InvalidInput, msg))?;
+    pub fn bind(address: &str, config: Config, protocol: Arc<dyn Protocol>) -> io::Result<Server> {
+        let mut server = Server::without_listener(config, protocol)?;
         let mut addr = Address::parse(address)?;
+        let mut config = (*server.config).clone();
         if matches!(addr, Address::Unix(_)) {
             config.reuse_port = false;
         }
@@ -70,18 +68,41 @@ impl Server {
             addr = listener.local_addr()?; // later listeners share the port picked first
             listeners.push(listener);
         }
+        server.config = Arc::new(config);
+        server.listeners = listeners;
+        server.local_addr = Some(addr);
+        Ok(server)
+    }
+
+    /// A server with no listener: its loops serve the connections it dials
+    /// ([`Running::connect`]) and nothing else.
+    pub fn without_listener(mut config: Config, protocol: Arc<dyn Protocol>) -> io::Result<Server> {
+        // A connection must be able to hold the largest frame its protocol accepts.
+        config.max_input_buffer = config.max_input_buffer.max(protocol.max_buffered_input());
+        config
+            .validate()
+            .map_err(|msg| io::Error::new(io::ErrorKind::InvalidInput, msg))?;
         Ok(Server {
             config: Arc::new(config),
             protocol,
             queue: Arc::new(DispatchQueue::new()),
-            listeners,
-            local_addr: addr,
+            listeners: Vec::new(),
+            local_addr: None,
+            closed: false,
+            ids: Arc::new(AtomicU64::new(1)),
         })
     }
 
-    /// The address actually bound (with the real port when 0 was asked).
-    pub fn local_addr(&self) -> &Address {
-        &self.local_addr
+    /// The address actually bound (with the real port when 0 was asked); `None` for a
+    /// server without a listener.
+    pub fn local_addr(&self) -> Option<&Address> {
+        self.local_addr.as_ref()
+    }
+
+    /// The source of connection ids: ids for [`Command::Connect`] may be taken from it
+    /// before the server starts, as [`Running::next_id`] does after.
+    pub fn ids(&self) -> &Arc<AtomicU64> {
+        &self.ids
     }
 
     /// The settings in force.
@@ -97,14 +118,16 @@ impl Server {
     /// Closes the listening sockets without starting (a `stop()` before `start()`).
     pub fn close_listeners(&mut self) {
         self.listeners.clear();
+        self.closed = true;
     }
 
     /// Spawns the loop threads (and the acceptor, unless each loop has its own listener).
     pub fn start(&mut self) -> io::Result<Running> {
-        if self.listeners.is_empty() {
+        if self.closed {
             return Err(io::Error::other("pygev: server was stopped"));
         }
-        let ids = Arc::new(AtomicU64::new(1));
+        self.closed = true; // started once: the listeners move to the loops
+        let ids = self.ids.clone();
         let mut listeners = std::mem::take(&mut self.listeners).into_iter();
         let shared_listener = if self.config.reuse_port {
             None
@@ -115,6 +138,8 @@ impl Server {
             loops: Vec::new(),
             threads: Vec::new(),
             acceptor: None,
+            ids: ids.clone(),
+            next_loop: AtomicUsize::new(0),
         };
         let mut loops = Vec::new();
         for index in 0..self.config.num_loops {
@@ -165,12 +190,34 @@ pub struct Running {
     loops: Vec<Arc<LoopHandle>>,
     threads: Vec<JoinHandle<()>>,
     acceptor: Option<Acceptor>,
+    /// Connection ids, shared with the loops (accepted connections take theirs there).
+    ids: Arc<AtomicU64>,
+    /// The loop the next dialed connection goes to (round robin).
+    next_loop: AtomicUsize,
 }
 
 impl Running {
     /// Handles to the loops, indexed by loop index.
     pub fn loops(&self) -> &[Arc<LoopHandle>] {
         &self.loops
+    }
+
+    /// A server-unique connection id, for [`Command::Connect`].
+    pub fn next_id(&self) -> u64 {
+        self.ids.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Dials `address` from one of the loops (in turn) as connection `id` (see
+    /// [`Running::next_id`]); the outcome comes as an [`Event::Connect`] for that id or
+    /// an [`Event::ConnectFailed`]. Fails at once only when no loop takes commands any
+    /// more (the server ended).
+    pub fn connect(&self, id: u64, address: Address, timeout: Duration) -> io::Result<()> {
+        let index = self.next_loop.fetch_add(1, Ordering::Relaxed) % self.loops.len();
+        self.loops[index].post(Command::Connect {
+            id,
+            address,
+            timeout,
+        })
     }
 
     /// Stops the acceptor thread and closes its listener; returns once it has ended.

@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 #[derive(Debug, Default)]
 pub struct LoopStats {
     pub(crate) accepted: AtomicU64,
+    pub(crate) dialed: AtomicU64,
+    pub(crate) connect_failed: AtomicU64,
     pub(crate) closed: AtomicU64,
     pub(crate) bytes_in: AtomicU64,
     pub(crate) bytes_out: AtomicU64,
@@ -18,8 +20,12 @@ pub struct LoopStats {
 /// A copy of a loop's counters at one moment.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct LoopStatsSnapshot {
-    /// Connections registered with the loop.
+    /// Connections accepted by the loop (or handed to it by the acceptor).
     pub accepted: u64,
+    /// Outgoing connections the loop dialed that connected.
+    pub dialed: u64,
+    /// Outgoing connections that failed to connect.
+    pub connect_failed: u64,
     /// Connections closed by the loop.
     pub closed: u64,
     /// Bytes read from sockets.
@@ -39,7 +45,7 @@ pub struct LoopStatsSnapshot {
 impl LoopStatsSnapshot {
     /// Connections currently open.
     pub fn open(&self) -> u64 {
-        self.accepted.saturating_sub(self.closed)
+        (self.accepted + self.dialed).saturating_sub(self.closed)
     }
 }
 
@@ -52,6 +58,8 @@ impl LoopStats {
     pub fn snapshot(&self) -> LoopStatsSnapshot {
         LoopStatsSnapshot {
             accepted: self.accepted.load(Relaxed),
+            dialed: self.dialed.load(Relaxed),
+            connect_failed: self.connect_failed.load(Relaxed),
             closed: self.closed.load(Relaxed),
             bytes_in: self.bytes_in.load(Relaxed),
             bytes_out: self.bytes_out.load(Relaxed),

@@ -144,6 +144,14 @@ impl Transport {
         })
     }
 
+    /// The socket's pending error (SO_ERROR), cleared: how a non-blocking connect failed.
+    pub fn take_error(&self) -> io::Result<Option<io::Error>> {
+        match self {
+            Transport::Tcp(s) => s.take_error(),
+            Transport::Unix(s) => s.take_error(),
+        }
+    }
+
     /// How many bytes wait unread in the socket's receive queue (FIONREAD), if it says.
     pub fn unread_bytes(&self) -> Option<usize> {
         let mut count: libc::c_int = 0;

@@ -32,7 +32,9 @@ pub(crate) fn address_text(address: &Bound<'_, PyAny>) -> Result<String, Error> 
     Err(Error::Type(format!(
         "pygev: an address is \"host:port\", \"unix:/path\", \"unix:@name\" or a (host, port) \
          tuple, got {}",
-        address.repr().map_or_else(|_| "?".into(), |r| r.to_string())
+        address
+            .repr()
+            .map_or_else(|_| "?".into(), |r| r.to_string())
     )))
 }
 

@@ -59,6 +59,7 @@ impl Connection {
             local,
             credentials,
             backlog,
+            outgoing: _,
         } = info;
         Connection {
             loop_index,

@@ -2,6 +2,7 @@
 
 mod address;
 mod connection;
+mod dial;
 mod dispatcher;
 mod errors;
 mod logging;

@@ -11,6 +11,7 @@ use pyo3::types::{PyDict, PyList};
 use pyo3::PyTraverseError;
 
 use crate::address::{address_object, address_text};
+use crate::dial::{self, Dial};
 use crate::dispatcher::{Callbacks, Dispatcher};
 use crate::errors::Error;
 use crate::logging;
@@ -19,6 +20,26 @@ use crate::shared::Shared;
 use crate::timer::Timer;
 use crate::websocket::WebSocket;
 use pygev_core::Protocol;
+
+/// The `address` argument: left out (the default), `None` (no listener: a server that only
+/// dials), or given.
+pub(crate) enum AddressArg<'py> {
+    Default,
+    NoListener,
+    Given(Bound<'py, PyAny>),
+}
+
+impl<'a, 'py> FromPyObject<'a, 'py> for AddressArg<'py> {
+    type Error = PyErr;
+
+    fn extract(obj: pyo3::Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        Ok(if obj.is_none() {
+            AddressArg::NoListener
+        } else {
+            AddressArg::Given(obj.to_owned())
+        })
+    }
+}
 
 /// Where a server listens when no address is given.
 const DEFAULT_ADDRESS: &str = "0.0.0.0:1833";
@@ -37,7 +58,8 @@ pub struct Server {
     core: Mutex<Option<pygev_core::Server>>,
     handler: Mutex<Option<Py<PyAny>>>,
     state: AtomicU8,
-    address: Address,
+    /// What the server listens on (`None`: it only dials).
+    address: Option<Address>,
     config: Config,
 }
 
@@ -78,17 +100,7 @@ impl Server {
             .as_ref()
             .map(|h| h.clone_ref(py))
             .ok_or_else(|| Error::State("pygev: the server's handler was cleared".into()))?;
-        let handler = handler.bind(py);
-        let on_handshake = match self.shared.websocket {
-            Some(_) => handler.getattr("on_handshake").ok().map(Bound::unbind),
-            None => None,
-        };
-        Ok(Callbacks {
-            on_connect: handler.getattr("on_connect")?.unbind(),
-            on_message: handler.getattr("on_message")?.unbind(),
-            on_close: handler.getattr("on_close")?.unbind(),
-            on_handshake,
-        })
+        Callbacks::of(handler.bind(py), self.shared.websocket.is_some())
     }
 
     fn schedule(
@@ -120,6 +132,8 @@ fn snapshot_dict<'py>(py: Python<'py>, s: &LoopStatsSnapshot) -> PyResult<Bound<
     let dict = PyDict::new(py);
     dict.set_item("connections", s.open())?;
     dict.set_item("accepted", s.accepted)?;
+    dict.set_item("dialed", s.dialed)?;
+    dict.set_item("connect_failed", s.connect_failed)?;
     dict.set_item("closed", s.closed)?;
     dict.set_item("bytes_in", s.bytes_in)?;
     dict.set_item("bytes_out", s.bytes_out)?;
@@ -178,7 +192,7 @@ impl Server {
     #[new]
     #[pyo3(signature = (
         handler,
-        address = None,
+        address = AddressArg::Default,
         *,
         num_loops = 0,
         protocol = None,
@@ -198,7 +212,7 @@ impl Server {
     #[allow(clippy::too_many_arguments)]
     fn py_new(
         handler: &Bound<'_, PyAny>,
-        address: Option<&Bound<'_, PyAny>>,
+        address: AddressArg<'_>,
         num_loops: i64,
         protocol: Option<&Bound<'_, PyAny>>,
         reuse_port: bool,
@@ -215,22 +229,11 @@ impl Server {
         unix_mode: Option<u32>,
     ) -> PyResult<Self> {
         let address = match address {
-            Some(address) => address_text(address)?,
-            None => DEFAULT_ADDRESS.to_string(),
+            AddressArg::Default => Some(DEFAULT_ADDRESS.to_string()),
+            AddressArg::NoListener => None,
+            AddressArg::Given(address) => Some(address_text(&address)?),
         };
-        let address = address.as_str();
-        for name in ["on_connect", "on_message", "on_close"] {
-            let callable = handler
-                .getattr(name)
-                .map(|attr| attr.is_callable())
-                .unwrap_or(false);
-            if !callable {
-                return Err(Error::Type(format!(
-                    "pygev: handler must have a callable {name}() (subclass pygev.Handler)"
-                ))
-                .into());
-            }
-        }
+        Callbacks::of(handler, false)?; // every callback there and callable
         let num_loops = match num_loops {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n if n < 0 => {
@@ -272,17 +275,21 @@ impl Server {
             ..Config::default()
         };
         let (protocol, py_protocol, websocket) = framing(handler, protocol)?;
-        let core =
-            pygev_core::Server::bind(address, config.clone(), protocol.clone()).map_err(|e| {
-                if e.kind() == std::io::ErrorKind::InvalidInput {
-                    Error::Io(e)
-                } else {
-                    Error::Os(
-                        e.raw_os_error(),
-                        format!("pygev: cannot bind {address}: {e}"),
-                    )
-                }
-            })?;
+        let core = match &address {
+            Some(address) => pygev_core::Server::bind(address, config.clone(), protocol.clone()),
+            None => pygev_core::Server::without_listener(config.clone(), protocol.clone()),
+        };
+        let core = core.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::InvalidInput {
+                Error::Io(e)
+            } else {
+                let address = address.as_deref().unwrap_or("");
+                Error::Os(
+                    e.raw_os_error(),
+                    format!("pygev: cannot bind {address}: {e}"),
+                )
+            }
+        })?;
         Ok(Server {
             shared: Arc::new(Shared::new(
                 core.queue().clone(),
@@ -290,8 +297,9 @@ impl Server {
                 py_protocol,
                 websocket,
                 config.max_write_buffer,
+                core.ids().clone(),
             )),
-            address: core.local_addr().clone(),
+            address: core.local_addr().cloned(),
             core: Mutex::new(Some(core)),
             handler: Mutex::new(Some(handler.clone().unbind())),
             state: AtomicU8::new(BOUND),
@@ -303,7 +311,63 @@ impl Server {
     /// `"unix:..."` address of a Unix socket.
     #[getter]
     fn address(&self, py: Python<'_>) -> Py<PyAny> {
-        address_object(py, &self.address)
+        match &self.address {
+            Some(address) => address_object(py, address),
+            None => py.None(),
+        }
+    }
+
+    /// Dials `address` from the server's loops; returns a `concurrent.futures.Future`
+    /// that resolves to the `Connection` once connected (just before `on_connect`), or
+    /// fails with the `OSError` the connect failed with (`ConnectionRefusedError`,
+    /// `TimeoutError` after `timeout` seconds, `ConnectionAbortedError` when the server
+    /// stopped first). Before `start()` the request waits for it. `handler` defaults to the
+    /// server's. Thread-safe, callable from callbacks.
+    #[pyo3(signature = (address, handler = None, *, timeout = 10.0))]
+    fn connect(
+        &self,
+        py: Python<'_>,
+        address: &Bound<'_, PyAny>,
+        handler: Option<&Bound<'_, PyAny>>,
+        timeout: f64,
+    ) -> PyResult<Py<PyAny>> {
+        if self.shared.websocket.is_some() {
+            return Err(Error::Value(
+                "pygev: a WebSocket server cannot dial yet: the WebSocket client handshake \
+                 is not implemented"
+                    .into(),
+            )
+            .into());
+        }
+        if self.state.load(Ordering::Acquire) >= STOPPED {
+            return Err(Error::State("pygev: server was stopped".into()).into());
+        }
+        let timeout = seconds("timeout", timeout, false)?;
+        let address = Address::parse(&address_text(address)?).map_err(Error::Io)?;
+        let callbacks = handler.map(|h| Callbacks::of(h, false)).transpose()?;
+        let future = py
+            .import("concurrent.futures")?
+            .getattr("Future")?
+            .call0()?
+            .unbind();
+        let id = self.shared.ids.fetch_add(1, Ordering::Relaxed);
+        let dial = Dial {
+            future: future.clone_ref(py),
+            callbacks,
+            address,
+        };
+        if let Err(dial) = self
+            .shared
+            .dials
+            .add(id, dial, timeout, self.shared.loops.get())
+        {
+            let ended = std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "pygev: the server stopped",
+            );
+            dial::fail(py, &dial, dial::connect_error(&dial.address, &ended));
+        }
+        Ok(future)
     }
 
     /// Number of loop threads.
@@ -337,6 +401,7 @@ impl Server {
             logging::install(py)?;
             let callbacks = self.callbacks(py)?;
             let mut running = core.start().map_err(Error::from)?;
+            // Connects requested before start() go to the loops now (see `set_loops`).
             self.shared.set_loops(running.loops().to_vec());
             let dispatcher = Dispatcher::new(py, self.shared.clone(), callbacks, &self.config);
             dispatcher.run(&mut running)
@@ -352,7 +417,7 @@ impl Server {
     /// (bounded by `drain_timeout`), calls `on_close` for every connection, closes every
     /// socket; then `start()` returns. Thread-safe, callable from callbacks, idempotent;
     /// before `start()` it just releases the listening socket.
-    fn stop(&self) {
+    fn stop(&self, py: Python<'_>) {
         let mut slot = self.lock_core();
         if let Some(mut core) = slot.take() {
             core.close_listeners();
@@ -360,6 +425,13 @@ impl Server {
             self.state.store(STOPPED_BEFORE_START, Ordering::Release);
             drop(slot);
             self.shared.clear_timers();
+            for dial in self.shared.dials.take_all() {
+                let stopped = std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "pygev: the server was stopped before it started",
+                );
+                dial::fail(py, &dial, dial::connect_error(&dial.address, &stopped));
+            }
             return;
         }
         drop(slot);
@@ -388,7 +460,8 @@ impl Server {
         self.schedule(py, interval, Some(interval), callback)
     }
 
-    /// Counters: connections, accepted, closed, bytes_in, bytes_out, messages_in,
+    /// Counters: connections, accepted, dialed, connect_failed, closed, bytes_in, bytes_out,
+    /// messages_in,
     /// events_dispatched, batches_dispatched, max_batch, loop_wakeups, read_pauses,
     /// write_buffered, and `loops` (the same per loop).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
@@ -401,6 +474,8 @@ impl Server {
         let mut total = LoopStatsSnapshot::default();
         for s in &snapshots {
             total.accepted += s.accepted;
+            total.dialed += s.dialed;
+            total.connect_failed += s.connect_failed;
             total.closed += s.closed;
             total.bytes_in += s.bytes_in;
             total.bytes_out += s.bytes_out;
@@ -429,9 +504,13 @@ impl Server {
             RUNNING => "running",
             _ => "stopped",
         };
+        let address = self
+            .address
+            .as_ref()
+            .map_or_else(|| "(no listener)".to_string(), |a| a.to_string());
         format!(
-            "<pygev.Server {} loops={} {state}>",
-            self.address, self.config.num_loops
+            "<pygev.Server {address} loops={} {state}>",
+            self.config.num_loops
         )
     }
 
@@ -447,7 +526,7 @@ impl Server {
         if let Ok(protocol) = self.shared.py_protocol.try_lock() {
             visit.call(protocol.as_ref())?;
         }
-        Ok(())
+        self.shared.dials.traverse(&visit)
     }
 
     fn __clear__(&self) {
@@ -456,6 +535,7 @@ impl Server {
         self.shared.clear_timers();
         let protocol = self.shared.lock_py_protocol().take();
         drop(protocol);
+        self.shared.dials.clear();
     }
 }
 

@@ -49,6 +49,10 @@ pub(crate) struct Shared {
     /// Unsent output a connection may have (see `Connection::check_room`).
     pub(crate) max_write_buffer: usize,
     next_timer_id: AtomicU64,
+    /// `Server.connect()`'s requests. Only the `Server` reports their references to the GC.
+    pub(crate) dials: crate::dial::DialTable,
+    /// Connection ids, shared with the core (dialed connections take theirs here).
+    pub(crate) ids: Arc<AtomicU64>,
 }
 
 impl Shared {
@@ -58,8 +62,11 @@ impl Shared {
         py_protocol: Option<Py<PyAny>>,
         websocket: Option<Arc<pygev_core::websocket::WebSocket>>,
         max_write_buffer: usize,
+        ids: Arc<AtomicU64>,
     ) -> Self {
         Shared {
+            dials: crate::dial::DialTable::default(),
+            ids,
             websocket,
             max_write_buffer,
             py_protocol: Mutex::new(py_protocol),
@@ -99,10 +106,14 @@ impl Shared {
         self.outboxes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records the started loops and sizes the per-loop outboxes once.
+    /// Records the started loops and sizes the per-loop outboxes once; posts the
+    /// connects requested before.
     pub(crate) fn set_loops(&self, loops: Vec<Arc<LoopHandle>>) {
         self.lock_outboxes().resize_with(loops.len(), Vec::new);
         let _ = self.loops.set(loops);
+        if let Some(loops) = self.loops.get() {
+            self.dials.post_waiting(loops);
+        }
     }
 
     fn in_batch(self: &Arc<Self>) -> bool {

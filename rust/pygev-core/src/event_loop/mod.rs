@@ -5,7 +5,7 @@
 //! (the write path), `close.rs` (graceful and abortive closes) and `timeouts.rs` (the
 //! deadlines every connection may have running).
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,6 +30,7 @@ use crate::stats::LoopStats;
 use crate::transport::Transport;
 
 mod close;
+mod dial;
 mod read;
 mod timeouts;
 mod write;
@@ -82,6 +83,8 @@ pub(crate) struct EventLoop {
     /// Accepting waits until the dispatcher catches up.
     accept_deferred: bool,
     write_buffered: usize,
+    /// Tokens of the connections being dialed (see `dial.rs`).
+    dialing: HashSet<usize>,
     /// Bytes read in this iteration of the loop, against `Config::batch_bytes`.
     batch_read: usize,
 }
@@ -121,6 +124,7 @@ impl EventLoop {
             config,
             ids,
             frames: FrameSink::new(),
+            dialing: HashSet::new(),
             batch_read: 0,
             events_out: Vec::new(),
             commands: Vec::new(),
@@ -182,6 +186,14 @@ impl EventLoop {
                     WAKER => {}
                     LISTENER => self.accept(),
                     Token(token) => {
+                        if self
+                            .conns
+                            .get(token)
+                            .is_some_and(|c| c.has(flag::CONNECTING))
+                        {
+                            self.dial_ready(token);
+                            continue;
+                        }
                         if event.is_writable() {
                             self.on_writable(token);
                         }
@@ -272,6 +284,11 @@ impl EventLoop {
         for command in commands.drain(..) {
             match command {
                 Command::Register { transport, peer } => self.register(transport, peer, true),
+                Command::Connect {
+                    id,
+                    address,
+                    timeout,
+                } => self.dial(id, address, timeout),
                 Command::Send {
                     token,
                     id,
@@ -325,6 +342,7 @@ impl EventLoop {
 
     fn quiesce(&mut self) -> io::Result<()> {
         self.quiesced = true;
+        self.abandon_dials();
         if let Some(mut listener) = self.listener.take() {
             self.poll.registry().deregister(&mut listener)?;
         }
@@ -336,6 +354,7 @@ impl EventLoop {
 
     fn drain(&mut self, deadline: Instant) {
         self.draining = true;
+        self.abandon_dials();
         let deadline = self.clock.millis(deadline);
         let tokens: Vec<usize> = self.conns.iter().map(|(t, _)| t).collect();
         for token in tokens {
@@ -415,6 +434,7 @@ impl EventLoop {
                 local,
                 credentials,
                 backlog,
+                outgoing: false,
             }),
         };
         if charged {

@@ -45,9 +45,9 @@ impl EventLoop {
     /// The earliest of the connection's running deadlines (NEVER: none).
     fn next_deadline(&self, conn: &Conn) -> Millis {
         let mut due = conn.close_deadline;
-        if conn.has(flag::CLOSING | flag::PAUSED_BY_US) {
-            // Closing: only the close deadline counts. Paused by us: the other deadlines
-            // start afresh when reading resumes.
+        if conn.has(flag::CLOSING | flag::PAUSED_BY_US | flag::CONNECTING) {
+            // Closing or connecting: only that deadline counts. Paused by us: the other
+            // deadlines start afresh when reading resumes.
             return due;
         }
         if let Some(idle) = self.config.idle_timeout {
@@ -95,6 +95,9 @@ impl EventLoop {
         let now = self.now;
         let conn = &mut self.conns[token];
         if conn.close_deadline <= now {
+            if conn.has(flag::CONNECTING) {
+                return self.dial_timed_out(token);
+            }
             if conn.has(flag::CLOSING) {
                 let pending = conn.output.len();
                 let cause = if pending == 0 {

@@ -37,7 +37,7 @@ impl Harness {
     pub fn port(&self) -> u16 {
         self.server
             .local_addr()
-            .as_inet()
+            .and_then(|a| a.as_inet())
             .expect("a TCP server")
             .port()
     }
@@ -73,6 +73,10 @@ impl Harness {
                 self.conns
                     .insert((loop_index, token), (info.id, info.backlog));
                 self.log.push(format!("connect {}", info.id));
+            }
+            Event::ConnectFailed { id, error, .. } => {
+                self.log
+                    .push(format!("connect failed {id}: {:?}", error.kind()));
             }
             Event::Message {
                 loop_index,

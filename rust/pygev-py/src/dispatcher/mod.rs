@@ -14,8 +14,10 @@ use pygev_core::{Command, Config, Event, Running};
 use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
+use pyo3::{PyTraverseError, PyVisit};
 
 use crate::connection::{bytes_of, Connection};
+use crate::dial;
 use crate::errors::Error;
 use crate::logging;
 use crate::ring_buffer::RingBuffer;
@@ -46,6 +48,39 @@ pub(crate) struct Callbacks {
     pub(crate) on_handshake: Option<Py<PyAny>>,
 }
 
+impl Callbacks {
+    /// `handler`'s callbacks (`on_handshake` only when `websocket`); a `TypeError` when
+    /// one is missing or not callable.
+    pub(crate) fn of(handler: &Bound<'_, PyAny>, websocket: bool) -> PyResult<Callbacks> {
+        let get = |name: &str| -> PyResult<Py<PyAny>> {
+            match handler.getattr(name) {
+                Ok(attr) if attr.is_callable() => Ok(attr.unbind()),
+                _ => Err(crate::errors::Error::Type(format!(
+                    "pygev: handler must have a callable {name}() (subclass pygev.Handler)"
+                ))
+                .into()),
+            }
+        };
+        Ok(Callbacks {
+            on_connect: get("on_connect")?,
+            on_message: get("on_message")?,
+            on_close: get("on_close")?,
+            on_handshake: match websocket {
+                true => handler.getattr("on_handshake").ok().map(Bound::unbind),
+                false => None,
+            },
+        })
+    }
+
+    /// Visits the Python references for the GC.
+    pub(crate) fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.on_connect)?;
+        visit.call(&self.on_message)?;
+        visit.call(&self.on_close)?;
+        visit.call(self.on_handshake.as_ref())
+    }
+}
+
 pub(crate) struct Dispatcher<'py> {
     py: Python<'py>,
     shared: Arc<Shared>,
@@ -60,6 +95,8 @@ pub(crate) struct Dispatcher<'py> {
     conn_dispatch_high_water: usize,
     /// Handler calls per batch at most.
     max_batch_events: usize,
+    /// The handlers of outgoing connections given their own, by connection id.
+    own_callbacks: HashMap<u64, Callbacks>,
     /// Work left over from earlier batches (bounded batches; see `rounds.rs`).
     pending: VecDeque<Work>,
     /// The server's framing written in Python, if any: it runs here, over `inputs`.
@@ -95,6 +132,7 @@ impl<'py> Dispatcher<'py> {
             conn_dispatch_high_water: config.conn_dispatch_high_water,
             max_batch_events: config.max_batch_events,
             pending: VecDeque::new(),
+            own_callbacks: HashMap::new(),
             py,
             shared,
             callbacks,
@@ -150,6 +188,14 @@ impl<'py> Dispatcher<'py> {
             }
         }
         self.py.detach(|| running.join());
+        // Connects the loops never answered (posted as they ended).
+        for dial in self.shared.dials.take_all() {
+            let stopped = std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "pygev: the server stopped",
+            );
+            dial::fail(self.py, &dial, dial::connect_error(&dial.address, &stopped));
+        }
         logging::emit_pending(self.py);
         match self.pending_error.take() {
             Some(err) => Err(err),
@@ -247,16 +293,34 @@ impl<'py> Dispatcher<'py> {
             } => {
                 self.credit(loop_index, token, cost, false);
                 let id = info.id;
+                let dial = if info.outgoing {
+                    self.shared.dials.take(id)
+                } else {
+                    None
+                };
                 let conn = Connection::new(self.shared.clone(), loop_index, token, *info);
                 let conn = match Py::new(self.py, conn) {
                     Ok(conn) => conn,
                     Err(err) => {
                         logging::log_exception(self.py, "pygev: cannot create connection", &err);
+                        if let Some(dial) = dial {
+                            dial::fail(self.py, &dial, err);
+                        }
                         let close = Command::Close { token, id };
                         self.shared.post(loop_index, close);
                         return;
                     }
                 };
+                if let Some(mut dial) = dial {
+                    if !dial::succeed(self.py, &dial, conn.bind(self.py).as_any()) {
+                        // Cancelled while connecting: closed without any callback.
+                        self.shared.post(loop_index, Command::Close { token, id });
+                        return;
+                    }
+                    if let Some(callbacks) = dial.callbacks.take() {
+                        self.own_callbacks.insert(id, callbacks);
+                    }
+                }
                 let table = &mut self.conns[loop_index as usize];
                 if table.len() <= token as usize {
                     table.resize_with(token as usize + 1, || None);
@@ -282,6 +346,16 @@ impl<'py> Dispatcher<'py> {
                     .and_then(Option::take);
                 if let Some(conn) = slot {
                     self.closed(conn);
+                }
+            }
+            Event::ConnectFailed {
+                loop_index,
+                id,
+                error,
+            } => {
+                self.handled_cost[loop_index as usize] += cost;
+                if let Some(dial) = self.shared.dials.take(id) {
+                    dial::fail(self.py, &dial, dial::connect_error(&dial.address, &error));
                 }
             }
             Event::Quiesced { loop_index } => {
@@ -311,9 +385,20 @@ impl<'py> Dispatcher<'py> {
         }
     }
 
+    /// The callbacks of `conn`: its own handler's (an outgoing connection given one), or
+    /// the server's.
+    pub(crate) fn callbacks_of(&self, conn: &Connection) -> &Callbacks {
+        if self.own_callbacks.is_empty() {
+            return &self.callbacks;
+        }
+        self.own_callbacks
+            .get(&conn.id_value())
+            .unwrap_or(&self.callbacks)
+    }
+
     fn connected(&mut self, conn: &Py<Connection>) {
         let result = self
-            .callbacks
+            .callbacks_of(conn.get())
             .on_connect
             .call1(self.py, (conn.clone_ref(self.py),));
         if let Err(err) = result {
@@ -330,11 +415,12 @@ impl<'py> Dispatcher<'py> {
         if self.shared.websocket.is_some() && !conn.get().ws_opened() {
             return;
         }
-        if let Err(err) = self
-            .callbacks
+        let result = self
+            .callbacks_of(conn.get())
             .on_close
-            .call1(self.py, (conn.clone_ref(self.py),))
-        {
+            .call1(self.py, (conn.clone_ref(self.py),));
+        self.own_callbacks.remove(&conn.get().id_value());
+        if let Err(err) = result {
             self.report("on_close", &conn, &err);
             self.maybe_stop(err);
         }
@@ -354,11 +440,11 @@ impl<'py> Dispatcher<'py> {
         }
         let py = self.py;
         let bytes = PyBytes::new(py, frame.bytes());
-        let result = self
-            .callbacks
-            .on_message
-            .bind(py)
-            .call1((conn.bind(py), py.None(), &bytes));
+        let result = self.callbacks_of(conn.get()).on_message.bind(py).call1((
+            conn.bind(py),
+            py.None(),
+            &bytes,
+        ));
         match result {
             Ok(reply) if reply.is_none() => {}
             // NOTE: a handler that returns the bytes it was given (echo) sends our own copy

@@ -95,11 +95,11 @@ impl<'py> Dispatcher<'py> {
                 return (calls, false); // unpacket closed it
             }
             calls += 1;
-            let result = self
-                .callbacks
-                .on_message
-                .bind(py)
-                .call1((conn.bind(py), ctx, payload));
+            let result = self.callbacks_of(conn.get()).on_message.bind(py).call1((
+                conn.bind(py),
+                ctx,
+                payload,
+            ));
             match result {
                 Ok(reply) if reply.is_none() => {}
                 Ok(reply) => match packet(protocol, conn.bind(py), &reply) {

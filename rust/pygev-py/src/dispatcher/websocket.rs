@@ -55,7 +55,7 @@ impl<'py> Dispatcher<'py> {
             PyBytes::new(py, payload).into_any()
         };
         let result = self
-            .callbacks
+            .callbacks_of(conn.get())
             .on_message
             .bind(py)
             .call1((conn.bind(py), &data));
@@ -99,7 +99,7 @@ impl<'py> Dispatcher<'py> {
             return conn.get().request_close();
         };
         let Some(hook) = self
-            .callbacks
+            .callbacks_of(conn.get())
             .on_handshake
             .as_ref()
             .map(|h| h.clone_ref(py))

@@ -1,0 +1,175 @@
+//! Outgoing connections: a non-blocking connect, the connecting state (only its timeout
+//! runs), and the outcome, reported once: a connection that from then on is like an
+//! accepted one, or a failure.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mio::{Interest, Token};
+
+use super::{EventLoop, LISTENER};
+use crate::address::Address;
+use crate::backlog::Backlog;
+use crate::clock::Millis;
+use crate::connection::{flag, Conn};
+use crate::event::{ConnectInfo, Event, EVENT_COST};
+use crate::stats::LoopStats;
+use crate::transport::Transport;
+
+impl EventLoop {
+    /// Starts connecting to `address` as connection `id`. A failure, now or later, is the
+    /// system's error as it is (the dispatcher knows the address).
+    pub(super) fn dial(&mut self, id: u64, address: Address, timeout: Duration) {
+        if self.quiesced {
+            return self.dial_failed(id, stopping());
+        }
+        let mut transport = match start_connect(&address) {
+            Ok(transport) => transport,
+            Err(err) => return self.dial_failed(id, err),
+        };
+        let entry = self.conns.vacant_entry();
+        let token = entry.key();
+        if token >= LISTENER.0 {
+            return self.dial_failed(id, io::Error::other("pygev: no connection slot left"));
+        }
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if let Err(err) = self
+            .poll
+            .registry()
+            .register(&mut transport, Token(token), interest)
+        {
+            return self.dial_failed(id, err);
+        }
+        let backlog = Arc::new(Backlog::default());
+        let mut conn = Conn::new(transport, id, self.protocol.new_state(), backlog, self.now);
+        conn.flags |= flag::CONNECTING;
+        conn.close_deadline = self.now.after(timeout);
+        entry.insert(conn);
+        self.dialing.insert(token);
+        self.schedule(token);
+    }
+
+    /// A connecting socket reported readiness: connected, failed, or not yet (spurious).
+    pub(super) fn dial_ready(&mut self, token: usize) {
+        let conn = &self.conns[token];
+        let failure = match conn.transport.take_error() {
+            Ok(None) => None,
+            Ok(Some(err)) | Err(err) => Some(err),
+        };
+        if let Some(err) = failure {
+            return self.abandon_dial(token, err);
+        }
+        let peer = match conn.transport.peer_addr() {
+            Ok(peer) => peer,
+            Err(err) if err.kind() == io::ErrorKind::NotConnected => return, // still at it
+            Err(err) => return self.abandon_dial(token, err),
+        };
+        let local = match conn.transport.local_addr() {
+            Ok(local) => local,
+            Err(err) => return self.abandon_dial(token, err),
+        };
+        self.dialing.remove(&token);
+        let now = self.now;
+        let conn = &mut self.conns[token];
+        conn.flags &= !flag::CONNECTING;
+        conn.close_deadline = Millis::NEVER;
+        conn.last_active = now;
+        conn.last_read = now;
+        conn.last_heard = now;
+        // As for an accepted connection: its own count holds the Connect until
+        // `on_connect` ran.
+        conn.backlog.charge_dispatch(EVENT_COST);
+        let info = ConnectInfo {
+            id: conn.id,
+            peer,
+            local,
+            credentials: conn.transport.peer_credentials(),
+            backlog: conn.backlog.clone(),
+            outgoing: true,
+        };
+        LoopStats::add(&self.handle.stats.dialed, 1);
+        self.queue_event(Event::Connect {
+            loop_index: self.index,
+            token: token as u32,
+            info: Box::new(info),
+        });
+        if self.quiesced {
+            self.begin_close(token, self.now.after(self.config.drain_timeout));
+        } else {
+            self.schedule(token);
+            // Bytes may have come with the connect (a server that speaks first).
+            self.read_later(token);
+        }
+    }
+
+    /// A connect that timed out.
+    pub(super) fn dial_timed_out(&mut self, token: usize) {
+        let err = io::Error::new(io::ErrorKind::TimedOut, "pygev: connect timed out");
+        self.abandon_dial(token, err);
+    }
+
+    /// Gives up every connect in progress (the loop is stopping).
+    pub(super) fn abandon_dials(&mut self) {
+        let tokens: Vec<usize> = self.dialing.iter().copied().collect();
+        for token in tokens {
+            self.abandon_dial(token, stopping());
+        }
+    }
+
+    /// Drops a connecting socket and reports why.
+    fn abandon_dial(&mut self, token: usize, err: io::Error) {
+        let Some(mut conn) = self.conns.try_remove(token) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut conn.transport);
+        self.dialing.remove(&token);
+        self.dial_failed(conn.id, err);
+    }
+
+    fn dial_failed(&mut self, id: u64, error: io::Error) {
+        LoopStats::add(&self.handle.stats.connect_failed, 1);
+        self.queue_event(Event::ConnectFailed {
+            loop_index: self.index,
+            id,
+            error,
+        });
+    }
+}
+
+/// A socket connecting to `address` (non-blocking: done once it is writable).
+fn start_connect(address: &Address) -> io::Result<Transport> {
+    match address {
+        Address::Inet(addr) => {
+            let stream = mio::net::TcpStream::connect(*addr)?;
+            // NOTE: as on accepted connections; failure only costs latency.
+            let _ = stream.set_nodelay(true);
+            Ok(Transport::Tcp(stream))
+        }
+        Address::Unix(_) => {
+            let Some(addr) = address.to_unix()? else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "pygev: cannot connect to an unnamed Unix socket",
+                ));
+            };
+            match mio::net::UnixStream::connect_addr(&addr) {
+                Ok(stream) => Ok(Transport::Unix(stream)),
+                // A Unix listener whose backlog is full refuses a non-blocking connect
+                // at once rather than making it wait.
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => Err(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    "the listener's backlog is full (EAGAIN)",
+                )),
+                Err(err) => Err(err),
+            }
+        }
+    }
+}
+
+fn stopping() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "pygev: the server is stopping",
+    )
+}

@@ -1,0 +1,175 @@
+//! Outgoing connections from Python: `Server.connect()`'s requests, until the loops answer.
+//!
+//! Each request gets a connection id and a `concurrent.futures.Future`. Before `start()`
+//! requests wait here; from then on they go to the loops in turn. The dispatcher resolves
+//! the future with the `Connection` when the loop reports it connected (just before
+//! `on_connect`), or with the `OSError` it failed with. A request the loops never answered
+//! (the server ended first) fails when the dispatcher ends.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use pyo3::exceptions::PyOSError;
+use pyo3::prelude::*;
+
+use pygev_core::{Address, Command, LoopHandle};
+
+use crate::dispatcher::Callbacks;
+
+/// One request.
+pub(crate) struct Dial {
+    /// What `connect()` returned.
+    pub(crate) future: Py<PyAny>,
+    /// The connection's own handler, when not the server's.
+    pub(crate) callbacks: Option<Callbacks>,
+    /// Where to, for messages.
+    pub(crate) address: Address,
+}
+
+/// The requests of one server.
+#[derive(Default)]
+pub(crate) struct Dials {
+    /// Requests by connection id.
+    pending: HashMap<u64, Dial>,
+    /// Ids of requests not posted yet (the server has not started), in order, with their
+    /// timeouts.
+    waiting: Vec<(u64, Duration)>,
+    /// The loop the next request goes to.
+    next_loop: usize,
+}
+
+/// The requests, shared by `Server.connect()` (any thread) and the dispatcher.
+#[derive(Default)]
+pub(crate) struct DialTable(Mutex<Dials>);
+
+impl DialTable {
+    fn lock(&self) -> MutexGuard<'_, Dials> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a request and posts it when `loops` run; false when no loop took it (the
+    /// server ended): the request is dropped and the caller fails it.
+    pub(crate) fn add(
+        &self,
+        id: u64,
+        dial: Dial,
+        timeout: Duration,
+        loops: Option<&Vec<std::sync::Arc<LoopHandle>>>,
+    ) -> Result<(), Dial> {
+        let mut dials = self.lock();
+        let address = dial.address.clone();
+        dials.pending.insert(id, dial);
+        let Some(loops) = loops else {
+            dials.waiting.push((id, timeout));
+            return Ok(());
+        };
+        if post(&mut dials, loops, id, address, timeout) {
+            return Ok(());
+        }
+        Err(dials.pending.remove(&id).expect("inserted above"))
+    }
+
+    /// Posts the requests made before the server started.
+    pub(crate) fn post_waiting(&self, loops: &[std::sync::Arc<LoopHandle>]) {
+        let mut dials = self.lock();
+        for (id, timeout) in std::mem::take(&mut dials.waiting) {
+            let Some(address) = dials.pending.get(&id).map(|d| d.address.clone()) else {
+                continue;
+            };
+            // A loop that cannot take it ended already: the request fails at the end.
+            post(&mut dials, loops, id, address, timeout);
+        }
+    }
+
+    /// Takes the request of connection `id` (its loop answered).
+    pub(crate) fn take(&self, id: u64) -> Option<Dial> {
+        self.lock().pending.remove(&id)
+    }
+
+    /// Takes every request still unanswered (the server ended).
+    pub(crate) fn take_all(&self) -> Vec<Dial> {
+        let mut dials = self.lock();
+        dials.waiting.clear();
+        dials.pending.drain().map(|(_, dial)| dial).collect()
+    }
+
+    /// Drops the Python references (the server is being collected).
+    pub(crate) fn clear(&self) {
+        drop(self.take_all());
+    }
+
+    /// Visits the Python references for the GC.
+    pub(crate) fn traverse(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        let Ok(dials) = self.0.try_lock() else {
+            return Ok(());
+        };
+        for dial in dials.pending.values() {
+            visit.call(&dial.future)?;
+            if let Some(callbacks) = &dial.callbacks {
+                callbacks.traverse(visit)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn post(
+    dials: &mut Dials,
+    loops: &[std::sync::Arc<LoopHandle>],
+    id: u64,
+    address: Address,
+    timeout: Duration,
+) -> bool {
+    let index = dials.next_loop % loops.len();
+    dials.next_loop = dials.next_loop.wrapping_add(1);
+    loops[index]
+        .post(Command::Connect {
+            id,
+            address,
+            timeout,
+        })
+        .is_ok()
+}
+
+/// The exception a failed connect raises from its future: an `OSError` whose errno picks
+/// the subclass (`ConnectionRefusedError`, `TimeoutError`, `ConnectionAbortedError` when
+/// the server stopped first, ...).
+pub(crate) fn connect_error(address: &Address, error: &std::io::Error) -> PyErr {
+    use std::io::ErrorKind;
+    let errno = error.raw_os_error().unwrap_or(match error.kind() {
+        ErrorKind::TimedOut => libc::ETIMEDOUT,
+        ErrorKind::ConnectionRefused => libc::ECONNREFUSED,
+        ErrorKind::ConnectionAborted => libc::ECONNABORTED,
+        ErrorKind::InvalidInput => libc::EINVAL,
+        _ => libc::EIO,
+    });
+    PyOSError::new_err((
+        errno,
+        format!("pygev: cannot connect to {address}: {error}"),
+    ))
+}
+
+/// Fails `dial`'s future with `error` (unless it was cancelled).
+pub(crate) fn fail(py: Python<'_>, dial: &Dial, error: PyErr) {
+    let future = dial.future.bind(py);
+    let running = future
+        .call_method0("set_running_or_notify_cancel")
+        .and_then(|r| r.is_truthy());
+    if matches!(running, Ok(true)) {
+        let _ = future.call_method1("set_exception", (error.into_value(py),));
+    }
+}
+
+/// Resolves `dial`'s future with the connection; false when it was cancelled (then the
+/// connection is to be closed without callbacks).
+pub(crate) fn succeed(py: Python<'_>, dial: &Dial, conn: &Bound<'_, PyAny>) -> bool {
+    let future = dial.future.bind(py);
+    let running = future
+        .call_method0("set_running_or_notify_cancel")
+        .and_then(|r| r.is_truthy());
+    if !matches!(running, Ok(true)) {
+        return false;
+    }
+    future.call_method1("set_result", (conn,)).is_ok()
+}

@@ -15,11 +15,26 @@ pub struct Harness {
     /// (loop, token) -> connection id and counters, for open connections.
     pub conns: HashMap<(u32, u32), (u64, Arc<Backlog>)>,
     pub log: Vec<String>,
+    /// Messages are echoed back (else logged as `message ID BYTES`).
+    pub echo: bool,
 }
 
 impl Harness {
     pub fn start(config: Config) -> Harness {
         Harness::start_with(config, Arc::new(Raw))
+    }
+
+    /// A server listening on `address`.
+    pub fn start_at(address: &str, config: Config) -> Harness {
+        let mut server = Server::bind(address, config, Arc::new(Raw)).unwrap();
+        let running = server.start().unwrap();
+        Harness {
+            server,
+            running,
+            conns: HashMap::new(),
+            log: Vec::new(),
+            echo: true,
+        }
     }
 
     /// A server running `protocol` (its messages are echoed as payloads, packed again).
@@ -31,6 +46,21 @@ impl Harness {
             running,
             conns: HashMap::new(),
             log: Vec::new(),
+            echo: true,
+        }
+    }
+
+    /// A server without a listener, whose loops serve what it dials; it logs messages
+    /// instead of echoing them.
+    pub fn dialer(config: Config) -> Harness {
+        let mut server = Server::without_listener(config, Arc::new(Raw)).unwrap();
+        let running = server.start().unwrap();
+        Harness {
+            server,
+            running,
+            conns: HashMap::new(),
+            log: Vec::new(),
+            echo: false,
         }
     }
 
@@ -40,6 +70,21 @@ impl Harness {
             .and_then(|a| a.as_inet())
             .expect("a TCP server")
             .port()
+    }
+
+    /// Handles the events that come within `time` (two harnesses in one thread take turns).
+    pub fn pump_for(&mut self, time: Duration) {
+        let until = Instant::now() + time;
+        let mut batch = Vec::new();
+        let mut due = Vec::new();
+        while Instant::now() < until {
+            self.server
+                .queue()
+                .wait(&mut batch, &mut due, Duration::from_millis(5));
+            for event in batch.drain(..) {
+                self.handle(event);
+            }
+        }
     }
 
     /// Handles events for up to `budget`, echoing every message; returns when `done` holds.
@@ -72,11 +117,21 @@ impl Harness {
             } => {
                 self.conns
                     .insert((loop_index, token), (info.id, info.backlog));
-                self.log.push(format!("connect {}", info.id));
+                let way = if info.outgoing { "dialed" } else { "connect" };
+                self.log.push(format!("{way} {}", info.id));
             }
             Event::ConnectFailed { id, error, .. } => {
                 self.log
                     .push(format!("connect failed {id}: {:?}", error.kind()));
+            }
+            Event::Message {
+                loop_index,
+                token,
+                data,
+            } if !self.echo => {
+                let id = self.conns[&(loop_index, token)].0;
+                let text = String::from_utf8_lossy(&data).into_owned();
+                self.log.push(format!("message {id} {text}"));
             }
             Event::Message {
                 loop_index,

@@ -186,20 +186,18 @@ impl EventLoop {
                     WAKER => {}
                     LISTENER => self.accept(),
                     Token(token) => {
-                        if self
-                            .conns
-                            .get(token)
-                            .is_some_and(|c| c.has(flag::CONNECTING))
-                        {
-                            self.dial_ready(token);
-                            continue;
-                        }
+                        // NOTE: a dialed socket still connecting reports writable once
+                        // connected, or an error: both paths look for it (no extra lookup).
                         if event.is_writable() {
                             self.on_writable(token);
                         }
                         let hangup = event.is_read_closed() || event.is_error();
                         if event.is_readable() || hangup {
                             if let Some(conn) = self.conns.get_mut(token) {
+                                if conn.has(flag::CONNECTING) {
+                                    self.dial_ready(token);
+                                    continue;
+                                }
                                 conn.flags |= flag::READ_READY;
                                 if hangup {
                                     conn.flags |= flag::HANGUP_SEEN;

@@ -32,6 +32,9 @@ impl EventLoop {
         let Some(conn) = self.conns.get_mut(token) else {
             return;
         };
+        if conn.has(flag::CONNECTING) {
+            return self.dial_ready(token);
+        }
         conn.flags &= !flag::WRITE_BLOCKED;
         let before = conn.output.len();
         self.flush(token);

@@ -29,8 +29,13 @@ pub struct Backlog {
     to_python: AtomicUsize,
     /// The loop stopped reading the connection because `to_python` passed its limit.
     throttled: AtomicBool,
-    /// Bytes of sends posted to the loop and not yet taken by it.
+    /// Bytes of sends charged from anywhere but the dispatcher's batches.
     posted: AtomicUsize,
+    /// Bytes of sends charged by the dispatcher within its batches: that one thread alone
+    /// writes it, so it needs no atomic read-modify-write (a locked instruction per send).
+    posted_in_batch: AtomicUsize,
+    /// Bytes of posted sends the loop took: the loop alone writes it.
+    taken: AtomicUsize,
     /// Bytes in the loop's output buffer, not yet written to the socket.
     buffered: AtomicUsize,
 }
@@ -72,15 +77,26 @@ impl Backlog {
             && self.throttled.swap(false, Ordering::SeqCst)
     }
 
-    /// Adds `bytes` posted for writing.
+    /// Adds `bytes` posted for writing, from any thread.
     #[inline]
     pub fn charge_send(&self, bytes: usize) {
-        self.posted.fetch_add(bytes, Ordering::AcqRel);
+        self.posted.fetch_add(bytes, Ordering::Release);
     }
 
-    /// Called by the loop when it takes a posted send of `bytes`.
+    /// Adds `bytes` posted for writing by the dispatcher within a batch. Only one thread
+    /// may ever call this for a given backlog (the dispatcher's); others use
+    /// [`Backlog::charge_send`].
+    #[inline]
+    pub fn charge_send_in_batch(&self, bytes: usize) {
+        let charged = self.posted_in_batch.load(Ordering::Relaxed);
+        self.posted_in_batch
+            .store(charged.wrapping_add(bytes), Ordering::Release);
+    }
+
+    /// Called by the loop (the only writer) when it takes a posted send of `bytes`.
     pub(crate) fn took_send(&self, bytes: usize) {
-        self.posted.fetch_sub(bytes, Ordering::AcqRel);
+        let taken = self.taken.load(Ordering::Relaxed);
+        self.taken.store(taken.wrapping_add(bytes), Ordering::Release);
     }
 
     /// Called by the loop when its output buffer for the connection changed size.
@@ -93,6 +109,13 @@ impl Backlog {
     /// Output not yet written to the socket: posted sends plus the loop's buffer.
     #[inline]
     pub fn unsent(&self) -> usize {
-        self.posted.load(Ordering::Acquire) + self.buffered.load(Ordering::Acquire)
+        // NOTE: `taken` first: the loop takes only sends charged before they were posted,
+        // so the charges read after it cover what it counts (the difference never wraps).
+        let taken = self.taken.load(Ordering::Acquire);
+        let posted = self
+            .posted
+            .load(Ordering::Acquire)
+            .wrapping_add(self.posted_in_batch.load(Ordering::Acquire));
+        posted.wrapping_sub(taken) + self.buffered.load(Ordering::Acquire)
     }
 }

@@ -158,7 +158,14 @@ impl Shared {
         if self.wire_in_dispatcher {
             self.push_wire(outbox, to, payload);
         } else {
-            outbox.push(to.charged_send(payload.into_owned(), false));
+            let data = payload.into_owned();
+            to.backlog.charge_send_in_batch(data.len());
+            outbox.push(Command::Send {
+                token: to.token,
+                id: to.id,
+                data,
+                packed: false,
+            });
         }
         true
     }
@@ -182,7 +189,7 @@ impl Shared {
         match payload {
             Cow::Owned(data) if self.protocol.pack_is_identity() && !merges(outbox, token, id) => {
                 // Moved, not copied.
-                to.backlog.charge_send(data.len());
+                to.backlog.charge_send_in_batch(data.len());
                 outbox.push(Command::Send {
                     token,
                     id,
@@ -196,7 +203,7 @@ impl Shared {
                 let before = wire.len();
                 match self.pack_into(&payload, wire) {
                     Ok(()) => {
-                        to.backlog.charge_send(wire.len() - before);
+                        to.backlog.charge_send_in_batch(wire.len() - before);
                     }
                     Err(err) => {
                         // A plugin failed: drop its partial frame and reset that connection.
@@ -235,7 +242,7 @@ impl Shared {
             let wire = packed_tail(outbox, to.token, to.id, size, spare);
             let before = wire.len();
             write(wire);
-            to.backlog.charge_send(wire.len() - before);
+            to.backlog.charge_send_in_batch(wire.len() - before);
             return true;
         }
         let mut data = Vec::with_capacity(size);

@@ -96,7 +96,8 @@ impl Backlog {
     /// Called by the loop (the only writer) when it takes a posted send of `bytes`.
     pub(crate) fn took_send(&self, bytes: usize) {
         let taken = self.taken.load(Ordering::Relaxed);
-        self.taken.store(taken.wrapping_add(bytes), Ordering::Release);
+        self.taken
+            .store(taken.wrapping_add(bytes), Ordering::Release);
     }
 
     /// Called by the loop when its output buffer for the connection changed size.

@@ -233,6 +233,9 @@ def test_a_cancelled_connect_gets_no_callbacks(serve: Serve) -> None:
     assert sorted(k[0] for k in client.events if k[1] == "connect") == sorted(
         c.id for c in connected
     ), "on_connect for exactly the connections not cancelled"
+    dialer.stop()
+    closes = sorted(k[0] for k, n in client.events.items() if k[1] == "close" for _ in range(n))
+    assert closes == sorted(c.id for c in connected), "on_close once each, none for cancelled"
 
 
 def test_outgoing_connections_frame_with_the_servers_protocol(serve: Serve) -> None:
@@ -309,6 +312,10 @@ def test_bad_connect_arguments_are_refused_at_the_call(serve: Serve) -> None:
     with pytest.raises(ValueError, match="WebSocket"):
         ws.connect("127.0.0.1:1")
     ws.stop()
+    with pytest.raises(ValueError, match="without a listener"):
+        pygev.Server(Ws(), None)
+    with pytest.raises(ValueError, match="unix_mode"):
+        pygev.Server(Client(), "127.0.0.1:0", unix_mode=0o600)
 
 
 def test_a_future_is_a_concurrent_futures_future(serve: Serve) -> None:

@@ -143,33 +143,54 @@ impl Source for Listener {
     }
 }
 
-/// A listening Unix socket bound to `addr`.
-fn unix_socket(addr: &SockAddr, config: &Config) -> io::Result<UnixListener> {
+/// A Unix socket bound to `addr`, not listening yet.
+fn unix_bound(addr: &SockAddr) -> io::Result<Socket> {
     let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
     socket.bind(addr)?;
+    Ok(socket)
+}
+
+/// `socket` listening, non-blocking.
+fn unix_listening(socket: Socket, config: &Config) -> io::Result<UnixListener> {
     socket.listen(config.backlog)?;
     socket.set_nonblocking(true)?;
     Ok(UnixListener::from_std(socket.into()))
 }
 
+/// A listening Unix socket bound to `addr` (an abstract name: no file).
+fn unix_socket(addr: &SockAddr, config: &Config) -> io::Result<UnixListener> {
+    unix_listening(unix_bound(addr)?, config)
+}
+
 fn bind_unix_file(path: &Path, config: &Config) -> io::Result<Listener> {
     let addr = SockAddr::unix(path)?;
-    let listener = match unix_socket(&addr, config) {
-        Ok(listener) => listener,
+    let socket = match unix_bound(&addr) {
+        Ok(socket) => socket,
         Err(err) if err.kind() == io::ErrorKind::AddrInUse => {
             remove_stale_socket(path, err)?;
-            unix_socket(&addr, config)?
+            unix_bound(&addr)?
         }
         Err(err) => return Err(err),
     };
-    if let Some(mode) = config.unix_mode {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    // The file is ours from here: removed again if what follows fails.
+    let made = (|| {
+        if let Some(mode) = config.unix_mode {
+            // Before listening: no client connects while the umask's permissions hold.
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        }
+        let meta = std::fs::symlink_metadata(path)?;
+        Ok((unix_listening(socket, config)?, meta))
+    })();
+    match made {
+        Ok((listener, meta)) => Ok(Listener::Unix {
+            listener,
+            file: Some((path.to_path_buf(), meta.dev(), meta.ino())),
+        }),
+        Err(err) => {
+            let _ = std::fs::remove_file(path);
+            Err(err)
+        }
     }
-    let meta = std::fs::symlink_metadata(path)?;
-    Ok(Listener::Unix {
-        listener,
-        file: Some((path.to_path_buf(), meta.dev(), meta.ino())),
-    })
 }
 
 /// Removes the socket file at `path` if no server listens on it (its process died);

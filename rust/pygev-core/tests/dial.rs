@@ -85,6 +85,7 @@ fn a_refused_connect_is_reported_once() {
     let mut dialer = Harness::dialer(Config::default());
     let id = dial(&dialer, Address::Inet(([127, 0, 0, 1], port).into()), WAIT);
     dialer.pump_until(WAIT, |h| !h.log.is_empty());
+    dialer.pump_for(Duration::from_millis(200)); // and nothing more comes
     assert_eq!(
         dialer.log,
         [format!("connect failed {id}: ConnectionRefused")]
@@ -112,6 +113,7 @@ fn a_connect_without_an_answer_times_out_and_stop_gives_up_the_rest() {
     let quick = dial(&dialer, address.clone(), Duration::from_millis(200));
     let slow = dial(&dialer, address, Duration::from_secs(60));
     dialer.pump_until(WAIT, |h| !h.log.is_empty());
+    dialer.pump_for(Duration::from_millis(200)); // and nothing more comes
     assert_eq!(dialer.log, [format!("connect failed {quick}: TimedOut")]);
     let log = dialer.shutdown();
     assert!(

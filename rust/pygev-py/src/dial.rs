@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
 
 use pygev_core::{Address, Command, LoopHandle};
@@ -37,6 +36,8 @@ pub(crate) struct Dials {
     waiting: Vec<(u64, Duration)>,
     /// The loop the next request goes to.
     next_loop: usize,
+    /// The server ended (or was stopped before it started): requests are refused.
+    closed: bool,
 }
 
 /// The requests, shared by `Server.connect()` (any thread) and the dispatcher.
@@ -58,6 +59,9 @@ impl DialTable {
         loops: Option<&Vec<std::sync::Arc<LoopHandle>>>,
     ) -> Result<(), Dial> {
         let mut dials = self.lock();
+        if dials.closed {
+            return Err(dial);
+        }
         let address = dial.address.clone();
         dials.pending.insert(id, dial);
         let Some(loops) = loops else {
@@ -87,9 +91,10 @@ impl DialTable {
         self.lock().pending.remove(&id)
     }
 
-    /// Takes every request still unanswered (the server ended).
+    /// Takes every request still unanswered and refuses later ones (the server ended).
     pub(crate) fn take_all(&self) -> Vec<Dial> {
         let mut dials = self.lock();
+        dials.closed = true;
         dials.waiting.clear();
         dials.pending.drain().map(|(_, dial)| dial).collect()
     }
@@ -123,13 +128,20 @@ fn post(
 ) -> bool {
     let index = dials.next_loop % loops.len();
     dials.next_loop = dials.next_loop.wrapping_add(1);
-    loops[index]
-        .post(Command::Connect {
-            id,
-            address,
-            timeout,
-        })
-        .is_ok()
+    match loops[index].post(Command::Connect {
+        id,
+        address,
+        timeout,
+    }) {
+        Ok(()) => true,
+        // The loop ended: the command was dropped.
+        Err(err) if err.kind() == std::io::ErrorKind::NotConnected => false,
+        // Queued, but the wake-up failed: the loop still takes it when it next wakes.
+        Err(err) => {
+            log::error!("pygev: could not wake loop {index}: {err}");
+            true
+        }
+    }
 }
 
 /// The exception a failed connect raises from its future: an `OSError` whose errno picks
@@ -144,10 +156,11 @@ pub(crate) fn connect_error(address: &Address, error: &std::io::Error) -> PyErr 
         ErrorKind::InvalidInput => libc::EINVAL,
         _ => libc::EIO,
     });
-    PyOSError::new_err((
-        errno,
+    crate::errors::Error::Os(
+        Some(errno),
         format!("pygev: cannot connect to {address}: {error}"),
-    ))
+    )
+    .into()
 }
 
 /// Fails `dial`'s future with `error` (unless it was cancelled).

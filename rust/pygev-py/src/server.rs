@@ -94,6 +94,14 @@ impl Server {
         self.core.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Fails every connect still waiting, and refuses later ones.
+    fn fail_dials(&self, py: Python<'_>, why: &str) {
+        for dial in self.shared.dials.take_all() {
+            let stopped = std::io::Error::new(std::io::ErrorKind::ConnectionAborted, why);
+            dial::fail(py, &dial, dial::connect_error(&dial.address, &stopped));
+        }
+    }
+
     fn callbacks(&self, py: Python<'_>) -> PyResult<Callbacks> {
         let handler = self
             .lock_handler()
@@ -275,6 +283,23 @@ impl Server {
             ..Config::default()
         };
         let (protocol, py_protocol, websocket) = framing(handler, protocol)?;
+        if websocket.is_some() && address.is_none() {
+            return Err(Error::Value(
+                "pygev: a WebSocket server without a listener could serve nothing (it cannot \
+                 dial yet)"
+                    .into(),
+            )
+            .into());
+        }
+        let unix_file = address
+            .as_deref()
+            .is_some_and(|a| a.starts_with("unix:") && !a.starts_with("unix:@"));
+        if unix_mode.is_some() && !unix_file {
+            return Err(Error::Value(
+                "pygev: unix_mode applies to a Unix socket file (\"unix:/path\") only".into(),
+            )
+            .into());
+        }
         let core = match &address {
             Some(address) => pygev_core::Server::bind(address, config.clone(), protocol.clone()),
             None => pygev_core::Server::without_listener(config.clone(), protocol.clone()),
@@ -343,7 +368,9 @@ impl Server {
             return Err(Error::State("pygev: server was stopped".into()).into());
         }
         let timeout = seconds("timeout", timeout, false)?;
-        let address = Address::parse(&address_text(address)?).map_err(Error::Io)?;
+        let text = address_text(address)?;
+        // A host name is resolved here: without the GIL, so callbacks go on meanwhile.
+        let address = py.detach(|| Address::parse(&text)).map_err(Error::Io)?;
         let callbacks = handler.map(|h| Callbacks::of(h, false)).transpose()?;
         let future = py
             .import("concurrent.futures")?
@@ -400,7 +427,13 @@ impl Server {
         let result = (|| -> PyResult<()> {
             logging::install(py)?;
             let callbacks = self.callbacks(py)?;
-            let mut running = core.start().map_err(Error::from)?;
+            let mut running = match core.start() {
+                Ok(running) => running,
+                Err(err) => {
+                    self.fail_dials(py, "pygev: the server could not start");
+                    return Err(Error::from(err).into());
+                }
+            };
             // Connects requested before start() go to the loops now (see `set_loops`).
             self.shared.set_loops(running.loops().to_vec());
             let dispatcher = Dispatcher::new(py, self.shared.clone(), callbacks, &self.config);
@@ -425,13 +458,7 @@ impl Server {
             self.state.store(STOPPED_BEFORE_START, Ordering::Release);
             drop(slot);
             self.shared.clear_timers();
-            for dial in self.shared.dials.take_all() {
-                let stopped = std::io::Error::new(
-                    std::io::ErrorKind::ConnectionAborted,
-                    "pygev: the server was stopped before it started",
-                );
-                dial::fail(py, &dial, dial::connect_error(&dial.address, &stopped));
-            }
+            self.fail_dials(py, "pygev: the server was stopped before it started");
             return;
         }
         drop(slot);

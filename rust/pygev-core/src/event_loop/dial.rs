@@ -21,7 +21,7 @@ impl EventLoop {
     /// Starts connecting to `address` as connection `id`. A failure, now or later, is the
     /// system's error as it is (the dispatcher knows the address).
     pub(super) fn dial(&mut self, id: u64, address: Address, timeout: Duration) {
-        if self.quiesced {
+        if self.quiesced || self.draining {
             return self.dial_failed(id, stopping());
         }
         let mut transport = match start_connect(&address) {
@@ -94,12 +94,10 @@ impl EventLoop {
             token: token as u32,
             info: Box::new(info),
         });
-        if self.quiesced {
+        if self.quiesced || self.draining {
             self.begin_close(token, self.now.after(self.config.drain_timeout));
         } else {
             self.schedule(token);
-            // Bytes may have come with the connect (a server that speaks first).
-            self.read_later(token);
         }
     }
 

@@ -150,6 +150,7 @@ impl EventLoop {
         let result = self.run_inner();
         if let Err(err) = result {
             log::error!("pygev: loop {} failed: {err}", self.index);
+            self.abandon_dials();
             let tokens: Vec<usize> = self.conns.iter().map(|(t, _)| t).collect();
             for token in tokens {
                 self.close_now(token, CloseCause::Done);

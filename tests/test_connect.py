@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from conftest import WAIT, Echo, ServerThread, recv_exactly, wait_until
+from conftest import WAIT, Echo, ServerThread, ipv6_available, recv_exactly, wait_until
 
 import pygev
 
@@ -329,3 +329,18 @@ def test_a_future_is_a_concurrent_futures_future(serve: Serve) -> None:
 
     conn = asyncio.run(wait())
     assert isinstance(conn, pygev.Connection) and conn.connected
+
+
+def test_a_host_name_is_tried_at_each_of_its_addresses(serve: Serve) -> None:
+    """A server listening on any one of "localhost"'s addresses is reached by name, whichever
+    the resolver gives first (here: the ones this machine's resolver returns)."""
+    resolved = {info[4][0] for info in socket.getaddrinfo("localhost", 0, type=socket.SOCK_STREAM)}
+    for host in sorted(resolved):
+        if ":" in host and not ipv6_available():
+            continue
+        target = serve(Echo(), (host, 0))
+        client = Client(b"by name")
+        dialer = serve(client, None)
+        conn = dialer.server.connect(f"localhost:{target.port}").result(WAIT)
+        assert conn.peer_addr == (host, target.port)
+        wait_until(lambda c=client: c.complete() == 1, what="the echo")

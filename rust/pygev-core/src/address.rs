@@ -125,6 +125,30 @@ impl From<SocketAddr> for Address {
     }
 }
 
+impl Address {
+    /// Every address `text` names, in the resolver's order: one for a Unix address or an
+    /// IP literal, all of a host name's (`"localhost:80"` may give `[::1]:80` and
+    /// `127.0.0.1:80`), for a dialer to try in turn.
+    pub fn resolve_all(text: &str) -> io::Result<Vec<Address>> {
+        if text.starts_with(UNIX) || text.parse::<SocketAddr>().is_ok() {
+            return Address::parse(text).map(|a| vec![a]);
+        }
+        let first = parse_inet(text)?; // the checks and messages of parse
+        let (host, port) = text.rsplit_once(':').expect("parse_inet checked it");
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port: u16 = port.parse().expect("parse_inet checked it");
+        let mut all: Vec<Address> = match (host, port).to_socket_addrs() {
+            Ok(found) => found.map(Address::Inet).collect(),
+            Err(_) => Vec::new(),
+        };
+        if all.is_empty() {
+            all.push(Address::Inet(first));
+        }
+        all.dedup();
+        Ok(all)
+    }
+}
+
 /// Resolves `"host:port"`; an empty host (`":1833"`) means every IPv4 interface.
 pub fn parse_inet(address: &str) -> io::Result<SocketAddr> {
     if let Ok(addr) = address.parse::<SocketAddr>() {

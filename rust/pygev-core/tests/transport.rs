@@ -148,6 +148,14 @@ fn addresses_parse_print_and_refuse_what_no_socket_takes() {
         .unwrap_err()
         .to_string()
         .contains("107"));
+    // A host name gives all its addresses; a literal or a Unix name gives itself.
+    let all = Address::resolve_all("localhost:80").unwrap();
+    assert!(
+        all.contains(&Address::Inet("127.0.0.1:80".parse().unwrap())),
+        "{all:?}"
+    );
+    assert_eq!(Address::resolve_all("unix:@x").unwrap().len(), 1);
+    assert_eq!(Address::resolve_all("10.0.0.1:5").unwrap().len(), 1);
     // The system's form round-trips.
     let abstract_name = Address::parse("unix:@pygev").unwrap();
     let system = abstract_name.to_unix().unwrap().unwrap();

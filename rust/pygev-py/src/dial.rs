@@ -22,8 +22,12 @@ pub(crate) struct Dial {
     pub(crate) future: Py<PyAny>,
     /// The connection's own handler, when not the server's.
     pub(crate) callbacks: Option<Callbacks>,
-    /// Where to, for messages.
+    /// Where to (the address being tried), for messages.
     pub(crate) address: Address,
+    /// The host name's other addresses, tried in turn when this one fails (last first).
+    pub(crate) fallbacks: Vec<Address>,
+    /// How long each attempt may take.
+    pub(crate) timeout: Duration,
 }
 
 /// The requests of one server.
@@ -55,9 +59,9 @@ impl DialTable {
         &self,
         id: u64,
         dial: Dial,
-        timeout: Duration,
         loops: Option<&Vec<std::sync::Arc<LoopHandle>>>,
     ) -> Result<(), Dial> {
+        let timeout = dial.timeout;
         let mut dials = self.lock();
         if dials.closed {
             return Err(dial);
@@ -161,6 +165,11 @@ pub(crate) fn connect_error(address: &Address, error: &std::io::Error) -> PyErr 
         format!("pygev: cannot connect to {address}: {error}"),
     )
     .into()
+}
+
+/// Whether a connect that failed so is worth trying at the host's next address.
+pub(crate) fn try_next(dial: &Dial, error: &std::io::Error) -> bool {
+    !dial.fallbacks.is_empty() && error.kind() != std::io::ErrorKind::ConnectionAborted
 }
 
 /// Fails `dial`'s future with `error` (unless it was cancelled).

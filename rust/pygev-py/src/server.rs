@@ -370,7 +370,11 @@ impl Server {
         let timeout = seconds("timeout", timeout, false)?;
         let text = address_text(address)?;
         // A host name is resolved here: without the GIL, so callbacks go on meanwhile.
-        let address = py.detach(|| Address::parse(&text)).map_err(Error::Io)?;
+        let mut addresses = py
+            .detach(|| Address::resolve_all(&text))
+            .map_err(Error::Io)?;
+        let address = addresses.remove(0);
+        addresses.reverse(); // tried in the resolver's order, last popped first
         let callbacks = handler.map(|h| Callbacks::of(h, false)).transpose()?;
         let future = py
             .import("concurrent.futures")?
@@ -382,12 +386,10 @@ impl Server {
             future: future.clone_ref(py),
             callbacks,
             address,
+            fallbacks: addresses,
+            timeout,
         };
-        if let Err(dial) = self
-            .shared
-            .dials
-            .add(id, dial, timeout, self.shared.loops.get())
-        {
+        if let Err(dial) = self.shared.dials.add(id, dial, self.shared.loops.get()) {
             let ended = std::io::Error::new(
                 std::io::ErrorKind::ConnectionAborted,
                 "pygev: the server stopped",

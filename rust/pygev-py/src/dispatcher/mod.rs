@@ -354,9 +354,18 @@ impl<'py> Dispatcher<'py> {
                 error,
             } => {
                 self.handled_cost[loop_index as usize] += cost;
-                if let Some(dial) = self.shared.dials.take(id) {
-                    dial::fail(self.py, &dial, dial::connect_error(&dial.address, &error));
+                let Some(mut dial) = self.shared.dials.take(id) else {
+                    return;
+                };
+                if dial::try_next(&dial, &error) {
+                    let next = dial.fallbacks.pop().expect("try_next saw one");
+                    dial.address = next;
+                    match self.shared.dials.add(id, dial, self.shared.loops.get()) {
+                        Ok(()) => return,
+                        Err(refused) => dial = refused, // the server ended meanwhile
+                    }
                 }
+                dial::fail(self.py, &dial, dial::connect_error(&dial.address, &error));
             }
             Event::Quiesced { loop_index } => {
                 self.handled_cost[loop_index as usize] += cost;

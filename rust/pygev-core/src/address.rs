@@ -81,6 +81,17 @@ impl Address {
     }
 
     /// The address of a Unix socket as the system reports it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pygev_core::Address;
+    ///
+    /// let (ours, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+    /// assert_eq!(Address::from_unix(&ours.local_addr().unwrap()).to_string(), "unix:");
+    /// let named = Address::parse("unix:@pygev-doc").unwrap();
+    /// assert_eq!(Address::from_unix(&named.to_unix().unwrap().unwrap()), named);
+    /// ```
     pub fn from_unix(addr: &StdUnixAddr) -> Address {
         use std::os::linux::net::SocketAddrExt;
         let name = if let Some(path) = addr.as_pathname() {

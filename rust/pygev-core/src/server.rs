@@ -76,6 +76,28 @@ impl Server {
 
     /// A server with no listener: its loops serve the connections it dials
     /// ([`Running::connect`]) and nothing else.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use pygev_core::{Address, Config, Event, Raw, Server};
+    ///
+    /// let mut target = Server::bind("127.0.0.1:0", Config::default(), Arc::new(Raw)).unwrap();
+    /// let _serving = target.start().unwrap();
+    /// let mut dialer = Server::without_listener(Config::default(), Arc::new(Raw)).unwrap();
+    /// assert!(dialer.local_addr().is_none());
+    /// let running = dialer.start().unwrap();
+    /// let id = running.next_id();
+    /// let to = target.local_addr().unwrap().clone();
+    /// running.connect(id, to, Duration::from_secs(5)).unwrap();
+    /// let (mut batch, mut due) = (Vec::new(), Vec::new());
+    /// while batch.is_empty() {
+    ///     dialer.queue().wait(&mut batch, &mut due, Duration::from_millis(50));
+    /// }
+    /// assert!(matches!(&batch[0], Event::Connect { info, .. } if info.id == id && info.outgoing));
+    /// ```
     pub fn without_listener(mut config: Config, protocol: Arc<dyn Protocol>) -> io::Result<Server> {
         // A connection must be able to hold the largest frame its protocol accepts.
         config.max_input_buffer = config.max_input_buffer.max(protocol.max_buffered_input());

@@ -19,6 +19,15 @@ thread_local! {
     static DISPATCHING: Cell<usize> = const { Cell::new(0) };
 }
 
+/// A batch in progress on this thread (see [`Shared::begin_batch`]).
+pub(crate) struct Batch<'a>(&'a Arc<Shared>);
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        self.0.end_batch();
+    }
+}
+
 /// The dispatcher's counters.
 #[derive(Default)]
 pub(crate) struct DispatchStats {
@@ -85,13 +94,15 @@ impl Shared {
         Arc::as_ptr(self) as usize
     }
 
-    /// Marks this thread as running `self`'s callbacks until [`Self::end_batch`].
-    pub(crate) fn begin_batch(self: &Arc<Self>) {
+    /// Marks this thread as running `self`'s callbacks until the returned guard is
+    /// dropped, which posts the batch's commands (also when a panic unwinds through it).
+    pub(crate) fn begin_batch(self: &Arc<Self>) -> Batch<'_> {
         DISPATCHING.with(|d| d.set(self.key()));
+        Batch(self)
     }
 
     /// Posts the commands collected during the batch: one wake-up per loop at most.
-    pub(crate) fn end_batch(self: &Arc<Self>) {
+    fn end_batch(self: &Arc<Self>) {
         DISPATCHING.with(|d| d.set(0));
         let Some(loops) = self.loops.get() else {
             return;

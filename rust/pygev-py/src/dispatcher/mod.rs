@@ -229,7 +229,8 @@ impl<'py> Dispatcher<'py> {
     /// Handles one bounded round of the work queued (see `rounds.rs`), then the due timers;
     /// then posts the batch's commands and gives the loops their credit.
     fn dispatch_batch(&mut self, batch: &mut Vec<Event>, due: &mut Vec<u64>) {
-        self.shared.begin_batch();
+        let shared = self.shared.clone();
+        let batch_in_progress = shared.begin_batch();
         let mut calls = self.run_round(batch);
         if !self.stopping {
             calls += due.len();
@@ -238,7 +239,7 @@ impl<'py> Dispatcher<'py> {
             }
         }
         due.clear();
-        self.shared.end_batch();
+        drop(batch_in_progress); // posts the batch's commands
         if let Some(loops) = self.shared.loops.get() {
             for (handle, cost) in loops.iter().zip(self.handled_cost.iter_mut()) {
                 let cost = std::mem::take(cost);

@@ -141,29 +141,23 @@ impl Address {
     /// IP literal, all of a host name's (`"localhost:80"` may give `[::1]:80` and
     /// `127.0.0.1:80`), for a dialer to try in turn.
     pub fn resolve_all(text: &str) -> io::Result<Vec<Address>> {
-        if text.starts_with(UNIX) || text.parse::<SocketAddr>().is_ok() {
+        if text.starts_with(UNIX) {
             return Address::parse(text).map(|a| vec![a]);
         }
-        let first = parse_inet(text)?; // the checks and messages of parse
-        let (host, port) = text.rsplit_once(':').expect("parse_inet checked it");
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let port: u16 = port.parse().expect("parse_inet checked it");
-        let mut all: Vec<Address> = match (host, port).to_socket_addrs() {
-            Ok(found) => found.map(Address::Inet).collect(),
-            Err(_) => Vec::new(),
-        };
-        if all.is_empty() {
-            all.push(Address::Inet(first));
-        }
-        all.dedup();
-        Ok(all)
+        Ok(resolve_inet(text)?.into_iter().map(Address::Inet).collect())
     }
 }
 
-/// Resolves `"host:port"`; an empty host (`":1833"`) means every IPv4 interface.
+/// Resolves `"host:port"` to its first address; an empty host (`":1833"`) means every IPv4
+/// interface.
 pub fn parse_inet(address: &str) -> io::Result<SocketAddr> {
+    Ok(resolve_inet(address)?[0])
+}
+
+/// Every address `"host:port"` resolves to (at least one), in the resolver's order.
+fn resolve_inet(address: &str) -> io::Result<Vec<SocketAddr>> {
     if let Ok(addr) = address.parse::<SocketAddr>() {
-        return Ok(addr);
+        return Ok(vec![addr]);
     }
     let (host, port) = address.rsplit_once(':').ok_or_else(|| {
         invalid(format!(
@@ -176,11 +170,17 @@ pub fn parse_inet(address: &str) -> io::Result<SocketAddr> {
         .map_err(|_| invalid(format!("pygev: bad port in address {address:?}")))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let host = if host.is_empty() { "0.0.0.0" } else { host };
-    (host, port)
+    let mut all: Vec<SocketAddr> = (host, port)
         .to_socket_addrs()
         .map_err(|e| invalid(format!("pygev: cannot resolve address {address:?}: {e}")))?
-        .next()
-        .ok_or_else(|| invalid(format!("pygev: address {address:?} resolves to nothing")))
+        .collect();
+    all.dedup();
+    if all.is_empty() {
+        return Err(invalid(format!(
+            "pygev: address {address:?} resolves to nothing"
+        )));
+    }
+    Ok(all)
 }
 
 fn invalid(message: String) -> io::Error {

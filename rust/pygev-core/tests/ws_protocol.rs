@@ -389,18 +389,18 @@ fn server_packing_text_binary_close() {
     assert!(ws.check_payload(b"").is_err());
 }
 
-#[test]
-fn a_large_compressed_message_is_inflated_in_bounded_steps_and_keeps_its_place() {
-    use pygev_core::websocket::deflate::{Agreed, Codec};
-    let ws = WebSocket::new(Settings::default());
-    let request = String::from_utf8(REQUEST.to_vec()).unwrap().replace(
+/// The upgrade request offering permessage-deflate with a client window limit.
+fn deflate_request() -> String {
+    String::from_utf8(REQUEST.to_vec()).unwrap().replace(
         "\r\n\r\n",
         "\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n",
-    );
-    let mut wire = request.into_bytes();
-    // 4 MiB of text (a zip bomb's shape: a few KiB on the wire), then a small message.
-    let text = b"all work and no play ".repeat(200_000);
-    let mut sender = Codec::new(
+    )
+}
+
+/// A client's compressor, context kept, with the 12-bit window the server agrees to.
+fn client_codec() -> pygev_core::websocket::deflate::Codec {
+    use pygev_core::websocket::deflate::{Agreed, Codec};
+    Codec::new(
         Agreed {
             server_no_context_takeover: false,
             client_no_context_takeover: false,
@@ -408,7 +408,17 @@ fn a_large_compressed_message_is_inflated_in_bounded_steps_and_keeps_its_place()
             client_max_window_bits: 12,
         },
         0,
-    );
+    )
+}
+
+#[test]
+fn a_large_compressed_message_is_inflated_in_bounded_steps_and_keeps_its_place() {
+    let ws = WebSocket::new(Settings::default());
+    let request = deflate_request();
+    let mut wire = request.into_bytes();
+    // 4 MiB of text (a zip bomb's shape: a few KiB on the wire), then a small message.
+    let text = b"all work and no play ".repeat(200_000);
+    let mut sender = client_codec();
     let compressed = sender.deflate(&text).unwrap();
     assert!(compressed.len() < 64 << 10);
     wire.extend(ws_util::client_frame(0xC1, &compressed, [1, 2, 3, 4]));
@@ -425,25 +435,13 @@ fn a_large_compressed_message_is_inflated_in_bounded_steps_and_keeps_its_place()
 
 #[test]
 fn a_park_due_while_a_message_is_inflated_in_steps_waits_for_its_end() {
-    use pygev_core::websocket::deflate::{Agreed, Codec};
     use std::time::{Duration, Instant};
     let ws = WebSocket::new(Settings {
         ping_interval: None,
         ..Settings::default()
     });
-    let request = String::from_utf8(REQUEST.to_vec()).unwrap().replace(
-        "\r\n\r\n",
-        "\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n",
-    );
-    let mut sender = Codec::new(
-        Agreed {
-            server_no_context_takeover: false,
-            client_no_context_takeover: false,
-            server_max_window_bits: 12,
-            client_max_window_bits: 12,
-        },
-        0,
-    );
+    let request = deflate_request();
+    let mut sender = client_codec();
     let text = b"all work and no play ".repeat(100_000); // 2 MiB: 8 steps
     let mut wire = request.into_bytes();
     wire.extend(ws_util::client_frame(

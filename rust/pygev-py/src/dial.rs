@@ -90,13 +90,46 @@ impl DialTable {
         }
     }
 
+    /// A loop reports that connection `id` could not connect: its next address is tried
+    /// when the host has one (and the error is not the server's end), else its future
+    /// fails with `error`.
+    pub(crate) fn failed(
+        &self,
+        py: Python<'_>,
+        id: u64,
+        error: &std::io::Error,
+        loops: Option<&Vec<std::sync::Arc<LoopHandle>>>,
+    ) {
+        let Some(mut dial) = self.take(id) else {
+            return;
+        };
+        if error.kind() != std::io::ErrorKind::ConnectionAborted {
+            if let Some(next) = dial.fallbacks.pop() {
+                dial.address = next;
+                match self.add(id, dial, loops) {
+                    Ok(()) => return,
+                    Err(refused) => dial = refused, // the server ended meanwhile
+                }
+            }
+        }
+        fail(py, &dial, connect_error(&dial.address, error));
+    }
+
     /// Takes the request of connection `id` (its loop answered).
     pub(crate) fn take(&self, id: u64) -> Option<Dial> {
         self.lock().pending.remove(&id)
     }
 
+    /// Fails every request still unanswered with `why` (ConnectionAbortedError) and refuses
+    /// later ones: the server ended, or will not start.
+    pub(crate) fn abort_all(&self, py: Python<'_>, why: &str) {
+        for dial in self.take_all() {
+            abort(py, &dial, why);
+        }
+    }
+
     /// Takes every request still unanswered and refuses later ones (the server ended).
-    pub(crate) fn take_all(&self) -> Vec<Dial> {
+    fn take_all(&self) -> Vec<Dial> {
         let mut dials = self.lock();
         dials.closed = true;
         dials.waiting.clear();
@@ -167,18 +200,17 @@ pub(crate) fn connect_error(address: &Address, error: &std::io::Error) -> PyErr 
     .into()
 }
 
-/// Whether a connect that failed so is worth trying at the host's next address.
-pub(crate) fn try_next(dial: &Dial, error: &std::io::Error) -> bool {
-    !dial.fallbacks.is_empty() && error.kind() != std::io::ErrorKind::ConnectionAborted
+/// Fails `dial`'s future with ConnectionAbortedError: the server ended before it was
+/// answered.
+pub(crate) fn abort(py: Python<'_>, dial: &Dial, why: &str) {
+    let ended = std::io::Error::new(std::io::ErrorKind::ConnectionAborted, why);
+    fail(py, dial, connect_error(&dial.address, &ended));
 }
 
 /// Fails `dial`'s future with `error` (unless it was cancelled).
 pub(crate) fn fail(py: Python<'_>, dial: &Dial, error: PyErr) {
-    let future = dial.future.bind(py);
-    let running = future
-        .call_method0("set_running_or_notify_cancel")
-        .and_then(|r| r.is_truthy());
-    if matches!(running, Ok(true)) {
+    if claim(py, dial) {
+        let future = dial.future.bind(py);
         let _ = future.call_method1("set_exception", (error.into_value(py),));
     }
 }
@@ -186,12 +218,21 @@ pub(crate) fn fail(py: Python<'_>, dial: &Dial, error: PyErr) {
 /// Resolves `dial`'s future with the connection; false when it was cancelled (then the
 /// connection is to be closed without callbacks).
 pub(crate) fn succeed(py: Python<'_>, dial: &Dial, conn: &Bound<'_, PyAny>) -> bool {
-    let future = dial.future.bind(py);
-    let running = future
+    claim(py, dial)
+        && dial
+            .future
+            .bind(py)
+            .call_method1("set_result", (conn,))
+            .is_ok()
+}
+
+/// Marks `dial`'s future running, so that it can no longer be cancelled; false when it
+/// was cancelled already.
+fn claim(py: Python<'_>, dial: &Dial) -> bool {
+    let running = dial
+        .future
+        .bind(py)
         .call_method0("set_running_or_notify_cancel")
         .and_then(|r| r.is_truthy());
-    if !matches!(running, Ok(true)) {
-        return false;
-    }
-    future.call_method1("set_result", (conn,)).is_ok()
+    matches!(running, Ok(true))
 }

@@ -94,14 +94,6 @@ impl Server {
         self.core.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Fails every connect still waiting, and refuses later ones.
-    fn fail_dials(&self, py: Python<'_>, why: &str) {
-        for dial in self.shared.dials.take_all() {
-            let stopped = std::io::Error::new(std::io::ErrorKind::ConnectionAborted, why);
-            dial::fail(py, &dial, dial::connect_error(&dial.address, &stopped));
-        }
-    }
-
     fn callbacks(&self, py: Python<'_>) -> PyResult<Callbacks> {
         let handler = self
             .lock_handler()
@@ -390,11 +382,7 @@ impl Server {
             timeout,
         };
         if let Err(dial) = self.shared.dials.add(id, dial, self.shared.loops.get()) {
-            let ended = std::io::Error::new(
-                std::io::ErrorKind::ConnectionAborted,
-                "pygev: the server stopped",
-            );
-            dial::fail(py, &dial, dial::connect_error(&dial.address, &ended));
+            dial::abort(py, &dial, "pygev: the server stopped");
         }
         Ok(future)
     }
@@ -432,7 +420,9 @@ impl Server {
             let mut running = match core.start() {
                 Ok(running) => running,
                 Err(err) => {
-                    self.fail_dials(py, "pygev: the server could not start");
+                    self.shared
+                        .dials
+                        .abort_all(py, "pygev: the server could not start");
                     return Err(Error::from(err).into());
                 }
             };
@@ -460,7 +450,9 @@ impl Server {
             self.state.store(STOPPED_BEFORE_START, Ordering::Release);
             drop(slot);
             self.shared.clear_timers();
-            self.fail_dials(py, "pygev: the server was stopped before it started");
+            self.shared
+                .dials
+                .abort_all(py, "pygev: the server was stopped before it started");
             return;
         }
         drop(slot);

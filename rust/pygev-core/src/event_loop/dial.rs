@@ -13,7 +13,7 @@ use crate::address::Address;
 use crate::backlog::Backlog;
 use crate::clock::Millis;
 use crate::connection::{flag, Conn};
-use crate::event::{ConnectInfo, Event, EVENT_COST};
+use crate::event::Event;
 use crate::stats::LoopStats;
 use crate::transport::Transport;
 
@@ -46,7 +46,6 @@ impl EventLoop {
         conn.flags |= flag::CONNECTING;
         conn.close_deadline = self.now.after(timeout);
         entry.insert(conn);
-        self.dialing.insert(token);
         self.schedule(token);
     }
 
@@ -69,7 +68,6 @@ impl EventLoop {
             Ok(local) => local,
             Err(err) => return self.abandon_dial(token, err),
         };
-        self.dialing.remove(&token);
         let now = self.now;
         let conn = &mut self.conns[token];
         conn.flags &= !flag::CONNECTING;
@@ -77,28 +75,8 @@ impl EventLoop {
         conn.last_active = now;
         conn.last_read = now;
         conn.last_heard = now;
-        // As for an accepted connection: its own count holds the Connect until
-        // `on_connect` ran.
-        conn.backlog.charge_dispatch(EVENT_COST);
-        let info = ConnectInfo {
-            id: conn.id,
-            peer,
-            local,
-            credentials: conn.transport.peer_credentials(),
-            backlog: conn.backlog.clone(),
-            outgoing: true,
-        };
         LoopStats::add(&self.handle.stats.dialed, 1);
-        self.queue_event(Event::Connect {
-            loop_index: self.index,
-            token: token as u32,
-            info: Box::new(info),
-        });
-        if self.quiesced || self.draining {
-            self.begin_close(token, self.now.after(self.config.drain_timeout));
-        } else {
-            self.schedule(token);
-        }
+        self.announce(token, peer, local, true, false);
     }
 
     /// A connect that timed out.
@@ -109,7 +87,8 @@ impl EventLoop {
 
     /// Gives up every connect in progress (the loop is stopping).
     pub(super) fn abandon_dials(&mut self) {
-        let tokens: Vec<usize> = self.dialing.iter().copied().collect();
+        let connecting = self.conns.iter().filter(|(_, c)| c.has(flag::CONNECTING));
+        let tokens: Vec<usize> = connecting.map(|(token, _)| token).collect();
         for token in tokens {
             self.abandon_dial(token, stopping());
         }
@@ -121,7 +100,6 @@ impl EventLoop {
             return;
         };
         let _ = self.poll.registry().deregister(&mut conn.transport);
-        self.dialing.remove(&token);
         self.dial_failed(conn.id, err);
     }
 

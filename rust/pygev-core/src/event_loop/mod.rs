@@ -5,7 +5,7 @@
 //! (the write path), `close.rs` (graceful and abortive closes) and `timeouts.rs` (the
 //! deadlines every connection may have running).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -83,8 +83,6 @@ pub(crate) struct EventLoop {
     /// Accepting waits until the dispatcher catches up.
     accept_deferred: bool,
     write_buffered: usize,
-    /// Tokens of the connections being dialed (see `dial.rs`).
-    dialing: HashSet<usize>,
     /// Bytes read in this iteration of the loop, against `Config::batch_bytes`.
     batch_read: usize,
 }
@@ -124,7 +122,6 @@ impl EventLoop {
             config,
             ids,
             frames: FrameSink::new(),
-            dialing: HashSet::new(),
             batch_read: 0,
             events_out: Vec::new(),
             commands: Vec::new(),
@@ -407,7 +404,6 @@ impl EventLoop {
             Ok(local) => local,
             Err(_) => return uncharge(&self.handle), // already reset by the peer: drop it
         };
-        let credentials = transport.peer_credentials();
         if let Err(err) = self.poll.registry().register(
             &mut transport,
             Token(token),
@@ -417,23 +413,38 @@ impl EventLoop {
             return uncharge(&self.handle);
         }
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
+        let state = self.protocol.new_state();
         let backlog = Arc::new(Backlog::default());
+        entry.insert(Conn::new(transport, id, state, backlog, self.now));
+        LoopStats::add(&self.handle.stats.accepted, 1);
+        self.announce(token, peer, local, false, charged);
+    }
+
+    /// Tells the dispatcher that the connection in `token` is open (accepted, or dialed
+    /// when `outgoing`), then starts its deadlines, or its close when the loop is stopping.
+    /// `charged`: the acceptor thread already counted the Connect in dispatch backpressure.
+    pub(super) fn announce(
+        &mut self,
+        token: usize,
+        peer: Address,
+        local: Address,
+        outgoing: bool,
+        charged: bool,
+    ) {
+        let conn = &self.conns[token];
         // The connection's own count holds its Connect until `on_connect` ran: a peer that
         // half-closes at once still gets what `on_connect` sends (a banner).
-        backlog.charge_dispatch(crate::event::EVENT_COST);
-        let state = self.protocol.new_state();
-        entry.insert(Conn::new(transport, id, state, backlog.clone(), self.now));
-        LoopStats::add(&self.handle.stats.accepted, 1);
+        conn.backlog.charge_dispatch(crate::event::EVENT_COST);
         let connect = Event::Connect {
             loop_index: self.index,
             token: token as u32,
             info: Box::new(ConnectInfo {
-                id,
+                id: conn.id,
                 peer,
                 local,
-                credentials,
-                backlog,
-                outgoing: false,
+                credentials: conn.transport.peer_credentials(),
+                backlog: conn.backlog.clone(),
+                outgoing,
             }),
         };
         if charged {
@@ -441,7 +452,7 @@ impl EventLoop {
         } else {
             self.queue_event(connect);
         }
-        if self.quiesced {
+        if self.quiesced || self.draining {
             self.begin_close(token, self.now.after(self.config.drain_timeout));
         } else {
             self.schedule(token);

@@ -26,41 +26,29 @@ impl Harness {
 
     /// A server listening on `address`.
     pub fn start_at(address: &str, config: Config) -> Harness {
-        let mut server = Server::bind(address, config, Arc::new(Raw)).unwrap();
-        let running = server.start().unwrap();
-        Harness {
-            server,
-            running,
-            conns: HashMap::new(),
-            log: Vec::new(),
-            echo: true,
-        }
+        Harness::run(Server::bind(address, config, Arc::new(Raw)).unwrap(), true)
     }
 
     /// A server running `protocol` (its messages are echoed as payloads, packed again).
     pub fn start_with(config: Config, protocol: Arc<dyn Protocol>) -> Harness {
-        let mut server = Server::bind("127.0.0.1:0", config, protocol).unwrap();
-        let running = server.start().unwrap();
-        Harness {
-            server,
-            running,
-            conns: HashMap::new(),
-            log: Vec::new(),
-            echo: true,
-        }
+        Harness::run(Server::bind("127.0.0.1:0", config, protocol).unwrap(), true)
     }
 
     /// A server without a listener, whose loops serve what it dials; it logs messages
     /// instead of echoing them.
     pub fn dialer(config: Config) -> Harness {
-        let mut server = Server::without_listener(config, Arc::new(Raw)).unwrap();
+        let server = Server::without_listener(config, Arc::new(Raw)).unwrap();
+        Harness::run(server, false)
+    }
+
+    fn run(mut server: Server, echo: bool) -> Harness {
         let running = server.start().unwrap();
         Harness {
             server,
             running,
             conns: HashMap::new(),
             log: Vec::new(),
-            echo: false,
+            echo,
         }
     }
 

@@ -189,13 +189,9 @@ impl<'py> Dispatcher<'py> {
         }
         self.py.detach(|| running.join());
         // Connects the loops never answered (posted as they ended).
-        for dial in self.shared.dials.take_all() {
-            let stopped = std::io::Error::new(
-                std::io::ErrorKind::ConnectionAborted,
-                "pygev: the server stopped",
-            );
-            dial::fail(self.py, &dial, dial::connect_error(&dial.address, &stopped));
-        }
+        self.shared
+            .dials
+            .abort_all(self.py, "pygev: the server stopped");
         logging::emit_pending(self.py);
         match self.pending_error.take() {
             Some(err) => Err(err),
@@ -355,18 +351,8 @@ impl<'py> Dispatcher<'py> {
                 error,
             } => {
                 self.handled_cost[loop_index as usize] += cost;
-                let Some(mut dial) = self.shared.dials.take(id) else {
-                    return;
-                };
-                if dial::try_next(&dial, &error) {
-                    let next = dial.fallbacks.pop().expect("try_next saw one");
-                    dial.address = next;
-                    match self.shared.dials.add(id, dial, self.shared.loops.get()) {
-                        Ok(()) => return,
-                        Err(refused) => dial = refused, // the server ended meanwhile
-                    }
-                }
-                dial::fail(self.py, &dial, dial::connect_error(&dial.address, &error));
+                let loops = self.shared.loops.get();
+                self.shared.dials.failed(self.py, id, &error, loops);
             }
             Event::Quiesced { loop_index } => {
                 self.handled_cost[loop_index as usize] += cost;

@@ -293,6 +293,89 @@ def test_outgoing_unix_connections(serve: Serve, tmp_path: Path) -> None:
         dialer.server.connect(f"unix:{tmp_path / 'nobody.sock'}").result(WAIT)
 
 
+class TwoByteLength(pygev.Protocol):
+    """A 2-byte big-endian length in front of each payload, framed in Python."""
+
+    def unpacket(
+        self, conn: pygev.Connection, buffer: pygev.RingBuffer
+    ) -> tuple[object, bytes] | None:
+        if buffer.virtual_length() < 2:
+            return None
+        length = int.from_bytes(buffer.virtual_read(2), "big")
+        if buffer.virtual_length() < length:
+            buffer.virtual_revert()
+            return None
+        payload = buffer.virtual_read(length)
+        buffer.virtual_flush()
+        return "python", payload
+
+    def packet(self, conn: pygev.Connection, data: bytes) -> bytes:
+        return len(data).to_bytes(2, "big") + data
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        pytest.param(lambda: pygev.LengthPrefix(header_size=2), id="native"),
+        pytest.param(TwoByteLength, id="python"),
+        pytest.param(lambda: pygev._pygev._length_prefix_plugin(2), id="plugin"),
+    ],
+)
+def test_a_connection_may_be_dialed_with_a_protocol_of_its_own(
+    serve: Serve, framing: Callable[[], Any]
+) -> None:
+    """A raw dialer's connection framed with its own protocol: each send goes out as one
+    frame, and each frame comes back as one message, while the server's other connections
+    stay raw."""
+    target = serve(Echo(), protocol=pygev.LengthPrefix(header_size=2))
+    raw_target = serve(Echo())
+    got: dict[int, list[bytes]] = {}
+    lock = threading.Lock()
+
+    class Framed(pygev.Handler):
+        def on_connect(self, conn: pygev.Connection) -> None:
+            with lock:
+                got[conn.id] = []
+            for payload in (b"first", b"", b"x" * 3000):
+                conn.send(payload)
+
+        def on_message(self, conn: pygev.Connection, ctx: object, data: bytes) -> None:
+            with lock:
+                got[conn.id].append(data)
+
+    dialer = serve(Framed(), None)
+    framed = [
+        dialer.server.connect(("127.0.0.1", target.port), protocol=framing()) for _ in range(20)
+    ]
+    raw = dialer.server.connect(("127.0.0.1", raw_target.port)).result(WAIT)
+    ids = [f.result(WAIT).id for f in framed]
+
+    def framed_done() -> bool:
+        with lock:
+            return all(len(got[i]) == 3 for i in ids)
+
+    wait_until(framed_done, what="three framed echoes on each connection")
+    for i in ids:
+        assert got[i] == [b"first", b"", b"x" * 3000]
+    # The raw connection sees bytes as they come: its three sends, unframed.
+    wait_until(lambda: sum(len(d) for d in got[raw.id]) == 3005, what="the raw echo")
+    assert b"".join(got[raw.id]) == b"first" + b"x" * 3000
+
+
+def test_a_websocket_protocol_cannot_be_dialed_yet(serve: Serve) -> None:
+    class Ws(pygev.WebSocketHandler):
+        def on_message(self, conn: pygev.Connection, data: str | bytes) -> None:
+            return None
+
+    dialer = serve(Client(), None)
+    with pytest.raises(ValueError, match="WebSocket client handshake"):
+        dialer.server.connect("127.0.0.1:1", Ws(), pygev.WebSocket())
+    with pytest.raises(TypeError, match="WebSocketHandler"):
+        dialer.server.connect("127.0.0.1:1", protocol=pygev.WebSocket())
+    with pytest.raises(TypeError, match="protocol must be"):
+        dialer.server.connect("127.0.0.1:1", protocol=object())
+
+
 def test_bad_connect_arguments_are_refused_at_the_call(serve: Serve) -> None:
     dialer = serve(Client(), None)
     with pytest.raises(TypeError):

@@ -26,8 +26,15 @@ from pygev._pygev import (
     Timer,
     WebSocket,
     WebSocketRequest,
+    _register_classes,
 )
 from pygev._websocket import Accept, Reject, WebSocketHandler
+
+# The compiled module recognises these classes; it never imports the package itself.
+_register_classes(
+    protocol=Protocol, websocket_handler=WebSocketHandler, accept=Accept, reject=Reject
+)
+del _register_classes
 
 # Exceptions pickle by module path: name the public one.
 ConnectionClosed.__module__ = "pygev"

@@ -15,7 +15,7 @@ from typing_extensions import Protocol as _TypingProtocol
 
 from pygev._handler import Handler
 from pygev._protocol import Protocol
-from pygev._websocket import WebSocketHandler
+from pygev._websocket import Accept, Reject, WebSocketHandler
 
 __all__ = [
     "Connection",
@@ -29,6 +29,7 @@ __all__ = [
     "WebSocket",
     "WebSocketRequest",
     "_length_prefix_plugin",
+    "_register_classes",
 ]
 
 @final
@@ -414,6 +415,13 @@ class Server:
         self,
         address: str | tuple[str, int],
         handler: Handler | None = None,
+        protocol: Raw
+        | LengthPrefix
+        | Delimited
+        | Protocol
+        | CapsuleType
+        | ProvidesProtocol
+        | None = None,
         *,
         timeout: float = 10.0,
     ) -> concurrent.futures.Future[Connection]:
@@ -429,6 +437,9 @@ class Server:
             address: ``"host:port"``, a ``(host, port)`` tuple, ``"unix:/path"`` or
                 ``"unix:@name"``.
             handler: The connection's callbacks; default the server's.
+            protocol: The connection's framing, as ``Server(protocol=...)`` takes it
+                (WebSocket excepted); default the server's. Only this connection is
+                framed by it.
             timeout: Seconds the connect may take.
 
         Returns:
@@ -443,7 +454,8 @@ class Server:
         Raises:
             TypeError: ``address`` is not an address, or ``handler`` lacks a callback.
             ValueError: ``address`` cannot be parsed, ``timeout`` is not positive, or the
-                server speaks WebSocket (the client handshake is not implemented yet).
+                connection would speak WebSocket (the client handshake is not implemented
+                yet).
             RuntimeError: The server was stopped.
         """
 
@@ -624,3 +636,13 @@ def _length_prefix_plugin(
     """A capsule holding pygev's length-prefix framing built as a Rust plugin through the C
     ABI (tests and benchmarks compare it with :class:`LengthPrefix`). ``panic_on``: a frame
     or payload equal to it makes the plugin panic (tests of the boundary)."""
+
+def _register_classes(
+    *,
+    protocol: type[Protocol],
+    websocket_handler: type[WebSocketHandler],
+    accept: type[Accept],
+    reject: type[Reject],
+) -> None:
+    """Called once by ``pygev/__init__.py``: the package's classes the compiled module
+    recognises (it never imports the package itself)."""

@@ -56,6 +56,8 @@ pub(crate) struct Conn {
     pub(crate) transport: Transport,
     pub(crate) id: u64,
     pub(crate) flags: u16,
+    /// Its framing's index in the loop's protocol table.
+    pub(crate) protocol: u16,
     /// Bytes the kernel's send queue held at the last look (0: empty, or not looked at);
     /// see `EventLoop::kernel_queue`.
     pub(crate) kernel_queued: u32,
@@ -91,6 +93,7 @@ impl Conn {
             transport,
             id,
             flags: 0,
+            protocol: 0,
             kernel_queued: 0,
             input: RingBuffer::new(),
             output: RingBuffer::new(),

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use crate::address::Address;
 use crate::backlog::Backlog;
+use crate::protocols::{Control, MessageKind, Protocol, Signal};
 use crate::transport::{Credentials, Transport};
 
 /// What every event costs in dispatch backpressure on top of the bytes it holds: a handler
@@ -53,6 +54,8 @@ pub enum Event {
         token: u32,
         /// The payload.
         data: Vec<u8>,
+        /// What it is (WebSocket: text or binary).
+        kind: MessageKind,
     },
     /// Several whole messages of one connection, in order, from one read: one buffer for
     /// all (many small frames cost one allocation).
@@ -63,6 +66,16 @@ pub enum Event {
         token: u32,
         /// The payloads.
         frames: crate::protocols::Frames,
+    },
+    /// The connection's framing has news for the dispatcher (a WebSocket handshake's
+    /// outcome, its end), in order with the connection's messages.
+    Signal {
+        /// Index of the loop that owns the connection.
+        loop_index: u32,
+        /// The connection's slot in that loop.
+        token: u32,
+        /// The news.
+        signal: Signal,
     },
     /// The peer finished sending (EOF). The loop keeps the connection open so that replies
     /// to messages already dispatched can still be written; the dispatcher answers with
@@ -128,6 +141,9 @@ impl Event {
             | Event::Messages {
                 loop_index, token, ..
             }
+            | Event::Signal {
+                loop_index, token, ..
+            }
             | Event::PeerClosed { loop_index, token }
             | Event::Closed { loop_index, token } => (*loop_index, Some(*token)),
             Event::Quiesced { loop_index }
@@ -136,9 +152,13 @@ impl Event {
         }
     }
 
-    /// Whether this is a message event (counted per connection as well as per loop).
+    /// Whether this is a message event or a signal, counted per connection as well as
+    /// per loop (the dispatcher credits the connection once it handled it).
     pub fn is_message(&self) -> bool {
-        matches!(self, Event::Message { .. } | Event::Messages { .. })
+        matches!(
+            self,
+            Event::Message { .. } | Event::Messages { .. } | Event::Signal { .. }
+        )
     }
 }
 
@@ -162,8 +182,10 @@ pub enum Command {
         address: Address,
         /// How long the connect may take.
         timeout: std::time::Duration,
+        /// Its framing; `None`: the server's.
+        protocol: Option<Arc<dyn Protocol>>,
     },
-    /// Pack `data` with the loop's protocol and write it.
+    /// Pack `data` with the connection's protocol and write it.
     Send {
         /// The connection's slot.
         token: u32,
@@ -174,6 +196,18 @@ pub enum Command {
         /// `data` was packed by the sender (stateless protocols pack a batch of replies in
         /// the dispatcher, merged into one buffer per connection).
         packed: bool,
+        /// What the message is (WebSocket: text or binary), when not `packed`.
+        kind: MessageKind,
+    },
+    /// Hand `control` to the connection's framing (WebSocket: accept the upgrade, send a
+    /// close frame), in order with the connection's sends.
+    Control {
+        /// The connection's slot.
+        token: u32,
+        /// The connection's id.
+        id: u64,
+        /// What to do.
+        control: Control,
     },
     /// Flush pending output, then shut down the write side (the peer sees EOF).
     ShutdownWrite {

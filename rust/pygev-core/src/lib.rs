@@ -33,8 +33,8 @@ pub use dispatch_queue::DispatchQueue;
 pub use event::{Command, ConnectInfo, Event, EVENT_COST};
 pub use loop_handle::LoopHandle;
 pub use protocols::{
-    ByteOrder, Delimited, FrameSink, Frames, LengthPrefix, Protocol, ProtocolError, ProtocolState,
-    Raw, MAX_DELIMITER,
+    ByteOrder, Control, Delimited, FrameSink, Frames, Item, LengthPrefix, MessageKind, Protocol,
+    ProtocolError, ProtocolState, Raw, Signal, Taken, MAX_DELIMITER,
 };
 pub use ring_buffer::RingBuffer;
 pub use server::{Running, Server};

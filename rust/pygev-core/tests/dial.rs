@@ -6,14 +6,17 @@ mod util;
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
-use pygev_core::{Address, Command, Config};
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use pygev_core::{Address, ByteOrder, Command, Config, LengthPrefix, MessageKind};
 use util::Harness;
 
 const WAIT: Duration = Duration::from_secs(10);
 
 fn dial(h: &Harness, address: Address, timeout: Duration) -> u64 {
     let id = h.running.next_id();
-    h.running.connect(id, address, timeout).unwrap();
+    h.running.connect(id, address, timeout, None).unwrap();
     id
 }
 
@@ -39,6 +42,7 @@ fn a_dialed_connection_talks_like_an_accepted_one() {
                 id: *id,
                 data: format!("hello {id}").into_bytes(),
                 packed: false,
+                kind: MessageKind::Binary,
             })
             .unwrap();
     }
@@ -146,4 +150,69 @@ fn unix_sockets_are_dialed_too() {
     target.shutdown();
     assert!(!path.exists(), "the listener removes its socket file");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_dialed_connection_may_have_a_framing_of_its_own() {
+    // The dialer's server is raw; one connection is dialed with length-prefix framing.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = Address::Inet(listener.local_addr().unwrap());
+    let mut dialer = Harness::dialer(Config::default());
+    let framing = Arc::new(LengthPrefix::new(2, ByteOrder::Big, 65_535).unwrap());
+    let id = dialer.running.next_id();
+    dialer
+        .running
+        .connect(id, address.clone(), WAIT, Some(framing.clone()))
+        .unwrap();
+    let (mut peer, _) = listener.accept().unwrap();
+    peer.set_read_timeout(Some(WAIT)).unwrap();
+    dialer.pump_until(WAIT, |h| h.log.iter().any(|l| l.starts_with("dialed")));
+    // Two frames in one write arrive as two messages; a send goes out framed.
+    peer.write_all(b"\x00\x02hi\x00\x03you").unwrap();
+    dialer.pump_until(WAIT, |h| {
+        h.log.iter().filter(|l| l.starts_with("message")).count() == 2
+    });
+    let messages: Vec<&String> = dialer
+        .log
+        .iter()
+        .filter(|l| l.starts_with("message"))
+        .collect();
+    assert_eq!(
+        messages,
+        [&format!("message {id} hi"), &format!("message {id} you")]
+    );
+    let (&(loop_index, token), _) = dialer.conns.iter().next().unwrap();
+    dialer.running.loops()[loop_index as usize]
+        .post(Command::Send {
+            token,
+            id,
+            data: b"back".to_vec(),
+            packed: false,
+            kind: MessageKind::Binary,
+        })
+        .unwrap();
+    dialer.pump_for(Duration::from_millis(100));
+    let mut reply = [0; 6];
+    peer.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"\x00\x04back");
+    // A second connection with no framing of its own is the server's: raw.
+    let second = dial(&dialer, address, WAIT);
+    let (mut raw_peer, _) = listener.accept().unwrap();
+    dialer.pump_until(WAIT, |h| {
+        h.log.iter().filter(|l| l.starts_with("dialed")).count() == 2
+    });
+    raw_peer.write_all(b"\x00\x02hi").unwrap();
+    dialer.pump_until(WAIT, |h| {
+        h.log
+            .iter()
+            .any(|l| l.starts_with(&format!("message {second}")))
+    });
+    let raw = dialer
+        .log
+        .iter()
+        .find(|l| l.starts_with(&format!("message {second}")))
+        .unwrap();
+    assert_eq!(raw, &format!("message {second} \u{0}\u{2}hi"));
+    drop((peer, raw_peer));
+    dialer.shutdown();
 }

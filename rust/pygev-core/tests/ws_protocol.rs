@@ -5,8 +5,68 @@ mod ws_util;
 
 use proptest::prelude::*;
 use pygev_core::websocket::frames::{opcode, unmask_into};
-use pygev_core::websocket::{tag, Settings, WebSocket};
-use pygev_core::{FrameSink, Protocol};
+use pygev_core::websocket::{Settings, WebSocket};
+use pygev_core::{
+    Control, FrameSink, Item, MessageKind, Protocol, ProtocolError, ProtocolState, Signal,
+};
+
+/// How these tests write down what crosses between the framing and the dispatcher: one
+/// letter, then the payload (the framing itself passes typed items).
+mod tag {
+    pub const TEXT: u8 = b'T';
+    pub const BINARY: u8 = b'B';
+    /// An upgrade request held for the hook; its path follows.
+    pub const HANDSHAKE: u8 = b'H';
+    /// Opened; 1 when compressed.
+    pub const OPEN: u8 = b'O';
+    /// Ending; 1 and the close payload to send, or 0.
+    pub const END: u8 = b'E';
+    pub const ACCEPT: u8 = b'A';
+    pub const CLOSE: u8 = b'C';
+}
+
+/// Everything in the sink, in order, written down as in [`tag`].
+fn items(sink: &mut FrameSink) -> Vec<Vec<u8>> {
+    let item = |item| match item {
+        Item::Message { kind, data } => {
+            let kind = match kind {
+                MessageKind::Text => tag::TEXT,
+                MessageKind::Binary => tag::BINARY,
+            };
+            tagged(kind, &data)
+        }
+        Item::Signal(Signal::Upgrade(request)) => tagged(tag::HANDSHAKE, request.path.as_bytes()),
+        Item::Signal(Signal::Opened { compressed }) => vec![tag::OPEN, u8::from(compressed)],
+        Item::Signal(Signal::Ending { close: Some(close) }) => {
+            let mut end = vec![tag::END, 1];
+            end.extend(close);
+            end
+        }
+        Item::Signal(Signal::Ending { close: None }) => vec![tag::END, 0],
+    };
+    sink.drain_items().into_iter().map(item).collect()
+}
+
+/// Hands the framing a send or a control written down as in [`tag`].
+fn send(
+    ws: &WebSocket,
+    state: &mut ProtocolState,
+    what: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), ProtocolError> {
+    let (&kind, payload) = what.split_first().expect("a tag");
+    match kind {
+        tag::TEXT => ws.pack_kind(state, MessageKind::Text, payload, out),
+        tag::BINARY => ws.pack_kind(state, MessageKind::Binary, payload, out),
+        tag::ACCEPT => ws
+            .control(state, Control::Accept(payload.to_vec()), out)
+            .map(drop),
+        tag::CLOSE => ws
+            .control(state, Control::Close(payload.to_vec()), out)
+            .map(drop),
+        _ => panic!("no such tag"),
+    }
+}
 
 const REQUEST: &[u8] = b"GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
     Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
@@ -19,7 +79,7 @@ fn client_frame(fin: bool, kind: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
 /// What the loop does with the protocol's output, collected.
 #[derive(Debug, Default, PartialEq)]
 struct Outcome {
-    /// Tagged frames for the dispatcher, in order.
+    /// Messages and signals for the dispatcher, in order, written down as in [`tag`].
     frames: Vec<Vec<u8>>,
     /// Bytes written back by the protocol itself.
     replies: Vec<u8>,
@@ -53,7 +113,7 @@ fn run(ws: &WebSocket, input: &[u8], cuts: &[usize]) -> Outcome {
                 .unpack(&mut state, &pending, &mut sink)
                 .expect("no hard error");
             pending.drain(..used);
-            outcome.frames.extend(sink.drain());
+            outcome.frames.extend(items(&mut sink));
             outcome.stopped |= sink.take_stop().is_some();
             let (reply, close) = sink.take_actions();
             outcome.replies.extend(reply);
@@ -238,14 +298,22 @@ fn after_the_peers_close_replies_still_pack_then_our_close_ends_everything() {
     assert!(sink.take_stop().is_some());
     assert!(ws.allows_packed(&state)); // replies to earlier messages may still go
     let mut out = Vec::new();
-    ws.pack(&mut state, &tagged(tag::TEXT, b"late reply"), &mut out)
-        .unwrap();
-    ws.pack(&mut state, &tagged(tag::CLOSE, &[0x03, 0xe8]), &mut out)
-        .unwrap();
-    ws.pack(&mut state, &tagged(tag::TEXT, b"too late"), &mut out)
-        .unwrap();
-    ws.pack(&mut state, &tagged(tag::CLOSE, &[0x03, 0xe8]), &mut out)
-        .unwrap();
+    send(&ws, &mut state, &tagged(tag::TEXT, b"late reply"), &mut out).unwrap();
+    send(
+        &ws,
+        &mut state,
+        &tagged(tag::CLOSE, &[0x03, 0xe8]),
+        &mut out,
+    )
+    .unwrap();
+    send(&ws, &mut state, &tagged(tag::TEXT, b"too late"), &mut out).unwrap();
+    send(
+        &ws,
+        &mut state,
+        &tagged(tag::CLOSE, &[0x03, 0xe8]),
+        &mut out,
+    )
+    .unwrap();
     let mut expected = vec![0x81, 10];
     expected.extend_from_slice(b"late reply");
     expected.extend([0x88, 2, 0x03, 0xe8]);
@@ -260,12 +328,17 @@ fn the_peers_close_after_ours_is_not_echoed() {
     let mut sink = FrameSink::new();
     ws.unpack(&mut state, REQUEST, &mut sink).unwrap();
     let mut out = Vec::new();
-    ws.pack(&mut state, &tagged(tag::CLOSE, &[0x0f, 0xa0]), &mut out)
-        .unwrap();
+    send(
+        &ws,
+        &mut state,
+        &tagged(tag::CLOSE, &[0x0f, 0xa0]),
+        &mut out,
+    )
+    .unwrap();
     let reply = client_frame(true, opcode::CLOSE, &[0x0f, 0xa0], [0, 0, 0, 0]);
-    sink.drain().for_each(drop);
+    items(&mut sink);
     ws.unpack(&mut state, &reply, &mut sink).unwrap();
-    assert_eq!(sink.drain().collect::<Vec<_>>(), vec![vec![tag::END, 0]]);
+    assert_eq!(items(&mut sink), vec![vec![tag::END, 0]]);
 }
 
 #[test]
@@ -344,14 +417,12 @@ fn with_a_hook_the_request_is_held_until_the_answer_is_packed() {
     wire.extend(client_frame(true, opcode::BINARY, b"early", [5, 6, 7, 8]));
     let used = ws.unpack(&mut state, &wire, &mut sink).unwrap();
     assert_eq!(used, REQUEST.len());
-    assert_eq!(
-        sink.drain().collect::<Vec<_>>(),
-        vec![tagged(tag::HANDSHAKE, REQUEST)]
-    );
+    assert_eq!(items(&mut sink), vec![tagged(tag::HANDSHAKE, b"/chat")]);
     // Held: nothing more is taken until the hook's answer.
     assert_eq!(ws.unpack(&mut state, &wire[used..], &mut sink).unwrap(), 0);
     let mut out = Vec::new();
-    ws.pack(
+    send(
+        &ws,
         &mut state,
         &tagged(tag::ACCEPT, b"HTTP/1.1 101 ...\r\n\r\n"),
         &mut out,
@@ -360,10 +431,7 @@ fn with_a_hook_the_request_is_held_until_the_answer_is_packed() {
     assert_eq!(out, b"HTTP/1.1 101 ...\r\n\r\n");
     let rest = &wire[used..];
     assert_eq!(ws.unpack(&mut state, rest, &mut sink).unwrap(), rest.len());
-    assert_eq!(
-        sink.drain().collect::<Vec<_>>(),
-        vec![tagged(tag::BINARY, b"early")]
-    );
+    assert_eq!(items(&mut sink), vec![tagged(tag::BINARY, b"early")]);
 }
 
 #[test]
@@ -373,20 +441,29 @@ fn server_packing_text_binary_close() {
     let mut sink = FrameSink::new();
     ws.unpack(&mut state, REQUEST, &mut sink).unwrap();
     let mut out = Vec::new();
-    ws.pack(&mut state, &tagged(tag::TEXT, b"hi"), &mut out)
-        .unwrap();
-    ws.pack(&mut state, &tagged(tag::BINARY, &[0; 200]), &mut out)
-        .unwrap();
-    ws.pack(&mut state, &tagged(tag::CLOSE, &[0x03, 0xe8]), &mut out)
-        .unwrap();
-    ws.pack(&mut state, &tagged(tag::TEXT, b"after close"), &mut out)
-        .unwrap();
+    send(&ws, &mut state, &tagged(tag::TEXT, b"hi"), &mut out).unwrap();
+    send(&ws, &mut state, &tagged(tag::BINARY, &[0; 200]), &mut out).unwrap();
+    send(
+        &ws,
+        &mut state,
+        &tagged(tag::CLOSE, &[0x03, 0xe8]),
+        &mut out,
+    )
+    .unwrap();
+    send(
+        &ws,
+        &mut state,
+        &tagged(tag::TEXT, b"after close"),
+        &mut out,
+    )
+    .unwrap();
     let mut expected = vec![0x81, 2, b'h', b'i', 0x82, 126, 0, 200];
     expected.extend([0; 200]);
     expected.extend([0x88, 2, 0x03, 0xe8]);
     assert_eq!(out, expected); // nothing after the close frame
-    assert!(ws.check_payload(&tagged(tag::CLOSE, &[0; 126])).is_err());
-    assert!(ws.check_payload(b"").is_err());
+    let mut state = ws.new_state();
+    ws.unpack(&mut state, REQUEST, &mut sink).unwrap();
+    assert!(send(&ws, &mut state, &tagged(tag::CLOSE, &[0; 126]), &mut out).is_err());
 }
 
 /// The upgrade request offering permessage-deflate with a client window limit.
@@ -458,7 +535,7 @@ fn a_park_due_while_a_message_is_inflated_in_steps_waits_for_its_end() {
     let mut frames = Vec::new();
     let used = ws.unpack(&mut state, &wire, &mut sink).unwrap();
     let mut pending = wire[used..].to_vec();
-    frames.extend(sink.drain());
+    frames.extend(items(&mut sink));
     assert!(sink.take_again(), "more steps to go");
     // The loop paused the connection between two steps for longer than the park's delay.
     let later = Instant::now() + Duration::from_secs(5);
@@ -467,7 +544,7 @@ fn a_park_due_while_a_message_is_inflated_in_steps_waits_for_its_end() {
     loop {
         let used = ws.unpack(&mut state, &pending, &mut sink).unwrap();
         pending.drain(..used);
-        frames.extend(sink.drain());
+        frames.extend(items(&mut sink));
         if !sink.take_again() {
             break;
         }

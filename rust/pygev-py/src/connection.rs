@@ -5,33 +5,23 @@ use std::sync::{Arc, Mutex};
 
 use std::borrow::Cow;
 
-use pygev_core::websocket::frames::{self, opcode};
-use pygev_core::websocket::tag;
-use pygev_core::{Address, Backlog, Command, ConnectInfo, Credentials};
+use pygev_core::{
+    Address, Backlog, Command, ConnectInfo, Control, Credentials, MessageKind, Protocol,
+};
 use pyo3::buffer::PyBuffer;
-use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyString};
+use pyo3::types::{PyByteArray, PyBytes};
 use pyo3::PyTraverseError;
 
 use crate::address::{address_object, credentials_tuple};
 use crate::errors::Error;
+use crate::mode::Mode;
 use crate::shared::{Shared, Target};
 
 const OPEN: u8 = 0;
 const WRITE_SHUT: u8 = 1;
 const CLOSED: u8 = 2;
-
-/// Where a WebSocket connection's handshake stands (`NOT_WS` for other protocols).
-mod ws {
-    pub(super) const NOT_WS: u8 = 0;
-    pub(super) const HANDSHAKING: u8 = 1;
-    /// Frames are made in the dispatcher (no compression: they need no state).
-    pub(super) const OPEN: u8 = 2;
-    /// permessage-deflate was agreed: the loop compresses, with the connection's context.
-    pub(super) const OPEN_COMPRESSED: u8 = 3;
-}
 
 /// One client connection. Created by the server; handed to every callback.
 #[pyclass(module = "pygev._pygev", frozen)]
@@ -46,13 +36,23 @@ pub struct Connection {
     /// What is queued each way, shared with the loop.
     pub(crate) backlog: Arc<Backlog>,
     state: AtomicU8,
-    ws: AtomicU8,
+    /// How its bytes become handler calls (see `mode/`).
+    mode: Arc<dyn Mode>,
+    /// Where the mode has got to with it (WebSocket: handshake, open, open compressed),
+    /// read and written by the mode only.
+    phase: AtomicU8,
     context: Mutex<Option<Py<PyAny>>>,
 }
 
 impl Connection {
     /// The Python side of a connection the loop `loop_index` holds in slot `token`.
-    pub(crate) fn new(shared: Arc<Shared>, loop_index: u32, token: u32, info: ConnectInfo) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        mode: Arc<dyn Mode>,
+        loop_index: u32,
+        token: u32,
+        info: ConnectInfo,
+    ) -> Self {
         let ConnectInfo {
             id,
             peer,
@@ -70,30 +70,25 @@ impl Connection {
             credentials,
             backlog,
             state: AtomicU8::new(OPEN),
-            ws: AtomicU8::new(if shared.websocket.is_some() {
-                ws::HANDSHAKING
-            } else {
-                ws::NOT_WS
-            }),
+            mode,
+            phase: AtomicU8::new(0),
             context: Mutex::new(None),
             shared,
         }
     }
 
-    /// The WebSocket handshake completed (`compressed`: permessage-deflate was agreed).
-    pub(crate) fn set_ws_open(&self, compressed: bool) {
-        let state = if compressed {
-            ws::OPEN_COMPRESSED
-        } else {
-            ws::OPEN
-        };
-        self.ws.store(state, Ordering::Release);
+    /// The connection's mode.
+    pub(crate) fn mode(&self) -> &Arc<dyn Mode> {
+        &self.mode
     }
 
-    /// Whether this is a WebSocket connection whose handshake completed (it got
-    /// `on_connect`, so it gets `on_close`).
-    pub(crate) fn ws_opened(&self) -> bool {
-        self.ws.load(Ordering::Acquire) >= ws::OPEN
+    /// Where the mode has got to with the connection (its own numbers).
+    pub(crate) fn phase(&self) -> u8 {
+        self.phase.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_phase(&self, phase: u8) {
+        self.phase.store(phase, Ordering::Release);
     }
 
     fn target(&self) -> Target<'_> {
@@ -110,7 +105,7 @@ impl Connection {
     /// would take the unsent output past it means the peer does not read as fast as it is
     /// sent to, and the connection is reset at once (sends within one callback count).
     #[inline]
-    fn check_room(&self, len: usize) -> Result<(), Error> {
+    pub(crate) fn check_room(&self, len: usize) -> Result<(), Error> {
         let limit = self.shared.max_write_buffer;
         // NOTE: the common case stays small enough to inline into every send; the errors,
         // with their formatting, live out of line.
@@ -156,24 +151,6 @@ impl Connection {
         }
     }
 
-    /// Queues one WebSocket message.
-    pub(crate) fn send_ws(&self, text: bool, payload: &[u8]) -> Result<(), Error> {
-        self.writable()?;
-        self.check_room(payload.len())?;
-        let kind = if text { tag::TEXT } else { tag::BINARY };
-        match self.ws.load(Ordering::Acquire) {
-            ws::OPEN => {
-                let op = if text { opcode::TEXT } else { opcode::BINARY };
-                let size = payload.len() + 10;
-                self.post_frame(size, |out| {
-                    frames::write_frame(out, op, true, false, payload)
-                })
-            }
-            ws::OPEN_COMPRESSED => self.post_tagged(kind, payload),
-            _ => Err(self.not_open()),
-        }
-    }
-
     /// Queues bytes in wire form made here (a frame without compression, which needs no
     /// state, or an HTTP response).
     pub(crate) fn post_frame(
@@ -187,37 +164,30 @@ impl Connection {
         Ok(())
     }
 
-    /// Queues a tagged payload for the loop's WebSocket framing to pack.
-    pub(crate) fn post_tagged(&self, kind: u8, payload: &[u8]) -> Result<(), Error> {
-        let data = Cow::Owned(tagged(kind, payload));
-        if !self.shared.post_send(self.target(), data) {
-            return Err(self.closed_error());
-        }
-        Ok(())
-    }
-
-    /// Like [`Connection::post_tagged`], but posted to the loop at once even inside a batch.
-    pub(crate) fn post_tagged_now(&self, kind: u8, payload: &[u8]) -> Result<(), Error> {
+    /// Queues a message for the loop to pack with the connection's own framing state
+    /// (WebSocket with compression).
+    pub(crate) fn post_message(&self, payload: &[u8], kind: MessageKind) -> Result<(), Error> {
         if !self
             .shared
-            .post_send_now(self.target(), tagged(kind, payload))
+            .post_message(self.target(), Cow::Borrowed(payload), kind)
         {
             return Err(self.closed_error());
         }
         Ok(())
     }
 
-    fn not_open(&self) -> Error {
-        match self.ws.load(Ordering::Acquire) {
-            ws::NOT_WS => Error::Type(format!(
-                "pygev: connection {} is not a WebSocket connection",
-                self.id
-            )),
-            _ => Error::State(format!(
-                "pygev: connection {}: the WebSocket handshake is not complete",
-                self.id
-            )),
+    /// Hands `control` to the connection's framing in the loop, in order with its sends
+    /// (batched inside a callback, like them), or at once with `now`.
+    pub(crate) fn post_control(&self, control: Control, now: bool) -> Result<(), Error> {
+        let command = Command::Control {
+            token: self.token,
+            id: self.id,
+            control,
+        };
+        if !self.shared.post_command(self.loop_index, command, now) {
+            return Err(self.closed_error());
         }
+        Ok(())
     }
 
     pub(crate) fn id_value(&self) -> u64 {
@@ -234,39 +204,28 @@ impl Connection {
         self.state.store(CLOSED, Ordering::Release);
     }
 
-    /// Queues `data` for writing; the dispatcher's own path for returned replies.
-    pub(crate) fn send_bytes(&self, data: Vec<u8>) -> Result<(), Error> {
-        self.send_payload(Cow::Owned(data))
-    }
-
-    /// Queues a borrowed payload (the dispatcher's path for echoed frames of a batch).
-    pub(crate) fn send_slice(&self, payload: &[u8]) -> Result<(), Error> {
-        self.send_payload(Cow::Borrowed(payload))
-    }
-
+    /// Queues a payload for writing, framed by `framing` (here when it packs without
+    /// state, else in the loop); borrowed, it is an echoed frame of a batch.
     #[inline]
-    fn send_payload(&self, payload: Cow<'_, [u8]>) -> Result<(), Error> {
-        self.sendable(&payload)?;
-        if !self.shared.post_send(self.target(), payload) {
+    pub(crate) fn send_framed(
+        &self,
+        payload: Cow<'_, [u8]>,
+        framing: &dyn Protocol,
+    ) -> Result<(), Error> {
+        self.writable()?;
+        if let Err(e) = framing.check_payload(&payload) {
+            return Err(Error::Value(e.message().to_string()));
+        }
+        self.check_room(payload.len())?;
+        if !self.shared.post_send(self.target(), payload, framing) {
             return Err(self.closed_error());
         }
         Ok(())
     }
 
-    /// Whether `payload` may be sent now: the connection is writable, the framing can
-    /// carry it, and it fits the connection's output limit.
-    #[inline]
-    fn sendable(&self, payload: &[u8]) -> Result<(), Error> {
-        self.writable()?;
-        if let Err(e) = self.shared.protocol.check_payload(payload) {
-            return Err(Error::Value(e.message().to_string()));
-        }
-        self.check_room(payload.len())
-    }
-
     /// Whether sending is allowed (open, write side not shut down).
     #[inline]
-    fn writable(&self) -> Result<(), Error> {
+    pub(crate) fn writable(&self) -> Result<(), Error> {
         match self.state.load(Ordering::Acquire) {
             OPEN => Ok(()),
             state => Err(self.not_writable(state)),
@@ -282,16 +241,6 @@ impl Connection {
                 self.id
             )),
             _ => self.closed_error(),
-        }
-    }
-
-    /// Sends a WebSocket close frame (code and reason already checked), if the connection
-    /// is an open WebSocket one that may still write; the caller then closes it.
-    pub(crate) fn close_ws(&self, code: u16, reason: &str) {
-        if self.ws_opened() && self.state.load(Ordering::Acquire) == OPEN {
-            let mut payload = code.to_be_bytes().to_vec();
-            payload.extend_from_slice(reason.as_bytes());
-            let _ = self.post_tagged(tag::CLOSE, &payload);
         }
     }
 
@@ -311,21 +260,13 @@ impl Connection {
         self.abort(None);
     }
 
-    fn closed_error(&self) -> Error {
+    pub(crate) fn closed_error(&self) -> Error {
         Error::Closed(format!("pygev: connection {} is closed", self.id))
     }
 
     fn context_slot(&self) -> std::sync::MutexGuard<'_, Option<Py<PyAny>>> {
         self.context.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
-
-/// A payload behind its one-byte WebSocket tag (what the loop's framing packs).
-fn tagged(kind: u8, payload: &[u8]) -> Vec<u8> {
-    let mut data = Vec::with_capacity(payload.len() + 1);
-    data.push(kind);
-    data.extend_from_slice(payload);
-    data
 }
 
 /// Frames `data` with the Python protocol's `packet(conn, data)`: `Err` if it raised,
@@ -371,55 +312,17 @@ pub(crate) fn bytes_of(data: &Bound<'_, PyAny>) -> Result<Vec<u8>, Error> {
 
 #[pymethods]
 impl Connection {
-    /// Queues `data` for writing, packed by the server's protocol.
+    /// Queues `data` for writing, packed by the connection's protocol.
     ///
     /// Thread-safe: callable from any thread and from inside callbacks (where the writes of
     /// a whole batch go out together).
     fn send(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
-        let this = slf.get();
-        if this.ws.load(Ordering::Acquire) != ws::NOT_WS {
-            if let Ok(text) = data.cast::<PyString>() {
-                return Ok(this.send_ws(true, text.to_str()?.as_bytes())?);
-            }
-            return Ok(this.send_ws(false, &bytes_of(data)?)?);
-        }
-        let Some(protocol) = this.shared.py_protocol(slf.py()) else {
-            return Ok(this.send_bytes(bytes_of(data)?)?);
-        };
-        this.writable()?; // before running the user's packet()
-        match packet(&protocol, slf, data) {
-            Ok(Ok(wire)) => Ok(this.send_bytes(wire)?),
-            // packet() returned something that is not bytes: nothing was sent.
-            Ok(Err(not_bytes)) => Err(not_bytes.into()),
-            Err(err)
-                if err.is_instance_of::<PyKeyboardInterrupt>(slf.py())
-                    || err.is_instance_of::<PySystemExit>(slf.py()) =>
-            {
-                Err(err)
-            }
-            Err(err) => {
-                // The framing failed, not the caller: the connection cannot go on.
-                this.fail(slf.py(), "packet", &err);
-                let closed = crate::errors::ConnectionClosed::new_err(format!(
-                    "pygev: Protocol.packet() raised; connection {} was closed",
-                    this.id
-                ));
-                closed.set_cause(slf.py(), Some(err));
-                Err(closed)
-            }
-        }
+        slf.get().mode.clone().send(slf, data)
     }
 
     /// Flushes pending output, then shuts down the write side (the peer reads EOF).
     fn shutdown_write(&self) -> PyResult<()> {
-        if self.ws.load(Ordering::Acquire) != ws::NOT_WS {
-            return Err(Error::Type(
-                "pygev: a WebSocket connection ends with close(code, reason), not \
-                 shutdown_write()"
-                    .into(),
-            )
-            .into());
-        }
+        self.mode.check_shutdown_write()?;
         match self
             .state
             .compare_exchange(OPEN, WRITE_SHUT, Ordering::AcqRel, Ordering::Acquire)
@@ -442,25 +345,8 @@ impl Connection {
     /// connection first sends a close frame with `code` and `reason`.
     #[pyo3(signature = (code = 1000, reason = ""))]
     fn close(&self, code: i64, reason: &str) -> PyResult<()> {
-        if self.ws_opened() && !self.is_closed() {
-            let Some(code) = u16::try_from(code)
-                .ok()
-                .filter(|c| frames::sendable_close_code(*c))
-            else {
-                return Err(Error::Value(format!(
-                    "pygev: {code} is not a close code one may send (1000-1003, 1007-1014, \
-                     3000-4999)"
-                ))
-                .into());
-            };
-            if reason.len() > 123 {
-                return Err(Error::Value(format!(
-                    "pygev: a close reason holds at most 123 bytes of UTF-8, got {}",
-                    reason.len()
-                ))
-                .into());
-            }
-            self.close_ws(code, reason);
+        if !self.is_closed() {
+            self.mode.close(self, code, reason)?;
         }
         self.request_close();
         Ok(())
@@ -470,21 +356,7 @@ impl Connection {
     /// pong, which the loop takes as a sign of life.
     #[pyo3(signature = (payload = b"".as_slice()), text_signature = "($self, payload=b'')")]
     fn ping(&self, payload: &[u8]) -> PyResult<()> {
-        if payload.len() > 125 {
-            return Err(Error::Value(format!(
-                "pygev: a ping carries at most 125 bytes, got {}",
-                payload.len()
-            ))
-            .into());
-        }
-        self.writable()?;
-        if !self.ws_opened() {
-            return Err(self.not_open().into());
-        }
-        let size = payload.len() + 2;
-        Ok(self.post_frame(size, |out| {
-            frames::write_frame(out, opcode::PING, true, false, payload)
-        })?)
+        Ok(self.mode.ping(self, payload)?)
     }
 
     /// The peer's address: `(host, port)`, or on a Unix socket `"unix:/path"`,

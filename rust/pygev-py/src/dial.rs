@@ -7,7 +7,7 @@
 //! (the server ended first) fails when the dispatcher ends.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use pyo3::prelude::*;
@@ -15,13 +15,16 @@ use pyo3::prelude::*;
 use pygev_core::{Address, Command, LoopHandle};
 
 use crate::dispatcher::Callbacks;
+use crate::mode::Mode;
 
 /// One request.
 pub(crate) struct Dial {
     /// What `connect()` returned.
     pub(crate) future: Py<PyAny>,
     /// The connection's own handler, when not the server's.
-    pub(crate) callbacks: Option<Callbacks>,
+    pub(crate) callbacks: Option<Box<Callbacks>>,
+    /// The connection's own mode (a `protocol=` of its own), when not the server's.
+    pub(crate) mode: Option<Arc<dyn Mode>>,
     /// Where to (the address being tried), for messages.
     pub(crate) address: Address,
     /// The host name's other addresses, tried in turn when this one fails (last first).
@@ -37,7 +40,7 @@ pub(crate) struct Dials {
     pending: HashMap<u64, Dial>,
     /// Ids of requests not posted yet (the server has not started), in order, with their
     /// timeouts.
-    waiting: Vec<(u64, Duration)>,
+    waiting: Vec<u64>,
     /// The loop the next request goes to.
     next_loop: usize,
     /// The server ended (or was stopped before it started): requests are refused.
@@ -61,18 +64,16 @@ impl DialTable {
         dial: Dial,
         loops: Option<&Vec<std::sync::Arc<LoopHandle>>>,
     ) -> Result<(), Dial> {
-        let timeout = dial.timeout;
         let mut dials = self.lock();
         if dials.closed {
             return Err(dial);
         }
-        let address = dial.address.clone();
         dials.pending.insert(id, dial);
         let Some(loops) = loops else {
-            dials.waiting.push((id, timeout));
+            dials.waiting.push(id);
             return Ok(());
         };
-        if post(&mut dials, loops, id, address, timeout) {
+        if post(&mut dials, loops, id) {
             return Ok(());
         }
         Err(dials.pending.remove(&id).expect("inserted above"))
@@ -81,12 +82,9 @@ impl DialTable {
     /// Posts the requests made before the server started.
     pub(crate) fn post_waiting(&self, loops: &[std::sync::Arc<LoopHandle>]) {
         let mut dials = self.lock();
-        for (id, timeout) in std::mem::take(&mut dials.waiting) {
-            let Some(address) = dials.pending.get(&id).map(|d| d.address.clone()) else {
-                continue;
-            };
+        for id in std::mem::take(&mut dials.waiting) {
             // A loop that cannot take it ended already: the request fails at the end.
-            post(&mut dials, loops, id, address, timeout);
+            post(&mut dials, loops, id);
         }
     }
 
@@ -151,25 +149,28 @@ impl DialTable {
             if let Some(callbacks) = &dial.callbacks {
                 callbacks.traverse(visit)?;
             }
+            if let Some(mode) = &dial.mode {
+                mode.traverse(visit)?;
+            }
         }
         Ok(())
     }
 }
 
-fn post(
-    dials: &mut Dials,
-    loops: &[std::sync::Arc<LoopHandle>],
-    id: u64,
-    address: Address,
-    timeout: Duration,
-) -> bool {
+/// Posts request `id` (pending) to the next loop; false when that loop ended.
+fn post(dials: &mut Dials, loops: &[std::sync::Arc<LoopHandle>], id: u64) -> bool {
+    let Some(dial) = dials.pending.get(&id) else {
+        return true; // answered meanwhile
+    };
+    let command = Command::Connect {
+        id,
+        address: dial.address.clone(),
+        timeout: dial.timeout,
+        protocol: dial.mode.as_ref().map(|mode| mode.loop_protocol()),
+    };
     let index = dials.next_loop % loops.len();
     dials.next_loop = dials.next_loop.wrapping_add(1);
-    match loops[index].post(Command::Connect {
-        id,
-        address,
-        timeout,
-    }) {
+    match loops[index].post(command) {
         Ok(()) => true,
         // The loop ended: the command was dropped.
         Err(err) if err.kind() == std::io::ErrorKind::NotConnected => false,

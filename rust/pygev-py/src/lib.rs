@@ -6,6 +6,8 @@ mod dial;
 mod dispatcher;
 mod errors;
 mod logging;
+mod mode;
+mod package;
 mod plugin_fixture;
 mod protocols;
 mod ring_buffer;
@@ -21,6 +23,8 @@ mod _pygev {
     use crate::connection::Connection;
     #[pymodule_export]
     use crate::errors::ConnectionClosed;
+    #[pymodule_export]
+    use crate::package::_register_classes;
     #[pymodule_export]
     use crate::plugin_fixture::_length_prefix_plugin;
     #[pymodule_export]

@@ -181,12 +181,8 @@ pub(crate) fn protocol_from(protocol: Option<&Bound<'_, PyAny>>) -> Result<Frami
     if let Some(plugin) = plugin_from(obj)? {
         return Ok((Arc::new(plugin), None));
     }
-    let py = obj.py();
-    let base = py
-        .import("pygev._protocol")
-        .and_then(|m| m.getattr("Protocol"))
-        .map_err(|e| Error::State(format!("pygev: cannot load pygev.Protocol: {e}")))?;
-    if obj.is_instance(&base).unwrap_or(false) {
+    let base = crate::package::classes(obj.py())?.protocol.bind(obj.py());
+    if obj.is_instance(base).unwrap_or(false) {
         return Ok((Arc::new(pygev_core::Raw), Some(obj.clone().unbind())));
     }
     Err(Error::Type(format!(

@@ -15,11 +15,9 @@ use crate::dial::{self, Dial};
 use crate::dispatcher::{Callbacks, Dispatcher};
 use crate::errors::Error;
 use crate::logging;
-use crate::protocols::protocol_from;
+use crate::mode;
 use crate::shared::Shared;
 use crate::timer::Timer;
-use crate::websocket::WebSocket;
-use pygev_core::Protocol;
 
 /// The `address` argument: left out (the default), `None` (no listener: a server that only
 /// dials), or given.
@@ -94,13 +92,16 @@ impl Server {
         self.core.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn callbacks(&self, py: Python<'_>) -> PyResult<Callbacks> {
-        let handler = self
-            .lock_handler()
+    fn handler(&self, py: Python<'_>) -> Result<Py<PyAny>, Error> {
+        self.lock_handler()
             .as_ref()
             .map(|h| h.clone_ref(py))
-            .ok_or_else(|| Error::State("pygev: the server's handler was cleared".into()))?;
-        Callbacks::of(handler.bind(py), self.shared.websocket.is_some())
+            .ok_or_else(|| Error::State("pygev: the server's handler was cleared".into()))
+    }
+
+    fn callbacks(&self, py: Python<'_>) -> PyResult<Callbacks> {
+        let handler = self.handler(py)?;
+        Callbacks::of(handler.bind(py), self.shared.mode.has_handshake())
     }
 
     fn schedule(
@@ -143,49 +144,6 @@ fn snapshot_dict<'py>(py: Python<'py>, s: &LoopStatsSnapshot) -> PyResult<Bound<
     dict.set_item("write_buffered", s.write_buffered)?;
     Ok(dict)
 }
-
-type WebSocketCore = Arc<pygev_core::websocket::WebSocket>;
-
-/// What the loops run, the Python framing if any, and the WebSocket framing if any.
-type ServerFraming = (Arc<dyn Protocol>, Option<Py<PyAny>>, Option<WebSocketCore>);
-
-/// The server's framing. A `pygev.WebSocketHandler` goes with `pygev.WebSocket` (the default
-/// for it), and only with it; the handler's `on_handshake`, if any, becomes the hook.
-fn framing(
-    handler: &Bound<'_, PyAny>,
-    protocol: Option<&Bound<'_, PyAny>>,
-) -> PyResult<ServerFraming> {
-    let py = handler.py();
-    let base = py
-        .import("pygev._websocket")
-        .and_then(|m| m.getattr("WebSocketHandler"))?;
-    let ws_handler = handler.is_instance(&base)?;
-    let websocket = match protocol {
-        Some(protocol) => protocol.cast::<WebSocket>().ok().cloned(),
-        None if ws_handler => Some(Bound::new(py, WebSocket::default())?),
-        None => None,
-    };
-    match websocket {
-        Some(ws) if ws_handler => {
-            let hook = handler.hasattr("on_handshake")?;
-            let core = ws.get().core(hook);
-            Ok((core.clone(), None, Some(core)))
-        }
-        Some(_) => Err(Error::Type(
-            "pygev: protocol=pygev.WebSocket() needs a pygev.WebSocketHandler".into(),
-        )
-        .into()),
-        None if ws_handler => Err(Error::Type(
-            "pygev: a pygev.WebSocketHandler serves only protocol=pygev.WebSocket(...)".into(),
-        )
-        .into()),
-        None => {
-            let (protocol, py_protocol) = protocol_from(protocol)?;
-            Ok((protocol, py_protocol, None))
-        }
-    }
-}
-
 #[pymethods]
 impl Server {
     /// Validates the settings and binds the listening socket(s).
@@ -274,8 +232,8 @@ impl Server {
             unix_mode: unix_mode.map(|mode| mode & 0o7777),
             ..Config::default()
         };
-        let (protocol, py_protocol, websocket) = framing(handler, protocol)?;
-        if websocket.is_some() && address.is_none() {
+        let mode = mode::choose(handler, protocol)?;
+        if mode.check_dial().is_err() && address.is_none() {
             return Err(Error::Value(
                 "pygev: a WebSocket server without a listener could serve nothing (it cannot \
                  dial yet)"
@@ -292,9 +250,10 @@ impl Server {
             )
             .into());
         }
+        let protocol = mode.loop_protocol();
         let core = match &address {
-            Some(address) => pygev_core::Server::bind(address, config.clone(), protocol.clone()),
-            None => pygev_core::Server::without_listener(config.clone(), protocol.clone()),
+            Some(address) => pygev_core::Server::bind(address, config.clone(), protocol),
+            None => pygev_core::Server::without_listener(config.clone(), protocol),
         };
         let core = core.map_err(|e| {
             if e.kind() == std::io::ErrorKind::InvalidInput {
@@ -310,9 +269,7 @@ impl Server {
         Ok(Server {
             shared: Arc::new(Shared::new(
                 core.queue().clone(),
-                protocol,
-                py_protocol,
-                websocket,
+                mode,
                 config.max_write_buffer,
                 core.ids().clone(),
             )),
@@ -338,24 +295,32 @@ impl Server {
     /// that resolves to the `Connection` once connected (just before `on_connect`), or
     /// fails with the `OSError` the connect failed with (`ConnectionRefusedError`,
     /// `TimeoutError` after `timeout` seconds, `ConnectionAbortedError` when the server
-    /// stopped first). Before `start()` the request waits for it. `handler` defaults to the
-    /// server's. Thread-safe, callable from callbacks.
-    #[pyo3(signature = (address, handler = None, *, timeout = 10.0))]
+    /// stopped first). Before `start()` the request waits for it. `handler` and `protocol`
+    /// default to the server's; a `protocol` of its own frames this connection only.
+    /// Thread-safe, callable from callbacks.
+    #[pyo3(signature = (address, handler = None, protocol = None, *, timeout = 10.0))]
     fn connect(
         &self,
         py: Python<'_>,
         address: &Bound<'_, PyAny>,
         handler: Option<&Bound<'_, PyAny>>,
+        protocol: Option<&Bound<'_, PyAny>>,
         timeout: f64,
     ) -> PyResult<Py<PyAny>> {
-        if self.shared.websocket.is_some() {
-            return Err(Error::Value(
-                "pygev: a WebSocket server cannot dial yet: the WebSocket client handshake \
-                 is not implemented"
-                    .into(),
-            )
-            .into());
-        }
+        let own_mode = match protocol {
+            Some(protocol) => {
+                let handler = match handler {
+                    Some(handler) => handler.clone(),
+                    None => self.handler(py)?.into_bound(py),
+                };
+                Some(mode::choose(&handler, Some(protocol))?)
+            }
+            None => None,
+        };
+        own_mode
+            .as_ref()
+            .unwrap_or(&self.shared.mode)
+            .check_dial()?;
         if self.state.load(Ordering::Acquire) >= STOPPED {
             return Err(Error::State("pygev: server was stopped".into()).into());
         }
@@ -367,7 +332,9 @@ impl Server {
             .map_err(Error::Io)?;
         let address = addresses.remove(0);
         addresses.reverse(); // tried in the resolver's order, last popped first
-        let callbacks = handler.map(|h| Callbacks::of(h, false)).transpose()?;
+        let callbacks = handler
+            .map(|h| Callbacks::of(h, false).map(Box::new))
+            .transpose()?;
         let future = py
             .import("concurrent.futures")?
             .getattr("Future")?
@@ -377,6 +344,7 @@ impl Server {
         let dial = Dial {
             future: future.clone_ref(py),
             callbacks,
+            mode: own_mode,
             address,
             fallbacks: addresses,
             timeout,
@@ -544,9 +512,7 @@ impl Server {
                 visit.call(timer)?;
             }
         }
-        if let Ok(protocol) = self.shared.py_protocol.try_lock() {
-            visit.call(protocol.as_ref())?;
-        }
+        self.shared.mode.traverse(&visit)?;
         self.shared.dials.traverse(&visit)
     }
 
@@ -554,8 +520,7 @@ impl Server {
         let handler = self.lock_handler().take();
         drop(handler);
         self.shared.clear_timers();
-        let protocol = self.shared.lock_py_protocol().take();
-        drop(protocol);
+        self.shared.mode.clear();
         self.shared.dials.clear();
     }
 }

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use pygev_core::{Backlog, Command, DispatchQueue, LoopHandle, Protocol, ProtocolError};
+use pygev_core::{
+    Backlog, Command, DispatchQueue, LoopHandle, MessageKind, Protocol, ProtocolError,
+};
 
 use crate::timer::Timer;
 use pyo3::prelude::*;
@@ -45,16 +47,10 @@ pub(crate) struct Shared {
     outboxes: Mutex<Vec<Vec<Command>>>,
     /// Active timers by id. Only the `Server` reports these references to the GC.
     pub(crate) timers: Mutex<HashMap<u64, Py<Timer>>>,
-    /// The server's framing: payloads are checked here, and packed here when stateless.
-    pub(crate) protocol: Arc<dyn Protocol>,
-    /// A framing written in Python (a `pygev.Protocol`); then `protocol` is raw. Only the
-    /// `Server` reports this reference to the GC.
-    pub(crate) py_protocol: Mutex<Option<Py<PyAny>>>,
-    /// Whether sends made during a batch are put in wire form here (identity or stateless
-    /// packing), so that those to one connection merge into one buffer and one write.
-    wire_in_dispatcher: bool,
-    /// The server's WebSocket framing, when it serves WebSocket.
-    pub(crate) websocket: Option<Arc<pygev_core::websocket::WebSocket>>,
+    /// The server's mode, chosen when it was built: its accepted connections' (and its
+    /// outgoing ones', unless dialed with a protocol of their own). Only the `Server`
+    /// reports its references to the GC.
+    pub(crate) mode: Arc<dyn crate::mode::Mode>,
     /// Unsent output a connection may have (see `Connection::check_room`).
     pub(crate) max_write_buffer: usize,
     next_timer_id: AtomicU64,
@@ -67,20 +63,15 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn new(
         queue: Arc<DispatchQueue>,
-        protocol: Arc<dyn Protocol>,
-        py_protocol: Option<Py<PyAny>>,
-        websocket: Option<Arc<pygev_core::websocket::WebSocket>>,
+        mode: Arc<dyn crate::mode::Mode>,
         max_write_buffer: usize,
         ids: Arc<AtomicU64>,
     ) -> Self {
         Shared {
             dials: crate::dial::DialTable::default(),
             ids,
-            websocket,
+            mode,
             max_write_buffer,
-            py_protocol: Mutex::new(py_protocol),
-            wire_in_dispatcher: protocol.pack_is_identity() || protocol.pack_is_stateless(),
-            protocol,
             stats: DispatchStats::default(),
             queue,
             loops: OnceLock::new(),
@@ -153,38 +144,67 @@ impl Shared {
         self.post_to(loop_index, command)
     }
 
-    /// Sends `payload` to a connection, charging its backlog with exactly the bytes queued
-    /// (the loop credits them as it takes the send). Inside a batch, with a protocol that
-    /// packs here, it is packed straight into the outbox (joining the connection's other
-    /// sends of the batch). Returns false when the server is not running.
-    pub(crate) fn post_send(self: &Arc<Self>, to: Target<'_>, payload: Cow<'_, [u8]>) -> bool {
+    /// Like [`Shared::post`], or posted at once even inside a batch (ahead of the batch's
+    /// commands) with `now`.
+    pub(crate) fn post_command(
+        self: &Arc<Self>,
+        loop_index: u32,
+        command: Command,
+        now: bool,
+    ) -> bool {
+        match now {
+            true => self.post_to(loop_index, command),
+            false => self.post(loop_index, command),
+        }
+    }
+
+    /// Sends `payload` to a connection framed by `framing`, charging its backlog with
+    /// exactly the bytes queued (the loop credits them as it takes the send). Inside a
+    /// batch, with a framing that packs without state, it is packed straight into the
+    /// outbox (joining the connection's other sends of the batch). Returns false when the
+    /// server is not running.
+    pub(crate) fn post_send(
+        self: &Arc<Self>,
+        to: Target<'_>,
+        payload: Cow<'_, [u8]>,
+        framing: &dyn Protocol,
+    ) -> bool {
+        if !self.in_batch() || !(framing.pack_is_identity() || framing.pack_is_stateless()) {
+            return self.post_message(to, payload, MessageKind::Binary);
+        }
         if self.loops.get().is_none() {
             return false;
         }
-        if !self.in_batch() {
-            return self.post_to(to.loop_index, to.charged_send(payload.into_owned(), false));
-        }
         let mut outboxes = self.lock_outboxes();
         let outbox = &mut outboxes[to.loop_index as usize];
-        if self.wire_in_dispatcher {
-            self.push_wire(outbox, to, payload);
-        } else {
-            let data = payload.into_owned();
-            to.backlog.charge_send_in_batch(data.len());
-            outbox.push(Command::Send {
-                token: to.token,
-                id: to.id,
-                data,
-                packed: false,
-            });
-        }
+        self.push_wire(outbox, to, payload, framing);
         true
     }
 
-    /// Like [`Shared::post_send`] without packing, posted to the loop at once even inside
-    /// a batch (ahead of the batch's commands).
-    pub(crate) fn post_send_now(&self, to: Target<'_>, data: Vec<u8>) -> bool {
-        self.post_to(to.loop_index, to.charged_send(data, false))
+    /// Sends a message of `kind` to a connection, for the loop to pack with its framing
+    /// (batched inside a callback). Returns false when the server is not running.
+    pub(crate) fn post_message(
+        self: &Arc<Self>,
+        to: Target<'_>,
+        payload: Cow<'_, [u8]>,
+        kind: MessageKind,
+    ) -> bool {
+        if self.loops.get().is_none() {
+            return false;
+        }
+        let data = payload.into_owned();
+        if !self.in_batch() {
+            return self.post_to(to.loop_index, to.charged_send(data, false, kind));
+        }
+        to.backlog.charge_send_in_batch(data.len());
+        self.lock_outboxes()[to.loop_index as usize].push(Command::Send {
+            token: to.token,
+            id: to.id,
+            data,
+            packed: false,
+            kind,
+        });
+        true
     }
 
     fn spare_buffer(&self, loop_index: u32, capacity: usize) -> Option<Vec<u8>> {
@@ -195,10 +215,16 @@ impl Shared {
     ///
     /// NOTE: replies and sends to one connection within a batch become one buffer, so the
     /// loop writes them with one system call.
-    fn push_wire(&self, outbox: &mut Vec<Command>, to: Target<'_>, payload: Cow<'_, [u8]>) {
+    fn push_wire(
+        &self,
+        outbox: &mut Vec<Command>,
+        to: Target<'_>,
+        payload: Cow<'_, [u8]>,
+        framing: &dyn Protocol,
+    ) {
         let (token, id) = (to.token, to.id);
         match payload {
-            Cow::Owned(data) if self.protocol.pack_is_identity() && !merges(outbox, token, id) => {
+            Cow::Owned(data) if framing.pack_is_identity() && !merges(outbox, token, id) => {
                 // Moved, not copied.
                 to.backlog.charge_send_in_batch(data.len());
                 outbox.push(Command::Send {
@@ -206,13 +232,14 @@ impl Shared {
                     id,
                     data,
                     packed: true,
+                    kind: MessageKind::Binary,
                 });
             }
             payload => {
                 let spare = |capacity| self.spare_buffer(to.loop_index, capacity);
                 let wire = packed_tail(outbox, token, id, payload.len() + 16, spare);
                 let before = wire.len();
-                match self.pack_into(&payload, wire) {
+                match pack_into(framing, &payload, wire) {
                     Ok(()) => {
                         to.backlog.charge_send_in_batch(wire.len() - before);
                     }
@@ -221,7 +248,7 @@ impl Shared {
                         wire.truncate(before);
                         let reason = format!(
                             "{err} (protocol {}, connection {id}, packing a send)",
-                            self.protocol.name()
+                            framing.name()
                         );
                         outbox.push(Command::Abort {
                             token,
@@ -258,17 +285,8 @@ impl Shared {
         }
         let mut data = Vec::with_capacity(size);
         write(&mut data);
-        self.post_to(to.loop_index, to.charged_send(data, true))
-    }
-
-    /// Appends the wire form of `payload` to `wire` (identity or stateless protocols only).
-    fn pack_into(&self, payload: &[u8], wire: &mut Vec<u8>) -> Result<(), ProtocolError> {
-        if self.protocol.pack_is_identity() {
-            wire.extend_from_slice(payload);
-            Ok(())
-        } else {
-            self.protocol.pack(&mut None, payload, wire)
-        }
+        let send = to.charged_send(data, true, MessageKind::Binary);
+        self.post_to(to.loop_index, send)
     }
 
     /// Schedules `callback` at `deadline` (then every `interval`) and returns its timer.
@@ -310,15 +328,6 @@ impl Shared {
         drop(timers);
     }
 
-    pub(crate) fn lock_py_protocol(&self) -> MutexGuard<'_, Option<Py<PyAny>>> {
-        self.py_protocol.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The Python framing, if the server has one.
-    pub(crate) fn py_protocol<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
-        self.lock_py_protocol().as_ref().map(|p| p.bind(py).clone())
-    }
-
     pub(crate) fn lock_timers(&self) -> MutexGuard<'_, HashMap<u64, Py<Timer>>> {
         self.timers.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -336,14 +345,29 @@ pub(crate) struct Target<'a> {
 impl Target<'_> {
     /// A send of `data` to this connection, its bytes charged to the connection's backlog
     /// (the loop credits them as it takes the command).
-    fn charged_send(&self, data: Vec<u8>, packed: bool) -> Command {
+    fn charged_send(&self, data: Vec<u8>, packed: bool, kind: MessageKind) -> Command {
         self.backlog.charge_send(data.len());
         Command::Send {
             token: self.token,
             id: self.id,
             data,
             packed,
+            kind,
         }
+    }
+}
+
+/// Appends the wire form of `payload` to `wire` (identity or stateless framings only).
+fn pack_into(
+    framing: &dyn Protocol,
+    payload: &[u8],
+    wire: &mut Vec<u8>,
+) -> Result<(), ProtocolError> {
+    if framing.pack_is_identity() {
+        wire.extend_from_slice(payload);
+        Ok(())
+    } else {
+        framing.pack(&mut None, payload, wire)
     }
 }
 
@@ -384,7 +408,7 @@ fn packed_tail(
     let fits = |data: &Vec<u8>| data.len() + capacity <= data.capacity().max(MAX_MERGED);
     let merge = matches!(
         outbox.last(),
-        Some(Command::Send { token: t, id: i, data, packed: true })
+        Some(Command::Send { token: t, id: i, data, packed: true, .. })
             if *t == token && *i == id && fits(data)
     );
     if !merge {
@@ -398,6 +422,7 @@ fn packed_tail(
             id,
             data: spare(room).unwrap_or_else(|| Vec::with_capacity(room)),
             packed: true,
+            kind: MessageKind::Binary,
         });
     }
     match outbox.last_mut() {

@@ -117,6 +117,7 @@ impl EventLoop {
         }
         self.write_buffered -= conn.output.len();
         let _ = self.poll.registry().deregister(&mut conn.transport);
+        self.protocols.release(conn.protocol);
         drop(conn);
         LoopStats::add(&self.handle.stats.closed, 1);
         self.queue_event(Event::Closed {

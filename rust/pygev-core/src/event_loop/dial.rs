@@ -8,19 +8,27 @@ use std::time::Duration;
 
 use mio::{Interest, Token};
 
+use super::protocols::SERVER_PROTOCOL;
 use super::{EventLoop, LISTENER};
 use crate::address::Address;
 use crate::backlog::Backlog;
 use crate::clock::Millis;
 use crate::connection::{flag, Conn};
 use crate::event::Event;
+use crate::protocols::Protocol;
 use crate::stats::LoopStats;
 use crate::transport::Transport;
 
 impl EventLoop {
     /// Starts connecting to `address` as connection `id`. A failure, now or later, is the
     /// system's error as it is (the dispatcher knows the address).
-    pub(super) fn dial(&mut self, id: u64, address: Address, timeout: Duration) {
+    pub(super) fn dial(
+        &mut self,
+        id: u64,
+        address: Address,
+        timeout: Duration,
+        protocol: Option<Arc<dyn Protocol>>,
+    ) {
         if self.quiesced || self.draining {
             return self.dial_failed(id, stopping());
         }
@@ -28,9 +36,20 @@ impl EventLoop {
             Ok(transport) => transport,
             Err(err) => return self.dial_failed(id, err),
         };
+        let protocol = match protocol {
+            None => SERVER_PROTOCOL,
+            Some(protocol) => match self.protocols.adopt(protocol) {
+                Some(index) => index,
+                None => {
+                    let full = io::Error::other("pygev: too many framings in use on this loop");
+                    return self.dial_failed(id, full);
+                }
+            },
+        };
         let entry = self.conns.vacant_entry();
         let token = entry.key();
         if token >= LISTENER.0 {
+            self.protocols.release(protocol);
             return self.dial_failed(id, io::Error::other("pygev: no connection slot left"));
         }
         let interest = Interest::READABLE | Interest::WRITABLE;
@@ -39,10 +58,13 @@ impl EventLoop {
             .registry()
             .register(&mut transport, Token(token), interest)
         {
+            self.protocols.release(protocol);
             return self.dial_failed(id, err);
         }
         let backlog = Arc::new(Backlog::default());
-        let mut conn = Conn::new(transport, id, self.protocol.new_state(), backlog, self.now);
+        let state = self.protocols.get(protocol).new_state();
+        let mut conn = Conn::new(transport, id, state, backlog, self.now);
+        conn.protocol = protocol;
         conn.flags |= flag::CONNECTING;
         conn.close_deadline = self.now.after(timeout);
         entry.insert(conn);
@@ -100,6 +122,7 @@ impl EventLoop {
             return;
         };
         let _ = self.poll.registry().deregister(&mut conn.transport);
+        self.protocols.release(conn.protocol);
         self.dial_failed(conn.id, err);
     }
 

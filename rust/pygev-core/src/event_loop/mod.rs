@@ -28,9 +28,11 @@ use crate::loop_handle::LoopHandle;
 use crate::protocols::{FrameSink, Protocol};
 use crate::stats::LoopStats;
 use crate::transport::Transport;
+use protocols::{ProtocolTable, SERVER_PROTOCOL};
 
 mod close;
 mod dial;
+mod protocols;
 mod read;
 mod timeouts;
 mod write;
@@ -52,9 +54,8 @@ pub(crate) struct EventLoop {
     conns: Slab<Conn>,
     /// This loop's own SO_REUSEPORT listener, if any.
     listener: Option<Listener>,
-    protocol: Arc<dyn Protocol>,
-    /// `protocol.has_ticks()`, asked once.
-    protocol_ticks: bool,
+    /// The framings of its connections.
+    protocols: ProtocolTable,
     queue: Arc<DispatchQueue>,
     config: Arc<Config>,
     ids: Arc<AtomicU64>,
@@ -115,8 +116,7 @@ impl EventLoop {
             handle: handle.clone(),
             conns: Slab::new(),
             listener,
-            protocol_ticks: protocol.has_ticks(),
-            protocol,
+            protocols: ProtocolTable::new(protocol, config.max_input_buffer),
             queue,
             scratch: Vec::with_capacity(config.read_buffer_size),
             config,
@@ -284,18 +284,21 @@ impl EventLoop {
                     id,
                     address,
                     timeout,
-                } => self.dial(id, address, timeout),
+                    protocol,
+                } => self.dial(id, address, timeout, protocol),
                 Command::Send {
                     token,
                     id,
                     data,
                     packed,
+                    kind,
                 } => {
-                    self.send(token, id, &data, packed);
+                    self.send(token, id, &data, packed, kind);
                     if packed {
                         spent.push(data);
                     }
                 }
+                Command::Control { token, id, control } => self.control(token, id, control),
                 Command::ShutdownWrite { token, id } => {
                     if let Some(conn) = self.conn_mut(token, id) {
                         conn.flags |= flag::SHUTDOWN_PENDING;
@@ -413,7 +416,7 @@ impl EventLoop {
             return uncharge(&self.handle);
         }
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
-        let state = self.protocol.new_state();
+        let state = self.protocols.get(SERVER_PROTOCOL).new_state();
         let backlog = Arc::new(Backlog::default());
         entry.insert(Conn::new(transport, id, state, backlog, self.now));
         LoopStats::add(&self.handle.stats.accepted, 1);

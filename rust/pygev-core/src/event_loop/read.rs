@@ -9,7 +9,7 @@ use super::{EventLoop, READ_BUDGET};
 use crate::clock::Millis;
 use crate::connection::{flag, CloseCause};
 use crate::event::Event;
-use crate::protocols::ProtocolError;
+use crate::protocols::{Item, ProtocolError, Taken};
 use crate::stats::LoopStats;
 
 impl EventLoop {
@@ -162,7 +162,8 @@ impl EventLoop {
     /// leftover), and leaves the scratch buffer empty.
     pub(super) fn feed(&mut self, token: usize, n: usize) -> Result<(), CloseCause> {
         let conn = &mut self.conns[token];
-        let result = if conn.input.is_empty() && self.protocol.is_passthrough() {
+        let protocol = self.protocols.get(conn.protocol);
+        let result = if conn.input.is_empty() && protocol.is_passthrough() {
             // NOTE: a large read is handed over as the message itself instead of copied
             // (raw echo of 4 KiB messages: memcpy was a quarter of the server's CPU). The
             // buffer is not shrunk (that would copy); dispatch accounting counts capacity.
@@ -179,40 +180,22 @@ impl EventLoop {
         } else {
             let data = &self.scratch[..];
             if conn.input.is_empty() {
-                self.protocol
+                protocol
                     .unpack(&mut conn.state, data, &mut self.frames)
                     .and_then(|used| checked_use(used, data.len()))
                     .map(|used| conn.input.write(&data[used..]))
             } else {
                 let input = conn.input.write_contiguous(data);
                 let len = input.len();
-                self.protocol
+                protocol
                     .unpack(&mut conn.state, input, &mut self.frames)
                     .and_then(|used| checked_use(used, len))
                     .map(|used| conn.input.retrieve(used))
             }
         };
         self.scratch.clear();
-        let count = self.frames.len();
-        let (loop_index, token32) = (self.index, token as u32);
-        let event = self.frames.take().map(|taken| match taken {
-            Ok(data) => Event::Message {
-                loop_index,
-                token: token32,
-                data,
-            },
-            Err(frames) => Event::Messages {
-                loop_index,
-                token: token32,
-                frames,
-            },
-        });
-        let produced = event.is_some();
-        if let Some(event) = event {
-            conn.backlog.charge_dispatch(event.dispatch_cost());
-            LoopStats::add(&self.handle.stats.messages_in, count as u64);
-            self.queue_event(event);
-        }
+        let produced = !self.frames.is_empty() || self.frames.has_signals();
+        self.queue_frames(token);
         let conn = &mut self.conns[token];
         if let Err(err) = result {
             self.frames.take_actions();
@@ -220,18 +203,19 @@ impl EventLoop {
             return Err(CloseCause::Abort(format!(
                 "{} (protocol {}, connection {})",
                 err,
-                self.protocol.name(),
+                self.protocols.get(conn.protocol).name(),
                 conn.id
             )));
         }
-        if conn.input.len() > self.config.max_input_buffer {
+        let max_input = self.protocols.max_input(conn.protocol);
+        if conn.input.len() > max_input {
             self.frames.take_actions();
             self.frames.take_stop();
             return Err(CloseCause::Abort(format!(
                 "pygev: connection {} holds {} bytes of unparsed input, over max_input_buffer {}",
                 conn.id,
                 conn.input.len(),
-                self.config.max_input_buffer
+                max_input
             )));
         }
         if self.frames.take_again() {
@@ -253,6 +237,57 @@ impl EventLoop {
         Ok(())
     }
 
+    /// Queues what the protocol put in the frame sink: the messages as one event (the
+    /// common case), or, around signals, each message and signal in order.
+    fn queue_frames(&mut self, token: usize) {
+        let (loop_index, token32) = (self.index, token as u32);
+        let count = self.frames.len() as u64;
+        if count > 0 {
+            LoopStats::add(&self.handle.stats.messages_in, count);
+        }
+        if !self.frames.has_signals() {
+            let event = match self.frames.take() {
+                None => return,
+                Some(Taken::One { kind, data }) => Event::Message {
+                    loop_index,
+                    token: token32,
+                    data,
+                    kind,
+                },
+                Some(Taken::Many(frames)) => Event::Messages {
+                    loop_index,
+                    token: token32,
+                    frames,
+                },
+            };
+            return self.queue_connection_event(token, event);
+        }
+        for item in self.frames.drain_items() {
+            let event = match item {
+                Item::Message { kind, data } => Event::Message {
+                    loop_index,
+                    token: token32,
+                    data,
+                    kind,
+                },
+                Item::Signal(signal) => Event::Signal {
+                    loop_index,
+                    token: token32,
+                    signal,
+                },
+            };
+            self.queue_connection_event(token, event);
+        }
+    }
+
+    /// Queues a message or a signal of a connection, charged to its backlog as well.
+    fn queue_connection_event(&mut self, token: usize, event: Event) {
+        self.conns[token]
+            .backlog
+            .charge_dispatch(event.dispatch_cost());
+        self.queue_event(event);
+    }
+
     /// Starts the frame deadline when a frame began arriving (the read that completed a
     /// frame and began the next one starts it afresh), and ends it once the framing holds no
     /// partial frame; takes in a deadline the protocol brought forward.
@@ -260,7 +295,8 @@ impl EventLoop {
         let Some(conn) = self.conns.get_mut(token) else {
             return;
         };
-        if self.protocol_ticks && self.protocol.take_reschedule(&mut conn.state) {
+        let protocol = self.protocols.get(conn.protocol);
+        if self.protocols.ticks(conn.protocol) && protocol.take_reschedule(&mut conn.state) {
             self.schedule(token);
         }
         if self.config.frame_timeout.is_none() {
@@ -268,7 +304,8 @@ impl EventLoop {
         }
         let conn = &mut self.conns[token];
         if !self
-            .protocol
+            .protocols
+            .get(conn.protocol)
             .has_partial_frame(&conn.state, conn.input.len())
         {
             conn.frame_started = Millis::NEVER;

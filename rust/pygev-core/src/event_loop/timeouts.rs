@@ -56,11 +56,12 @@ impl EventLoop {
         if let (Some(limit), false) = (self.config.frame_timeout, conn.frame_started.is_never()) {
             due = due.min(conn.frame_started.after(limit));
         }
-        if conn.has(flag::READ_STOPPED) || !self.protocol_ticks {
+        if conn.has(flag::READ_STOPPED) || !self.protocols.ticks(conn.protocol) {
             return due; // ending (the dispatcher closes it), or a protocol without ticks
         }
         let heard = self.clock.instant(conn.last_heard);
-        if let Some(tick) = self.protocol.next_tick(&conn.state, heard) {
+        let protocol = self.protocols.get(conn.protocol);
+        if let Some(tick) = protocol.next_tick(&conn.state, heard) {
             due = due.min(self.clock.millis_ceil(tick));
         }
         due
@@ -132,9 +133,10 @@ impl EventLoop {
             .is_some_and(|idle| conn.last_active.after(idle) <= now);
         let tick_due = {
             let heard = self.clock.instant(conn.last_heard);
-            self.protocol_ticks
+            self.protocols.ticks(conn.protocol)
                 && self
-                    .protocol
+                    .protocols
+                    .get(conn.protocol)
                     .next_tick(&conn.state, heard)
                     .is_some_and(|t| t <= self.instant)
         };
@@ -208,8 +210,8 @@ impl EventLoop {
 
     /// Lets the protocol act on time (a WebSocket handshake timeout, a keepalive ping).
     fn tick_protocol(&mut self, token: usize) {
-        let protocol = self.protocol.clone();
         let conn = &mut self.conns[token];
+        let protocol = self.protocols.get(conn.protocol).clone();
         if conn.has(flag::READ_STOPPED) {
             return; // ending: the dispatcher closes it
         }

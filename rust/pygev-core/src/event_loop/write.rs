@@ -7,6 +7,7 @@ use std::io;
 use super::read::reset_cause;
 use super::EventLoop;
 use crate::connection::{flag, CloseCause};
+use crate::protocols::{Control, MessageKind};
 use crate::stats::LoopStats;
 
 impl EventLoop {
@@ -50,11 +51,19 @@ impl EventLoop {
         }
     }
 
-    pub(super) fn send(&mut self, token: u32, id: u64, data: &[u8], packed: bool) {
-        let protocol = self.protocol.clone();
+    pub(super) fn send(
+        &mut self,
+        token: u32,
+        id: u64,
+        data: &[u8],
+        packed: bool,
+        kind: MessageKind,
+    ) {
         let Some(conn) = self.conns.get_mut(token as usize).filter(|c| c.id == id) else {
             return;
         };
+        let protocol = self.protocols.get(conn.protocol).clone();
+        let ticks = self.protocols.ticks(conn.protocol);
         conn.backlog.took_send(data.len());
         if conn.has(flag::WRITE_SHUT | flag::SHUTDOWN_PENDING | flag::CLOSING) {
             // NOTE: sends are taken in order, so what was queued before a close went out
@@ -70,7 +79,7 @@ impl EventLoop {
             return;
         }
         let mut out = Vec::with_capacity(data.len() + 16);
-        if let Err(err) = protocol.pack(&mut conn.state, data, &mut out) {
+        if let Err(err) = protocol.pack_kind(&mut conn.state, kind, data, &mut out) {
             // The send is lost: the peer must not take what it got for the whole stream.
             let reason = format!(
                 "{err} (protocol {}, connection {}, packing a send)",
@@ -79,21 +88,43 @@ impl EventLoop {
             );
             return self.close_now(token as usize, CloseCause::Abort(reason));
         }
-        if self.protocol_ticks && protocol.take_reschedule(&mut conn.state) {
+        if ticks && protocol.take_reschedule(&mut conn.state) {
             self.schedule(token as usize);
         }
         self.write_out(token as usize, &out);
-        if protocol.pack_resumes_input(data) && !self.quiesced {
-            // Packing released input the protocol held back (a WebSocket handshake
-            // accepted by the hook, with frames already behind it).
-            let held = self
-                .conns
-                .get(token as usize)
-                .is_some_and(|c| !c.input.is_empty() && !c.has(flag::CLOSING));
-            if held {
-                if let Err(cause) = self.feed(token as usize, 0) {
-                    self.close_now(token as usize, cause);
-                }
+    }
+
+    /// Hands `control` to the connection's framing and writes what it produced; reads on
+    /// the input it held back if the control released it (a WebSocket handshake accepted
+    /// by the hook, with frames already behind it).
+    pub(super) fn control(&mut self, token: u32, id: u64, control: Control) {
+        let Some(conn) = self.conns.get_mut(token as usize).filter(|c| c.id == id) else {
+            return;
+        };
+        let protocol = self.protocols.get(conn.protocol).clone();
+        let ticks = self.protocols.ticks(conn.protocol);
+        if conn.has(flag::WRITE_SHUT | flag::SHUTDOWN_PENDING | flag::CLOSING) {
+            return; // as for sends: nothing is written after a close
+        }
+        let mut out = Vec::new();
+        let resumes = match protocol.control(&mut conn.state, control, &mut out) {
+            Ok(resumes) => resumes,
+            Err(err) => {
+                let reason = format!("{err} (protocol {}, connection {})", protocol.name(), id);
+                return self.close_now(token as usize, CloseCause::Abort(reason));
+            }
+        };
+        if ticks && protocol.take_reschedule(&mut conn.state) {
+            self.schedule(token as usize);
+        }
+        self.write_out(token as usize, &out);
+        let held = self
+            .conns
+            .get(token as usize)
+            .is_some_and(|c| !c.input.is_empty() && !c.has(flag::CLOSING));
+        if resumes && held && !self.quiesced {
+            if let Err(cause) = self.feed(token as usize, 0) {
+                self.close_now(token as usize, cause);
             }
         }
     }

@@ -6,9 +6,11 @@ use std::fmt;
 
 mod delimited;
 mod length_prefix;
+mod signal;
 
 pub use delimited::{Delimited, MAX_DELIMITER};
 pub use length_prefix::{ByteOrder, LengthPrefix};
+pub use signal::{Control, MessageKind, Signal};
 
 /// Per-connection state a protocol may keep between calls (`None` for stateless framings).
 pub type ProtocolState = Option<Box<dyn Any + Send>>;
@@ -52,6 +54,10 @@ pub struct FrameSink {
     data: Vec<u8>,
     /// Where each frame ends in `data`.
     ends: Vec<usize>,
+    /// Each frame's kind, once a frame was not `Binary` (empty: all are).
+    kinds: Vec<MessageKind>,
+    /// Signals, each after the frames pushed before it (their count).
+    signals: Vec<(usize, Signal)>,
     /// A large raw read handed over whole (only ever alone in the sink).
     owned: Option<Vec<u8>>,
     /// Bytes the protocol writes back to the peer itself (a pong, a close frame, a
@@ -73,6 +79,36 @@ pub struct Frames {
     pub data: Vec<u8>,
     /// Where each frame ends in `data` (the first starts at 0).
     pub ends: Vec<usize>,
+    /// Each frame's kind; empty when all are `Binary`.
+    pub kinds: Vec<MessageKind>,
+}
+
+/// What a [`FrameSink`] held, in order: whole messages and signals.
+#[derive(Debug)]
+pub enum Item {
+    /// A whole message.
+    Message {
+        /// Its kind.
+        kind: MessageKind,
+        /// Its payload.
+        data: Vec<u8>,
+    },
+    /// A signal, after the messages before it.
+    Signal(Signal),
+}
+
+/// The messages taken from a [`FrameSink`] at once (see [`FrameSink::take`]).
+#[derive(Debug)]
+pub enum Taken {
+    /// A single message, in its own buffer.
+    One {
+        /// Its kind.
+        kind: MessageKind,
+        /// Its payload.
+        data: Vec<u8>,
+    },
+    /// Several, in one buffer.
+    Many(Frames),
 }
 
 impl Frames {
@@ -86,9 +122,16 @@ impl Frames {
         })
     }
 
+    /// The kind of frame `index`.
+    pub fn kind(&self, index: usize) -> MessageKind {
+        self.kinds.get(index).copied().unwrap_or_default()
+    }
+
     /// The memory the batch holds (what dispatch backpressure counts).
     pub fn held_bytes(&self) -> usize {
-        self.data.capacity() + self.ends.capacity() * std::mem::size_of::<usize>()
+        self.data.capacity()
+            + self.ends.capacity() * std::mem::size_of::<usize>()
+            + self.kinds.capacity()
     }
 }
 
@@ -104,21 +147,32 @@ impl FrameSink {
         self.ends.push(self.data.len());
     }
 
-    /// Records one whole frame as a one-byte tag followed by its payload (how a protocol
-    /// tells the dispatcher what kind of message it is; WebSocket's text or binary).
-    pub fn push_tagged(&mut self, tag: u8, payload: &[u8]) {
-        self.data.reserve(payload.len() + 1);
-        self.data.push(tag);
-        self.data.extend_from_slice(payload);
-        self.ends.push(self.data.len());
+    /// Records one whole message of `kind` (WebSocket's text or binary).
+    pub fn push_kind(&mut self, kind: MessageKind, payload: &[u8]) {
+        self.push_with(kind, |data| data.extend_from_slice(payload));
     }
 
-    /// Records one whole frame as a one-byte tag followed by what `write` appends (which
-    /// must only append): a payload transformed as it is copied in, such as unmasked.
-    pub fn push_tagged_with(&mut self, tag: u8, write: impl FnOnce(&mut Vec<u8>)) {
-        self.data.push(tag);
+    /// Records one whole message of `kind` made of what `write` appends (which must only
+    /// append): a payload transformed as it is copied in, such as unmasked.
+    pub fn push_with(&mut self, kind: MessageKind, write: impl FnOnce(&mut Vec<u8>)) {
         write(&mut self.data);
         self.ends.push(self.data.len());
+        if kind != MessageKind::Binary || !self.kinds.is_empty() {
+            self.kinds.resize(self.ends.len() - 1, MessageKind::Binary);
+            self.kinds.push(kind);
+        }
+    }
+
+    /// Records a signal for the dispatcher, after the frames pushed so far.
+    pub fn signal(&mut self, signal: Signal) {
+        let before = self.ends.len() + usize::from(self.owned.is_some());
+        self.signals.push((before, signal));
+    }
+
+    /// Whether signals were recorded since the last drain (then take them in order with
+    /// [`FrameSink::drain_items`]).
+    pub fn has_signals(&self) -> bool {
+        !self.signals.is_empty()
     }
 
     /// Bytes to write back to the peer at once, in order, ahead of anything sent later.
@@ -185,30 +239,65 @@ impl FrameSink {
         self.len() == 0
     }
 
-    /// Takes the recorded frames one by one, in order (one allocation each).
+    /// Takes the recorded frames' payloads one by one, in order (one allocation each);
+    /// signals are dropped.
     pub fn drain(&mut self) -> std::vec::IntoIter<Vec<u8>> {
-        let mut frames: Vec<Vec<u8>> = self.owned.take().into_iter().collect();
-        let mut start = 0;
-        for &end in &self.ends {
-            frames.push(self.data[start..end].to_vec());
-            start = end;
-        }
-        self.data.clear();
-        self.ends.clear();
+        let frames: Vec<Vec<u8>> = self
+            .drain_items()
+            .into_iter()
+            .filter_map(|item| match item {
+                Item::Message { data, .. } => Some(data),
+                Item::Signal(_) => None,
+            })
+            .collect();
         frames.into_iter()
     }
 
+    /// Takes everything recorded, messages (one allocation each) and signals, in order.
+    pub fn drain_items(&mut self) -> Vec<Item> {
+        let mut signals = std::mem::take(&mut self.signals).into_iter().peekable();
+        let mut items = Vec::with_capacity(self.len() + signals.len());
+        let mut emit_signals = |items: &mut Vec<Item>, before: usize| {
+            while let Some((_, signal)) = signals.next_if(|(at, _)| *at <= before) {
+                items.push(Item::Signal(signal));
+            }
+        };
+        if let Some(data) = self.owned.take() {
+            emit_signals(&mut items, 0);
+            let kind = MessageKind::Binary;
+            items.push(Item::Message { kind, data });
+        }
+        let mut start = 0;
+        for (index, &end) in self.ends.iter().enumerate() {
+            emit_signals(&mut items, index);
+            let kind = self.kinds.get(index).copied().unwrap_or_default();
+            let data = self.data[start..end].to_vec();
+            items.push(Item::Message { kind, data });
+            start = end;
+        }
+        emit_signals(&mut items, usize::MAX);
+        self.data.clear();
+        self.ends.clear();
+        self.kinds.clear();
+        items
+    }
+
     /// Takes a single recorded frame as its own buffer, or several frames as one
-    /// [`Frames`] batch; `None` when empty.
-    pub fn take(&mut self) -> Option<Result<Vec<u8>, Frames>> {
-        if let Some(owned) = self.owned.take() {
-            return Some(Ok(owned));
+    /// [`Frames`] batch; `None` when empty. Only without signals (see
+    /// [`FrameSink::has_signals`]).
+    pub fn take(&mut self) -> Option<Taken> {
+        debug_assert!(self.signals.is_empty());
+        if let Some(data) = self.owned.take() {
+            let kind = MessageKind::Binary;
+            return Some(Taken::One { kind, data });
         }
         match self.ends.len() {
             0 => None,
             1 => {
                 self.ends.clear();
-                Some(Ok(std::mem::take(&mut self.data)))
+                let kind = self.kinds.pop().unwrap_or_default();
+                let data = std::mem::take(&mut self.data);
+                Some(Taken::One { kind, data })
             }
             _ => {
                 // NOTE: the sink's buffers go with the batch; new ones of a similar size
@@ -216,9 +305,10 @@ impl FrameSink {
                 const REUSE_CAP: usize = 64 << 10;
                 let data_cap = self.data.capacity().min(REUSE_CAP);
                 let ends_cap = self.ends.capacity().min(REUSE_CAP / 8);
-                Some(Err(Frames {
+                Some(Taken::Many(Frames {
                     data: std::mem::replace(&mut self.data, Vec::with_capacity(data_cap)),
                     ends: std::mem::replace(&mut self.ends, Vec::with_capacity(ends_cap)),
+                    kinds: std::mem::take(&mut self.kinds),
                 }))
             }
         }
@@ -317,10 +407,33 @@ pub trait Protocol: Send + Sync {
         false
     }
 
-    /// Whether packing `payload` lets `unpack` take input it held back (WebSocket: the
-    /// hook's answer to the handshake); the loop then runs `unpack` again on what it holds.
-    fn pack_resumes_input(&self, _payload: &[u8]) -> bool {
-        false
+    /// Appends the wire form of a message of `kind` (already accepted by `check_payload`)
+    /// to `out`. Framings without kinds of messages pack every message as `pack` does.
+    fn pack_kind(
+        &self,
+        state: &mut ProtocolState,
+        _kind: MessageKind,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), ProtocolError> {
+        self.pack(state, payload, out)
+    }
+
+    /// Carries out `control` for a connection, appending what it writes to `out`; returns
+    /// whether input the framing held back may now be read on (WebSocket: the hook
+    /// accepted the upgrade). Framings without controls refuse, which closes the
+    /// connection.
+    fn control(
+        &self,
+        _state: &mut ProtocolState,
+        control: Control,
+        _out: &mut Vec<u8>,
+    ) -> Result<bool, ProtocolError> {
+        Err(ProtocolError::new(format!(
+            "pygev: protocol {} takes no {} control",
+            self.name(),
+            control.name()
+        )))
     }
 
     /// Whether bytes packed by the sender (see `pack_is_stateless`) may still be written on
@@ -372,6 +485,12 @@ pub trait Protocol: Send + Sync {
         _out: &mut Vec<u8>,
     ) -> Result<(), ProtocolError> {
         Ok(())
+    }
+}
+
+impl fmt::Debug for dyn Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Protocol({})", self.name())
     }
 }
 

@@ -8,4 +8,4 @@ pub mod handshake;
 mod protocol;
 mod zlib;
 
-pub use protocol::{tag, Settings, WebSocket};
+pub use protocol::{Settings, WebSocket};

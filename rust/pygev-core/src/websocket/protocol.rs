@@ -3,36 +3,18 @@
 //! The loop threads do every byte-level job: they parse the upgrade request and answer it
 //! (or hand it to a Python hook and hold the connection until the hook answers), read and
 //! check frames, reassemble and inflate messages, answer pings and the close handshake, and
-//! send keepalive pings. Only whole messages go to the dispatcher, each tagged with one byte
-//! (see [`tag`]) so that text and binary messages stay apart.
+//! send keepalive pings. Only whole messages go to the dispatcher, each with its kind (text
+//! or binary); the handshake's outcome and the connection's end go as typed [`Signal`]s,
+//! and the dispatcher's answers come back as [`Control`]s.
 
 use std::time::{Duration, Instant};
 
 use super::deflate::{self, Agreed, Codec};
 use super::frames::{self, close_code, opcode, Deliver, Message, Reader, Violation};
 use super::handshake::{self, Limits, UpgradeRequest};
-use crate::protocols::{FrameSink, Protocol, ProtocolError, ProtocolState};
-
-/// The one-byte tags in front of what crosses between the loops and the dispatcher.
-pub mod tag {
-    /// A text message (valid UTF-8), either way.
-    pub const TEXT: u8 = b'T';
-    /// A binary message, either way.
-    pub const BINARY: u8 = b'B';
-    /// To the dispatcher: the raw upgrade request, held until the hook answers.
-    pub const HANDSHAKE: u8 = b'H';
-    /// To the dispatcher: the handshake was answered in the loop; one byte follows, 1 when
-    /// permessage-deflate was agreed.
-    pub const OPEN: u8 = b'O';
-    /// To the dispatcher: the connection ends, after the replies to the messages before
-    /// it. Then one byte: 1 if a close frame must be sent, with its payload (code and
-    /// reason) following; 0 if not (ours went out already).
-    pub const END: u8 = b'E';
-    /// To the loop: the hook accepted; the complete 101 response follows.
-    pub const ACCEPT: u8 = b'A';
-    /// To the loop: start the closing handshake with this close payload (code, reason).
-    pub const CLOSE: u8 = b'C';
-}
+use crate::protocols::{
+    Control, FrameSink, MessageKind, Protocol, ProtocolError, ProtocolState, Signal,
+};
 
 /// A WebSocket server's settings.
 #[derive(Debug, Clone)]
@@ -91,7 +73,7 @@ enum Phase {
     Closed,
 }
 
-/// Delivers a reader's messages straight into the frame sink (tagged), answers pings, and
+/// Delivers a reader's messages straight into the frame sink, answers pings, and
 /// keeps the peer's close for the protocol to handle after the messages before it.
 struct Delivery<'a> {
     sink: &'a mut FrameSink,
@@ -100,13 +82,18 @@ struct Delivery<'a> {
 
 impl Deliver for Delivery<'_> {
     fn data(&mut self, text: bool, payload: &[u8]) {
-        let kind = if text { tag::TEXT } else { tag::BINARY };
-        self.sink.push_tagged(kind, payload);
+        let kind = if text {
+            MessageKind::Text
+        } else {
+            MessageKind::Binary
+        };
+        self.sink.push_kind(kind, payload);
     }
 
     fn masked(&mut self, payload: &[u8], mask: [u8; 4]) {
-        self.sink
-            .push_tagged_with(tag::BINARY, |out| frames::unmask_into(out, payload, mask));
+        self.sink.push_with(MessageKind::Binary, |out| {
+            frames::unmask_into(out, payload, mask)
+        });
     }
 
     fn control(&mut self, message: Message) {
@@ -269,14 +256,15 @@ impl WebSocket {
         };
         if self.settings.handshake_hook {
             let negotiated = deflate::negotiate(&request.extensions, &self.settings.deflate);
-            sink.push_tagged(tag::HANDSHAKE, &input[..used]);
             state.phase = Phase::Pending(negotiated.map(|(agreed, _)| agreed));
+            sink.signal(Signal::Upgrade(Box::new(request)));
             return Ok(used);
         }
         let (response, agreed) = self.answer(&request, None, &[]);
         sink.reply().extend_from_slice(&response);
         self.open(state, agreed);
-        sink.push_tagged(tag::OPEN, &[u8::from(agreed.is_some())]);
+        let compressed = agreed.is_some();
+        sink.signal(Signal::Opened { compressed });
         Ok(used + self.frames(state, &input[used..], sink)?)
     }
 
@@ -357,20 +345,18 @@ impl WebSocket {
         close_payload: &[u8],
         error: Option<String>,
     ) {
-        let mut end = vec![tag::END];
-        match state.phase {
+        let close = match state.phase {
             Phase::Open => {
-                end.push(1);
-                end.extend_from_slice(close_payload);
                 state.phase = Phase::CloseReceived;
+                Some(close_payload.to_vec())
             }
             Phase::CloseSent => {
-                end.push(0);
                 state.phase = Phase::Closed;
+                None
             }
             _ => return, // already ending
-        }
-        sink.push(&end);
+        };
+        sink.signal(Signal::Ending { close });
         sink.stop_reading(error);
     }
 }
@@ -419,63 +405,73 @@ impl Protocol for WebSocket {
         }
     }
 
-    fn check_payload(&self, payload: &[u8]) -> Result<(), ProtocolError> {
-        match payload.split_first() {
-            Some((&(tag::TEXT | tag::BINARY | tag::ACCEPT), _)) => Ok(()),
-            Some((&tag::CLOSE, rest)) if rest.len() <= 125 => Ok(()),
-            Some((&tag::CLOSE, rest)) => Err(ProtocolError::new(format!(
-                "pygev: a WebSocket control frame carries at most 125 bytes, got {}",
-                rest.len()
-            ))),
-            _ => Err(ProtocolError::new(
-                "pygev: a WebSocket payload must start with its tag",
-            )),
-        }
-    }
-
     fn pack(
         &self,
         state: &mut ProtocolState,
         payload: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), ProtocolError> {
+        self.pack_kind(state, MessageKind::Binary, payload, out)
+    }
+
+    fn pack_kind(
+        &self,
+        state: &mut ProtocolState,
+        kind: MessageKind,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), ProtocolError> {
         let state = state_of(state);
-        let Some((&kind, data)) = payload.split_first() else {
-            return Ok(());
+        if !matches!(state.phase, Phase::Open | Phase::CloseReceived) {
+            return Ok(()); // nothing may follow a close frame, nor precede the handshake
+        }
+        let op = match kind {
+            MessageKind::Text => opcode::TEXT,
+            MessageKind::Binary => opcode::BINARY,
         };
-        match (kind, &state.phase) {
-            (tag::ACCEPT, Phase::Pending(agreed)) => {
-                let agreed = *agreed;
-                out.extend_from_slice(data);
-                self.open(state, agreed);
-            }
-            (tag::TEXT | tag::BINARY, Phase::Open | Phase::CloseReceived) => {
-                let op = if kind == tag::TEXT {
-                    opcode::TEXT
-                } else {
-                    opcode::BINARY
-                };
-                let threshold = self.settings.deflate.threshold;
-                let compressed = match state.codec(threshold) {
-                    Some(codec) if codec.should_compress(data.len()) => codec.deflate(data),
-                    _ => None,
-                };
-                match compressed {
-                    Some(compressed) => frames::write_frame(out, op, true, true, &compressed),
-                    None => frames::write_frame(out, op, true, false, data),
-                }
-            }
-            (tag::CLOSE, Phase::Open) => {
-                frames::write_frame(out, opcode::CLOSE, true, false, data);
-                state.phase = Phase::CloseSent;
-            }
-            (tag::CLOSE, Phase::CloseReceived) => {
-                frames::write_frame(out, opcode::CLOSE, true, false, data);
-                state.phase = Phase::Closed;
-            }
-            _ => {} // nothing may follow a close frame, nor precede the handshake
+        let threshold = self.settings.deflate.threshold;
+        let compressed = match state.codec(threshold) {
+            Some(codec) if codec.should_compress(payload.len()) => codec.deflate(payload),
+            _ => None,
+        };
+        match compressed {
+            Some(compressed) => frames::write_frame(out, op, true, true, &compressed),
+            None => frames::write_frame(out, op, true, false, payload),
         }
         Ok(())
+    }
+
+    fn control(
+        &self,
+        state: &mut ProtocolState,
+        control: Control,
+        out: &mut Vec<u8>,
+    ) -> Result<bool, ProtocolError> {
+        let state = state_of(state);
+        match (control, &state.phase) {
+            (Control::Accept(response), Phase::Pending(agreed)) => {
+                let agreed = *agreed;
+                out.extend_from_slice(&response);
+                self.open(state, agreed);
+                return Ok(true);
+            }
+            (Control::Close(payload), _) if payload.len() > 125 => {
+                return Err(ProtocolError::new(format!(
+                    "pygev: a WebSocket close frame carries at most 125 bytes, got {}",
+                    payload.len()
+                )));
+            }
+            (Control::Close(payload), Phase::Open) => {
+                frames::write_frame(out, opcode::CLOSE, true, false, &payload);
+                state.phase = Phase::CloseSent;
+            }
+            (Control::Close(payload), Phase::CloseReceived) => {
+                frames::write_frame(out, opcode::CLOSE, true, false, &payload);
+                state.phase = Phase::Closed;
+            }
+            _ => {} // a close after ours, or an accept for a connection not held: nothing
+        }
+        Ok(false)
     }
 
     fn max_buffered_input(&self) -> usize {
@@ -484,10 +480,6 @@ impl Protocol for WebSocket {
             .max_message_size
             .saturating_add(14)
             .max(self.settings.limits.max_request_size)
-    }
-
-    fn pack_resumes_input(&self, payload: &[u8]) -> bool {
-        payload.first() == Some(&tag::ACCEPT)
     }
 
     fn allows_packed(&self, state: &ProtocolState) -> bool {

@@ -116,6 +116,7 @@ impl Harness {
                 loop_index,
                 token,
                 data,
+                ..
             } if !self.echo => {
                 let id = self.conns[&(loop_index, token)].0;
                 let text = String::from_utf8_lossy(&data).into_owned();
@@ -125,6 +126,7 @@ impl Harness {
                 loop_index,
                 token,
                 data,
+                kind,
             } => {
                 let id = self.conns[&(loop_index, token)].0;
                 let handle = &self.running.loops()[loop_index as usize];
@@ -134,8 +136,20 @@ impl Harness {
                         id,
                         data,
                         packed: false,
+                        kind,
                     })
                     .unwrap();
+            }
+            Event::Messages {
+                loop_index,
+                token,
+                frames,
+            } if !self.echo => {
+                let id = self.conns[&(loop_index, token)].0;
+                for frame in frames.iter() {
+                    let text = String::from_utf8_lossy(frame).into_owned();
+                    self.log.push(format!("message {id} {text}"));
+                }
             }
             Event::Messages {
                 loop_index,
@@ -144,13 +158,14 @@ impl Harness {
             } => {
                 let id = self.conns[&(loop_index, token)].0;
                 let handle = &self.running.loops()[loop_index as usize];
-                for data in frames.iter() {
+                for (index, data) in frames.iter().enumerate() {
                     handle
                         .post(Command::Send {
                             token,
                             id,
                             data: data.to_vec(),
                             packed: false,
+                            kind: frames.kind(index),
                         })
                         .unwrap();
                 }
@@ -164,6 +179,14 @@ impl Harness {
             Event::Closed { loop_index, token } => {
                 let id = self.conns.remove(&(loop_index, token)).unwrap().0;
                 self.log.push(format!("closed {id}"));
+            }
+            Event::Signal {
+                loop_index,
+                token,
+                signal,
+            } => {
+                let id = self.conns[&(loop_index, token)].0;
+                self.log.push(format!("signal {id} {signal:?}"));
             }
             Event::Quiesced { loop_index } => self.log.push(format!("quiesced {loop_index}")),
             Event::LoopExited { loop_index } => self.log.push(format!("exited {loop_index}")),

@@ -3,20 +3,21 @@
 //!
 //! This file holds the run loop and what every mode shares (connections, callbacks,
 //! replies, failures, timers); `rounds.rs` cuts the work into bounded, fair rounds, and
-//! `websocket.rs` and `python_protocol.rs` hold their modes' own paths.
+//! `python_protocol.rs` holds the Python framing's buffers. What differs by mode is in
+//! `mode/`.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pygev_core::{Command, Config, Event, Running};
+use pygev_core::{Command, Config, Event, Protocol, Running};
 use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit};
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::connection::{bytes_of, Connection};
+use crate::connection::Connection;
 use crate::dial;
 use crate::errors::Error;
 use crate::logging;
@@ -25,7 +26,6 @@ use crate::shared::Shared;
 
 mod python_protocol;
 mod rounds;
-mod websocket;
 
 use rounds::Work;
 
@@ -99,8 +99,8 @@ pub(crate) struct Dispatcher<'py> {
     own_callbacks: HashMap<u64, Callbacks>,
     /// Work left over from earlier batches (bounded batches; see `rounds.rs`).
     pending: VecDeque<Work>,
-    /// The server's framing written in Python, if any: it runs here, over `inputs`.
-    py_protocol: Option<Py<PyAny>>,
+    /// Open connections whose framing is written in Python (it runs here, over `inputs`).
+    python_framed: usize,
     /// Per connection id, the bytes its Python framing has not taken yet.
     inputs: HashMap<u64, Py<RingBuffer>>,
     /// Per connection id, since when its Python framing holds part of a frame.
@@ -120,9 +120,8 @@ impl<'py> Dispatcher<'py> {
         config: &Config,
     ) -> Self {
         let num_loops = config.num_loops;
-        let py_protocol = shared.py_protocol(py).map(Bound::unbind);
         Dispatcher {
-            py_protocol,
+            python_framed: 0,
             inputs: HashMap::new(),
             partial_frames: HashMap::new(),
             frame_timeout: config.frame_timeout,
@@ -202,13 +201,16 @@ impl<'py> Dispatcher<'py> {
     /// The server stops: every open WebSocket connection gets a close frame (1001) after
     /// what was already queued for it.
     fn say_going_away(&self) {
-        if self.shared.websocket.is_none() {
-            return;
-        }
         for conn in self.conns.iter().flatten().flatten() {
-            conn.get().close_ws(1001, "server stopping");
-            conn.get().request_close();
+            let conn = conn.get();
+            if conn.mode().say_goodbye(conn, 1001, "server stopping") {
+                conn.request_close();
+            }
         }
+    }
+
+    pub(crate) fn py(&self) -> Python<'py> {
+        self.py
     }
 
     fn on_interrupt(&mut self, err: PyErr) {
@@ -280,8 +282,8 @@ impl<'py> Dispatcher<'py> {
     fn handle(&mut self, event: Event) {
         let cost = event.dispatch_cost();
         match event {
-            Event::Message { .. } | Event::Messages { .. } => {
-                unreachable!("messages are handled in rounds")
+            Event::Message { .. } | Event::Messages { .. } | Event::Signal { .. } => {
+                unreachable!("messages and signals are handled in rounds")
             }
             Event::Connect {
                 loop_index,
@@ -295,7 +297,12 @@ impl<'py> Dispatcher<'py> {
                 } else {
                     None
                 };
-                let conn = Connection::new(self.shared.clone(), loop_index, token, *info);
+                let mode = dial
+                    .as_ref()
+                    .and_then(|d| d.mode.clone())
+                    .unwrap_or_else(|| self.shared.mode.clone());
+                let python_framed = mode.python_framing(self.py).is_some();
+                let conn = Connection::new(self.shared.clone(), mode, loop_index, token, *info);
                 let conn = match Py::new(self.py, conn) {
                     Ok(conn) => conn,
                     Err(err) => {
@@ -315,7 +322,7 @@ impl<'py> Dispatcher<'py> {
                         return;
                     }
                     if let Some(callbacks) = dial.callbacks.take() {
-                        self.own_callbacks.insert(id, callbacks);
+                        self.own_callbacks.insert(id, *callbacks);
                     }
                 }
                 let table = &mut self.conns[loop_index as usize];
@@ -323,9 +330,10 @@ impl<'py> Dispatcher<'py> {
                     table.resize_with(token as usize + 1, || None);
                 }
                 table[token as usize] = Some(conn.clone_ref(self.py));
-                if self.shared.websocket.is_none() {
+                self.python_framed += usize::from(python_framed);
+                if conn.get().mode().greets_at_open() {
                     self.connected(&conn);
-                } // a WebSocket connection is connected once its handshake completes
+                } // else once its handshake completes
                 self.credit_connection(loop_index, token, cost);
             }
             Event::PeerClosed { loop_index, token } => {
@@ -392,7 +400,7 @@ impl<'py> Dispatcher<'py> {
             .unwrap_or(&self.callbacks)
     }
 
-    fn connected(&mut self, conn: &Py<Connection>) {
+    pub(crate) fn connected(&mut self, conn: &Py<Connection>) {
         let result = self
             .callbacks_of(conn.get())
             .on_connect
@@ -407,8 +415,12 @@ impl<'py> Dispatcher<'py> {
     fn closed(&mut self, conn: Py<Connection>) {
         conn.get().mark_closed();
         self.inputs.remove(&conn.get().id_value());
+        if conn.get().mode().python_framing(self.py).is_some() {
+            self.python_framed = self.python_framed.saturating_sub(1);
+        }
         self.partial_frames.remove(&conn.get().id_value());
-        if self.shared.websocket.is_some() && !conn.get().ws_opened() {
+        if !conn.get().mode().farewell_due(conn.get()) {
+            self.own_callbacks.remove(&conn.get().id_value());
             return;
         }
         let result = self
@@ -429,51 +441,16 @@ impl<'py> Dispatcher<'py> {
             .map(|conn| conn.clone_ref(self.py))
     }
 
-    /// Calls `on_message` for one frame and sends its reply.
-    fn on_frame(&mut self, conn: &Py<Connection>, frame: Frame<'_>) {
-        if conn.get().is_closed() {
-            return; // closed by the handler or after an error: drop what is left
-        }
-        let py = self.py;
-        let bytes = PyBytes::new(py, frame.bytes());
-        let result = self.callbacks_of(conn.get()).on_message.bind(py).call1((
-            conn.bind(py),
-            py.None(),
-            &bytes,
-        ));
-        match result {
-            Ok(reply) if reply.is_none() => {}
-            // NOTE: a handler that returns the bytes it was given (echo) sends our own copy
-            // of them: no second copy (raw echo: memcpy was 17% of server CPU).
-            Ok(reply) if reply.is(&bytes) => match frame {
-                Frame::Owned(data) if self.shared.protocol.pack_is_identity() => {
-                    self.reply(conn, data)
-                }
-                frame => self.reply_slice(conn, frame.bytes()),
-            },
-            Ok(reply) => match bytes_of(&reply) {
-                Ok(reply) => self.reply(conn, reply),
-                Err(err) => {
-                    let err: PyErr = err.into();
-                    self.callback_failed("on_message returned a non-bytes value, which", conn, err);
-                }
-            },
-            Err(err) => self.callback_failed("on_message", conn, err),
-        }
-    }
-
-    /// Sends what `on_message` returned. A reply after shutdown_write()/close() is dropped,
-    /// as a send would be; one the protocol cannot pack is the handler's error.
-    fn reply(&mut self, conn: &Py<Connection>, data: Vec<u8>) {
-        if let Err(err @ Error::Value(_)) = conn.get().send_bytes(data) {
-            let err: PyErr = err.into();
-            self.callback_failed("sending on_message's reply", conn, err);
-        }
-    }
-
-    /// Sends a borrowed reply (an echoed frame of a batch).
-    fn reply_slice(&mut self, conn: &Py<Connection>, payload: &[u8]) {
-        if let Err(err @ Error::Value(_)) = conn.get().send_slice(payload) {
+    /// Sends what `on_message` returned, framed by `framing`. A reply after
+    /// shutdown_write()/close() is dropped, as a send would be; one the framing cannot pack
+    /// is the handler's error.
+    pub(crate) fn reply(
+        &mut self,
+        conn: &Py<Connection>,
+        data: Cow<'_, [u8]>,
+        framing: &dyn Protocol,
+    ) {
+        if let Err(err @ Error::Value(_)) = conn.get().send_framed(data, framing) {
             let err: PyErr = err.into();
             self.callback_failed("sending on_message's reply", conn, err);
         }
@@ -490,17 +467,19 @@ impl<'py> Dispatcher<'py> {
     }
 
     /// Logs a failed callback and closes its connection only.
-    fn callback_failed(&mut self, what: &str, conn: &Py<Connection>, err: PyErr) {
+    pub(crate) fn callback_failed(&mut self, what: &str, conn: &Py<Connection>, err: PyErr) {
         if self.interrupts(&err) {
             return;
         }
         self.report(what, conn, &err);
-        conn.get().close_ws(1011, "internal error");
+        conn.get()
+            .mode()
+            .say_goodbye(conn.get(), 1011, "internal error");
         conn.get().request_close();
         self.maybe_stop(err);
     }
 
-    fn report(&self, what: &str, conn: &Py<Connection>, err: &PyErr) {
+    pub(crate) fn report(&self, what: &str, conn: &Py<Connection>, err: &PyErr) {
         let message = format!(
             "pygev: {what} raised; closing connection {}",
             conn.get().id_value()
@@ -509,7 +488,7 @@ impl<'py> Dispatcher<'py> {
     }
 
     /// Ctrl+C or sys.exit() inside a callback stops the server instead of one connection.
-    fn maybe_stop(&mut self, err: PyErr) {
+    pub(crate) fn maybe_stop(&mut self, err: PyErr) {
         if err.is_instance_of::<PyKeyboardInterrupt>(self.py)
             || err.is_instance_of::<PySystemExit>(self.py)
         {
@@ -534,13 +513,13 @@ impl<'py> Dispatcher<'py> {
 }
 
 /// One message's payload: its own buffer, or a slice of a batch of frames.
-enum Frame<'a> {
+pub(crate) enum Frame<'a> {
     Owned(Vec<u8>),
     Borrowed(&'a [u8]),
 }
 
 impl Frame<'_> {
-    fn bytes(&self) -> &[u8] {
+    pub(crate) fn bytes(&self) -> &[u8] {
         match self {
             Frame::Owned(data) => data,
             Frame::Borrowed(data) => data,
@@ -549,7 +528,7 @@ impl Frame<'_> {
 }
 
 /// The name of `obj`'s class, for messages.
-fn type_name(obj: &Bound<'_, PyAny>) -> String {
+pub(crate) fn type_name(obj: &Bound<'_, PyAny>) -> String {
     obj.get_type()
         .name()
         .map(|n| n.to_string())

@@ -1,8 +1,10 @@
 //! The Python framing mode: a `pygev.Protocol` subclass splits each connection's bytes
 //! into frames under the dispatcher, over a per-connection `RingBuffer`.
 
+use std::borrow::Cow;
 use std::time::Instant;
 
+use pygev_core::Raw;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 
@@ -16,7 +18,7 @@ impl<'py> Dispatcher<'py> {
     /// then call `unpacket` while it returns frames, handing each to `on_message`, at most
     /// `budget` times. Returns the handler calls made and whether frames may remain (the
     /// budget ran out). The buffer is lent only for the `unpacket` call itself.
-    pub(super) fn on_bytes(
+    pub(crate) fn on_bytes(
         &mut self,
         conn: &Py<Connection>,
         data: Option<Vec<u8>>,
@@ -103,7 +105,7 @@ impl<'py> Dispatcher<'py> {
             match result {
                 Ok(reply) if reply.is_none() => {}
                 Ok(reply) => match packet(protocol, conn.bind(py), &reply) {
-                    Ok(Ok(wire)) => self.reply(conn, wire),
+                    Ok(Ok(wire)) => self.reply(conn, Cow::Owned(wire), &Raw),
                     Ok(Err(not_bytes)) => {
                         let err: PyErr = not_bytes.into();
                         self.protocol_failed("Protocol.packet()", conn, err);

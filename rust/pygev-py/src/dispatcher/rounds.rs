@@ -95,7 +95,7 @@ impl<'py> Dispatcher<'py> {
     /// handler calls made.
     pub(super) fn run_round(&mut self, batch: &mut Vec<Event>) -> usize {
         let bound = self.max_batch_events;
-        let native = self.py_protocol.is_none();
+        let native = self.python_framed == 0;
         if self.pending.is_empty() && native && batch.iter().map(calls).sum::<usize>() <= bound {
             // NOTE: the common case: everything fits, in arrival order, with no bookkeeping.
             let mut made = 0;
@@ -157,11 +157,15 @@ impl<'py> Dispatcher<'py> {
                         loop_index,
                         token,
                         data,
+                        kind,
                     } => {
-                        if self.py_protocol.is_some() {
+                        if self.python_framed > 0 && self.python_framed(loop_index, token) {
                             return self.unpack(loop_index, token, Some(data), cost, allow);
                         }
-                        self.message(loop_index, token, data);
+                        if let Some(conn) = self.conn(loop_index, token) {
+                            let mode = conn.get().mode();
+                            mode.on_message(self, &conn, Frame::Owned(data), kind);
+                        }
                         self.credit(loop_index, token, cost, true);
                         (1, None)
                     }
@@ -170,10 +174,21 @@ impl<'py> Dispatcher<'py> {
                         token,
                         frames,
                     } => {
-                        if self.py_protocol.is_some() {
+                        if self.python_framed > 0 && self.python_framed(loop_index, token) {
                             return self.unpack(loop_index, token, Some(frames.data), cost, allow);
                         }
                         self.frames(loop_index, token, frames, 0, cost, allow)
+                    }
+                    Event::Signal {
+                        loop_index,
+                        token,
+                        signal,
+                    } => {
+                        if let Some(conn) = self.conn(loop_index, token) {
+                            conn.get().mode().on_signal(self, &conn, signal);
+                        }
+                        self.credit(loop_index, token, cost, true);
+                        (1, None)
                     }
                     other => {
                         self.handle(other);
@@ -196,16 +211,11 @@ impl<'py> Dispatcher<'py> {
         }
     }
 
-    /// One message in its own buffer.
-    fn message(&mut self, loop_index: u32, token: u32, data: Vec<u8>) {
-        let Some(conn) = self.conn(loop_index, token) else {
-            return;
-        };
-        if self.shared.websocket.is_some() {
-            self.on_ws_frame(&conn, &data);
-        } else {
-            self.on_frame(&conn, Frame::Owned(data));
-        }
+    /// Whether the connection's framing is written in Python (it runs here).
+    fn python_framed(&self, loop_index: u32, token: u32) -> bool {
+        let slot = self.conns[loop_index as usize].get(token as usize);
+        slot.and_then(Option::as_ref)
+            .is_some_and(|conn| conn.get().mode().python_framing(self.py).is_some())
     }
 
     /// Frames `next..` of one read, `allow` of them at most.
@@ -225,16 +235,13 @@ impl<'py> Dispatcher<'py> {
             return (1, None);
         };
         let mut start = if next == 0 { 0 } else { frames.ends[next - 1] };
-        let websocket = self.shared.websocket.is_some();
-        for &stop in &frames.ends[next..end] {
+        let mode = conn.get().mode();
+        for (index, &stop) in frames.ends[next..end].iter().enumerate() {
             let frame = &frames.data[start..stop];
             start = stop;
-            // (A closed connection's frames are dropped by the callees, which look first.)
-            if websocket {
-                self.on_ws_frame(&conn, frame);
-            } else {
-                self.on_frame(&conn, Frame::Borrowed(frame));
-            }
+            // (A closed connection's frames are dropped by the mode, which looks first.)
+            let kind = frames.kind(next + index);
+            mode.on_message(self, &conn, Frame::Borrowed(frame), kind);
         }
         let made = (end - next).max(1);
         if end == total || conn.get().is_closed() {
@@ -264,10 +271,11 @@ impl<'py> Dispatcher<'py> {
         cost: usize,
         allow: usize,
     ) -> (usize, Option<Work>) {
-        let (Some(conn), Some(protocol)) = (
-            self.conn(loop_index, token),
-            self.py_protocol.as_ref().map(|p| p.clone_ref(self.py)),
-        ) else {
+        let conn = self.conn(loop_index, token);
+        let protocol = conn
+            .as_ref()
+            .and_then(|conn| conn.get().mode().python_framing(self.py));
+        let (Some(conn), Some(protocol)) = (conn, protocol) else {
             self.credit(loop_index, token, cost, true);
             return (1, None);
         };

@@ -1,0 +1,60 @@
+//! What crosses between a framing and the dispatcher besides message bytes: a message's
+//! kind, a framing's news about its connection ([`Signal`], loop to dispatcher) and
+//! instructions to it ([`Control`], dispatcher to loop). Typed, so that no payload carries
+//! a marker byte in front of it.
+
+use crate::websocket::handshake::UpgradeRequest;
+
+/// What a message is, for framings whose messages have kinds (WebSocket's text and
+/// binary); every other framing's messages are `Binary`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MessageKind {
+    /// Bytes.
+    #[default]
+    Binary,
+    /// Valid UTF-8 text (checked by the framing that read it).
+    Text,
+}
+
+/// A framing's news about its connection, queued in order with the connection's messages.
+#[derive(Debug)]
+pub enum Signal {
+    /// WebSocket: an upgrade request held for the dispatcher's handshake hook. The
+    /// connection reads nothing more until [`Control::Accept`] answers it (or it closes).
+    Upgrade(Box<UpgradeRequest>),
+    /// WebSocket: the loop answered the upgrade itself; `compressed` when
+    /// permessage-deflate was agreed.
+    Opened {
+        /// permessage-deflate was agreed: sends are compressed in the loop.
+        compressed: bool,
+    },
+    /// WebSocket: the connection ends after the messages queued before this signal, and
+    /// reads no more. The dispatcher sends `close` (a close frame's payload: code and
+    /// reason) with [`Control::Close`] after their replies, if it is `Some` (`None`: ours
+    /// went out already), then closes.
+    Ending {
+        /// The close frame still to send.
+        close: Option<Vec<u8>>,
+    },
+}
+
+/// An instruction to a connection's framing, posted in order with its sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// WebSocket: the hook accepted the upgrade; the complete 101 response, written before
+    /// any frame. Input held back meanwhile is read on.
+    Accept(Vec<u8>),
+    /// WebSocket: start (or answer) the closing handshake with this close frame payload:
+    /// code and reason, at most 125 bytes.
+    Close(Vec<u8>),
+}
+
+impl Control {
+    /// A short name for log lines.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Control::Accept(_) => "accept",
+            Control::Close(_) => "close",
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! A connection's mode: how its bytes become handler calls and its sends become bytes.
+//! Native framing (raw, length-prefix, delimited, plugins: framed in the loops), a Python
+//! `pygev.Protocol` (framed here, over raw bytes), or WebSocket (handshake and frames in
+//! the loops; `str`/`bytes` messages). The mode is chosen once, when the server is built
+//! (or for an outgoing connection, when it is dialed), and every difference between the
+//! modes lives behind [`Mode`], one file per mode.
+
+use std::sync::Arc;
+
+use pygev_core::{MessageKind, Protocol, Signal};
+use pyo3::gc::PyVisit;
+use pyo3::prelude::*;
+use pyo3::PyTraverseError;
+
+use crate::connection::Connection;
+use crate::dispatcher::{Dispatcher, Frame};
+use crate::errors::Error;
+use crate::protocols::protocol_from;
+
+mod native;
+mod python;
+mod websocket;
+
+pub(crate) use native::Native;
+pub(crate) use python::PythonFraming;
+pub(crate) use websocket::WebSocketMode;
+
+/// What each mode does differently. Connection methods and the dispatcher call these; no
+/// other code asks which mode a connection is in.
+pub(crate) trait Mode: Send + Sync {
+    /// The framing the loops run for connections in this mode.
+    fn loop_protocol(&self) -> Arc<dyn Protocol>;
+
+    /// `conn.send(data)`.
+    fn send(&self, conn: &Bound<'_, Connection>, data: &Bound<'_, PyAny>) -> PyResult<()>;
+
+    /// One whole message from the loop: calls `on_message` and sends what it returns.
+    fn on_message(
+        &self,
+        dispatcher: &mut Dispatcher<'_>,
+        conn: &Py<Connection>,
+        frame: Frame<'_>,
+        kind: MessageKind,
+    );
+
+    /// The loop's framing has news about the connection (only WebSocket's has any).
+    fn on_signal(&self, _dispatcher: &mut Dispatcher<'_>, conn: &Py<Connection>, signal: Signal) {
+        log::error!(
+            "pygev: connection {} got a signal its mode does not expect: {signal:?}",
+            conn.get().id_value()
+        );
+    }
+
+    /// The Python framing, when the dispatcher frames this connection's bytes itself.
+    fn python_framing(&self, _py: Python<'_>) -> Option<Py<PyAny>> {
+        None
+    }
+
+    /// Whether `on_connect` runs as soon as the connection opens (WebSocket: once its
+    /// handshake completed).
+    fn greets_at_open(&self) -> bool {
+        true
+    }
+
+    /// Whether `on_close` is due for a connection that closed (WebSocket: only one that
+    /// got `on_connect`).
+    fn farewell_due(&self, _conn: &Connection) -> bool {
+        true
+    }
+
+    /// Whether the handler's `on_handshake` hook applies.
+    fn has_handshake(&self) -> bool {
+        false
+    }
+
+    /// `conn.close(code, reason)` before the connection is closed: WebSocket sends its
+    /// close frame (checking code and reason); the others ignore both.
+    fn close(&self, _conn: &Connection, _code: i64, _reason: &str) -> Result<(), Error> {
+        Ok(())
+    }
+
+    /// The server or a failed callback ends the connection: WebSocket says why with a
+    /// close frame (1001 going away, 1011 internal error). Returns whether the mode ends
+    /// connections itself when the server stops (then the dispatcher closes them after
+    /// their goodbye; others are closed by the loops' drain).
+    fn say_goodbye(&self, _conn: &Connection, _code: u16, _reason: &str) -> bool {
+        false
+    }
+
+    /// `conn.shutdown_write()` is allowed.
+    fn check_shutdown_write(&self) -> Result<(), Error> {
+        Ok(())
+    }
+
+    /// `conn.ping(payload)`.
+    fn ping(&self, conn: &Connection, _payload: &[u8]) -> Result<(), Error> {
+        Err(not_websocket(conn))
+    }
+
+    /// Whether an outgoing connection may run in this mode (WebSocket needs the client
+    /// handshake, not written yet).
+    fn check_dial(&self) -> Result<(), Error> {
+        Ok(())
+    }
+
+    /// Visits the mode's Python references for the GC.
+    fn traverse(&self, _visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        Ok(())
+    }
+
+    /// Drops the mode's Python references (its server is being collected).
+    fn clear(&self) {}
+}
+
+/// The error of a WebSocket method on another kind of connection.
+pub(crate) fn not_websocket(conn: &Connection) -> Error {
+    Error::Type(format!(
+        "pygev: connection {} is not a WebSocket connection",
+        conn.id_value()
+    ))
+}
+
+/// The mode for `handler` and a `protocol=` argument. A `pygev.WebSocketHandler` goes with
+/// `pygev.WebSocket` (the default for it), and only with it; its `on_handshake`, if any,
+/// becomes the hook.
+pub(crate) fn choose(
+    handler: &Bound<'_, PyAny>,
+    protocol: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Arc<dyn Mode>> {
+    let py = handler.py();
+    let classes = crate::package::classes(py)?;
+    let ws_handler = handler.is_instance(classes.websocket_handler.bind(py))?;
+    let websocket = match protocol {
+        Some(protocol) => protocol.cast::<crate::websocket::WebSocket>().ok().cloned(),
+        None if ws_handler => Some(Bound::new(py, crate::websocket::WebSocket::default())?),
+        None => None,
+    };
+    match websocket {
+        Some(ws) if ws_handler => {
+            let hook = handler.hasattr("on_handshake")?;
+            Ok(Arc::new(WebSocketMode::new(ws.get().core(hook))))
+        }
+        Some(_) => Err(Error::Type(
+            "pygev: protocol=pygev.WebSocket() needs a pygev.WebSocketHandler".into(),
+        )
+        .into()),
+        None if ws_handler => Err(Error::Type(
+            "pygev: a pygev.WebSocketHandler serves only protocol=pygev.WebSocket(...)".into(),
+        )
+        .into()),
+        None => Ok(match protocol_from(protocol)? {
+            (_, Some(framing)) => Arc::new(PythonFraming::new(framing)),
+            (protocol, None) => Arc::new(Native::new(protocol)),
+        }),
+    }
+}

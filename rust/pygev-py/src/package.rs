@@ -1,0 +1,51 @@
+//! What the Python package hands the compiled module when it is imported: the classes
+//! written in Python that the binding must recognise (`pygev.Protocol`,
+//! `pygev.WebSocketHandler`, `pygev.Accept`, `pygev.Reject`). Rust never imports the
+//! package's modules itself.
+
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyType;
+
+use crate::errors::Error;
+
+/// The package's classes, set once by `pygev/__init__.py`.
+pub(crate) struct Classes {
+    pub(crate) protocol: Py<PyType>,
+    pub(crate) websocket_handler: Py<PyType>,
+    pub(crate) accept: Py<PyType>,
+    pub(crate) reject: Py<PyType>,
+}
+
+static CLASSES: PyOnceLock<Classes> = PyOnceLock::new();
+
+/// The package's classes; an error when `pygev._pygev` was imported without `pygev`.
+pub(crate) fn classes(py: Python<'_>) -> Result<&Classes, Error> {
+    CLASSES.get(py).ok_or_else(|| {
+        Error::State("pygev: import pygev, not pygev._pygev alone (its classes are missing)".into())
+    })
+}
+
+/// Called once by `pygev/__init__.py` with the classes the binding recognises.
+#[pyfunction]
+#[pyo3(signature = (*, protocol, websocket_handler, accept, reject))]
+pub(crate) fn _register_classes(
+    py: Python<'_>,
+    protocol: Py<PyType>,
+    websocket_handler: Py<PyType>,
+    accept: Py<PyType>,
+    reject: Py<PyType>,
+) -> PyResult<()> {
+    let classes = Classes {
+        protocol,
+        websocket_handler,
+        accept,
+        reject,
+    };
+    if CLASSES.set(py, classes).is_err() {
+        return Err(
+            Error::State("pygev: the package's classes are registered already".into()).into(),
+        );
+    }
+    Ok(())
+}

@@ -5,7 +5,7 @@ use std::fmt;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::unix::net::SocketAddr as StdUnixAddr;
-use std::path::PathBuf;
+use std::path::Path;
 
 /// Where a socket is, or is to be.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -20,9 +20,9 @@ pub enum Address {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum UnixAddress {
     /// A socket file.
-    Path(PathBuf),
+    Path(Box<Path>),
     /// A name in Linux's abstract namespace (no file; gone with the last socket).
-    Abstract(Vec<u8>),
+    Abstract(Box<[u8]>),
     /// No name: the client end of a connection that did not bind.
     Unnamed,
 }
@@ -42,7 +42,7 @@ impl Address {
     /// let inet = Address::parse("127.0.0.1:80").unwrap();
     /// assert_eq!(inet.to_string(), "127.0.0.1:80");
     /// let named = Address::parse("unix:@pygev").unwrap();
-    /// assert_eq!(named, Address::Unix(UnixAddress::Abstract(b"pygev".to_vec())));
+    /// assert_eq!(named, Address::Unix(UnixAddress::Abstract(b"pygev".as_slice().into())));
     /// assert_eq!(named.to_string(), "unix:@pygev");
     /// ```
     pub fn parse(text: &str) -> io::Result<Address> {
@@ -56,7 +56,7 @@ impl Address {
                 )));
             }
             return Ok(Address::Unix(UnixAddress::Abstract(
-                abstract_name.as_bytes().to_vec(),
+                abstract_name.as_bytes().into(),
             )));
         }
         if name.is_empty() {
@@ -69,7 +69,7 @@ impl Address {
                 name.len()
             )));
         }
-        Ok(Address::Unix(UnixAddress::Path(PathBuf::from(name))))
+        Ok(Address::Unix(UnixAddress::Path(Path::new(name).into())))
     }
 
     /// The internet address, if it is one.
@@ -95,9 +95,9 @@ impl Address {
     pub fn from_unix(addr: &StdUnixAddr) -> Address {
         use std::os::linux::net::SocketAddrExt;
         let name = if let Some(path) = addr.as_pathname() {
-            UnixAddress::Path(path.to_path_buf())
+            UnixAddress::Path(path.into())
         } else if let Some(name) = addr.as_abstract_name() {
-            UnixAddress::Abstract(name.to_vec())
+            UnixAddress::Abstract(name.into())
         } else {
             UnixAddress::Unnamed
         };

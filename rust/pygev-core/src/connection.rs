@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use crate::backlog::Backlog;
+use crate::buffer::Buffer;
 use crate::clock::Millis;
 use crate::protocols::ProtocolState;
-use crate::ring_buffer::RingBuffer;
 use crate::transport::Transport;
 
 /// Connection state bits.
@@ -61,8 +61,8 @@ pub(crate) struct Conn {
     /// Bytes the kernel's send queue held at the last look (0: empty, or not looked at);
     /// see `EventLoop::kernel_queue`.
     pub(crate) kernel_queued: u32,
-    pub(crate) input: RingBuffer,
-    pub(crate) output: RingBuffer,
+    pub(crate) input: Buffer,
+    pub(crate) output: Buffer,
     pub(crate) state: ProtocolState,
     /// Counters shared with the dispatcher's `Connection`.
     pub(crate) backlog: Arc<Backlog>,
@@ -95,8 +95,8 @@ impl Conn {
             flags: 0,
             protocol: 0,
             kernel_queued: 0,
-            input: RingBuffer::new(),
-            output: RingBuffer::new(),
+            input: Buffer::default(),
+            output: Buffer::default(),
             state,
             backlog,
             last_active: now,

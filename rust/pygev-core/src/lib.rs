@@ -9,6 +9,7 @@
 mod acceptor;
 mod address;
 mod backlog;
+mod buffer;
 mod clock;
 mod config;
 mod connection;

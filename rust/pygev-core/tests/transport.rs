@@ -131,7 +131,9 @@ fn addresses_parse_print_and_refuse_what_no_socket_takes() {
     let path = Address::parse("unix:/tmp/app.sock").unwrap();
     assert_eq!(
         path,
-        Address::Unix(UnixAddress::Path("/tmp/app.sock".into()))
+        Address::Unix(UnixAddress::Path(
+            std::path::Path::new("/tmp/app.sock").into()
+        ))
     );
     assert_eq!(path.to_string(), "unix:/tmp/app.sock");
     assert_eq!(Address::parse("[::1]:80").unwrap().to_string(), "[::1]:80");

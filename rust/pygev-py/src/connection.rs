@@ -32,7 +32,8 @@ pub struct Connection {
     id: u64,
     peer: Address,
     local: Address,
-    credentials: Option<Credentials>,
+    /// The peer process, on a Unix socket (boxed: TCP connections are the many).
+    credentials: Option<Box<Credentials>>,
     /// What is queued each way, shared with the loop.
     pub(crate) backlog: Arc<Backlog>,
     state: AtomicU8,
@@ -67,7 +68,7 @@ impl Connection {
             id,
             peer,
             local,
-            credentials,
+            credentials: credentials.map(Box::new),
             backlog,
             state: AtomicU8::new(OPEN),
             mode,
@@ -376,7 +377,7 @@ impl Connection {
     /// connected); `None` on TCP.
     #[getter]
     fn peer_credentials(&self) -> Option<(i32, u32, u32)> {
-        self.credentials.map(credentials_tuple)
+        self.credentials.as_deref().copied().map(credentials_tuple)
     }
 
     /// A server-unique number for this connection.

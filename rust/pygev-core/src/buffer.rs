@@ -1,0 +1,66 @@
+//! A connection's input or output buffer: a [`RingBuffer`] that exists only while it holds
+//! bytes, so that an idle connection's two buffers cost a pointer each.
+
+use std::io;
+
+use crate::ring_buffer::RingBuffer;
+
+/// Bytes a connection holds one way (unparsed input, or output the socket did not take).
+#[derive(Debug, Default)]
+pub(crate) struct Buffer(Option<Box<RingBuffer>>);
+
+impl Buffer {
+    /// Bytes held.
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |ring| ring.len())
+    }
+
+    /// Whether nothing is held.
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    fn ring(&mut self) -> &mut RingBuffer {
+        self.0.get_or_insert_with(Box::default)
+    }
+
+    /// Frees the ring once it holds nothing.
+    fn release_if_empty(&mut self) {
+        if self.0.as_ref().is_some_and(|ring| ring.is_empty()) {
+            self.0 = None;
+        }
+    }
+
+    /// Appends `data`.
+    pub(crate) fn write(&mut self, data: &[u8]) {
+        if !data.is_empty() {
+            self.ring().write(data);
+        }
+    }
+
+    /// Appends `data` and returns everything held as one slice (see
+    /// [`RingBuffer::write_contiguous`]).
+    pub(crate) fn write_contiguous(&mut self, data: &[u8]) -> &[u8] {
+        self.ring().write_contiguous(data)
+    }
+
+    /// Consumes `n` bytes.
+    pub(crate) fn retrieve(&mut self, n: usize) {
+        if let Some(ring) = self.0.as_mut() {
+            ring.retrieve(n);
+        }
+        self.release_if_empty();
+    }
+
+    /// Writes what is held to `writer` (one vectored write) and consumes what it took.
+    pub(crate) fn write_to<W: io::Write>(&mut self, writer: &mut W) -> io::Result<usize> {
+        let Some(ring) = self.0.as_mut() else {
+            return Ok(0);
+        };
+        let written = ring.write_to(writer);
+        self.release_if_empty();
+        written
+    }
+}

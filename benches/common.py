@@ -28,6 +28,7 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 MIB = 1024 * 1024
 
 LISTEN_RE = re.compile(r"listening on\s+\[?([^\s\]]*)\]?:(\d+)")
+UNIX_LISTEN_RE = re.compile(r"listening on\s+unix:(\S+)")
 
 
 @dataclass
@@ -42,6 +43,9 @@ class ServerSpec:
     fallback_pythonpath: str | None = None
     # put first on the server's PYTHONPATH (a baseline build of pygev, see below)
     pythonpath: str | None = None
+    # the script that serves on a Unix socket: it takes `--unix PATH` in place of
+    # `--port N` (see on_unix); None: this server has no Unix-socket mode
+    unix_script: str | None = None
 
     def framed(self, framing):
         """This server in the given framing mode ("raw" or "length"). A compiled server
@@ -49,6 +53,16 @@ class ServerSpec:
         if framing == "raw" or self.compiled:
             return self
         return replace(self, args=[*self.args, "--framing", framing])
+
+    def on_unix(self, path):
+        """This server listening on the Unix socket `path` instead of a TCP port: its
+        unix_script with `--unix PATH` in place of `--port N`; None without a Unix mode."""
+        if self.unix_script is None:
+            return None
+        args = list(self.args)
+        i = args.index("--port")
+        args[i:i + 2] = ["--unix", path]
+        return replace(self, script=self.unix_script, args=args)
 
     def command(self):
         if self.compiled:
@@ -60,9 +74,12 @@ def server_specs(include_gevent=False, include_c=False):
     """The servers under test, in display order."""
     specs = [
         ServerSpec("pygev", "examples/echo.py", ["--port", "0", "--loops", "1", "--stats"], "pygev",
-                   fallback_pythonpath=os.path.join(REPO, "python")),
-        ServerSpec("asyncio", "benches/peers/asyncio_echo.py", ["--port", "0"]),
-        ServerSpec("uvloop", "benches/peers/uvloop_echo.py", ["--port", "0"], "uvloop"),
+                   fallback_pythonpath=os.path.join(REPO, "python"),
+                   unix_script="benches/peers/pygev_unix_echo.py"),
+        ServerSpec("asyncio", "benches/peers/asyncio_echo.py", ["--port", "0"],
+                   unix_script="benches/peers/asyncio_echo.py"),
+        ServerSpec("uvloop", "benches/peers/uvloop_echo.py", ["--port", "0"], "uvloop",
+                   unix_script="benches/peers/uvloop_echo.py"),
     ]
     if include_gevent:
         specs.append(
@@ -76,7 +93,8 @@ def extra_specs():
     """Servers that run only when asked for by name."""
     return [
         # a minimal C epoll echo server: the ceiling the load generator can drive
-        ServerSpec("c", "benches/peers/c_echo.c", ["--port", "0"], compiled=True),
+        ServerSpec("c", "benches/peers/c_echo.c", ["--port", "0"], compiled=True,
+                   unix_script="benches/peers/c_echo.c"),
         # pygev with its length-prefix framing built as a Rust plugin (C ABI parity);
         # the same as pygev in the raw tests
         ServerSpec("pygev-plugin", "examples/echo.py",
@@ -139,6 +157,7 @@ class Server:
         self.proc = None
         self.host = None
         self.port = None
+        self.unix_path = None  # set instead of host and port for a Unix-socket server
         script = os.path.join(REPO, spec.script)
         if not os.path.exists(script):
             raise ServerError(f"{spec.script} does not exist (yet)")
@@ -172,7 +191,7 @@ class Server:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self.stop()
-                raise ServerError(f"no 'listening on HOST:PORT' line within {start_timeout:.0f} s"
+                raise ServerError(f"no 'listening on' line within {start_timeout:.0f} s"
                                   f"{self.log_tail()}")
             try:
                 line = self._lines.get(timeout=min(remaining, 0.2))
@@ -185,6 +204,10 @@ class Server:
                 continue
             if line is None:
                 continue
+            m = UNIX_LISTEN_RE.search(line)
+            if m:
+                self.unix_path = m.group(1)
+                break
             m = LISTEN_RE.search(line)
             if m:
                 host = m.group(1)

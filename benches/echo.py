@@ -15,6 +15,10 @@ Tests:
             (4-byte length + 60 bytes); every frame is one handler call. The servers run
             with --framing length (pygev.LengthPrefix parses in Rust; asyncio and uvloop
             parse in Python and write each data_received's replies at once).
+  unix-raw  "unix raw echo MiB/s": the raw test over a Unix-domain socket (loadgen -U) instead
+            of loopback TCP. pygev runs benches/peers/pygev_unix_echo.py, the others their
+            own script with --unix PATH; servers without a Unix mode show n/a. The socket
+            files live in a temporary directory, removed at exit.
 
 For every run the server's CPU time (utime+stime from /proc/PID/stat, all
 threads) is sampled exactly when the load generator's measured window starts
@@ -24,15 +28,19 @@ server CPU % (of one core) and work per server CPU-second.
 Writes benches/results/echo.json and benches/results/echo.png.
 Usage: python benches/echo.py [--duration 5] [--warmup 1] [--rounds 3]
                               [--servers pygev,asyncio,uvloop,c] [--quick]
+                              [--tests raw,pingpong,framed,unix-raw]
 """
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -61,6 +69,14 @@ TESTS = {
         "unit": "msg/s", "per_cpu_unit": "msg/CPU-s",
         "framing": "length", "loadgen_args": ["-f", "4"],
     },
+    # the raw test over a Unix-domain socket: no TCP/IP stack, only the servers' own costs
+    # and the socket copies (servers without a Unix-socket mode are left out of it)
+    "unix-raw": {
+        "title": "unix raw echo",
+        "connections": 50, "size": 4096, "inflight": 8,
+        "unit": "MiB/s", "per_cpu_unit": "MiB/CPU-s",
+        "transport": "unix",
+    },
 }
 
 #: What this harness compares. benches/websocket.py runs the same harness with its own
@@ -69,7 +85,7 @@ SUITE = {
     "name": "echo",
     "title": "echo benchmark",
     "servers": "pygev,asyncio,uvloop,c",
-    "tests": "raw,pingpong,framed",
+    "tests": "raw,pingpong,framed,unix-raw",
     "peers": ("uvloop", "asyncio", "pygev-plugin", "pygev-old"),
     "specs": lambda: common.server_specs(include_c=True),
 }
@@ -82,8 +98,10 @@ CPUS = (SERVER_CPU, LOADGEN_CPU)
 def run_loadgen(loadgen, server, test, duration, warmup, busy_poll=True):
     """One measured run against a running server; returns a result dict."""
     t = TESTS[test]
+    where = (["-U", server.unix_path] if server.unix_path else
+             ["-H", server.host, "-p", str(server.port)])
     cmd = common.pinned([
-        loadgen, "-H", server.host, "-p", str(server.port),
+        loadgen, *where,
         "-c", str(t["connections"]), "-s", str(t["size"]), "-i", str(t["inflight"]),
         "-d", str(duration), "-w", str(warmup), *(["-b"] if busy_poll else []),
         *t.get("loadgen_args", []),
@@ -191,6 +209,13 @@ def per_cpu(test, r):
     return r["mib_per_cpu_s"] if TESTS[test]["unit"] == "MiB/s" else r["msg_per_cpu_s"]
 
 
+def mode(test):
+    """What a test needs the server to run as: (framing, transport). One server process
+    serves all the tests of one mode in a round."""
+    t = TESTS[test]
+    return t.get("framing", "raw"), t.get("transport", "tcp")
+
+
 def summarize(runs, servers, tests):
     """Median (and min/max) per server and test over the successful rounds."""
     summary = {}
@@ -211,6 +236,7 @@ def summarize(runs, servers, tests):
                 "loadgen_cpu_pct": median([r["loadgen_cpu_pct"] for r in rs]),
                 "loadgen_busy_pct": median([r["loadgen_busy_pct"] for r in rs]),
                 "noise_pct": median([noise(r) for r in rs]),
+                "steal_pct": median([r.get("steal_pct", 0.0) for r in rs]),
                 "per_cpu_s": median(pc), "per_cpu_s_min": min(pc), "per_cpu_s_max": max(pc),
                 "per_cpu_unit": TESTS[test]["per_cpu_unit"],
                 "errors": errors,
@@ -267,6 +293,7 @@ def table(summary, servers, tests, args):
             (t["per_cpu_unit"], "per_cpu_s"),
             ("loadgen busy %", "loadgen_busy_pct"),
             ("noise CPU %", "noise_pct"),
+            ("  of which steal %", "steal_pct"),
             ("errors", "errors"),
         ]
         for i, (mname, key) in enumerate(metrics):
@@ -391,23 +418,41 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     runs, skipped, server_info = [], {}, {}
     started = datetime.datetime.now(datetime.timezone.utc)
-    framings = sorted({TESTS[t].get("framing", "raw") for t in tests}, reverse=True)
+    # TCP before Unix socket, raw before framed
+    modes = sorted({mode(t) for t in tests}, key=lambda m: (m[1] != "tcp", m[0] != "raw"))
+    sockdir = None
+    if any(transport == "unix" for _, transport in modes):
+        sockdir = tempfile.mkdtemp(prefix=f"pygev-{SUITE['name']}-")
+        atexit.register(shutil.rmtree, sockdir, ignore_errors=True)
+    no_unix = set()  # servers without a Unix-socket mode (said once)
     for rnd in range(args.rounds):
         k = rnd % len(specs)
         order = specs[k:] + specs[:k]  # rotate so no server always goes first
-        for spec, framing in [(sp, f) for sp in order for f in framings]:
+        for spec, (framing, transport) in [(sp, m) for sp in order for m in modes]:
             if spec.name in skipped:
                 continue
-            group = [t for t in tests if TESTS[t].get("framing", "raw") == framing]
+            group = [t for t in tests if mode(t) == (framing, transport)]
+            run_spec = spec.framed(framing)
+            log_name = f"{SUITE['name']}-{spec.name}-{framing}"
+            if transport == "unix":
+                run_spec = run_spec.on_unix(os.path.join(sockdir, f"{spec.name}.sock"))
+                log_name += "-unix"
+                if run_spec is None:
+                    if spec.name not in no_unix:
+                        no_unix.add(spec.name)
+                        log(f"note: {spec.name} has no Unix-socket mode: not in "
+                            f"{', '.join(group)}")
+                    continue
             try:
-                server = common.Server(spec.framed(framing), cpu=SERVER_CPU,
-                                       log_name=f"{SUITE['name']}-{spec.name}-{framing}")
+                server = common.Server(run_spec, cpu=SERVER_CPU, log_name=log_name)
             except ServerError as exc:
                 skipped[spec.name] = str(exc)
                 log(f"SKIP {spec.name}: {exc}")
                 continue
-            server_info[spec.name] = {"command": " ".join(spec.command()),
-                                      "module": server.module_path}
+            info = server_info.setdefault(spec.name, {})
+            info["command" if transport == "tcp" else "unix_command"] = " ".join(
+                spec.command() if transport == "tcp" else run_spec.command())
+            info["module"] = server.module_path
             try:
                 for test in group:
                     attempts = []
@@ -441,7 +486,8 @@ def main():
                         f"{fmt(throughput(test, r)):>9s} {TESTS[test]['unit']:6s} "
                         f"server CPU {r['server_cpu_pct']:5.1f}%  "
                         f"{fmt(per_cpu(test, r)):>9s} {TESTS[test]['per_cpu_unit']}  "
-                        f"loadgen busy {r['loadgen_busy_pct']:5.1f}%  noise {noise(r):4.1f}%  "
+                        f"loadgen busy {r['loadgen_busy_pct']:5.1f}%  noise {noise(r):4.1f}% "
+                        f"(steal {r['steal_pct']:4.1f}%)  "
                         f"errors {r['errors']}")
                     if r["errors"]:
                         log(f"  ERROR: echo verification failed for {spec.name}:\n"

@@ -1,5 +1,6 @@
 /*
- * loadgen.c - a small single-threaded epoll TCP load generator for echo servers.
+ * loadgen.c - a small single-threaded epoll TCP (or Unix-socket) load generator for echo
+ * servers.
  *
  * Each of C connections keeps exactly I messages of S bytes outstanding: it
  * sends I messages up front and, every time S more bytes have come back, sends
@@ -17,8 +18,11 @@
  * Diagnostics go to stderr.
  *
  * Build: gcc -O2 -o loadgen loadgen.c
- * Usage: loadgen [-H host] [-p port] [-c conns] [-s size] [-i inflight]
- *                [-d duration] [-w warmup] [-f header_size] [-b]
+ * Usage: loadgen [-H host] [-p port | -U path] [-c conns] [-s size] [-i inflight]
+ *                [-d duration] [-w warmup] [-f header_size] [-b] [-W]
+ *
+ * -U PATH connects every connection to the Unix-domain stream socket at PATH instead
+ * of host:port (-H and -p are then ignored). Everything else works the same.
  *
  * -f H frames every message for a length-prefix server: its first H bytes (1, 2, 4 or
  * 8) hold the length of the rest, big-endian. The stream is still checked byte for byte:
@@ -44,6 +48,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,6 +56,7 @@
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -108,7 +114,7 @@ static void on_signal(int sig) {
 
 static void usage(const char *argv0) {
     fprintf(stderr,
-            "usage: %s [-H host] [-p port] [-c conns] [-s size] [-i inflight]\n"
+            "usage: %s [-H host] [-p port | -U path] [-c conns] [-s size] [-i inflight]\n"
             "          [-d duration_s] [-w warmup_s] [-f header_size] [-b] [-W]\n",
             argv0);
     exit(2);
@@ -217,7 +223,8 @@ static int make_socket(const struct sockaddr_storage *sa, socklen_t salen) {
         exit(1);
     }
     int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (sa->ss_family != AF_UNIX) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    /* A Unix socket connects at once, or fails with EAGAIN when the listen backlog is full. */
     if (connect(fd, (const struct sockaddr *)sa, salen) < 0 && errno != EINPROGRESS) {
         perror("connect");
         exit(1);
@@ -374,6 +381,7 @@ static void upgrade_all(double timeout) {
 int main(int argc, char **argv) {
     const char *host = "127.0.0.1";
     const char *port = NULL;
+    const char *unix_path = NULL;
     int inflight = 1;
     int busy_poll = 0;
     int frame_header = 0;
@@ -382,10 +390,11 @@ int main(int argc, char **argv) {
     msg_size = 64;
 
     int opt;
-    while ((opt = getopt(argc, argv, "H:p:c:s:i:d:w:f:bWh")) != -1) {
+    while ((opt = getopt(argc, argv, "H:p:U:c:s:i:d:w:f:bWh")) != -1) {
         switch (opt) {
         case 'H': host = optarg; break;
         case 'p': port = optarg; break;
+        case 'U': unix_path = optarg; break;
         case 'c': nconns = atoi(optarg); break;
         case 's': msg_size = (size_t)atol(optarg); break;
         case 'i': inflight = atoi(optarg); break;
@@ -397,7 +406,8 @@ int main(int argc, char **argv) {
         default: usage(argv[0]);
         }
     }
-    if (!port || nconns <= 0 || msg_size == 0 || inflight <= 0 || duration <= 0 || warmup < 0)
+    if ((!port && !unix_path) || nconns <= 0 || msg_size == 0 || inflight <= 0 || duration <= 0 ||
+        warmup < 0)
         usage(argv[0]);
 
     struct sigaction sa_sig = {0};
@@ -412,17 +422,31 @@ int main(int argc, char **argv) {
         setrlimit(RLIMIT_NOFILE, &rl);
     }
 
-    struct addrinfo hints = {0}, *res;
-    hints.ai_socktype = SOCK_STREAM;
-    int gai = getaddrinfo(host, port, &hints, &res);
-    if (gai != 0) {
-        fprintf(stderr, "loadgen: %s:%s: %s\n", host, port, gai_strerror(gai));
-        return 1;
+    struct sockaddr_storage sa = {0};
+    socklen_t salen;
+    if (unix_path) {
+        struct sockaddr_un *un = (struct sockaddr_un *)&sa;
+        size_t len = strlen(unix_path);
+        if (len >= sizeof un->sun_path) {
+            fprintf(stderr, "loadgen: -U %s: path too long (at most %zu bytes)\n", unix_path,
+                    sizeof un->sun_path - 1);
+            return 2;
+        }
+        un->sun_family = AF_UNIX;
+        memcpy(un->sun_path, unix_path, len + 1);
+        salen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len + 1);
+    } else {
+        struct addrinfo hints = {0}, *res;
+        hints.ai_socktype = SOCK_STREAM;
+        int gai = getaddrinfo(host, port, &hints, &res);
+        if (gai != 0) {
+            fprintf(stderr, "loadgen: %s:%s: %s\n", host, port, gai_strerror(gai));
+            return 1;
+        }
+        salen = res->ai_addrlen;
+        memcpy(&sa, res->ai_addr, salen);
+        freeaddrinfo(res);
     }
-    struct sockaddr_storage sa;
-    socklen_t salen = res->ai_addrlen;
-    memcpy(&sa, res->ai_addr, salen);
-    freeaddrinfo(res);
 
     /* The shared random pattern; its first CHUNK bytes repeat at the end, so a
      * read or write of up to CHUNK bytes from any offset is contiguous. */

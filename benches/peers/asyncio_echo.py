@@ -7,11 +7,15 @@ With --framing length, messages are 4-byte big-endian length-prefixed frames: th
 protocol parses them in Python and calls one handler per frame, then writes the framed
 replies of one data_received with one write (what pygev.LengthPrefix does natively).
 
+With --unix PATH it listens on a Unix-domain stream socket at PATH instead
+(loop.create_unix_server) and prints "listening on unix:PATH".
+
 Prints "listening on HOST:PORT" (flushed) once bound, serves until SIGINT/SIGTERM.
 uvloop_echo.py runs this same code on uvloop.
 """
 import argparse
 import asyncio
+import os
 import resource
 import signal
 import struct
@@ -84,7 +88,10 @@ class FramedEcho(asyncio.Protocol):
 async def until_stopped(server):
     """Prints the `listening on` line for `server`, then waits for SIGINT or SIGTERM."""
     addr = server.sockets[0].getsockname()
-    print(f"listening on {addr[0]}:{addr[1]}", flush=True)
+    if isinstance(addr, str):  # a Unix socket's path
+        print(f"listening on unix:{addr}", flush=True)
+    else:
+        print(f"listening on {addr[0]}:{addr[1]}", flush=True)
     loop = asyncio.get_running_loop()
     stop = loop.create_future()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -92,12 +99,20 @@ async def until_stopped(server):
     await stop
 
 
-async def serve(host, port, backlog, framing):
+async def serve(host, port, backlog, framing, unix=None):
     loop = asyncio.get_running_loop()
     factory = FramedEcho if framing == "length" else Echo
-    server = await loop.create_server(factory, host, port, backlog=backlog)
+    if unix:
+        server = await loop.create_unix_server(factory, unix, backlog=backlog)
+    else:
+        server = await loop.create_server(factory, host, port, backlog=backlog)
     await until_stopped(server)
     server.close()
+    if unix:
+        try:
+            os.unlink(unix)
+        except OSError:
+            pass
 
 
 def main(use_uvloop=False):
@@ -106,6 +121,8 @@ def main(use_uvloop=False):
     ap.add_argument("--port", type=int, default=0, help="0 = any free port")
     ap.add_argument("--backlog", type=int, default=1024)
     ap.add_argument("--framing", choices=["raw", "length"], default="raw")
+    ap.add_argument("--unix", metavar="PATH",
+                    help="listen on a Unix-domain socket at PATH instead of --host/--port")
     args = ap.parse_args()
     raise_nofile_limit()
     if use_uvloop:
@@ -114,7 +131,7 @@ def main(use_uvloop=False):
         runner = uvloop.run
     else:
         runner = asyncio.run
-    runner(serve(args.host, args.port, args.backlog, args.framing))
+    runner(serve(args.host, args.port, args.backlog, args.framing, args.unix))
     return 0
 
 

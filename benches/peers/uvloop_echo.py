@@ -2,7 +2,8 @@
 """Echo server on uvloop: the very same asyncio Protocol code as asyncio_echo.py
 (data_received -> transport.write), run on uvloop's event loop.
 
-Prints "listening on HOST:PORT" (flushed) once bound, serves until SIGINT/SIGTERM.
+Prints "listening on HOST:PORT" (flushed) once bound, serves until SIGINT/SIGTERM;
+with --unix PATH it listens on a Unix-domain socket there ("listening on unix:PATH").
 """
 import os
 import sys

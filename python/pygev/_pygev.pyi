@@ -187,7 +187,8 @@ class Connection:
     """
 
     def send(self, data: Buffer | str) -> None:
-        """Queues ``data`` for writing, packed by the server's protocol.
+        """Queues ``data`` for writing, packed by the connection's protocol (the server's,
+        or the one it was dialed with).
 
         On a WebSocket connection a ``str`` goes out as a text message and bytes as a
         binary one; before the handshake completed (in ``on_handshake``) it raises

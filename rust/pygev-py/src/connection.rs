@@ -83,6 +83,12 @@ impl Connection {
         &self.mode
     }
 
+    /// Whether the connection was dialed with a mode of its own (one `connect()` made it,
+    /// and only this connection holds it), not the server's.
+    fn has_own_mode(&self) -> bool {
+        !Arc::ptr_eq(&self.mode, &self.shared.mode)
+    }
+
     /// Where the mode has got to with the connection (its own numbers).
     pub(crate) fn phase(&self) -> u8 {
         self.phase.load(Ordering::Acquire)
@@ -318,7 +324,8 @@ impl Connection {
     /// Thread-safe: callable from any thread and from inside callbacks (where the writes of
     /// a whole batch go out together).
     fn send(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
-        slf.get().mode.clone().send(slf, data)
+        let this = slf.get();
+        this.mode.send(slf, data)
     }
 
     /// Flushes pending output, then shuts down the write side (the peer reads EOF).
@@ -420,11 +427,17 @@ impl Connection {
         if let Ok(slot) = self.context.try_lock() {
             visit.call(slot.as_ref())?;
         }
+        if self.has_own_mode() {
+            self.mode.traverse(&visit)?; // the server's own is the server's to report
+        }
         Ok(())
     }
 
     fn __clear__(&self) {
         let old = self.context_slot().take();
         drop(old);
+        if self.has_own_mode() {
+            self.mode.clear();
+        }
     }
 }

@@ -167,10 +167,10 @@ pub(crate) type Framing = (Arc<dyn Protocol>, Option<Py<PyAny>>);
 /// bytes and the dispatcher runs `unpacket`/`packet`).
 pub(crate) fn protocol_from(protocol: Option<&Bound<'_, PyAny>>) -> Result<Framing, Error> {
     let Some(obj) = protocol else {
-        return Ok((Arc::new(pygev_core::Raw), None));
+        return Ok((raw(), None));
     };
     if obj.is_instance_of::<Raw>() {
-        return Ok((Arc::new(pygev_core::Raw), None));
+        return Ok((raw(), None));
     }
     if let Ok(framing) = obj.cast::<LengthPrefix>() {
         return Ok((framing.get().inner.clone(), None));
@@ -183,7 +183,7 @@ pub(crate) fn protocol_from(protocol: Option<&Bound<'_, PyAny>>) -> Result<Frami
     }
     let base = crate::package::classes(obj.py())?.protocol.bind(obj.py());
     if obj.is_instance(base).unwrap_or(false) {
-        return Ok((Arc::new(pygev_core::Raw), Some(obj.clone().unbind())));
+        return Ok((raw(), Some(obj.clone().unbind())));
     }
     Err(Error::Type(format!(
         "pygev: protocol must be pygev.Raw(), pygev.LengthPrefix(...), pygev.Delimited(...), \
@@ -193,6 +193,13 @@ pub(crate) fn protocol_from(protocol: Option<&Bound<'_, PyAny>>) -> Result<Frami
             .map(|r| r.to_string())
             .unwrap_or_else(|_| "?".into())
     )))
+}
+
+/// The raw framing: one object for every server and connection, so that the loops'
+/// protocol tables share one entry for all raw connections.
+pub(crate) fn raw() -> Arc<dyn Protocol> {
+    static RAW: std::sync::OnceLock<Arc<dyn Protocol>> = std::sync::OnceLock::new();
+    RAW.get_or_init(|| Arc::new(pygev_core::Raw)).clone()
 }
 
 /// A Rust plugin's framing: `obj` is a capsule named `"pygev.protocol"`, or an object whose

@@ -233,10 +233,10 @@ impl Server {
             ..Config::default()
         };
         let mode = mode::choose(handler, protocol)?;
-        if mode.check_dial().is_err() && address.is_none() {
+        if mode.needs_listener() && address.is_none() {
             return Err(Error::Value(
-                "pygev: a WebSocket server without a listener could serve nothing (it cannot \
-                 dial yet)"
+                "pygev: a server without a listener could serve nothing: its protocol cannot \
+                 dial (WebSocket: the client handshake is not implemented yet)"
                     .into(),
             )
             .into());

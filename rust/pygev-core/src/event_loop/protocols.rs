@@ -77,6 +77,9 @@ impl ProtocolTable {
     /// The index for one more connection using `protocol` (the entry already holding the
     /// same framing object, or a new one); `None` when the table is full.
     pub(super) fn adopt(&mut self, protocol: Arc<dyn Protocol>) -> Option<u16> {
+        if Arc::ptr_eq(self.get(SERVER_PROTOCOL), &protocol) {
+            return Some(SERVER_PROTOCOL); // never counted, never released
+        }
         let same = |entry: &Option<Entry>| {
             entry
                 .as_ref()
@@ -118,5 +121,36 @@ impl ProtocolTable {
                 self.free.push(index);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocols::{ByteOrder, LengthPrefix, Raw};
+
+    #[test]
+    fn entries_are_shared_by_object_and_dropped_with_their_last_user() {
+        let server: Arc<dyn Protocol> = Arc::new(Raw);
+        let mut table = ProtocolTable::new(server.clone(), 1024);
+        assert_eq!(table.adopt(server.clone()), Some(SERVER_PROTOCOL));
+        let framing: Arc<dyn Protocol> =
+            Arc::new(LengthPrefix::new(4, ByteOrder::Big, 1 << 20).unwrap());
+        let a = table.adopt(framing.clone()).unwrap();
+        assert_eq!(table.adopt(framing.clone()), Some(a), "same object, same entry");
+        assert_eq!(table.max_input(a), 1024.max(framing.max_buffered_input()));
+        let other: Arc<dyn Protocol> = Arc::new(Raw);
+        let b = table.adopt(other.clone()).unwrap();
+        assert_ne!(a, b);
+        table.release(a);
+        assert_eq!(Arc::strong_count(&framing), 2, "one user left");
+        table.release(a);
+        assert_eq!(Arc::strong_count(&framing), 1, "dropped with its last user");
+        let c = table.adopt(framing.clone()).unwrap();
+        assert_eq!(c, a, "a freed slot is reused");
+        table.release(SERVER_PROTOCOL); // the server's stays
+        assert_eq!(table.get(SERVER_PROTOCOL).name(), "raw");
+        table.release(b);
+        assert_eq!(Arc::strong_count(&other), 1);
     }
 }

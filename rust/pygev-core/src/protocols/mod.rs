@@ -187,7 +187,7 @@ impl FrameSink {
     }
 
     /// Asks the loop to stop reading the connection and leave it open: the protocol
-    /// pushed a frame telling the dispatcher how to end it (WebSocket's closing handshake,
+    /// signalled the dispatcher how to end it (WebSocket's closing handshake,
     /// whose close frame must follow the replies to the messages before it). `error` is
     /// logged: it says what the peer did wrong.
     pub fn stop_reading(&mut self, error: Option<String>) {

@@ -301,7 +301,7 @@ impl<'py> Dispatcher<'py> {
                     .as_ref()
                     .and_then(|d| d.mode.clone())
                     .unwrap_or_else(|| self.shared.mode.clone());
-                let python_framed = mode.python_framing(self.py).is_some();
+                let python_framed = mode.is_python_framed();
                 let conn = Connection::new(self.shared.clone(), mode, loop_index, token, *info);
                 let conn = match Py::new(self.py, conn) {
                     Ok(conn) => conn,
@@ -415,7 +415,7 @@ impl<'py> Dispatcher<'py> {
     fn closed(&mut self, conn: Py<Connection>) {
         conn.get().mark_closed();
         self.inputs.remove(&conn.get().id_value());
-        if conn.get().mode().python_framing(self.py).is_some() {
+        if conn.get().mode().is_python_framed() {
             self.python_framed = self.python_framed.saturating_sub(1);
         }
         self.partial_frames.remove(&conn.get().id_value());

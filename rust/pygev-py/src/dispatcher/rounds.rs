@@ -215,7 +215,7 @@ impl<'py> Dispatcher<'py> {
     fn python_framed(&self, loop_index: u32, token: u32) -> bool {
         let slot = self.conns[loop_index as usize].get(token as usize);
         slot.and_then(Option::as_ref)
-            .is_some_and(|conn| conn.get().mode().python_framing(self.py).is_some())
+            .is_some_and(|conn| conn.get().mode().is_python_framed())
     }
 
     /// Frames `next..` of one read, `allow` of them at most.

@@ -51,6 +51,12 @@ pub(crate) trait Mode: Send + Sync {
         );
     }
 
+    /// Whether the dispatcher frames this connection's bytes itself (a Python framing):
+    /// asked per message, so it takes no lock.
+    fn is_python_framed(&self) -> bool {
+        false
+    }
+
     /// The Python framing, when the dispatcher frames this connection's bytes itself.
     fn python_framing(&self, _py: Python<'_>) -> Option<Py<PyAny>> {
         None
@@ -101,6 +107,11 @@ pub(crate) trait Mode: Send + Sync {
     /// handshake, not written yet).
     fn check_dial(&self) -> Result<(), Error> {
         Ok(())
+    }
+
+    /// Whether a server in this mode must have a listener (it cannot dial).
+    fn needs_listener(&self) -> bool {
+        self.check_dial().is_err()
     }
 
     /// Visits the mode's Python references for the GC.

@@ -29,7 +29,7 @@ impl PythonFraming {
     pub(crate) fn new(framing: Py<PyAny>) -> Self {
         PythonFraming {
             framing: Mutex::new(Some(framing)),
-            raw: Arc::new(Raw),
+            raw: crate::protocols::raw(),
         }
     }
 
@@ -87,6 +87,10 @@ impl Mode for PythonFraming {
             let data = frame.bytes().to_vec();
             dispatcher.on_bytes(conn, Some(data), framing.bind(py), usize::MAX);
         }
+    }
+
+    fn is_python_framed(&self) -> bool {
+        true
     }
 
     fn python_framing(&self, py: Python<'_>) -> Option<Py<PyAny>> {

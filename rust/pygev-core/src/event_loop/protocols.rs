@@ -137,7 +137,11 @@ mod tests {
         let framing: Arc<dyn Protocol> =
             Arc::new(LengthPrefix::new(4, ByteOrder::Big, 1 << 20).unwrap());
         let a = table.adopt(framing.clone()).unwrap();
-        assert_eq!(table.adopt(framing.clone()), Some(a), "same object, same entry");
+        assert_eq!(
+            table.adopt(framing.clone()),
+            Some(a),
+            "same object, same entry"
+        );
         assert_eq!(table.max_input(a), 1024.max(framing.max_buffered_input()));
         let other: Arc<dyn Protocol> = Arc::new(Raw);
         let b = table.adopt(other.clone()).unwrap();

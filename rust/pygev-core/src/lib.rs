@@ -9,7 +9,6 @@
 mod acceptor;
 mod address;
 mod backlog;
-mod buffer;
 mod clock;
 mod config;
 mod connection;

@@ -5,21 +5,21 @@
 use std::io;
 use std::sync::atomic::Ordering;
 
-use super::{EventLoop, READ_BUDGET};
+use super::set::{Connections, READ_BUDGET};
+use super::{flag, CloseCause};
 use crate::clock::Millis;
-use crate::connection::{flag, CloseCause};
 use crate::event::Event;
 use crate::protocols::{Item, ProtocolError, Taken};
 use crate::stats::LoopStats;
 
-impl EventLoop {
+impl Connections {
     /// Whether the loop's whole dispatch queue is over its high-water mark.
-    pub(super) fn dispatch_backlogged(&self) -> bool {
+    pub(crate) fn dispatch_backlogged(&self) -> bool {
         self.handle
             .dispatch_backlogged(self.config.dispatch_high_water)
     }
 
-    pub(super) fn read(&mut self, token: usize) {
+    pub(crate) fn read(&mut self, token: usize) {
         let Some(conn) = self.conns.get_mut(token) else {
             return;
         };
@@ -133,7 +133,7 @@ impl EventLoop {
     /// The peer hung up while the loop does not read it (Python is behind on the whole
     /// loop): if it left nothing unread and nothing of it waits, the descriptor is closed now
     /// instead of when Python catches up (no CLOSE_WAIT pile-up); `on_close` follows.
-    pub(super) fn hangup_while_paused(&mut self, token: usize) {
+    pub(crate) fn hangup_while_paused(&mut self, token: usize) {
         let conn = &self.conns[token];
         if !conn.has(flag::PAUSED_BY_US) || conn.has(flag::CLOSING) {
             return;
@@ -145,12 +145,12 @@ impl EventLoop {
     }
 
     /// Whether this iteration has read its `batch_bytes`.
-    pub(super) fn batch_full(&self) -> bool {
+    pub(crate) fn batch_full(&self) -> bool {
         self.batch_read >= self.config.batch_bytes
     }
 
     /// Reads `token` in the next iteration, which polls without waiting.
-    pub(super) fn read_later(&mut self, token: usize) {
+    pub(crate) fn read_later(&mut self, token: usize) {
         let conn = &mut self.conns[token];
         if !conn.has(flag::MORE_TO_READ) {
             conn.flags |= flag::MORE_TO_READ;
@@ -160,7 +160,7 @@ impl EventLoop {
 
     /// Runs the protocol over the `n` bytes just read into the scratch buffer (after any
     /// leftover), and leaves the scratch buffer empty.
-    pub(super) fn feed(&mut self, token: usize, n: usize) -> Result<(), CloseCause> {
+    pub(crate) fn feed(&mut self, token: usize, n: usize) -> Result<(), CloseCause> {
         let conn = &mut self.conns[token];
         let protocol = self.protocols.get(conn.protocol);
         let result = if conn.input.is_empty() && protocol.is_passthrough() {
@@ -291,7 +291,7 @@ impl EventLoop {
     /// Starts the frame deadline when a frame began arriving (the read that completed a
     /// frame and began the next one starts it afresh), and ends it once the framing holds no
     /// partial frame; takes in a deadline the protocol brought forward.
-    pub(super) fn track_frame(&mut self, token: usize, produced: bool) {
+    pub(crate) fn track_frame(&mut self, token: usize, produced: bool) {
         let Some(conn) = self.conns.get_mut(token) else {
             return;
         };
@@ -319,7 +319,7 @@ impl EventLoop {
 
     /// Does what the protocol asked for itself: writes its reply (ahead of anything sent
     /// later), then closes if it asked to, logging what the peer did wrong.
-    pub(super) fn protocol_actions(
+    pub(crate) fn protocol_actions(
         &mut self,
         token: usize,
         reply: &[u8],
@@ -349,7 +349,7 @@ impl EventLoop {
     }
 
     /// Asks the dispatcher for a `Resume` once it catches up.
-    pub(super) fn note_dispatch_paused(&mut self) {
+    pub(crate) fn note_dispatch_paused(&mut self) {
         if !self.handle.dispatch_paused.swap(true, Ordering::SeqCst) {
             // The dispatcher may have caught up between our check and the flag: look again.
             let pending = self.handle.pending_dispatch.load(Ordering::SeqCst);
@@ -361,7 +361,7 @@ impl EventLoop {
         }
     }
 
-    pub(super) fn resume_deferred(&mut self) {
+    pub(crate) fn resume_deferred(&mut self) {
         let tokens = std::mem::take(&mut self.deferred_reads);
         for token in &tokens {
             if let Some(conn) = self.conns.get_mut(*token) {
@@ -375,12 +375,12 @@ impl EventLoop {
             }
         }
         if std::mem::take(&mut self.accept_deferred) {
-            self.accept();
+            self.accept_wanted = true; // the loop accepts before it polls again
         }
     }
 
     /// The dispatcher caught up with one throttled connection.
-    pub(super) fn unthrottle(&mut self, token: u32, id: u64) {
+    pub(crate) fn unthrottle(&mut self, token: u32, id: u64) {
         let Some(conn) = self.conn_mut(token, id) else {
             return;
         };
@@ -409,7 +409,7 @@ impl EventLoop {
 
     /// Reads the connections left over from earlier iterations, oldest first, until the
     /// batch is full; a connection that still has bytes goes to the back of the line.
-    pub(super) fn read_leftovers(&mut self) {
+    pub(crate) fn read_leftovers(&mut self) {
         for _ in 0..self.more_to_read.len() {
             if self.batch_full() {
                 return;
@@ -438,7 +438,7 @@ fn checked_use(used: usize, len: usize) -> Result<usize, ProtocolError> {
 
 /// How a failed read or write ends the connection: a peer that reset or vanished is a
 /// normal end; anything else is logged.
-pub(super) fn reset_cause(err: &io::Error) -> CloseCause {
+pub(crate) fn reset_cause(err: &io::Error) -> CloseCause {
     match err.kind() {
         io::ErrorKind::ConnectionReset
         | io::ErrorKind::BrokenPipe

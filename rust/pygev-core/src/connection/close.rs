@@ -4,9 +4,9 @@
 use std::io;
 use std::time::Duration;
 
-use super::{EventLoop, READ_BUDGET};
+use super::set::{Connections, READ_BUDGET};
+use super::{flag, CloseCause};
 use crate::clock::Millis;
-use crate::connection::{flag, CloseCause};
 use crate::event::Event;
 use crate::stats::LoopStats;
 
@@ -17,9 +17,9 @@ const STOP_LINGER_TIMEOUT: Duration = Duration::from_millis(250);
 /// A peer that sent within this long before the close is taken to be still sending.
 const LINGER_RECENT: Duration = Duration::from_secs(1);
 
-impl EventLoop {
+impl Connections {
     /// Stops reading and closes once output is flushed, or at `deadline`.
-    pub(super) fn begin_close(&mut self, token: usize, deadline: Millis) {
+    pub(crate) fn begin_close(&mut self, token: usize, deadline: Millis) {
         let Some(conn) = self.conns.get_mut(token) else {
             return;
         };
@@ -41,7 +41,7 @@ impl EventLoop {
     /// shuts down the write side and lingers (discarding input until EOF, bounded by
     /// `LINGER_TIMEOUT` and the close deadline): closing with unread input makes the kernel
     /// send RST, and the peer would lose the tail of what we sent.
-    pub(super) fn finish_close(&mut self, token: usize) {
+    pub(crate) fn finish_close(&mut self, token: usize) {
         let conn = &mut self.conns[token];
         if conn.has(flag::PEER_EOF) {
             self.close_now(token, CloseCause::Done);
@@ -77,7 +77,7 @@ impl EventLoop {
     }
 
     /// Discards a lingering connection's input; closes it at EOF (or on an error).
-    pub(super) fn linger(&mut self, token: usize) {
+    pub(crate) fn linger(&mut self, token: usize) {
         for _ in 0..READ_BUDGET {
             let result = self.conns[token].transport.read_into(&mut self.scratch);
             self.scratch.clear();
@@ -94,7 +94,7 @@ impl EventLoop {
 
     /// Closes the socket now and tells the dispatcher. An abort resets the connection
     /// (SO_LINGER 0), so the peer cannot take a cut-off stream for a complete one.
-    pub(super) fn close_now(&mut self, token: usize, cause: CloseCause) {
+    pub(crate) fn close_now(&mut self, token: usize, cause: CloseCause) {
         let Some(mut conn) = self.conns.try_remove(token) else {
             return;
         };
@@ -116,7 +116,7 @@ impl EventLoop {
             }
         }
         self.write_buffered -= conn.output.len();
-        let _ = self.poll.registry().deregister(&mut conn.transport);
+        let _ = self.registry.deregister(&mut conn.transport);
         self.protocols.release(conn.protocol);
         drop(conn);
         LoopStats::add(&self.handle.stats.closed, 1);

@@ -1,12 +1,28 @@
-//! One connection as its loop holds it: socket, buffers, framing state, times and flags.
+//! A connection as its loop holds it: socket, buffers, framing state, times and flags
+//! (this file), and the paths every connection goes through, one concern each: `read.rs`
+//! (reading, framing, dispatch backpressure), `write.rs` (packing and writing), `close.rs`
+//! (graceful, linger, reset), `timeouts.rs` (the deadlines a connection may have running),
+//! `dial.rs` (connecting), over the loop's set of connections (`set.rs`), their framings
+//! (`protocols.rs`) and their buffers (`buffer.rs`).
 
 use std::sync::Arc;
 
 use crate::backlog::Backlog;
-use crate::buffer::Buffer;
 use crate::clock::Millis;
 use crate::protocols::ProtocolState;
 use crate::transport::Transport;
+use buffer::Buffer;
+
+mod buffer;
+mod close;
+mod dial;
+mod protocols;
+mod read;
+mod set;
+mod timeouts;
+mod write;
+
+pub(crate) use set::{Connections, FIRST_LOOP_TOKEN};
 
 /// Connection state bits.
 pub(crate) mod flag {

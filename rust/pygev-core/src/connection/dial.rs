@@ -9,20 +9,20 @@ use std::time::Duration;
 use mio::{Interest, Token};
 
 use super::protocols::SERVER_PROTOCOL;
-use super::{EventLoop, LISTENER};
+use super::set::{Connections, FIRST_LOOP_TOKEN};
+use super::{flag, Conn};
 use crate::address::Address;
 use crate::backlog::Backlog;
 use crate::clock::Millis;
-use crate::connection::{flag, Conn};
 use crate::event::Event;
 use crate::protocols::Protocol;
 use crate::stats::LoopStats;
 use crate::transport::Transport;
 
-impl EventLoop {
+impl Connections {
     /// Starts connecting to `address` as connection `id`. A failure, now or later, is the
     /// system's error as it is (the dispatcher knows the address).
-    pub(super) fn dial(
+    pub(crate) fn dial(
         &mut self,
         id: u64,
         address: Address,
@@ -48,14 +48,13 @@ impl EventLoop {
         };
         let entry = self.conns.vacant_entry();
         let token = entry.key();
-        if token >= LISTENER.0 {
+        if token >= FIRST_LOOP_TOKEN {
             self.protocols.release(protocol);
             return self.dial_failed(id, io::Error::other("pygev: no connection slot left"));
         }
         let interest = Interest::READABLE | Interest::WRITABLE;
         if let Err(err) = self
-            .poll
-            .registry()
+            .registry
             .register(&mut transport, Token(token), interest)
         {
             self.protocols.release(protocol);
@@ -72,7 +71,7 @@ impl EventLoop {
     }
 
     /// A connecting socket reported readiness: connected, failed, or not yet (spurious).
-    pub(super) fn dial_ready(&mut self, token: usize) {
+    pub(crate) fn dial_ready(&mut self, token: usize) {
         let conn = &self.conns[token];
         let failure = match conn.transport.take_error() {
             Ok(None) => None,
@@ -102,13 +101,13 @@ impl EventLoop {
     }
 
     /// A connect that timed out.
-    pub(super) fn dial_timed_out(&mut self, token: usize) {
+    pub(crate) fn dial_timed_out(&mut self, token: usize) {
         let err = io::Error::new(io::ErrorKind::TimedOut, "pygev: connect timed out");
         self.abandon_dial(token, err);
     }
 
     /// Gives up every connect in progress (the loop is stopping).
-    pub(super) fn abandon_dials(&mut self) {
+    pub(crate) fn abandon_dials(&mut self) {
         let connecting = self.conns.iter().filter(|(_, c)| c.has(flag::CONNECTING));
         let tokens: Vec<usize> = connecting.map(|(token, _)| token).collect();
         for token in tokens {
@@ -121,7 +120,7 @@ impl EventLoop {
         let Some(mut conn) = self.conns.try_remove(token) else {
             return;
         };
-        let _ = self.poll.registry().deregister(&mut conn.transport);
+        let _ = self.registry.deregister(&mut conn.transport);
         self.protocols.release(conn.protocol);
         self.dial_failed(conn.id, err);
     }

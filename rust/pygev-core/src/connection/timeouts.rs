@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
+use super::set::Connections;
 use super::write::KernelQueue;
-use super::EventLoop;
+use super::{flag, CloseCause, Conn};
 use crate::clock::Millis;
-use crate::connection::{flag, CloseCause, Conn};
 
 /// How soon a connection that seems idle, with output waiting in the kernel, is looked at
 /// again (to see whether the peer takes it).
@@ -17,10 +17,10 @@ const RECHECK_MAX: Duration = Duration::from_secs(1);
 /// Stale heap entries tolerated beyond twice the number of connections before compacting.
 const COMPACT_SLACK: usize = 1024;
 
-impl EventLoop {
+impl Connections {
     /// Puts the connection's next deadline in the heap, unless an entry at or before it is
     /// there already (a later one becomes due, finds nothing to do, and reschedules).
-    pub(super) fn schedule(&mut self, token: usize) {
+    pub(crate) fn schedule(&mut self, token: usize) {
         self.schedule_after(token, self.now);
     }
 
@@ -68,7 +68,7 @@ impl EventLoop {
     }
 
     /// Handles every connection whose deadline has come.
-    pub(super) fn expire_deadlines(&mut self) {
+    pub(crate) fn expire_deadlines(&mut self) {
         while let Some(entry) = self.deadlines.pop_due(self.now) {
             let live = self
                 .conns

@@ -5,12 +5,12 @@
 use std::io;
 
 use super::read::reset_cause;
-use super::EventLoop;
-use crate::connection::{flag, CloseCause};
+use super::set::Connections;
+use super::{flag, CloseCause};
 use crate::protocols::{Control, MessageKind};
 use crate::stats::LoopStats;
 
-impl EventLoop {
+impl Connections {
     /// What the kernel's send queue says of a peer that seems idle: whether it took bytes
     /// out of it since the loop last looked. epoll reports the socket writable only once a
     /// good part of a send buffer of megabytes drained, and the loop writes nothing while
@@ -29,7 +29,7 @@ impl EventLoop {
     }
 
     /// The socket became writable: flush, and note that the peer took what was queued.
-    pub(super) fn on_writable(&mut self, token: usize) {
+    pub(crate) fn on_writable(&mut self, token: usize) {
         let Some(conn) = self.conns.get_mut(token) else {
             return;
         };
@@ -51,7 +51,7 @@ impl EventLoop {
         }
     }
 
-    pub(super) fn send(
+    pub(crate) fn send(
         &mut self,
         token: u32,
         id: u64,
@@ -94,10 +94,10 @@ impl EventLoop {
         self.write_out(token as usize, &out);
     }
 
-    /// Hands `control` to the connection's framing and writes what it produced; reads on
-    /// the input it held back if the control released it (a WebSocket handshake accepted
-    /// by the hook, with frames already behind it).
-    pub(super) fn control(&mut self, token: u32, id: u64, control: Control) {
+    /// Hands `control` to the connection's framing and writes what it produced; the input
+    /// it held back, if the control released it (a WebSocket handshake accepted by the
+    /// hook, with frames already behind it), is read on in the loop's next turn.
+    pub(crate) fn control(&mut self, token: u32, id: u64, control: Control) {
         let Some(conn) = self.conns.get_mut(token as usize).filter(|c| c.id == id) else {
             return;
         };
@@ -118,19 +118,20 @@ impl EventLoop {
             self.schedule(token as usize);
         }
         self.write_out(token as usize, &out);
+        let token = token as usize;
         let held = self
             .conns
-            .get(token as usize)
+            .get(token)
             .is_some_and(|c| !c.input.is_empty() && !c.has(flag::CLOSING));
-        if resumes && held && !self.quiesced {
-            if let Err(cause) = self.feed(token as usize, 0) {
-                self.close_now(token as usize, cause);
-            }
+        if resumes && held {
+            // Read in the loop's next turn: a write never re-enters the read path.
+            self.conns[token].flags |= flag::UNPACK_AGAIN;
+            self.read_later(token);
         }
     }
 
     /// Writes `wire` (already in wire form) after any pending output.
-    pub(super) fn write_out(&mut self, token: usize, wire: &[u8]) {
+    pub(crate) fn write_out(&mut self, token: usize, wire: &[u8]) {
         let now = self.now;
         let Some(conn) = self.conns.get_mut(token) else {
             return;
@@ -179,7 +180,7 @@ impl EventLoop {
 
     /// Writes as much pending output as the socket takes, then applies what follows from
     /// the output's new size (resume reading, shut down, close).
-    pub(super) fn flush(&mut self, token: usize) {
+    pub(crate) fn flush(&mut self, token: usize) {
         let Some(conn) = self.conns.get_mut(token) else {
             return;
         };

@@ -124,6 +124,7 @@ impl Event {
         match self {
             Event::Message { data, .. } => data.capacity() + EVENT_COST,
             Event::Messages { frames, .. } => frames.held_bytes() + frames.ends.len() * EVENT_COST,
+            Event::Signal { signal, .. } => signal.held_bytes() + EVENT_COST,
             _ => EVENT_COST,
         }
     }

@@ -98,9 +98,10 @@ impl Server {
     /// }
     /// assert!(matches!(&batch[0], Event::Connect { info, .. } if info.id == id && info.outgoing));
     /// ```
-    pub fn without_listener(mut config: Config, protocol: Arc<dyn Protocol>) -> io::Result<Server> {
-        // A connection must be able to hold the largest frame its protocol accepts.
-        config.max_input_buffer = config.max_input_buffer.max(protocol.max_buffered_input());
+    pub fn without_listener(config: Config, protocol: Arc<dyn Protocol>) -> io::Result<Server> {
+        // NOTE: a connection may hold the largest frame its framing accepts: the loops raise
+        // max_input_buffer per framing (see connection/protocols.rs), so a connection dialed
+        // with a framing of its own keeps the limit the user set.
         config
             .validate()
             .map_err(|msg| io::Error::new(io::ErrorKind::InvalidInput, msg))?;

@@ -2,6 +2,7 @@
 //! with. A connection names its framing by a small index into this table, so that it
 //! costs the connection two bytes, not a pointer.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::protocols::Protocol;
@@ -22,6 +23,8 @@ struct Entry {
 pub(super) struct ProtocolTable {
     entries: Vec<Option<Entry>>,
     free: Vec<u16>,
+    /// Each dialed framing's index, by the address of its object.
+    index_of: HashMap<usize, u16>,
     max_input_buffer: usize,
 }
 
@@ -34,6 +37,7 @@ impl ProtocolTable {
         let mut table = ProtocolTable {
             entries: Vec::new(),
             free: Vec::new(),
+            index_of: HashMap::new(),
             max_input_buffer,
         };
         let entry = table.entry(protocol);
@@ -80,16 +84,12 @@ impl ProtocolTable {
         if Arc::ptr_eq(self.get(SERVER_PROTOCOL), &protocol) {
             return Some(SERVER_PROTOCOL); // never counted, never released
         }
-        let same = |entry: &Option<Entry>| {
-            entry
-                .as_ref()
-                .is_some_and(|e| Arc::ptr_eq(&e.protocol, &protocol))
-        };
-        let index = match self.entries.iter().position(same) {
-            Some(index) => index as u16,
+        let key = object_key(&protocol);
+        let index = match self.index_of.get(&key) {
+            Some(&index) => index,
             None => {
                 let entry = Some(self.entry(protocol));
-                match self.free.pop() {
+                let index = match self.free.pop() {
                     Some(index) => {
                         self.entries[usize::from(index)] = entry;
                         index
@@ -99,7 +99,9 @@ impl ProtocolTable {
                         self.entries.push(entry);
                         index
                     }
-                }
+                };
+                self.index_of.insert(key, index);
+                index
             }
         };
         if let Some(entry) = self.entries[usize::from(index)].as_mut() {
@@ -117,11 +119,18 @@ impl ProtocolTable {
         if let Some(entry) = slot.as_mut() {
             entry.users -= 1;
             if entry.users == 0 {
+                self.index_of.remove(&object_key(&entry.protocol));
                 *slot = None;
                 self.free.push(index);
             }
         }
     }
+}
+
+/// What tells framing objects apart: the address of the object (an entry holds it, so
+/// the address is not reused while the entry lives).
+fn object_key(protocol: &Arc<dyn Protocol>) -> usize {
+    Arc::as_ptr(protocol).cast::<()>() as usize
 }
 
 #[cfg(test)]

@@ -49,6 +49,21 @@ pub enum Control {
     Close(Vec<u8>),
 }
 
+impl Signal {
+    /// About the memory the signal holds (an upgrade request's text), for dispatch
+    /// backpressure.
+    pub fn held_bytes(&self) -> usize {
+        match self {
+            Signal::Upgrade(request) => {
+                let fields = request.headers.iter().map(|(n, v)| n.len() + v.len() + 48);
+                std::mem::size_of::<UpgradeRequest>() + request.path.len() + fields.sum::<usize>()
+            }
+            Signal::Opened { .. } => 0,
+            Signal::Ending { close } => close.as_ref().map_or(0, Vec::capacity),
+        }
+    }
+}
+
 impl Control {
     /// A short name for log lines.
     pub fn name(&self) -> &'static str {

@@ -5,9 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use std::borrow::Cow;
 
-use pygev_core::{
-    Address, Backlog, Command, ConnectInfo, Control, Credentials, MessageKind, Protocol,
-};
+use pygev_core::{Address, Backlog, Command, ConnectInfo, Control, Credentials, MessageKind};
 use pyo3::buffer::PyBuffer;
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
@@ -17,7 +15,7 @@ use pyo3::PyTraverseError;
 use crate::address::{address_object, credentials_tuple};
 use crate::errors::Error;
 use crate::mode::Mode;
-use crate::shared::{Shared, Target};
+use crate::shared::{Packer, Shared, Target};
 
 const OPEN: u8 = 0;
 const WRITE_SHUT: u8 = 1;
@@ -217,10 +215,10 @@ impl Connection {
     pub(crate) fn send_framed(
         &self,
         payload: Cow<'_, [u8]>,
-        framing: &dyn Protocol,
+        framing: Packer<'_>,
     ) -> Result<(), Error> {
         self.writable()?;
-        if let Err(e) = framing.check_payload(&payload) {
+        if let Err(e) = framing.protocol.check_payload(&payload) {
             return Err(Error::Value(e.message().to_string()));
         }
         self.check_room(payload.len())?;

@@ -167,9 +167,9 @@ impl Shared {
         self: &Arc<Self>,
         to: Target<'_>,
         payload: Cow<'_, [u8]>,
-        framing: &dyn Protocol,
+        framing: Packer<'_>,
     ) -> bool {
-        if !self.in_batch() || !(framing.pack_is_identity() || framing.pack_is_stateless()) {
+        if framing.packing == Packing::InLoop || !self.in_batch() {
             return self.post_message(to, payload, MessageKind::Binary);
         }
         if self.loops.get().is_none() {
@@ -220,11 +220,12 @@ impl Shared {
         outbox: &mut Vec<Command>,
         to: Target<'_>,
         payload: Cow<'_, [u8]>,
-        framing: &dyn Protocol,
+        framing: Packer<'_>,
     ) {
         let (token, id) = (to.token, to.id);
+        let identity = framing.packing == Packing::Identity;
         match payload {
-            Cow::Owned(data) if framing.pack_is_identity() && !merges(outbox, token, id) => {
+            Cow::Owned(data) if identity && !merges(outbox, token, id) => {
                 // Moved, not copied.
                 to.backlog.charge_send_in_batch(data.len());
                 outbox.push(Command::Send {
@@ -248,7 +249,7 @@ impl Shared {
                         wire.truncate(before);
                         let reason = format!(
                             "{err} (protocol {}, connection {id}, packing a send)",
-                            framing.name()
+                            framing.protocol.name()
                         );
                         outbox.push(Command::Abort {
                             token,
@@ -333,6 +334,44 @@ impl Shared {
     }
 }
 
+/// Where a framing's sends are put in wire form, asked of it once.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Packing {
+    /// Its wire form is the payload (raw): moved or copied as it is.
+    Identity,
+    /// Packed without state, here in the dispatcher (length-prefix, delimited).
+    Stateless,
+    /// Packed by the loop, with the connection's state.
+    InLoop,
+}
+
+impl Packing {
+    pub(crate) fn of(protocol: &dyn Protocol) -> Packing {
+        if protocol.pack_is_identity() {
+            Packing::Identity
+        } else if protocol.pack_is_stateless() {
+            Packing::Stateless
+        } else {
+            Packing::InLoop
+        }
+    }
+}
+
+/// A framing for sends: the protocol and how it packs.
+#[derive(Clone, Copy)]
+pub(crate) struct Packer<'a> {
+    pub(crate) protocol: &'a dyn Protocol,
+    pub(crate) packing: Packing,
+}
+
+impl Packer<'static> {
+    /// Bytes already in wire form (a Python framing's `packet()`).
+    pub(crate) const RAW: Packer<'static> = Packer {
+        protocol: &pygev_core::Raw,
+        packing: Packing::Identity,
+    };
+}
+
 /// Where a send goes: a connection's loop, slot and id, and the counters it charges.
 #[derive(Clone, Copy)]
 pub(crate) struct Target<'a> {
@@ -358,16 +397,12 @@ impl Target<'_> {
 }
 
 /// Appends the wire form of `payload` to `wire` (identity or stateless framings only).
-fn pack_into(
-    framing: &dyn Protocol,
-    payload: &[u8],
-    wire: &mut Vec<u8>,
-) -> Result<(), ProtocolError> {
-    if framing.pack_is_identity() {
+fn pack_into(framing: Packer<'_>, payload: &[u8], wire: &mut Vec<u8>) -> Result<(), ProtocolError> {
+    if framing.packing == Packing::Identity {
         wire.extend_from_slice(payload);
         Ok(())
     } else {
-        framing.pack(&mut None, payload, wire)
+        framing.protocol.pack(&mut None, payload, wire)
     }
 }
 

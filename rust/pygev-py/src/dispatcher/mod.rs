@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pygev_core::{Command, Config, Event, Protocol, Running};
+use pygev_core::{Command, Config, Event, Running};
 use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit};
 use pyo3::prelude::*;
 use pyo3::{PyTraverseError, PyVisit};
@@ -22,7 +22,7 @@ use crate::dial;
 use crate::errors::Error;
 use crate::logging;
 use crate::ring_buffer::RingBuffer;
-use crate::shared::Shared;
+use crate::shared::{Packer, Shared};
 
 mod python_protocol;
 mod rounds;
@@ -448,7 +448,7 @@ impl<'py> Dispatcher<'py> {
         &mut self,
         conn: &Py<Connection>,
         data: Cow<'_, [u8]>,
-        framing: &dyn Protocol,
+        framing: Packer<'_>,
     ) {
         if let Err(err @ Error::Value(_)) = conn.get().send_framed(data, framing) {
             let err: PyErr = err.into();

@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::time::Instant;
 
-use pygev_core::Raw;
+use crate::shared::Packer;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 
@@ -105,7 +105,7 @@ impl<'py> Dispatcher<'py> {
             match result {
                 Ok(reply) if reply.is_none() => {}
                 Ok(reply) => match packet(protocol, conn.bind(py), &reply) {
-                    Ok(Ok(wire)) => self.reply(conn, Cow::Owned(wire), &Raw),
+                    Ok(Ok(wire)) => self.reply(conn, Cow::Owned(wire), Packer::RAW),
                     Ok(Err(not_bytes)) => {
                         let err: PyErr = not_bytes.into();
                         self.protocol_failed("Protocol.packet()", conn, err);

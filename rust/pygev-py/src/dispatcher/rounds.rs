@@ -234,15 +234,8 @@ impl<'py> Dispatcher<'py> {
             self.credit(loop_index, token, cost, true);
             return (1, None);
         };
-        let mut start = if next == 0 { 0 } else { frames.ends[next - 1] };
-        let mode = conn.get().mode();
-        for (index, &stop) in frames.ends[next..end].iter().enumerate() {
-            let frame = &frames.data[start..stop];
-            start = stop;
-            // (A closed connection's frames are dropped by the mode, which looks first.)
-            let kind = frames.kind(next + index);
-            mode.on_message(self, &conn, Frame::Borrowed(frame), kind);
-        }
+        // (A closed connection's frames are dropped by the mode, which looks first.)
+        conn.get().mode().on_frames(self, &conn, &frames, next..end);
         let made = (end - next).max(1);
         if end == total || conn.get().is_closed() {
             self.credit(loop_index, token, cost, true);

@@ -11,15 +11,26 @@ use pyo3::types::PyBytes;
 use super::Mode;
 use crate::connection::{bytes_of, Connection};
 use crate::dispatcher::{Dispatcher, Frame};
+use crate::shared::{Packer, Packing};
 
-/// Framing in the loops.
+/// Packer in the loops.
 pub(crate) struct Native {
     protocol: Arc<dyn Protocol>,
+    /// How it packs, asked once.
+    packing: Packing,
 }
 
 impl Native {
     pub(crate) fn new(protocol: Arc<dyn Protocol>) -> Self {
-        Native { protocol }
+        let packing = Packing::of(&*protocol);
+        Native { protocol, packing }
+    }
+
+    fn framing(&self) -> Packer<'_> {
+        Packer {
+            protocol: &*self.protocol,
+            packing: self.packing,
+        }
     }
 }
 
@@ -30,7 +41,7 @@ impl Mode for Native {
 
     fn send(&self, conn: &Bound<'_, Connection>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let data = bytes_of(data)?;
-        Ok(conn.get().send_framed(Cow::Owned(data), &*self.protocol)?)
+        Ok(conn.get().send_framed(Cow::Owned(data), self.framing())?)
     }
 
     fn on_message(
@@ -55,13 +66,13 @@ impl Mode for Native {
             // NOTE: a handler that returns the bytes it was given (echo) sends our own copy
             // of them: no second copy (raw echo: memcpy was 17% of server CPU).
             Ok(reply) if reply.is(&bytes) => match frame {
-                Frame::Owned(data) if self.protocol.pack_is_identity() => {
-                    dispatcher.reply(conn, Cow::Owned(data), &*self.protocol)
+                Frame::Owned(data) if self.packing == Packing::Identity => {
+                    dispatcher.reply(conn, Cow::Owned(data), self.framing())
                 }
-                frame => dispatcher.reply(conn, Cow::Borrowed(frame.bytes()), &*self.protocol),
+                frame => dispatcher.reply(conn, Cow::Borrowed(frame.bytes()), self.framing()),
             },
             Ok(reply) => match bytes_of(&reply) {
-                Ok(reply) => dispatcher.reply(conn, Cow::Owned(reply), &*self.protocol),
+                Ok(reply) => dispatcher.reply(conn, Cow::Owned(reply), self.framing()),
                 Err(err) => {
                     let what = "on_message returned a non-bytes value, which";
                     dispatcher.callback_failed(what, conn, err.into());

@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use pygev_core::{MessageKind, Protocol, Raw};
+use pygev_core::{MessageKind, Protocol};
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
@@ -16,6 +16,7 @@ use super::Mode;
 use crate::connection::{packet, Connection};
 use crate::dispatcher::{Dispatcher, Frame};
 use crate::errors::ConnectionClosed;
+use crate::shared::Packer;
 
 /// A framing written in Python.
 pub(crate) struct PythonFraming {
@@ -51,7 +52,7 @@ impl Mode for PythonFraming {
             return Err(this.closed_error().into());
         };
         match packet(framing.bind(py), conn, data) {
-            Ok(Ok(wire)) => Ok(this.send_framed(Cow::Owned(wire), &Raw)?),
+            Ok(Ok(wire)) => Ok(this.send_framed(Cow::Owned(wire), Packer::RAW)?),
             // packet() returned something that is not bytes: nothing was sent.
             Ok(Err(not_bytes)) => Err(not_bytes.into()),
             Err(err)

@@ -6,6 +6,7 @@ pub mod deflate;
 pub mod frames;
 pub mod handshake;
 mod protocol;
+mod state;
 mod zlib;
 
 pub use protocol::{Settings, WebSocket};

@@ -10,8 +10,9 @@
 use std::time::{Duration, Instant};
 
 use super::deflate::{self, Agreed, Codec};
-use super::frames::{self, close_code, opcode, Deliver, Message, Reader, Violation};
+use super::frames::{self, close_code, opcode, Reader, Violation};
 use super::handshake::{self, Limits, UpgradeRequest};
+use super::state::{state_of, state_ref, Delivery, Phase, State, INFLATE_STEP};
 use crate::protocols::{
     Control, FrameSink, MessageKind, Protocol, ProtocolError, ProtocolState, Signal,
 };
@@ -53,143 +54,6 @@ impl Default for Settings {
 #[derive(Debug, Clone, Default)]
 pub struct WebSocket {
     settings: Settings,
-}
-
-/// Where a connection is in its life.
-#[derive(Debug)]
-enum Phase {
-    /// Reading the upgrade request.
-    Handshake,
-    /// The request went to the hook; input waits for its answer.
-    Pending(Option<Agreed>),
-    /// Exchanging messages.
-    Open,
-    /// The peer's close was read (or the peer failed): replies to earlier messages may
-    /// still go out, then our close frame.
-    CloseReceived,
-    /// We sent a close frame; the peer's close ends the connection.
-    CloseSent,
-    /// Done: both close frames went, or the connection was refused.
-    Closed,
-}
-
-/// Delivers a reader's messages straight into the frame sink, answers pings, and
-/// keeps the peer's close for the protocol to handle after the messages before it.
-struct Delivery<'a> {
-    sink: &'a mut FrameSink,
-    closes: Vec<Option<(u16, String)>>,
-}
-
-impl Deliver for Delivery<'_> {
-    fn data(&mut self, text: bool, payload: &[u8]) {
-        let kind = if text {
-            MessageKind::Text
-        } else {
-            MessageKind::Binary
-        };
-        self.sink.push_kind(kind, payload);
-    }
-
-    fn masked(&mut self, payload: &[u8], mask: [u8; 4]) {
-        self.sink.push_with(MessageKind::Binary, |out| {
-            frames::unmask_into(out, payload, mask)
-        });
-    }
-
-    fn control(&mut self, message: Message) {
-        match message {
-            Message::Ping(data) => {
-                frames::write_frame(self.sink.reply(), opcode::PONG, true, false, &data);
-            }
-            Message::Close(received) => self.closes.push(received),
-            _ => {} // pongs only show the peer is alive
-        }
-    }
-}
-
-/// One connection's state.
-#[derive(Debug)]
-struct State {
-    phase: Phase,
-    reader: Reader,
-    /// What permessage-deflate settings were agreed, if any.
-    agreed: Option<Agreed>,
-    /// Made at the first compressed message either way; parked (zlib state freed) once the
-    /// connection's messages stop for `PARK_AFTER`.
-    codec: Option<Box<Codec>>,
-    /// The codec or the reader holds memory a quiet connection does not need (the park
-    /// deadline runs).
-    holding: bool,
-    /// When that memory was last used.
-    held_since: Instant,
-    /// A deadline (the park, or the keepalive's once open) the loop must take into its heap.
-    reschedule: bool,
-    /// When the keepalive ping went out, until anything arrives.
-    ping_sent: Option<Instant>,
-    /// When the connection was accepted (for the handshake timeout).
-    started: Instant,
-}
-
-/// Output one inflation step produces at most: a large compressed message is inflated a
-/// step per loop turn, never holding the loop for long.
-const INFLATE_STEP: usize = 256 << 10;
-
-/// How long a connection's compression state and reassembly buffer outlive its last
-/// message that used them.
-const PARK_AFTER: Duration = Duration::from_secs(1);
-
-impl State {
-    fn codec(&mut self, threshold: usize) -> Option<&mut Codec> {
-        let agreed = self.agreed?;
-        self.used_memory();
-        Some(
-            self.codec
-                .get_or_insert_with(|| Box::new(Codec::new(agreed, threshold))),
-        )
-    }
-
-    /// The codec or the reader's buffer was used: they stay for `PARK_AFTER` from now.
-    fn used_memory(&mut self) {
-        self.held_since = Instant::now();
-        if !self.holding {
-            self.holding = true;
-            self.reschedule = true;
-        }
-    }
-
-    fn park_deadline(&self) -> Option<Instant> {
-        self.holding.then(|| self.held_since + PARK_AFTER)
-    }
-
-    /// Frees what a quiet connection does not need: zlib state (keeping the client's
-    /// window) and the reassembly buffer. Not while a message is being inflated in steps
-    /// (the loop paused the connection between two): its decompressor is mid-stream; the
-    /// park waits another `PARK_AFTER`.
-    fn park(&mut self) {
-        if self.reader.is_inflating() {
-            self.held_since = Instant::now();
-            return;
-        }
-        if let Some(codec) = self.codec.as_mut() {
-            codec.park();
-        }
-        self.reader.release_buffer();
-        self.holding = false;
-    }
-}
-
-fn state_ref(state: &ProtocolState) -> &State {
-    state
-        .as_ref()
-        .and_then(|s| s.downcast_ref::<State>())
-        .expect("the WebSocket state is made by new_state")
-}
-
-fn state_of(state: &mut ProtocolState) -> &mut State {
-    state
-        .as_mut()
-        .and_then(|s| s.downcast_mut::<State>())
-        .expect("the WebSocket state is made by new_state")
 }
 
 impl WebSocket {

@@ -99,8 +99,15 @@ impl<'py> Dispatcher<'py> {
         if self.pending.is_empty() && native && batch.iter().map(calls).sum::<usize>() <= bound {
             // NOTE: the common case: everything fits, in arrival order, with no bookkeeping.
             let mut made = 0;
-            for event in batch.drain(..) {
+            let mut events = batch.drain(..);
+            while let Some(event) = events.next() {
                 made += self.work(Work::Event(event), usize::MAX).0;
+                if self.python_framed > 0 {
+                    // A connection framed in Python just opened: its calls cannot be counted
+                    // ahead, so the rest waits for the bounded rounds.
+                    self.pending.extend(events.map(Work::Event));
+                    return made;
+                }
             }
             return made;
         }

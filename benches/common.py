@@ -75,7 +75,7 @@ def server_specs(include_gevent=False, include_c=False):
     specs = [
         ServerSpec("pygev", "examples/echo.py", ["--port", "0", "--loops", "1", "--stats"], "pygev",
                    fallback_pythonpath=os.path.join(REPO, "python"),
-                   unix_script="benches/peers/pygev_unix_echo.py"),
+                   unix_script="examples/echo.py"),
         ServerSpec("asyncio", "benches/peers/asyncio_echo.py", ["--port", "0"],
                    unix_script="benches/peers/asyncio_echo.py"),
         ServerSpec("uvloop", "benches/peers/uvloop_echo.py", ["--port", "0"], "uvloop",

@@ -16,7 +16,7 @@ Tests:
             with --framing length (pygev.LengthPrefix parses in Rust; asyncio and uvloop
             parse in Python and write each data_received's replies at once).
   unix-raw  "unix raw echo MiB/s": the raw test over a Unix-domain socket (loadgen -U) instead
-            of loopback TCP. pygev runs benches/peers/pygev_unix_echo.py, the others their
+            of loopback TCP. pygev runs examples/echo.py --unix PATH, the others their
             own script with --unix PATH; servers without a Unix mode show n/a. The socket
             files live in a temporary directory, removed at exit.
 

@@ -4,6 +4,7 @@ Every byte a client sends comes back to it. With ``--framing length`` the server
 4-byte big-endian length-prefixed frames (``pygev.LengthPrefix``) and echoes each frame.
 
     python examples/echo.py --port 1833 --loops 0
+    python examples/echo.py --unix /tmp/echo.sock     # a Unix socket instead
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=1833, help="0 picks a free port")
+    parser.add_argument("--unix", metavar="PATH", help="listen on this Unix socket instead")
     parser.add_argument("--loops", type=int, default=0, help="loop threads, 0 = one per CPU")
     parser.add_argument("--framing", choices=["raw", "length"], default="raw")
     parser.add_argument("--stats", action="store_true", help="log server.stats() at exit")
@@ -44,14 +46,14 @@ def main() -> None:
     # The same framing built as a Rust plugin (benches/echo.py compares the two).
     plugin = pygev._pygev._length_prefix_plugin(4) if args.plugin else None
     protocol = plugin if plugin is not None and args.framing == "length" else framing
-    server = pygev.Server(
-        Echo(), f"{args.host}:{args.port}", num_loops=args.loops, protocol=protocol
-    )
-    host, port = server.address
+    address = f"unix:{args.unix}" if args.unix else f"{args.host}:{args.port}"
+    server = pygev.Server(Echo(), address, num_loops=args.loops, protocol=protocol)
+    bound = server.address
+    where = bound if isinstance(bound, str) else f"{bound[0]}:{bound[1]}"
     # SIGINT (Ctrl+C) and SIGTERM stop the server cleanly, even before start() runs.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda signum, frame: server.stop())
-    print(f"pygev echo server listening on {host}:{port}", flush=True)
+    print(f"pygev echo server listening on {where}", flush=True)
     server.start()
     if args.stats:
         stats = server.stats()

@@ -590,7 +590,13 @@ class ExampleProcess:
             raise AssertionError(
                 f"unexpected first line {self.first_line!r}; stderr: {err.decode(errors='replace')}"
             )
-        host, _, port = self.first_line[len(prefix) :].strip().rpartition(":")
+        where = self.first_line[len(prefix) :].strip()
+        self.unix_path: str | None = None
+        if where.startswith("unix:"):
+            self.unix_path = where[len("unix:") :]
+            self.host, self.port = "", 0
+            return
+        host, _, port = where.rpartition(":")
         self.host = host.strip("[]")
         self.port = int(port)
 

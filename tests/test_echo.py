@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import random
+import signal
 import socket
 
 import pytest
@@ -210,3 +211,29 @@ def test_example_echo_subprocess(example_echo):
     plans = [random_plan(rng, max_total=16 * 1024) for _ in range(30)]
     clients = run_echo_clients(proc.host, proc.port, plans, timeout=WAIT * 2)
     assert_echoed(clients)
+
+
+@pytest.mark.timeout(60)
+def test_example_echo_on_a_unix_socket(example_echo, tmp_path):
+    path = tmp_path / "echo.sock"
+    proc = example_echo("--unix", str(path), "--loops", "1")
+    assert proc.unix_path == str(path)
+    clients = []
+    for _ in range(20):
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.settimeout(WAIT)
+        client.connect(str(path))
+        clients.append(client)
+    for i, client in enumerate(clients):
+        client.sendall(b"unix %d" % i)
+    for i, client in enumerate(clients):
+        want = b"unix %d" % i
+        got = b""
+        while len(got) < len(want):
+            got += client.recv(len(want) - len(got))
+        assert got == want
+        client.close()
+    proc.signal(signal.SIGINT)
+    code, _ = proc.wait()
+    assert code == 0
+    assert not path.exists(), "the server removes its socket file when it stops"

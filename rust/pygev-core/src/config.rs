@@ -47,7 +47,8 @@ pub struct Config {
     pub write_high_water: usize,
     /// Output bytes past which a connection is closed (a peer that never reads).
     pub max_write_buffer: usize,
-    /// Bytes of unparsed input a connection may hold before it is closed.
+    /// Bytes of unparsed input a connection may hold before it is closed; raised, for each
+    /// framing, to the largest frame it accepts (`Protocol::max_buffered_input`).
     pub max_input_buffer: usize,
     /// Dispatch cost (bytes held plus [`EVENT_COST`](crate::EVENT_COST) per event) a loop
     /// may have queued for the dispatcher before it stops reading and accepting.

@@ -64,6 +64,8 @@ impl EventLoop {
             }
             None => None,
         };
+        // NOTE: the connections register and deregister their sockets through their own
+        // handle on the poll (one more descriptor per loop).
         let registry = poll.registry().try_clone()?;
         let connections = Connections::new(index, registry, handle.clone(), protocol, config, ids);
         let event_loop = EventLoop {

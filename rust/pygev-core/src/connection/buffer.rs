@@ -43,6 +43,9 @@ impl Buffer {
     /// Appends `data` and returns everything held as one slice (see
     /// [`RingBuffer::write_contiguous`]).
     pub(crate) fn write_contiguous(&mut self, data: &[u8]) -> &[u8] {
+        if data.is_empty() && self.0.is_none() {
+            return &[]; // no ring for nothing: empty means none
+        }
         self.ring().write_contiguous(data)
     }
 
@@ -62,5 +65,30 @@ impl Buffer {
         let written = ring.write_to(writer);
         self.release_if_empty();
         written
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ring_exists_only_while_it_holds_bytes() {
+        let mut buffer = Buffer::default();
+        assert!(buffer.write_contiguous(b"").is_empty());
+        buffer.write(b"");
+        assert!(buffer.is_empty() && buffer.0.is_none());
+        assert_eq!(buffer.write_contiguous(b"abc"), b"abc");
+        buffer.retrieve(1);
+        assert_eq!(buffer.len(), 2);
+        assert!(buffer.0.is_some(), "a partial retrieve keeps it");
+        buffer.retrieve(2);
+        assert!(buffer.0.is_none(), "a full retrieve frees it");
+        buffer.write(b"hello");
+        let mut out = Vec::new();
+        assert_eq!(buffer.write_to(&mut out).unwrap(), 5);
+        assert_eq!(out, b"hello");
+        assert!(buffer.0.is_none(), "a draining write frees it");
+        assert_eq!(buffer.write_to(&mut out).unwrap(), 0);
     }
 }

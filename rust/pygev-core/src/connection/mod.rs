@@ -75,7 +75,7 @@ pub(crate) struct Conn {
     /// Its framing's index in the loop's protocol table.
     pub(crate) protocol: u16,
     /// Bytes the kernel's send queue held at the last look (0: empty, or not looked at);
-    /// see `EventLoop::kernel_queue`.
+    /// see `Connections::kernel_queue`.
     pub(crate) kernel_queued: u32,
     pub(crate) input: Buffer,
     pub(crate) output: Buffer,

@@ -29,7 +29,9 @@ impl Connections {
         }
         if conn.has(flag::UNPACK_AGAIN) {
             // The protocol's work on what it holds comes first (one step per turn); while
-            // the connection is paused it waits, as reading would.
+            // the connection is paused for its output, its own backlog or a close, it waits,
+            // as reading would. (The loop-wide dispatch pause does not hold it: the input
+            // is already held, and bounded.)
             if self.quiesced || conn.has(flag::NOT_READING) {
                 return;
             }

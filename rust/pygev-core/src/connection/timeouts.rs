@@ -24,7 +24,7 @@ impl Connections {
         self.schedule_after(token, self.now);
     }
 
-    /// Like [`EventLoop::schedule`], but never before `floor` (after handling a deadline:
+    /// Like [`Connections::schedule`], but never before `floor` (after handling a deadline:
     /// one that is still due must not make the loop spin).
     fn schedule_after(&mut self, token: usize, floor: Millis) {
         let Some(conn) = self.conns.get(token) else {

@@ -123,7 +123,7 @@ impl Connections {
             .conns
             .get(token)
             .is_some_and(|c| !c.input.is_empty() && !c.has(flag::CLOSING));
-        if resumes && held {
+        if resumes && held && !self.quiesced {
             // Read in the loop's next turn: a write never re-enters the read path.
             self.conns[token].flags |= flag::UNPACK_AGAIN;
             self.read_later(token);
@@ -233,7 +233,7 @@ impl Connections {
     }
 }
 
-/// What [`EventLoop::kernel_queue`] found.
+/// What [`Connections::kernel_queue`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum KernelQueue {
     /// Nothing we wrote waits in the kernel.

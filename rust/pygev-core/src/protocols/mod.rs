@@ -115,7 +115,8 @@ pub trait Protocol: Send + Sync {
     ) -> Result<(), ProtocolError>;
 
     /// The most unparsed input a connection may have to hold to complete one frame this
-    /// protocol accepts (0 if unbounded); the server raises `max_input_buffer` to it.
+    /// protocol accepts (0 if unbounded); the loops raise `max_input_buffer` to it for each
+    /// connection framed by it.
     fn max_buffered_input(&self) -> usize {
         0
     }

@@ -13,7 +13,7 @@ use crate::connection::{bytes_of, Connection};
 use crate::dispatcher::{Dispatcher, Frame};
 use crate::shared::{Packer, Packing};
 
-/// Packer in the loops.
+/// Framing in the loops.
 pub(crate) struct Native {
     protocol: Arc<dyn Protocol>,
     /// How it packs, asked once.

@@ -2,7 +2,10 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::event::Event;
@@ -31,6 +34,29 @@ use crate::event::Event;
 pub struct DispatchQueue {
     state: Mutex<QueueState>,
     ready: Condvar,
+    /// The wake-up as a descriptor, for a dispatcher driven by an event loop that waits on
+    /// descriptors (asyncio); made when first asked for.
+    doorbell: OnceLock<Doorbell>,
+}
+
+/// A socket pair: a byte written to `ring` makes `listen` readable.
+#[derive(Debug)]
+struct Doorbell {
+    listen: UnixStream,
+    ring: UnixStream,
+}
+
+/// What [`DispatchQueue::try_take`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// Events or due timers were taken (or a stop was requested).
+    Work,
+    /// Nothing: the doorbell rings when something comes. `next_timer` is when the next
+    /// timer falls due, which rings nothing: the caller wakes itself then.
+    Idle {
+        /// The earliest timer's deadline.
+        next_timer: Option<Instant>,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -42,6 +68,8 @@ struct QueueState {
     cancelled: HashSet<u64>,
     /// The dispatcher sleeps on `ready` and must be notified.
     waiting: bool,
+    /// The dispatcher waits for the doorbell and it must be rung.
+    armed: bool,
     /// A wake-up with no event (stop requested, or a timer scheduled).
     interrupted: bool,
     stop_requested: bool,
@@ -77,9 +105,62 @@ impl DispatchQueue {
     /// same CPU would otherwise block on it at once and switch straight back.
     fn notify(&self, mut state: MutexGuard<'_, QueueState>) {
         let waiting = std::mem::replace(&mut state.waiting, false);
+        let armed = std::mem::replace(&mut state.armed, false);
         drop(state);
         if waiting {
             self.ready.notify_one();
+        }
+        if armed {
+            self.ring();
+        }
+    }
+
+    fn ring(&self) {
+        if let Some(doorbell) = self.doorbell.get() {
+            // A full socket buffer (WouldBlock) means it rang already; nothing else fails.
+            let _ = (&doorbell.ring).write(&[1]);
+        }
+    }
+
+    /// The descriptor that becomes readable when [`try_take`](Self::try_take) has work
+    /// again after it found none: for a dispatcher run by an event loop that waits on
+    /// descriptors (asyncio's `add_reader`). Made on the first call; the queue owns it.
+    pub fn doorbell_fd(&self) -> io::Result<RawFd> {
+        if let Some(doorbell) = self.doorbell.get() {
+            return Ok(doorbell.listen.as_raw_fd());
+        }
+        let (listen, ring) = UnixStream::pair()?;
+        listen.set_nonblocking(true)?;
+        ring.set_nonblocking(true)?;
+        let _ = self.doorbell.set(Doorbell { listen, ring });
+        Ok(self.doorbell.get().expect("set above").listen.as_raw_fd())
+    }
+
+    /// Takes the rings the doorbell has had (its descriptor is no longer readable).
+    pub fn clear_doorbell(&self) {
+        if let Some(doorbell) = self.doorbell.get() {
+            let mut rings = [0; 64];
+            while matches!((&doorbell.listen).read(&mut rings), Ok(n) if n > 0) {}
+        }
+    }
+
+    /// Takes what is queued (into `batch`, as [`wait`](Self::wait) does) and the due
+    /// timers (onto `due`) without waiting. When there is nothing, arms the doorbell (see
+    /// [`doorbell_fd`](Self::doorbell_fd)): the next push, timer scheduled or stop request
+    /// rings it.
+    pub fn try_take(&self, batch: &mut Vec<Event>, due: &mut Vec<u64>) -> Found {
+        let mut state = self.lock();
+        let now = Instant::now();
+        take_due(&mut state, now, due);
+        // A wake-up without events (a timer scheduled) only needs the deadline below.
+        state.interrupted = false;
+        if !state.events.is_empty() || !due.is_empty() || state.stop_requested {
+            std::mem::swap(&mut state.events, batch);
+            return Found::Work;
+        }
+        state.armed = true;
+        Found::Idle {
+            next_timer: state.timers.peek().map(|Reverse((deadline, _))| *deadline),
         }
     }
 
@@ -144,15 +225,7 @@ impl DispatchQueue {
         let mut state = self.lock();
         loop {
             let now = Instant::now();
-            while let Some(Reverse((deadline, id))) = state.timers.peek().copied() {
-                if deadline > now {
-                    break;
-                }
-                state.timers.pop();
-                if !state.cancelled.remove(&id) {
-                    due.push(id);
-                }
-            }
+            take_due(&mut state, now, due);
             if !state.events.is_empty() || !due.is_empty() || state.interrupted || now >= give_up {
                 state.interrupted = false;
                 std::mem::swap(&mut state.events, batch);
@@ -169,6 +242,20 @@ impl DispatchQueue {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
             state.waiting = false;
+        }
+    }
+}
+
+/// Moves the ids of the timers due by `now` onto `due`, in deadline order (cancelled ones
+/// dropped).
+fn take_due(state: &mut QueueState, now: Instant, due: &mut Vec<u64>) {
+    while let Some(Reverse((deadline, id))) = state.timers.peek().copied() {
+        if deadline > now {
+            break;
+        }
+        state.timers.pop();
+        if !state.cancelled.remove(&id) {
+            due.push(id);
         }
     }
 }

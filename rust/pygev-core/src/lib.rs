@@ -29,7 +29,7 @@ pub mod websocket;
 pub use address::{parse_inet, Address, UnixAddress};
 pub use backlog::Backlog;
 pub use config::{Config, Strategy};
-pub use dispatch_queue::DispatchQueue;
+pub use dispatch_queue::{DispatchQueue, Found};
 pub use event::{Command, ConnectInfo, Event, EVENT_COST};
 pub use loop_handle::LoopHandle;
 pub use protocols::{

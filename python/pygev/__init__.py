@@ -22,12 +22,12 @@ from pygev._pygev import (
     LengthPrefix,
     Raw,
     RingBuffer,
-    Server,
     Timer,
     WebSocket,
     WebSocketRequest,
     _register_classes,
 )
+from pygev._server import Server
 from pygev._websocket import Accept, Reject, WebSocketHandler
 
 # The compiled module recognises these classes; it never imports the package itself.

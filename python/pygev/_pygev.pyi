@@ -10,7 +10,7 @@ import concurrent.futures
 from collections.abc import Callable
 from typing import Any, Literal, final, type_check_only
 
-from typing_extensions import Buffer, CapsuleType, Self
+from typing_extensions import Buffer, CapsuleType, Self, disjoint_base
 from typing_extensions import Protocol as _TypingProtocol
 
 from pygev._handler import Handler
@@ -289,7 +289,7 @@ class Connection:
     @context.setter
     def context(self, value: Any) -> None: ...
 
-@final
+@disjoint_base
 class Server:
     """A TCP server: binds when constructed, serves in :meth:`start`, ends with :meth:`stop`."""
 
@@ -459,6 +459,13 @@ class Server:
                 yet).
             RuntimeError: The server was stopped.
         """
+
+    def _serve_start(self) -> int | None:
+        """``serve()``'s first step: starts the loops; returns the descriptor that becomes
+        readable when the dispatcher has work, or ``None`` when :meth:`stop` came first."""
+
+    def _serve_turn(self) -> tuple[bool, float | None] | None:
+        """One turn of ``serve()``: ``(again, next_timer)``, or ``None`` once stopped."""
 
     def stop(self) -> None:
         """Stops the server; :meth:`start` then returns.

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use pygev_core::{Address, Config, LoopStatsSnapshot, Strategy};
+use pygev_core::{Address, Config, Event, Found, LoopStatsSnapshot, Running, Strategy};
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
@@ -12,7 +12,7 @@ use pyo3::PyTraverseError;
 
 use crate::address::{address_object, address_text};
 use crate::dial::{self, Dial};
-use crate::dispatcher::{Callbacks, Dispatcher};
+use crate::dispatcher::{Callbacks, DispatchState, Dispatcher};
 use crate::errors::Error;
 use crate::logging;
 use crate::mode;
@@ -49,7 +49,7 @@ const STOPPED: u8 = 2;
 const STOPPED_BEFORE_START: u8 = 3;
 
 /// A TCP server: binds when constructed, serves in `start()`, ends with `stop()`.
-#[pyclass(module = "pygev._pygev", frozen, weakref)]
+#[pyclass(module = "pygev._pygev", frozen, weakref, subclass)]
 pub struct Server {
     shared: Arc<Shared>,
     /// The bound core; taken by `start()` or dropped by `stop()`.
@@ -59,6 +59,17 @@ pub struct Server {
     /// What the server listens on (`None`: it only dials).
     address: Option<Address>,
     config: Config,
+    /// What `serve()` keeps between its turns in an asyncio loop.
+    serving: Mutex<Option<Serving>>,
+}
+
+/// A server an asyncio loop drives: its loops, and the dispatcher between two turns.
+struct Serving {
+    core: pygev_core::Server,
+    running: Running,
+    state: DispatchState,
+    batch: Vec<Event>,
+    due: Vec<u64>,
 }
 
 /// Longest duration accepted anywhere (about 31 years): deadlines stay far from overflow.
@@ -97,6 +108,62 @@ impl Server {
             .as_ref()
             .map(|h| h.clone_ref(py))
             .ok_or_else(|| Error::State("pygev: the server's handler was cleared".into()))
+    }
+
+    fn lock_serving(&self) -> MutexGuard<'_, Option<Serving>> {
+        self.serving.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The bound core, taken to serve; `None` when `stop()` came first (a signal handler
+    /// may call it before `start()` runs: a request not to serve, not an error).
+    fn take_core(&self) -> PyResult<Option<pygev_core::Server>> {
+        let core = {
+            let mut slot = self.lock_core();
+            let core = slot.take();
+            if core.is_some() {
+                self.state.store(RUNNING, Ordering::Release);
+            }
+            core
+        };
+        if core.is_some() {
+            return Ok(core);
+        }
+        let msg = match self.state.load(Ordering::Acquire) {
+            STOPPED_BEFORE_START => return Ok(None),
+            RUNNING => "pygev: server is already running",
+            _ => "pygev: server was stopped; create a new one",
+        };
+        Err(Error::State(msg.into()).into())
+    }
+
+    /// Starts the loops and makes the dispatcher.
+    fn begin<'py>(
+        &self,
+        py: Python<'py>,
+        core: &mut pygev_core::Server,
+    ) -> PyResult<(Running, Dispatcher<'py>)> {
+        logging::install(py)?;
+        let callbacks = self.callbacks(py)?;
+        let running = match core.start() {
+            Ok(running) => running,
+            Err(err) => {
+                self.shared
+                    .dials
+                    .abort_all(py, "pygev: the server could not start");
+                return Err(Error::from(err).into());
+            }
+        };
+        // Connects requested before start() go to the loops now (see `set_loops`).
+        self.shared.set_loops(running.loops().to_vec());
+        let dispatcher = Dispatcher::new(py, self.shared.clone(), callbacks, &self.config);
+        Ok((running, dispatcher))
+    }
+
+    /// The server has stopped serving.
+    fn ended(&self, py: Python<'_>) {
+        self.state.store(STOPPED, Ordering::Release);
+        self.shared.clear_timers();
+        logging::emit_pending(py);
     }
 
     fn callbacks(&self, py: Python<'_>) -> PyResult<Callbacks> {
@@ -278,6 +345,7 @@ impl Server {
             handler: Mutex::new(Some(handler.clone().unbind())),
             state: AtomicU8::new(BOUND),
             config,
+            serving: Mutex::new(None),
         })
     }
 
@@ -364,46 +432,88 @@ impl Server {
     /// Serves until `stop()` (or Ctrl+C): blocks the calling thread, which runs the
     /// callbacks.
     fn start(&self, py: Python<'_>) -> PyResult<()> {
-        let core = {
-            let mut slot = self.lock_core();
-            let core = slot.take();
-            if core.is_some() {
-                self.state.store(RUNNING, Ordering::Release);
-            }
-            core
+        let Some(mut core) = self.take_core()? else {
+            return Ok(()); // stop() came first
         };
-        let Some(mut core) = core else {
-            let msg = match self.state.load(Ordering::Acquire) {
-                // A signal handler may call stop() before start() runs; that is a request
-                // not to serve, not a programming error.
-                STOPPED_BEFORE_START => return Ok(()),
-                RUNNING => "pygev: server is already running",
-                _ => "pygev: server was stopped; create a new one",
-            };
-            return Err(Error::State(msg.into()).into());
-        };
-        let result = (|| -> PyResult<()> {
-            logging::install(py)?;
-            let callbacks = self.callbacks(py)?;
-            let mut running = match core.start() {
-                Ok(running) => running,
-                Err(err) => {
-                    self.shared
-                        .dials
-                        .abort_all(py, "pygev: the server could not start");
-                    return Err(Error::from(err).into());
-                }
-            };
-            // Connects requested before start() go to the loops now (see `set_loops`).
-            self.shared.set_loops(running.loops().to_vec());
-            let dispatcher = Dispatcher::new(py, self.shared.clone(), callbacks, &self.config);
-            dispatcher.run(&mut running)
-        })();
+        let result = self
+            .begin(py, &mut core)
+            .and_then(|(mut running, dispatcher)| dispatcher.run(&mut running));
         drop(core);
-        self.state.store(STOPPED, Ordering::Release);
-        self.shared.clear_timers();
-        logging::emit_pending(py);
+        self.ended(py);
         result
+    }
+
+    /// `serve()`'s first step (see `pygev/_server.py`): starts the loops and returns the
+    /// descriptor that becomes readable when the dispatcher has work (the dispatch queue's
+    /// doorbell); `None` when `stop()` came first.
+    fn _serve_start(&self, py: Python<'_>) -> PyResult<Option<i32>> {
+        let Some(mut core) = self.take_core()? else {
+            return Ok(None);
+        };
+        let begun = self.begin(py, &mut core).and_then(|(running, dispatcher)| {
+            let fd = self.shared.queue.doorbell_fd().map_err(Error::Io)?;
+            Ok((running, dispatcher, fd))
+        });
+        match begun {
+            Ok((running, dispatcher, fd)) => {
+                *self.lock_serving() = Some(Serving {
+                    core,
+                    running,
+                    state: dispatcher.into_state(),
+                    batch: Vec::new(),
+                    due: Vec::new(),
+                });
+                Ok(Some(fd))
+            }
+            Err(err) => {
+                drop(core);
+                self.ended(py);
+                Err(err)
+            }
+        }
+    }
+
+    /// One turn of `serve()`: handles what the loops queued, without waiting. Returns
+    /// `(again, next_timer)`: call again at once, or after `next_timer` seconds (the
+    /// doorbell rings for anything sooner); `None` once the server has stopped.
+    fn _serve_turn(&self, py: Python<'_>) -> PyResult<Option<(bool, Option<f64>)>> {
+        // NOTE: taken out for the turn, so that callbacks calling back into the server
+        // (stop(), stats()) never wait for this lock.
+        let Some(serving) = self.lock_serving().take() else {
+            return Ok(None);
+        };
+        let Serving {
+            core,
+            mut running,
+            state,
+            mut batch,
+            mut due,
+        } = serving;
+        let mut dispatcher = Dispatcher::resume(py, state);
+        let found = dispatcher.turn(&mut running, &mut batch, &mut due);
+        if dispatcher.finished() {
+            let result = dispatcher.finish(&mut running);
+            drop(core);
+            self.ended(py);
+            return result.map(|()| None);
+        }
+        *self.lock_serving() = Some(Serving {
+            core,
+            running,
+            state: dispatcher.into_state(),
+            batch,
+            due,
+        });
+        Ok(Some(match found {
+            Found::Work => (true, None),
+            Found::Idle { next_timer } => {
+                let now = Instant::now();
+                (
+                    false,
+                    next_timer.map(|t| t.saturating_duration_since(now).as_secs_f64()),
+                )
+            }
+        }))
     }
 
     /// Stops the server: stops accepting, handles what was read, flushes pending output
@@ -513,6 +623,11 @@ impl Server {
             }
         }
         self.shared.mode.traverse(&visit)?;
+        if let Ok(serving) = self.serving.try_lock() {
+            if let Some(serving) = serving.as_ref() {
+                serving.state.traverse(&visit)?;
+            }
+        }
         self.shared.dials.traverse(&visit)
     }
 

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pygev_core::{Command, Config, Event, Running};
+use pygev_core::{Command, Config, Event, Found, Running};
 use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit};
 use pyo3::prelude::*;
 use pyo3::{PyTraverseError, PyVisit};
@@ -81,8 +81,30 @@ impl Callbacks {
     }
 }
 
+/// The dispatcher: what it keeps between batches ([`DispatchState`]) and, while it runs
+/// one, the GIL token.
 pub(crate) struct Dispatcher<'py> {
     py: Python<'py>,
+    state: DispatchState,
+}
+
+impl std::ops::Deref for Dispatcher<'_> {
+    type Target = DispatchState;
+
+    fn deref(&self) -> &DispatchState {
+        &self.state
+    }
+}
+
+impl std::ops::DerefMut for Dispatcher<'_> {
+    fn deref_mut(&mut self) -> &mut DispatchState {
+        &mut self.state
+    }
+}
+
+/// What the dispatcher keeps between batches: connections, callbacks, leftover work. It
+/// holds no GIL token, so that a driver (asyncio) can keep it between its turns.
+pub(crate) struct DispatchState {
     shared: Arc<Shared>,
     callbacks: Callbacks,
     /// Per loop, the connection objects indexed by token.
@@ -108,8 +130,27 @@ pub(crate) struct Dispatcher<'py> {
     frame_timeout: Option<Duration>,
     max_input_buffer: usize,
     stopping: bool,
+    /// The loops were told to drain (stopping caught up).
+    drain_sent: bool,
     /// An exception to re-raise from `start()` once stopped (e.g. SystemExit).
     pending_error: Option<PyErr>,
+}
+
+impl DispatchState {
+    /// Visits the Python references it holds between a driver's turns, for the GC.
+    pub(crate) fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        self.callbacks.traverse(visit)?;
+        for callbacks in self.own_callbacks.values() {
+            callbacks.traverse(visit)?;
+        }
+        for conn in self.conns.iter().flatten().flatten() {
+            visit.call(conn)?;
+        }
+        for buffer in self.inputs.values() {
+            visit.call(buffer)?;
+        }
+        Ok(())
+    }
 }
 
 impl<'py> Dispatcher<'py> {
@@ -120,7 +161,7 @@ impl<'py> Dispatcher<'py> {
         config: &Config,
     ) -> Self {
         let num_loops = config.num_loops;
-        Dispatcher {
+        let state = DispatchState {
             python_framed: 0,
             inputs: HashMap::new(),
             partial_frames: HashMap::new(),
@@ -132,31 +173,26 @@ impl<'py> Dispatcher<'py> {
             max_batch_events: config.max_batch_events,
             pending: VecDeque::new(),
             own_callbacks: HashMap::new(),
-            py,
             shared,
             callbacks,
             conns: (0..num_loops).map(|_| Vec::new()).collect(),
             handled_cost: vec![0; num_loops],
             phases: vec![LoopPhase::Serving; num_loops],
             stopping: false,
+            drain_sent: false,
             pending_error: None,
-        }
+        };
+        Dispatcher { py, state }
     }
 
-    /// Dispatches until the server is stopped and every loop has closed its connections.
+    /// Dispatches until the server is stopped and every loop has closed its connections
+    /// (`start()`: the blocking driver).
     pub(crate) fn run(mut self, running: &mut Running) -> PyResult<()> {
         let queue = self.shared.queue.clone();
         let mut batch = Vec::new();
         let mut due = Vec::new();
-        let mut drain_sent = false;
-        while !self.phases.iter().all(|p| *p == LoopPhase::Exited) || !self.pending.is_empty() {
-            if !self.stopping && queue.stop_requested() {
-                self.stopping = true;
-                let open: usize = self.conns.iter().flatten().filter(|c| c.is_some()).count();
-                log::info!("pygev: stopping; draining {open} open connections");
-                self.py.detach(|| running.stop_accepting());
-                running.quiesce();
-            }
+        while !self.finished() {
+            self.notice_stop(running);
             // With work left over, take what came meanwhile and go on without sleeping.
             let max_wait = if self.pending.is_empty() {
                 SIGNAL_CHECK_INTERVAL
@@ -165,27 +201,76 @@ impl<'py> Dispatcher<'py> {
             };
             self.py
                 .detach(|| queue.wait(&mut batch, &mut due, max_wait));
-            if let Err(err) = self.py.check_signals() {
-                self.on_interrupt(err);
-            }
-            if !batch.is_empty() || !due.is_empty() || !self.pending.is_empty() {
-                self.dispatch_batch(&mut batch, &mut due);
-            }
-            self.expire_partial_frames();
-            logging::emit_pending(self.py);
-            let caught_up = self.pending.is_empty();
-            if self.stopping
-                && !drain_sent
-                && caught_up
-                && !self.phases.contains(&LoopPhase::Serving)
-            {
-                self.say_going_away();
-                // Every message read before the stop has been handled and its replies are
-                // posted; now the loops may flush and close.
-                running.drain(Instant::now() + self.drain_timeout);
-                drain_sent = true;
-            }
+            self.handle_taken(running, &mut batch, &mut due);
         }
+        self.finish(running)
+    }
+
+    /// One turn for a driver that waits elsewhere (asyncio): takes what is queued without
+    /// waiting and handles it. Returns `Found::Work` when it should be called again at once
+    /// (it found work, or has work left over), else `Found::Idle` with the next timer's
+    /// deadline (the queue's doorbell rings for anything else).
+    pub(crate) fn turn(
+        &mut self,
+        running: &mut Running,
+        batch: &mut Vec<Event>,
+        due: &mut Vec<u64>,
+    ) -> Found {
+        self.notice_stop(running);
+        let queue = self.shared.queue.clone();
+        queue.clear_doorbell();
+        let found = queue.try_take(batch, due);
+        self.handle_taken(running, batch, due);
+        match found {
+            Found::Idle { .. } if !self.pending.is_empty() => Found::Work,
+            found => found,
+        }
+    }
+
+    /// Whether every loop has exited and no work is left: then [`Dispatcher::finish`].
+    pub(crate) fn finished(&self) -> bool {
+        self.phases.iter().all(|p| *p == LoopPhase::Exited) && self.pending.is_empty()
+    }
+
+    /// Starts stopping once a stop was requested: no more accepting, the loops quiesce.
+    fn notice_stop(&mut self, running: &mut Running) {
+        if !self.stopping && self.shared.queue.stop_requested() {
+            self.stopping = true;
+            let open: usize = self.conns.iter().flatten().filter(|c| c.is_some()).count();
+            log::info!("pygev: stopping; draining {open} open connections");
+            self.py.detach(|| running.stop_accepting());
+            running.quiesce();
+        }
+    }
+
+    /// Handles what a wait or a take brought (and work left over), then what follows: log
+    /// records, expired Python frames, and the drain once stopping has caught up.
+    fn handle_taken(&mut self, running: &mut Running, batch: &mut Vec<Event>, due: &mut Vec<u64>) {
+        if let Err(err) = self.py.check_signals() {
+            self.on_interrupt(err);
+        }
+        if !batch.is_empty() || !due.is_empty() || !self.pending.is_empty() {
+            self.dispatch_batch(batch, due);
+        }
+        self.expire_partial_frames();
+        logging::emit_pending(self.py);
+        let caught_up = self.pending.is_empty();
+        if self.stopping
+            && !self.drain_sent
+            && caught_up
+            && !self.phases.contains(&LoopPhase::Serving)
+        {
+            self.say_going_away();
+            // Every message read before the stop has been handled and its replies are
+            // posted; now the loops may flush and close.
+            running.drain(Instant::now() + self.drain_timeout);
+            self.drain_sent = true;
+        }
+    }
+
+    /// The loops have ended: joins them, fails the connects they never answered, and
+    /// returns the error a callback stopped the server with, if any.
+    pub(crate) fn finish(mut self, running: &mut Running) -> PyResult<()> {
         self.py.detach(|| running.join());
         // Connects the loops never answered (posted as they ended).
         self.shared
@@ -196,6 +281,16 @@ impl<'py> Dispatcher<'py> {
             Some(err) => Err(err),
             None => Ok(()),
         }
+    }
+
+    /// Takes the dispatcher apart between a driver's turns (the GIL token stays behind).
+    pub(crate) fn into_state(self) -> DispatchState {
+        self.state
+    }
+
+    /// The dispatcher again, for a driver's next turn.
+    pub(crate) fn resume(py: Python<'py>, state: DispatchState) -> Self {
+        Dispatcher { py, state }
     }
 
     /// The server stops: every open WebSocket connection gets a close frame (1001) after
@@ -238,10 +333,11 @@ impl<'py> Dispatcher<'py> {
         }
         due.clear();
         drop(batch_in_progress); // posts the batch's commands
-        if let Some(loops) = self.shared.loops.get() {
-            for (handle, cost) in loops.iter().zip(self.handled_cost.iter_mut()) {
+        let state = &mut self.state;
+        if let Some(loops) = state.shared.loops.get() {
+            for (handle, cost) in loops.iter().zip(state.handled_cost.iter_mut()) {
                 let cost = std::mem::take(cost);
-                if let Err(e) = handle.dispatched(cost, self.dispatch_high_water) {
+                if let Err(e) = handle.dispatched(cost, state.dispatch_high_water) {
                     if e.kind() != std::io::ErrorKind::NotConnected {
                         log::error!("pygev: could not wake loop {}: {e}", handle.index());
                     }
@@ -325,11 +421,12 @@ impl<'py> Dispatcher<'py> {
                         self.own_callbacks.insert(id, *callbacks);
                     }
                 }
+                let slot = conn.clone_ref(self.py);
                 let table = &mut self.conns[loop_index as usize];
                 if table.len() <= token as usize {
                     table.resize_with(token as usize + 1, || None);
                 }
-                table[token as usize] = Some(conn.clone_ref(self.py));
+                table[token as usize] = Some(slot);
                 self.python_framed += usize::from(python_framed);
                 if conn.get().mode().greets_at_open() {
                     self.connected(&conn);

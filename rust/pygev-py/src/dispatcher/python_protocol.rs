@@ -129,8 +129,8 @@ impl<'py> Dispatcher<'py> {
         if !partial {
             self.partial_frames.remove(&id);
         } else if completed || !self.partial_frames.contains_key(&id) {
-            self.partial_frames
-                .insert(id, (Instant::now(), conn.clone_ref(self.py)));
+            let conn = conn.clone_ref(self.py);
+            self.partial_frames.insert(id, (Instant::now(), conn));
         }
     }
 

@@ -1,0 +1,97 @@
+"""``pygev.Server``: the compiled server, plus serving inside a running asyncio loop."""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+
+from pygev import _pygev
+
+
+class Server(_pygev.Server):
+    """A TCP, Unix-socket or WebSocket server (see ``pygev._pygev.Server`` for its
+    arguments).
+
+    Serve it with :meth:`start` (blocks the calling thread, which runs the callbacks) or
+    with ``await server.serve()`` inside a running asyncio loop (asyncio's own or
+    uvloop), which runs the callbacks on the loop's thread, a batch per wake-up.
+    """
+
+    _closed: asyncio.Future[None] | None = None
+
+    async def serve(self) -> None:
+        """Serves in the running asyncio loop until :meth:`stop` (or :meth:`close`).
+
+        The dispatcher wakes through a descriptor registered with the loop and handles
+        every event the loop threads queued in one go, as :meth:`start` does. Returns once
+        the server has stopped: every connection drained and closed, ``on_close`` called
+        for each. If the task running it is cancelled (Ctrl+C under ``asyncio.run``), the
+        server stops the same way, and then the cancellation goes on.
+        """
+        loop = asyncio.get_running_loop()
+        closed = self._closed_future(loop)
+        fd = self._serve_start()
+        if fd is None:  # stop() came first
+            if not closed.done():
+                closed.set_result(None)
+            return
+        timer: asyncio.TimerHandle | None = None
+
+        def turn() -> None:
+            nonlocal timer
+            if timer is not None:
+                timer.cancel()
+                timer = None
+            try:
+                result = self._serve_turn()
+            except BaseException as exc:  # a callback's SystemExit, or a bug
+                loop.remove_reader(fd)
+                if not closed.done():
+                    closed.set_exception(exc)
+                return
+            if result is None:
+                loop.remove_reader(fd)
+                if not closed.done():
+                    closed.set_result(None)
+                return
+            again, next_timer = result
+            if again:
+                loop.call_soon(turn)
+            elif next_timer is not None:
+                timer = loop.call_later(next_timer, turn)
+
+        loop.add_reader(fd, turn)
+        loop.call_soon(turn)
+        try:
+            await asyncio.shield(closed)
+        except asyncio.CancelledError:
+            self.stop()
+            await closed  # drains, then the cancellation goes on
+            raise
+
+    def close(self) -> None:
+        """Stops the server (as :meth:`stop`); :meth:`wait_closed` waits for the end."""
+        self.stop()
+
+    async def wait_closed(self) -> None:
+        """Returns once a :meth:`serve` that ran has ended (at once if none runs)."""
+        if self._closed is not None:
+            await asyncio.shield(self._closed)
+
+    async def __aenter__(self) -> Server:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+        await self.wait_closed()
+
+    def _closed_future(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
+        if self._closed is not None:
+            raise RuntimeError("pygev: serve() was called already")
+        self._closed = loop.create_future()
+        return self._closed

@@ -4,13 +4,17 @@ own and uvloop), beside other asyncio servers, and stops cleanly."""
 from __future__ import annotations
 
 import asyncio
+import signal
+import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 import uvloop
-from conftest import WAIT
+from conftest import EXAMPLES, ROOT, WAIT, recv_exactly
 
 import pygev
 
@@ -145,3 +149,36 @@ def test_a_server_stopped_before_serve_returns_at_once() -> None:
         await server.wait_closed()
 
     run(asyncio.new_event_loop, main())
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("loop_flag", [[], ["--uvloop"]], ids=["asyncio", "uvloop"])
+def test_the_asyncio_example_stops_cleanly_on_a_signal(
+    signum: signal.Signals, loop_flag: list[str]
+) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "asyncio_echo.py"), "--port", "0", *loop_flag],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=str(ROOT),
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        assert "listening on" in line, line
+        port = int(line.rsplit(":", 1)[1])
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=WAIT) for _ in range(5)]
+        for client in clients:
+            client.sendall(b"ping")
+            assert recv_exactly(client, 4) == b"ping"
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=WAIT)
+        assert proc.returncode == 0, err.decode()
+        assert "draining 5 open connections" in err.decode()
+        for client in clients:
+            assert client.recv(1) == b"", "closed by the server as it stopped"
+            client.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

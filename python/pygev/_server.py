@@ -3,9 +3,41 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import threading
 from types import TracebackType
 
 from pygev import _pygev
+
+# Servers serving in the main thread's loop: SIGTERM stops them all.
+_serving: set[Server] = set()
+
+
+def _stop_serving() -> None:
+    for server in list(_serving):
+        server.stop()
+
+
+def _watch_sigterm(loop: asyncio.AbstractEventLoop, server: Server) -> bool:
+    """Makes SIGTERM stop `server` (and the others serving), unless the application
+    handles SIGTERM itself; returns whether this server is watched."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    if not _serving:
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return False  # the application's own handler decides
+        try:
+            loop.add_signal_handler(signal.SIGTERM, _stop_serving)
+        except (NotImplementedError, RuntimeError):
+            return False
+    _serving.add(server)
+    return True
+
+
+def _unwatch_sigterm(loop: asyncio.AbstractEventLoop, server: Server) -> None:
+    _serving.discard(server)
+    if not _serving:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 class Server(_pygev.Server):
@@ -26,7 +58,8 @@ class Server(_pygev.Server):
         every event the loop threads queued in one go, as :meth:`start` does. Returns once
         the server has stopped: every connection drained and closed, ``on_close`` called
         for each. If the task running it is cancelled (Ctrl+C under ``asyncio.run``), the
-        server stops the same way, and then the cancellation goes on.
+        server stops the same way, and then the cancellation goes on. In the main thread,
+        SIGTERM stops it too, unless the application set its own SIGTERM handler.
         """
         loop = asyncio.get_running_loop()
         closed = self._closed_future(loop)
@@ -62,12 +95,16 @@ class Server(_pygev.Server):
 
         loop.add_reader(fd, turn)
         loop.call_soon(turn)
+        watched = _watch_sigterm(loop, self)
         try:
             await asyncio.shield(closed)
         except asyncio.CancelledError:
             self.stop()
             await closed  # drains, then the cancellation goes on
             raise
+        finally:
+            if watched:
+                _unwatch_sigterm(loop, self)
 
     def close(self) -> None:
         """Stops the server (as :meth:`stop`); :meth:`wait_closed` waits for the end."""

@@ -100,6 +100,11 @@ def extra_specs():
         ServerSpec("pygev-plugin", "examples/echo.py",
                    ["--port", "0", "--loops", "1", "--stats", "--plugin"], "pygev",
                    fallback_pythonpath=os.path.join(REPO, "python")),
+        # the same echo inside an asyncio loop (await server.serve(); add --uvloop for
+        # uvloop), against pygev's start() for the cost of the asyncio driver
+        ServerSpec("pygev-serve", "examples/asyncio_echo.py",
+                   ["--port", "0", "--loops", "1", "--report", "3600"], "pygev",
+                   fallback_pythonpath=os.path.join(REPO, "python")),
         # the same pygev server, built from an older revision (PYGEV_BASELINE)
         *baseline_spec("pygev-old", "examples/echo.py", ["--port", "0", "--loops", "1", "--stats"]),
     ]

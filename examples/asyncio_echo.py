@@ -29,7 +29,9 @@ async def report(server: pygev.Server, every: float) -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
-    async with pygev.Server(Echo(), f"{args.host}:{args.port}", num_loops=args.loops) as server:
+    framing = pygev.LengthPrefix(4) if args.framing == "length" else pygev.Raw()
+    address = f"{args.host}:{args.port}"
+    async with pygev.Server(Echo(), address, num_loops=args.loops, protocol=framing) as server:
         host, port = server.address
         print(f"pygev asyncio echo server listening on {host}:{port}", flush=True)
         reporter = asyncio.create_task(report(server, args.report))
@@ -45,6 +47,7 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, default=1833, help="0 picks a free port")
     parser.add_argument("--loops", type=int, default=1, help="loop threads, 0 = one per CPU")
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
+    parser.add_argument("--framing", choices=["raw", "length"], default="raw")
     parser.add_argument("--report", type=float, default=10.0, help="seconds between stats lines")
     arguments = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

@@ -13,6 +13,7 @@ Write a :class:`Handler`, give it to a :class:`Server`, call :meth:`Server.start
 
 from __future__ import annotations
 
+from pygev._awaiting import _resume
 from pygev._handler import Handler
 from pygev._protocol import Protocol
 from pygev._pygev import (
@@ -32,9 +33,13 @@ from pygev._websocket import Accept, Reject, WebSocketHandler
 
 # The compiled module recognises these classes; it never imports the package itself.
 _register_classes(
-    protocol=Protocol, websocket_handler=WebSocketHandler, accept=Accept, reject=Reject
+    protocol=Protocol,
+    websocket_handler=WebSocketHandler,
+    accept=Accept,
+    reject=Reject,
+    resume=_resume,
 )
-del _register_classes
+del _register_classes, _resume
 
 # Exceptions pickle by module path: name the public one.
 ConnectionClosed.__module__ = "pygev"

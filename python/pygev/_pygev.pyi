@@ -460,6 +460,9 @@ class Server:
             RuntimeError: The server was stopped.
         """
 
+    def _handler_awaits(self) -> bool:
+        """Whether a handler callback is an ``async def``."""
+
     def _serve_start(self) -> int | None:
         """``serve()``'s first step: starts the loops; returns the descriptor that becomes
         readable when the dispatcher has work, or ``None`` when :meth:`stop` came first."""
@@ -651,6 +654,8 @@ def _register_classes(
     websocket_handler: type[WebSocketHandler],
     accept: type[Accept],
     reject: type[Reject],
+    resume: Callable[[Any, Any], Any],
 ) -> None:
     """Called once by ``pygev/__init__.py``: the package's classes the compiled module
-    recognises (it never imports the package itself)."""
+    recognises, and the helper an awaiting callback goes on with (it never imports the
+    package itself)."""

@@ -51,6 +51,19 @@ class Server(_pygev.Server):
 
     _closed: asyncio.Future[None] | None = None
 
+    def start(self) -> None:
+        """Serves until :meth:`stop` or Ctrl+C, blocking the calling thread, which runs the
+        callbacks. A handler with an ``async def`` callback is served in an asyncio loop of
+        its own (``asyncio.run(server.serve())``): its callbacks may wait.
+        """
+        if self._handler_awaits():
+            try:
+                asyncio.run(self.serve())
+            except KeyboardInterrupt:
+                pass  # serve() drained; start() returns normally on Ctrl+C
+            return
+        super().start()
+
     async def serve(self) -> None:
         """Serves in the running asyncio loop until :meth:`stop` (or :meth:`close`).
 

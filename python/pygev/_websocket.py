@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -27,17 +27,22 @@ class WebSocketHandler:
     :class:`Accept` (pick a subprotocol, add headers) or a :class:`Reject` (an HTTP status
     and reason). An exception there refuses the request with 500. Without the method, the
     loop threads accept every valid request themselves, without a trip to Python.
+
+    Every callback, ``on_handshake`` included, may be an ``async def`` (see
+    :class:`pygev.Handler`).
     """
 
-    def on_connect(self, conn: Connection) -> None:
+    def on_connect(self, conn: Connection) -> Awaitable[None] | None:
         """The handshake completed; the connection can send and receive."""
 
-    def on_message(self, conn: Connection, data: str | bytes) -> str | bytes | None:
+    def on_message(
+        self, conn: Connection, data: str | bytes
+    ) -> str | bytes | Awaitable[str | bytes | None] | None:
         """A whole message arrived: ``str`` for text, ``bytes`` for binary. A returned
         ``str`` is sent as a text message, returned bytes as a binary one."""
         return None
 
-    def on_close(self, conn: Connection) -> None:
+    def on_close(self, conn: Connection) -> Awaitable[None] | None:
         """The connection is closed (by either side); called exactly once."""
 
 

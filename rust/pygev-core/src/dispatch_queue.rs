@@ -164,6 +164,14 @@ impl DispatchQueue {
         }
     }
 
+    /// Wakes the dispatcher without an event: it sleeps no longer (or its doorbell rings),
+    /// for news it keeps itself (a Python callback that was awaiting has finished).
+    pub fn wake(&self) {
+        let mut state = self.lock();
+        state.interrupted = true;
+        self.notify(state);
+    }
+
     /// Arranges for timer `id` to be reported as due at `deadline`.
     pub fn schedule_timer(&self, deadline: Instant, id: u64) {
         let mut state = self.lock();

@@ -79,3 +79,32 @@ fn timers_and_stops_ring_too_and_idle_reports_the_next_deadline() {
     assert_eq!(queue.try_take(&mut batch, &mut due), Found::Work);
     assert!(queue.stop_requested());
 }
+
+#[test]
+fn a_wake_rings_an_armed_doorbell_and_ends_a_blocking_wait() {
+    let queue = std::sync::Arc::new(DispatchQueue::new());
+    let fd = queue.doorbell_fd().unwrap();
+    let (mut batch, mut due) = (Vec::new(), Vec::new());
+    queue.wake();
+    assert!(!readable(fd), "not armed: nothing to ring");
+    assert!(matches!(
+        queue.try_take(&mut batch, &mut due),
+        Found::Idle { .. }
+    ));
+    queue.wake();
+    assert!(readable(fd));
+    queue.clear_doorbell();
+    // A blocking wait ends at the wake, long before its bound.
+    let waker = {
+        let queue = queue.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            queue.wake();
+        })
+    };
+    let began = Instant::now();
+    queue.wait(&mut batch, &mut due, Duration::from_secs(30));
+    waker.join().unwrap();
+    assert!(began.elapsed() < Duration::from_secs(30));
+    assert!(batch.is_empty() && due.is_empty());
+}

@@ -1,7 +1,8 @@
 //! What the Python package hands the compiled module when it is imported: the classes
 //! written in Python that the binding must recognise (`pygev.Protocol`,
-//! `pygev.WebSocketHandler`, `pygev.Accept`, `pygev.Reject`). Rust never imports the
-//! package's modules itself.
+//! `pygev.WebSocketHandler`, `pygev.Accept`, `pygev.Reject`) and the helper that lets an
+//! `async def` callback go on in an asyncio task. Rust never imports the package's modules
+//! itself.
 
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -15,6 +16,9 @@ pub(crate) struct Classes {
     pub(crate) websocket_handler: Py<PyType>,
     pub(crate) accept: Py<PyType>,
     pub(crate) reject: Py<PyType>,
+    /// `pygev._awaiting._resume(coro, waiting)`: a callback's coroutine, whose first step
+    /// ran here, as something an asyncio task can run on.
+    pub(crate) resume: Py<PyAny>,
 }
 
 static CLASSES: PyOnceLock<Classes> = PyOnceLock::new();
@@ -28,19 +32,21 @@ pub(crate) fn classes(py: Python<'_>) -> Result<&Classes, Error> {
 
 /// Called once by `pygev/__init__.py` with the classes the binding recognises.
 #[pyfunction]
-#[pyo3(signature = (*, protocol, websocket_handler, accept, reject))]
+#[pyo3(signature = (*, protocol, websocket_handler, accept, reject, resume))]
 pub(crate) fn _register_classes(
     py: Python<'_>,
     protocol: Py<PyType>,
     websocket_handler: Py<PyType>,
     accept: Py<PyType>,
     reject: Py<PyType>,
+    resume: Py<PyAny>,
 ) -> PyResult<()> {
     let classes = Classes {
         protocol,
         websocket_handler,
         accept,
         reject,
+        resume,
     };
     if CLASSES.set(py, classes).is_err() {
         return Err(

@@ -155,7 +155,7 @@ impl Server {
         };
         // Connects requested before start() go to the loops now (see `set_loops`).
         self.shared.set_loops(running.loops().to_vec());
-        let dispatcher = Dispatcher::new(py, self.shared.clone(), callbacks, &self.config);
+        let dispatcher = Dispatcher::new(py, self.shared.clone(), callbacks, &self.config)?;
         Ok((running, dispatcher))
     }
 
@@ -430,7 +430,8 @@ impl Server {
     }
 
     /// Serves until `stop()` (or Ctrl+C): blocks the calling thread, which runs the
-    /// callbacks.
+    /// callbacks (`pygev.Server.start` serves a handler that awaits in an asyncio loop
+    /// instead).
     fn start(&self, py: Python<'_>) -> PyResult<()> {
         let Some(mut core) = self.take_core()? else {
             return Ok(()); // stop() came first
@@ -443,6 +444,28 @@ impl Server {
         result
     }
 
+    /// Whether a handler callback is an `async def` (then `start()` serves in an asyncio
+    /// loop of its own; see `pygev/_server.py`).
+    fn _handler_awaits(&self, py: Python<'_>) -> PyResult<bool> {
+        let callbacks = self.callbacks(py)?;
+        let inspect = py.import("inspect")?;
+        let names = [
+            Some(&callbacks.on_connect),
+            Some(&callbacks.on_message),
+            Some(&callbacks.on_close),
+            callbacks.on_handshake.as_ref(),
+        ];
+        for callback in names.into_iter().flatten() {
+            if inspect
+                .call_method1("iscoroutinefunction", (callback,))?
+                .is_truthy()?
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// `serve()`'s first step (see `pygev/_server.py`): starts the loops and returns the
     /// descriptor that becomes readable when the dispatcher has work (the dispatch queue's
     /// doorbell); `None` when `stop()` came first.
@@ -450,10 +473,13 @@ impl Server {
         let Some(mut core) = self.take_core()? else {
             return Ok(None);
         };
-        let begun = self.begin(py, &mut core).and_then(|(running, dispatcher)| {
-            let fd = self.shared.queue.doorbell_fd().map_err(Error::Io)?;
-            Ok((running, dispatcher, fd))
-        });
+        let begun = self
+            .begin(py, &mut core)
+            .and_then(|(running, mut dispatcher)| {
+                dispatcher.use_running_loop()?;
+                let fd = self.shared.queue.doorbell_fd().map_err(Error::Io)?;
+                Ok((running, dispatcher, fd))
+            });
         match begun {
             Ok((running, dispatcher, fd)) => {
                 *self.lock_serving() = Some(Serving {

@@ -24,9 +24,13 @@ use crate::logging;
 use crate::ring_buffer::RingBuffer;
 use crate::shared::{Packer, Shared};
 
+mod awaiting;
+mod first_step;
 mod python_protocol;
 mod rounds;
 
+use awaiting::Awaits;
+pub(crate) use awaiting::Then;
 use rounds::Work;
 
 /// How long the dispatcher sleeps at most before looking at signals (Ctrl+C).
@@ -134,6 +138,12 @@ pub(crate) struct DispatchState {
     drain_sent: bool,
     /// An exception to re-raise from `start()` once stopped (e.g. SystemExit).
     pending_error: Option<PyErr>,
+    /// Callbacks that await (`awaiting.rs`).
+    awaits: Awaits,
+    /// Running work that was held: its loop had its credit when it was held.
+    replaying: bool,
+    /// When the stop was noticed.
+    stopped_at: Option<Instant>,
 }
 
 impl DispatchState {
@@ -149,7 +159,7 @@ impl DispatchState {
         for buffer in self.inputs.values() {
             visit.call(buffer)?;
         }
-        Ok(())
+        self.awaits.traverse(visit)
     }
 }
 
@@ -159,8 +169,9 @@ impl<'py> Dispatcher<'py> {
         shared: Arc<Shared>,
         callbacks: Callbacks,
         config: &Config,
-    ) -> Self {
+    ) -> PyResult<Self> {
         let num_loops = config.num_loops;
+        let awaits = Awaits::new(py, shared.queue.clone())?;
         let state = DispatchState {
             python_framed: 0,
             inputs: HashMap::new(),
@@ -181,8 +192,17 @@ impl<'py> Dispatcher<'py> {
             stopping: false,
             drain_sent: false,
             pending_error: None,
+            awaits,
+            replaying: false,
+            stopped_at: None,
         };
-        Dispatcher { py, state }
+        Ok(Dispatcher { py, state })
+    }
+
+    /// Callbacks that await go on as tasks in the running asyncio loop (`serve()`).
+    pub(crate) fn use_running_loop(&mut self) -> PyResult<()> {
+        let py = self.py;
+        self.awaits.use_running_loop(py)
     }
 
     /// Dispatches until the server is stopped and every loop has closed its connections
@@ -222,7 +242,21 @@ impl<'py> Dispatcher<'py> {
         let found = queue.try_take(batch, due);
         self.handle_taken(running, batch, due);
         match found {
-            Found::Idle { .. } if !self.pending.is_empty() => Found::Work,
+            Found::Idle { .. } if !self.pending.is_empty() || self.awaits.has_completions() => {
+                Found::Work
+            }
+            Found::Idle { next_timer } => {
+                // Stopping with callbacks awaiting: look again at the stop's deadline.
+                let deadline = self
+                    .stopped_at
+                    .and_then(|at| self.awaits.stop_deadline(at, self.drain_timeout));
+                Found::Idle {
+                    next_timer: match (next_timer, deadline) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    },
+                }
+            }
             found => found,
         }
     }
@@ -236,6 +270,7 @@ impl<'py> Dispatcher<'py> {
     fn notice_stop(&mut self, running: &mut Running) {
         if !self.stopping && self.shared.queue.stop_requested() {
             self.stopping = true;
+            self.stopped_at = Some(Instant::now());
             let open: usize = self.conns.iter().flatten().filter(|c| c.is_some()).count();
             log::info!("pygev: stopping; draining {open} open connections");
             self.py.detach(|| running.stop_accepting());
@@ -249,12 +284,20 @@ impl<'py> Dispatcher<'py> {
         if let Err(err) = self.py.check_signals() {
             self.on_interrupt(err);
         }
-        if !batch.is_empty() || !due.is_empty() || !self.pending.is_empty() {
+        if !batch.is_empty()
+            || !due.is_empty()
+            || !self.pending.is_empty()
+            || self.awaits.has_completions()
+        {
             self.dispatch_batch(batch, due);
         }
         self.expire_partial_frames();
+        if let Some(stopped_at) = self.stopped_at {
+            self.expire_awaited(stopped_at);
+        }
         logging::emit_pending(self.py);
-        let caught_up = self.pending.is_empty();
+        // Callbacks still awaiting may send yet: the drain waits for them too.
+        let caught_up = self.pending.is_empty() && self.awaits.running() == 0;
         if self.stopping
             && !self.drain_sent
             && caught_up
@@ -308,6 +351,11 @@ impl<'py> Dispatcher<'py> {
         self.py
     }
 
+    /// Whether a callback of `conn` awaits (its later input waits for it).
+    pub(crate) fn awaits_for(&self, conn: &Py<Connection>) -> bool {
+        self.awaits.holds(conn.get())
+    }
+
     fn on_interrupt(&mut self, err: PyErr) {
         if err.is_instance_of::<PyKeyboardInterrupt>(self.py) {
             if !self.stopping {
@@ -324,7 +372,8 @@ impl<'py> Dispatcher<'py> {
     fn dispatch_batch(&mut self, batch: &mut Vec<Event>, due: &mut Vec<u64>) {
         let shared = self.shared.clone();
         let batch_in_progress = shared.begin_batch();
-        let mut calls = self.run_round(batch);
+        let mut calls = self.resume_awaited();
+        calls += self.run_round(batch);
         if !self.stopping {
             calls += due.len();
             for id in due.drain(..) {
@@ -352,25 +401,28 @@ impl<'py> Dispatcher<'py> {
 
     /// Takes a handled event's cost off dispatch backpressure: the loop's, and for a
     /// message its connection's (which the loop then reads again if it had stopped).
-    fn credit(&mut self, loop_index: u32, token: u32, cost: usize, message: bool) {
-        self.handled_cost[loop_index as usize] += cost;
-        if message {
-            self.credit_connection(loop_index, token, cost);
+    fn credit(&mut self, loop_index: u32, conn: Option<&Py<Connection>>, cost: usize) {
+        self.credit_loop(loop_index, cost);
+        if let Some(conn) = conn {
+            self.credit_connection(conn.get(), cost);
+        }
+    }
+
+    /// Takes a handled event's cost off its loop's count (once: work held behind an
+    /// awaiting callback had it when it was held).
+    fn credit_loop(&mut self, loop_index: u32, cost: usize) {
+        if !self.replaying {
+            self.handled_cost[loop_index as usize] += cost;
         }
     }
 
     /// Takes a handled event's cost off its connection's count (a message, or the Connect
     /// once `on_connect` ran); the loop reads the connection again if it had stopped.
-    fn credit_connection(&mut self, loop_index: u32, token: u32, cost: usize) {
-        let limit = self.conn_dispatch_high_water;
-        let slot = self.conns[loop_index as usize].get(token as usize);
-        if let Some(conn) = slot.and_then(Option::as_ref) {
-            let conn = conn.get();
-            if conn.backlog.dispatched(cost, limit) {
-                let id = conn.id_value();
-                self.shared
-                    .post(loop_index, Command::Unthrottle { token, id });
-            }
+    fn credit_connection(&mut self, conn: &Connection, cost: usize) {
+        if conn.backlog.dispatched(cost, self.conn_dispatch_high_water) {
+            let (token, id) = (conn.token, conn.id_value());
+            self.shared
+                .post(conn.loop_index, Command::Unthrottle { token, id });
         }
     }
 
@@ -378,15 +430,18 @@ impl<'py> Dispatcher<'py> {
     fn handle(&mut self, event: Event) {
         let cost = event.dispatch_cost();
         match event {
-            Event::Message { .. } | Event::Messages { .. } | Event::Signal { .. } => {
-                unreachable!("messages and signals are handled in rounds")
+            Event::Message { .. }
+            | Event::Messages { .. }
+            | Event::Signal { .. }
+            | Event::PeerClosed { .. } => {
+                unreachable!("a connection's input is handled in rounds")
             }
             Event::Connect {
                 loop_index,
                 token,
                 info,
             } => {
-                self.credit(loop_index, token, cost, false);
+                self.credit_loop(loop_index, cost);
                 let id = info.id;
                 let dial = if info.outgoing {
                     self.shared.dials.take(id)
@@ -431,23 +486,18 @@ impl<'py> Dispatcher<'py> {
                 if conn.get().mode().greets_at_open() {
                     self.connected(&conn);
                 } // else once its handshake completes
-                self.credit_connection(loop_index, token, cost);
-            }
-            Event::PeerClosed { loop_index, token } => {
-                self.credit(loop_index, token, cost, false);
-                // Replies to the messages before the EOF are already in the outbox: close
-                // after them.
-                if let Some(conn) = self.conn(loop_index, token) {
-                    conn.get().request_close();
-                }
+                self.credit_connection(conn.get(), cost);
             }
             Event::Closed { loop_index, token } => {
-                self.credit(loop_index, token, cost, false);
+                self.credit_loop(loop_index, cost);
                 let slot = self.conns[loop_index as usize]
                     .get_mut(token as usize)
                     .and_then(Option::take);
-                if let Some(conn) = slot {
-                    self.closed(conn);
+                match slot {
+                    // After the callback that awaits, and the work held behind it.
+                    Some(conn) if self.awaits.holds(conn.get()) => self.hold_close(conn),
+                    Some(conn) => self.closed(conn),
+                    None => {}
                 }
             }
             Event::ConnectFailed {
@@ -498,11 +548,9 @@ impl<'py> Dispatcher<'py> {
     }
 
     pub(crate) fn connected(&mut self, conn: &Py<Connection>) {
-        let result = self
-            .callbacks_of(conn.get())
-            .on_connect
-            .call1(self.py, (conn.clone_ref(self.py),));
-        if let Err(err) = result {
+        let py = self.py;
+        let result = (self.callbacks_of(conn.get()).on_connect.bind(py)).call1((conn.bind(py),));
+        if let Some(Err(err)) = self.settle(result, Some(conn), Then::Connected) {
             self.callback_failed("on_connect", conn, err);
         }
     }
@@ -520,12 +568,10 @@ impl<'py> Dispatcher<'py> {
             self.own_callbacks.remove(&conn.get().id_value());
             return;
         }
-        let result = self
-            .callbacks_of(conn.get())
-            .on_close
-            .call1(self.py, (conn.clone_ref(self.py),));
+        let py = self.py;
+        let result = (self.callbacks_of(conn.get()).on_close.bind(py)).call1((conn.bind(py),));
         self.own_callbacks.remove(&conn.get().id_value());
-        if let Err(err) = result {
+        if let Some(Err(err)) = self.settle(result, Some(&conn), Then::Closed) {
             self.report("on_close", &conn, &err);
             self.maybe_stop(err);
         }
@@ -600,7 +646,8 @@ impl<'py> Dispatcher<'py> {
         let Some(callback) = timer.get().fire(self.py) else {
             return;
         };
-        if let Err(err) = callback.call0(self.py) {
+        let result = callback.bind(self.py).call0();
+        if let Some(Err(err)) = self.settle(result, None, Then::Timer) {
             if !err.is_instance_of::<PyKeyboardInterrupt>(self.py) {
                 logging::log_exception(self.py, "pygev: timer callback raised", &err);
             }

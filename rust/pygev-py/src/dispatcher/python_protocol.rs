@@ -8,7 +8,7 @@ use crate::shared::Packer;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 
-use super::{type_name, Dispatcher};
+use super::{type_name, Dispatcher, Then};
 use crate::connection::{packet, Connection};
 use crate::ring_buffer::RingBuffer;
 
@@ -17,7 +17,8 @@ impl<'py> Dispatcher<'py> {
     /// whose framing is a Python `pygev.Protocol`: append them to the connection's buffer,
     /// then call `unpacket` while it returns frames, handing each to `on_message`, at most
     /// `budget` times. Returns the handler calls made and whether frames may remain (the
-    /// budget ran out). The buffer is lent only for the `unpacket` call itself.
+    /// budget ran out, or an `on_message` awaits). The buffer is lent only for the
+    /// `unpacket` call itself.
     pub(crate) fn on_bytes(
         &mut self,
         conn: &Py<Connection>,
@@ -102,21 +103,37 @@ impl<'py> Dispatcher<'py> {
                 ctx,
                 payload,
             ));
+            let Some(result) = self.settle(result, Some(conn), Then::Reply) else {
+                // It awaits: the rest of the buffer waits for it (and the frame deadline
+                // with it: the wait is not the peer's).
+                self.partial_frames.remove(&id);
+                return (calls, true);
+            };
             match result {
                 Ok(reply) if reply.is_none() => {}
-                Ok(reply) => match packet(protocol, conn.bind(py), &reply) {
-                    Ok(Ok(wire)) => self.reply(conn, Cow::Owned(wire), Packer::RAW),
-                    Ok(Err(not_bytes)) => {
-                        let err: PyErr = not_bytes.into();
-                        self.protocol_failed("Protocol.packet()", conn, err);
-                    }
-                    Err(err) => self.protocol_failed("Protocol.packet()", conn, err),
-                },
+                Ok(reply) => self.send_packed(conn, protocol, &reply),
                 Err(err) => self.callback_failed("on_message", conn, err),
             }
         }
         self.track_partial(conn, buffer.get().held() > 0, calls > 0);
         (calls, false)
+    }
+
+    /// Sends what `on_message` returned, packed by the Python framing.
+    pub(crate) fn send_packed(
+        &mut self,
+        conn: &Py<Connection>,
+        protocol: &Bound<'_, PyAny>,
+        reply: &Bound<'_, PyAny>,
+    ) {
+        match packet(protocol, conn.bind(self.py), reply) {
+            Ok(Ok(wire)) => self.reply(conn, Cow::Owned(wire), Packer::RAW),
+            Ok(Err(not_bytes)) => {
+                let err: PyErr = not_bytes.into();
+                self.protocol_failed("Protocol.packet()", conn, err);
+            }
+            Err(err) => self.protocol_failed("Protocol.packet()", conn, err),
+        }
     }
 
     /// Runs the frame deadline for a Python framing: from the moment its buffer holds part

@@ -14,7 +14,10 @@ use std::collections::HashSet;
 
 use pygev_core::{Event, Frames, EVENT_COST};
 
+use pyo3::prelude::*;
+
 use super::{Dispatcher, Frame};
+use crate::connection::Connection;
 
 /// Handler calls a connection may make in the first pass of a round past the bound.
 const QUANTUM: usize = 64;
@@ -23,7 +26,7 @@ const QUANTUM: usize = 64;
 const LOOP_SLOT: u32 = u32::MAX;
 
 /// What the dispatcher has yet to do.
-pub(super) enum Work {
+pub(crate) enum Work {
     /// An event not started yet.
     Event(Event),
     /// The frames of a `Messages` event, of which the first `next` were handled.
@@ -59,6 +62,40 @@ impl Work {
             | Work::Unpack {
                 loop_index, token, ..
             } => (*loop_index, *token),
+        }
+    }
+
+    /// The connection whose input it is: (loop, slot); `None` for the events that open
+    /// and close connections, and a loop's own.
+    fn input_of(&self) -> Option<(u32, u32)> {
+        match self {
+            Work::Event(
+                Event::Message {
+                    loop_index, token, ..
+                }
+                | Event::Messages {
+                    loop_index, token, ..
+                }
+                | Event::Signal {
+                    loop_index, token, ..
+                }
+                | Event::PeerClosed { loop_index, token },
+            )
+            | Work::Frames {
+                loop_index, token, ..
+            }
+            | Work::Unpack {
+                loop_index, token, ..
+            } => Some((*loop_index, *token)),
+            Work::Event(_) => None,
+        }
+    }
+
+    /// What is left of its dispatch cost to credit.
+    pub(super) fn cost(&self) -> usize {
+        match self {
+            Work::Event(event) => event.dispatch_cost(),
+            Work::Frames { cost, .. } | Work::Unpack { cost, .. } => *cost,
         }
     }
 }
@@ -156,80 +193,92 @@ impl<'py> Dispatcher<'py> {
     /// Does up to `allow` handler calls of `item`; returns the calls made (at least one for
     /// any item, so that rounds always progress) and what is left of it.
     fn work(&mut self, item: Work, allow: usize) -> (usize, Option<Work>) {
+        let Some((loop_index, token)) = item.input_of() else {
+            let Work::Event(event) = item else {
+                unreachable!("frames and buffers are a connection's input")
+            };
+            self.handle(event);
+            return (1, None);
+        };
+        let Some(conn) = self.conn(loop_index, token) else {
+            // Closed meanwhile: nothing to call.
+            self.credit_loop(loop_index, item.cost());
+            return (1, None);
+        };
+        if self.awaits.holds(conn.get()) {
+            self.hold(&conn, item);
+            return (1, None);
+        }
+        self.work_on(&conn, item, allow)
+    }
+
+    /// [`work`](Self::work) for input of `conn` (found in the table, or held for it).
+    pub(super) fn work_on(
+        &mut self,
+        conn: &Py<Connection>,
+        item: Work,
+        allow: usize,
+    ) -> (usize, Option<Work>) {
+        let cost = item.cost();
+        let python_framed = self.python_framed > 0 && conn.get().mode().is_python_framed();
         match item {
-            Work::Event(event) => {
-                let cost = event.dispatch_cost();
-                match event {
-                    Event::Message {
-                        loop_index,
-                        token,
-                        data,
-                        kind,
-                    } => {
-                        if self.python_framed > 0 && self.python_framed(loop_index, token) {
-                            return self.unpack(loop_index, token, Some(data), cost, allow);
-                        }
-                        if let Some(conn) = self.conn(loop_index, token) {
-                            let mode = conn.get().mode();
-                            mode.on_message(self, &conn, Frame::Owned(data), kind);
-                        }
-                        self.credit(loop_index, token, cost, true);
-                        (1, None)
-                    }
-                    Event::Messages {
-                        loop_index,
-                        token,
-                        frames,
-                    } => {
-                        if self.python_framed > 0 && self.python_framed(loop_index, token) {
-                            return self.unpack(loop_index, token, Some(frames.data), cost, allow);
-                        }
-                        self.frames(loop_index, token, frames, 0, cost, allow)
-                    }
-                    Event::Signal {
-                        loop_index,
-                        token,
-                        signal,
-                    } => {
-                        if let Some(conn) = self.conn(loop_index, token) {
-                            conn.get().mode().on_signal(self, &conn, signal);
-                        }
-                        self.credit(loop_index, token, cost, true);
-                        (1, None)
-                    }
-                    other => {
-                        self.handle(other);
-                        (1, None)
-                    }
+            Work::Event(Event::Message {
+                loop_index,
+                data,
+                kind,
+                ..
+            }) => {
+                if python_framed {
+                    return self.unpack(conn, loop_index, Some(data), cost, allow);
                 }
+                conn.get()
+                    .mode()
+                    .on_message(self, conn, Frame::Owned(data), kind);
+                self.credit(loop_index, Some(conn), cost);
+                (1, None)
             }
+            Work::Event(Event::Messages {
+                loop_index, frames, ..
+            }) => {
+                if python_framed {
+                    return self.unpack(conn, loop_index, Some(frames.data), cost, allow);
+                }
+                self.frames(conn, loop_index, frames, 0, cost, allow)
+            }
+            Work::Event(Event::Signal {
+                loop_index, signal, ..
+            }) => {
+                conn.get().mode().on_signal(self, conn, signal);
+                self.credit(loop_index, Some(conn), cost);
+                (1, None)
+            }
+            Work::Event(Event::PeerClosed { loop_index, .. }) => {
+                self.credit_loop(loop_index, cost);
+                // Replies to the messages before the EOF are already in the outbox: close
+                // after them.
+                conn.get().request_close();
+                (1, None)
+            }
+            Work::Event(_) => unreachable!("not a connection's input"),
             Work::Frames {
                 loop_index,
-                token,
                 frames,
                 next,
                 cost,
-            } => self.frames(loop_index, token, frames, next, cost, allow),
+                ..
+            } => self.frames(conn, loop_index, frames, next, cost, allow),
             Work::Unpack {
-                loop_index,
-                token,
-                cost,
-            } => self.unpack(loop_index, token, None, cost, allow),
+                loop_index, cost, ..
+            } => self.unpack(conn, loop_index, None, cost, allow),
         }
     }
 
-    /// Whether the connection's framing is written in Python (it runs here).
-    fn python_framed(&self, loop_index: u32, token: u32) -> bool {
-        let slot = self.conns[loop_index as usize].get(token as usize);
-        slot.and_then(Option::as_ref)
-            .is_some_and(|conn| conn.get().mode().is_python_framed())
-    }
-
-    /// Frames `next..` of one read, `allow` of them at most.
+    /// Frames `next..` of one read, `allow` of them at most; the rest is held when a
+    /// callback awaits.
     fn frames(
         &mut self,
+        conn: &Py<Connection>,
         loop_index: u32,
-        token: u32,
         frames: Frames,
         next: usize,
         cost: usize,
@@ -237,58 +286,60 @@ impl<'py> Dispatcher<'py> {
     ) -> (usize, Option<Work>) {
         let total = frames.ends.len();
         let end = next.saturating_add(allow).min(total);
-        let Some(conn) = self.conn(loop_index, token) else {
-            self.credit(loop_index, token, cost, true);
-            return (1, None);
-        };
         // (A closed connection's frames are dropped by the mode, which looks first.)
-        conn.get().mode().on_frames(self, &conn, &frames, next..end);
-        let made = (end - next).max(1);
-        if end == total || conn.get().is_closed() {
-            self.credit(loop_index, token, cost, true);
+        let reached = conn.get().mode().on_frames(self, conn, &frames, next..end);
+        let made = (reached - next).max(1);
+        if reached == total || conn.get().is_closed() {
+            self.credit(loop_index, Some(conn), cost);
             return (made, None);
         }
         let handled_bytes =
-            frames.ends[end - 1] - if next == 0 { 0 } else { frames.ends[next - 1] };
-        let step = ((end - next) * EVENT_COST + handled_bytes).min(cost);
-        self.credit(loop_index, token, step, true);
+            frames.ends[reached - 1] - if next == 0 { 0 } else { frames.ends[next - 1] };
+        let step = ((reached - next) * EVENT_COST + handled_bytes).min(cost);
+        self.credit(loop_index, Some(conn), step);
         let rest = Work::Frames {
             loop_index,
-            token,
+            token: conn.get().token,
             frames,
-            next: end,
+            next: reached,
             cost: cost - step,
         };
+        if reached < end {
+            // A callback awaits: the rest waits for it.
+            self.hold(conn, rest);
+            return (made, None);
+        }
         (made, Some(rest))
     }
 
-    /// Bytes for a Python framing (`data`), or what its buffer still holds (`None`).
+    /// Bytes for a Python framing (`data`), or what its buffer still holds (`None`); what
+    /// is left is held when a callback awaits.
     fn unpack(
         &mut self,
+        conn: &Py<Connection>,
         loop_index: u32,
-        token: u32,
         data: Option<Vec<u8>>,
         cost: usize,
         allow: usize,
     ) -> (usize, Option<Work>) {
-        let conn = self.conn(loop_index, token);
-        let protocol = conn
-            .as_ref()
-            .and_then(|conn| conn.get().mode().python_framing(self.py));
-        let (Some(conn), Some(protocol)) = (conn, protocol) else {
-            self.credit(loop_index, token, cost, true);
+        let Some(protocol) = conn.get().mode().python_framing(self.py) else {
+            self.credit(loop_index, Some(conn), cost);
             return (1, None);
         };
-        let (made, more) = self.on_bytes(&conn, data, protocol.bind(self.py), allow);
+        let (made, more) = self.on_bytes(conn, data, protocol.bind(self.py), allow);
         if more {
             let rest = Work::Unpack {
                 loop_index,
-                token,
+                token: conn.get().token,
                 cost,
             };
+            if self.awaits.holds(conn.get()) {
+                self.hold(conn, rest);
+                return (made.max(1), None);
+            }
             return (made.max(1), Some(rest));
         }
-        self.credit(loop_index, token, cost, true);
+        self.credit(loop_index, Some(conn), cost);
         (made.max(1), None)
     }
 }

@@ -8,6 +8,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
+use pygev_core::websocket::handshake::UpgradeRequest;
 use pygev_core::{Frames, MessageKind, Protocol, Signal};
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
@@ -36,22 +37,33 @@ pub(crate) trait Mode: Send + Sync {
     fn send(&self, conn: &Bound<'_, Connection>, data: &Bound<'_, PyAny>) -> PyResult<()>;
 
     /// One whole message from the loop: calls `on_message` and sends what it returns.
+    /// Returns whether the callback awaits (it goes on as a task; what it returns is sent
+    /// by [`reply`](Mode::reply) when it ends).
     fn on_message(
         &self,
         dispatcher: &mut Dispatcher<'_>,
         conn: &Py<Connection>,
         frame: Frame<'_>,
         kind: MessageKind,
+    ) -> bool;
+
+    /// Sends what `on_message` returned (not `None`), once it ended.
+    fn reply(
+        &self,
+        dispatcher: &mut Dispatcher<'_>,
+        conn: &Py<Connection>,
+        value: Bound<'_, PyAny>,
     );
 
-    /// Frames `range` of one read, in order: `on_message` for each.
+    /// Frames `range` of one read, in order: `on_message` for each, up to one that awaits.
+    /// Returns the index after the last frame handled (`range.end` unless one awaits).
     fn on_frames(
         &self,
         dispatcher: &mut Dispatcher<'_>,
         conn: &Py<Connection>,
         frames: &Frames,
         range: Range<usize>,
-    ) {
+    ) -> usize {
         // NOTE: compiled for each mode, so the call per frame is a direct one (inlined),
         // not a second virtual call.
         let mut start = if range.start == 0 {
@@ -59,12 +71,15 @@ pub(crate) trait Mode: Send + Sync {
         } else {
             frames.ends[range.start - 1]
         };
-        for index in range {
+        for index in range.clone() {
             let stop = frames.ends[index];
             let frame = Frame::Borrowed(&frames.data[start..stop]);
             start = stop;
-            self.on_message(dispatcher, conn, frame, frames.kind(index));
+            if self.on_message(dispatcher, conn, frame, frames.kind(index)) {
+                return index + 1;
+            }
         }
+        range.end
     }
 
     /// The loop's framing has news about the connection (only WebSocket's has any).
@@ -101,6 +116,21 @@ pub(crate) trait Mode: Send + Sync {
     /// Whether the handler's `on_handshake` hook applies.
     fn has_handshake(&self) -> bool {
         false
+    }
+
+    /// An `on_handshake` that awaited has ended with `answer`: accept or refuse the held
+    /// upgrade `request`.
+    fn answered(
+        &self,
+        _dispatcher: &mut Dispatcher<'_>,
+        conn: &Py<Connection>,
+        _request: &UpgradeRequest,
+        _answer: PyResult<Bound<'_, PyAny>>,
+    ) {
+        log::error!(
+            "pygev: connection {} got a handshake answer its mode does not expect",
+            conn.get().id_value()
+        );
     }
 
     /// `conn.close(code, reason)` before the connection is closed: WebSocket sends its

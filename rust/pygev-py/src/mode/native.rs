@@ -10,7 +10,7 @@ use pyo3::types::PyBytes;
 
 use super::Mode;
 use crate::connection::{bytes_of, Connection};
-use crate::dispatcher::{Dispatcher, Frame};
+use crate::dispatcher::{Dispatcher, Frame, Then};
 use crate::shared::{Packer, Packing};
 
 /// Framing in the loops.
@@ -50,9 +50,9 @@ impl Mode for Native {
         conn: &Py<Connection>,
         frame: Frame<'_>,
         _kind: MessageKind,
-    ) {
+    ) -> bool {
         if conn.get().is_closed() {
-            return; // closed by the handler or after an error: drop what is left
+            return false; // closed by the handler or after an error: drop what is left
         }
         let py = dispatcher.py();
         let bytes = PyBytes::new(py, frame.bytes());
@@ -61,6 +61,9 @@ impl Mode for Native {
             .on_message
             .bind(py)
             .call1((conn.bind(py), py.None(), &bytes));
+        let Some(result) = dispatcher.settle(result, Some(conn), Then::Reply) else {
+            return true;
+        };
         match result {
             Ok(reply) if reply.is_none() => {}
             // NOTE: a handler that returns the bytes it was given (echo) sends our own copy
@@ -71,14 +74,24 @@ impl Mode for Native {
                 }
                 frame => dispatcher.reply(conn, Cow::Borrowed(frame.bytes()), self.framing()),
             },
-            Ok(reply) => match bytes_of(&reply) {
-                Ok(reply) => dispatcher.reply(conn, Cow::Owned(reply), self.framing()),
-                Err(err) => {
-                    let what = "on_message returned a non-bytes value, which";
-                    dispatcher.callback_failed(what, conn, err.into());
-                }
-            },
+            Ok(reply) => self.reply(dispatcher, conn, reply),
             Err(err) => dispatcher.callback_failed("on_message", conn, err),
+        }
+        false
+    }
+
+    fn reply(
+        &self,
+        dispatcher: &mut Dispatcher<'_>,
+        conn: &Py<Connection>,
+        value: Bound<'_, PyAny>,
+    ) {
+        match bytes_of(&value) {
+            Ok(reply) => dispatcher.reply(conn, Cow::Owned(reply), self.framing()),
+            Err(err) => {
+                let what = "on_message returned a non-bytes value, which";
+                dispatcher.callback_failed(what, conn, err.into());
+            }
         }
     }
 }

@@ -80,13 +80,27 @@ impl Mode for PythonFraming {
         conn: &Py<Connection>,
         frame: Frame<'_>,
         _kind: MessageKind,
-    ) {
+    ) -> bool {
         // The dispatcher hands this mode's bytes to `python_framing()` in rounds; a single
         // message is the same bytes.
         let py = dispatcher.py();
         if let Some(framing) = self.python_framing(py) {
             let data = frame.bytes().to_vec();
             dispatcher.on_bytes(conn, Some(data), framing.bind(py), usize::MAX);
+        }
+        dispatcher.awaits_for(conn)
+    }
+
+    fn reply(
+        &self,
+        dispatcher: &mut Dispatcher<'_>,
+        conn: &Py<Connection>,
+        value: Bound<'_, PyAny>,
+    ) {
+        let py = dispatcher.py();
+        // (No framing: its server was collected.)
+        if let Some(framing) = self.python_framing(py) {
+            dispatcher.send_packed(conn, framing.bind(py), &value);
         }
     }
 

@@ -14,7 +14,7 @@ use pyo3::types::{PyBytes, PyString};
 
 use super::Mode;
 use crate::connection::{bytes_of, Connection};
-use crate::dispatcher::{type_name, Dispatcher, Frame};
+use crate::dispatcher::{type_name, Dispatcher, Frame, Then};
 use crate::errors::Error;
 use crate::websocket::WebSocketRequest;
 
@@ -80,20 +80,20 @@ impl WebSocketMode {
     }
 
     /// Calls `on_message(conn, data)` with `str` (text) or `bytes` (binary) and sends what
-    /// it returns.
+    /// it returns; returns whether it awaits.
     fn message(
         &self,
         d: &mut Dispatcher<'_>,
         conn: &Py<Connection>,
         kind: MessageKind,
         payload: &[u8],
-    ) {
+    ) -> bool {
         let py = d.py();
         let data = match kind {
             // The loop checked the text (RFC 6455: failing the connection with 1007).
             MessageKind::Text => match std::str::from_utf8(payload) {
                 Ok(text) => PyString::new(py, text).into_any(),
-                Err(_) => return,
+                Err(_) => return false,
             },
             MessageKind::Binary => PyBytes::new(py, payload).into_any(),
         };
@@ -102,24 +102,41 @@ impl WebSocketMode {
             .on_message
             .bind(py)
             .call1((conn.bind(py), &data));
-        let sent = match result {
-            Ok(reply) if reply.is_none() => return,
-            Ok(reply) if reply.is(&data) => self.send_message(conn.get(), kind, payload),
-            Ok(reply) => match reply.cast::<PyString>() {
-                Ok(reply) => match reply.to_str() {
-                    Ok(reply) => self.send_message(conn.get(), MessageKind::Text, reply.as_bytes()),
-                    Err(err) => return d.callback_failed("sending on_message's reply", conn, err),
-                },
-                Err(_) => match bytes_of(&reply) {
-                    Ok(reply) => self.send_message(conn.get(), MessageKind::Binary, &reply),
-                    Err(_) => Err(Error::Type(format!(
-                        "pygev: on_message must return str, bytes or None, got {}",
-                        type_name(&reply)
-                    ))),
-                },
-            },
-            Err(err) => return d.callback_failed("on_message", conn, err),
+        let Some(result) = d.settle(result, Some(conn), Then::Reply) else {
+            return true;
         };
+        match result {
+            Ok(reply) if reply.is_none() => {}
+            Ok(reply) if reply.is(&data) => {
+                let sent = self.send_message(conn.get(), kind, payload);
+                self.check_sent(d, conn, sent);
+            }
+            Ok(reply) => self.send_reply(d, conn, &reply),
+            Err(err) => d.callback_failed("on_message", conn, err),
+        }
+        false
+    }
+
+    /// Sends what `on_message` returned: `str` as text, bytes-like as binary.
+    fn send_reply(&self, d: &mut Dispatcher<'_>, conn: &Py<Connection>, reply: &Bound<'_, PyAny>) {
+        let sent = match reply.cast::<PyString>() {
+            Ok(reply) => match reply.to_str() {
+                Ok(reply) => self.send_message(conn.get(), MessageKind::Text, reply.as_bytes()),
+                Err(err) => return d.callback_failed("sending on_message's reply", conn, err),
+            },
+            Err(_) => match bytes_of(reply) {
+                Ok(reply) => self.send_message(conn.get(), MessageKind::Binary, &reply),
+                Err(_) => Err(Error::Type(format!(
+                    "pygev: on_message must return str, bytes or None, got {}",
+                    type_name(reply)
+                ))),
+            },
+        };
+        self.check_sent(d, conn, sent);
+    }
+
+    /// A reply the handler got wrong fails its callback; one after the close is dropped.
+    fn check_sent(&self, d: &mut Dispatcher<'_>, conn: &Py<Connection>, sent: Result<(), Error>) {
         if let Err(err @ (Error::Type(_) | Error::Value(_))) = sent {
             d.callback_failed("on_message", conn, err.into());
         }
@@ -142,9 +159,22 @@ impl WebSocketMode {
                 inner: request.clone(),
             },
         )
-        .and_then(|r| hook.call1(py, (conn.clone_ref(py), r)))
-        .and_then(|answer| answer_of(answer.bind(py)));
-        match answer {
+        .and_then(|r| hook.bind(py).call1((conn.bind(py), r)));
+        let then = Then::Handshake(Box::new(request.clone()));
+        if let Some(answer) = d.settle(answer, Some(conn), then) {
+            self.answer(d, conn, request, answer);
+        }
+    }
+
+    /// Accepts or refuses the upgrade as `on_handshake` answered.
+    fn answer(
+        &self,
+        d: &mut Dispatcher<'_>,
+        conn: &Py<Connection>,
+        request: &UpgradeRequest,
+        answer: PyResult<Bound<'_, PyAny>>,
+    ) {
+        match answer.and_then(|answer| answer_of(&answer)) {
             Ok(Answer::Accept(protocol, extra)) => {
                 match handshake::check_choice(request, protocol.as_deref(), &extra) {
                     Ok(()) => self.accept(d, conn, request, protocol.as_deref(), &extra),
@@ -212,9 +242,23 @@ impl Mode for WebSocketMode {
         conn: &Py<Connection>,
         frame: Frame<'_>,
         kind: MessageKind,
+    ) -> bool {
+        !conn.get().is_closed() && self.message(d, conn, kind, frame.bytes())
+    }
+
+    fn reply(&self, d: &mut Dispatcher<'_>, conn: &Py<Connection>, value: Bound<'_, PyAny>) {
+        self.send_reply(d, conn, &value);
+    }
+
+    fn answered(
+        &self,
+        d: &mut Dispatcher<'_>,
+        conn: &Py<Connection>,
+        request: &UpgradeRequest,
+        answer: PyResult<Bound<'_, PyAny>>,
     ) {
         if !conn.get().is_closed() {
-            self.message(d, conn, kind, frame.bytes());
+            self.answer(d, conn, request, answer);
         }
     }
 

@@ -1,0 +1,499 @@
+//! Callbacks that await. Any callback may be an `async def`: the dispatcher runs its first
+//! step itself, inside the batch, and most end there (nothing to wait for), costing little
+//! more than a plain call and no task. One that waits goes on as an asyncio task in the
+//! loop that serves (`await server.serve()`); until it ends, its connection's later work
+//! is held here, in order, so that per connection a callback starts only once the one
+//! before it ended, and `on_close` comes after them all. When the task ends, what the
+//! callback returned is used as a plain callback's would be (`Then`), and the held work
+//! runs.
+//!
+//! Held work counts against its connection's dispatch limit until it runs (the loop stops
+//! reading that connection), but not against its loop's: one waiting connection never
+//! slows another.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pygev_core::websocket::handshake::UpgradeRequest;
+use pygev_core::DispatchQueue;
+use pyo3::exceptions::asyncio::CancelledError;
+use pyo3::prelude::*;
+use pyo3::types::iterator::PySendResult;
+use pyo3::types::{PyIterator, PyType};
+use pyo3::{PyTraverseError, PyVisit};
+
+use super::first_step::FirstStep;
+use super::rounds::Work;
+use super::Dispatcher;
+use crate::connection::Connection;
+use crate::errors::Error;
+use crate::logging;
+
+/// How long tasks cancelled at the stop (after `drain_timeout`) may take to end before the
+/// server stops without them.
+const CANCEL_GRACE: Duration = Duration::from_secs(1);
+
+/// Which callback a coroutine is, and what is done with what it returns.
+pub(crate) enum Then {
+    /// `on_connect`: nothing to send.
+    Connected,
+    /// `on_message`: what it returns is sent (by the connection's mode).
+    Reply,
+    /// `on_handshake` over this request: its answer accepts or refuses the upgrade.
+    Handshake(Box<UpgradeRequest>),
+    /// `on_close`: nothing follows it.
+    Closed,
+    /// A timer's callback: no connection.
+    Timer,
+}
+
+impl Then {
+    fn what(&self) -> &'static str {
+        match self {
+            Then::Connected => "on_connect",
+            Then::Reply => "on_message",
+            Then::Handshake(_) => "on_handshake",
+            Then::Closed => "on_close",
+            Then::Timer => "timer callback",
+        }
+    }
+
+    /// Whether the connection's later work waits for it.
+    fn holds(&self) -> bool {
+        matches!(self, Then::Connected | Then::Reply | Then::Handshake(_))
+    }
+}
+
+/// What `serve()` brings: the running loop and asyncio's task bookkeeping.
+struct Asyncio {
+    event_loop: Py<PyAny>,
+    create_task: Py<PyAny>,
+    /// `asyncio.tasks._enter_task` / `_leave_task`, which make the first step's stand-in
+    /// the current task (missing in some Python: then there is none).
+    enter_task: Option<Py<PyAny>>,
+    leave_task: Option<Py<PyAny>>,
+}
+
+/// A callback going on as a task.
+struct Pending {
+    /// For the log, and for the work it holds (`Then::holds`).
+    conn: Option<Py<Connection>>,
+    then: Then,
+    task: Py<PyAny>,
+}
+
+/// What a connection whose callback awaits has waiting.
+struct Awaiting {
+    conn: Py<Connection>,
+    held: VecDeque<Held>,
+}
+
+/// Work held behind a callback that awaits.
+enum Held {
+    Work(Work),
+    /// The connection closed (out of the loop's table already): `on_close` is due.
+    Closed,
+}
+
+/// The tasks' done-callback: notes the task and wakes the dispatcher.
+#[pyclass(frozen)]
+pub(crate) struct Completions {
+    done: Mutex<Vec<Py<PyAny>>>,
+    queue: Arc<DispatchQueue>,
+}
+
+#[pymethods]
+impl Completions {
+    fn __call__(&self, task: Py<PyAny>) {
+        self.done
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(task);
+        self.queue.wake();
+    }
+}
+
+/// The dispatcher's part for callbacks that await.
+pub(crate) struct Awaits {
+    coroutine: Py<PyType>,
+    asyncio: Option<Asyncio>,
+    /// The first step's stand-in for a task, kept while no one else holds it.
+    step: Option<Py<FirstStep>>,
+    completions: Py<Completions>,
+    /// By task (its address: the task is held here, so it is not reused).
+    tasks: HashMap<usize, Pending>,
+    /// By connection id.
+    awaiting: HashMap<u64, Awaiting>,
+    /// Since when the tasks left at the stop were cancelled.
+    cancelled_at: Option<Instant>,
+}
+
+impl Awaits {
+    pub(crate) fn new(py: Python<'_>, queue: Arc<DispatchQueue>) -> PyResult<Self> {
+        let coroutine = py.import("types")?.getattr("CoroutineType")?;
+        let completions = Completions {
+            done: Mutex::new(Vec::new()),
+            queue,
+        };
+        Ok(Awaits {
+            coroutine: coroutine.cast_into::<PyType>()?.unbind(),
+            asyncio: None,
+            step: None,
+            completions: Py::new(py, completions)?,
+            tasks: HashMap::new(),
+            awaiting: HashMap::new(),
+            cancelled_at: None,
+        })
+    }
+
+    /// Callbacks that wait go on as tasks in the running asyncio loop (`serve()`).
+    pub(crate) fn use_running_loop(&mut self, py: Python<'_>) -> PyResult<()> {
+        let event_loop = py.import("asyncio")?.call_method0("get_running_loop")?;
+        let tasks = py.import("asyncio.tasks")?;
+        self.asyncio = Some(Asyncio {
+            create_task: event_loop.getattr("create_task")?.unbind(),
+            event_loop: event_loop.unbind(),
+            enter_task: tasks.getattr("_enter_task").ok().map(Bound::unbind),
+            leave_task: tasks.getattr("_leave_task").ok().map(Bound::unbind),
+        });
+        Ok(())
+    }
+
+    /// Whether a callback of `conn` awaits (its later work waits).
+    #[inline]
+    pub(crate) fn holds(&self, conn: &Connection) -> bool {
+        !self.awaiting.is_empty() && self.awaiting.contains_key(&conn.id_value())
+    }
+
+    /// Callbacks still going on as tasks.
+    pub(crate) fn running(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Whether a task has ended that the dispatcher has not taken up yet.
+    pub(crate) fn has_completions(&self) -> bool {
+        !self.tasks.is_empty()
+            && !self
+                .completions
+                .get()
+                .done
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
+    }
+
+    /// When the stop must next look at the tasks left (cancel them, or give up on them).
+    pub(crate) fn stop_deadline(&self, stopped_at: Instant, drain: Duration) -> Option<Instant> {
+        if self.tasks.is_empty() {
+            return None;
+        }
+        Some(match self.cancelled_at {
+            None => stopped_at + drain,
+            Some(at) => at + CANCEL_GRACE,
+        })
+    }
+
+    /// Visits the Python references for the GC.
+    pub(crate) fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.coroutine)?;
+        visit.call(&self.completions)?;
+        visit.call(self.step.as_ref())?;
+        if let Some(asyncio) = &self.asyncio {
+            visit.call(&asyncio.event_loop)?;
+            visit.call(&asyncio.create_task)?;
+            visit.call(asyncio.enter_task.as_ref())?;
+            visit.call(asyncio.leave_task.as_ref())?;
+        }
+        for pending in self.tasks.values() {
+            visit.call(&pending.task)?;
+            visit.call(pending.conn.as_ref())?;
+        }
+        for awaiting in self.awaiting.values() {
+            visit.call(&awaiting.conn)?;
+        }
+        Ok(())
+    }
+}
+
+impl<'py> Dispatcher<'py> {
+    /// What a callback's call came to: its value, or `None` when it is a coroutine that
+    /// waits, going on as a task (then `then` is done when it ends). A coroutine's first
+    /// step runs here.
+    #[inline]
+    pub(crate) fn settle(
+        &mut self,
+        result: PyResult<Bound<'py, PyAny>>,
+        conn: Option<&Py<Connection>>,
+        then: Then,
+    ) -> Option<PyResult<Bound<'py, PyAny>>> {
+        match result {
+            Ok(value) if value.get_type().is(self.awaits.coroutine.bind(self.py)) => {
+                self.first_step(value, conn, then)
+            }
+            result => Some(result),
+        }
+    }
+
+    fn first_step(
+        &mut self,
+        coro: Bound<'py, PyAny>,
+        conn: Option<&Py<Connection>>,
+        then: Then,
+    ) -> Option<PyResult<Bound<'py, PyAny>>> {
+        let py = self.py;
+        let step = self.enter_first_step();
+        // SAFETY: `coro` is exactly a `types.CoroutineType` (the caller checked its type),
+        // which implements `am_send`; `send` calls `PyIter_Send`, which takes any object
+        // that does. The cast only names the method.
+        let iterator = unsafe { coro.cast_unchecked::<PyIterator>() };
+        let sent = iterator.send(py.None().bind(py));
+        self.leave_first_step(step.as_ref());
+        match sent {
+            Ok(PySendResult::Return(value)) => {
+                self.keep_first_step(step);
+                Some(Ok(value))
+            }
+            Err(err) => {
+                self.keep_first_step(step);
+                Some(Err(err))
+            }
+            Ok(PySendResult::Next(waiting)) => match self.go_on(&coro, waiting, step, conn, then) {
+                Ok(()) => None,
+                Err(err) => {
+                    let _ = coro.call_method0("close");
+                    Some(Err(err))
+                }
+            },
+        }
+    }
+
+    /// Makes the first step's stand-in the loop's current task, when serving in one.
+    fn enter_first_step(&mut self) -> Option<Bound<'py, FirstStep>> {
+        let py = self.py;
+        self.awaits.asyncio.as_ref()?.enter_task.as_ref()?;
+        let step = match self.awaits.step.take() {
+            Some(step) => step.into_bound(py),
+            None => Bound::new(py, FirstStep::new()).ok()?,
+        };
+        // Fails only if a task is current already (a turn run from inside a task): then
+        // that one stays current.
+        let asyncio = self.awaits.asyncio.as_ref()?;
+        let enter = asyncio.enter_task.as_ref()?;
+        enter.call1(py, (&asyncio.event_loop, &step)).ok()?;
+        Some(step)
+    }
+
+    fn leave_first_step(&self, step: Option<&Bound<'py, FirstStep>>) {
+        let (Some(step), Some(asyncio)) = (step, self.awaits.asyncio.as_ref()) else {
+            return;
+        };
+        if let Some(leave) = &asyncio.leave_task {
+            if let Err(err) = leave.call1(self.py, (&asyncio.event_loop, step)) {
+                logging::log_exception(self.py, "pygev: asyncio's _leave_task failed", &err);
+            }
+        }
+    }
+
+    fn keep_first_step(&mut self, step: Option<Bound<'py, FirstStep>>) {
+        if let Some(step) = step.filter(FirstStep::reusable) {
+            self.awaits.step = Some(step.unbind());
+        }
+    }
+
+    /// The first step waits for `waiting`: the coroutine goes on as a task.
+    fn go_on(
+        &mut self,
+        coro: &Bound<'py, PyAny>,
+        waiting: Bound<'py, PyAny>,
+        step: Option<Bound<'py, FirstStep>>,
+        conn: Option<&Py<Connection>>,
+        then: Then,
+    ) -> PyResult<()> {
+        let py = self.py;
+        let Some(asyncio) = &self.awaits.asyncio else {
+            return Err(Error::State(format!(
+                "pygev: {} awaited something that does not finish at once, which needs the \
+                 server to be served in an asyncio loop (await server.serve()); start() \
+                 without one can only finish coroutines that never wait",
+                then.what()
+            ))
+            .into());
+        };
+        let resume = &crate::package::classes(py)?.resume;
+        let resumed = resume.call1(py, (coro, waiting))?;
+        let task = asyncio.create_task.call1(py, (resumed,))?;
+        task.call_method1(py, "add_done_callback", (&self.awaits.completions,))?;
+        if let Some(step) = step {
+            step.get().attach(task.bind(py))?;
+        }
+        if let (Some(conn), true) = (conn, then.holds()) {
+            let id = conn.get().id_value();
+            self.awaits.awaiting.entry(id).or_insert_with(|| Awaiting {
+                conn: conn.clone_ref(py),
+                held: VecDeque::new(),
+            });
+        }
+        let key = task.as_ptr() as usize;
+        let pending = Pending {
+            conn: conn.map(|c| c.clone_ref(py)),
+            then,
+            task,
+        };
+        self.awaits.tasks.insert(key, pending);
+        Ok(())
+    }
+
+    /// Holds `work` of `conn`, whose callback awaits. Its loop gets the credit now.
+    pub(super) fn hold(&mut self, conn: &Py<Connection>, work: Work) {
+        self.credit_loop(conn.get().loop_index, work.cost());
+        self.hold_item(conn, Held::Work(work));
+    }
+
+    /// `conn` closed while its callback awaits (the caller took it out of the table).
+    pub(super) fn hold_close(&mut self, conn: Py<Connection>) {
+        self.hold_item(&conn, Held::Closed);
+    }
+
+    fn hold_item(&mut self, conn: &Py<Connection>, item: Held) {
+        if let Some(awaiting) = self.awaits.awaiting.get_mut(&conn.get().id_value()) {
+            awaiting.held.push_back(item);
+        }
+    }
+
+    /// Takes up the tasks that ended: does what their callbacks' values call for, then
+    /// runs the work their connections held. Returns how many.
+    pub(super) fn resume_awaited(&mut self) -> usize {
+        let done = std::mem::take(
+            &mut *self
+                .awaits
+                .completions
+                .get()
+                .done
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        let count = done.len();
+        for task in done {
+            // Unknown: given up on at the stop.
+            if let Some(pending) = self.awaits.tasks.remove(&(task.as_ptr() as usize)) {
+                let result = task.bind(self.py).call_method0("result");
+                self.ended(pending, result);
+            }
+        }
+        count
+    }
+
+    fn ended(&mut self, pending: Pending, result: PyResult<Bound<'py, PyAny>>) {
+        let py = self.py;
+        let Pending { conn, then, .. } = pending;
+        let what = then.what();
+        let Some(conn) = conn else {
+            match result {
+                Err(err) if !err.is_instance_of::<CancelledError>(py) => {
+                    logging::log_exception(py, &format!("pygev: {what} raised"), &err);
+                    self.maybe_stop(err);
+                }
+                _ => {}
+            }
+            return;
+        };
+        // Taken out first: what the callback's value leads to (an `on_connect` after an
+        // accepted handshake) may await in turn, and the held work then waits for that.
+        let held = match then.holds() {
+            true => self.awaits.awaiting.remove(&conn.get().id_value()),
+            false => None,
+        };
+        match (then, result) {
+            (then, Err(err)) if err.is_instance_of::<CancelledError>(py) => {
+                log::debug!(
+                    "pygev: {what} of connection {} was cancelled",
+                    conn.get().id_value()
+                );
+                if let Then::Handshake(_) = then {
+                    conn.get().request_close(); // never answered
+                }
+            }
+            (Then::Closed, Err(err)) => {
+                self.report(what, &conn, &err);
+                self.maybe_stop(err);
+            }
+            (Then::Handshake(request), result) => {
+                conn.get().mode().answered(self, &conn, &request, result);
+            }
+            (_, Err(err)) => self.callback_failed(what, &conn, err),
+            (Then::Reply, Ok(value)) if !value.is_none() && !conn.get().is_closed() => {
+                conn.get().mode().reply(self, &conn, value);
+            }
+            _ => {}
+        }
+        if let Some(held) = held {
+            self.run_held(&conn, held);
+        }
+    }
+
+    /// Runs what `conn` held, in order, until a callback awaits again (then the rest stays
+    /// held behind it).
+    fn run_held(&mut self, conn: &Py<Connection>, mut awaiting: Awaiting) {
+        let id = conn.get().id_value();
+        let replaying = std::mem::replace(&mut self.replaying, true);
+        loop {
+            if let Some(again) = self.awaits.awaiting.get_mut(&id) {
+                again.held.append(&mut awaiting.held);
+                break;
+            }
+            let Some(held) = awaiting.held.pop_front() else {
+                break;
+            };
+            match held {
+                Held::Closed => self.closed(conn.clone_ref(self.py)),
+                Held::Work(work) if self.awaits.cancelled_at.is_some() => {
+                    // Past the stop's deadline: what the callbacks held is dropped.
+                    self.credit_connection(conn.get(), work.cost());
+                }
+                Held::Work(work) => {
+                    self.work_on(conn, work, usize::MAX);
+                }
+            }
+        }
+        self.replaying = replaying;
+    }
+
+    /// Stopping with callbacks still awaiting: past `drain_timeout` they are cancelled;
+    /// tasks that ignore their cancellation are given up on after `CANCEL_GRACE`.
+    pub(super) fn expire_awaited(&mut self, stopped_at: Instant) {
+        let now = Instant::now();
+        match self.awaits.cancelled_at {
+            _ if self.awaits.tasks.is_empty() => {}
+            None if now >= stopped_at + self.drain_timeout => {
+                log::warn!(
+                    "pygev: {} callbacks still await {:?} after the stop; cancelling them",
+                    self.awaits.tasks.len(),
+                    self.drain_timeout
+                );
+                self.awaits.cancelled_at = Some(now);
+                let tasks: Vec<Py<PyAny>> = (self.awaits.tasks.values())
+                    .map(|p| p.task.clone_ref(self.py))
+                    .collect();
+                for task in tasks {
+                    if let Err(err) = task.call_method0(self.py, "cancel") {
+                        logging::log_exception(self.py, "pygev: cannot cancel a task", &err);
+                    }
+                }
+            }
+            Some(at) if now >= at + CANCEL_GRACE => {
+                log::error!(
+                    "pygev: {} cancelled callbacks did not end within {CANCEL_GRACE:?}; the \
+                     server stops without them",
+                    self.awaits.tasks.len()
+                );
+                self.awaits.tasks.clear();
+                for (_, awaiting) in std::mem::take(&mut self.awaits.awaiting) {
+                    let conn = awaiting.conn.clone_ref(self.py);
+                    self.run_held(&conn, awaiting);
+                }
+            }
+            _ => {}
+        }
+    }
+}

@@ -3,9 +3,11 @@
 # changes too small to time on a noisy machine. Runs the server under valgrind, counts only
 # while the load generator runs, and prints Ir per echoed message.
 #
-#   bash benches/icount.sh lp|ws|ws16k|raw|unix [SITE [REPO]]
+#   bash benches/icount.sh lp|lp-serve|lp-async|ws|ws16k|raw|unix [SITE [REPO]]
 #
 #   lp     examples/echo.py --framing length, 100 connections x 64 B x 16 in flight
+#   lp-serve   the same under await server.serve() (examples/asyncio_echo.py)
+#   lp-async   the same with an async def on_message (asyncio_echo.py --async)
 #   ws     examples/websocket_echo.py, 100 x 64 B x 16
 #   ws16k  examples/websocket_echo.py, 50 x 16 KiB x 4
 #   raw    examples/echo.py, 50 x 4 KiB x 8
@@ -16,7 +18,7 @@
 # benches/build/baseline/repo. Needs valgrind; builds the load generator if missing.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-shape=${1:?usage: icount.sh lp|ws|ws16k|raw|unix [SITE [REPO]]}
+shape=${1:?usage: icount.sh lp|lp-serve|lp-async|ws|ws16k|raw|unix [SITE [REPO]]}
 site=${2:-}
 repo=${3:-$here}
 python=${PYTHON:-python}
@@ -28,6 +30,10 @@ port=$((20000 + RANDOM % 20000))
 target=(-H 127.0.0.1 -p "$port")
 case "$shape" in
     lp) server=(examples/echo.py --framing length --port "$port" --loops 1)
+        load=(-c 100 -s 64 -i 16 -f 4) ;;
+    lp-serve) server=(examples/asyncio_echo.py --framing length --port "$port" --loops 1)
+        load=(-c 100 -s 64 -i 16 -f 4) ;;
+    lp-async) server=(examples/asyncio_echo.py --framing length --async --port "$port" --loops 1)
         load=(-c 100 -s 64 -i 16 -f 4) ;;
     ws) server=(examples/websocket_echo.py --port "$port")
         load=(-c 100 -s 64 -i 16 -W) ;;
@@ -50,7 +56,11 @@ result=$("$loadgen" "${target[@]}" "${load[@]}" -d 4 -w 0)
 callgrind_control -i off "$server_pid" > /dev/null
 callgrind_control -d "$server_pid" > /dev/null
 sleep 1
+# SIGINT for start() (the examples' Ctrl+C), SIGTERM for serve() (a background job
+# inherits SIGINT ignored, which asyncio leaves so).
 kill -INT "$server_pid"
+for _ in $(seq 1 20); do kill -0 "$server_pid" 2> /dev/null || break; sleep 0.5; done
+kill -TERM "$server_pid" 2> /dev/null || true
 wait "$server_pid" 2> /dev/null || true
 messages=$(echo "$result" | tail -1 | "$python" -c 'import json, sys; print(json.load(sys.stdin)["messages"])')
 ir=$(cat "$work"/cg.out* | awk '/^totals:/ {s += $2} END {print s}')

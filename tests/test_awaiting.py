@@ -6,10 +6,12 @@ coroutine that never waits."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import random
 import socket
 import struct
 import threading
+import weakref
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -521,3 +523,180 @@ def test_start_serves_an_async_handler_in_a_loop_of_its_own() -> None:
         server.stop()
         thread.join(WAIT)
     assert not thread.is_alive()
+
+
+REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+
+class Contexts(pygev.Handler):
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    async def on_message(self, conn: pygev.Connection, ctx: object, data: bytes) -> bytes:
+        self.seen.append(REQUEST_ID.get())  # never a value another callback set
+        token = REQUEST_ID.set(data.decode())
+        if data.endswith(b"wait"):
+            await asyncio.sleep(0.01)
+        assert REQUEST_ID.get() == data.decode()
+        REQUEST_ID.reset(token)  # the same context after an await
+        return data
+
+
+@pytest.mark.parametrize("new_loop", LOOPS)
+def test_each_coroutine_runs_in_a_context_of_its_own(new_loop: NewLoop) -> None:
+    handler = Contexts()
+
+    async def main() -> None:
+        server = pygev.Server(handler, "127.0.0.1:0", protocol=pygev.LengthPrefix())
+        serving = asyncio.create_task(server.serve())
+        reader, writer = await asyncio.open_connection(*server.address)
+        names = [b"a", b"b-wait", b"c", b"d-wait", b"e"]
+        for name in names:
+            writer.write(framed(name))
+        for name in names:
+            assert await read_frame(reader) == name
+        writer.close()
+        server.stop()
+        await serving
+
+    run(new_loop, main())
+    assert handler.seen == ["-"] * 5
+
+
+class Early(pygev.Handler):
+    """Cancelled before its task's first step: the cancel reaches the coroutine."""
+
+    async def on_message(self, conn: pygev.Connection, ctx: object, data: bytes) -> bytes:
+        task = asyncio.current_task()
+        assert task is not None
+        assert weakref.ref(task)() is task  # code keys on it, weakly too
+        if data == b"self-cancel":
+            task.cancel()
+            try:
+                await asyncio.sleep(WAIT)
+            except asyncio.CancelledError:
+                return b"cancelled"
+            return b"not cancelled"
+        try:
+            async with asyncio.timeout(0):
+                await asyncio.sleep(WAIT)
+        except TimeoutError:
+            return b"timed out"
+        return b"not timed out"
+
+
+@pytest.mark.parametrize("new_loop", LOOPS)
+def test_a_cancel_before_the_tasks_first_step_reaches_the_coroutine(new_loop: NewLoop) -> None:
+    async def main() -> None:
+        server = pygev.Server(Early(), "127.0.0.1:0", protocol=pygev.LengthPrefix())
+        serving = asyncio.create_task(server.serve())
+        reader, writer = await asyncio.open_connection(*server.address)
+        writer.write(framed(b"timeout") + framed(b"self-cancel"))
+        assert await read_frame(reader) == b"timed out"
+        assert await read_frame(reader) == b"cancelled"
+        writer.close()
+        server.stop()
+        await serving
+
+    run(new_loop, main())
+
+
+class SlowClose(pygev.Handler):
+    def __init__(self) -> None:
+        self.log: list[str] = []
+
+    async def on_close(self, conn: pygev.Connection) -> None:
+        self.log.append("close start")
+        await asyncio.sleep(0.05)
+        self.log.append("close end")
+
+
+@pytest.mark.parametrize("new_loop", LOOPS)
+def test_serve_returns_after_on_close_coroutines_ended(new_loop: NewLoop) -> None:
+    handler = SlowClose()
+
+    async def main() -> None:
+        server = pygev.Server(handler, "127.0.0.1:0")
+        serving = asyncio.create_task(server.serve())
+        _, writer = await asyncio.open_connection(*server.address)
+        await asyncio.sleep(0.05)
+        server.stop()  # the drain closes the connection: on_close starts then
+        await serving
+        handler.log.append("serve returned")
+        writer.close()
+
+    run(new_loop, main())
+    assert handler.log == ["close start", "close end", "serve returned"]
+
+
+class Vanishing(pygev.WebSocketHandler):
+    def __init__(self) -> None:
+        self.log: list[str] = []
+
+    async def on_handshake(self, conn: pygev.Connection, request: pygev.WebSocketRequest) -> None:
+        self.log.append("handshake")
+        await asyncio.sleep(0.2)  # the client is gone meanwhile
+        self.log.append("handshake done")
+
+    def on_connect(self, conn: pygev.Connection) -> None:
+        self.log.append("connect")
+
+    def on_close(self, conn: pygev.Connection) -> None:
+        self.log.append("close")
+
+
+@pytest.mark.parametrize("new_loop", LOOPS)
+def test_a_client_gone_during_an_awaiting_handshake_gets_no_callbacks(new_loop: NewLoop) -> None:
+    handler = Vanishing()
+
+    async def main() -> None:
+        server = pygev.Server(handler, "127.0.0.1:0")
+        serving = asyncio.create_task(server.serve())
+        _, writer = await asyncio.open_connection(*server.address)
+        writer.write(
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        await until_logged(handler.log, "handshake")
+        writer.close()
+        await until_logged(handler.log, "handshake done")
+        await asyncio.sleep(0.05)
+        server.stop()
+        await serving
+
+    run(new_loop, main())
+    assert handler.log == ["handshake", "handshake done"]
+
+
+class Exits(pygev.Handler):
+    async def on_message(self, conn: pygev.Connection, ctx: object, data: bytes) -> bytes:
+        await asyncio.sleep(0.01)
+        raise SystemExit(3)
+
+
+@pytest.mark.parametrize("new_loop", LOOPS)
+def test_system_exit_after_an_await_stops_the_server(new_loop: NewLoop) -> None:
+    closed: list[int] = []
+
+    class Recording(Exits):
+        def on_close(self, conn: pygev.Connection) -> None:
+            closed.append(conn.id)
+
+    clients: list[socket.socket] = []
+
+    async def main() -> None:
+        server = pygev.Server(Recording(), "127.0.0.1:0", protocol=pygev.LengthPrefix())
+        serving = asyncio.create_task(server.serve())
+        # (A plain socket: SystemExit leaves the loop at once, and it is closed after.)
+        clients.append(socket.create_connection(server.address, timeout=WAIT))
+        clients[0].sendall(framed(b"exit"))
+        await serving
+
+    try:
+        with pytest.raises(SystemExit) as exited:
+            run(new_loop, main())
+    finally:
+        for client in clients:
+            client.close()
+    assert exited.value.code == 3
+    assert len(closed) == 1

@@ -13,7 +13,7 @@ Write a :class:`Handler`, give it to a :class:`Server`, call :meth:`Server.start
 
 from __future__ import annotations
 
-from pygev._awaiting import _resume
+from pygev._awaiting import _Resumed
 from pygev._handler import Handler
 from pygev._protocol import Protocol
 from pygev._pygev import (
@@ -37,9 +37,9 @@ _register_classes(
     websocket_handler=WebSocketHandler,
     accept=Accept,
     reject=Reject,
-    resume=_resume,
+    resume=_Resumed,
 )
-del _register_classes, _resume
+del _register_classes, _Resumed
 
 # Exceptions pickle by module path: name the public one.
 ConnectionClosed.__module__ = "pygev"

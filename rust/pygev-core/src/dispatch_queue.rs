@@ -73,6 +73,9 @@ struct QueueState {
     /// A wake-up with no event (stop requested, or a timer scheduled).
     interrupted: bool,
     stop_requested: bool,
+    /// [`DispatchQueue::try_take`] reported the stop request (it reports it once: a driver
+    /// that stops waits for events again, not in a busy loop).
+    stop_reported: bool,
 }
 
 impl DispatchQueue {
@@ -147,14 +150,16 @@ impl DispatchQueue {
     /// Takes what is queued (into `batch`, as [`wait`](Self::wait) does) and the due
     /// timers (onto `due`) without waiting. When there is nothing, arms the doorbell (see
     /// [`doorbell_fd`](Self::doorbell_fd)): the next push, timer scheduled or stop request
-    /// rings it.
+    /// rings it. A stop request counts as work once.
     pub fn try_take(&self, batch: &mut Vec<Event>, due: &mut Vec<u64>) -> Found {
         let mut state = self.lock();
         let now = Instant::now();
         take_due(&mut state, now, due);
         // A wake-up without events (a timer scheduled) only needs the deadline below.
         state.interrupted = false;
-        if !state.events.is_empty() || !due.is_empty() || state.stop_requested {
+        let stop_news = state.stop_requested && !state.stop_reported;
+        state.stop_reported |= stop_news;
+        if !state.events.is_empty() || !due.is_empty() || stop_news {
             std::mem::swap(&mut state.events, batch);
             return Found::Work;
         }

@@ -78,6 +78,14 @@ fn timers_and_stops_ring_too_and_idle_reports_the_next_deadline() {
     assert!(readable(fd));
     assert_eq!(queue.try_take(&mut batch, &mut due), Found::Work);
     assert!(queue.stop_requested());
+    // Reported once: a stopping driver then waits for the loops' events, not spinning.
+    assert!(matches!(
+        queue.try_take(&mut batch, &mut due),
+        Found::Idle { .. }
+    ));
+    queue.push(&mut vec![Event::Quiesced { loop_index: 0 }]);
+    assert!(readable(fd), "armed again");
+    assert_eq!(queue.try_take(&mut batch, &mut due), Found::Work);
 }
 
 #[test]

@@ -16,7 +16,7 @@ pub(crate) struct Classes {
     pub(crate) websocket_handler: Py<PyType>,
     pub(crate) accept: Py<PyType>,
     pub(crate) reject: Py<PyType>,
-    /// `pygev._awaiting._resume(coro, waiting)`: a callback's coroutine, whose first step
+    /// `pygev._awaiting._Resumed(coro, waiting)`: a callback's coroutine, whose first step
     /// ran here, as something an asyncio task can run on.
     pub(crate) resume: Py<PyAny>,
 }

@@ -19,9 +19,8 @@ use pygev_core::websocket::handshake::UpgradeRequest;
 use pygev_core::DispatchQueue;
 use pyo3::exceptions::asyncio::CancelledError;
 use pyo3::prelude::*;
-use pyo3::types::iterator::PySendResult;
-use pyo3::types::{PyIterator, PyType};
-use pyo3::{PyTraverseError, PyVisit};
+use pyo3::types::{PyDict, PyType};
+use pyo3::{ffi, PyTraverseError, PyVisit};
 
 use super::first_step::FirstStep;
 use super::rounds::Work;
@@ -81,12 +80,22 @@ struct Pending {
     conn: Option<Py<Connection>>,
     then: Then,
     task: Py<PyAny>,
+    /// What the task runs (`pygev._awaiting._Resumed`): keeps a `SystemExit` or
+    /// `KeyboardInterrupt` the callback raised, which asyncio would not.
+    resumed: Py<PyAny>,
 }
 
 /// What a connection whose callback awaits has waiting.
 struct Awaiting {
     conn: Py<Connection>,
     held: VecDeque<Held>,
+}
+
+impl Awaiting {
+    /// Whether the connection closed meanwhile.
+    fn closed(&self) -> bool {
+        self.held.iter().any(|held| matches!(held, Held::Closed))
+    }
 }
 
 /// Work held behind a callback that awaits.
@@ -117,9 +126,9 @@ impl Completions {
 /// The dispatcher's part for callbacks that await.
 pub(crate) struct Awaits {
     coroutine: Py<PyType>,
+    /// `contextvars.copy_context`: each coroutine runs in a context of its own, as a task's.
+    copy_context: Py<PyAny>,
     asyncio: Option<Asyncio>,
-    /// The first step's stand-in for a task, kept while no one else holds it.
-    step: Option<Py<FirstStep>>,
     completions: Py<Completions>,
     /// By task (its address: the task is held here, so it is not reused).
     tasks: HashMap<usize, Pending>,
@@ -136,10 +145,11 @@ impl Awaits {
             done: Mutex::new(Vec::new()),
             queue,
         };
+        let copy_context = py.import("contextvars")?.getattr("copy_context")?;
         Ok(Awaits {
             coroutine: coroutine.cast_into::<PyType>()?.unbind(),
+            copy_context: copy_context.unbind(),
             asyncio: None,
-            step: None,
             completions: Py::new(py, completions)?,
             tasks: HashMap::new(),
             awaiting: HashMap::new(),
@@ -197,8 +207,8 @@ impl Awaits {
     /// Visits the Python references for the GC.
     pub(crate) fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.coroutine)?;
+        visit.call(&self.copy_context)?;
         visit.call(&self.completions)?;
-        visit.call(self.step.as_ref())?;
         if let Some(asyncio) = &self.asyncio {
             visit.call(&asyncio.event_loop)?;
             visit.call(&asyncio.create_task)?;
@@ -207,6 +217,7 @@ impl Awaits {
         }
         for pending in self.tasks.values() {
             visit.call(&pending.task)?;
+            visit.call(&pending.resumed)?;
             visit.call(pending.conn.as_ref())?;
         }
         for awaiting in self.awaiting.values() {
@@ -241,45 +252,36 @@ impl<'py> Dispatcher<'py> {
         conn: Option<&Py<Connection>>,
         then: Then,
     ) -> Option<PyResult<Bound<'py, PyAny>>> {
-        let py = self.py;
+        let context = match self.awaits.copy_context.bind(self.py).call0() {
+            Ok(context) => context,
+            Err(err) => return Some(Err(err)),
+        };
         let step = self.enter_first_step();
-        // SAFETY: `coro` is exactly a `types.CoroutineType` (the caller checked its type),
-        // which implements `am_send`; `send` calls `PyIter_Send`, which takes any object
-        // that does. The cast only names the method.
-        let iterator = unsafe { coro.cast_unchecked::<PyIterator>() };
-        let sent = iterator.send(py.None().bind(py));
+        let sent = send_none(&context, &coro);
         self.leave_first_step(step.as_ref());
         match sent {
-            Ok(PySendResult::Return(value)) => {
-                self.keep_first_step(step);
-                Some(Ok(value))
-            }
-            Err(err) => {
-                self.keep_first_step(step);
-                Some(Err(err))
-            }
-            Ok(PySendResult::Next(waiting)) => match self.go_on(&coro, waiting, step, conn, then) {
-                Ok(()) => None,
-                Err(err) => {
-                    let _ = coro.call_method0("close");
-                    Some(Err(err))
+            Ok(Sent::Returned(value)) => Some(Ok(value)),
+            Err(err) => Some(Err(err)),
+            Ok(Sent::Waits(waiting)) => {
+                match self.go_on(&coro, waiting, step, &context, conn, then) {
+                    Ok(()) => None,
+                    Err(err) => {
+                        let _ = coro.call_method0("close");
+                        Some(Err(err))
+                    }
                 }
-            },
+            }
         }
     }
 
     /// Makes the first step's stand-in the loop's current task, when serving in one.
-    fn enter_first_step(&mut self) -> Option<Bound<'py, FirstStep>> {
+    fn enter_first_step(&self) -> Option<Bound<'py, FirstStep>> {
         let py = self.py;
-        self.awaits.asyncio.as_ref()?.enter_task.as_ref()?;
-        let step = match self.awaits.step.take() {
-            Some(step) => step.into_bound(py),
-            None => Bound::new(py, FirstStep::new()).ok()?,
-        };
-        // Fails only if a task is current already (a turn run from inside a task): then
-        // that one stays current.
         let asyncio = self.awaits.asyncio.as_ref()?;
         let enter = asyncio.enter_task.as_ref()?;
+        let step = Bound::new(py, FirstStep::new()).ok()?;
+        // Fails only if a task is current already (a turn run from inside a task): then
+        // that one stays current.
         enter.call1(py, (&asyncio.event_loop, &step)).ok()?;
         Some(step)
     }
@@ -295,18 +297,13 @@ impl<'py> Dispatcher<'py> {
         }
     }
 
-    fn keep_first_step(&mut self, step: Option<Bound<'py, FirstStep>>) {
-        if let Some(step) = step.filter(FirstStep::reusable) {
-            self.awaits.step = Some(step.unbind());
-        }
-    }
-
     /// The first step waits for `waiting`: the coroutine goes on as a task.
     fn go_on(
         &mut self,
         coro: &Bound<'py, PyAny>,
         waiting: Bound<'py, PyAny>,
         step: Option<Bound<'py, FirstStep>>,
+        context: &Bound<'py, PyAny>,
         conn: Option<&Py<Connection>>,
         then: Then,
     ) -> PyResult<()> {
@@ -322,7 +319,10 @@ impl<'py> Dispatcher<'py> {
         };
         let resume = &crate::package::classes(py)?.resume;
         let resumed = resume.call1(py, (coro, waiting))?;
-        let task = asyncio.create_task.call1(py, (resumed,))?;
+        let options = PyDict::new(py);
+        options.set_item("context", context)?;
+        let task = (asyncio.create_task.bind(py)).call((&resumed,), Some(&options))?;
+        let task = task.unbind();
         task.call_method1(py, "add_done_callback", (&self.awaits.completions,))?;
         if let Some(step) = step {
             step.get().attach(task.bind(py))?;
@@ -339,6 +339,7 @@ impl<'py> Dispatcher<'py> {
             conn: conn.map(|c| c.clone_ref(py)),
             then,
             task,
+            resumed,
         };
         self.awaits.tasks.insert(key, pending);
         Ok(())
@@ -378,6 +379,11 @@ impl<'py> Dispatcher<'py> {
             // Unknown: given up on at the stop.
             if let Some(pending) = self.awaits.tasks.remove(&(task.as_ptr() as usize)) {
                 let result = task.bind(self.py).call_method0("result");
+                let escaped = pending.resumed.bind(self.py).getattr("escaped");
+                let result = match escaped {
+                    Ok(escaped) if !escaped.is_none() => Err(PyErr::from_value(escaped)),
+                    _ => result,
+                };
                 self.ended(pending, result);
             }
         }
@@ -417,6 +423,9 @@ impl<'py> Dispatcher<'py> {
             (Then::Closed, Err(err)) => {
                 self.report(what, &conn, &err);
                 self.maybe_stop(err);
+            }
+            (Then::Handshake(_), _) if held.as_ref().is_some_and(Awaiting::closed) => {
+                // Gone while the hook awaited: no handshake, no callbacks.
             }
             (Then::Handshake(request), result) => {
                 conn.get().mode().answered(self, &conn, &request, result);
@@ -496,4 +505,44 @@ impl<'py> Dispatcher<'py> {
             _ => {}
         }
     }
+}
+
+/// How a coroutine's step ended.
+enum Sent<'py> {
+    Returned(Bound<'py, PyAny>),
+    /// It waits for this (a future, or `None` for a bare yield).
+    Waits(Bound<'py, PyAny>),
+}
+
+/// Sends `None` into `coro` (exactly a `types.CoroutineType`) inside `context`, as a
+/// task's step does.
+fn send_none<'py>(context: &Bound<'py, PyAny>, coro: &Bound<'py, PyAny>) -> PyResult<Sent<'py>> {
+    let py = coro.py();
+    // SAFETY: `context` is a live `contextvars.Context` (from `copy_context()`), entered on
+    // this thread and exited below before returning.
+    if unsafe { ffi::PyContext_Enter(context.as_ptr()) } < 0 {
+        return Err(PyErr::fetch(py));
+    }
+    let mut result = std::ptr::null_mut();
+    // SAFETY: `coro` is a live object whose type is exactly `types.CoroutineType` (the
+    // caller compared it), which implements `am_send`; `Py_None` is a valid argument;
+    // `result` receives a new reference, or stays NULL when the step raised.
+    let sent = unsafe { ffi::PyIter_Send(coro.as_ptr(), ffi::Py_None(), &mut result) };
+    let outcome = match sent {
+        ffi::PySendResult::PYGEN_ERROR => Err(PyErr::fetch(py)),
+        ffi::PySendResult::PYGEN_RETURN | ffi::PySendResult::PYGEN_NEXT => {
+            // SAFETY: a new reference, non-NULL when the step returned or yielded: owned
+            // from here.
+            let value = unsafe { Bound::from_owned_ptr(py, result) };
+            Ok(match sent {
+                ffi::PySendResult::PYGEN_RETURN => Sent::Returned(value),
+                _ => Sent::Waits(value),
+            })
+        }
+    };
+    // SAFETY: exits the context entered above, on the same thread.
+    if unsafe { ffi::PyContext_Exit(context.as_ptr()) } < 0 {
+        return Err(PyErr::fetch(py));
+    }
+    outcome
 }

@@ -1,7 +1,8 @@
 //! What `asyncio.current_task()` returns during an `async def` callback's first step, which
 //! the dispatcher runs before any task exists (see `awaiting.rs`). If the callback goes on
 //! waiting, it goes on in a real task, and this object forwards to it: an
-//! `asyncio.timeout()` entered in the first step cancels the task that came after.
+//! `asyncio.timeout()` entered in the first step cancels the task that came after. One is
+//! made per first step: code may keep it (weakly, too) as the task's key.
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -11,7 +12,7 @@ use pyo3::prelude::*;
 use pyo3::PyTraverseError;
 
 /// Stands for the task of a callback's first step.
-#[pyclass(module = "pygev._pygev", name = "FirstStep", frozen)]
+#[pyclass(module = "pygev._pygev", name = "FirstStep", frozen, weakref)]
 pub(crate) struct FirstStep {
     state: Mutex<StepState>,
 }
@@ -33,15 +34,6 @@ impl FirstStep {
 
     fn lock(&self) -> MutexGuard<'_, StepState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Whether it may stand for the next first step too: no one else holds it (`step` is
-    /// the dispatcher's only reference) and nothing was asked of it.
-    pub(crate) fn reusable(step: &Bound<'_, FirstStep>) -> bool {
-        // SAFETY: `step` is a live object, held by the caller; reading its reference count
-        // has no other effect.
-        let only_ours = unsafe { pyo3::ffi::Py_REFCNT(step.as_ptr()) } == 1;
-        only_ours && step.get().lock().cancels.is_empty()
     }
 
     /// The callback goes on in `task`: forward to it, and pass on the cancels asked for.

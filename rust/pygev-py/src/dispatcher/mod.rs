@@ -261,9 +261,13 @@ impl<'py> Dispatcher<'py> {
         }
     }
 
-    /// Whether every loop has exited and no work is left: then [`Dispatcher::finish`].
+    /// Whether every loop has exited and no work or callback is left: then
+    /// [`Dispatcher::finish`].
     pub(crate) fn finished(&self) -> bool {
-        self.phases.iter().all(|p| *p == LoopPhase::Exited) && self.pending.is_empty()
+        self.phases.iter().all(|p| *p == LoopPhase::Exited)
+            && self.pending.is_empty()
+            // (`on_close` coroutines the drain started, bounded like the others.)
+            && self.awaits.running() == 0
     }
 
     /// Starts stopping once a stop was requested: no more accepting, the loops quiesce.
@@ -523,7 +527,10 @@ impl<'py> Dispatcher<'py> {
                         .filter_map(Option::take)
                         .collect();
                     for conn in orphans {
-                        self.closed(conn);
+                        match self.awaits.holds(conn.get()) {
+                            true => self.hold_close(conn),
+                            false => self.closed(conn),
+                        }
                     }
                     if self.pending_error.is_none() {
                         self.pending_error = Some(PyRuntimeError::new_err(format!(

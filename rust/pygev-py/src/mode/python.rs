@@ -81,8 +81,9 @@ impl Mode for PythonFraming {
         frame: Frame<'_>,
         _kind: MessageKind,
     ) -> bool {
-        // The dispatcher hands this mode's bytes to `python_framing()` in rounds; a single
-        // message is the same bytes.
+        // NOTE: not reached today: the dispatcher hands this mode's bytes to
+        // `python_framing()` in its rounds (which hold what follows a callback that awaits;
+        // this path could not).
         let py = dispatcher.py();
         if let Some(framing) = self.python_framing(py) {
             let data = frame.bytes().to_vec();

@@ -13,7 +13,7 @@ Write a :class:`Handler`, give it to a :class:`Server`, call :meth:`Server.start
 
 from __future__ import annotations
 
-from pygev._awaiting import _Resumed
+from pygev._awaiting import _READY, _Resumed, _wake
 from pygev._handler import Handler
 from pygev._protocol import Protocol
 from pygev._pygev import (
@@ -38,8 +38,10 @@ _register_classes(
     accept=Accept,
     reject=Reject,
     resume=_Resumed,
+    wake=_wake,
+    ready=_READY,
 )
-del _register_classes, _Resumed
+del _register_classes, _Resumed, _wake, _READY
 
 # Exceptions pickle by module path: name the public one.
 ConnectionClosed.__module__ = "pygev"

@@ -64,3 +64,29 @@ class _Resumed(Coroutine[Any, Any, Any]):
 
     def __repr__(self) -> str:
         return f"<pygev callback {self._coro!r}>"
+
+
+def _wake(future: Any, outcome: BaseException | None) -> None:
+    """Settles a ``drain()`` future (in its loop): done, or failed with `outcome`."""
+    if future.done():
+        return  # cancelled meanwhile
+    if outcome is None:
+        future.set_result(None)
+    else:
+        future.set_exception(outcome)
+
+
+class _Ready:
+    """What ``drain()`` returns when there is nothing to wait for: awaiting it returns at
+    once, without a future."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return iter(())  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        return "<pygev drained>"
+
+
+_READY = _Ready()

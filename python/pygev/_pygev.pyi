@@ -7,7 +7,7 @@ called from another thread and from inside a callback.
 
 import builtins
 import concurrent.futures
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal, final, type_check_only
 
 from typing_extensions import Buffer, CapsuleType, Self, disjoint_base
@@ -279,6 +279,47 @@ class Connection:
         """
 
     @property
+    def write_buffer_size(self) -> int:
+        """Bytes sent and not yet written to the socket. Thread-safe."""
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        """``(low, high)``: the connection's write low- and high-water marks."""
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        """Sets the connection's write high- and low-water marks.
+
+        Past ``high`` bytes of unsent output the loop stops reading this connection (a
+        peer that does not read its replies cannot make it buffer more); at ``low`` reading
+        resumes and :meth:`drain` returns. ``high`` defaults to the server's
+        ``write_high_water``, ``low`` to half ``high``. Thread-safe.
+
+        Raises:
+            ValueError: ``low > high``, ``high == 0`` or ``high`` over ``max_write_buffer``.
+        """
+
+    def drain(self) -> Awaitable[None]:
+        """``await conn.drain()`` returns once unsent output is at or under the low-water
+        mark: the way to send much without buffering it all (``conn.send(chunk); await
+        conn.drain()``). It returns at once when there is little unsent; any asyncio loop
+        in any thread may await it.
+
+        Raises:
+            ConnectionClosed: The connection is closed, or closes while it waits.
+            RuntimeError: It must wait and no asyncio loop runs in this thread.
+        """
+
+    def pause_reading(self) -> None:
+        """Stops reading from the peer until :meth:`resume_reading`; what was read already
+        is still delivered. Idle and frame timeouts do not run meanwhile. Thread-safe."""
+
+    def resume_reading(self) -> None:
+        """Reads from the peer again after :meth:`pause_reading`. Thread-safe."""
+
+    def is_reading(self) -> bool:
+        """False after :meth:`pause_reading` (until :meth:`resume_reading`) and once
+        closed."""
+
+    @property
     def context(self) -> Any:
         """A free slot for the user's per-connection state; ``None`` until set.
 
@@ -314,6 +355,7 @@ class Server:
         backlog: int = 1024,
         drain_timeout: float = 5.0,
         write_high_water: int = ...,
+        write_low_water: int | None = None,
         max_write_buffer: int = ...,
         max_input_buffer: int = ...,
         dispatch_high_water: int = ...,
@@ -358,7 +400,12 @@ class Server:
             backlog: The listen backlog.
             drain_timeout: Seconds :meth:`stop` waits at most for pending output to flush.
             write_high_water: Bytes of pending output past which a connection stops reading
-                until its output drains (default 1 MiB).
+                until its output drains to ``write_low_water`` (default 1 MiB; each
+                connection may set its own, see
+                :meth:`Connection.set_write_buffer_limits`).
+            write_low_water: Bytes of pending output at or under which a connection reads
+                again and ``await conn.drain()`` returns (default half the high-water
+                mark).
             max_write_buffer: Bytes of pending output past which a connection is reset
                 (default 64 MiB). Sends count at once: a send that would take a connection
                 past it resets the connection and raises :class:`ConnectionClosed`; a single
@@ -655,6 +702,8 @@ def _register_classes(
     accept: type[Accept],
     reject: type[Reject],
     resume: Callable[[Any, Any], Any],
+    wake: Callable[[Any, BaseException | None], None],
+    ready: Any,
 ) -> None:
     """Called once by ``pygev/__init__.py``: the package's classes the compiled module
     recognises, and the helper an awaiting callback goes on with (it never imports the

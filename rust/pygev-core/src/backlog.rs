@@ -1,7 +1,7 @@
 //! What is queued for one connection in each direction, shared by its loop and the
 //! dispatcher.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
 /// A connection's queues as counters: what waits for Python, and what waits to be written.
 ///
@@ -38,6 +38,13 @@ pub struct Backlog {
     taken: AtomicUsize,
     /// Bytes in the loop's output buffer, not yet written to the socket.
     buffered: AtomicUsize,
+    /// Output past which the loop stops reading the connection (its write high-water
+    /// mark; u32: limits are validated to fit, and every connection has these).
+    high_water: AtomicU32,
+    /// Output at or under which reading resumes and `drain()` waiters go on.
+    low_water: AtomicU32,
+    /// Someone waits for output to reach the low-water mark: the loop reports it then.
+    drain_wanted: AtomicBool,
 }
 
 impl Backlog {
@@ -105,6 +112,50 @@ impl Backlog {
         if self.buffered.load(Ordering::Relaxed) != bytes {
             self.buffered.store(bytes, Ordering::Release);
         }
+    }
+
+    /// Sets the write high- and low-water marks (`low <= high`, both clamped to u32).
+    pub fn set_write_limits(&self, high: usize, low: usize) {
+        let clamp = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+        self.high_water.store(clamp(high), Ordering::Relaxed);
+        self.low_water
+            .store(clamp(low.min(high)), Ordering::Relaxed);
+    }
+
+    /// The write high- and low-water marks.
+    #[inline]
+    pub fn write_limits(&self) -> (usize, usize) {
+        (
+            self.high_water.load(Ordering::Relaxed) as usize,
+            self.low_water.load(Ordering::Relaxed) as usize,
+        )
+    }
+
+    /// Asks for [`Backlog::drained`] to report when unsent output reaches the low-water
+    /// mark. The caller looks at [`Backlog::unsent`] again after this: the loop may have
+    /// written it all in between.
+    ///
+    /// ```
+    /// use pygev_core::Backlog;
+    ///
+    /// let backlog = Backlog::default();
+    /// backlog.set_write_limits(1000, 100);
+    /// backlog.charge_send(500);
+    /// assert!(!backlog.drained(), "nobody asked");
+    /// backlog.want_drain();
+    /// assert!(!backlog.drained(), "500 unsent: over the low-water mark");
+    /// ```
+    pub fn want_drain(&self) {
+        self.drain_wanted.store(true, Ordering::SeqCst);
+    }
+
+    /// Called by the loop after writing: true once (per [`Backlog::want_drain`]) when
+    /// someone waits and unsent output is at or under the low-water mark.
+    pub fn drained(&self) -> bool {
+        // NOTE: the plain load first (a swap per flush would be a locked instruction).
+        self.drain_wanted.load(Ordering::SeqCst)
+            && self.unsent() <= self.write_limits().1
+            && self.drain_wanted.swap(false, Ordering::SeqCst)
     }
 
     /// Output not yet written to the socket: posted sends plus the loop's buffer.

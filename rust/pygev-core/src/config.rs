@@ -43,8 +43,11 @@ pub struct Config {
     pub unix_mode: Option<u32>,
     /// How long `close()` and server stop wait for pending output before closing anyway.
     pub drain_timeout: Duration,
-    /// Output bytes past which a connection stops reading until its output drains to half.
+    /// Output bytes past which a connection stops reading until its output drains to
+    /// `write_low_water` (each connection may set its own: [`Backlog::set_write_limits`](crate::Backlog::set_write_limits)).
     pub write_high_water: usize,
+    /// Output bytes at or under which a connection reads again, and `drain()` returns.
+    pub write_low_water: usize,
     /// Output bytes past which a connection is closed (a peer that never reads).
     pub max_write_buffer: usize,
     /// Bytes of unparsed input a connection may hold before it is closed; raised, for each
@@ -78,6 +81,7 @@ impl Default for Config {
             unix_mode: None,
             drain_timeout: Duration::from_secs(5),
             write_high_water: 1 << 20,
+            write_low_water: 1 << 19,
             max_write_buffer: 64 << 20,
             max_input_buffer: 64 << 20,
             dispatch_high_water: 32 << 20,
@@ -116,6 +120,13 @@ impl Config {
             return Err(format!(
                 "pygev: need 0 < write_high_water <= max_write_buffer, got {} and {}",
                 self.write_high_water, self.max_write_buffer
+            ));
+        }
+        if self.write_low_water > self.write_high_water || self.write_high_water > u32::MAX as usize
+        {
+            return Err(format!(
+                "pygev: need write_low_water <= write_high_water <= 4 GiB, got {} and {}",
+                self.write_low_water, self.write_high_water
             ));
         }
         if self.max_input_buffer == 0

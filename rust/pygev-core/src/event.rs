@@ -86,6 +86,14 @@ pub enum Event {
         /// The connection's slot in that loop.
         token: u32,
     },
+    /// Unsent output fell to the connection's low-water mark, which someone waits for
+    /// (see [`Backlog::want_drain`](crate::Backlog::want_drain)).
+    Drained {
+        /// Index of the loop that owns the connection.
+        loop_index: u32,
+        /// The connection's slot in that loop.
+        token: u32,
+    },
     /// The connection's socket has been closed; its token may be reused after this.
     Closed {
         /// Index of the loop that owned the connection.
@@ -146,6 +154,7 @@ impl Event {
                 loop_index, token, ..
             }
             | Event::PeerClosed { loop_index, token }
+            | Event::Drained { loop_index, token }
             | Event::Closed { loop_index, token } => (*loop_index, Some(*token)),
             Event::Quiesced { loop_index }
             | Event::LoopExited { loop_index }
@@ -239,6 +248,21 @@ pub enum Command {
     /// The dispatcher caught up with one connection (see [`Backlog::dispatched`]): read it
     /// again.
     Unthrottle {
+        /// The connection's slot.
+        token: u32,
+        /// The connection's id.
+        id: u64,
+    },
+    /// Stop reading one connection until [`Command::ResumeReading`] (the handler's
+    /// `pause_reading()`).
+    PauseReading {
+        /// The connection's slot.
+        token: u32,
+        /// The connection's id.
+        id: u64,
+    },
+    /// Read the connection again after [`Command::PauseReading`].
+    ResumeReading {
         /// The connection's slot.
         token: u32,
         /// The connection's id.

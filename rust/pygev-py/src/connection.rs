@@ -1,6 +1,6 @@
 //! `pygev.Connection`: the Python face of one TCP connection.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use std::borrow::Cow;
@@ -35,6 +35,8 @@ pub struct Connection {
     /// What is queued each way, shared with the loop.
     pub(crate) backlog: Arc<Backlog>,
     state: AtomicU8,
+    /// `pause_reading()` was called (and not `resume_reading()` since).
+    paused: AtomicBool,
     /// How its bytes become handler calls (see `mode/`).
     mode: Arc<dyn Mode>,
     /// Where the mode has got to with it (WebSocket: handshake, open, open compressed),
@@ -69,6 +71,7 @@ impl Connection {
             credentials: credentials.map(Box::new),
             backlog,
             state: AtomicU8::new(OPEN),
+            paused: AtomicBool::new(false),
             mode,
             phase: AtomicU8::new(0),
             context: Mutex::new(None),
@@ -395,6 +398,92 @@ impl Connection {
     #[getter]
     fn connected(&self) -> bool {
         !self.is_closed()
+    }
+
+    /// Bytes of output not yet written to the socket (sent, queued in the loop).
+    #[getter]
+    fn write_buffer_size(&self) -> usize {
+        self.backlog.unsent()
+    }
+
+    /// `(low, high)`: the write low- and high-water marks.
+    fn get_write_buffer_limits(&self) -> (usize, usize) {
+        let (high, low) = self.backlog.write_limits();
+        (low, high)
+    }
+
+    /// Sets this connection's write high- and low-water marks: past `high` bytes of
+    /// unsent output the loop stops reading it, at `low` reading resumes and `drain()`
+    /// returns. `high` defaults to the server's `write_high_water`, `low` to half `high`.
+    #[pyo3(signature = (high = None, low = None))]
+    fn set_write_buffer_limits(&self, high: Option<i64>, low: Option<i64>) -> PyResult<()> {
+        let (default_high, _) = self.shared.write_limits;
+        let bytes = |name: &str, v: i64| {
+            usize::try_from(v)
+                .map_err(|_| Error::Value(format!("pygev: {name} must be >= 0, got {v}")))
+        };
+        let high = high
+            .map(|h| bytes("high", h))
+            .transpose()?
+            .unwrap_or(default_high);
+        let low = low
+            .map(|l| bytes("low", l))
+            .transpose()?
+            .unwrap_or(high / 2);
+        let limit = self.shared.max_write_buffer.min(u32::MAX as usize);
+        if high == 0 || low > high || high > limit {
+            return Err(Error::Value(format!(
+                "pygev: need 0 <= low <= high, 0 < high <= max_write_buffer ({limit}), got \
+                 low {low}, high {high}"
+            ))
+            .into());
+        }
+        self.backlog.set_write_limits(high, low);
+        Ok(())
+    }
+
+    /// Returns an awaitable that completes once unsent output is at or under the
+    /// low-water mark (at once if it is); it raises `ConnectionClosed` if the connection
+    /// closes first.
+    fn drain(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        if self.is_closed() {
+            return Err(self.closed_error().into());
+        }
+        let (_, low) = self.backlog.write_limits();
+        if self.backlog.unsent() <= low && !self.shared.drains.waits(self.id) {
+            return Ok(crate::package::classes(py)?.ready.clone_ref(py));
+        }
+        let future = self.shared.drains.wait(py, self.id)?;
+        self.backlog.want_drain();
+        // The loop may have written it all before it saw the wish: look again.
+        if self.backlog.unsent() <= low {
+            self.shared.drains.drained(py, self.id);
+        }
+        Ok(future)
+    }
+
+    /// Stops reading from the peer until `resume_reading()` (input already read is still
+    /// delivered). Thread-safe.
+    fn pause_reading(&self) {
+        if !self.paused.swap(true, Ordering::AcqRel) {
+            let (token, id) = (self.token, self.id);
+            self.shared
+                .post(self.loop_index, Command::PauseReading { token, id });
+        }
+    }
+
+    /// Reads from the peer again after `pause_reading()`. Thread-safe.
+    fn resume_reading(&self) {
+        if self.paused.swap(false, Ordering::AcqRel) {
+            let (token, id) = (self.token, self.id);
+            self.shared
+                .post(self.loop_index, Command::ResumeReading { token, id });
+        }
+    }
+
+    /// Whether reading is on (not paused by `pause_reading()`, and not closed).
+    fn is_reading(&self) -> bool {
+        !self.paused.load(Ordering::Acquire) && !self.is_closed()
     }
 
     /// A free slot for the user's per-connection state (default `None`).

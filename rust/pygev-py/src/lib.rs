@@ -4,6 +4,7 @@ mod address;
 mod connection;
 mod dial;
 mod dispatcher;
+mod drain;
 mod errors;
 mod logging;
 mod mode;

@@ -19,6 +19,10 @@ pub(crate) struct Classes {
     /// `pygev._awaiting._Resumed(coro, waiting)`: a callback's coroutine, whose first step
     /// ran here, as something an asyncio task can run on.
     pub(crate) resume: Py<PyAny>,
+    /// `pygev._awaiting._wake(future, outcome)`: settles a `drain()` future in its loop.
+    pub(crate) wake: Py<PyAny>,
+    /// `pygev._awaiting._READY`: what `drain()` returns when there is nothing to wait for.
+    pub(crate) ready: Py<PyAny>,
 }
 
 static CLASSES: PyOnceLock<Classes> = PyOnceLock::new();
@@ -32,7 +36,8 @@ pub(crate) fn classes(py: Python<'_>) -> Result<&Classes, Error> {
 
 /// Called once by `pygev/__init__.py` with the classes the binding recognises.
 #[pyfunction]
-#[pyo3(signature = (*, protocol, websocket_handler, accept, reject, resume))]
+#[allow(clippy::too_many_arguments)] // keyword-only, one per class
+#[pyo3(signature = (*, protocol, websocket_handler, accept, reject, resume, wake, ready))]
 pub(crate) fn _register_classes(
     py: Python<'_>,
     protocol: Py<PyType>,
@@ -40,6 +45,8 @@ pub(crate) fn _register_classes(
     accept: Py<PyType>,
     reject: Py<PyType>,
     resume: Py<PyAny>,
+    wake: Py<PyAny>,
+    ready: Py<PyAny>,
 ) -> PyResult<()> {
     let classes = Classes {
         protocol,
@@ -47,6 +54,8 @@ pub(crate) fn _register_classes(
         accept,
         reject,
         resume,
+        wake,
+        ready,
     };
     if CLASSES.set(py, classes).is_err() {
         return Err(

@@ -228,6 +228,7 @@ impl Server {
         backlog = 1024,
         drain_timeout = 5.0,
         write_high_water = 1 << 20,
+        write_low_water = None,
         max_write_buffer = 64 << 20,
         max_input_buffer = 64 << 20,
         dispatch_high_water = 32 << 20,
@@ -247,6 +248,7 @@ impl Server {
         backlog: i64,
         drain_timeout: f64,
         write_high_water: i64,
+        write_low_water: Option<i64>,
         max_write_buffer: i64,
         max_input_buffer: i64,
         dispatch_high_water: i64,
@@ -279,6 +281,13 @@ impl Server {
                 .into())
             }
         };
+        let write_high_water = positive("write_high_water", write_high_water)?;
+        let write_low_water = match write_low_water {
+            None => write_high_water / 2,
+            Some(low) => usize::try_from(low).map_err(|_| {
+                Error::Value(format!("pygev: write_low_water must be >= 0, got {low}"))
+            })?,
+        };
         let config = Config {
             num_loops,
             reuse_port,
@@ -291,7 +300,8 @@ impl Server {
                 .transpose()?,
             backlog: i32::try_from(positive("backlog", backlog)?).unwrap_or(i32::MAX),
             drain_timeout: seconds("drain_timeout", drain_timeout, true)?,
-            write_high_water: positive("write_high_water", write_high_water)?,
+            write_high_water,
+            write_low_water,
             max_write_buffer: positive("max_write_buffer", max_write_buffer)?,
             max_input_buffer: positive("max_input_buffer", max_input_buffer)?,
             dispatch_high_water: positive("dispatch_high_water", dispatch_high_water)?,
@@ -337,7 +347,10 @@ impl Server {
             shared: Arc::new(Shared::new(
                 core.queue().clone(),
                 mode,
-                config.max_write_buffer,
+                (
+                    config.max_write_buffer,
+                    (config.write_high_water, config.write_low_water),
+                ),
                 core.ids().clone(),
             )),
             address: core.local_addr().cloned(),
@@ -654,6 +667,7 @@ impl Server {
                 serving.state.traverse(&visit)?;
             }
         }
+        self.shared.drains.traverse(&visit)?;
         self.shared.dials.traverse(&visit)
     }
 
@@ -663,6 +677,7 @@ impl Server {
         self.shared.clear_timers();
         self.shared.mode.clear();
         self.shared.dials.clear();
+        self.shared.drains.clear();
     }
 }
 

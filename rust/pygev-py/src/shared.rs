@@ -53,21 +53,27 @@ pub(crate) struct Shared {
     pub(crate) mode: Arc<dyn crate::mode::Mode>,
     /// Unsent output a connection may have (see `Connection::check_room`).
     pub(crate) max_write_buffer: usize,
+    /// The server's write high- and low-water marks (connections start with these).
+    pub(crate) write_limits: (usize, usize),
     next_timer_id: AtomicU64,
     /// `Server.connect()`'s requests. Only the `Server` reports their references to the GC.
     pub(crate) dials: crate::dial::DialTable,
     /// Connection ids, shared with the core (dialed connections take theirs here).
     pub(crate) ids: Arc<AtomicU64>,
+    /// `await conn.drain()`'s waiters. Only the `Server` reports their references to the
+    /// GC.
+    pub(crate) drains: crate::drain::DrainTable,
 }
 
 impl Shared {
     pub(crate) fn new(
         queue: Arc<DispatchQueue>,
         mode: Arc<dyn crate::mode::Mode>,
-        max_write_buffer: usize,
+        (max_write_buffer, write_limits): (usize, (usize, usize)),
         ids: Arc<AtomicU64>,
     ) -> Self {
         Shared {
+            write_limits,
             dials: crate::dial::DialTable::default(),
             ids,
             mode,
@@ -78,6 +84,7 @@ impl Shared {
             outboxes: Mutex::new(Vec::new()),
             timers: Mutex::new(HashMap::new()),
             next_timer_id: AtomicU64::new(1),
+            drains: crate::drain::DrainTable::default(),
         }
     }
 

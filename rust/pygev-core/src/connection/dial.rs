@@ -9,10 +9,9 @@ use std::time::Duration;
 use mio::{Interest, Token};
 
 use super::protocols::SERVER_PROTOCOL;
-use super::set::{Connections, FIRST_LOOP_TOKEN};
+use super::set::{new_backlog, Connections, FIRST_LOOP_TOKEN};
 use super::{flag, Conn};
 use crate::address::Address;
-use crate::backlog::Backlog;
 use crate::clock::Millis;
 use crate::event::Event;
 use crate::protocols::Protocol;
@@ -60,7 +59,7 @@ impl Connections {
             self.protocols.release(protocol);
             return self.dial_failed(id, err);
         }
-        let backlog = Arc::new(Backlog::default());
+        let backlog = new_backlog(&self.config);
         let state = self.protocols.get(protocol).new_state();
         let mut conn = Conn::new(transport, id, state, backlog, self.now);
         conn.protocol = protocol;

@@ -58,13 +58,15 @@ pub(crate) mod flag {
     pub(crate) const UNPACK_AGAIN: u16 = 1 << 13;
     /// Dialed and not connected yet: only the connect timeout runs (in `close_deadline`).
     pub(crate) const CONNECTING: u16 = 1 << 14;
+    /// The handler paused reading (`conn.pause_reading()`).
+    pub(crate) const PAUSED_BY_USER: u16 = 1 << 15;
 
-    /// The loop stopped reading this connection for its own reasons (Python is behind):
-    /// time spent so is not the peer's silence.
-    pub(crate) const PAUSED_BY_US: u16 = DEFERRED | THROTTLED;
+    /// The loop stopped reading this connection for reasons of ours (Python is behind, or
+    /// the handler paused it): time spent so is not the peer's silence.
+    pub(crate) const PAUSED_BY_US: u16 = DEFERRED | THROTTLED | PAUSED_BY_USER;
     /// Reading (and a protocol's held work) waits while any of these is set.
     pub(crate) const NOT_READING: u16 =
-        OUTPUT_FULL | CLOSING | READ_STOPPED | THROTTLED | CONNECTING;
+        OUTPUT_FULL | CLOSING | READ_STOPPED | THROTTLED | CONNECTING | PAUSED_BY_USER;
 }
 
 /// A connection owned by a loop, in its slab.

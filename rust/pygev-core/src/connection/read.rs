@@ -394,6 +394,26 @@ impl Connections {
         self.read(token as usize);
     }
 
+    /// The handler paused reading the connection.
+    pub(crate) fn pause_reading(&mut self, token: u32, id: u64) {
+        if let Some(conn) = self.conn_mut(token, id) {
+            conn.flags |= flag::PAUSED_BY_USER;
+        }
+    }
+
+    /// The handler resumed reading the connection.
+    pub(crate) fn resume_reading(&mut self, token: u32, id: u64) {
+        let Some(conn) = self.conn_mut(token, id) else {
+            return;
+        };
+        if !conn.has(flag::PAUSED_BY_USER) {
+            return;
+        }
+        conn.flags &= !flag::PAUSED_BY_USER;
+        self.resumed(token as usize);
+        self.read(token as usize);
+    }
+
     /// A connection we had stopped reading for our own reasons goes on: the time it waited
     /// was not its silence, so its timeouts start afresh.
     fn resumed(&mut self, token: usize) {

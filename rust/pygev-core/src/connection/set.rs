@@ -169,7 +169,7 @@ impl Connections {
         }
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
         let state = self.protocols.get(SERVER_PROTOCOL).new_state();
-        let backlog = Arc::new(Backlog::default());
+        let backlog = new_backlog(&self.config);
         entry.insert(Conn::new(transport, id, state, backlog, self.now));
         LoopStats::add(&self.handle.stats.accepted, 1);
         self.announce(token, peer, local, false, charged);
@@ -219,4 +219,11 @@ impl Connections {
         self.handle.charge_dispatch(event.dispatch_cost());
         self.events_out.push(event);
     }
+}
+
+/// A new connection's backlog, with the server's write limits.
+pub(crate) fn new_backlog(config: &Config) -> Arc<Backlog> {
+    let backlog = Backlog::default();
+    backlog.set_write_limits(config.write_high_water, config.write_low_water);
+    Arc::new(backlog)
 }

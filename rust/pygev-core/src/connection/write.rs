@@ -7,6 +7,7 @@ use std::io;
 use super::read::reset_cause;
 use super::set::Connections;
 use super::{flag, CloseCause};
+use crate::event::Event;
 use crate::protocols::{Control, MessageKind};
 use crate::stats::LoopStats;
 
@@ -206,14 +207,23 @@ impl Connections {
         }
         let pending = conn.output.len();
         conn.backlog.set_buffered(pending);
-        if pending > self.config.write_high_water {
+        if conn.backlog.drained() {
+            let (loop_index, token32) = (self.handle.index(), token as u32);
+            self.queue_event(Event::Drained {
+                loop_index,
+                token: token32,
+            });
+        }
+        let conn = &mut self.conns[token];
+        let (high_water, low_water) = conn.backlog.write_limits();
+        if pending > high_water {
             if !conn.has(flag::OUTPUT_FULL) {
                 conn.flags |= flag::OUTPUT_FULL;
                 LoopStats::add(&self.handle.stats.read_pauses, 1);
             }
             return;
         }
-        if conn.has(flag::OUTPUT_FULL) && pending <= self.config.write_high_water / 2 {
+        if conn.has(flag::OUTPUT_FULL) && pending <= low_water {
             conn.flags &= !flag::OUTPUT_FULL;
             if conn.has(flag::READ_READY | flag::UNPACK_AGAIN) {
                 // Read in the loop's next turn: a write never re-enters the read path.

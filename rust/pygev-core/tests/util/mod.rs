@@ -188,6 +188,10 @@ impl Harness {
                 let id = self.conns[&(loop_index, token)].0;
                 self.log.push(format!("signal {id} {signal:?}"));
             }
+            Event::Drained { loop_index, token } => {
+                let id = self.conns[&(loop_index, token)].0;
+                self.log.push(format!("drained {id}"));
+            }
             Event::Quiesced { loop_index } => self.log.push(format!("quiesced {loop_index}")),
             Event::LoopExited { loop_index } => self.log.push(format!("exited {loop_index}")),
         }

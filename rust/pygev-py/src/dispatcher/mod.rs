@@ -319,6 +319,7 @@ impl<'py> Dispatcher<'py> {
     /// returns the error a callback stopped the server with, if any.
     pub(crate) fn finish(mut self, running: &mut Running) -> PyResult<()> {
         self.py.detach(|| running.join());
+        self.shared.drains.close_all(self.py);
         // Connects the loops never answered (posted as they ended).
         self.shared
             .dials
@@ -492,11 +493,23 @@ impl<'py> Dispatcher<'py> {
                 } // else once its handshake completes
                 self.credit_connection(conn.get(), cost);
             }
+            Event::Drained { loop_index, token } => {
+                // Not held behind an awaiting callback: that callback may be the one
+                // waiting in drain().
+                self.credit_loop(loop_index, cost);
+                if let Some(conn) = self.conn(loop_index, token) {
+                    self.shared.drains.drained(self.py, conn.get().id_value());
+                }
+            }
             Event::Closed { loop_index, token } => {
                 self.credit_loop(loop_index, cost);
                 let slot = self.conns[loop_index as usize]
                     .get_mut(token as usize)
                     .and_then(Option::take);
+                if let Some(conn) = &slot {
+                    // At once, even while a callback awaits (drain() may be what it awaits).
+                    self.shared.drains.closed(self.py, conn.get().id_value());
+                }
                 match slot {
                     // After the callback that awaits, and the work held behind it.
                     Some(conn) if self.awaits.holds(conn.get()) => self.hold_close(conn),

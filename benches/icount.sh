@@ -25,7 +25,8 @@ python=${PYTHON:-python}
 loadgen=$here/benches/build/loadgen
 [ -x "$loadgen" ] || { mkdir -p "$here/benches/build"; gcc -O2 -o "$loadgen" "$here/benches/loadgen.c"; }
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+# KEEP=DIR keeps callgrind's output there (for callgrind_annotate).
+trap 'if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP"; cp "$work"/cg.out* "$KEEP"/; fi; rm -rf "$work"' EXIT
 port=$((20000 + RANDOM % 20000))
 target=(-H 127.0.0.1 -p "$port")
 case "$shape" in

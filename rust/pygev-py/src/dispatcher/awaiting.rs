@@ -68,10 +68,19 @@ impl Then {
 struct Asyncio {
     event_loop: Py<PyAny>,
     create_task: Py<PyAny>,
-    /// `asyncio.tasks._enter_task` / `_leave_task`, which make the first step's stand-in
-    /// the current task (missing in some Python: then there is none).
-    enter_task: Option<Py<PyAny>>,
-    leave_task: Option<Py<PyAny>>,
+    /// How the first step's stand-in becomes the loop's current task.
+    current: CurrentTask,
+}
+
+/// How asyncio keeps the current task.
+enum CurrentTask {
+    /// `asyncio.tasks._current_tasks`, a dict from loop to task (Python 3.8 to 3.13):
+    /// what `_enter_task` / `_leave_task` do, without two calls per step.
+    Dict(Py<PyDict>),
+    /// `asyncio.tasks._enter_task` / `_leave_task` (newer Pythons keep it elsewhere).
+    Calls { enter: Py<PyAny>, leave: Py<PyAny> },
+    /// Neither: no current task during a first step.
+    Missing,
 }
 
 /// A callback going on as a task.
@@ -126,9 +135,11 @@ impl Completions {
 /// The dispatcher's part for callbacks that await.
 pub(crate) struct Awaits {
     coroutine: Py<PyType>,
-    /// `contextvars.copy_context`: each coroutine runs in a context of its own, as a task's.
-    copy_context: Py<PyAny>,
     asyncio: Option<Asyncio>,
+    /// The first steps' stand-in for a task, kept while no one else holds it.
+    step: Option<Py<FirstStep>>,
+    /// The stand-in is asyncio's current task for the rest of the batch.
+    entered: bool,
     completions: Py<Completions>,
     /// By task (its address: the task is held here, so it is not reused).
     tasks: HashMap<usize, Pending>,
@@ -145,11 +156,11 @@ impl Awaits {
             done: Mutex::new(Vec::new()),
             queue,
         };
-        let copy_context = py.import("contextvars")?.getattr("copy_context")?;
         Ok(Awaits {
             coroutine: coroutine.cast_into::<PyType>()?.unbind(),
-            copy_context: copy_context.unbind(),
             asyncio: None,
+            step: None,
+            entered: false,
             completions: Py::new(py, completions)?,
             tasks: HashMap::new(),
             awaiting: HashMap::new(),
@@ -164,8 +175,19 @@ impl Awaits {
         self.asyncio = Some(Asyncio {
             create_task: event_loop.getattr("create_task")?.unbind(),
             event_loop: event_loop.unbind(),
-            enter_task: tasks.getattr("_enter_task").ok().map(Bound::unbind),
-            leave_task: tasks.getattr("_leave_task").ok().map(Bound::unbind),
+            current: match (
+                tasks.getattr("_current_tasks"),
+                tasks.getattr("_enter_task"),
+            ) {
+                (Ok(dict), _) if dict.is_exact_instance_of::<PyDict>() => {
+                    CurrentTask::Dict(dict.cast_into::<PyDict>()?.unbind())
+                }
+                (_, Ok(enter)) => CurrentTask::Calls {
+                    enter: enter.unbind(),
+                    leave: tasks.getattr("_leave_task")?.unbind(),
+                },
+                _ => CurrentTask::Missing,
+            },
         });
         Ok(())
     }
@@ -207,13 +229,19 @@ impl Awaits {
     /// Visits the Python references for the GC.
     pub(crate) fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.coroutine)?;
-        visit.call(&self.copy_context)?;
+        visit.call(self.step.as_ref())?;
         visit.call(&self.completions)?;
         if let Some(asyncio) = &self.asyncio {
             visit.call(&asyncio.event_loop)?;
             visit.call(&asyncio.create_task)?;
-            visit.call(asyncio.enter_task.as_ref())?;
-            visit.call(asyncio.leave_task.as_ref())?;
+            match &asyncio.current {
+                CurrentTask::Dict(dict) => visit.call(dict)?,
+                CurrentTask::Calls { enter, leave } => {
+                    visit.call(enter)?;
+                    visit.call(leave)?;
+                }
+                CurrentTask::Missing => {}
+            }
         }
         for pending in self.tasks.values() {
             visit.call(&pending.task)?;
@@ -252,18 +280,28 @@ impl<'py> Dispatcher<'py> {
         conn: Option<&Py<Connection>>,
         then: Then,
     ) -> Option<PyResult<Bound<'py, PyAny>>> {
-        let context = match self.awaits.copy_context.bind(self.py).call0() {
+        let context = match copy_context(self.py) {
             Ok(context) => context,
             Err(err) => return Some(Err(err)),
         };
-        let step = self.enter_first_step();
+        self.enter_first_steps();
         let sent = send_none(&context, &coro);
-        self.leave_first_step(step.as_ref());
         match sent {
-            Ok(Sent::Returned(value)) => Some(Ok(value)),
-            Err(err) => Some(Err(err)),
+            Ok(Sent::Returned(value)) => {
+                self.renew_stand_in(false);
+                Some(Ok(value))
+            }
+            Err(err) => {
+                self.renew_stand_in(false);
+                Some(Err(err))
+            }
             Ok(Sent::Waits(waiting)) => {
-                match self.go_on(&coro, waiting, step, &context, conn, then) {
+                let step =
+                    (self.awaits.step.as_ref()).map(|s| s.clone_ref(self.py).into_bound(self.py));
+                let went_on = self.go_on(&coro, waiting, step, &context, conn, then);
+                // The stand-in now stands for that task: the next step gets another.
+                self.renew_stand_in(true);
+                match went_on {
                     Ok(()) => None,
                     Err(err) => {
                         let _ = coro.call_method0("close");
@@ -274,27 +312,80 @@ impl<'py> Dispatcher<'py> {
         }
     }
 
-    /// Makes the first step's stand-in the loop's current task, when serving in one.
-    fn enter_first_step(&self) -> Option<Bound<'py, FirstStep>> {
+    /// Makes the first steps' stand-in the loop's current task until the batch ends
+    /// ([`leave_first_steps`](Self::leave_first_steps)), when serving in a loop.
+    ///
+    /// NOTE: once per batch, not per step: making it current and no longer current cost a
+    /// fifth of an awaited echo's instructions when done around each step. Plain callbacks
+    /// later in the batch see it as the current task too.
+    fn enter_first_steps(&mut self) {
+        if self.awaits.entered || self.awaits.asyncio.is_none() {
+            return;
+        }
         let py = self.py;
-        let asyncio = self.awaits.asyncio.as_ref()?;
-        let enter = asyncio.enter_task.as_ref()?;
-        let step = Bound::new(py, FirstStep::new()).ok()?;
-        // Fails only if a task is current already (a turn run from inside a task): then
-        // that one stays current.
-        enter.call1(py, (&asyncio.event_loop, &step)).ok()?;
-        Some(step)
-    }
-
-    fn leave_first_step(&self, step: Option<&Bound<'py, FirstStep>>) {
-        let (Some(step), Some(asyncio)) = (step, self.awaits.asyncio.as_ref()) else {
+        let step = match &self.awaits.step {
+            Some(step) => step.clone_ref(py),
+            None => match Py::new(py, FirstStep::new()) {
+                Ok(step) => step,
+                Err(err) => return logging::log_exception(py, "pygev: first step", &err),
+            },
+        };
+        let Some(asyncio) = self.awaits.asyncio.as_ref() else {
             return;
         };
-        if let Some(leave) = &asyncio.leave_task {
-            if let Err(err) = leave.call1(self.py, (&asyncio.event_loop, step)) {
-                logging::log_exception(self.py, "pygev: asyncio's _leave_task failed", &err);
+        let event_loop = asyncio.event_loop.bind(py);
+        self.awaits.entered = match &asyncio.current {
+            // A task current already (a turn run from inside a task) stays current.
+            CurrentTask::Dict(tasks) => {
+                let tasks = tasks.bind(py);
+                !tasks.contains(event_loop).unwrap_or(true)
+                    && tasks.set_item(event_loop, &step).is_ok()
             }
+            CurrentTask::Calls { enter, .. } => enter.call1(py, (event_loop, &step)).is_ok(),
+            CurrentTask::Missing => false,
+        };
+        self.awaits.step = Some(step);
+    }
+
+    /// The batch ends: no task is current any more.
+    pub(super) fn leave_first_steps(&mut self) {
+        if !std::mem::take(&mut self.awaits.entered) {
+            return;
         }
+        let py = self.py;
+        let (Some(asyncio), Some(step)) = (&self.awaits.asyncio, &self.awaits.step) else {
+            return;
+        };
+        let event_loop = asyncio.event_loop.bind(py);
+        let left = match &asyncio.current {
+            CurrentTask::Dict(tasks) => tasks.bind(py).del_item(event_loop),
+            CurrentTask::Calls { leave, .. } => leave.call1(py, (event_loop, step)).map(drop),
+            CurrentTask::Missing => Ok(()),
+        };
+        if let Err(err) = left {
+            logging::log_exception(py, "pygev: cannot reset asyncio's current task", &err);
+        }
+    }
+
+    /// After a first step: the stand-in serves the next one too, unless the step kept it
+    /// (or `taken`: it stands for a task now); then a fresh one becomes current.
+    fn renew_stand_in(&mut self, taken: bool) {
+        let py = self.py;
+        let Some(step) = &self.awaits.step else {
+            return;
+        };
+        // Ours, and asyncio's while it is current.
+        let holders = 1 + isize::from(self.awaits.entered);
+        if !taken && FirstStep::free(step.bind(py), holders) {
+            return;
+        }
+        if !self.awaits.entered {
+            self.awaits.step = None; // made afresh when next needed
+            return;
+        }
+        self.leave_first_steps();
+        self.awaits.step = None;
+        self.enter_first_steps();
     }
 
     /// The first step waits for `waiting`: the coroutine goes on as a task.
@@ -505,6 +596,14 @@ impl<'py> Dispatcher<'py> {
             _ => {}
         }
     }
+}
+
+/// A copy of the current context (`contextvars.copy_context()`): each coroutine runs in
+/// one of its own, as a task does.
+fn copy_context(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    // SAFETY: the GIL is held (`py`); it returns a new reference, or NULL with an
+    // exception set, which `from_owned_ptr_or_err` takes either way.
+    unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent()) }
 }
 
 /// How a coroutine's step ended.

@@ -1,8 +1,12 @@
 //! What `asyncio.current_task()` returns during an `async def` callback's first step, which
 //! the dispatcher runs before any task exists (see `awaiting.rs`). If the callback goes on
 //! waiting, it goes on in a real task, and this object forwards to it: an
-//! `asyncio.timeout()` entered in the first step cancels the task that came after. One is
-//! made per first step: code may keep it (weakly, too) as the task's key.
+//! `asyncio.timeout()` entered in the first step cancels the task that came after. The
+//! dispatcher uses one for step after step while no one else keeps it.
+//!
+//! It is not the task that follows (code that compares tasks across the first await sees
+//! two), and it takes no weak references (a weak reference would not show in its count, so
+//! it could not be known to be free).
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -12,7 +16,7 @@ use pyo3::prelude::*;
 use pyo3::PyTraverseError;
 
 /// Stands for the task of a callback's first step.
-#[pyclass(module = "pygev._pygev", name = "FirstStep", frozen, weakref)]
+#[pyclass(module = "pygev._pygev", name = "FirstStep", frozen)]
 pub(crate) struct FirstStep {
     state: Mutex<StepState>,
 }
@@ -47,6 +51,15 @@ impl FirstStep {
             task.call_method1("cancel", (msg,))?;
         }
         Ok(())
+    }
+
+    /// Whether it may stand for the next first step too: only its `holders` (the
+    /// dispatcher, and asyncio while it is current) hold it, and nothing was asked of it.
+    pub(crate) fn free(step: &Bound<'_, FirstStep>, holders: isize) -> bool {
+        // SAFETY: `step` is a live object, held by the caller; reading its reference count
+        // has no other effect.
+        let held = unsafe { pyo3::ffi::Py_REFCNT(step.as_ptr()) };
+        held == holders && step.get().lock().cancels.is_empty()
     }
 
     fn task(&self, py: Python<'_>) -> Option<Py<PyAny>> {

@@ -386,6 +386,7 @@ impl<'py> Dispatcher<'py> {
             }
         }
         due.clear();
+        self.leave_first_steps();
         drop(batch_in_progress); // posts the batch's commands
         let state = &mut self.state;
         if let Some(loops) = state.shared.loops.get() {

@@ -1,19 +1,47 @@
 //! Routes the core's `log` records to Python's `logging` without loop threads ever taking
-//! the GIL: records are queued here and emitted by the dispatcher, which holds it anyway.
+//! the GIL: records are queued here with what the loop thread knew when it logged (time,
+//! thread, source location) and emitted by the dispatcher, which holds the GIL anyway.
+//!
+//! The level follows the `pygev` Python logger: [`refresh_level`] reads it again at most
+//! every [`LEVEL_CHECK_INTERVAL`], so a changed level takes effect without a restart.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, Once};
+use std::sync::{Arc, Mutex, Once, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use pygev_core::DispatchQueue;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 /// Records kept while nobody emits them; older ones are dropped past this.
 const MAX_QUEUED: usize = 10_000;
 
-static RECORDS: Mutex<Vec<(log::Level, String)>> = Mutex::new(Vec::new());
+/// How often the dispatcher looks at the `pygev` logger's level again.
+pub(crate) const LEVEL_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+
+/// A record as a loop thread made it.
+struct Record {
+    level: log::Level,
+    message: String,
+    created: SystemTime,
+    thread_name: String,
+    /// `threading.get_ident()`'s value for the thread: its `pthread_t`.
+    thread_ident: u64,
+    file: Option<Cow<'static, str>>,
+    line: Option<u32>,
+    module: Option<Cow<'static, str>>,
+}
+
+static RECORDS: Mutex<Vec<Record>> = Mutex::new(Vec::new());
 static HAS_RECORDS: AtomicBool = AtomicBool::new(false);
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 static INSTALL: Once = Once::new();
+/// The dispatch queues of the servers running: the first record queued wakes them, so
+/// that it is emitted soon even on an idle server.
+static WAKERS: Mutex<Vec<Weak<DispatchQueue>>> = Mutex::new(Vec::new());
+/// When [`refresh_level`] looks at the level next.
+static NEXT_LEVEL_CHECK: Mutex<Option<Instant>> = Mutex::new(None);
 
 struct QueueLogger;
 
@@ -26,13 +54,36 @@ impl log::Log for QueueLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let mut records = RECORDS.lock().unwrap_or_else(|e| e.into_inner());
-        if records.len() >= MAX_QUEUED {
-            DROPPED.fetch_add(1, Ordering::Relaxed);
-            return;
+        let created = SystemTime::now();
+        let thread = std::thread::current();
+        let record = Record {
+            level: record.level(),
+            message: record.args().to_string(),
+            created,
+            thread_name: thread.name().unwrap_or("unnamed").to_owned(),
+            // SAFETY: pthread_self has no preconditions and cannot fail.
+            thread_ident: unsafe { libc::pthread_self() } as u64,
+            file: record
+                .file_static()
+                .map(Cow::Borrowed)
+                .or_else(|| record.file().map(|f| Cow::Owned(f.to_owned()))),
+            line: record.line(),
+            module: record
+                .module_path_static()
+                .map(Cow::Borrowed)
+                .or_else(|| record.module_path().map(|m| Cow::Owned(m.to_owned()))),
+        };
+        {
+            let mut records = RECORDS.lock().unwrap_or_else(|e| e.into_inner());
+            if records.len() >= MAX_QUEUED {
+                DROPPED.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            records.push(record);
         }
-        records.push((record.level(), record.args().to_string()));
-        HAS_RECORDS.store(true, Ordering::Release);
+        if !HAS_RECORDS.swap(true, Ordering::AcqRel) {
+            wake_dispatchers();
+        }
     }
 
     fn flush(&self) {}
@@ -40,20 +91,62 @@ impl log::Log for QueueLogger {
 
 static LOGGER: QueueLogger = QueueLogger;
 
-/// Installs the queueing logger (once) and matches its level to the `pygev` Python logger.
-pub(crate) fn install(py: Python<'_>) -> PyResult<()> {
+/// Wakes every running server's dispatcher: whichever comes first emits the records.
+fn wake_dispatchers() {
+    let wakers = WAKERS.lock().unwrap_or_else(|e| e.into_inner());
+    for queue in wakers.iter().filter_map(Weak::upgrade) {
+        queue.wake();
+    }
+}
+
+/// Installs the queueing logger (once), matches its level to the `pygev` Python logger,
+/// and has records queued from now on wake `queue`'s dispatcher.
+pub(crate) fn install(py: Python<'_>, queue: &Arc<DispatchQueue>) -> PyResult<()> {
     INSTALL.call_once(|| {
         let _ = log::set_logger(&LOGGER);
     });
-    let level: i32 = pygev_logger(py)?
-        .call_method0("getEffectiveLevel")?
-        .extract()?;
-    log::set_max_level(match level {
-        l if l <= 10 => log::LevelFilter::Debug,
-        l if l <= 20 => log::LevelFilter::Info,
-        l if l <= 30 => log::LevelFilter::Warn,
-        _ => log::LevelFilter::Error,
-    });
+    {
+        let mut wakers = WAKERS.lock().unwrap_or_else(|e| e.into_inner());
+        wakers.retain(|w| w.strong_count() > 0);
+        wakers.push(Arc::downgrade(queue));
+    }
+    set_level(py)
+}
+
+/// Matches the core's level to the `pygev` Python logger's (its effective level, and
+/// `logging.disable()`), if it was last done [`LEVEL_CHECK_INTERVAL`] ago.
+pub(crate) fn refresh_level(py: Python<'_>) {
+    let now = Instant::now();
+    {
+        let mut next = NEXT_LEVEL_CHECK.lock().unwrap_or_else(|e| e.into_inner());
+        if next.is_some_and(|next| now < next) {
+            return;
+        }
+        *next = Some(now + LEVEL_CHECK_INTERVAL);
+    }
+    if let Err(err) = set_level(py) {
+        log_exception(py, "pygev: cannot read the log level", &err);
+    }
+}
+
+fn set_level(py: Python<'_>) -> PyResult<()> {
+    let logger = pygev_logger(py)?;
+    let mut filter = log::LevelFilter::Off;
+    for (level, python_level) in [
+        (log::LevelFilter::Debug, 10),
+        (log::LevelFilter::Info, 20),
+        (log::LevelFilter::Warn, 30),
+        (log::LevelFilter::Error, 40),
+    ] {
+        if logger
+            .call_method1("isEnabledFor", (python_level,))?
+            .is_truthy()?
+        {
+            filter = level;
+            break;
+        }
+    }
+    log::set_max_level(filter);
     Ok(())
 }
 
@@ -78,15 +171,55 @@ pub(crate) fn emit_pending(py: Python<'_>) {
             (format!("pygev: {dropped} log records dropped (queue full)"),),
         );
     }
-    for (level, message) in records {
-        let level = match level {
-            log::Level::Error => 40,
-            log::Level::Warn => 30,
-            log::Level::Info => 20,
-            log::Level::Debug | log::Level::Trace => 10,
-        };
-        let _ = logger.call_method1("log", (level, message));
+    for record in records {
+        if let Err(err) = emit(&logger, record) {
+            err.print(py); // logging itself is broken: stderr is all that is left
+        }
     }
+}
+
+/// Hands one record to `logger`'s handlers as a `logging.LogRecord` that keeps the loop
+/// thread's time, thread and source location.
+fn emit(logger: &Bound<'_, PyAny>, record: Record) -> PyResult<()> {
+    let level = match record.level {
+        log::Level::Error => 40,
+        log::Level::Warn => 30,
+        log::Level::Info => 20,
+        log::Level::Debug | log::Level::Trace => 10,
+    };
+    if !logger.call_method1("isEnabledFor", (level,))?.is_truthy()? {
+        return Ok(()); // the level went up since it was queued
+    }
+    let py = logger.py();
+    let made = logger.call_method1(
+        "makeRecord",
+        (
+            logger.getattr("name")?,
+            level,
+            record.file.as_deref().unwrap_or("(unknown file)"),
+            record.line.unwrap_or(0),
+            record.message,
+            (),
+            py.None(),
+            record.module.as_deref(),
+        ),
+    )?;
+    // makeRecord stamped the record now; move it back to when the loop thread logged it
+    // (relativeCreated by the same amount, whatever unit logging keeps its start in).
+    let now: f64 = made.getattr("created")?.extract()?;
+    let since_epoch = record
+        .created
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let created = since_epoch.as_secs_f64();
+    let relative: f64 = made.getattr("relativeCreated")?.extract()?;
+    made.setattr("created", created)?;
+    made.setattr("msecs", f64::from(since_epoch.subsec_millis()))?;
+    made.setattr("relativeCreated", relative - (now - created) * 1000.0)?;
+    made.setattr("threadName", record.thread_name)?;
+    made.setattr("thread", record.thread_ident)?;
+    logger.call_method1("handle", (made,))?;
+    Ok(())
 }
 
 /// Logs `message` with the traceback of `err` on the `pygev` logger.

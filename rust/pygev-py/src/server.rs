@@ -142,7 +142,7 @@ impl Server {
         py: Python<'py>,
         core: &mut pygev_core::Server,
     ) -> PyResult<(Running, Dispatcher<'py>)> {
-        logging::install(py)?;
+        logging::install(py, &self.shared.queue)?;
         let callbacks = self.callbacks(py)?;
         let running = match core.start() {
             Ok(running) => running,
@@ -546,11 +546,15 @@ impl Server {
         Ok(Some(match found {
             Found::Work => (true, None),
             Found::Idle { next_timer } => {
+                // The next turn comes by the next timer at the latest, and soon enough
+                // for a changed log level to take effect.
                 let now = Instant::now();
-                (
-                    false,
-                    next_timer.map(|t| t.saturating_duration_since(now).as_secs_f64()),
-                )
+                let wait = next_timer
+                    .map(|t| t.saturating_duration_since(now))
+                    .map_or(logging::LEVEL_CHECK_INTERVAL, |wait| {
+                        wait.min(logging::LEVEL_CHECK_INTERVAL)
+                    });
+                (false, Some(wait.as_secs_f64()))
             }
         }))
     }

@@ -299,6 +299,7 @@ impl<'py> Dispatcher<'py> {
         if let Some(stopped_at) = self.stopped_at {
             self.expire_awaited(stopped_at);
         }
+        logging::refresh_level(self.py);
         logging::emit_pending(self.py);
         // Callbacks still awaiting may send yet: the drain waits for them too.
         let caught_up = self.pending.is_empty() && self.awaits.running() == 0;

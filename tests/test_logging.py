@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import WAIT, LogCapture, ServerThread, connect, expect_eof
+from conftest import WAIT, LogCapture, ServerThread, connect, echo_roundtrip, expect_eof
 
 import pygev
 
@@ -187,3 +187,101 @@ def test_a_changed_level_takes_effect_without_a_restart(
         assert time.monotonic() < deadline, "DEBUG never took effect"
     logger.setLevel(logging.WARNING)
     assert closed_quietly() and closed_quietly(), "DEBUG records after going back"
+
+
+SLOW = "took "
+
+
+class Sleepy(pygev.Handler):
+    """Echoes; sleeps for as many seconds as a message asks (``b"sleep 0.3"``)."""
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+
+    def on_connect(self, conn: pygev.Connection) -> None:
+        self.ids.append(conn.id)
+
+    def on_message(self, conn: pygev.Connection, ctx: object, data: bytes) -> bytes:
+        if data.startswith(b"sleep "):
+            time.sleep(float(data.split()[1]))
+        return data
+
+
+def test_a_slow_callback_is_logged_with_its_method_and_connection(
+    run_server: Callable[..., Any], capture: LogCapture
+) -> None:
+    logging.getLogger("pygev").setLevel(logging.WARNING)
+    handler = Sleepy()
+    server = run_server(handler, num_loops=1, slow_callback_duration=0.05)
+    with connect(server.port) as quick, connect(server.port) as slow:
+        echo_roundtrip(quick, b"quick")
+        echo_roundtrip(slow, b"sleep 0.3")
+        record = capture.wait_for(SLOW)
+        slow_id = handler.ids[1]
+        message = record.getMessage()
+        assert f"Sleepy.on_message of connection {slow_id} took " in message, message
+        assert "asyncio.to_thread" in message
+        assert record.levelno == logging.WARNING
+        took = float(message.split(" took ")[1].split()[0])
+        assert took >= 0.05, message
+        # Quick callbacks are not; nor the quick connection's after the slow one.
+        echo_roundtrip(quick, b"quick again")
+        assert len(capture.matching(SLOW)) == 1, [r.getMessage() for r in capture.records]
+        # After a while without callbacks the watchdog sleeps; it wakes for the next one.
+        time.sleep(1.5)
+        echo_roundtrip(quick, b"sleep 0.3")
+        deadline = time.monotonic() + WAIT
+        while len(capture.matching(SLOW)) < 2:
+            assert time.monotonic() < deadline, "the second slow callback went unreported"
+            time.sleep(0.01)
+        assert f"connection {handler.ids[0]} took " in capture.matching(SLOW)[1].getMessage()
+
+
+class SlowEverywhere(pygev.Handler):
+    def __init__(self, server_box: list[pygev.Server]) -> None:
+        self.server_box = server_box
+
+    def on_connect(self, conn: pygev.Connection) -> None:
+        time.sleep(0.2)
+
+    async def on_message(self, conn: pygev.Connection, ctx: object, data: bytes) -> bytes:
+        time.sleep(0.2)  # blocks before its first await: that step is the callback's
+        await asyncio.sleep(0)
+        return data
+
+    def on_close(self, conn: pygev.Connection) -> None:
+        self.server_box[0].run_after(0, lambda: time.sleep(0.2))
+
+
+def test_slow_callbacks_of_every_kind_are_logged(
+    run_server: Callable[..., Any], capture: LogCapture
+) -> None:
+    logging.getLogger("pygev").setLevel(logging.WARNING)
+    box: list[pygev.Server] = []
+    handler = SlowEverywhere(box)
+    server = run_server(handler, num_loops=1, slow_callback_duration=0.05)
+    box.append(server.server)
+    with connect(server.port) as sock:
+        echo_roundtrip(sock, b"x")
+    for name in ("SlowEverywhere.on_connect of", "SlowEverywhere.on_message of", "timer"):
+        capture.wait_for(name)
+
+
+def test_slow_callbacks_go_unlogged_when_disabled(
+    run_server: Callable[..., Any], capture: LogCapture
+) -> None:
+    logging.getLogger("pygev").setLevel(logging.DEBUG)
+    handler = Tracker()
+    server = run_server(handler, num_loops=1, slow_callback_duration=None)
+    handler.server = server.server
+    with connect(server.port) as sock:
+        echo_roundtrip(sock, b"block")  # a second in on_message
+    conn_id = handler.connection_id(0)
+    assert handler.closed[conn_id].wait(WAIT)  # every record before it has been emitted
+    assert not capture.matching(SLOW), [r.getMessage() for r in capture.records]
+
+
+def test_slow_callback_duration_is_validated() -> None:
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="slow_callback_duration"):
+            pygev.Server(pygev.Handler(), "127.0.0.1:0", slow_callback_duration=bad)

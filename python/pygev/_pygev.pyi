@@ -361,6 +361,7 @@ class Server:
         dispatch_high_water: int = ...,
         max_batch_events: int = 2048,
         unix_mode: int | None = None,
+        slow_callback_duration: float | None = ...,
     ) -> Self:
         """Validates the settings and binds the listening socket(s).
 
@@ -423,6 +424,14 @@ class Server:
                 another's reply by one batch at most.
             unix_mode: Permissions of the Unix socket file (for example ``0o660``);
                 ``None`` keeps what the umask gives.
+            slow_callback_duration: Seconds past which a callback that holds the
+                dispatcher (``on_connect``, ``on_message``, ``on_close``, ``on_handshake``,
+                a timer, a :class:`~pygev.Protocol`'s ``unpacket``/``packet``, or the first
+                step of an ``async def`` one, up to its first ``await``) is logged as a
+                warning on the ``pygev`` logger with its name and connection, once it has
+                returned (default 0.1, as asyncio's debug mode; ``None`` disables it).
+                Every connection waits while a callback runs: blocking work belongs in
+                ``await asyncio.to_thread(...)``.
 
         Returns:
             The bound server; nothing is served before :meth:`start`.

@@ -14,6 +14,7 @@ mod protocols;
 mod ring_buffer;
 mod server;
 mod shared;
+mod slow_callbacks;
 mod timer;
 mod websocket;
 

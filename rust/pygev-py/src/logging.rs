@@ -216,8 +216,12 @@ fn emit(logger: &Bound<'_, PyAny>, record: Record) -> PyResult<()> {
     made.setattr("created", created)?;
     made.setattr("msecs", f64::from(since_epoch.subsec_millis()))?;
     made.setattr("relativeCreated", relative - (now - created) * 1000.0)?;
-    made.setattr("threadName", record.thread_name)?;
-    made.setattr("thread", record.thread_ident)?;
+    // SAFETY: pthread_self has no preconditions and cannot fail.
+    if record.thread_ident != unsafe { libc::pthread_self() } as u64 {
+        // Another thread's (a loop's): Python's own names are right for this one.
+        made.setattr("threadName", record.thread_name)?;
+        made.setattr("thread", record.thread_ident)?;
+    }
     logger.call_method1("handle", (made,))?;
     Ok(())
 }

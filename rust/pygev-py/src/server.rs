@@ -59,6 +59,8 @@ pub struct Server {
     /// What the server listens on (`None`: it only dials).
     address: Option<Address>,
     config: Config,
+    /// Callbacks running longer are logged (`None`: none is).
+    slow_callback_duration: Option<Duration>,
     /// What `serve()` keeps between its turns in an asyncio loop.
     serving: Mutex<Option<Serving>>,
 }
@@ -155,7 +157,13 @@ impl Server {
         };
         // Connects requested before start() go to the loops now (see `set_loops`).
         self.shared.set_loops(running.loops().to_vec());
-        let dispatcher = Dispatcher::new(py, self.shared.clone(), callbacks, &self.config)?;
+        let dispatcher = Dispatcher::new(
+            py,
+            self.shared.clone(),
+            callbacks,
+            &self.config,
+            self.slow_callback_duration,
+        )?;
         Ok((running, dispatcher))
     }
 
@@ -234,6 +242,7 @@ impl Server {
         dispatch_high_water = 32 << 20,
         max_batch_events = 2048,
         unix_mode = None,
+        slow_callback_duration = Some(0.1),
     ))]
     #[allow(clippy::too_many_arguments)]
     fn py_new(
@@ -254,6 +263,7 @@ impl Server {
         dispatch_high_water: i64,
         max_batch_events: i64,
         unix_mode: Option<u32>,
+        slow_callback_duration: Option<f64>,
     ) -> PyResult<Self> {
         let address = match address {
             AddressArg::Default => Some(DEFAULT_ADDRESS.to_string()),
@@ -309,6 +319,9 @@ impl Server {
             unix_mode: unix_mode.map(|mode| mode & 0o7777),
             ..Config::default()
         };
+        let slow_callback_duration = slow_callback_duration
+            .map(|t| seconds("slow_callback_duration", t, false))
+            .transpose()?;
         let mode = mode::choose(handler, protocol)?;
         if mode.needs_listener() && address.is_none() {
             return Err(Error::Value(
@@ -358,6 +371,7 @@ impl Server {
             handler: Mutex::new(Some(handler.clone().unbind())),
             state: AtomicU8::new(BOUND),
             config,
+            slow_callback_duration,
             serving: Mutex::new(None),
         })
     }

@@ -266,12 +266,16 @@ impl<'py> Dispatcher<'py> {
         conn: Option<&Py<Connection>>,
         then: Then,
     ) -> Option<PyResult<Bound<'py, PyAny>>> {
-        match result {
+        let what = then.what();
+        let settled = match result {
             Ok(value) if value.get_type().is(self.awaits.coroutine.bind(self.py)) => {
                 self.first_step(value, conn, then)
             }
             result => Some(result),
-        }
+        };
+        // A coroutine's first step is part of its callback's run.
+        self.leave_callback(what, conn);
+        settled
     }
 
     fn first_step(

@@ -23,6 +23,7 @@ use crate::errors::Error;
 use crate::logging;
 use crate::ring_buffer::RingBuffer;
 use crate::shared::{Packer, Shared};
+use crate::slow_callbacks::{Slow, SlowCallbacks};
 
 mod awaiting;
 mod first_step;
@@ -144,6 +145,8 @@ pub(crate) struct DispatchState {
     replaying: bool,
     /// When the stop was noticed.
     stopped_at: Option<Instant>,
+    /// Watches for callbacks that hold the dispatcher too long.
+    slow: SlowCallbacks,
 }
 
 impl DispatchState {
@@ -169,6 +172,7 @@ impl<'py> Dispatcher<'py> {
         shared: Arc<Shared>,
         callbacks: Callbacks,
         config: &Config,
+        slow_callback_duration: Option<Duration>,
     ) -> PyResult<Self> {
         let num_loops = config.num_loops;
         let awaits = Awaits::new(py, shared.queue.clone())?;
@@ -195,6 +199,7 @@ impl<'py> Dispatcher<'py> {
             awaits,
             replaying: false,
             stopped_at: None,
+            slow: SlowCallbacks::new(slow_callback_duration),
         };
         Ok(Dispatcher { py, state })
     }
@@ -569,8 +574,49 @@ impl<'py> Dispatcher<'py> {
             .unwrap_or(&self.callbacks)
     }
 
+    /// A Python callback begins (`slow_callbacks.rs` watches it).
+    #[inline]
+    pub(crate) fn enter_callback(&self) {
+        self.slow.enter();
+    }
+
+    /// The callback begun last has returned (`what` of `conn`): logged if it ran too long.
+    #[inline]
+    pub(crate) fn leave_callback(&self, what: &str, conn: Option<&Py<Connection>>) {
+        if let Some(slow) = self.slow.leave() {
+            self.report_slow(what, conn, &slow);
+        }
+    }
+
+    #[cold]
+    fn report_slow(&self, what: &str, conn: Option<&Py<Connection>>, slow: &Slow) {
+        // The handler's own name for it ("Echo.on_message") where there is one.
+        let callbacks = conn.map(|conn| self.callbacks_of(conn.get()));
+        let callable = callbacks.and_then(|c| match what {
+            "on_connect" => Some(&c.on_connect),
+            "on_message" => Some(&c.on_message),
+            "on_close" => Some(&c.on_close),
+            "on_handshake" => c.on_handshake.as_ref(),
+            _ => None,
+        });
+        let name = callable
+            .and_then(|c| c.bind(self.py).getattr("__qualname__").ok())
+            .and_then(|n| n.extract::<String>().ok())
+            .unwrap_or_else(|| what.to_owned());
+        let of = conn.map_or(String::new(), |c| {
+            format!(" of connection {}", c.get().id_value())
+        });
+        log::warn!(
+            "pygev: {name}{of} took {:.3} s (slow_callback_duration is {} s); every connection \
+             waits while a callback runs: blocking work belongs in await asyncio.to_thread(...)",
+            slow.took.as_secs_f64(),
+            slow.threshold.as_secs_f64(),
+        );
+    }
+
     pub(crate) fn connected(&mut self, conn: &Py<Connection>) {
         let py = self.py;
+        self.enter_callback();
         let result = (self.callbacks_of(conn.get()).on_connect.bind(py)).call1((conn.bind(py),));
         if let Some(Err(err)) = self.settle(result, Some(conn), Then::Connected) {
             self.callback_failed("on_connect", conn, err);
@@ -591,6 +637,7 @@ impl<'py> Dispatcher<'py> {
             return;
         }
         let py = self.py;
+        self.enter_callback();
         let result = (self.callbacks_of(conn.get()).on_close.bind(py)).call1((conn.bind(py),));
         self.own_callbacks.remove(&conn.get().id_value());
         if let Some(Err(err)) = self.settle(result, Some(&conn), Then::Closed) {
@@ -668,6 +715,7 @@ impl<'py> Dispatcher<'py> {
         let Some(callback) = timer.get().fire(self.py) else {
             return;
         };
+        self.enter_callback();
         let result = callback.bind(self.py).call0();
         if let Some(Err(err)) = self.settle(result, None, Then::Timer) {
             if !err.is_instance_of::<PyKeyboardInterrupt>(self.py) {

@@ -64,7 +64,9 @@ impl<'py> Dispatcher<'py> {
             }
             let before = buffer.get().held();
             buffer.get().set_usable(true);
+            self.enter_callback();
             let frame = protocol.call_method1("unpacket", (conn.bind(py), buffer.bind(py)));
+            self.leave_callback("Protocol.unpacket()", Some(conn));
             buffer.get().set_usable(false);
             let frame = match frame {
                 Ok(frame) if frame.is_none() => break,
@@ -98,6 +100,7 @@ impl<'py> Dispatcher<'py> {
                 return (calls, false); // unpacket closed it
             }
             calls += 1;
+            self.enter_callback();
             let result = self.callbacks_of(conn.get()).on_message.bind(py).call1((
                 conn.bind(py),
                 ctx,
@@ -126,7 +129,10 @@ impl<'py> Dispatcher<'py> {
         protocol: &Bound<'_, PyAny>,
         reply: &Bound<'_, PyAny>,
     ) {
-        match packet(protocol, conn.bind(self.py), reply) {
+        self.enter_callback();
+        let packed = packet(protocol, conn.bind(self.py), reply);
+        self.leave_callback("Protocol.packet()", Some(conn));
+        match packed {
             Ok(Ok(wire)) => self.reply(conn, Cow::Owned(wire), Packer::RAW),
             Ok(Err(not_bytes)) => {
                 let err: PyErr = not_bytes.into();

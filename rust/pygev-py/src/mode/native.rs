@@ -56,6 +56,7 @@ impl Mode for Native {
         }
         let py = dispatcher.py();
         let bytes = PyBytes::new(py, frame.bytes());
+        dispatcher.enter_callback();
         let result = dispatcher
             .callbacks_of(conn.get())
             .on_message

@@ -97,6 +97,7 @@ impl WebSocketMode {
             },
             MessageKind::Binary => PyBytes::new(py, payload).into_any(),
         };
+        d.enter_callback();
         let result = d
             .callbacks_of(conn.get())
             .on_message
@@ -153,6 +154,7 @@ impl WebSocketMode {
         else {
             return self.accept(d, conn, request, None, &[]);
         };
+        d.enter_callback();
         let answer = Py::new(
             py,
             WebSocketRequest {

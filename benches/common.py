@@ -180,9 +180,14 @@ class Server:
         os.makedirs(LOG_DIR, exist_ok=True)
         self.log_path = os.path.join(LOG_DIR, f"{log_name or spec.name}.log")
         self._log = open(self.log_path, "wb")
-        preexec = None
-        if cpu is not None and not have_taskset():
-            def preexec():
+        pin = cpu is not None and not have_taskset()
+
+        def preexec():
+            # A harness started in the background (`cmd &`) ignores SIGINT, and so would
+            # its servers: asyncio.run then leaves Ctrl+C alone, and stop()'s SIGINT would
+            # do nothing. The servers get the default disposition back.
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            if pin:
                 os.sched_setaffinity(0, {cpu})
         self.proc = subprocess.Popen(
             cmd, cwd=REPO, stdin=subprocess.DEVNULL,

@@ -216,13 +216,25 @@ def mode(test):
     return t.get("framing", "raw"), t.get("transport", "tcp")
 
 
+def counted(r):
+    """Whether a run counts in the summary: it succeeded, it is the attempt kept, and the
+    hypervisor did not steal more than --max-steal of a CPU during it."""
+    return "failed" not in r and not r.get("discarded") and not r.get("stolen")
+
+
+def ratio_pairs(servers):
+    """The (numerator, denominator) servers whose paired ratios are computed and shown:
+    SUITE["pairs"] when the suite names them, else pygev against each of SUITE["peers"]."""
+    pairs = SUITE.get("pairs") or [("pygev", peer) for peer in SUITE["peers"]]
+    return [(a, b) for a, b in pairs if a in servers and b in servers]
+
+
 def summarize(runs, servers, tests):
     """Median (and min/max) per server and test over the successful rounds."""
     summary = {}
     for test in tests:
         for name in servers:
-            rs = [r for r in runs if r["server"] == name and r["test"] == test
-                  and "failed" not in r and not r.get("discarded")]
+            rs = [r for r in runs if r["server"] == name and r["test"] == test and counted(r)]
             if not rs:
                 continue
             errors = sum(r["errors"] for r in rs)
@@ -244,24 +256,23 @@ def summarize(runs, servers, tests):
         # Ratios paired round by round: both servers ran minutes apart at most, so slow
         # drift of the machine's speed cancels out (the median of these is the headline).
         s = summary.get(test, {})
-        if "pygev" not in s:
-            continue
-        for peer in servers:
-            if peer == "pygev" or peer not in s:
+        for num, den in ratio_pairs(servers):
+            if num not in s or den not in s:
                 continue
             for key, fn in (("throughput", throughput), ("per_cpu_s", per_cpu)):
                 ratios = []
                 for rnd in sorted({r["round"] for r in runs}):
                     pair = {}
                     for r in runs:
-                        if (r["test"] == test and r["round"] == rnd and "failed" not in r
-                                and not r.get("discarded") and r["server"] in ("pygev", peer)):
+                        if (r["test"] == test and r["round"] == rnd and counted(r)
+                                and r["server"] in (num, den)):
                             pair[r["server"]] = fn(test, r)
-                    if len(pair) == 2 and pair[peer]:
-                        ratios.append(pair["pygev"] / pair[peer])
+                    if len(pair) == 2 and pair[den]:
+                        ratios.append(pair[num] / pair[den])
                 if ratios:
-                    s["pygev"].setdefault("paired", {}).setdefault(peer, {})[key] = {
+                    s[num].setdefault("paired", {}).setdefault(den, {})[key] = {
                         "median": median(ratios), "min": min(ratios), "max": max(ratios),
+                        "rounds": len(ratios),
                     }
     return summary
 
@@ -279,9 +290,9 @@ def fmt(v):
 
 
 def table(summary, servers, tests, args):
-    """Plain-text table: servers side by side, ratios pygev/uvloop and pygev/asyncio."""
-    ratio_cols = [b for b in SUITE["peers"] if "pygev" in servers and b in servers]
-    headers = ["test", "metric", *servers, *[f"pygev/{b}" for b in ratio_cols]]
+    """Plain-text table: servers side by side, then the paired ratios (ratio_pairs)."""
+    ratio_cols = ratio_pairs(servers)
+    headers = ["test", "metric", *servers, *[f"{a}/{b}" for a, b in ratio_cols]]
     rows = []
     for test in tests:
         t = TESTS[test]
@@ -305,8 +316,8 @@ def table(summary, servers, tests, args):
                     row.append(str(s[name]["errors"]) if s[name]["errors"] else "0")
                 else:
                     row.append(fmt(s[name][key]))
-            for b in ratio_cols:
-                paired = s.get("pygev", {}).get("paired", {}).get(b, {}).get(key)
+            for a, b in ratio_cols:
+                paired = s.get(a, {}).get("paired", {}).get(b, {}).get(key)
                 if key in ("throughput", "per_cpu_s") and paired:
                     row.append(f"{paired['median']:.2f}x ({paired['min']:.2f}-{paired['max']:.2f})")
                 else:
@@ -355,8 +366,10 @@ def plot(summary, servers, tests, path):
             vals = [s[n][key] for n in names]
             lo = [s[n][key] - s[n][key + "_min"] for n in names]
             hi = [s[n][key + "_max"] - s[n][key] for n in names]
+            # variants (pygev-serve, uvloop-streams) take their family's color
             bars = ax.bar(names, vals, yerr=[lo, hi], capsize=4,
-                          color=[colors.get(n, "gray") for n in names])
+                          color=[colors.get(n, colors.get(n.split("-")[0], "gray"))
+                                 for n in names])
             for n, b in zip(names, bars):
                 label = fmt(s[n][key])
                 if col == 0:
@@ -377,7 +390,7 @@ def plot(summary, servers, tests, path):
 
 
 def main():
-    peers = ", ".join(SUITE["peers"])
+    peers = ", ".join(SUITE["peers"]) or ", ".join(sorted({b for _, b in SUITE["pairs"]}))
     ap = argparse.ArgumentParser(description=f"{SUITE['title']}: pygev vs {peers}.")
     ap.add_argument("--duration", type=float, default=5.0, help="measured seconds per run")
     ap.add_argument("--warmup", type=float, default=1.0, help="warmup seconds before measuring")
@@ -393,6 +406,10 @@ def main():
                     help="rerun a measurement when other processes (or the hypervisor) took "
                          "more than this CPU %% on the two benchmark CPUs")
     ap.add_argument("--retries", type=int, default=2, help="reruns of a noisy measurement")
+    ap.add_argument("--max-steal", type=float, default=20.0,
+                    help="leave out of the summary a kept run during which the hypervisor "
+                         "stole more than this CPU %% (of one CPU) on the benchmark CPUs "
+                         "(20 = 0.2 CPU-s/s); its round's ratios go with it")
     ap.add_argument("--wait-quiet", type=float, default=120.0,
                     help="before each measurement, wait up to this many seconds for the "
                          "benchmark CPUs to be idle (0 = do not wait)")
@@ -473,6 +490,11 @@ def main():
                                ", keeping the least noisy attempt"))
                     if "failed" not in r:
                         r = min(attempts, key=noise)
+                        if r["steal_pct"] > args.max_steal:
+                            r["stolen"] = True
+                            log(f"round {rnd + 1} {spec.name:8s} {test:8s} dropped: steal "
+                                f"{r['steal_pct']:.0f}% of a CPU (over --max-steal "
+                                f"{args.max_steal:g}%)")
                     for a in attempts:
                         if a is not r:
                             a["discarded"] = True
@@ -511,6 +533,11 @@ def main():
     if noisy:
         print(f"warning: {len(noisy)} kept run(s) had more than {args.max_noise:g}% CPU of "
               f"other load on the benchmark CPUs: the machine was busy; compare with care")
+    stolen = [r for r in runs if r.get("stolen")]
+    if stolen:
+        which = ", ".join(f"round {r['round']} {r['server']} {r['test']}" for r in stolen)
+        print(f"note: {len(stolen)} run(s) left out of the summary, the hypervisor having "
+              f"stolen more than {args.max_steal:g}% of a CPU during them: {which}")
     if total_errors:
         print(f"ERROR: {total_errors} echo verification error(s); results are not valid")
     if failed:
@@ -522,6 +549,7 @@ def main():
         "args": {"duration": args.duration, "warmup": args.warmup, "rounds": args.rounds,
                  "busy_poll": not args.no_busy_poll,
                  "max_noise": args.max_noise, "retries": args.retries,
+                 "max_steal": args.max_steal,
                  "wait_quiet": args.wait_quiet,
                  "servers": [s.name for s in specs], "tests": tests},
         "tests": {k: v for k, v in TESTS.items() if k in tests},

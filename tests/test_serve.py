@@ -95,6 +95,60 @@ def test_two_servers_and_an_asyncio_server_share_one_loop(
 
 
 @pytest.mark.parametrize("new_loop", LOOPS)
+def test_an_aiohttp_app_and_a_pygev_server_share_one_loop(
+    new_loop: Callable[[], asyncio.AbstractEventLoop],
+) -> None:
+    """Each calls the other inside the one loop: pygev's awaiting handler asks the aiohttp
+    app over HTTP, and the app's handler asks the pygev server over TCP."""
+    from aiohttp import ClientSession, web
+
+    async def main() -> None:
+        async with ClientSession() as session:
+            ports: dict[str, int] = {}
+
+            class Upper(pygev.Handler):
+                async def on_message(
+                    self, conn: pygev.Connection, ctx: object, data: bytes
+                ) -> bytes:
+                    url = f"http://127.0.0.1:{ports['http']}/upper"
+                    async with session.post(url, data=data) as response:
+                        return await response.read()
+
+            async def upper(request: web.Request) -> web.Response:
+                return web.Response(body=(await request.read()).upper())
+
+            async def via_pygev(request: web.Request) -> web.Response:
+                return web.Response(body=await echo_client("127.0.0.1", ports["pygev"], b"a-b\n"))
+
+            app = web.Application()
+            app.router.add_post("/upper", upper)
+            app.router.add_get("/via-pygev", via_pygev)
+            runner = web.AppRunner(app)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            ports["http"] = runner.addresses[0][1]
+            async with pygev.Server(
+                Upper(), "127.0.0.1:0", protocol=pygev.Delimited(b"\n")
+            ) as server:
+                ports["pygev"] = server.address[1]
+                serving = asyncio.create_task(server.serve())
+                lines = [b"line %d" % i for i in range(50)]
+                replies = await asyncio.gather(
+                    *(echo_client("127.0.0.1", ports["pygev"], line + b"\n") for line in lines),
+                    session.get(f"http://127.0.0.1:{ports['http']}/via-pygev"),
+                )
+                *echoed, response = replies
+                assert echoed == [line.upper() + b"\n" for line in lines]
+                assert response.status == 200
+                assert await response.read() == b"A-B\n"
+            await asyncio.wait_for(serving, WAIT)
+            await runner.cleanup()
+
+    run(new_loop, main())
+
+
+@pytest.mark.parametrize("new_loop", LOOPS)
 def test_async_with_closes_and_waits_and_timers_fire(
     new_loop: Callable[[], asyncio.AbstractEventLoop],
 ) -> None:

@@ -143,7 +143,8 @@ impl DispatchQueue {
     pub fn clear_doorbell(&self) {
         if let Some(doorbell) = self.doorbell.get() {
             let mut rings = [0; 64];
-            while matches!((&doorbell.listen).read(&mut rings), Ok(n) if n > 0) {}
+            // A short read took every ring (no second call to hear WouldBlock).
+            while matches!((&doorbell.listen).read(&mut rings), Ok(n) if n == rings.len()) {}
         }
     }
 

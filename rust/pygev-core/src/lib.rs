@@ -23,6 +23,7 @@ mod protocols;
 mod ring_buffer;
 mod server;
 mod stats;
+mod tls;
 mod transport;
 pub mod websocket;
 
@@ -39,4 +40,8 @@ pub use protocols::{
 pub use ring_buffer::RingBuffer;
 pub use server::{Running, Server};
 pub use stats::{LoopStats, LoopStatsSnapshot};
+pub use tls::{
+    ClientAuth, ClientTls, KeyPair, Opened, ServerTls, TlsConfigError, TlsError, TlsInfo,
+    TlsSession, TlsSettings, TlsVersion,
+};
 pub use transport::{Credentials, Transport};

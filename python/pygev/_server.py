@@ -76,7 +76,12 @@ class Server(_pygev.Server):
         """
         loop = asyncio.get_running_loop()
         closed = self._closed_future(loop)
-        fd = self._serve_start()
+        try:
+            fd = self._serve_start()
+        except BaseException as exc:  # already running, stopped, or the loops failed
+            closed.set_exception(exc)
+            closed.exception()  # retrieved: wait_closed() re-raises it, nothing else must
+            raise
         if fd is None:  # stop() came first
             if not closed.done():
                 closed.set_result(None)
@@ -113,7 +118,13 @@ class Server(_pygev.Server):
             await asyncio.shield(closed)
         except asyncio.CancelledError:
             self.stop()
-            await closed  # drains, then the cancellation goes on
+            # Drains, then the cancellation goes on; a second cancel while draining must
+            # not cancel the server's own future (wait_closed() awaits it too).
+            while not closed.done():
+                try:
+                    await asyncio.shield(closed)
+                except asyncio.CancelledError:
+                    continue
             raise
         finally:
             if watched:

@@ -115,8 +115,10 @@ async def serve(host, port, backlog, framing, unix=None):
             pass
 
 
-def main(use_uvloop=False):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(use_uvloop=False, serve=serve, description=__doc__):
+    """Parses the options every echo peer takes (--host, --port, --backlog, --framing,
+    --unix) and runs `serve` with them on asyncio's loop or uvloop."""
+    ap = argparse.ArgumentParser(description=description.splitlines()[0])
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0, help="0 = any free port")
     ap.add_argument("--backlog", type=int, default=1024)

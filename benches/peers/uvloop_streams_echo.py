@@ -10,17 +10,14 @@ With --framing length, messages are 4-byte big-endian length-prefixed frames: on
 Prints "listening on HOST:PORT" (flushed) once bound, serves until SIGINT/SIGTERM;
 with --unix PATH it listens on a Unix-domain socket there ("listening on unix:PATH").
 """
-import argparse
 import asyncio
 import os
 import struct
 import sys
 
-import uvloop
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from asyncio_echo import raise_nofile_limit, until_stopped
+from asyncio_echo import main, until_stopped
 
 HEADER = struct.Struct(">I")
 
@@ -64,19 +61,5 @@ async def serve(host, port, backlog, framing, unix=None):
         await until_stopped(server)
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=0, help="0 = any free port")
-    ap.add_argument("--backlog", type=int, default=1024)
-    ap.add_argument("--framing", choices=["raw", "length"], default="raw")
-    ap.add_argument("--unix", metavar="PATH",
-                    help="listen on a Unix-domain socket at PATH instead of --host/--port")
-    args = ap.parse_args()
-    raise_nofile_limit()
-    uvloop.run(serve(args.host, args.port, args.backlog, args.framing, args.unix))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(use_uvloop=True, serve=serve, description=__doc__))

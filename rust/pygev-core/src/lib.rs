@@ -41,7 +41,7 @@ pub use ring_buffer::RingBuffer;
 pub use server::{Running, Server};
 pub use stats::{LoopStats, LoopStatsSnapshot};
 pub use tls::{
-    ClientAuth, ClientTls, KeyPair, Opened, ServerTls, TlsConfigError, TlsError, TlsInfo,
-    TlsSession, TlsSettings, TlsVersion,
+    ClientAuth, ClientTls, KeyPair, Opened, ServerTls, TlsError, TlsInfo, TlsSession, TlsSettings,
+    TlsVersion,
 };
 pub use transport::{Credentials, Transport};

@@ -3,9 +3,11 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use proptest::prelude::*;
 use pygev_core::{ClientTls, KeyPair, ServerTls, TlsSession, TlsSettings, TlsVersion};
+use rustls::pki_types::pem::PemObject;
 
 struct Files {
     dir: PathBuf,
@@ -115,31 +117,56 @@ fn a_handshake_then_data_both_ways_and_close_notify() {
     assert!(plaintext.is_empty());
 }
 
+/// A client that speaks TLS 1.2 only (not something `TlsSettings` makes: it caps nothing).
+fn tls12_client(files: &Files) -> TlsSession {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(files.dir.join("cert.pem")).unwrap();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    TlsSession::client(Arc::new(config), name).unwrap()
+}
+
 #[test]
-fn tls12_only_when_the_client_asks_for_it() {
+fn tls12_is_served_unless_min_version_is_tls13() {
     let files = files(&["localhost"]);
-    let server_tls = ServerTls::new(&files.server()).unwrap();
-    let client_tls = ClientTls::new(&TlsSettings {
-        min_version: TlsVersion::Tls12,
-        ..files.client()
-    })
-    .unwrap();
-    let server_13 = ServerTls::new(&TlsSettings {
+    let mut server = ServerTls::new(&files.server()).unwrap().session().unwrap();
+    let mut client = tls12_client(&files);
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    client.start(&mut a).unwrap();
+    for _ in 0..5 {
+        deliver(&mut a, &mut server, &mut b, 100_000);
+        deliver(&mut b, &mut client, &mut a, 100_000);
+    }
+    assert!(!server.is_handshaking());
+    assert_eq!(server.info().version, "TLSv1.2");
+    assert!(
+        server.info().cipher.starts_with("TLS_ECDHE_"),
+        "{}",
+        server.info().cipher
+    );
+
+    let only_13 = ServerTls::new(&TlsSettings {
         min_version: TlsVersion::Tls13,
         ..files.server()
     })
     .unwrap();
-    for (server_tls, version) in [(&server_tls, "TLSv1.3"), (&server_13, "TLSv1.3")] {
-        let mut server = server_tls.session().unwrap();
-        let mut client = client_tls.session("localhost").unwrap();
-        let (mut a, mut b) = (Vec::new(), Vec::new());
-        client.start(&mut a).unwrap();
-        for _ in 0..5 {
-            deliver(&mut a, &mut server, &mut b, 100_000);
-            deliver(&mut b, &mut client, &mut a, 100_000);
-        }
-        assert_eq!(server.info().version, version);
-    }
+    let mut server = only_13.session().unwrap();
+    let mut client = tls12_client(&files);
+    let (mut hello, mut alert, mut plaintext) = (Vec::new(), Vec::new(), Vec::new());
+    client.start(&mut hello).unwrap();
+    let err = server
+        .open(&mut hello, &mut plaintext, &mut alert)
+        .unwrap_err();
+    assert!(err.0.contains("Tls12NotOfferedOrEnabled"), "{err}");
+    assert_eq!(alert.first(), Some(&21), "refused with an alert");
 }
 
 #[test]
@@ -177,42 +204,28 @@ fn a_wrong_name_is_refused_by_the_client() {
     assert!(err.0.contains("certificate"), "{err}");
 }
 
+/// The error `ServerTls::new` gives for this certificate and key.
+fn server_error(certfile: PathBuf, keyfile: PathBuf) -> String {
+    let settings = TlsSettings {
+        identity: Some(KeyPair { certfile, keyfile }),
+        ..TlsSettings::default()
+    };
+    ServerTls::new(&settings).unwrap_err().0
+}
+
 #[test]
 fn configuration_errors_name_the_file() {
     let files = files(&["localhost"]);
-    let missing = TlsSettings {
-        identity: Some(KeyPair {
-            certfile: files.dir.join("nope.pem"),
-            keyfile: files.dir.join("key.pem"),
-        }),
-        ..TlsSettings::default()
-    };
-    let err = ServerTls::new(&missing).unwrap_err();
+    let other = self::files(&["other"]);
+    let err = server_error(files.dir.join("nope.pem"), files.dir.join("key.pem"));
     assert!(
-        err.0.contains("nope.pem") && err.0.contains("certfile"),
+        err.contains("nope.pem") && err.contains("certfile"),
         "{err}"
     );
-
-    let other = self::files(&["other"]);
-    let mismatched = TlsSettings {
-        identity: Some(KeyPair {
-            certfile: files.dir.join("cert.pem"),
-            keyfile: other.dir.join("key.pem"),
-        }),
-        ..TlsSettings::default()
-    };
-    let err = ServerTls::new(&mismatched).unwrap_err();
-    assert!(err.0.contains("does not belong"), "{err}");
-
-    let swapped = TlsSettings {
-        identity: Some(KeyPair {
-            certfile: files.dir.join("key.pem"),
-            keyfile: files.dir.join("cert.pem"),
-        }),
-        ..TlsSettings::default()
-    };
-    let err = ServerTls::new(&swapped).unwrap_err();
-    assert!(err.0.contains("key.pem"), "{err}");
+    let err = server_error(files.dir.join("cert.pem"), other.dir.join("key.pem"));
+    assert!(err.contains("does not belong"), "{err}");
+    let err = server_error(files.dir.join("key.pem"), files.dir.join("cert.pem"));
+    assert!(err.contains("key.pem"), "{err}");
 }
 
 proptest! {

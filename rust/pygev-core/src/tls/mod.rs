@@ -5,13 +5,13 @@
 //! No byte of a handshake or a record reaches Python: the loop opens what it reads and
 //! seals what it writes, and framing sees plaintext only.
 
+mod error;
 mod info;
 mod session;
 mod settings;
 mod sni;
 
+pub use error::TlsError;
 pub use info::TlsInfo;
-pub use session::{Opened, TlsError, TlsSession};
-pub use settings::{
-    ClientAuth, ClientTls, KeyPair, ServerTls, TlsConfigError, TlsSettings, TlsVersion,
-};
+pub use session::{Opened, TlsSession};
+pub use settings::{ClientAuth, ClientTls, KeyPair, ServerTls, TlsSettings, TlsVersion};

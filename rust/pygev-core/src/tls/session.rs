@@ -5,7 +5,6 @@
 //! the caller's. A session therefore holds bytes only while a record is half read, and an
 //! idle TLS connection holds no record buffer at all.
 
-use std::fmt;
 use std::sync::Arc;
 
 use rustls::client::UnbufferedClientConnection;
@@ -16,6 +15,7 @@ use rustls::unbuffered::{
 };
 use rustls::{ClientConfig, ServerConfig};
 
+use super::error::TlsError;
 use super::info::TlsInfo;
 use super::sni;
 
@@ -46,28 +46,9 @@ pub struct Opened {
     pub peer_closed: bool,
 }
 
-/// A TLS failure: the peer broke the protocol, its certificate was refused, or a record
-/// could not be made.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsError(pub String);
-
-impl fmt::Display for TlsError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for TlsError {}
-
-impl From<rustls::Error> for TlsError {
-    fn from(err: rustls::Error) -> Self {
-        TlsError(err.to_string())
-    }
-}
-
-/// Bytes a record adds to its payload at most (header, explicit nonce, tag, content type),
-/// for sizing the output of a seal before asking rustls.
-const RECORD_OVERHEAD: usize = 5 + 8 + 16 + 1 + 256;
+/// Bytes a record adds to its payload (header, TLS 1.2's explicit nonce, tag, TLS 1.3's
+/// content type), for sizing a seal's output; rustls says so if it needs more.
+const RECORD_OVERHEAD: usize = 5 + 8 + 16 + 1;
 /// rustls's largest record payload.
 const MAX_FRAGMENT: usize = 16 * 1024;
 
@@ -211,7 +192,7 @@ impl TlsSession {
         plaintext: &mut Vec<u8>,
         wire: &mut Vec<u8>,
     ) -> (usize, Result<(), TlsError>) {
-        let mut outcome = Outcome::default();
+        let mut peer_closed = false;
         let result = match &mut self.side {
             Side::Server(conn) => {
                 // NOTE: rustls's unbuffered server connection does not tell the SNI it
@@ -221,22 +202,17 @@ impl TlsSession {
                 if watching {
                     sni::watch();
                 }
-                let result = drive_records(conn, incoming, plaintext, wire, &mut outcome);
+                let result = drive_records(conn, incoming, plaintext, wire, &mut peer_closed);
                 if watching {
                     self.sni = sni::seen();
                 }
                 result
             }
-            Side::Client(conn) => drive_records(conn, incoming, plaintext, wire, &mut outcome),
+            Side::Client(conn) => drive_records(conn, incoming, plaintext, wire, &mut peer_closed),
         };
-        self.peer_closed |= outcome.peer_closed;
+        self.peer_closed |= peer_closed;
         result
     }
-}
-
-#[derive(Default)]
-struct Outcome {
-    peer_closed: bool,
 }
 
 /// What to write in the traffic state.
@@ -333,34 +309,38 @@ trait Records {
     ) -> UnbufferedStatus<'c, 'i, Self::Data>;
 }
 
-impl Records for UnbufferedServerConnection {
-    type Data = rustls::server::ServerConnectionData;
-    fn records<'c, 'i>(
-        &'c mut self,
-        incoming: &'i mut [u8],
-    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
-        let common: &mut UnbufferedConnectionCommon<Self::Data> = self;
-        common.process_tls_records(incoming)
-    }
+/// Implements [`Records`] for a side: its `process_tls_records` is an inherent method of
+/// each `UnbufferedConnectionCommon<Data>`, so generic code cannot name it directly.
+macro_rules! records {
+    ($conn:ty, $data:ty) => {
+        impl Records for $conn {
+            type Data = $data;
+            fn records<'c, 'i>(
+                &'c mut self,
+                incoming: &'i mut [u8],
+            ) -> UnbufferedStatus<'c, 'i, Self::Data> {
+                let common: &mut UnbufferedConnectionCommon<Self::Data> = self;
+                common.process_tls_records(incoming)
+            }
+        }
+    };
 }
 
-impl Records for UnbufferedClientConnection {
-    type Data = rustls::client::ClientConnectionData;
-    fn records<'c, 'i>(
-        &'c mut self,
-        incoming: &'i mut [u8],
-    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
-        let common: &mut UnbufferedConnectionCommon<Self::Data> = self;
-        common.process_tls_records(incoming)
-    }
-}
+records!(
+    UnbufferedServerConnection,
+    rustls::server::ServerConnectionData
+);
+records!(
+    UnbufferedClientConnection,
+    rustls::client::ClientConnectionData
+);
 
 fn drive_records<C: Records>(
     conn: &mut C,
     incoming: &mut [u8],
     plaintext: &mut Vec<u8>,
     wire: &mut Vec<u8>,
-    outcome: &mut Outcome,
+    peer_closed: &mut bool,
 ) -> (usize, Result<(), TlsError>) {
     let mut used = 0;
     loop {
@@ -396,7 +376,7 @@ fn drive_records<C: Records>(
                 false
             }
             ConnectionState::PeerClosed => {
-                outcome.peer_closed = true;
+                *peer_closed = true;
                 false
             }
             // More input needed (handshake), nothing more to do (traffic), or both

@@ -3,7 +3,6 @@
 //! Every error names the file and the reason.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -14,7 +13,8 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
 
-use super::session::{TlsError, TlsSession};
+use super::error::TlsError;
+use super::session::TlsSession;
 use super::sni::CertificateBySni;
 
 /// Whether a server asks clients for a certificate.
@@ -79,20 +79,8 @@ pub struct TlsSettings {
     pub sni: Vec<(String, KeyPair)>,
 }
 
-/// A configuration error, naming the setting or file at fault.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsConfigError(pub String);
-
-impl fmt::Display for TlsConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for TlsConfigError {}
-
-fn error(message: impl Into<String>) -> TlsConfigError {
-    TlsConfigError(message.into())
+fn error(message: impl Into<String>) -> TlsError {
+    TlsError(message.into())
 }
 
 /// The crypto provider every configuration uses.
@@ -120,7 +108,7 @@ pub struct ServerTls {
 
 impl ServerTls {
     /// Builds the configuration: loads and checks every file.
-    pub fn new(settings: &TlsSettings) -> Result<Self, TlsConfigError> {
+    pub fn new(settings: &TlsSettings) -> Result<Self, TlsError> {
         Ok(ServerTls {
             current: RwLock::new(server_config(settings)?),
         })
@@ -128,7 +116,7 @@ impl ServerTls {
 
     /// Loads `settings` and uses them for connections accepted from now on. On an error
     /// the configuration in use stays.
-    pub fn reload(&self, settings: &TlsSettings) -> Result<(), TlsConfigError> {
+    pub fn reload(&self, settings: &TlsSettings) -> Result<(), TlsError> {
         let config = server_config(settings)?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = config;
         Ok(())
@@ -154,7 +142,7 @@ pub struct ClientTls {
 impl ClientTls {
     /// Builds the configuration: the trusted roots (`ca_file`, else the system's), the
     /// client certificate if any, ALPN, versions.
-    pub fn new(settings: &TlsSettings) -> Result<Self, TlsConfigError> {
+    pub fn new(settings: &TlsSettings) -> Result<Self, TlsError> {
         let roots = match &settings.ca_file {
             Some(path) => roots_from(path)?,
             None => system_roots(),
@@ -187,7 +175,7 @@ impl ClientTls {
     }
 }
 
-fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsConfigError> {
+fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider();
     let Some(identity) = &settings.identity else {
         return Err(error("pygev: a TLS server needs a certfile and a keyfile"));
@@ -237,7 +225,7 @@ fn certified_key(
     pair: &KeyPair,
     password: Option<&[u8]>,
     provider: &CryptoProvider,
-) -> Result<Arc<CertifiedKey>, TlsConfigError> {
+) -> Result<Arc<CertifiedKey>, TlsError> {
     let (chain, key) = load_pair(pair, password)?;
     let signing = provider
         .key_provider
@@ -257,19 +245,19 @@ fn certified_key(
 fn load_pair(
     pair: &KeyPair,
     password: Option<&[u8]>,
-) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsConfigError> {
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
     let chain = certificates(&pair.certfile, "certfile")?;
     let key = private_key(&pair.keyfile, password)?;
     Ok((chain, key))
 }
 
-fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, TlsConfigError> {
+fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path)
         .map_err(|e| error(format!("pygev: cannot read {what} {}: {e}", path.display())))
 }
 
 /// Every certificate in a PEM file (at least one).
-fn certificates(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, TlsConfigError> {
+fn certificates(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read_file(path, what)?;
     let chain = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
@@ -284,10 +272,7 @@ fn certificates(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>,
 }
 
 /// The private key of a PEM file; an encrypted PKCS#8 key is decrypted with `password`.
-fn private_key(
-    path: &Path,
-    password: Option<&[u8]>,
-) -> Result<PrivateKeyDer<'static>, TlsConfigError> {
+fn private_key(path: &Path, password: Option<&[u8]>) -> Result<PrivateKeyDer<'static>, TlsError> {
     let pem = read_file(path, "keyfile")?;
     let name = path.display();
     if pem
@@ -321,7 +306,7 @@ fn private_key(
 }
 
 /// The authorities of a PEM bundle.
-fn roots_from(path: &Path) -> Result<RootCertStore, TlsConfigError> {
+fn roots_from(path: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for cert in certificates(path, "ca_file")? {
         roots

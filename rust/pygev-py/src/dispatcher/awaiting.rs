@@ -5,7 +5,7 @@
 //! is held here, in order, so that per connection a callback starts only once the one
 //! before it ended, and `on_close` comes after them all. When the task ends, what the
 //! callback returned is used as a plain callback's would be (`Then`), and the held work
-//! runs.
+//! runs. (Stepping a coroutine by hand is `coroutine.rs`.)
 //!
 //! Held work counts against its connection's dispatch limit until it runs (the loop stops
 //! reading that connection), but not against its loop's: one waiting connection never
@@ -20,8 +20,9 @@ use pygev_core::DispatchQueue;
 use pyo3::exceptions::asyncio::CancelledError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyType};
-use pyo3::{ffi, PyTraverseError, PyVisit};
+use pyo3::{PyTraverseError, PyVisit};
 
+use super::coroutine::{copy_context, send_none, Sent};
 use super::first_step::FirstStep;
 use super::rounds::Work;
 use super::Dispatcher;
@@ -600,52 +601,4 @@ impl<'py> Dispatcher<'py> {
             _ => {}
         }
     }
-}
-
-/// A copy of the current context (`contextvars.copy_context()`): each coroutine runs in
-/// one of its own, as a task does.
-fn copy_context(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
-    // SAFETY: the GIL is held (`py`); it returns a new reference, or NULL with an
-    // exception set, which `from_owned_ptr_or_err` takes either way.
-    unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent()) }
-}
-
-/// How a coroutine's step ended.
-enum Sent<'py> {
-    Returned(Bound<'py, PyAny>),
-    /// It waits for this (a future, or `None` for a bare yield).
-    Waits(Bound<'py, PyAny>),
-}
-
-/// Sends `None` into `coro` (exactly a `types.CoroutineType`) inside `context`, as a
-/// task's step does.
-fn send_none<'py>(context: &Bound<'py, PyAny>, coro: &Bound<'py, PyAny>) -> PyResult<Sent<'py>> {
-    let py = coro.py();
-    // SAFETY: `context` is a live `contextvars.Context` (from `copy_context()`), entered on
-    // this thread and exited below before returning.
-    if unsafe { ffi::PyContext_Enter(context.as_ptr()) } < 0 {
-        return Err(PyErr::fetch(py));
-    }
-    let mut result = std::ptr::null_mut();
-    // SAFETY: `coro` is a live object whose type is exactly `types.CoroutineType` (the
-    // caller compared it), which implements `am_send`; `Py_None` is a valid argument;
-    // `result` receives a new reference, or stays NULL when the step raised.
-    let sent = unsafe { ffi::PyIter_Send(coro.as_ptr(), ffi::Py_None(), &mut result) };
-    let outcome = match sent {
-        ffi::PySendResult::PYGEN_ERROR => Err(PyErr::fetch(py)),
-        ffi::PySendResult::PYGEN_RETURN | ffi::PySendResult::PYGEN_NEXT => {
-            // SAFETY: a new reference, non-NULL when the step returned or yielded: owned
-            // from here.
-            let value = unsafe { Bound::from_owned_ptr(py, result) };
-            Ok(match sent {
-                ffi::PySendResult::PYGEN_RETURN => Sent::Returned(value),
-                _ => Sent::Waits(value),
-            })
-        }
-    };
-    // SAFETY: exits the context entered above, on the same thread.
-    if unsafe { ffi::PyContext_Exit(context.as_ptr()) } < 0 {
-        return Err(PyErr::fetch(py));
-    }
-    outcome
 }

@@ -1,10 +1,11 @@
-//! `pygev.Server`: binds in the constructor, runs the dispatcher in `start()`.
+//! `pygev.Server`: binds in the constructor, serves (`drivers.rs`: `start()`, `serve()`),
+//! stops; its settings are checked in `settings.rs`.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use pygev_core::{Address, Config, Event, Found, LoopStatsSnapshot, Running, Strategy};
+use pygev_core::{Address, Config, LoopStatsSnapshot, Strategy};
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
@@ -12,35 +13,16 @@ use pyo3::PyTraverseError;
 
 use crate::address::{address_object, address_text};
 use crate::dial::{self, Dial};
-use crate::dispatcher::{Callbacks, DispatchState, Dispatcher};
+use crate::dispatcher::Callbacks;
 use crate::errors::Error;
-use crate::logging;
 use crate::mode;
 use crate::shared::Shared;
 use crate::timer::Timer;
+use drivers::Serving;
+use settings::{positive, seconds, AddressArg, DEFAULT_ADDRESS};
 
-/// The `address` argument: left out (the default), `None` (no listener: a server that only
-/// dials), or given.
-pub(crate) enum AddressArg<'py> {
-    Default,
-    NoListener,
-    Given(Bound<'py, PyAny>),
-}
-
-impl<'a, 'py> FromPyObject<'a, 'py> for AddressArg<'py> {
-    type Error = PyErr;
-
-    fn extract(obj: pyo3::Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
-        Ok(if obj.is_none() {
-            AddressArg::NoListener
-        } else {
-            AddressArg::Given(obj.to_owned())
-        })
-    }
-}
-
-/// Where a server listens when no address is given.
-const DEFAULT_ADDRESS: &str = "0.0.0.0:1833";
+mod drivers;
+mod settings;
 
 const BOUND: u8 = 0;
 const RUNNING: u8 = 1;
@@ -65,37 +47,6 @@ pub struct Server {
     serving: Mutex<Option<Serving>>,
 }
 
-/// A server an asyncio loop drives: its loops, and the dispatcher between two turns.
-struct Serving {
-    core: pygev_core::Server,
-    running: Running,
-    state: DispatchState,
-    batch: Vec<Event>,
-    due: Vec<u64>,
-}
-
-/// Longest duration accepted anywhere (about 31 years): deadlines stay far from overflow.
-const MAX_SECONDS: f64 = 1e9;
-
-fn seconds(name: &str, value: f64, allow_zero: bool) -> Result<Duration, Error> {
-    let ok =
-        value.is_finite() && value <= MAX_SECONDS && (value > 0.0 || (allow_zero && value == 0.0));
-    if !ok {
-        let bound = if allow_zero { ">= 0" } else { "> 0" };
-        return Err(Error::Value(format!(
-            "pygev: {name} must be a number of seconds {bound} and <= {MAX_SECONDS:e}, got {value}"
-        )));
-    }
-    Ok(Duration::from_secs_f64(value))
-}
-
-fn positive(name: &str, value: i64) -> Result<usize, Error> {
-    usize::try_from(value)
-        .ok()
-        .filter(|v| *v > 0)
-        .ok_or_else(|| Error::Value(format!("pygev: {name} must be positive, got {value}")))
-}
-
 impl Server {
     fn lock_handler(&self) -> MutexGuard<'_, Option<Py<PyAny>>> {
         self.handler.lock().unwrap_or_else(|e| e.into_inner())
@@ -110,68 +61,6 @@ impl Server {
             .as_ref()
             .map(|h| h.clone_ref(py))
             .ok_or_else(|| Error::State("pygev: the server's handler was cleared".into()))
-    }
-
-    fn lock_serving(&self) -> MutexGuard<'_, Option<Serving>> {
-        self.serving.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The bound core, taken to serve; `None` when `stop()` came first (a signal handler
-    /// may call it before `start()` runs: a request not to serve, not an error).
-    fn take_core(&self) -> PyResult<Option<pygev_core::Server>> {
-        let core = {
-            let mut slot = self.lock_core();
-            let core = slot.take();
-            if core.is_some() {
-                self.state.store(RUNNING, Ordering::Release);
-            }
-            core
-        };
-        if core.is_some() {
-            return Ok(core);
-        }
-        let msg = match self.state.load(Ordering::Acquire) {
-            STOPPED_BEFORE_START => return Ok(None),
-            RUNNING => "pygev: server is already running",
-            _ => "pygev: server was stopped; create a new one",
-        };
-        Err(Error::State(msg.into()).into())
-    }
-
-    /// Starts the loops and makes the dispatcher.
-    fn begin<'py>(
-        &self,
-        py: Python<'py>,
-        core: &mut pygev_core::Server,
-    ) -> PyResult<(Running, Dispatcher<'py>)> {
-        logging::install(py, &self.shared.queue)?;
-        let callbacks = self.callbacks(py)?;
-        let running = match core.start() {
-            Ok(running) => running,
-            Err(err) => {
-                self.shared
-                    .dials
-                    .abort_all(py, "pygev: the server could not start");
-                return Err(Error::from(err).into());
-            }
-        };
-        // Connects requested before start() go to the loops now (see `set_loops`).
-        self.shared.set_loops(running.loops().to_vec());
-        let dispatcher = Dispatcher::new(
-            py,
-            self.shared.clone(),
-            callbacks,
-            &self.config,
-            self.slow_callback_duration,
-        )?;
-        Ok((running, dispatcher))
-    }
-
-    /// The server has stopped serving.
-    fn ended(&self, py: Python<'_>) {
-        self.state.store(STOPPED, Ordering::Release);
-        self.shared.clear_timers();
-        logging::emit_pending(py);
     }
 
     fn callbacks(&self, py: Python<'_>) -> PyResult<Callbacks> {
@@ -460,15 +349,7 @@ impl Server {
     /// callbacks (`pygev.Server.start` serves a handler that awaits in an asyncio loop
     /// instead).
     fn start(&self, py: Python<'_>) -> PyResult<()> {
-        let Some(mut core) = self.take_core()? else {
-            return Ok(()); // stop() came first
-        };
-        let result = self
-            .begin(py, &mut core)
-            .and_then(|(mut running, dispatcher)| dispatcher.run(&mut running));
-        drop(core);
-        self.ended(py);
-        result
+        self.run_blocking(py)
     }
 
     /// Whether a handler callback is an `async def` (then `start()` serves in an asyncio
@@ -497,80 +378,14 @@ impl Server {
     /// descriptor that becomes readable when the dispatcher has work (the dispatch queue's
     /// doorbell); `None` when `stop()` came first.
     fn _serve_start(&self, py: Python<'_>) -> PyResult<Option<i32>> {
-        let Some(mut core) = self.take_core()? else {
-            return Ok(None);
-        };
-        let begun = self
-            .begin(py, &mut core)
-            .and_then(|(running, mut dispatcher)| {
-                dispatcher.use_running_loop()?;
-                let fd = self.shared.queue.doorbell_fd().map_err(Error::Io)?;
-                Ok((running, dispatcher, fd))
-            });
-        match begun {
-            Ok((running, dispatcher, fd)) => {
-                *self.lock_serving() = Some(Serving {
-                    core,
-                    running,
-                    state: dispatcher.into_state(),
-                    batch: Vec::new(),
-                    due: Vec::new(),
-                });
-                Ok(Some(fd))
-            }
-            Err(err) => {
-                drop(core);
-                self.ended(py);
-                Err(err)
-            }
-        }
+        self.serve_start(py)
     }
 
     /// One turn of `serve()`: handles what the loops queued, without waiting. Returns
     /// `(again, next_timer)`: call again at once, or after `next_timer` seconds (the
     /// doorbell rings for anything sooner); `None` once the server has stopped.
     fn _serve_turn(&self, py: Python<'_>) -> PyResult<Option<(bool, Option<f64>)>> {
-        // NOTE: taken out for the turn, so that callbacks calling back into the server
-        // (stop(), stats()) never wait for this lock.
-        let Some(serving) = self.lock_serving().take() else {
-            return Ok(None);
-        };
-        let Serving {
-            core,
-            mut running,
-            state,
-            mut batch,
-            mut due,
-        } = serving;
-        let mut dispatcher = Dispatcher::resume(py, state);
-        let found = dispatcher.turn(&mut running, &mut batch, &mut due);
-        if dispatcher.finished() {
-            let result = dispatcher.finish(&mut running);
-            drop(core);
-            self.ended(py);
-            return result.map(|()| None);
-        }
-        *self.lock_serving() = Some(Serving {
-            core,
-            running,
-            state: dispatcher.into_state(),
-            batch,
-            due,
-        });
-        Ok(Some(match found {
-            Found::Work => (true, None),
-            Found::Idle { next_timer } => {
-                // The next turn comes by the next timer at the latest, and soon enough
-                // for a changed log level to take effect.
-                let now = Instant::now();
-                let wait = next_timer
-                    .map(|t| t.saturating_duration_since(now))
-                    .map_or(logging::LEVEL_CHECK_INTERVAL, |wait| {
-                        wait.min(logging::LEVEL_CHECK_INTERVAL)
-                    });
-                (false, Some(wait.as_secs_f64()))
-            }
-        }))
+        self.serve_turn(py)
     }
 
     /// Stops the server: stops accepting, handles what was read, flushes pending output
@@ -682,7 +497,7 @@ impl Server {
         self.shared.mode.traverse(&visit)?;
         if let Ok(serving) = self.serving.try_lock() {
             if let Some(serving) = serving.as_ref() {
-                serving.state.traverse(&visit)?;
+                serving.traverse(&visit)?;
             }
         }
         self.shared.drains.traverse(&visit)?;

@@ -52,6 +52,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 # ---- waiting ----------------------------------------------------------------------------
 
 
+class LineFraming(pygev.Protocol):
+    """Lines, framed in Python."""
+
+    def unpacket(
+        self, conn: pygev.Connection, buffer: pygev.RingBuffer
+    ) -> tuple[object, object] | None:
+        data = buffer.bytes()
+        end = data.find(b"\n")
+        if end < 0:
+            return None
+        buffer.retrieve(end + 1)
+        return None, data[:end]
+
+    def packet(self, conn: pygev.Connection, data: bytes) -> bytes:
+        return data + b"\n"
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float = WAIT, what: str = "condition") -> Any:
     """Polls ``predicate`` until it returns a true value (returned) or the deadline passes."""
     deadline = time.monotonic() + timeout

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import uvloop
 import websockets
-from conftest import WAIT, LogCapture, recv_exactly
+from conftest import WAIT, LineFraming, LogCapture, recv_exactly
 
 import pygev
 
@@ -320,6 +320,7 @@ def test_a_flood_behind_awaiting_callbacks_is_held_in_order(new_loop: NewLoop) -
         assert await read_frame(side_reader) == b"bystander"
         for expected in messages:
             assert await read_frame(reader) == expected
+        assert server.stats()["input_pauses"] > 0, "the loop stopped reading it"
         writer.close()
         side_writer.close()
         server.stop()
@@ -434,23 +435,6 @@ def test_websocket_callbacks_and_on_handshake_may_await(new_loop: NewLoop) -> No
     assert handler.log == ["connected", "message 'hello'", "message b'\\x00bin'", "close"]
 
 
-class Framing(pygev.Protocol):
-    """Lines."""
-
-    def unpacket(
-        self, conn: pygev.Connection, buffer: pygev.RingBuffer
-    ) -> tuple[object, object] | None:
-        data = buffer.peek(len(buffer))
-        end = data.find(b"\n")
-        if end < 0:
-            return None
-        buffer.retrieve(end + 1)
-        return None, data[:end]
-
-    def packet(self, conn: pygev.Connection, data: bytes) -> bytes:
-        return data + b"\n"
-
-
 class Lines(pygev.Handler):
     async def on_message(self, conn: pygev.Connection, ctx: object, data: bytes) -> bytes:
         if int(data) % 2:
@@ -461,7 +445,7 @@ class Lines(pygev.Handler):
 @pytest.mark.parametrize("new_loop", LOOPS)
 def test_a_python_framing_keeps_order_behind_awaiting_callbacks(new_loop: NewLoop) -> None:
     async def main() -> None:
-        server = pygev.Server(Lines(), "127.0.0.1:0", protocol=Framing())
+        server = pygev.Server(Lines(), "127.0.0.1:0", protocol=LineFraming())
         serving = asyncio.create_task(server.serve())
         reader, writer = await asyncio.open_connection(*server.address)
         writer.write(b"".join(b"%d\n" % i for i in range(300)))
@@ -698,3 +682,161 @@ def test_system_exit_after_an_await_stops_the_server(new_loop: NewLoop) -> None:
             client.close()
     assert exited.value.code == 3
     assert len(closed) == 1
+
+
+RST = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets
+
+
+class Resetting(pygev.Handler):
+    """Its first message awaits `go`; the peer resets meanwhile."""
+
+    def __init__(self) -> None:
+        self.log: list[str] = []
+        self.conns: list[pygev.Connection] = []
+        self.go = asyncio.Event()
+
+    async def on_message(self, conn: pygev.Connection, ctx: object, data: bytes) -> None:
+        self.conns.append(conn)
+        self.log.append("message " + data.decode())
+        await self.go.wait()
+        for step in ("send", "drain"):
+            try:
+                if step == "send":
+                    conn.send(b"late")
+                else:
+                    await conn.drain()
+                self.log.append(step + " went")
+            except pygev.ConnectionClosed:
+                self.log.append(step + " raised")
+        self.log.append("connected" if conn.connected else "not connected")
+
+    def on_close(self, conn: pygev.Connection) -> None:
+        self.log.append("close")
+
+
+@pytest.mark.parametrize("new_loop", LOOPS)
+def test_a_reset_while_a_callback_awaits_fails_its_sends_and_drain(new_loop: NewLoop) -> None:
+    """The loop closes the connection while on_message awaits something else: the input
+    read before still reaches the handler, and sending or draining after raises
+    ConnectionClosed (neither is lost silently nor waits for ever); on_close comes last."""
+    handler = Resetting()
+
+    async def main() -> None:
+        server = pygev.Server(handler, "127.0.0.1:0", protocol=pygev.LengthPrefix())
+        serving = asyncio.create_task(server.serve())
+        sock = socket.create_connection(server.address, timeout=WAIT)
+        sock.sendall(framed(b"a") + framed(b"b"))
+        await until_logged(handler.log, "message a")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RST)
+        sock.close()
+        while handler.conns[0].connected:  # the dispatcher has seen the close
+            await asyncio.sleep(0.01)
+        handler.go.set()
+        await until_logged(handler.log, "close")
+        server.stop()
+        await serving
+
+    run(new_loop, main())
+    after = ["send raised", "drain raised", "not connected"]
+    assert handler.log == ["message a", *after, "message b", *after, "close"]
+
+
+class StubbornAsyncClose(pygev.Handler):
+    """A callback that ignores its cancellation, and an on_close that awaits."""
+
+    def __init__(self) -> None:
+        self.log: list[str] = []
+
+    async def on_message(self, conn: pygev.Connection, ctx: object, data: bytes) -> None:
+        try:
+            await asyncio.sleep(WAIT * 10)
+        except asyncio.CancelledError:
+            await asyncio.sleep(WAIT * 10)
+
+    async def on_close(self, conn: pygev.Connection) -> None:
+        self.log.append("close start")
+        await asyncio.sleep(0.05)
+        self.log.append("close end")
+
+
+@pytest.mark.parametrize("new_loop", LOOPS)
+def test_an_async_on_close_after_a_given_up_callback_runs_and_the_loop_goes_on(
+    new_loop: NewLoop, pygev_log: LogCapture
+) -> None:
+    """The stop gives up on a callback that ignores its cancellation; its connection's
+    on_close, a coroutine that awaits, then runs to its end, and other tasks of the loop
+    keep running meanwhile (the first step's stand-in does not stay the current task)."""
+    handler = StubbornAsyncClose()
+
+    async def main() -> None:
+        server = pygev.Server(
+            handler, "127.0.0.1:0", protocol=pygev.LengthPrefix(), drain_timeout=0.2
+        )
+        serving = asyncio.create_task(server.serve())
+        sock = socket.create_connection(server.address, timeout=WAIT)
+        sock.sendall(framed(b"stuck"))
+        await asyncio.sleep(0.05)
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticking = asyncio.create_task(ticker())
+        server.stop()
+        await serving
+        before = ticks
+        while ticks < before + 3:  # the loop's other tasks still run
+            await asyncio.sleep(0.01)
+        ticking.cancel()
+        sock.close()
+
+    run(new_loop, main())
+    pygev_log.wait_for("of their cancellation")
+    assert handler.log == ["close start", "close end"]
+
+
+class AwaitsFirst(pygev.Handler):
+    """The first message awaits `go`; the rest, held behind it, do not await."""
+
+    def __init__(self) -> None:
+        self.go = asyncio.Event()
+        self.first = True
+
+    async def on_message(self, conn: pygev.Connection, ctx: object, data: bytes) -> bytes:
+        if self.first:
+            self.first = False
+            await self.go.wait()
+        return data
+
+
+@pytest.mark.parametrize("new_loop", LOOPS)
+def test_held_work_resumes_within_max_batch_events(new_loop: NewLoop) -> None:
+    """Thousands of messages held behind one awaiting callback run, once it ends, over
+    several batches of at most max_batch_events calls, in order."""
+    messages = [b"%05d" % i for i in range(2000)]
+
+    async def main() -> dict[str, Any]:
+        handler = AwaitsFirst()
+        server = pygev.Server(
+            handler, "127.0.0.1:0", protocol=pygev.LengthPrefix(), max_batch_events=64
+        )
+        serving = asyncio.create_task(server.serve())
+        reader, writer = await asyncio.open_connection(*server.address)
+        writer.write(b"".join(framed(m) for m in messages))
+        while server.stats()["messages_in"] < len(messages):  # all read, held
+            await asyncio.sleep(0.01)
+        handler.go.set()
+        for expected in messages:
+            assert await read_frame(reader) == expected
+        stats = server.stats()
+        writer.close()
+        server.stop()
+        await serving
+        return stats
+
+    stats = run(new_loop, main())
+    assert stats["max_batch"] <= 64
+    assert stats["batches_dispatched"] >= len(messages) // 64

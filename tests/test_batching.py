@@ -136,6 +136,7 @@ def test_stats_shape(serve):
         "max_batch",
         "loop_wakeups",
         "read_pauses",
+        "input_pauses",
         "write_buffered",
     ):
         assert isinstance(stats[key], int), key

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import uvloop
-from conftest import WAIT
+from conftest import WAIT, LineFraming
 
 import pygev
 
@@ -188,6 +188,44 @@ def test_pause_reading_holds_input_until_resume(new_loop: NewLoop) -> None:
     run(new_loop, main())
 
 
+class PausesAfterFirst(pygev.Handler):
+    def __init__(self) -> None:
+        self.conns: list[pygev.Connection] = []
+
+    def on_message(self, conn: pygev.Connection, ctx: object, data: bytes) -> bytes:
+        if not self.conns:
+            self.conns.append(conn)
+            conn.pause_reading()
+        return data
+
+
+@pytest.mark.parametrize("new_loop", LOOPS)
+def test_a_paused_connection_is_not_cut_off_by_frame_timeout(new_loop: NewLoop) -> None:
+    """A Python framing holds part of a frame while the handler keeps the connection from
+    reading the rest: frame_timeout does not run meanwhile, and runs afresh after."""
+
+    async def main() -> None:
+        handler = PausesAfterFirst()
+        server = pygev.Server(handler, "127.0.0.1:0", protocol=LineFraming(), frame_timeout=0.3)
+        serving = asyncio.create_task(server.serve())
+        reader, writer = await asyncio.open_connection(*server.address)
+        writer.write(b"first\nsecond, in part")
+        assert await reader.readline() == b"first\n"
+        await asyncio.sleep(0.9)  # three frame timeouts, paused
+        assert handler.conns[0].connected
+        handler.conns[0].resume_reading()
+        writer.write(b", and the rest\n")
+        assert await reader.readline() == b"second, in part, and the rest\n"
+        writer.write(b"a part never finished")
+        with pytest.raises(ConnectionResetError):  # cut off once reading again
+            await reader.read()
+        writer.close()
+        server.stop()
+        await serving
+
+    run(new_loop, main())
+
+
 READERS = textwrap.dedent(
     """
     import json, selectors, socket, sys
@@ -272,6 +310,8 @@ def test_a_broadcast_with_drain_keeps_memory_bounded_and_serves_the_readers(
         assert len(blocked) == stuck, "the senders of the clients that do not read wait"
         assert max(most.values()) <= high + len(message)
         stats = server.stats()
+        # What the loops hold for the stuck clients (the kernel's buffers aside).
+        assert 0 < stats["write_buffered"] <= stuck * (high + len(message))
         for task in blocked:
             task.cancel()
         for sock in idle:

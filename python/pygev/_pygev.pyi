@@ -421,7 +421,8 @@ class Server:
             max_batch_events: The most handler calls in one batch (one GIL acquisition).
                 Between batches replies go out and paused reads resume; past it,
                 connections with much queued take turns, so one flooding client delays
-                another's reply by one batch at most.
+                another's reply by one batch at most. Messages held behind an awaiting
+                callback resume with at most half of it per batch.
             unix_mode: Permissions of the Unix socket file (for example ``0o660``);
                 ``None`` keeps what the umask gives.
             slow_callback_duration: Seconds past which a callback that holds the
@@ -583,12 +584,13 @@ class Server:
         """Counters, as a new dict.
 
         Keys: ``connections`` (open now), ``accepted``, ``closed``, ``bytes_in``,
-        ``bytes_out``, ``messages_in``, ``loop_wakeups``, ``read_pauses``,
-        ``write_buffered``, ``events_dispatched`` (handler calls), ``batches_dispatched``,
-        ``max_batch``, ``timers_queued`` (timer entries held, cancelled ones included until
-        they are dropped) (integers), and ``loops``: a list with the loop counters per
-        loop. Loop counters are zero before :meth:`start`. Thread-safe and callable from
-        callbacks.
+        ``bytes_out``, ``messages_in``, ``loop_wakeups``, ``read_pauses`` (a connection's
+        reading paused: its output over the high-water mark), ``input_pauses`` (its input
+        waiting for the handler over 256 KiB), ``write_buffered``, ``events_dispatched``
+        (handler calls), ``batches_dispatched``, ``max_batch``, ``timers_queued`` (timer
+        entries held, cancelled ones included until they are dropped) (integers), and
+        ``loops``: a list with the loop counters per loop. Loop counters are zero before
+        :meth:`start`. Thread-safe and callable from callbacks.
 
         Returns:
             The counters.

@@ -14,6 +14,7 @@ pub struct LoopStats {
     pub(crate) messages_in: AtomicU64,
     pub(crate) wakeups: AtomicU64,
     pub(crate) read_pauses: AtomicU64,
+    pub(crate) input_pauses: AtomicU64,
     pub(crate) write_buffered: AtomicU64,
 }
 
@@ -38,6 +39,9 @@ pub struct LoopStatsSnapshot {
     pub wakeups: u64,
     /// Times a connection stopped reading because its output passed the high-water mark.
     pub read_pauses: u64,
+    /// Times a connection stopped reading because its input waiting for Python passed
+    /// `conn_dispatch_high_water` (a slow or awaiting handler).
+    pub input_pauses: u64,
     /// Bytes currently queued for writing, over all connections of the loop.
     pub write_buffered: u64,
 }
@@ -66,6 +70,7 @@ impl LoopStats {
             messages_in: self.messages_in.load(Relaxed),
             wakeups: self.wakeups.load(Relaxed),
             read_pauses: self.read_pauses.load(Relaxed),
+            input_pauses: self.input_pauses.load(Relaxed),
             write_buffered: self.write_buffered.load(Relaxed),
         }
     }

@@ -20,6 +20,9 @@ use crate::shared::{Packer, Shared, Target};
 const OPEN: u8 = 0;
 const WRITE_SHUT: u8 = 1;
 const CLOSED: u8 = 2;
+/// The loop closed it while one of its callbacks awaits: nothing can be sent any more, but
+/// the input read before still goes to the handler, then `on_close` (`CLOSED`).
+const GONE: u8 = 3;
 
 /// One client connection. Created by the server; handed to every callback.
 #[pyclass(module = "pygev._pygev", frozen)]
@@ -152,9 +155,10 @@ impl Connection {
         self.end_with(Command::Abort { token, id, reason });
     }
 
-    /// Marks the connection closed and tells its loop how to end it, the first time only.
+    /// Marks the connection closed and tells its loop how to end it, the first time only
+    /// (and not once the loop has closed it).
     fn end_with(&self, command: Command) {
-        if self.state.swap(CLOSED, Ordering::AcqRel) != CLOSED {
+        if !matches!(self.state.swap(CLOSED, Ordering::AcqRel), CLOSED | GONE) {
             self.shared.post(self.loop_index, command);
         }
     }
@@ -210,6 +214,20 @@ impl Connection {
     /// Marks the connection closed (the loop closed it, or a callback failed).
     pub(crate) fn mark_closed(&self) {
         self.state.store(CLOSED, Ordering::Release);
+    }
+
+    /// The loop closed the connection while one of its callbacks awaits: sends and
+    /// `drain()` fail from now on, while the input held behind that callback is still
+    /// handled (unless `close()` was called).
+    pub(crate) fn mark_gone(&self) {
+        let _ = (self.state).fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| {
+            (state != CLOSED).then_some(GONE)
+        });
+    }
+
+    /// Whether nothing can be sent any more and no drain is to come: closed, or gone.
+    fn is_over(&self) -> bool {
+        matches!(self.state.load(Ordering::Acquire), CLOSED | GONE)
     }
 
     /// Queues a payload for writing, framed by `framing` (here when it packs without
@@ -270,6 +288,20 @@ impl Connection {
 
     pub(crate) fn closed_error(&self) -> Error {
         Error::Closed(format!("pygev: connection {} is closed", self.id))
+    }
+
+    /// The loop reported that unsent output fell to the low-water mark: the `drain()`
+    /// waiters go on, if it still is (a report made for an earlier wait may come after
+    /// more was sent; then the loop is asked again).
+    pub(crate) fn drained(&self, py: Python<'_>) {
+        let (_, low) = self.backlog.write_limits();
+        if self.backlog.unsent() > low {
+            self.backlog.want_drain();
+            if self.backlog.unsent() > low {
+                return;
+            }
+        }
+        self.shared.drains.drained(py, self.id);
     }
 
     fn context_slot(&self) -> std::sync::MutexGuard<'_, Option<Py<PyAny>>> {
@@ -354,7 +386,7 @@ impl Connection {
     /// connection first sends a close frame with `code` and `reason`.
     #[pyo3(signature = (code = 1000, reason = ""))]
     fn close(&self, code: i64, reason: &str) -> PyResult<()> {
-        if !self.is_closed() {
+        if !self.is_over() {
             self.mode.close(self, code, reason)?;
         }
         self.request_close();
@@ -397,7 +429,7 @@ impl Connection {
     /// False once the connection was closed (by either side).
     #[getter]
     fn connected(&self) -> bool {
-        !self.is_closed()
+        !self.is_over()
     }
 
     /// Bytes of output not yet written to the socket (sent, queued in the loop).
@@ -446,7 +478,7 @@ impl Connection {
     /// low-water mark (at once if it is); it raises `ConnectionClosed` if the connection
     /// closes first.
     fn drain(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        if self.is_closed() {
+        if self.is_over() {
             return Err(self.closed_error().into());
         }
         let (_, low) = self.backlog.write_limits();
@@ -454,6 +486,12 @@ impl Connection {
             return Ok(crate::package::classes(py)?.ready.clone_ref(py));
         }
         let future = self.shared.drains.wait(py, self.id)?;
+        if self.is_over() {
+            // Closed while the future was made (the dispatcher failed the waiters before
+            // this one came).
+            self.shared.drains.closed(py, self.id);
+            return Ok(future);
+        }
         self.backlog.want_drain();
         // The loop may have written it all before it saw the wish: look again.
         if self.backlog.unsent() <= low {
@@ -482,8 +520,8 @@ impl Connection {
     }
 
     /// Whether reading is on (not paused by `pause_reading()`, and not closed).
-    fn is_reading(&self) -> bool {
-        !self.paused.load(Ordering::Acquire) && !self.is_closed()
+    pub(crate) fn is_reading(&self) -> bool {
+        !self.paused.load(Ordering::Acquire) && !self.is_over()
     }
 
     /// A free slot for the user's per-connection state (default `None`).
@@ -506,7 +544,7 @@ impl Connection {
             "<pygev.Connection id={} peer={} {}>",
             self.id,
             self.peer,
-            if self.is_closed() { "closed" } else { "open" }
+            if self.is_over() { "closed" } else { "open" }
         )
     }
 

@@ -64,7 +64,10 @@ impl Connections {
             let conn = &mut self.conns[token];
             if conn.backlog.throttle(self.config.conn_dispatch_high_water) {
                 // This connection has its share queued for Python; others are still read.
-                conn.flags |= flag::THROTTLED;
+                if !conn.has(flag::THROTTLED) {
+                    conn.flags |= flag::THROTTLED;
+                    LoopStats::add(&self.handle.stats.input_pauses, 1);
+                }
                 return;
             }
             match conn.transport.read_into(&mut self.scratch) {

@@ -5,7 +5,8 @@
 //! is held here, in order, so that per connection a callback starts only once the one
 //! before it ended, and `on_close` comes after them all. When the task ends, what the
 //! callback returned is used as a plain callback's would be (`Then`), and the held work
-//! runs. (Stepping a coroutine by hand is `coroutine.rs`.)
+//! runs. (Stepping a coroutine by hand is `coroutine.rs`; the stand-in that is the current
+//! task during first steps, `current_task.rs`.)
 //!
 //! Held work counts against its connection's dispatch limit until it runs (the loop stops
 //! reading that connection), but not against its loop's: one waiting connection never
@@ -23,6 +24,7 @@ use pyo3::types::{PyDict, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
 use super::coroutine::{copy_context, send_none, Sent};
+use super::current_task::CurrentTask;
 use super::first_step::FirstStep;
 use super::rounds::Work;
 use super::Dispatcher;
@@ -66,22 +68,11 @@ impl Then {
 }
 
 /// What `serve()` brings: the running loop and asyncio's task bookkeeping.
-struct Asyncio {
-    event_loop: Py<PyAny>,
+pub(super) struct Asyncio {
+    pub(super) event_loop: Py<PyAny>,
     create_task: Py<PyAny>,
     /// How the first step's stand-in becomes the loop's current task.
-    current: CurrentTask,
-}
-
-/// How asyncio keeps the current task.
-enum CurrentTask {
-    /// `asyncio.tasks._current_tasks`, a dict from loop to task (Python 3.8 to 3.13):
-    /// what `_enter_task` / `_leave_task` do, without two calls per step.
-    Dict(Py<PyDict>),
-    /// `asyncio.tasks._enter_task` / `_leave_task` (newer Pythons keep it elsewhere).
-    Calls { enter: Py<PyAny>, leave: Py<PyAny> },
-    /// Neither: no current task during a first step.
-    Missing,
+    pub(super) current: CurrentTask,
 }
 
 /// A callback going on as a task.
@@ -116,7 +107,7 @@ enum Held {
 }
 
 /// The tasks' done-callback: notes the task and wakes the dispatcher.
-#[pyclass(frozen)]
+#[pyclass(module = "pygev._pygev", frozen)]
 pub(crate) struct Completions {
     done: Mutex<Vec<Py<PyAny>>>,
     queue: Arc<DispatchQueue>,
@@ -131,21 +122,40 @@ impl Completions {
             .push(task);
         self.queue.wake();
     }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Ok(done) = self.done.try_lock() {
+            for task in done.iter() {
+                visit.call(task)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let done = std::mem::take(&mut *self.done.lock().unwrap_or_else(|e| e.into_inner()));
+        drop(done);
+    }
 }
 
 /// The dispatcher's part for callbacks that await.
 pub(crate) struct Awaits {
     coroutine: Py<PyType>,
-    asyncio: Option<Asyncio>,
+    pub(super) asyncio: Option<Asyncio>,
     /// The first steps' stand-in for a task, kept while no one else holds it.
-    step: Option<Py<FirstStep>>,
+    pub(super) step: Option<Py<FirstStep>>,
     /// The stand-in is asyncio's current task for the rest of the batch.
-    entered: bool,
+    pub(super) entered: bool,
     completions: Py<Completions>,
     /// By task (its address: the task is held here, so it is not reused).
     tasks: HashMap<usize, Pending>,
     /// By connection id.
     awaiting: HashMap<u64, Awaiting>,
+    /// Connections whose callback ended but whose held work did not all fit in a batch's
+    /// calls: it goes on in the next batch (still held, so later input waits behind it).
+    ready: VecDeque<u64>,
+    /// Handler calls the held work may still make in this batch.
+    budget: usize,
     /// Since when the tasks left at the stop were cancelled.
     cancelled_at: Option<Instant>,
 }
@@ -165,6 +175,8 @@ impl Awaits {
             completions: Py::new(py, completions)?,
             tasks: HashMap::new(),
             awaiting: HashMap::new(),
+            ready: VecDeque::new(),
+            budget: usize::MAX,
             cancelled_at: None,
         })
     }
@@ -175,20 +187,8 @@ impl Awaits {
         let tasks = py.import("asyncio.tasks")?;
         self.asyncio = Some(Asyncio {
             create_task: event_loop.getattr("create_task")?.unbind(),
+            current: CurrentTask::find(&tasks, &event_loop)?,
             event_loop: event_loop.unbind(),
-            current: match (
-                tasks.getattr("_current_tasks"),
-                tasks.getattr("_enter_task"),
-            ) {
-                (Ok(dict), _) if dict.is_exact_instance_of::<PyDict>() => {
-                    CurrentTask::Dict(dict.cast_into::<PyDict>()?.unbind())
-                }
-                (_, Ok(enter)) => CurrentTask::Calls {
-                    enter: enter.unbind(),
-                    leave: tasks.getattr("_leave_task")?.unbind(),
-                },
-                _ => CurrentTask::Missing,
-            },
         });
         Ok(())
     }
@@ -199,21 +199,23 @@ impl Awaits {
         !self.awaiting.is_empty() && self.awaiting.contains_key(&conn.id_value())
     }
 
-    /// Callbacks still going on as tasks.
-    pub(crate) fn running(&self) -> usize {
-        self.tasks.len()
+    /// Whether no callback goes on as a task and no held work waits for a batch.
+    pub(crate) fn idle(&self) -> bool {
+        self.tasks.is_empty() && self.ready.is_empty()
     }
 
-    /// Whether a task has ended that the dispatcher has not taken up yet.
-    pub(crate) fn has_completions(&self) -> bool {
-        !self.tasks.is_empty()
-            && !self
-                .completions
-                .get()
-                .done
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_empty()
+    /// Whether the next batch has work here: a task ended that the dispatcher has not taken
+    /// up yet, or held work goes on.
+    pub(crate) fn has_work(&self) -> bool {
+        !self.ready.is_empty()
+            || !self.tasks.is_empty()
+                && !self
+                    .completions
+                    .get()
+                    .done
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_empty()
     }
 
     /// When the stop must next look at the tasks left (cancel them, or give up on them).
@@ -317,82 +319,6 @@ impl<'py> Dispatcher<'py> {
         }
     }
 
-    /// Makes the first steps' stand-in the loop's current task until the batch ends
-    /// ([`leave_first_steps`](Self::leave_first_steps)), when serving in a loop.
-    ///
-    /// NOTE: once per batch, not per step: making it current and no longer current cost a
-    /// fifth of an awaited echo's instructions when done around each step. Plain callbacks
-    /// later in the batch see it as the current task too.
-    fn enter_first_steps(&mut self) {
-        if self.awaits.entered || self.awaits.asyncio.is_none() {
-            return;
-        }
-        let py = self.py;
-        let step = match &self.awaits.step {
-            Some(step) => step.clone_ref(py),
-            None => match Py::new(py, FirstStep::new()) {
-                Ok(step) => step,
-                Err(err) => return logging::log_exception(py, "pygev: first step", &err),
-            },
-        };
-        let Some(asyncio) = self.awaits.asyncio.as_ref() else {
-            return;
-        };
-        let event_loop = asyncio.event_loop.bind(py);
-        self.awaits.entered = match &asyncio.current {
-            // A task current already (a turn run from inside a task) stays current.
-            CurrentTask::Dict(tasks) => {
-                let tasks = tasks.bind(py);
-                !tasks.contains(event_loop).unwrap_or(true)
-                    && tasks.set_item(event_loop, &step).is_ok()
-            }
-            CurrentTask::Calls { enter, .. } => enter.call1(py, (event_loop, &step)).is_ok(),
-            CurrentTask::Missing => false,
-        };
-        self.awaits.step = Some(step);
-    }
-
-    /// The batch ends: no task is current any more.
-    pub(super) fn leave_first_steps(&mut self) {
-        if !std::mem::take(&mut self.awaits.entered) {
-            return;
-        }
-        let py = self.py;
-        let (Some(asyncio), Some(step)) = (&self.awaits.asyncio, &self.awaits.step) else {
-            return;
-        };
-        let event_loop = asyncio.event_loop.bind(py);
-        let left = match &asyncio.current {
-            CurrentTask::Dict(tasks) => tasks.bind(py).del_item(event_loop),
-            CurrentTask::Calls { leave, .. } => leave.call1(py, (event_loop, step)).map(drop),
-            CurrentTask::Missing => Ok(()),
-        };
-        if let Err(err) = left {
-            logging::log_exception(py, "pygev: cannot reset asyncio's current task", &err);
-        }
-    }
-
-    /// After a first step: the stand-in serves the next one too, unless the step kept it
-    /// (or `taken`: it stands for a task now); then a fresh one becomes current.
-    fn renew_stand_in(&mut self, taken: bool) {
-        let py = self.py;
-        let Some(step) = &self.awaits.step else {
-            return;
-        };
-        // Ours, and asyncio's while it is current.
-        let holders = 1 + isize::from(self.awaits.entered);
-        if !taken && FirstStep::free(step.bind(py), holders) {
-            return;
-        }
-        if !self.awaits.entered {
-            self.awaits.step = None; // made afresh when next needed
-            return;
-        }
-        self.leave_first_steps();
-        self.awaits.step = None;
-        self.enter_first_steps();
-    }
-
     /// The first step waits for `waiting`: the coroutine goes on as a task.
     fn go_on(
         &mut self,
@@ -459,8 +385,20 @@ impl<'py> Dispatcher<'py> {
     }
 
     /// Takes up the tasks that ended: does what their callbacks' values call for, then
-    /// runs the work their connections held. Returns how many.
-    pub(super) fn resume_awaited(&mut self) -> usize {
+    /// runs the work their connections held, `budget` handler calls of it at most (the
+    /// rest goes on in the next batch, before any task ended since). Returns the calls
+    /// made.
+    pub(super) fn resume_awaited(&mut self, budget: usize) -> usize {
+        self.awaits.budget = budget;
+        for _ in 0..self.awaits.ready.len() {
+            let Some(id) = self.awaits.ready.pop_front() else {
+                break;
+            };
+            if let Some(awaiting) = self.awaits.awaiting.remove(&id) {
+                let conn = awaiting.conn.clone_ref(self.py);
+                self.run_held(&conn, awaiting);
+            }
+        }
         let done = std::mem::take(
             &mut *self
                 .awaits
@@ -471,6 +409,7 @@ impl<'py> Dispatcher<'py> {
                 .unwrap_or_else(|e| e.into_inner()),
         );
         let count = done.len();
+        self.awaits.budget = self.awaits.budget.saturating_sub(count);
         for task in done {
             // Unknown: given up on at the stop.
             if let Some(pending) = self.awaits.tasks.remove(&(task.as_ptr() as usize)) {
@@ -483,7 +422,9 @@ impl<'py> Dispatcher<'py> {
                 self.ended(pending, result);
             }
         }
-        count
+        let made = budget - self.awaits.budget;
+        self.awaits.budget = usize::MAX;
+        made
     }
 
     fn ended(&mut self, pending: Pending, result: PyResult<Bound<'py, PyAny>>) {
@@ -538,7 +479,7 @@ impl<'py> Dispatcher<'py> {
     }
 
     /// Runs what `conn` held, in order, until a callback awaits again (then the rest stays
-    /// held behind it).
+    /// held behind it) or the batch's budget is spent (then it goes on in the next).
     fn run_held(&mut self, conn: &Py<Connection>, mut awaiting: Awaiting) {
         let id = conn.get().id_value();
         let replaying = std::mem::replace(&mut self.replaying, true);
@@ -547,19 +488,36 @@ impl<'py> Dispatcher<'py> {
                 again.held.append(&mut awaiting.held);
                 break;
             }
+            if awaiting.held.is_empty() {
+                break;
+            }
+            if self.awaits.budget == 0 {
+                self.awaits.ready.push_back(id);
+                self.awaits.awaiting.insert(id, awaiting);
+                break;
+            }
             let Some(held) = awaiting.held.pop_front() else {
                 break;
             };
-            match held {
-                Held::Closed => self.closed(conn.clone_ref(self.py)),
+            let made = match held {
+                Held::Closed => {
+                    self.closed(conn.clone_ref(self.py));
+                    1
+                }
                 Held::Work(work) if self.awaits.cancelled_at.is_some() => {
                     // Past the stop's deadline: what the callbacks held is dropped.
                     self.credit_connection(conn.get(), work.cost());
+                    0
                 }
                 Held::Work(work) => {
-                    self.work_on(conn, work, usize::MAX);
+                    let (made, rest) = self.work_on(conn, work, self.awaits.budget);
+                    if let Some(rest) = rest {
+                        awaiting.held.push_front(Held::Work(rest));
+                    }
+                    made
                 }
-            }
+            };
+            self.awaits.budget = self.awaits.budget.saturating_sub(made);
         }
         self.replaying = replaying;
     }
@@ -588,15 +546,25 @@ impl<'py> Dispatcher<'py> {
             }
             Some(at) if now >= at + CANCEL_GRACE => {
                 log::error!(
-                    "pygev: {} cancelled callbacks did not end within {CANCEL_GRACE:?}; the \
-                     server stops without them",
+                    "pygev: {} callbacks did not end within {CANCEL_GRACE:?} of their \
+                     cancellation; the server stops without them",
                     self.awaits.tasks.len()
                 );
-                self.awaits.tasks.clear();
+                for (_, pending) in std::mem::take(&mut self.awaits.tasks) {
+                    // Once more: those that ignored it, and those never cancelled (an
+                    // `on_close` started below by an earlier give-up).
+                    let _ = pending.task.call_method0(self.py, "cancel");
+                }
+                // Their connections' `on_close`: one that awaits gets the grace to end,
+                // then is given up on in turn.
+                self.awaits.ready.clear();
                 for (_, awaiting) in std::mem::take(&mut self.awaits.awaiting) {
                     let conn = awaiting.conn.clone_ref(self.py);
                     self.run_held(&conn, awaiting);
                 }
+                // Outside a batch: no first step's stand-in may stay asyncio's current task.
+                self.leave_first_steps();
+                self.awaits.cancelled_at = Some(now);
             }
             _ => {}
         }

@@ -83,20 +83,18 @@ impl<'py> Dispatcher<'py> {
         let found = queue.try_take(batch, due);
         self.handle_taken(running, batch, due);
         match found {
-            Found::Idle { .. } if !self.pending.is_empty() || self.awaits.has_completions() => {
-                Found::Work
-            }
+            Found::Idle { .. } if !self.pending.is_empty() || self.awaits.has_work() => Found::Work,
             Found::Idle { next_timer } => {
-                // Stopping with callbacks awaiting: look again at the stop's deadline.
-                let deadline = self
+                // Stopping with callbacks awaiting: look again at the stop's deadline; and
+                // at a Python framing's partial frames when they may time out.
+                let stop = self
                     .stopped_at
                     .and_then(|at| self.awaits.stop_deadline(at, self.drain_timeout));
-                Found::Idle {
-                    next_timer: match (next_timer, deadline) {
-                        (Some(a), Some(b)) => Some(a.min(b)),
-                        (a, b) => a.or(b),
-                    },
-                }
+                let next_timer = [next_timer, stop, self.next_frame_deadline()]
+                    .into_iter()
+                    .flatten()
+                    .min();
+                Found::Idle { next_timer }
             }
             found => found,
         }
@@ -108,7 +106,7 @@ impl<'py> Dispatcher<'py> {
         self.phases.iter().all(|p| *p == LoopPhase::Exited)
             && self.pending.is_empty()
             // (`on_close` coroutines the drain started, bounded like the others.)
-            && self.awaits.running() == 0
+            && self.awaits.idle()
     }
 
     /// Starts stopping once a stop was requested: no more accepting, the loops quiesce.
@@ -132,7 +130,7 @@ impl<'py> Dispatcher<'py> {
         if !batch.is_empty()
             || !due.is_empty()
             || !self.pending.is_empty()
-            || self.awaits.has_completions()
+            || self.awaits.has_work()
         {
             self.dispatch_batch(batch, due);
         }
@@ -143,7 +141,7 @@ impl<'py> Dispatcher<'py> {
         logging::refresh_level(self.py);
         logging::emit_pending(self.py);
         // Callbacks still awaiting may send yet: the drain waits for them too.
-        let caught_up = self.pending.is_empty() && self.awaits.running() == 0;
+        let caught_up = self.pending.is_empty() && self.awaits.idle();
         if self.stopping
             && !self.drain_sent
             && caught_up

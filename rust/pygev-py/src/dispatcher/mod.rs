@@ -28,6 +28,7 @@ use crate::slow_callbacks::{Slow, SlowCallbacks};
 
 mod awaiting;
 mod coroutine;
+mod current_task;
 mod drivers;
 mod first_step;
 mod python_protocol;
@@ -35,6 +36,7 @@ mod rounds;
 
 use awaiting::Awaits;
 pub(crate) use awaiting::Then;
+use python_protocol::PartialFrame;
 use rounds::Work;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -130,8 +132,8 @@ pub(crate) struct DispatchState {
     python_framed: usize,
     /// Per connection id, the bytes its Python framing has not taken yet.
     inputs: HashMap<u64, Py<RingBuffer>>,
-    /// Per connection id, since when its Python framing holds part of a frame.
-    partial_frames: HashMap<u64, (Instant, Py<Connection>)>,
+    /// Per connection id, the part of a frame its Python framing holds.
+    partial_frames: HashMap<u64, PartialFrame>,
     frame_timeout: Option<Duration>,
     max_input_buffer: usize,
     stopping: bool,
@@ -229,8 +231,10 @@ impl<'py> Dispatcher<'py> {
     fn dispatch_batch(&mut self, batch: &mut Vec<Event>, due: &mut Vec<u64>) {
         let shared = self.shared.clone();
         let batch_in_progress = shared.begin_batch();
-        let mut calls = self.resume_awaited();
-        calls += self.run_round(batch);
+        // Held work gets half the batch's calls at most, new work the rest.
+        let bound = self.max_batch_events;
+        let mut calls = self.resume_awaited(bound.div_ceil(2));
+        calls += self.run_round(batch, bound.saturating_sub(calls).max(1));
         if !self.stopping {
             calls += due.len();
             for id in due.drain(..) {
@@ -351,7 +355,7 @@ impl<'py> Dispatcher<'py> {
                 // waiting in drain().
                 self.credit_loop(loop_index, cost);
                 if let Some(conn) = self.conn(loop_index, token) {
-                    self.shared.drains.drained(self.py, conn.get().id_value());
+                    conn.get().drained(self.py);
                 }
             }
             Event::Closed { loop_index, token } => {
@@ -359,13 +363,15 @@ impl<'py> Dispatcher<'py> {
                 let slot = self.conns[loop_index as usize]
                     .get_mut(token as usize)
                     .and_then(Option::take);
-                if let Some(conn) = &slot {
-                    // At once, even while a callback awaits (drain() may be what it awaits).
-                    self.shared.drains.closed(self.py, conn.get().id_value());
-                }
                 match slot {
-                    // After the callback that awaits, and the work held behind it.
-                    Some(conn) if self.awaits.holds(conn.get()) => self.hold_close(conn),
+                    // After the callback that awaits, and the work held behind it; but
+                    // sends fail from now on, and so does drain() (which may be what the
+                    // callback awaits).
+                    Some(conn) if self.awaits.holds(conn.get()) => {
+                        conn.get().mark_gone();
+                        self.shared.drains.closed(self.py, conn.get().id_value());
+                        self.hold_close(conn);
+                    }
                     Some(conn) => self.closed(conn),
                     None => {}
                 }
@@ -473,6 +479,7 @@ impl<'py> Dispatcher<'py> {
     /// it out of the table; never for a WebSocket whose handshake did not complete).
     fn closed(&mut self, conn: Py<Connection>) {
         conn.get().mark_closed();
+        self.shared.drains.closed(self.py, conn.get().id_value());
         self.inputs.remove(&conn.get().id_value());
         if conn.get().mode().is_python_framed() {
             self.python_framed = self.python_framed.saturating_sub(1);

@@ -2,7 +2,7 @@
 //! into frames under the dispatcher, over a per-connection `RingBuffer`.
 
 use std::borrow::Cow;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::shared::Packer;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
@@ -11,6 +11,25 @@ use pyo3::prelude::*;
 use super::{type_name, Dispatcher, Then};
 use crate::connection::{packet, Connection};
 use crate::ring_buffer::RingBuffer;
+
+/// Part of a frame a connection's Python framing holds, timed by `frame_timeout`.
+pub(crate) struct PartialFrame {
+    since: Instant,
+    conn: Py<Connection>,
+    /// Its reading was seen paused (`pause_reading()`): the clock starts afresh once it is
+    /// seen reading again.
+    paused: bool,
+}
+
+impl PartialFrame {
+    fn due(&self, limit: Duration, now: Instant) -> Instant {
+        match self.paused {
+            // Looked at again within `limit` to notice the resume.
+            true => now + limit,
+            false => self.since + limit,
+        }
+    }
+}
 
 impl<'py> Dispatcher<'py> {
     /// Bytes arrived (`data`) or are left over from an earlier turn (`None`) for a server
@@ -153,8 +172,26 @@ impl<'py> Dispatcher<'py> {
             self.partial_frames.remove(&id);
         } else if completed || !self.partial_frames.contains_key(&id) {
             let conn = conn.clone_ref(self.py);
-            self.partial_frames.insert(id, (Instant::now(), conn));
+            let since = Instant::now();
+            let paused = false;
+            (self.partial_frames).insert(
+                id,
+                PartialFrame {
+                    since,
+                    conn,
+                    paused,
+                },
+            );
         }
+    }
+
+    /// When the next partial frame may time out (`serve()` wakes for it).
+    pub(super) fn next_frame_deadline(&self) -> Option<Instant> {
+        let limit = self.frame_timeout?;
+        let now = Instant::now();
+        (self.partial_frames.values())
+            .map(|partial| partial.due(limit, now))
+            .min()
     }
 
     /// Resets the connections whose Python framing has held part of a frame for longer
@@ -167,14 +204,19 @@ impl<'py> Dispatcher<'py> {
             return;
         }
         let now = Instant::now();
-        let expired: Vec<u64> = self
-            .partial_frames
-            .iter()
-            .filter(|(_, (since, _))| now.duration_since(*since) >= limit)
-            .map(|(id, _)| *id)
-            .collect();
+        let mut expired = Vec::new();
+        for (id, partial) in self.partial_frames.iter_mut() {
+            // Not while the user keeps it from reading the rest, and afresh after.
+            let paused = !partial.conn.get().is_reading();
+            if paused || partial.paused {
+                partial.paused = paused;
+                partial.since = now;
+            } else if now.duration_since(partial.since) >= limit {
+                expired.push(*id);
+            }
+        }
         for id in expired {
-            if let Some((_, conn)) = self.partial_frames.remove(&id) {
+            if let Some(PartialFrame { conn, .. }) = self.partial_frames.remove(&id) {
                 self.inputs.remove(&id);
                 conn.get().abort(Some(format!(
                     "pygev: connection {id} sent part of a frame and not the rest within \

@@ -128,10 +128,9 @@ impl Waiting {
 }
 
 impl<'py> Dispatcher<'py> {
-    /// Runs one bounded round over the work left over and `batch` (emptied); returns the
-    /// handler calls made.
-    pub(super) fn run_round(&mut self, batch: &mut Vec<Event>) -> usize {
-        let bound = self.max_batch_events;
+    /// Runs one round of at most `bound` handler calls over the work left over and `batch`
+    /// (emptied); returns the calls made.
+    pub(super) fn run_round(&mut self, batch: &mut Vec<Event>, bound: usize) -> usize {
         let native = self.python_framed == 0;
         if self.pending.is_empty() && native && batch.iter().map(calls).sum::<usize>() <= bound {
             // NOTE: the common case: everything fits, in arrival order, with no bookkeeping.

@@ -105,6 +105,7 @@ fn snapshot_dict<'py>(py: Python<'py>, s: &LoopStatsSnapshot) -> PyResult<Bound<
     dict.set_item("messages_in", s.messages_in)?;
     dict.set_item("loop_wakeups", s.wakeups)?;
     dict.set_item("read_pauses", s.read_pauses)?;
+    dict.set_item("input_pauses", s.input_pauses)?;
     dict.set_item("write_buffered", s.write_buffered)?;
     Ok(dict)
 }
@@ -434,7 +435,7 @@ impl Server {
     /// Counters: connections, accepted, dialed, connect_failed, closed, bytes_in, bytes_out,
     /// messages_in,
     /// events_dispatched, batches_dispatched, max_batch, loop_wakeups, read_pauses,
-    /// write_buffered, and `loops` (the same per loop).
+    /// input_pauses, write_buffered, and `loops` (the same per loop).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let snapshots: Vec<LoopStatsSnapshot> = self
             .shared
@@ -453,6 +454,7 @@ impl Server {
             total.messages_in += s.messages_in;
             total.wakeups += s.wakeups;
             total.read_pauses += s.read_pauses;
+            total.input_pauses += s.input_pauses;
             total.write_buffered += s.write_buffered;
         }
         let dict = snapshot_dict(py, &total)?;

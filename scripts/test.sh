@@ -12,14 +12,17 @@ fi
 python -m pip install -q --upgrade pip
 python -m pip install -q -e ".[test,lint]"
 
-# Real servers the tests start: installed when missing (as root, with apt-get).
-if ! command -v redis-server > /dev/null; then
+# Real servers and tools the tests start: installed when missing (as root, with apt-get).
+missing=()
+command -v redis-server > /dev/null || missing+=(redis-server)
+command -v openssl > /dev/null || missing+=(openssl)
+if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
-        echo "== apt-get install redis-server"
+        echo "== apt-get install ${missing[*]}"
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server > /dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" > /dev/null
     else
-        echo "redis-server is missing (apt-get install redis-server): its tests will skip" >&2
+        echo "missing: ${missing[*]} (apt-get install them): their tests will skip" >&2
     fi
 fi
 

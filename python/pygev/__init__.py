@@ -17,6 +17,7 @@ from pygev._awaiting import _READY, _Resumed, _wake
 from pygev._handler import Handler
 from pygev._protocol import Protocol
 from pygev._pygev import (
+    TLS,
     Connection,
     ConnectionClosed,
     Delimited,
@@ -24,6 +25,7 @@ from pygev._pygev import (
     Raw,
     RingBuffer,
     Timer,
+    TLSInfo,
     WebSocket,
     WebSocketRequest,
     _register_classes,
@@ -47,6 +49,7 @@ del _register_classes, _Resumed, _wake, _READY
 ConnectionClosed.__module__ = "pygev"
 
 __all__ = [
+    "TLS",
     "Accept",
     "Connection",
     "ConnectionClosed",
@@ -58,6 +61,7 @@ __all__ = [
     "Reject",
     "RingBuffer",
     "Server",
+    "TLSInfo",
     "Timer",
     "WebSocket",
     "WebSocketHandler",

@@ -7,7 +7,8 @@ called from another thread and from inside a callback.
 
 import builtins
 import concurrent.futures
-from collections.abc import Awaitable, Callable
+import os
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal, final, type_check_only
 
 from typing_extensions import Buffer, CapsuleType, Self, disjoint_base
@@ -18,6 +19,7 @@ from pygev._protocol import Protocol
 from pygev._websocket import Accept, Reject, WebSocketHandler
 
 __all__ = [
+    "TLS",
     "Connection",
     "ConnectionClosed",
     "Delimited",
@@ -25,6 +27,7 @@ __all__ = [
     "Raw",
     "RingBuffer",
     "Server",
+    "TLSInfo",
     "Timer",
     "WebSocket",
     "WebSocketRequest",
@@ -156,6 +159,69 @@ class RingBuffer:
         """Moves the virtual cursor back to the front."""
 
 @final
+class TLS:
+    """TLS settings for a server (``Server(tls=...)``) or an outgoing connection
+    (``connect(tls=...)``), run in the loops with rustls.
+
+    Args:
+        certfile: PEM file with the certificate chain (leaf first). A server needs one; a
+            client presents it when the server asks.
+        keyfile: PEM file with the private key (PKCS#8, RSA or EC), encrypted or not.
+        password: The key's password, if it is encrypted.
+        ca_file: PEM file of the CAs to trust: a server checks client certificates
+            against it, a client the server's (default for a client: the system's
+            roots).
+        client_auth: ``"none"``, ``"optional"`` or ``"required"`` client certificates
+            (a server; needs ``ca_file``).
+        alpn: Protocols offered (client) or accepted (server), in preference order.
+        min_version: ``"1.2"`` or ``"1.3"``.
+        sni: More certificates for a server, by the name a client asks for:
+            ``{"name": (certfile, keyfile)}`` (``"*.example.com"`` matches one label).
+        handshake_timeout: Seconds an accepted connection's handshake may take before it
+            is closed (default 10).
+
+    Files are read when a server or a connection uses the settings.
+    """
+
+    def __new__(
+        cls,
+        certfile: str | os.PathLike[str] | None = None,
+        keyfile: str | os.PathLike[str] | None = None,
+        *,
+        password: str | bytes | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
+        client_auth: Literal["none", "optional", "required"] = "none",
+        alpn: Sequence[str] = (),
+        min_version: Literal["1.2", "1.3"] = "1.2",
+        sni: Mapping[str, tuple[str | os.PathLike[str], str | os.PathLike[str]]] | None = None,
+        handshake_timeout: float = 10.0,
+    ) -> Self: ...
+
+@final
+class TLSInfo:
+    """What a connection's TLS handshake negotiated (:attr:`Connection.tls`)."""
+
+    @property
+    def version(self) -> str:
+        """``"TLSv1.3"`` or ``"TLSv1.2"``."""
+
+    @property
+    def cipher(self) -> str:
+        """The cipher suite, e.g. ``"TLS13_AES_256_GCM_SHA384"``."""
+
+    @property
+    def alpn(self) -> str | None:
+        """The ALPN protocol agreed on, or ``None``."""
+
+    @property
+    def server_name(self) -> str | None:
+        """The name the client asked for (SNI), or ``None``."""
+
+    @property
+    def peer_certificate(self) -> bytes | None:
+        """The peer's certificate (DER), or ``None`` when it presented none."""
+
+@final
 class Timer:
     """A scheduled callback, returned by :meth:`Server.run_after` and :meth:`Server.run_every`.
 
@@ -272,6 +338,11 @@ class Connection:
         """A number unique to this connection within its server. Thread-safe."""
 
     @property
+    def tls(self) -> TLSInfo | None:
+        """What the TLS handshake negotiated; ``None`` on a plain connection (the
+        handshake completed before ``on_connect``). Thread-safe."""
+
+    @property
     def connected(self) -> bool:
         """False once the connection is closed (by either side) or ``close()`` was called.
 
@@ -362,6 +433,7 @@ class Server:
         max_batch_events: int = 2048,
         unix_mode: int | None = None,
         slow_callback_duration: float | None = ...,
+        tls: TLS | None = None,
     ) -> Self:
         """Validates the settings and binds the listening socket(s).
 
@@ -433,14 +505,31 @@ class Server:
                 returned (default 0.1, as asyncio's debug mode; ``None`` disables it).
                 Every connection waits while a callback runs: blocking work belongs in
                 ``await asyncio.to_thread(...)``.
+            tls: Speak TLS on every accepted connection (any framing, TCP or Unix
+                socket): the handshake and the records run in the loops, and a connection
+                is announced (``on_connect``) once its handshake completed. Its files are
+                loaded and checked here.
 
         Returns:
             The bound server; nothing is served before :meth:`start`.
 
         Raises:
             TypeError: ``handler`` lacks a callable callback, or ``protocol`` is not one.
-            ValueError: A setting is out of range, or ``address`` cannot be parsed.
+            ValueError: A setting is out of range, ``address`` cannot be parsed, or a
+                TLS file is missing, unreadable or does not match (the message names the
+                file and the reason).
             OSError: Binding failed (for example ``EADDRINUSE``), with its errno.
+        """
+
+    def reload_tls(self, tls: TLS) -> None:
+        """Uses ``tls``'s certificates and keys for the connections accepted from now on;
+        connections made before keep theirs (the handshake timeout stays the server's).
+        Thread-safe.
+
+        Raises:
+            ValueError: A file is missing, unreadable or does not match; the certificates
+                in use stay.
+            RuntimeError: The server was made without ``tls=``.
         """
 
     @property
@@ -482,6 +571,8 @@ class Server:
         | None = None,
         *,
         timeout: float = 10.0,
+        tls: TLS | bool | None = None,
+        server_hostname: str | None = None,
     ) -> concurrent.futures.Future[Connection]:
         """Dials ``address`` from the server's loops (in turn).
 
@@ -498,7 +589,13 @@ class Server:
             protocol: The connection's framing, as ``Server(protocol=...)`` takes it
                 (WebSocket excepted); default the server's. Only this connection is
                 framed by it.
-            timeout: Seconds the connect may take.
+            timeout: Seconds the connect may take (with its TLS handshake).
+            tls: Speak TLS: ``True`` verifies the server against the system's roots, a
+                :class:`TLS` against its ``ca_file`` and may present its certificate.
+                The connection is announced once the handshake completed; a failed one
+                fails the future (``ConnectionAbortedError`` naming the reason).
+            server_hostname: The name the server's certificate must have, sent as SNI
+                (default: the host of ``address``).
 
         Returns:
             A future that resolves to the :class:`Connection` once connected (just before

@@ -1,6 +1,9 @@
 //! Server settings shared by the acceptor and the loops.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::tls::ServerTls;
 
 /// How the acceptor picks the loop that takes a new connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -67,6 +70,10 @@ pub struct Config {
     /// Bytes a loop reads before it hands what it has to the dispatcher and yields its CPU.
     /// Small batches stay in the CPU cache from read(2) through the handler to write(2).
     pub batch_bytes: usize,
+    /// TLS on every accepted connection (`None`: plain).
+    pub tls: Option<Arc<ServerTls>>,
+    /// How long an accepted connection's TLS handshake may take before it is closed.
+    pub tls_handshake_timeout: Duration,
 }
 
 impl Default for Config {
@@ -89,6 +96,8 @@ impl Default for Config {
             max_batch_events: 2048,
             read_buffer_size: 64 << 10,
             batch_bytes: 256 << 10,
+            tls: None,
+            tls_handshake_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -6,6 +6,7 @@ use std::time::Instant;
 use crate::address::Address;
 use crate::backlog::Backlog;
 use crate::protocols::{Control, MessageKind, Protocol, Signal};
+use crate::tls::{TlsInfo, TlsTarget};
 use crate::transport::{Credentials, Transport};
 
 /// What every event costs in dispatch backpressure on top of the bytes it holds: a handler
@@ -28,6 +29,8 @@ pub struct ConnectInfo {
     pub outgoing: bool,
     /// What is queued each way, shared with the loop.
     pub backlog: Arc<Backlog>,
+    /// What its TLS handshake negotiated (`None`: plain).
+    pub tls: Option<Box<TlsInfo>>,
 }
 
 /// One thing that happened in a loop thread, for the dispatcher to hand to Python.
@@ -194,6 +197,8 @@ pub enum Command {
         timeout: std::time::Duration,
         /// Its framing; `None`: the server's.
         protocol: Option<Arc<dyn Protocol>>,
+        /// Its TLS (`None`: plain); the handshake counts within `timeout`.
+        tls: Option<TlsTarget>,
     },
     /// Pack `data` with the connection's protocol and write it.
     Send {

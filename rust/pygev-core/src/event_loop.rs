@@ -235,7 +235,8 @@ impl EventLoop {
                     address,
                     timeout,
                     protocol,
-                } => c.dial(id, address, timeout, protocol),
+                    tls,
+                } => c.dial(id, address, timeout, protocol, tls),
                 Command::Send {
                     token,
                     id,
@@ -249,12 +250,7 @@ impl EventLoop {
                     }
                 }
                 Command::Control { token, id, control } => c.control(token, id, control),
-                Command::ShutdownWrite { token, id } => {
-                    if let Some(conn) = c.conn_mut(token, id) {
-                        conn.flags |= flag::SHUTDOWN_PENDING;
-                        c.flush(token as usize);
-                    }
-                }
+                Command::ShutdownWrite { token, id } => c.shutdown_write(token, id),
                 Command::Close { token, id } => {
                     if c.conn_mut(token, id).is_some() {
                         let deadline = c.now.after(c.config.drain_timeout);

@@ -42,6 +42,6 @@ pub use server::{Running, Server};
 pub use stats::{LoopStats, LoopStatsSnapshot};
 pub use tls::{
     ClientAuth, ClientTls, KeyPair, Opened, ServerTls, TlsError, TlsInfo, TlsSession, TlsSettings,
-    TlsVersion,
+    TlsTarget, TlsVersion,
 };
 pub use transport::{Credentials, Transport};

@@ -16,6 +16,7 @@ use crate::event_loop::EventLoop;
 use crate::listener::Listener;
 use crate::loop_handle::LoopHandle;
 use crate::protocols::Protocol;
+use crate::tls::TlsTarget;
 
 /// A bound server whose loops have not started yet.
 ///
@@ -91,7 +92,7 @@ impl Server {
     /// let running = dialer.start().unwrap();
     /// let id = running.next_id();
     /// let to = target.local_addr().unwrap().clone();
-    /// running.connect(id, to, Duration::from_secs(5), None).unwrap();
+    /// running.connect(id, to, Duration::from_secs(5), None, None).unwrap();
     /// let (mut batch, mut due) = (Vec::new(), Vec::new());
     /// while batch.is_empty() {
     ///     dialer.queue().wait(&mut batch, &mut due, Duration::from_millis(50));
@@ -231,15 +232,18 @@ impl Running {
     }
 
     /// Dials `address` from one of the loops (in turn) as connection `id` (see
-    /// [`Running::next_id`]), framed by `protocol` (`None`: the server's); the outcome
-    /// comes as an [`Event::Connect`] for that id or an [`Event::ConnectFailed`]. Fails at
-    /// once only when no loop takes commands any more (the server ended).
+    /// [`Running::next_id`]), framed by `protocol` (`None`: the server's), over TLS to
+    /// `tls` when given; the outcome comes as an
+    /// [`Event::Connect`] for that id (after the TLS handshake) or an
+    /// [`Event::ConnectFailed`]. Fails at once only when no loop takes commands any more
+    /// (the server ended).
     pub fn connect(
         &self,
         id: u64,
         address: Address,
         timeout: Duration,
         protocol: Option<Arc<dyn Protocol>>,
+        tls: Option<TlsTarget>,
     ) -> io::Result<()> {
         let index = self.next_loop.fetch_add(1, Ordering::Relaxed) % self.loops.len();
         self.loops[index].post(Command::Connect {
@@ -247,6 +251,7 @@ impl Running {
             address,
             timeout,
             protocol,
+            tls,
         })
     }
 

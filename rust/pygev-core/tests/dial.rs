@@ -16,7 +16,7 @@ const WAIT: Duration = Duration::from_secs(10);
 
 fn dial(h: &Harness, address: Address, timeout: Duration) -> u64 {
     let id = h.running.next_id();
-    h.running.connect(id, address, timeout, None).unwrap();
+    h.running.connect(id, address, timeout, None, None).unwrap();
     id
 }
 
@@ -162,7 +162,7 @@ fn a_dialed_connection_may_have_a_framing_of_its_own() {
     let id = dialer.running.next_id();
     dialer
         .running
-        .connect(id, address.clone(), WAIT, Some(framing.clone()))
+        .connect(id, address.clone(), WAIT, Some(framing.clone()), None)
         .unwrap();
     let (mut peer, _) = listener.accept().unwrap();
     peer.set_read_timeout(Some(WAIT)).unwrap();

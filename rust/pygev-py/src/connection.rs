@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex};
 
 use std::borrow::Cow;
 
-use pygev_core::{Address, Backlog, Command, ConnectInfo, Control, Credentials, MessageKind};
+use pygev_core::{
+    Address, Backlog, Command, ConnectInfo, Control, Credentials, MessageKind, TlsInfo,
+};
 use pyo3::buffer::PyBuffer;
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
@@ -35,6 +37,8 @@ pub struct Connection {
     local: Address,
     /// The peer process, on a Unix socket (boxed: TCP connections are the many).
     credentials: Option<Box<Credentials>>,
+    /// What its TLS handshake negotiated (`None`: plain).
+    tls: Option<Box<TlsInfo>>,
     /// What is queued each way, shared with the loop.
     pub(crate) backlog: Arc<Backlog>,
     state: AtomicU8,
@@ -64,6 +68,7 @@ impl Connection {
             credentials,
             backlog,
             outgoing: _,
+            tls,
         } = info;
         Connection {
             loop_index,
@@ -72,6 +77,7 @@ impl Connection {
             peer,
             local,
             credentials: credentials.map(Box::new),
+            tls,
             backlog,
             state: AtomicU8::new(OPEN),
             paused: AtomicBool::new(false),
@@ -206,7 +212,8 @@ impl Connection {
         self.id
     }
 
-    /// Whether `close()` was called or the connection is gone: its messages are skipped.
+    /// Whether `close()` was called, or the loop closed it and `on_close` is due: its
+    /// messages are skipped. (One gone while a callback awaits is not yet: see `is_over`.)
     pub(crate) fn is_closed(&self) -> bool {
         self.state.load(Ordering::Acquire) == CLOSED
     }
@@ -220,13 +227,14 @@ impl Connection {
     /// `drain()` fail from now on, while the input held behind that callback is still
     /// handled (unless `close()` was called).
     pub(crate) fn mark_gone(&self) {
-        let _ = (self.state).fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| {
-            (state != CLOSED).then_some(GONE)
-        });
+        let gone = |state| (state != CLOSED).then_some(GONE);
+        let _ = self
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, gone);
     }
 
     /// Whether nothing can be sent any more and no drain is to come: closed, or gone.
-    fn is_over(&self) -> bool {
+    pub(crate) fn is_over(&self) -> bool {
         matches!(self.state.load(Ordering::Acquire), CLOSED | GONE)
     }
 
@@ -294,6 +302,9 @@ impl Connection {
     /// waiters go on, if it still is (a report made for an earlier wait may come after
     /// more was sent; then the loop is asked again).
     pub(crate) fn drained(&self, py: Python<'_>) {
+        if !self.shared.drains.waits(self.id) {
+            return;
+        }
         let (_, low) = self.backlog.write_limits();
         if self.backlog.unsent() > low {
             self.backlog.want_drain();
@@ -418,6 +429,13 @@ impl Connection {
     #[getter]
     fn peer_credentials(&self) -> Option<(i32, u32, u32)> {
         self.credentials.as_deref().copied().map(credentials_tuple)
+    }
+
+    /// What the TLS handshake negotiated (`pygev.TLSInfo`); `None` on a plain connection.
+    #[getter]
+    fn tls(&self) -> Option<crate::tls::TlsInfoObject> {
+        let info = self.tls.as_deref()?;
+        Some(crate::tls::TlsInfoObject::new(info.clone()))
     }
 
     /// A server-unique number for this connection.

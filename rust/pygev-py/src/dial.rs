@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use pyo3::prelude::*;
 
-use pygev_core::{Address, Command, LoopHandle};
+use pygev_core::{Address, Command, LoopHandle, TlsTarget};
 
 use crate::dispatcher::Callbacks;
 use crate::mode::Mode;
@@ -29,8 +29,10 @@ pub(crate) struct Dial {
     pub(crate) address: Address,
     /// The host name's other addresses, tried in turn when this one fails (last first).
     pub(crate) fallbacks: Vec<Address>,
-    /// How long each attempt may take.
+    /// How long each attempt may take (the TLS handshake included).
     pub(crate) timeout: Duration,
+    /// Its TLS: the client configuration and the name the server must have.
+    pub(crate) tls: Option<Box<TlsTarget>>,
 }
 
 /// The requests of one server.
@@ -167,6 +169,7 @@ fn post(dials: &mut Dials, loops: &[std::sync::Arc<LoopHandle>], id: u64) -> boo
         address: dial.address.clone(),
         timeout: dial.timeout,
         protocol: dial.mode.as_ref().map(|mode| mode.loop_protocol()),
+        tls: dial.tls.as_deref().cloned(),
     };
     let index = dials.next_loop % loops.len();
     dials.next_loop = dials.next_loop.wrapping_add(1);

@@ -16,6 +16,7 @@ mod server;
 mod shared;
 mod slow_callbacks;
 mod timer;
+mod tls;
 mod websocket;
 
 /// pygev's compiled core: Server, Connection, Timer, protocols.
@@ -37,6 +38,8 @@ mod _pygev {
     use crate::server::Server;
     #[pymodule_export]
     use crate::timer::Timer;
+    #[pymodule_export]
+    use crate::tls::{Tls, TlsInfoObject};
     #[pymodule_export]
     use crate::websocket::{WebSocket, WebSocketRequest};
 }

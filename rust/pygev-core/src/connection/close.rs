@@ -18,10 +18,17 @@ const STOP_LINGER_TIMEOUT: Duration = Duration::from_millis(250);
 const LINGER_RECENT: Duration = Duration::from_secs(1);
 
 impl Connections {
-    /// Stops reading and closes once output is flushed, or at `deadline`.
+    /// Stops reading and closes once output is flushed, or at `deadline`; a TLS connection
+    /// sends close_notify after what was queued.
     pub(crate) fn begin_close(&mut self, token: usize, deadline: Millis) {
         let Some(conn) = self.conns.get_mut(token) else {
             return;
+        };
+        if !conn.has(flag::CLOSING) && conn.tls.is_some() {
+            self.send_close_notify(token);
+        }
+        let Some(conn) = self.conns.get_mut(token) else {
+            return; // the write failed
         };
         if !conn.has(flag::CLOSING) {
             // Any earlier deadline was the EOF grace: the close has its own.
@@ -98,17 +105,17 @@ impl Connections {
         let Some(mut conn) = self.conns.try_remove(token) else {
             return;
         };
-        let reset = match cause {
-            CloseCause::Done => false,
+        let (reset, message) = match cause {
+            CloseCause::Done => (false, None),
             CloseCause::Failed(message) => {
                 log::warn!("{message}");
-                false
+                (false, Some(message))
             }
             CloseCause::Abort(reason) => {
                 log::warn!("{reason}; the connection was reset");
-                true
+                (true, Some(reason))
             }
-            CloseCause::Reset => true,
+            CloseCause::Reset => (true, None),
         };
         if reset {
             if let Err(err) = conn.transport.reset_on_close() {
@@ -118,8 +125,16 @@ impl Connections {
         self.write_buffered -= conn.output.len();
         let _ = self.registry.deregister(&mut conn.transport);
         self.protocols.release(conn.protocol);
+        let (id, flags) = (conn.id, conn.flags);
         drop(conn);
+        if flags & flag::HANDSHAKING != 0 && flags & flag::DIALED != 0 {
+            // Never announced: the connect fails.
+            return self.handshake_abandoned(id, message);
+        }
         LoopStats::add(&self.handle.stats.closed, 1);
+        if flags & flag::HANDSHAKING != 0 {
+            return; // never announced: nothing to tell the dispatcher
+        }
         self.queue_event(Event::Closed {
             loop_index: self.index,
             token: token as u32,

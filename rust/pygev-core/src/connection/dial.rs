@@ -16,6 +16,7 @@ use crate::clock::Millis;
 use crate::event::Event;
 use crate::protocols::Protocol;
 use crate::stats::LoopStats;
+use crate::tls::TlsTarget;
 use crate::transport::Transport;
 
 impl Connections {
@@ -27,10 +28,15 @@ impl Connections {
         address: Address,
         timeout: Duration,
         protocol: Option<Arc<dyn Protocol>>,
+        tls: Option<TlsTarget>,
     ) {
         if self.quiesced || self.draining {
             return self.dial_failed(id, stopping());
         }
+        let tls = match tls.map(|target| target.session()).transpose() {
+            Ok(tls) => tls.map(Box::new),
+            Err(err) => return self.dial_failed(id, io::Error::other(err.to_string())),
+        };
         let mut transport = match start_connect(&address) {
             Ok(transport) => transport,
             Err(err) => return self.dial_failed(id, err),
@@ -63,6 +69,7 @@ impl Connections {
         let state = self.protocols.get(protocol).new_state();
         let mut conn = Conn::new(transport, id, state, backlog, self.now);
         conn.protocol = protocol;
+        conn.tls = tls;
         conn.flags |= flag::CONNECTING;
         conn.close_deadline = self.now.after(timeout);
         entry.insert(conn);
@@ -91,10 +98,14 @@ impl Connections {
         let now = self.now;
         let conn = &mut self.conns[token];
         conn.flags &= !flag::CONNECTING;
-        conn.close_deadline = Millis::NEVER;
         conn.last_active = now;
         conn.last_read = now;
         conn.last_heard = now;
+        if conn.tls.is_some() {
+            // Announced once the handshake completed, within the connect's deadline.
+            return self.start_client_handshake(token);
+        }
+        conn.close_deadline = Millis::NEVER;
         LoopStats::add(&self.handle.stats.dialed, 1);
         self.announce(token, peer, local, true, false);
     }
@@ -115,7 +126,7 @@ impl Connections {
     }
 
     /// Drops a connecting socket and reports why.
-    fn abandon_dial(&mut self, token: usize, err: io::Error) {
+    pub(super) fn abandon_dial(&mut self, token: usize, err: io::Error) {
         let Some(mut conn) = self.conns.try_remove(token) else {
             return;
         };
@@ -124,7 +135,7 @@ impl Connections {
         self.dial_failed(conn.id, err);
     }
 
-    fn dial_failed(&mut self, id: u64, error: io::Error) {
+    pub(super) fn dial_failed(&mut self, id: u64, error: io::Error) {
         LoopStats::add(&self.handle.stats.connect_failed, 1);
         self.queue_event(Event::ConnectFailed {
             loop_index: self.index,

@@ -2,7 +2,7 @@
 //! (this file), and the paths every connection goes through, one concern each: `read.rs`
 //! (reading, framing, dispatch backpressure), `write.rs` (packing and writing), `close.rs`
 //! (graceful, linger, reset), `timeouts.rs` (the deadlines a connection may have running),
-//! `dial.rs` (connecting), over the loop's set of connections (`set.rs`), their framings
+//! `dial.rs` (connecting), `tls.rs` (the TLS handshake and record layer), over the loop's set of connections (`set.rs`), their framings
 //! (`protocols.rs`) and their buffers (`buffer.rs`).
 
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use std::sync::Arc;
 use crate::backlog::Backlog;
 use crate::clock::Millis;
 use crate::protocols::ProtocolState;
+use crate::tls::TlsSession;
 use crate::transport::Transport;
 use buffer::Buffer;
 
@@ -20,6 +21,7 @@ mod protocols;
 mod read;
 mod set;
 mod timeouts;
+mod tls;
 mod write;
 
 pub(crate) use set::{Connections, FIRST_LOOP_TOKEN};
@@ -27,53 +29,61 @@ pub(crate) use set::{Connections, FIRST_LOOP_TOKEN};
 /// Connection state bits.
 pub(crate) mod flag {
     /// The socket may have unread bytes (edge-triggered: remembered until WouldBlock).
-    pub(crate) const READ_READY: u16 = 1;
+    pub(crate) const READ_READY: u32 = 1;
     /// The last write hit WouldBlock; wait for a writable event.
-    pub(crate) const WRITE_BLOCKED: u16 = 1 << 1;
+    pub(crate) const WRITE_BLOCKED: u32 = 1 << 1;
     /// Output passed the high-water mark: not reading until it drains.
-    pub(crate) const OUTPUT_FULL: u16 = 1 << 2;
+    pub(crate) const OUTPUT_FULL: u32 = 1 << 2;
     /// The peer sent EOF; nothing more to read.
-    pub(crate) const PEER_EOF: u16 = 1 << 3;
+    pub(crate) const PEER_EOF: u32 = 1 << 3;
     /// Closing: flush output, then close.
-    pub(crate) const CLOSING: u16 = 1 << 4;
+    pub(crate) const CLOSING: u32 = 1 << 4;
     /// Shut down the write side once output is flushed.
-    pub(crate) const SHUTDOWN_PENDING: u16 = 1 << 5;
+    pub(crate) const SHUTDOWN_PENDING: u32 = 1 << 5;
     /// The write side is shut down.
-    pub(crate) const WRITE_SHUT: u16 = 1 << 6;
+    pub(crate) const WRITE_SHUT: u32 = 1 << 6;
     /// Waiting in the deferred-read list (the loop's whole dispatch queue is full).
-    pub(crate) const DEFERRED: u16 = 1 << 7;
+    pub(crate) const DEFERRED: u32 = 1 << 7;
     /// Waiting in the more-to-read list (read budget spent).
-    pub(crate) const MORE_TO_READ: u16 = 1 << 8;
+    pub(crate) const MORE_TO_READ: u32 = 1 << 8;
     /// epoll reported the peer's FIN (or an error): read on to EOF, even after short reads.
-    pub(crate) const HANGUP_SEEN: u16 = 1 << 9;
+    pub(crate) const HANGUP_SEEN: u32 = 1 << 9;
     /// Output flushed and write side shut; discarding input until the peer's EOF, so that
     /// closing with unread input (which sends RST) cannot destroy what we sent.
-    pub(crate) const LINGERING: u16 = 1 << 10;
+    pub(crate) const LINGERING: u32 = 1 << 10;
     /// The protocol stopped reading; the dispatcher ends the connection (WebSocket close).
-    pub(crate) const READ_STOPPED: u16 = 1 << 11;
+    pub(crate) const READ_STOPPED: u32 = 1 << 11;
     /// Not read because this connection has much queued for Python (others still are).
-    pub(crate) const THROTTLED: u16 = 1 << 12;
+    pub(crate) const THROTTLED: u32 = 1 << 12;
     /// The protocol has more to do with the input held (bounded steps): unpack again
     /// before reading more.
-    pub(crate) const UNPACK_AGAIN: u16 = 1 << 13;
+    pub(crate) const UNPACK_AGAIN: u32 = 1 << 13;
     /// Dialed and not connected yet: only the connect timeout runs (in `close_deadline`).
-    pub(crate) const CONNECTING: u16 = 1 << 14;
+    pub(crate) const CONNECTING: u32 = 1 << 14;
     /// The handler paused reading (`conn.pause_reading()`).
-    pub(crate) const PAUSED_BY_USER: u16 = 1 << 15;
+    pub(crate) const PAUSED_BY_USER: u32 = 1 << 15;
+    /// Its TLS handshake is going on: the dispatcher does not know it yet, and only the
+    /// handshake timeout runs (in `close_deadline`).
+    pub(crate) const HANDSHAKING: u32 = 1 << 16;
+    /// We dialed it (a failure before it is announced is the connect's).
+    pub(crate) const DIALED: u32 = 1 << 17;
 
     /// The loop stopped reading this connection for reasons of ours (Python is behind, or
     /// the handler paused it): time spent so is not the peer's silence.
-    pub(crate) const PAUSED_BY_US: u16 = DEFERRED | THROTTLED | PAUSED_BY_USER;
+    pub(crate) const PAUSED_BY_US: u32 = DEFERRED | THROTTLED | PAUSED_BY_USER;
     /// Reading (and a protocol's held work) waits while any of these is set.
-    pub(crate) const NOT_READING: u16 =
+    pub(crate) const NOT_READING: u32 =
         OUTPUT_FULL | CLOSING | READ_STOPPED | THROTTLED | CONNECTING | PAUSED_BY_USER;
 }
 
 /// A connection owned by a loop, in its slab.
 pub(crate) struct Conn {
     pub(crate) transport: Transport,
+    /// Its TLS record layer (`None`: plain): what is read is opened before framing, what
+    /// is written sealed first (`tls.rs`).
+    pub(crate) tls: Option<Box<TlsSession>>,
     pub(crate) id: u64,
-    pub(crate) flags: u16,
+    pub(crate) flags: u32,
     /// Its framing's index in the loop's protocol table.
     pub(crate) protocol: u16,
     /// Bytes the kernel's send queue held at the last look (0: empty, or not looked at);
@@ -109,6 +119,7 @@ impl Conn {
     ) -> Conn {
         Conn {
             transport,
+            tls: None,
             id,
             flags: 0,
             protocol: 0,
@@ -126,7 +137,7 @@ impl Conn {
         }
     }
 
-    pub(crate) fn has(&self, bits: u16) -> bool {
+    pub(crate) fn has(&self, bits: u32) -> bool {
         self.flags & bits != 0
     }
 

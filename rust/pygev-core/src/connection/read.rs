@@ -64,21 +64,29 @@ impl Connections {
             let conn = &mut self.conns[token];
             if conn.backlog.throttle(self.config.conn_dispatch_high_water) {
                 // This connection has its share queued for Python; others are still read.
-                if !conn.has(flag::THROTTLED) {
-                    conn.flags |= flag::THROTTLED;
-                    LoopStats::add(&self.handle.stats.input_pauses, 1);
-                }
+                // (Not throttled before: `can_read` said so.)
+                conn.flags |= flag::THROTTLED;
+                LoopStats::add(&self.handle.stats.input_pauses, 1);
                 return;
             }
             match conn.transport.read_into(&mut self.scratch) {
-                Ok(0) => return self.peer_eof(token),
+                Ok(0) => {
+                    self.tls_eof(token);
+                    return self.peer_eof(token);
+                }
                 Ok(n) => {
                     self.batch_read += n;
                     conn.last_active = self.now;
                     conn.last_read = self.now;
                     conn.last_heard = self.now;
                     LoopStats::add(&self.handle.stats.bytes_in, n as u64);
-                    if let Err(cause) = self.feed(token, n) {
+                    let tls = conn.tls.is_some();
+                    if tls {
+                        if let Err(cause) = self.read_tls(token, n) {
+                            self.close_now(token, cause);
+                            return;
+                        }
+                    } else if let Err(cause) = self.feed(token, n) {
                         self.close_now(token, cause);
                         return;
                     }
@@ -125,6 +133,10 @@ impl Connections {
         // Python credits a message only after its handler ran, and the handler's replies
         // are charged as it sends them: nothing in either count means nothing is coming.
         if !conn.owes_anything() {
+            if conn.tls.is_some() {
+                // close_notify first (then the close, the peer's EOF being in).
+                return self.begin_close(token, self.now.after(self.config.drain_timeout));
+            }
             return self.close_now(token, CloseCause::Done);
         }
         conn.close_deadline = self.now.after(self.config.drain_timeout);
@@ -161,6 +173,27 @@ impl Connections {
             conn.flags |= flag::MORE_TO_READ;
             self.more_to_read.push_back(token);
         }
+    }
+
+    /// Opens the `n` bytes of TLS records just read, and frames the plaintext they held; a
+    /// close_notify among them is the peer's EOF.
+    fn read_tls(&mut self, token: usize, n: usize) -> Result<(), CloseCause> {
+        let opened = self.open(token, n);
+        let framed = match &opened {
+            Ok(opened) if opened.plaintext > 0 => self.feed(token, opened.plaintext),
+            _ => Ok(()),
+        };
+        self.end_open();
+        let opened = opened?;
+        framed?;
+        let open = self
+            .conns
+            .get(token)
+            .is_some_and(|c| !c.has(flag::PEER_EOF));
+        if opened.peer_closed && open {
+            self.peer_eof(token);
+        }
+        Ok(())
     }
 
     /// Runs the protocol over the `n` bytes just read into the scratch buffer (after any

@@ -44,6 +44,10 @@ pub(crate) struct Connections {
     ids: Arc<AtomicU64>,
     /// Where reads land: empty, with `read_buffer_size` bytes of capacity.
     pub(super) scratch: Vec<u8>,
+    /// Where TLS puts what it opened (then swapped with `scratch` while it is framed).
+    pub(super) plaintext: Vec<u8>,
+    /// Where TLS puts what it sealed, and what it answers, on its way to the socket.
+    pub(super) sealed: Vec<u8>,
     pub(super) frames: FrameSink,
     /// What happened, for the dispatcher: queued once per loop iteration.
     pub(crate) events_out: Vec<Event>,
@@ -89,6 +93,8 @@ impl Connections {
             conns: Slab::new(),
             protocols: ProtocolTable::new(protocol, config.max_input_buffer),
             scratch: Vec::with_capacity(config.read_buffer_size),
+            plaintext: Vec::new(),
+            sealed: Vec::new(),
             config,
             ids,
             frames: FrameSink::new(),
@@ -167,12 +173,30 @@ impl Connections {
             log::warn!("pygev: could not register connection from {peer}: {err}");
             return uncharge(&self.handle);
         }
+        let session = match &self.config.tls {
+            None => None,
+            Some(tls) => match tls.session() {
+                Ok(session) => Some(session),
+                Err(err) => {
+                    log::error!("pygev: no TLS session for a connection from {peer}: {err}");
+                    let _ = self.registry.deregister(&mut transport);
+                    return uncharge(&self.handle);
+                }
+            },
+        };
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
         let state = self.protocols.get(SERVER_PROTOCOL).new_state();
         let backlog = new_backlog(&self.config);
         entry.insert(Conn::new(transport, id, state, backlog, self.now));
         LoopStats::add(&self.handle.stats.accepted, 1);
-        self.announce(token, peer, local, false, charged);
+        match session {
+            None => self.announce(token, peer, local, false, charged),
+            Some(session) => {
+                // Announced once the handshake completed (and charged then).
+                uncharge(&self.handle);
+                self.begin_handshake(token, session);
+            }
+        }
     }
 
     /// Tells the dispatcher that the connection in `token` is open (accepted, or dialed
@@ -200,6 +224,7 @@ impl Connections {
                 credentials: conn.transport.peer_credentials(),
                 backlog: conn.backlog.clone(),
                 outgoing,
+                tls: conn.tls.as_ref().map(|tls| Box::new(tls.info())),
             }),
         };
         if charged {

@@ -45,8 +45,8 @@ impl Connections {
     /// The earliest of the connection's running deadlines (NEVER: none).
     fn next_deadline(&self, conn: &Conn) -> Millis {
         let mut due = conn.close_deadline;
-        if conn.has(flag::CLOSING | flag::PAUSED_BY_US | flag::CONNECTING) {
-            // Closing or connecting: only that deadline counts. Paused by us: the other
+        if conn.has(flag::CLOSING | flag::PAUSED_BY_US | flag::CONNECTING | flag::HANDSHAKING) {
+            // Closing, connecting or in a TLS handshake: only that deadline counts. Paused by us: the other
             // deadlines start afresh when reading resumes.
             return due;
         }
@@ -96,8 +96,15 @@ impl Connections {
         let now = self.now;
         let conn = &mut self.conns[token];
         if conn.close_deadline <= now {
-            if conn.has(flag::CONNECTING) {
+            if conn.has(flag::CONNECTING | flag::DIALED) {
                 return self.dial_timed_out(token);
+            }
+            if conn.has(flag::HANDSHAKING) {
+                let reason = format!(
+                    "pygev: connection {} did not complete its TLS handshake within {:?}",
+                    conn.id, self.config.tls_handshake_timeout
+                );
+                return self.close_now(token, CloseCause::Abort(reason));
             }
             if conn.has(flag::CLOSING) {
                 let pending = conn.output.len();

@@ -131,8 +131,32 @@ impl Connections {
         }
     }
 
-    /// Writes `wire` (already in wire form) after any pending output.
+    /// Writes `wire` (already in wire form) after any pending output: sealed into TLS
+    /// records first on a TLS connection.
+    #[inline]
     pub(crate) fn write_out(&mut self, token: usize, wire: &[u8]) {
+        match self.conns.get(token) {
+            Some(conn) if conn.tls.is_some() => self.write_sealed(token, wire),
+            _ => self.write_raw(token, wire),
+        }
+    }
+
+    /// Shuts down the write side once pending output is flushed (after close_notify on a
+    /// TLS connection).
+    pub(crate) fn shutdown_write(&mut self, token: u32, id: u64) {
+        if self.conn_mut(token, id).is_none() {
+            return;
+        }
+        let token = token as usize;
+        self.send_close_notify(token);
+        if let Some(conn) = self.conns.get_mut(token) {
+            conn.flags |= flag::SHUTDOWN_PENDING;
+            self.flush(token);
+        }
+    }
+
+    /// Writes `wire` as it is (ciphertext, on a TLS connection) after any pending output.
+    pub(crate) fn write_raw(&mut self, token: usize, wire: &[u8]) {
         let now = self.now;
         let Some(conn) = self.conns.get_mut(token) else {
             return;

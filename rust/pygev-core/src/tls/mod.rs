@@ -14,4 +14,4 @@ mod sni;
 pub use error::TlsError;
 pub use info::TlsInfo;
 pub use session::{Opened, TlsSession};
-pub use settings::{ClientAuth, ClientTls, KeyPair, ServerTls, TlsSettings, TlsVersion};
+pub use settings::{ClientAuth, ClientTls, KeyPair, ServerTls, TlsSettings, TlsTarget, TlsVersion};

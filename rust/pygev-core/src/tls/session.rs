@@ -37,6 +37,20 @@ enum Side {
     Client(UnbufferedClientConnection),
 }
 
+impl std::fmt::Debug for TlsSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let side = match self.side {
+            Side::Server(_) => "server",
+            Side::Client(_) => "client",
+        };
+        f.debug_struct("TlsSession")
+            .field("side", &side)
+            .field("handshaking", &self.is_handshaking())
+            .field("held", &self.partial.len())
+            .finish()
+    }
+}
+
 /// What [`TlsSession::open`] brought.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Opened {

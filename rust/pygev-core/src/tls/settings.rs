@@ -169,9 +169,32 @@ impl ClientTls {
     /// A session for a connection to `server_name` (a DNS name or an IP address), which
     /// the server's certificate must name.
     pub fn session(&self, server_name: &str) -> Result<TlsSession, TlsError> {
+        self.target(server_name)?.session()
+    }
+
+    /// What a connection to `server_name` needs to start its TLS (the name checked now,
+    /// the session made by the loop that dials).
+    pub fn target(&self, server_name: &str) -> Result<TlsTarget, TlsError> {
         let name = ServerName::try_from(server_name.to_string())
             .map_err(|e| TlsError(format!("pygev: bad TLS server name {server_name:?}: {e}")))?;
-        TlsSession::client(self.config.clone(), name)
+        Ok(TlsTarget {
+            config: self.config.clone(),
+            name,
+        })
+    }
+}
+
+/// A client configuration and the server name to verify: a dialed connection's TLS.
+#[derive(Debug, Clone)]
+pub struct TlsTarget {
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+}
+
+impl TlsTarget {
+    /// A client session; its ClientHello goes out with [`TlsSession::start`].
+    pub fn session(&self) -> Result<TlsSession, TlsError> {
+        TlsSession::client(self.config.clone(), self.name.clone())
     }
 }
 

@@ -208,14 +208,14 @@ impl Awaits {
     /// up yet, or held work goes on.
     pub(crate) fn has_work(&self) -> bool {
         !self.ready.is_empty()
-            || !self.tasks.is_empty()
+            || (!self.tasks.is_empty()
                 && !self
                     .completions
                     .get()
                     .done
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .is_empty()
+                    .is_empty())
     }
 
     /// When the stop must next look at the tasks left (cancel them, or give up on them).
@@ -396,7 +396,7 @@ impl<'py> Dispatcher<'py> {
             };
             if let Some(awaiting) = self.awaits.awaiting.remove(&id) {
                 let conn = awaiting.conn.clone_ref(self.py);
-                self.run_held(&conn, awaiting);
+                self.run_held(&conn, awaiting, false);
             }
         }
         let done = std::mem::take(
@@ -447,6 +447,9 @@ impl<'py> Dispatcher<'py> {
             true => self.awaits.awaiting.remove(&conn.get().id_value()),
             false => None,
         };
+        // Cancelled by the stop: what it held is dropped with it.
+        let dropped = self.awaits.cancelled_at.is_some()
+            && matches!(&result, Err(err) if err.is_instance_of::<CancelledError>(py));
         match (then, result) {
             (then, Err(err)) if err.is_instance_of::<CancelledError>(py) => {
                 log::debug!(
@@ -468,19 +471,20 @@ impl<'py> Dispatcher<'py> {
                 conn.get().mode().answered(self, &conn, &request, result);
             }
             (_, Err(err)) => self.callback_failed(what, &conn, err),
-            (Then::Reply, Ok(value)) if !value.is_none() && !conn.get().is_closed() => {
+            (Then::Reply, Ok(value)) if !value.is_none() && !conn.get().is_over() => {
                 conn.get().mode().reply(self, &conn, value);
             }
             _ => {}
         }
         if let Some(held) = held {
-            self.run_held(&conn, held);
+            self.run_held(&conn, held, dropped);
         }
     }
 
     /// Runs what `conn` held, in order, until a callback awaits again (then the rest stays
-    /// held behind it) or the batch's budget is spent (then it goes on in the next).
-    fn run_held(&mut self, conn: &Py<Connection>, mut awaiting: Awaiting) {
+    /// held behind it) or the batch's budget is spent (then it goes on in the next); with
+    /// `drop_work`, only its `on_close` (the input is dropped).
+    fn run_held(&mut self, conn: &Py<Connection>, mut awaiting: Awaiting, drop_work: bool) {
         let id = conn.get().id_value();
         let replaying = std::mem::replace(&mut self.replaying, true);
         loop {
@@ -504,8 +508,7 @@ impl<'py> Dispatcher<'py> {
                     self.closed(conn.clone_ref(self.py));
                     1
                 }
-                Held::Work(work) if self.awaits.cancelled_at.is_some() => {
-                    // Past the stop's deadline: what the callbacks held is dropped.
+                Held::Work(work) if drop_work => {
                     self.credit_connection(conn.get(), work.cost());
                     0
                 }
@@ -560,7 +563,7 @@ impl<'py> Dispatcher<'py> {
                 self.awaits.ready.clear();
                 for (_, awaiting) in std::mem::take(&mut self.awaits.awaiting) {
                     let conn = awaiting.conn.clone_ref(self.py);
-                    self.run_held(&conn, awaiting);
+                    self.run_held(&conn, awaiting, true);
                 }
                 // Outside a batch: no first step's stand-in may stay asyncio's current task.
                 self.leave_first_steps();

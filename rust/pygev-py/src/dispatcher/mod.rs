@@ -164,6 +164,9 @@ impl DispatchState {
         for buffer in self.inputs.values() {
             visit.call(buffer)?;
         }
+        for partial in self.partial_frames.values() {
+            partial.traverse(visit)?;
+        }
         self.awaits.traverse(visit)
     }
 }
@@ -234,7 +237,7 @@ impl<'py> Dispatcher<'py> {
         // Held work gets half the batch's calls at most, new work the rest.
         let bound = self.max_batch_events;
         let mut calls = self.resume_awaited(bound.div_ceil(2));
-        calls += self.run_round(batch, bound.saturating_sub(calls).max(1));
+        calls += self.run_round(batch, bound.saturating_sub(calls));
         if !self.stopping {
             calls += due.len();
             for id in due.drain(..) {
@@ -363,17 +366,8 @@ impl<'py> Dispatcher<'py> {
                 let slot = self.conns[loop_index as usize]
                     .get_mut(token as usize)
                     .and_then(Option::take);
-                match slot {
-                    // After the callback that awaits, and the work held behind it; but
-                    // sends fail from now on, and so does drain() (which may be what the
-                    // callback awaits).
-                    Some(conn) if self.awaits.holds(conn.get()) => {
-                        conn.get().mark_gone();
-                        self.shared.drains.closed(self.py, conn.get().id_value());
-                        self.hold_close(conn);
-                    }
-                    Some(conn) => self.closed(conn),
-                    None => {}
+                if let Some(conn) = slot {
+                    self.loop_closed(conn);
                 }
             }
             Event::ConnectFailed {
@@ -399,10 +393,7 @@ impl<'py> Dispatcher<'py> {
                         .filter_map(Option::take)
                         .collect();
                     for conn in orphans {
-                        match self.awaits.holds(conn.get()) {
-                            true => self.hold_close(conn),
-                            false => self.closed(conn),
-                        }
+                        self.loop_closed(conn);
                     }
                     if self.pending_error.is_none() {
                         self.pending_error = Some(PyRuntimeError::new_err(format!(
@@ -473,6 +464,18 @@ impl<'py> Dispatcher<'py> {
         if let Some(Err(err)) = self.settle(result, Some(conn), Then::Connected) {
             self.callback_failed("on_connect", conn, err);
         }
+    }
+
+    /// The loop closed `conn` (taken out of the table): `on_close` now, or after the
+    /// callback that awaits and the work held behind it; sends fail from now on, and so
+    /// does `drain()` (which may be what that callback awaits).
+    fn loop_closed(&mut self, conn: Py<Connection>) {
+        if !self.awaits.holds(conn.get()) {
+            return self.closed(conn);
+        }
+        conn.get().mark_gone();
+        self.shared.drains.closed(self.py, conn.get().id_value());
+        self.hold_close(conn);
     }
 
     /// The connection is gone: mark it and call `on_close` (exactly once: the caller took

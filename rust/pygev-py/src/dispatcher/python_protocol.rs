@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use crate::shared::Packer;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
+use pyo3::{PyTraverseError, PyVisit};
 
 use super::{type_name, Dispatcher, Then};
 use crate::connection::{packet, Connection};
@@ -22,11 +23,15 @@ pub(crate) struct PartialFrame {
 }
 
 impl PartialFrame {
+    pub(super) fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.conn)
+    }
+
     fn due(&self, limit: Duration, now: Instant) -> Instant {
-        match self.paused {
-            // Looked at again within `limit` to notice the resume.
-            true => now + limit,
-            false => self.since + limit,
+        if self.paused {
+            now + limit // looked at again within `limit`, to notice the resume
+        } else {
+            self.since + limit
         }
     }
 }
@@ -79,6 +84,8 @@ impl<'py> Dispatcher<'py> {
         let mut calls = 0;
         while !conn.get().is_closed() {
             if calls == budget {
+                // Frames wait for the next round: that wait is not the peer's either.
+                self.partial_frames.remove(&id);
                 return (calls, true);
             }
             let before = buffer.get().held();
@@ -148,6 +155,9 @@ impl<'py> Dispatcher<'py> {
         protocol: &Bound<'_, PyAny>,
         reply: &Bound<'_, PyAny>,
     ) {
+        if conn.get().is_over() {
+            return; // dropped, as a send would be: no packet() for it
+        }
         self.enter_callback();
         let packed = packet(protocol, conn.bind(self.py), reply);
         self.leave_callback("Protocol.packet()", Some(conn));
@@ -171,17 +181,12 @@ impl<'py> Dispatcher<'py> {
         if !partial {
             self.partial_frames.remove(&id);
         } else if completed || !self.partial_frames.contains_key(&id) {
-            let conn = conn.clone_ref(self.py);
-            let since = Instant::now();
-            let paused = false;
-            (self.partial_frames).insert(
-                id,
-                PartialFrame {
-                    since,
-                    conn,
-                    paused,
-                },
-            );
+            let partial = PartialFrame {
+                since: Instant::now(),
+                conn: conn.clone_ref(self.py),
+                paused: false,
+            };
+            self.partial_frames.insert(id, partial);
         }
     }
 
@@ -189,9 +194,8 @@ impl<'py> Dispatcher<'py> {
     pub(super) fn next_frame_deadline(&self) -> Option<Instant> {
         let limit = self.frame_timeout?;
         let now = Instant::now();
-        (self.partial_frames.values())
-            .map(|partial| partial.due(limit, now))
-            .min()
+        let partials = self.partial_frames.values();
+        partials.map(|partial| partial.due(limit, now)).min()
     }
 
     /// Resets the connections whose Python framing has held part of a frame for longer
@@ -206,8 +210,10 @@ impl<'py> Dispatcher<'py> {
         let now = Instant::now();
         let mut expired = Vec::new();
         for (id, partial) in self.partial_frames.iter_mut() {
-            // Not while the user keeps it from reading the rest, and afresh after.
-            let paused = !partial.conn.get().is_reading();
+            // Not while the user keeps it from reading the rest, nor while its input waits
+            // for the dispatcher; afresh after.
+            let conn = partial.conn.get();
+            let paused = !conn.is_reading() || conn.backlog.pending_dispatch() > 0;
             if paused || partial.paused {
                 partial.paused = paused;
                 partial.since = now;

@@ -18,8 +18,10 @@ use crate::errors::Error;
 use crate::mode;
 use crate::shared::Shared;
 use crate::timer::Timer;
+use crate::tls::Tls;
 use drivers::Serving;
-use settings::{positive, seconds, AddressArg, DEFAULT_ADDRESS};
+pub(crate) use settings::seconds;
+use settings::{positive, AddressArg, DEFAULT_ADDRESS};
 
 mod drivers;
 mod settings;
@@ -133,6 +135,7 @@ impl Server {
         max_batch_events = 2048,
         unix_mode = None,
         slow_callback_duration = Some(0.1),
+        tls = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn py_new(
@@ -154,6 +157,7 @@ impl Server {
         max_batch_events: i64,
         unix_mode: Option<u32>,
         slow_callback_duration: Option<f64>,
+        tls: Option<Py<Tls>>,
     ) -> PyResult<Self> {
         let address = match address {
             AddressArg::Default => Some(DEFAULT_ADDRESS.to_string()),
@@ -207,8 +211,25 @@ impl Server {
             dispatch_high_water: positive("dispatch_high_water", dispatch_high_water)?,
             max_batch_events: positive("max_batch_events", max_batch_events)?,
             unix_mode: unix_mode.map(|mode| mode & 0o7777),
+            tls: tls
+                .as_ref()
+                .map(|tls| tls.get().server().map(Arc::new))
+                .transpose()?,
+            tls_handshake_timeout: tls
+                .as_ref()
+                .map_or(Config::default().tls_handshake_timeout, |tls| {
+                    tls.get().handshake_timeout
+                }),
             ..Config::default()
         };
+        if config.tls.is_some() && address.is_none() {
+            return Err(Error::Value(
+                "pygev: tls= is for the connections a server accepts; it has no listener (give \
+                 tls= to connect() instead)"
+                    .into(),
+            )
+            .into());
+        }
         let slow_callback_duration = slow_callback_duration
             .map(|t| seconds("slow_callback_duration", t, false))
             .transpose()?;
@@ -282,8 +303,14 @@ impl Server {
     /// `TimeoutError` after `timeout` seconds, `ConnectionAbortedError` when the server
     /// stopped first). Before `start()` the request waits for it. `handler` and `protocol`
     /// default to the server's; a `protocol` of its own frames this connection only.
-    /// Thread-safe, callable from callbacks.
-    #[pyo3(signature = (address, handler = None, protocol = None, *, timeout = 10.0))]
+    /// `tls` (a `pygev.TLS`, or `True` for the system's roots) speaks TLS to a server that
+    /// must be `server_hostname` (default: the address's host). Thread-safe, callable from
+    /// callbacks.
+    #[pyo3(signature = (
+        address, handler = None, protocol = None, *, timeout = 10.0, tls = None,
+        server_hostname = None,
+    ))]
+    #[allow(clippy::too_many_arguments)]
     fn connect(
         &self,
         py: Python<'_>,
@@ -291,6 +318,8 @@ impl Server {
         handler: Option<&Bound<'_, PyAny>>,
         protocol: Option<&Bound<'_, PyAny>>,
         timeout: f64,
+        tls: Option<&Bound<'_, PyAny>>,
+        server_hostname: Option<String>,
     ) -> PyResult<Py<PyAny>> {
         let own_mode = match protocol {
             Some(protocol) => {
@@ -311,6 +340,7 @@ impl Server {
         }
         let timeout = seconds("timeout", timeout, false)?;
         let text = address_text(address)?;
+        let tls = crate::tls::dial_target(tls, server_hostname.as_deref(), &text)?;
         // A host name is resolved here: without the GIL, so callbacks go on meanwhile.
         let mut addresses = py
             .detach(|| Address::resolve_all(&text))
@@ -333,11 +363,25 @@ impl Server {
             address,
             fallbacks: addresses,
             timeout,
+            tls,
         };
         if let Err(dial) = self.shared.dials.add(id, dial, self.shared.loops.get()) {
             dial::abort(py, &dial, "pygev: the server stopped");
         }
         Ok(future)
+    }
+
+    /// Loads `tls`'s certificates and keys and uses them for the connections accepted
+    /// from now on; those made before keep theirs. On an error (named file and reason) the
+    /// certificates in use stay. The handshake timeout stays the server's. Thread-safe.
+    fn reload_tls(&self, py: Python<'_>, tls: Py<Tls>) -> PyResult<()> {
+        let Some(server) = &self.config.tls else {
+            return Err(
+                Error::State("pygev: reload_tls() needs a server made with tls=".into()).into(),
+            );
+        };
+        py.detach(|| tls.get().reload(server))?;
+        Ok(())
     }
 
     /// Number of loop threads.

@@ -33,7 +33,7 @@ pub(super) const DEFAULT_ADDRESS: &str = "0.0.0.0:1833";
 /// Longest duration accepted anywhere (about 31 years): deadlines stay far from overflow.
 const MAX_SECONDS: f64 = 1e9;
 
-pub(super) fn seconds(name: &str, value: f64, allow_zero: bool) -> Result<Duration, Error> {
+pub(crate) fn seconds(name: &str, value: f64, allow_zero: bool) -> Result<Duration, Error> {
     let ok =
         value.is_finite() && value <= MAX_SECONDS && (value > 0.0 || (allow_zero && value == 0.0));
     if !ok {

@@ -1,7 +1,7 @@
 //! What is queued for one connection in each direction, shared by its loop and the
 //! dispatcher.
 
-use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
 /// A connection's queues as counters: what waits for Python, and what waits to be written.
 ///
@@ -132,8 +132,9 @@ impl Backlog {
     }
 
     /// Asks for [`Backlog::drained`] to report when unsent output reaches the low-water
-    /// mark. The caller looks at [`Backlog::unsent`] again after this: the loop may have
-    /// written it all in between.
+    /// mark. The caller looks at [`Backlog::unsent`] again after this (the loop may have
+    /// written it all in between) and posts [`Command::WantDrain`](crate::Command) for the
+    /// loop to look too.
     ///
     /// ```
     /// use pygev_core::Backlog;
@@ -147,23 +148,19 @@ impl Backlog {
     /// ```
     pub fn want_drain(&self) {
         self.drain_wanted.store(true, Ordering::SeqCst);
-        // The caller's next look at `unsent` must not be taken before this store is seen
-        // (see `drained`).
-        fence(Ordering::SeqCst);
     }
 
     /// Called by the loop after writing: true once (per [`Backlog::want_drain`]) when
     /// someone waits and unsent output is at or under the low-water mark.
     pub fn drained(&self) -> bool {
-        if self.unsent() > self.write_limits().1 {
-            return false; // nothing to report, whoever waits
-        }
-        // NOTE: each side stores (here the output's size, there the wish) and then loads
-        // what the other stored; a fence on both sides keeps both from reading the old
-        // values (a lost wake-up). It runs only once output is down to the low-water mark,
-        // and the plain load comes before the swap (a locked instruction).
-        fence(Ordering::SeqCst);
-        self.drain_wanted.load(Ordering::SeqCst) && self.drain_wanted.swap(false, Ordering::SeqCst)
+        // NOTE: the plain load first (a swap per flush would be a locked instruction). The
+        // loop may read the flag before its own latest store to the output's size is seen
+        // elsewhere, and the waiter the size before its flag is seen here: both would miss
+        // (a lost wake-up). So the waiter also posts `Command::WantDrain`, which the loop
+        // handles after the flag is stored and looks again; no fence on every flush.
+        self.drain_wanted.load(Ordering::SeqCst)
+            && self.unsent() <= self.write_limits().1
+            && self.drain_wanted.swap(false, Ordering::SeqCst)
     }
 
     /// Output not yet written to the socket: posted sends plus the loop's buffer.

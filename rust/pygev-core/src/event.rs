@@ -258,6 +258,15 @@ pub enum Command {
         /// The connection's id.
         id: u64,
     },
+    /// Someone waits for the connection's output to fall to its low-water mark
+    /// ([`Backlog::want_drain`](crate::Backlog::want_drain) was called): the loop looks
+    /// now, and reports [`Event::Drained`] when it is.
+    WantDrain {
+        /// The connection's slot.
+        token: u32,
+        /// The connection's id.
+        id: u64,
+    },
     /// Stop reading one connection until [`Command::ResumeReading`] (the handler's
     /// `pause_reading()`).
     PauseReading {

@@ -266,6 +266,7 @@ impl EventLoop {
                 Command::Resume => c.resume_deferred(),
                 Command::Unthrottle { token, id } => c.unthrottle(token, id),
                 Command::PauseReading { token, id } => c.pause_reading(token, id),
+                Command::WantDrain { token, id } => c.want_drain(token, id),
                 Command::ResumeReading { token, id } => c.resume_reading(token, id),
                 Command::Quiesce => self.quiesce()?,
                 Command::Drain { deadline } => c.drain(deadline),

@@ -307,12 +307,21 @@ impl Connection {
         }
         let (_, low) = self.backlog.write_limits();
         if self.backlog.unsent() > low {
-            self.backlog.want_drain();
+            self.want_drain();
             if self.backlog.unsent() > low {
                 return;
             }
         }
         self.shared.drains.drained(py, self.id);
+    }
+
+    /// Asks the loop to report when unsent output falls to the low-water mark (the flag
+    /// for its flushes, and a command for it to look at once).
+    fn want_drain(&self) {
+        self.backlog.want_drain();
+        let (token, id) = (self.token, self.id);
+        self.shared
+            .post(self.loop_index, Command::WantDrain { token, id });
     }
 
     fn context_slot(&self) -> std::sync::MutexGuard<'_, Option<Py<PyAny>>> {
@@ -510,7 +519,7 @@ impl Connection {
             self.shared.drains.closed(py, self.id);
             return Ok(future);
         }
-        self.backlog.want_drain();
+        self.want_drain();
         // The loop may have written it all before it saw the wish: look again.
         if self.backlog.unsent() <= low {
             self.shared.drains.drained(py, self.id);

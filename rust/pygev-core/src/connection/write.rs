@@ -131,6 +131,22 @@ impl Connections {
         }
     }
 
+    /// Someone waits for the connection's output to drain: reports it now if it has (the
+    /// last flush may have looked before the wish was made).
+    pub(crate) fn want_drain(&mut self, token: u32, id: u64) {
+        if self
+            .conn_mut(token, id)
+            .is_some_and(|c| c.backlog.drained())
+        {
+            self.report_drained(token as usize);
+        }
+    }
+
+    fn report_drained(&mut self, token: usize) {
+        let (loop_index, token) = (self.handle.index(), token as u32);
+        self.queue_event(Event::Drained { loop_index, token });
+    }
+
     /// Writes `wire` (already in wire form) after any pending output: sealed into TLS
     /// records first on a TLS connection.
     #[inline]
@@ -232,11 +248,7 @@ impl Connections {
         let pending = conn.output.len();
         conn.backlog.set_buffered(pending);
         if conn.backlog.drained() {
-            let (loop_index, token32) = (self.handle.index(), token as u32);
-            self.queue_event(Event::Drained {
-                loop_index,
-                token: token32,
-            });
+            self.report_drained(token);
         }
         let conn = &mut self.conns[token];
         let (high_water, low_water) = conn.backlog.write_limits();

@@ -375,19 +375,20 @@ def proc_rss_bytes(pid):
 
 def build_loadgen(force=False):
     """Compile benches/loadgen.c into benches/build/loadgen when it is missing or stale."""
-    return build_c("benches/loadgen.c", force)
+    return build_c("benches/loadgen.c", force, libs=("-lssl", "-lcrypto"))
 
 
-def build_c(source, force=False):
+def build_c(source, force=False, libs=()):
     """Compile a C file (path relative to the repo root) into benches/build/NAME
-    with gcc -O2, when the binary is missing or older than the source."""
+    with gcc -O2 (linked with `libs`), when the binary is missing or older than the
+    source."""
     src = os.path.join(REPO, source)
     exe = os.path.join(BUILD_DIR, os.path.splitext(os.path.basename(source))[0])
     if not force and os.path.exists(exe) and os.path.getmtime(exe) >= os.path.getmtime(src):
         return exe
     os.makedirs(BUILD_DIR, exist_ok=True)
     cc = os.environ.get("CC", "gcc")
-    cmd = [cc, "-O2", "-Wall", "-o", exe, src]
+    cmd = [cc, "-O2", "-Wall", "-o", exe, src, *libs]
     log(f"building: {' '.join(cmd)}")
     subprocess.run(cmd, check=True)
     return exe

@@ -23,7 +23,7 @@ site=${2:-}
 repo=${3:-$here}
 python=${PYTHON:-python}
 loadgen=$here/benches/build/loadgen
-[ -x "$loadgen" ] || { mkdir -p "$here/benches/build"; gcc -O2 -o "$loadgen" "$here/benches/loadgen.c"; }
+[ -x "$loadgen" ] || { mkdir -p "$here/benches/build"; gcc -O2 -o "$loadgen" "$here/benches/loadgen.c" -lssl -lcrypto; }
 work=$(mktemp -d)
 # KEEP=DIR keeps callgrind's output there (for callgrind_annotate).
 trap 'if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP"; cp "$work"/cg.out* "$KEEP"/; fi; rm -rf "$work"' EXIT

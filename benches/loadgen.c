@@ -17,9 +17,9 @@
  *   {"messages": N, ...}           at the end, counting only the measured window
  * Diagnostics go to stderr.
  *
- * Build: gcc -O2 -o loadgen loadgen.c
+ * Build: gcc -O2 -o loadgen loadgen.c -lssl -lcrypto
  * Usage: loadgen [-H host] [-p port | -U path] [-c conns] [-s size] [-i inflight]
- *                [-d duration] [-w warmup] [-f header_size] [-b] [-W]
+ *                [-d duration] [-w warmup] [-f header_size] [-b] [-W] [-T [-N name]] [-R]
  *
  * -U PATH connects every connection to the Unix-domain stream socket at PATH instead
  * of host:port (-H and -p are then ignored). Everything else works the same.
@@ -32,6 +32,14 @@
  * and waits for "101", then every message is one masked binary frame of S payload bytes
  * (a random mask key per message). The echoed frames (unmasked, same payload) are
  * checked byte for byte against the stream of expected server frames.
+ *
+ * -T speaks TLS (OpenSSL, any version the server offers, the certificate not verified: a
+ * benchmark) over each connection; with -W that is wss://. -N NAME sets the SNI name
+ * (default localhost).
+ *
+ * -R measures full handshakes: each connection connects, completes a TLS handshake
+ * (with -T; a new session every time, never resumed), sends one message of S bytes,
+ * reads its echo, closes, and starts again. "messages" then counts those cycles.
  *
  * -b busy-polls (epoll_wait with a zero timeout) instead of sleeping, so the
  * server never has to wake the load generator up: on a VM a cross-CPU wakeup
@@ -60,6 +68,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
 /* Pattern length: a prime, so that it never lines up with message sizes. */
 #define PATTERN_MAX 1048573u /* a prime: connections' streams do not line up */
 #define CHUNK (256 * 1024) /* max bytes per read()/send() call */
@@ -67,6 +78,8 @@
 
 struct conn {
     int fd;
+    SSL *ssl;          /* -T: the connection's TLS, NULL otherwise */
+    int state;         /* -R: where the cycle is (CYCLE_*) */
     int alive;
     int want_out;      /* EPOLLOUT registered */
     uint32_t start;    /* offset of this connection's stream in the pattern */
@@ -89,6 +102,14 @@ static int nconns;
 static size_t msg_size;
 static int epfd;
 static volatile sig_atomic_t stop_flag;
+static SSL_CTX *tls_ctx;       /* -T */
+static const char *tls_name = "localhost";
+static int reconnect;          /* -R */
+static struct sockaddr_storage target;
+static socklen_t target_len;
+
+/* -R: a connection's cycle. */
+enum { CYCLE_CONNECTING, CYCLE_HANDSHAKING, CYCLE_RUNNING };
 
 /* counters (total since traffic started) */
 static uint64_t c_messages, c_bytes, c_errors, c_mismatch, c_closed;
@@ -115,9 +136,78 @@ static void on_signal(int sig) {
 static void usage(const char *argv0) {
     fprintf(stderr,
             "usage: %s [-H host] [-p port | -U path] [-c conns] [-s size] [-i inflight]\n"
-            "          [-d duration_s] [-w warmup_s] [-f header_size] [-b] [-W]\n",
+            "          [-d duration_s] [-w warmup_s] [-f header_size] [-b] [-W] [-T [-N name]]\n"
+            "          [-R]\n",
             argv0);
     exit(2);
+}
+
+/* What a failed SSL call means, as send(2)/recv(2) would say it: -1 with EAGAIN when it
+ * must wait, 0 at the end of the stream, -1 with errno otherwise. */
+static ssize_t tls_result(struct conn *c, int ret) {
+    int err = SSL_get_error(c->ssl, ret);
+    switch (err) {
+    case SSL_ERROR_WANT_READ:
+    case SSL_ERROR_WANT_WRITE:
+        errno = EAGAIN;
+        return -1;
+    case SSL_ERROR_ZERO_RETURN:
+        return 0;
+    case SSL_ERROR_SYSCALL:
+        if (errno == 0) return 0;
+        return -1;
+    default:
+        if (!stop_flag) ERR_print_errors_fp(stderr);
+        ERR_clear_error();
+        errno = EPROTO;
+        return -1;
+    }
+}
+
+/* send(2) and recv(2), through TLS with -T. */
+static ssize_t io_send(struct conn *c, const void *buf, size_t n) {
+    if (!c->ssl) return send(c->fd, buf, n, MSG_NOSIGNAL);
+    size_t done;
+    int ret = SSL_write_ex(c->ssl, buf, n, &done);
+    return ret == 1 ? (ssize_t)done : tls_result(c, ret);
+}
+
+static ssize_t io_recv(struct conn *c, void *buf, size_t n) {
+    if (!c->ssl) return recv(c->fd, buf, n, 0);
+    size_t done;
+    int ret = SSL_read_ex(c->ssl, buf, n, &done);
+    return ret == 1 ? (ssize_t)done : tls_result(c, ret);
+}
+
+/* A new TLS session over c->fd (client side, SNI tls_name). */
+static void tls_attach(struct conn *c) {
+    c->ssl = SSL_new(tls_ctx);
+    if (!c->ssl || SSL_set_fd(c->ssl, c->fd) != 1 || SSL_set_tlsext_host_name(c->ssl, tls_name) != 1) {
+        ERR_print_errors_fp(stderr);
+        exit(1);
+    }
+    SSL_set_connect_state(c->ssl);
+}
+
+/* One step of the handshake: 1 done, 0 must wait, -1 failed. */
+static int tls_step(struct conn *c) {
+    int ret = SSL_do_handshake(c->ssl);
+    if (ret == 1) return 1;
+    if (tls_result(c, ret) < 0 && errno == EAGAIN) return 0;
+    return -1;
+}
+
+static void tls_setup(void) {
+    tls_ctx = SSL_CTX_new(TLS_client_method());
+    if (!tls_ctx) {
+        ERR_print_errors_fp(stderr);
+        exit(1);
+    }
+    SSL_CTX_set_verify(tls_ctx, SSL_VERIFY_NONE, NULL);
+    SSL_CTX_set_session_cache_mode(tls_ctx, SSL_SESS_CACHE_OFF);
+    SSL_CTX_set_mode(tls_ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    SSL_CTX_set_options(tls_ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
+    SSL_CTX_set_read_ahead(tls_ctx, 1);
 }
 
 static void set_out(struct conn *c, int on) {
@@ -142,6 +232,8 @@ static void kill_conn(struct conn *c, const char *why, int err) {
     c_errors++;
     c_closed++;
     epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
+    if (c->ssl) SSL_free(c->ssl);
+    c->ssl = NULL;
     close(c->fd);
 }
 
@@ -150,7 +242,7 @@ static void flush_conn(struct conn *c) {
     while (c->alive && c->to_send > 0) {
         size_t off = (size_t)((c->start + c->sent) % pattern_len);
         size_t n = c->to_send < CHUNK ? (size_t)c->to_send : CHUNK;
-        ssize_t w = send(c->fd, pattern + off, n, MSG_NOSIGNAL);
+        ssize_t w = io_send(c, pattern + off, n);
         if (w > 0) {
             c->sent += (uint64_t)w;
             c->to_send -= (uint64_t)w;
@@ -167,19 +259,31 @@ static void flush_conn(struct conn *c) {
     if (c->alive) set_out(c, 0);
 }
 
-/* Read once (level-triggered epoll brings us back), check and account. */
+static void account(struct conn *c, size_t n);
+static void cycle_start(struct conn *c);
+
+/* Reads what there is (once in plain TCP: level-triggered epoll brings us back; until
+ * TLS has nothing left, as what it read ahead raises no event), checks and accounts. */
 static void read_conn(struct conn *c) {
-    ssize_t r = recv(c->fd, rbuf, CHUNK, 0);
-    if (r < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
-        kill_conn(c, "recv", errno);
-        return;
+    for (int round = 0; round < 64 && c->alive; round++) {
+        ssize_t r = io_recv(c, rbuf, CHUNK);
+        if (r < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
+            kill_conn(c, "recv", errno);
+            return;
+        }
+        if (r == 0) {
+            kill_conn(c, "closed by server", 0);
+            return;
+        }
+        account(c, (size_t)r);
+        if (!c->ssl) return;
     }
-    if (r == 0) {
-        kill_conn(c, "closed by server", 0);
-        return;
-    }
-    size_t n = (size_t)r;
+}
+
+/* Checks `n` bytes just received against the stream expected back, and sends one more
+ * message for each completed. */
+static void account(struct conn *c, size_t n) {
     /* A WebSocket server can only answer whole frames; a raw echo answers any byte. */
     uint64_t answerable = websocket ? (c->sent / send_size) * reply_size : c->sent;
     if (c->recvd + n > answerable) {
@@ -209,7 +313,10 @@ static void read_conn(struct conn *c) {
     c->recvd += n;
     uint64_t done = c->recvd / reply_size - before;
     c_bytes += n;
-    if (done) {
+    if (done && reconnect) {
+        c_messages += done;
+        cycle_start(c); /* the next full handshake */
+    } else if (done) {
         c_messages += done;
         c->to_send += done * send_size;
         flush_conn(c);
@@ -230,6 +337,91 @@ static int make_socket(const struct sockaddr_storage *sa, socklen_t salen) {
         exit(1);
     }
     return fd;
+}
+
+/* -R: (re)starts connection c's cycle: a new socket connecting, then (with -T) a new TLS
+ * session, one message, its echo. */
+static void cycle_start(struct conn *c) {
+    if (c->fd > 0) {
+        epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
+        if (c->ssl) {
+            SSL_shutdown(c->ssl); /* close_notify, as a polite client sends */
+            SSL_free(c->ssl);
+            c->ssl = NULL;
+        }
+        close(c->fd);
+    }
+    c->fd = make_socket(&target, target_len);
+    c->state = CYCLE_CONNECTING;
+    c->sent = c->recvd = c->to_send = 0;
+    struct epoll_event ev = {0};
+    ev.events = EPOLLOUT;
+    ev.data.u32 = (uint32_t)(c - conns);
+    if (epoll_ctl(epfd, EPOLL_CTL_ADD, c->fd, &ev) < 0) {
+        perror("epoll_ctl ADD");
+        exit(1);
+    }
+    c->want_out = 1;
+    c->alive = 1;
+}
+
+/* -R: the message of this cycle goes out. */
+static void cycle_run(struct conn *c) {
+    c->state = CYCLE_RUNNING;
+    c->to_send = send_size;
+    flush_conn(c);
+}
+
+/* -R: a readiness event of a connection in its cycle. */
+static void cycle_event(struct conn *c, uint32_t events) {
+    if (c->state == CYCLE_CONNECTING) {
+        int err = 0;
+        socklen_t len = sizeof err;
+        getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+        if (err) return kill_conn(c, "connect", err);
+        c->want_out = -1; /* set_out below re-registers */
+        if (!tls_ctx) return cycle_run(c);
+        tls_attach(c);
+        c->state = CYCLE_HANDSHAKING;
+        events = 0;
+    }
+    if (c->state == CYCLE_HANDSHAKING) {
+        int step = tls_step(c);
+        if (step < 0) return kill_conn(c, "TLS handshake", errno);
+        if (step == 0) return set_out(c, SSL_want_write(c->ssl));
+        return cycle_run(c);
+    }
+    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) read_conn(c);
+    if (c->alive && c->state == CYCLE_RUNNING && (events & EPOLLOUT)) flush_conn(c);
+}
+
+/* Starts a TLS session on every connection and completes every handshake. */
+static void handshake_all(double timeout) {
+    double deadline = now() + timeout;
+    for (int i = 0; i < nconns; i++) tls_attach(&conns[i]);
+    int left = nconns;
+    while (left > 0) {
+        left = 0;
+        for (int i = 0; i < nconns; i++) {
+            struct conn *c = &conns[i];
+            if (!SSL_is_init_finished(c->ssl)) {
+                int step = tls_step(c);
+                if (step < 0) {
+                    fprintf(stderr, "loadgen: TLS handshake failed\n");
+                    exit(1);
+                }
+                left += step == 0;
+            }
+        }
+        if (now() > deadline) {
+            fprintf(stderr, "loadgen: TLS handshakes timed out (%d left)\n", left);
+            exit(1);
+        }
+        if (left) {
+            struct epoll_event ev;
+            epoll_wait(epfd, &ev, 1, 1);
+        }
+    }
 }
 
 /* Connect all connections, at most CONNECT_BATCH in progress at a time. */
@@ -347,7 +539,7 @@ static void upgrade_all(double timeout) {
         "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
     double deadline = now() + timeout;
     for (int i = 0; i < nconns; i++) {
-        if (send(conns[i].fd, request, sizeof request - 1, MSG_NOSIGNAL) != (ssize_t)(sizeof request - 1)) {
+        if (io_send(&conns[i], request, sizeof request - 1) != (ssize_t)(sizeof request - 1)) {
             fprintf(stderr, "loadgen: could not send the upgrade request\n");
             exit(1);
         }
@@ -361,7 +553,7 @@ static void upgrade_all(double timeout) {
                 fprintf(stderr, "loadgen: no upgrade response\n");
                 exit(1);
             }
-            ssize_t r = recv(conns[i].fd, head + got, 1, 0);
+            ssize_t r = io_recv(&conns[i], head + got, 1);
             if (r == 1) got++;
             else if (r == 0) {
                 fprintf(stderr, "loadgen: closed during the upgrade\n");
@@ -390,7 +582,7 @@ int main(int argc, char **argv) {
     msg_size = 64;
 
     int opt;
-    while ((opt = getopt(argc, argv, "H:p:U:c:s:i:d:w:f:bWh")) != -1) {
+    while ((opt = getopt(argc, argv, "H:p:U:c:s:i:d:w:f:bWTN:Rh")) != -1) {
         switch (opt) {
         case 'H': host = optarg; break;
         case 'p': port = optarg; break;
@@ -403,6 +595,9 @@ int main(int argc, char **argv) {
         case 'f': frame_header = atoi(optarg); break;
         case 'b': busy_poll = 1; break;
         case 'W': websocket = 1; break;
+        case 'T': tls_setup(); break;
+        case 'N': tls_name = optarg; break;
+        case 'R': reconnect = 1; break;
         default: usage(argv[0]);
         }
     }
@@ -496,13 +691,23 @@ int main(int argc, char **argv) {
         perror("epoll_create1");
         return 1;
     }
-    connect_all(&sa, salen, 30.0);
-    if (websocket) upgrade_all(10.0);
-
-    /* Start the traffic: every connection queues `inflight` messages. */
-    for (int i = 0; i < nconns; i++) {
-        conns[i].to_send = (uint64_t)inflight * send_size;
-        flush_conn(&conns[i]);
+    target = sa;
+    target_len = salen;
+    if (reconnect) {
+        if (websocket) {
+            fprintf(stderr, "loadgen: -R does not speak WebSocket\n");
+            return 2;
+        }
+        for (int i = 0; i < nconns; i++) cycle_start(&conns[i]);
+    } else {
+        connect_all(&sa, salen, 30.0);
+        if (tls_ctx) handshake_all(30.0);
+        if (websocket) upgrade_all(10.0);
+        /* Start the traffic: every connection queues `inflight` messages. */
+        for (int i = 0; i < nconns; i++) {
+            conns[i].to_send = (uint64_t)inflight * send_size;
+            flush_conn(&conns[i]);
+        }
     }
 
     double t0 = now();
@@ -537,8 +742,12 @@ int main(int argc, char **argv) {
             struct conn *c = &conns[evs[i].data.u32];
             if (!c->alive) continue;
             uint32_t e = evs[i].events;
-            if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) read_conn(c);
-            if (c->alive && (e & EPOLLOUT)) flush_conn(c);
+            if (reconnect) {
+                cycle_event(c, e);
+            } else {
+                if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) read_conn(c);
+                if (c->alive && (e & EPOLLOUT)) flush_conn(c);
+            }
             if (!c->alive) alive--;
         }
         t = now();

@@ -31,6 +31,9 @@ def main() -> None:
     parser.add_argument("--framing", choices=["raw", "length"], default="raw")
     parser.add_argument("--stats", action="store_true", help="log server.stats() at exit")
     parser.add_argument(
+        "--tls", nargs=2, metavar=("CERT", "KEY"), help="speak TLS with this certificate and key"
+    )
+    parser.add_argument(
         "--plugin",
         action="store_true",
         help="with --framing length: run the length-prefix framing built as a Rust plugin "
@@ -47,7 +50,8 @@ def main() -> None:
     plugin = pygev._pygev._length_prefix_plugin(4) if args.plugin else None
     protocol = plugin if plugin is not None and args.framing == "length" else framing
     address = f"unix:{args.unix}" if args.unix else f"{args.host}:{args.port}"
-    server = pygev.Server(Echo(), address, num_loops=args.loops, protocol=protocol)
+    tls = pygev.TLS(*args.tls) if args.tls else None
+    server = pygev.Server(Echo(), address, num_loops=args.loops, protocol=protocol, tls=tls)
     bound = server.address
     where = bound if isinstance(bound, str) else f"{bound[0]}:{bound[1]}"
     # SIGINT (Ctrl+C) and SIGTERM stop the server cleanly, even before start() runs.

@@ -31,13 +31,17 @@ def main() -> None:
     parser.add_argument(
         "--max-message-size", type=int, default=16 << 20, help="bytes (default 16 MiB)"
     )
+    parser.add_argument(
+        "--tls", nargs=2, metavar=("CERT", "KEY"), help="wss://, with this certificate and key"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     protocol = pygev.WebSocket(
         max_message_size=args.max_message_size, compression=not args.no_compression
     )
+    tls = pygev.TLS(*args.tls) if args.tls else None
     server = pygev.Server(
-        Echo(), f"{args.host}:{args.port}", num_loops=args.loops, protocol=protocol
+        Echo(), f"{args.host}:{args.port}", num_loops=args.loops, protocol=protocol, tls=tls
     )
     # SIGINT (Ctrl+C) and SIGTERM stop the server cleanly: clients get close code 1001.
     for signum in (signal.SIGINT, signal.SIGTERM):

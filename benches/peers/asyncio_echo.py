@@ -99,13 +99,13 @@ async def until_stopped(server):
     await stop
 
 
-async def serve(host, port, backlog, framing, unix=None):
+async def serve(host, port, backlog, framing, unix=None, ssl=None):
     loop = asyncio.get_running_loop()
     factory = FramedEcho if framing == "length" else Echo
     if unix:
-        server = await loop.create_unix_server(factory, unix, backlog=backlog)
+        server = await loop.create_unix_server(factory, unix, backlog=backlog, ssl=ssl)
     else:
-        server = await loop.create_server(factory, host, port, backlog=backlog)
+        server = await loop.create_server(factory, host, port, backlog=backlog, ssl=ssl)
     await until_stopped(server)
     server.close()
     if unix:
@@ -125,16 +125,28 @@ def main(use_uvloop=False, serve=serve, description=__doc__):
     ap.add_argument("--framing", choices=["raw", "length"], default="raw")
     ap.add_argument("--unix", metavar="PATH",
                     help="listen on a Unix-domain socket at PATH instead of --host/--port")
+    ap.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"),
+                    help="speak TLS (Python's ssl, OpenSSL) with this certificate and key")
     args = ap.parse_args()
     raise_nofile_limit()
+    options = {"ssl": tls_context(*args.tls)} if args.tls else {}
     if use_uvloop:
         import uvloop
 
         runner = uvloop.run
     else:
         runner = asyncio.run
-    runner(serve(args.host, args.port, args.backlog, args.framing, args.unix))
+    runner(serve(args.host, args.port, args.backlog, args.framing, args.unix, **options))
     return 0
+
+
+def tls_context(certfile, keyfile):
+    """A server-side ssl context with the certificate and key, defaults otherwise."""
+    import ssl
+
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(certfile, keyfile)
+    return ctx
 
 
 if __name__ == "__main__":

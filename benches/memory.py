@@ -11,6 +11,7 @@ idle, wait a moment and read the RSS again. Reports
 Writes benches/results/memory.json.
 Usage: python benches/memory.py [-n 10000] [--servers pygev,asyncio,uvloop,gevent]
        python benches/memory.py --websocket [-n 10000] [--servers pygev,picows,websockets]
+       python benches/memory.py --tls [-n 10000] [--servers pygev,uvloop]
 """
 from __future__ import annotations
 
@@ -122,8 +123,41 @@ def open_idle_connections(host, port, n, batch, timeout=60.0, websocket=False):
     return socks
 
 
-def echo_once(host, port, websocket=False):
+def open_tls_connections(host, port, n, workers=16):
+    """Open n TLS connections (Python's ssl, the certificate not verified), each echoing one
+    message; returns them, open and idle."""
+    import ssl
+    from concurrent.futures import ThreadPoolExecutor
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+
+    def one(i):
+        sock = ctx.wrap_socket(socket.create_connection((host, port), timeout=60),
+                               server_hostname="localhost")
+        sent = message(i)
+        sock.sendall(sent)
+        got = b""
+        while len(got) < len(sent):
+            chunk = sock.recv(64)
+            if not chunk:
+                raise ConnectionError("server closed a connection")
+            got += chunk
+        if got != sent:
+            raise ValueError(f"bad echo: sent {sent!r}, got {got!r}")
+        return sock
+
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(one, range(n)))
+
+
+def echo_once(host, port, websocket=False, tls=False):
     """The warm-up connection: one round trip, then close."""
+    if tls:
+        for s in open_tls_connections(host, port, 1):
+            s.close()
+        return
     if websocket:
         for s in open_idle_connections(host, port, 1, 1, websocket=True):
             s.close()
@@ -138,15 +172,19 @@ def echo_once(host, port, websocket=False):
             got += chunk
 
 
-def measure(spec, n, batch, settle, websocket=False):
+def measure(spec, n, batch, settle, websocket=False, tls=False):
     server = common.Server(spec, cpu=None, log_name=f"memory-{spec.name}")
     socks = []
     try:
-        echo_once(server.host, server.port, websocket)
+        echo_once(server.host, server.port, websocket, tls)
         time.sleep(settle)
         before = server.rss_bytes()
         t0 = time.monotonic()
-        socks = open_idle_connections(server.host, server.port, n, batch, websocket=websocket)
+        if tls:
+            socks = open_tls_connections(server.host, server.port, n)
+        else:
+            socks = open_idle_connections(server.host, server.port, n, batch,
+                                          websocket=websocket)
         connect_s = time.monotonic() - t0
         time.sleep(settle)
         if not server.alive():
@@ -204,7 +242,9 @@ def table(results, servers, args):
                          for i, (c, w) in enumerate(zip(cells, widths)))
 
     what = ("completed the WebSocket handshake and echoed one 16-byte binary message"
-            if args.websocket else "echoed one 16-byte message")
+            if args.websocket else
+            "completed a TLS handshake and echoed one 16-byte message" if args.tls
+            else "echoed one 16-byte message")
     out = [f"memory per idle connection (VmRSS delta / N, median of {args.rounds} round(s); "
            f"each connection {what})",
            line(headers), line(["-" * w for w in widths])]
@@ -224,6 +264,10 @@ def main():
     ap.add_argument("--websocket", action="store_true",
                     help="WebSocket servers (pygev, picows, websockets): each connection "
                          "completes the handshake and echoes one 16-byte binary message")
+    ap.add_argument("--tls", action="store_true",
+                    help="TLS servers (pygev, uvloop with Python's ssl): each connection "
+                         "completes a TLS handshake (Python's ssl client) and echoes one "
+                         "16-byte message")
     ap.add_argument("--out", default=common.RESULTS_DIR, help="results directory")
     args = ap.parse_args()
     if args.quick:
@@ -232,7 +276,12 @@ def main():
     if args.connections + 64 > hard:
         raise SystemExit(f"-n {args.connections} needs more file descriptors than the hard "
                          f"limit RLIMIT_NOFILE={hard} allows (the server needs as many)")
-    if args.websocket:
+    if args.tls:
+        import tls as tls_bench
+
+        certs = tls_bench.certificate("ecdsa")
+        specs = common.select_specs(tls_bench.specs(False, certs), args.servers)
+    elif args.websocket:
         import websocket as ws_bench
 
         specs = common.select_specs(ws_bench.specs(), args.servers)
@@ -246,7 +295,8 @@ def main():
             if spec.name in skipped or spec.name in failed:
                 continue
             try:
-                r = measure(spec, args.connections, args.batch, args.settle, args.websocket)
+                r = measure(spec, args.connections, args.batch, args.settle, args.websocket,
+                            args.tls)
             except ServerError as exc:
                 skipped[spec.name] = str(exc)
                 log(f"SKIP {spec.name}: {exc}")
@@ -271,7 +321,7 @@ def main():
         print(f"FAILED {name}: {why}")
 
     os.makedirs(args.out, exist_ok=True)
-    stem = "memory-websocket" if args.websocket else "memory"
+    stem = "memory-tls" if args.tls else "memory-websocket" if args.websocket else "memory"
     path = os.path.join(args.out, f"{stem}-quick.json" if args.quick else f"{stem}.json")
     with open(path, "w") as f:
         json.dump({

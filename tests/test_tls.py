@@ -491,6 +491,27 @@ def test_outgoing_tls_to_pygev_with_a_client_certificate(serve: Serve, pki: Pki)
     assert accepted and accepted[0].peer_certificate == pki.client_der
 
 
+@pytest.mark.parametrize("framing", ["length-prefix", "python-protocol", "plugin"])
+def test_outgoing_tls_over_a_unix_socket_with_its_own_framing(
+    serve: Serve, pki: Pki, tmp_path: Path, framing: str
+) -> None:
+    make, _ = FRAMINGS[framing]
+    tls = pygev.TLS(pki.certfile, pki.keyfile)
+    server = serve(Echo(), f"unix:{tmp_path}/tls.sock", protocol=make(), tls=tls)
+    assert server.unix is not None
+    dialer = Dialer()
+    conn = server.server.connect(
+        server.unix,
+        handler=dialer,
+        protocol=make(),
+        tls=pygev.TLS(ca_file=pki.ca_file),
+        server_hostname="localhost",
+    ).result(WAIT)
+    wait_until(lambda: dialer.got, what="the echo")
+    assert dialer.got == [b"ping"]  # one whole frame, both ways framed
+    assert conn.tls is not None and conn.tls.server_name is None
+
+
 # ---- closing: close_notify both ways, truncation --------------------------------------
 
 

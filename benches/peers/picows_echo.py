@@ -15,7 +15,7 @@ from picows import WSListener, WSMsgType, ws_create_server
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from asyncio_echo import raise_nofile_limit, until_stopped
+from asyncio_echo import raise_nofile_limit, tls_context, until_stopped
 
 
 class Echo(WSListener):
@@ -30,8 +30,8 @@ class Echo(WSListener):
             transport.disconnect()
 
 
-async def serve(host, port):
-    server = await ws_create_server(lambda _request: Echo(), host, port)
+async def serve(host, port, ssl=None):
+    server = await ws_create_server(lambda _request: Echo(), host, port, ssl=ssl)
     await until_stopped(server)
     server.close()
 
@@ -40,6 +40,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0, help="0 = any free port")
+    ap.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"),
+                    help="wss://, with this certificate and key (Python's ssl)")
     args = ap.parse_args()
     raise_nofile_limit()
     try:
@@ -48,7 +50,7 @@ def main():
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
-    runner(serve(args.host, args.port))
+    runner(serve(args.host, args.port, tls_context(*args.tls) if args.tls else None))
     return 0
 
 

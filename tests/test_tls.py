@@ -297,6 +297,24 @@ def test_websockets_client_over_wss(serve: Serve, pki: Pki) -> None:
     assert asyncio.run(main()) == ["hello", b"\x00binary", "x" * 100_000]
 
 
+def test_websockets_client_over_wss_on_a_unix_socket(
+    serve: Serve, pki: Pki, tmp_path: Path
+) -> None:
+    server = serve(WsEcho(), f"unix:{tmp_path}/wss.sock", tls=pygev.TLS(pki.certfile, pki.keyfile))
+    assert server.unix is not None
+    path = server.unix.removeprefix("unix:")
+
+    async def main() -> Any:
+        ctx = pki.client_context()
+        async with websockets.unix_connect(
+            path, "wss://localhost/", ssl=ctx, server_hostname="localhost"
+        ) as ws:
+            await ws.send("over a Unix socket")
+            return await ws.recv()
+
+    assert asyncio.run(main()) == "over a Unix socket"
+
+
 def test_openssl_s_client(serve: Serve, pki: Pki) -> None:
     openssl = shutil.which("openssl")
     if openssl is None:
@@ -412,6 +430,7 @@ class PythonTlsServer:
     def __init__(self, certfile: str, keyfile: str) -> None:
         self.ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.ctx.load_cert_chain(certfile, keyfile)
+        self.ctx.set_alpn_protocols(["h2", "http/1.1"])
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.errors: list[BaseException] = []
@@ -461,6 +480,7 @@ def test_outgoing_tls_to_a_python_ssl_server(serve: Serve, pki: Pki) -> None:
         assert b"".join(dialer.got) == b"re:ping"
         info = conn.tls
         assert info is not None and info.version == "TLSv1.3"
+        assert info.alpn == "http/1.1"  # offered by us, chosen by the server
         # The address's host is the name by default: 127.0.0.1 is in the certificate.
         conn = server.server.connect(f"127.0.0.1:{peer.port}", handler=Dialer(), tls=tls).result(
             WAIT
@@ -489,6 +509,7 @@ def test_outgoing_tls_to_pygev_with_a_client_certificate(serve: Serve, pki: Pki)
     wait_until(lambda: b"".join(dialer.got) == b"ping", what="the echo")
     accepted = [info for info in handler.infos if info is not None and info.peer_certificate]
     assert accepted and accepted[0].peer_certificate == pki.client_der
+    assert accepted[0].server_name == "localhost"  # the SNI our client sent
 
 
 @pytest.mark.parametrize("framing", ["length-prefix", "python-protocol", "plugin"])

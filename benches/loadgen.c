@@ -80,6 +80,7 @@ struct conn {
     int fd;
     SSL *ssl;          /* -T: the connection's TLS, NULL otherwise */
     int state;         /* -R: where the cycle is (CYCLE_*) */
+    int failures;      /* -R: connects failed in a row */
     int alive;
     int want_out;      /* EPOLLOUT registered */
     uint32_t start;    /* offset of this connection's stream in the pattern */
@@ -382,9 +383,12 @@ static void cycle_event(struct conn *c, uint32_t events) {
         socklen_t len = sizeof err;
         getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
         if (err) {
+            /* Retried, but a server that refuses again and again is an error. */
+            if (++c->failures > 100) return kill_conn(c, "connect", err);
             c_connect_retries++;
             return cycle_start(c);
         }
+        c->failures = 0;
         c->want_out = -1; /* set_out below re-registers */
         if (!tls_ctx) return cycle_run(c);
         tls_attach(c);

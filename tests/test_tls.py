@@ -530,7 +530,7 @@ def test_outgoing_tls_over_a_unix_socket_with_its_own_framing(
     ).result(WAIT)
     wait_until(lambda: dialer.got, what="the echo")
     assert dialer.got == [b"ping"]  # one whole frame, both ways framed
-    assert conn.tls is not None and conn.tls.server_name is None
+    assert conn.tls is not None and conn.tls.server_name == "localhost"
 
 
 # ---- closing: close_notify both ways, truncation --------------------------------------
@@ -542,13 +542,56 @@ class Closes(pygev.Handler):
         conn.close()
 
 
-def test_close_sends_close_notify(serve: Serve, pki: Pki) -> None:
-    server = serve(Closes(), tls=pygev.TLS(pki.certfile, pki.keyfile))
-    with tls_connect(server, pki.client_context()) as sock:
+class ShutsDown(pygev.Handler):
+    def on_message(self, conn: pygev.Connection, ctx: object, data: bytes) -> None:
+        conn.send(b"bye")
+        conn.shutdown_write()
+
+
+@pytest.mark.parametrize("handler", [Closes, ShutsDown], ids=["close", "shutdown_write"])
+def test_close_and_shutdown_write_send_close_notify(
+    serve: Serve, pki: Pki, handler: type[pygev.Handler]
+) -> None:
+    server = serve(handler(), tls=pygev.TLS(pki.certfile, pki.keyfile))
+    raw = server.connect()
+    # Strict about the end: an EOF without close_notify raises SSLEOFError.
+    with pki.client_context().wrap_socket(
+        raw, server_hostname="localhost", suppress_ragged_eofs=False
+    ) as sock:
         sock.sendall(b"x")
         assert recv_exactly(sock, 3) == b"bye"
-        # A clean TLS end: without close_notify, ssl raises SSLEOFError here.
-        assert sock.recv(10) == b""
+        assert sock.recv(10) == b""  # close_notify, after what was sent before it
+
+
+def test_a_peer_without_close_notify_raises_for_a_strict_client() -> None:
+    """The check the test above relies on: a TLS server that ends with a bare FIN makes a
+    strict client raise (so a missing close_notify would be seen there)."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost")
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve_one() -> None:
+        raw, _ = listener.accept()
+        tls = server_ctx.wrap_socket(raw, server_side=True)
+        tls.sendall(b"bye")
+        os.close(tls.detach())  # the TCP end, no close_notify
+
+    thread = threading.Thread(target=serve_one)
+    thread.start()
+    with client_ctx.wrap_socket(
+        socket.create_connection(listener.getsockname(), timeout=WAIT),
+        server_hostname="localhost",
+        suppress_ragged_eofs=False,
+    ) as sock:
+        assert recv_exactly(sock, 3) == b"bye"
+        with pytest.raises(ssl.SSLEOFError):
+            sock.recv(10)
+    thread.join(WAIT)
+    listener.close()
 
 
 class Recorder(pygev.Handler):
@@ -587,8 +630,9 @@ def test_a_truncated_stream_is_logged_and_never_taken_as_data(
 
 @pytest.fixture
 def guarded(serve: Serve, pki: Pki) -> Iterator[tuple[ServerThread, ssl.SSLSocket]]:
-    """A TLS echo server (client certificates optional, a short handshake timeout) and a
-    bystander connection that must keep working."""
+    """A TLS echo server (client certificates required, TLS 1.3 only, a short handshake
+    timeout) and a bystander connection that must keep working. The connections refused
+    never reach the handler, and the counters add up."""
     tls = pygev.TLS(
         pki.certfile,
         pki.keyfile,
@@ -604,7 +648,49 @@ def guarded(serve: Serve, pki: Pki) -> Iterator[tuple[ServerThread, ssl.SSLSocke
     echo(bystander, b"before")
     yield server, bystander
     echo(bystander, b"after")
+    assert len(server.handler.conns) == 1, "a refused connection reached on_connect"
+    stats = server.stats()
+    assert stats["connections"] == 1
+    assert stats["accepted"] == stats["closed"] + 1
     bystander.close()
+
+
+def test_stop_with_connections_in_their_handshake(serve: Serve, pki: Pki) -> None:
+    handler = Echo()
+    server = serve(handler, tls=pygev.TLS(pki.certfile, pki.keyfile))
+    silent = [server.connect() for _ in range(5)]  # connected, no ClientHello
+    wait_until(lambda: server.stats()["accepted"] == 5, what="the accepts")
+    server.stop()  # prompt: nothing to drain, no callbacks
+    assert handler.conns == []
+    for sock in silent:
+        sock.close()
+
+
+def test_a_dial_timeout_covers_the_handshake(serve: Serve) -> None:
+    mute = socket.create_server(("127.0.0.1", 0))  # accepts (the kernel does), never answers
+    server = serve(Echo(), None)
+    try:
+        started = time.monotonic()
+        future = server.server.connect(
+            mute.getsockname(), handler=Dialer(), tls=True, server_hostname="localhost", timeout=0.5
+        )
+        with pytest.raises(TimeoutError):
+            future.result(WAIT)
+        assert time.monotonic() - started < WAIT
+        assert server.stats()["connect_failed"] == 1
+        assert server.stats()["dialed"] == 0
+    finally:
+        mute.close()
+
+
+def test_server_hostname_needs_tls(serve: Serve) -> None:
+    server = serve(Echo(), None)
+    with pytest.raises(ValueError, match="server_hostname"):
+        server.server.connect("127.0.0.1:9", server_hostname="localhost")
+    with pytest.raises(TypeError, match="tls"):
+        server.server.connect("127.0.0.1:9", tls="yes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="server_hostname"):
+        server.server.connect("unix:/tmp/nowhere.sock", tls=True)
 
 
 def loop_wakeups(server: ServerThread) -> int:
@@ -619,7 +705,7 @@ def assert_quiet(server: ServerThread) -> None:
 
 
 def test_plaintext_on_a_tls_port(
-    guarded: tuple[ServerThread, ssl.SSLSocket], pygev_log: LogCapture
+    pygev_log: LogCapture, guarded: tuple[ServerThread, ssl.SSLSocket]
 ) -> None:
     server, bystander = guarded
     with server.connect() as plain:
@@ -633,7 +719,7 @@ def test_plaintext_on_a_tls_port(
 
 
 def test_garbage_records(
-    guarded: tuple[ServerThread, ssl.SSLSocket], pygev_log: LogCapture
+    pygev_log: LogCapture, guarded: tuple[ServerThread, ssl.SSLSocket]
 ) -> None:
     server, bystander = guarded
     with server.connect() as garbage:
@@ -656,7 +742,7 @@ def refused(server: ServerThread, ctx: ssl.SSLContext, pygev_log: LogCapture) ->
 
 
 def test_a_client_certificate_from_the_wrong_ca(
-    guarded: tuple[ServerThread, ssl.SSLSocket], pki: Pki, pygev_log: LogCapture
+    pygev_log: LogCapture, guarded: tuple[ServerThread, ssl.SSLSocket], pki: Pki
 ) -> None:
     server, bystander = guarded
     stranger_cert, stranger_key = pki.issue("stranger", "client.example", ca=trustme.CA())
@@ -667,7 +753,7 @@ def test_a_client_certificate_from_the_wrong_ca(
 
 
 def test_an_expired_client_certificate(
-    guarded: tuple[ServerThread, ssl.SSLSocket], pki: Pki, pygev_log: LogCapture
+    pygev_log: LogCapture, guarded: tuple[ServerThread, ssl.SSLSocket], pki: Pki
 ) -> None:
     server, bystander = guarded
     past = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)
@@ -681,7 +767,7 @@ def test_an_expired_client_certificate(
 
 
 def test_an_unsupported_version(
-    guarded: tuple[ServerThread, ssl.SSLSocket], pki: Pki, pygev_log: LogCapture
+    pygev_log: LogCapture, guarded: tuple[ServerThread, ssl.SSLSocket], pki: Pki
 ) -> None:
     server, bystander = guarded
     ctx = pki.client_context(maximum_version=ssl.TLSVersion.TLSv1_2)
@@ -690,7 +776,7 @@ def test_an_unsupported_version(
 
 
 def test_a_silent_client_is_closed_at_the_handshake_timeout(
-    guarded: tuple[ServerThread, ssl.SSLSocket], pygev_log: LogCapture
+    pygev_log: LogCapture, guarded: tuple[ServerThread, ssl.SSLSocket]
 ) -> None:
     server, bystander = guarded
     with server.connect() as silent:

@@ -8,7 +8,7 @@ called from another thread and from inside a callback.
 import builtins
 import concurrent.futures
 import os
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal, final, type_check_only
 
 from typing_extensions import Buffer, CapsuleType, Self, disjoint_base
@@ -180,7 +180,10 @@ class TLS:
         handshake_timeout: Seconds an accepted connection's handshake may take before it
             is closed (default 10).
 
-    Files are read when a server or a connection uses the settings.
+    Files are read when a server or a connection uses the settings. A client uses
+    ``certfile``/``keyfile``, ``password``, ``ca_file``, ``alpn`` and ``min_version``;
+    ``client_auth``, ``sni`` and ``handshake_timeout`` are a server's (a dial's handshake
+    counts within its ``timeout``).
     """
 
     def __new__(
@@ -193,7 +196,7 @@ class TLS:
         client_auth: Literal["none", "optional", "required"] = "none",
         alpn: Sequence[str] = (),
         min_version: Literal["1.2", "1.3"] = "1.2",
-        sni: Mapping[str, tuple[str | os.PathLike[str], str | os.PathLike[str]]] | None = None,
+        sni: dict[str, tuple[str | os.PathLike[str], str | os.PathLike[str]]] | None = None,
         handshake_timeout: float = 10.0,
     ) -> Self: ...
 
@@ -607,10 +610,13 @@ class Server:
             callbacks. ``asyncio.wrap_future`` makes it awaitable.
 
         Raises:
-            TypeError: ``address`` is not an address, or ``handler`` lacks a callback.
-            ValueError: ``address`` cannot be parsed, ``timeout`` is not positive, or the
+            TypeError: ``address`` is not an address, ``handler`` lacks a callback, or
+                ``tls`` is not a :class:`TLS`, a bool or ``None``.
+            ValueError: ``address`` cannot be parsed, ``timeout`` is not positive, the
                 connection would speak WebSocket (the client handshake is not implemented
-                yet).
+                yet), ``server_hostname`` is given without ``tls``, no name can be told
+                for TLS (a Unix socket without ``server_hostname``) or it is not a valid
+                name, or a TLS file is missing, unreadable or does not match.
             RuntimeError: The server was stopped.
         """
 

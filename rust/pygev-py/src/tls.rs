@@ -63,14 +63,21 @@ impl Tls {
 /// `None`/`False` plain, `True` the system's roots, or a `pygev.TLS`; the name the server
 /// must have defaults to the address's host.
 pub(crate) fn dial_target(
+    py: Python<'_>,
     tls: Option<&Bound<'_, PyAny>>,
     server_hostname: Option<&str>,
     address: &str,
 ) -> Result<Option<Box<TlsTarget>>, Error> {
+    let plain = || match server_hostname {
+        Some(_) => Err(Error::Value(
+            "pygev: server_hostname= is for TLS connections (give tls= too)".into(),
+        )),
+        None => Ok(None),
+    };
     let tls = match tls {
-        None => return Ok(None),
+        None => return plain(),
         Some(tls) => match tls.extract::<bool>() {
-            Ok(false) => return Ok(None),
+            Ok(false) => return plain(),
             Ok(true) => Tls::default_client(),
             Err(_) => match tls.cast::<Tls>() {
                 Ok(tls) => tls.get(),
@@ -90,7 +97,9 @@ pub(crate) fn dial_target(
             ))
         })?,
     };
-    let target = tls.client()?.target(&name).map_err(|e| Error::Value(e.0))?;
+    // (The first use loads the system's roots: not with the GIL held.)
+    let client = py.detach(|| tls.client())?;
+    let target = client.target(&name).map_err(|e| Error::Value(e.0))?;
     Ok(Some(Box::new(target)))
 }
 

@@ -116,6 +116,10 @@ impl Connections {
                 (true, Some(reason))
             }
             CloseCause::Reset => (true, None),
+            CloseCause::Refused(reason) => {
+                log::info!("{reason}");
+                (false, Some(reason))
+            }
         };
         if reset {
             if let Err(err) = conn.transport.reset_on_close() {

@@ -118,7 +118,9 @@ impl Connections {
 
     /// Gives up every connect in progress (the loop is stopping).
     pub(crate) fn abandon_dials(&mut self) {
-        let connecting = self.conns.iter().filter(|(_, c)| c.has(flag::CONNECTING));
+        // (A dialed connection in its TLS handshake is not announced yet either.)
+        let connecting =
+            (self.conns.iter()).filter(|(_, c)| c.has(flag::CONNECTING | flag::DIALED));
         let tokens: Vec<usize> = connecting.map(|(token, _)| token).collect();
         for token in tokens {
             self.abandon_dial(token, stopping());
@@ -130,6 +132,7 @@ impl Connections {
         let Some(mut conn) = self.conns.try_remove(token) else {
             return;
         };
+        self.write_buffered -= conn.output.len(); // (its TLS handshake may have some)
         let _ = self.registry.deregister(&mut conn.transport);
         self.protocols.release(conn.protocol);
         self.dial_failed(conn.id, err);

@@ -67,6 +67,9 @@ pub(crate) mod flag {
     pub(crate) const HANDSHAKING: u32 = 1 << 16;
     /// We dialed it (a failure before it is announced is the connect's).
     pub(crate) const DIALED: u32 = 1 << 17;
+    /// The peer's TLS close_notify came while the protocol still works through input it
+    /// holds (`UNPACK_AGAIN`): its EOF is taken up once that is done.
+    pub(crate) const EOF_PENDING: u32 = 1 << 18;
 
     /// The loop stopped reading this connection for reasons of ours (Python is behind, or
     /// the handler paused it): time spent so is not the peer's silence.
@@ -167,4 +170,9 @@ pub(crate) enum CloseCause {
     Abort(String),
     /// The same, already logged by whoever asked for it.
     Reset,
+    /// A TLS handshake failed or timed out: the connection was never announced, and a
+    /// client's failure is not the server's, so the reason is logged at info level (a
+    /// scanner must not flood the log with warnings). An orderly close: the alert that
+    /// says why went out first.
+    Refused(String),
 }

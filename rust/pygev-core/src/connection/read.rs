@@ -39,12 +39,15 @@ impl Connections {
             if let Err(cause) = self.feed(token, 0) {
                 return self.close_now(token, cause);
             }
-            if self
-                .conns
-                .get(token)
-                .is_some_and(|c| c.has(flag::UNPACK_AGAIN))
-            {
+            let Some(conn) = self.conns.get_mut(token) else {
+                return;
+            };
+            if conn.has(flag::UNPACK_AGAIN) {
                 return; // still at it: read_later() was called
+            }
+            if conn.has(flag::EOF_PENDING) {
+                conn.flags &= !flag::EOF_PENDING;
+                return self.peer_eof(token);
             }
         }
         let Some(conn) = self.conns.get_mut(token) else {
@@ -186,11 +189,18 @@ impl Connections {
         self.end_open();
         let opened = opened?;
         framed?;
-        let open = self
-            .conns
-            .get(token)
-            .is_some_and(|c| !c.has(flag::PEER_EOF));
-        if opened.peer_closed && open {
+        let Some(conn) = self.conns.get_mut(token) else {
+            return Ok(());
+        };
+        if !opened.peer_closed || conn.has(flag::PEER_EOF) {
+            return Ok(());
+        }
+        if conn.has(flag::UNPACK_AGAIN) {
+            // Messages still held come first (as a plain EOF is read only after them).
+            conn.flags |= flag::PEER_EOF | flag::EOF_PENDING;
+        } else if conn.has(flag::CLOSING) {
+            conn.flags |= flag::PEER_EOF; // closing already: nothing more to read
+        } else {
             self.peer_eof(token);
         }
         Ok(())

@@ -104,7 +104,7 @@ impl Connections {
                     "pygev: connection {} did not complete its TLS handshake within {:?}",
                     conn.id, self.config.tls_handshake_timeout
                 );
-                return self.close_now(token, CloseCause::Abort(reason));
+                return self.close_now(token, CloseCause::Refused(reason));
             }
             if conn.has(flag::CLOSING) {
                 let pending = conn.output.len();

@@ -51,7 +51,7 @@ impl Connections {
         let mut wire = std::mem::take(&mut self.sealed);
         let started = tls.start(&mut wire);
         match started {
-            Ok(()) => self.write_raw(token, &wire),
+            Ok(()) => self.write_tls_own(token, &wire),
             Err(err) => self.close_now(token, CloseCause::Failed(err.to_string())),
         }
         wire.clear();
@@ -64,6 +64,8 @@ impl Connections {
     /// handshake announces the connection before its first plaintext is framed.
     pub(super) fn open(&mut self, token: usize, n: usize) -> Result<Opened, CloseCause> {
         let conn = &mut self.conns[token];
+        // Once our write side is shut, what TLS would answer is not sent.
+        let shut = conn.has(flag::WRITE_SHUT | flag::SHUTDOWN_PENDING);
         let Some(tls) = conn.tls.as_mut() else {
             return Ok(Opened {
                 plaintext: n,
@@ -76,20 +78,29 @@ impl Connections {
         self.scratch.clear();
         // The plaintext is framed from the scratch buffer; the read buffer comes back after.
         std::mem::swap(&mut self.scratch, &mut self.plaintext);
-        if !wire.is_empty() {
-            self.write_raw(token, &wire);
-            wire.clear();
+        // Said before writing: the write may fail and close the connection.
+        let failed = result
+            .as_ref()
+            .err()
+            .map(|e| self.tls_failed(token, &e.to_string()));
+        if !wire.is_empty() && !shut {
+            self.write_tls_own(token, &wire);
         }
+        wire.clear();
         self.sealed = wire;
         let opened = match result {
             Ok(opened) => opened,
-            Err(err) => return Err(self.tls_failed(token, &err.to_string())),
+            // (If writing the alert closed it already, closing again does nothing.)
+            Err(_) => return Err(failed.unwrap_or(CloseCause::Done)),
         };
         if !self.conns.contains(token) {
             return Err(CloseCause::Done); // the write failed and closed it
         }
         if opened.handshake_done {
             self.handshake_done(token);
+            if !self.conns.contains(token) {
+                return Err(CloseCause::Done); // gone before it could be announced
+            }
         }
         Ok(Opened {
             plaintext: self.scratch.len(),
@@ -107,18 +118,20 @@ impl Connections {
     /// Why a TLS error ends the connection; logged with the peer's address, which the
     /// dispatcher does not know during a handshake. The alert TLS queued went out already,
     /// so the close is orderly (a reset could destroy the alert).
-    fn tls_failed(&mut self, token: usize, error: &str) -> CloseCause {
+    fn tls_failed(&self, token: usize, error: &str) -> CloseCause {
         let conn = &self.conns[token];
         let peer = conn
             .transport
             .peer_addr()
             .map_or_else(|_| "a peer that left".to_string(), |a| a.to_string());
-        let during = match conn.has(flag::HANDSHAKING) {
-            true => "TLS handshake",
-            false => "TLS",
-        };
+        if conn.has(flag::HANDSHAKING) {
+            let id = conn.id;
+            let reason =
+                format!("pygev: TLS handshake with {peer} failed: {error} (connection {id})");
+            return CloseCause::Refused(reason);
+        }
         CloseCause::Failed(format!(
-            "pygev: {during} with {peer} failed: {error} (connection {})",
+            "pygev: TLS with {peer} failed: {error} (connection {})",
             conn.id
         ))
     }
@@ -128,19 +141,20 @@ impl Connections {
     fn handshake_done(&mut self, token: usize) {
         let now = self.now;
         let conn = &mut self.conns[token];
+        let addresses = conn
+            .transport
+            .peer_addr()
+            .and_then(|peer| Ok((peer, conn.transport.local_addr()?)));
+        let Ok((peer, local)) = addresses else {
+            // Gone meanwhile (reset): still unannounced, so it ends as a handshake would.
+            return self.close_now(token, CloseCause::Done);
+        };
         let outgoing = conn.has(flag::DIALED);
         conn.flags &= !(flag::HANDSHAKING | flag::DIALED);
         conn.close_deadline = crate::clock::Millis::NEVER;
         conn.last_active = now;
         conn.last_read = now;
         conn.last_heard = now;
-        let addresses = conn
-            .transport
-            .peer_addr()
-            .and_then(|peer| Ok((peer, conn.transport.local_addr()?)));
-        let Ok((peer, local)) = addresses else {
-            return self.close_now(token, CloseCause::Done); // gone meanwhile
-        };
         if outgoing {
             crate::stats::LoopStats::add(&self.handle.stats.dialed, 1);
         }
@@ -204,7 +218,7 @@ impl Connections {
         let mut wire = std::mem::take(&mut self.sealed);
         tls.close(&mut wire);
         if !wire.is_empty() {
-            self.write_raw(token, &wire);
+            self.write_tls_own(token, &wire);
             wire.clear();
         }
         self.sealed = wire;

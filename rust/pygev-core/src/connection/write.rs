@@ -171,8 +171,19 @@ impl Connections {
         }
     }
 
-    /// Writes `wire` as it is (ciphertext, on a TLS connection) after any pending output.
+    /// Writes `wire` as it is (ciphertext, on a TLS connection) after any pending output;
+    /// past `max_write_buffer` the connection is reset.
     pub(crate) fn write_raw(&mut self, token: usize, wire: &[u8]) {
+        self.write_wire(token, wire, true);
+    }
+
+    /// Writes records TLS made itself (handshake messages, alerts, close_notify): few and
+    /// small, so not held to `max_write_buffer` (a close must not become a reset).
+    pub(super) fn write_tls_own(&mut self, token: usize, wire: &[u8]) {
+        self.write_wire(token, wire, false);
+    }
+
+    fn write_wire(&mut self, token: usize, wire: &[u8], bounded: bool) {
         let now = self.now;
         let Some(conn) = self.conns.get_mut(token) else {
             return;
@@ -203,7 +214,8 @@ impl Connections {
             }
         }
         let rest = &wire[written..];
-        if !rest.is_empty() && conn.output.len() + rest.len() > self.config.max_write_buffer {
+        let limit = self.config.max_write_buffer;
+        if bounded && !rest.is_empty() && conn.output.len() + rest.len() > limit {
             let reason = format!(
                 "pygev: connection {} would have {} bytes of unsent output, over \
                  max_write_buffer {} (the peer is not reading)",

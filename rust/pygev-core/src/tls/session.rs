@@ -77,9 +77,13 @@ impl TlsSession {
     /// The client side of a connection to `name` (sent as SNI and verified against the
     /// server's certificate). Call [`TlsSession::start`] for the ClientHello.
     pub fn client(config: Arc<ClientConfig>, name: ServerName<'static>) -> Result<Self, TlsError> {
-        Ok(Self::new(Side::Client(UnbufferedClientConnection::new(
-            config, name,
-        )?)))
+        let sni = match &name {
+            ServerName::DnsName(dns) => Some(dns.as_ref().into()),
+            _ => None, // an IP address is not sent as SNI
+        };
+        let mut session = Self::new(Side::Client(UnbufferedClientConnection::new(config, name)?));
+        session.sni = sni;
+        Ok(session)
     }
 
     fn new(side: Side) -> Self {
@@ -133,14 +137,29 @@ impl TlsSession {
         // lies: each call gets what the last one left (the same bytes, at the same place)
         // with the new bytes after it.
         let result = if held.is_empty() {
-            let (used, result) = self.drive(ciphertext, plaintext, wire);
-            held.extend_from_slice(&ciphertext[used..]);
-            result
-        } else {
+            self.drive_in_place(ciphertext, &mut held, plaintext, wire)
+        } else if was_handshaking {
             held.extend_from_slice(ciphertext);
             let (used, result) = self.drive(&mut held, plaintext, wire);
             held.drain(..used);
             result
+        } else {
+            // NOTE: past the handshake records stand alone: only the bytes that complete
+            // the record held are copied, the rest is opened where it lies (appending a
+            // whole 64 KiB read to a held record copied every byte read once more).
+            let take = record_end(&held, ciphertext).min(ciphertext.len());
+            held.extend_from_slice(&ciphertext[..take]);
+            let (used, result) = self.drive(&mut held, plaintext, wire);
+            held.drain(..used);
+            let rest = &mut ciphertext[take..];
+            match result {
+                Ok(()) if held.is_empty() => self.drive_in_place(rest, &mut held, plaintext, wire),
+                Ok(()) => {
+                    held.extend_from_slice(rest); // (not a whole record yet)
+                    Ok(())
+                }
+                Err(err) => Err(err),
+            }
         };
         if let Err(err) = result {
             // rustls queued the alert that says why: it comes out first. (Only that: the
@@ -160,6 +179,20 @@ impl TlsSession {
             handshake_done: was_handshaking && !self.is_handshaking(),
             peer_closed: self.peer_closed && !had_peer_closed,
         })
+    }
+
+    /// Drives the records of `incoming` (nothing held before it); keeps what is left of an
+    /// unfinished record in `held`.
+    fn drive_in_place(
+        &mut self,
+        incoming: &mut [u8],
+        held: &mut Vec<u8>,
+        plaintext: &mut Vec<u8>,
+        wire: &mut Vec<u8>,
+    ) -> Result<(), TlsError> {
+        let (used, result) = self.drive(incoming, plaintext, wire);
+        held.extend_from_slice(&incoming[used..]);
+        result
     }
 
     /// Encrypts `data` into records appended to `wire`.
@@ -227,6 +260,22 @@ impl TlsSession {
         self.peer_closed |= peer_closed;
         result
     }
+}
+
+/// How many bytes of `next` complete the record whose front is `held` (all of `next` when
+/// even its header is not complete).
+fn record_end(held: &[u8], next: &[u8]) -> usize {
+    const HEADER: usize = 5;
+    let mut header = [0u8; HEADER];
+    let have = held.len().min(HEADER);
+    header[..have].copy_from_slice(&held[..have]);
+    let missing = HEADER - have;
+    if next.len() < missing {
+        return next.len();
+    }
+    header[have..].copy_from_slice(&next[..missing]);
+    let total = HEADER + usize::from(u16::from_be_bytes([header[3], header[4]]));
+    total.saturating_sub(held.len())
 }
 
 /// What to write in the traffic state.

@@ -340,7 +340,7 @@ impl Server {
         }
         let timeout = seconds("timeout", timeout, false)?;
         let text = address_text(address)?;
-        let tls = crate::tls::dial_target(tls, server_hostname.as_deref(), &text)?;
+        let tls = crate::tls::dial_target(py, tls, server_hostname.as_deref(), &text)?;
         // A host name is resolved here: without the GIL, so callbacks go on meanwhile.
         let mut addresses = py
             .detach(|| Address::resolve_all(&text))

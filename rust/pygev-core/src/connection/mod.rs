@@ -2,8 +2,9 @@
 //! (this file), and the paths every connection goes through, one concern each: `read.rs`
 //! (reading, framing, dispatch backpressure), `write.rs` (packing and writing), `close.rs`
 //! (graceful, linger, reset), `timeouts.rs` (the deadlines a connection may have running),
-//! `dial.rs` (connecting), `tls.rs` (the TLS handshake and record layer), over the loop's set of connections (`set.rs`), their framings
-//! (`protocols.rs`) and their buffers (`buffer.rs`).
+//! `dial.rs` (connecting), `tls.rs` (the TLS handshake and record layer), over the loop's
+//! set of connections (`set.rs`), their framings (`protocols.rs`) and their buffers
+//! (`buffer.rs`).
 
 use std::sync::Arc;
 

@@ -46,8 +46,8 @@ impl Connections {
     fn next_deadline(&self, conn: &Conn) -> Millis {
         let mut due = conn.close_deadline;
         if conn.has(flag::CLOSING | flag::PAUSED_BY_US | flag::CONNECTING | flag::HANDSHAKING) {
-            // Closing, connecting or in a TLS handshake: only that deadline counts. Paused by us: the other
-            // deadlines start afresh when reading resumes.
+            // Closing, connecting or in a TLS handshake: only that deadline counts. Paused
+            // by us: the other deadlines start afresh when reading resumes.
             return due;
         }
         if let Some(idle) = self.config.idle_timeout {

@@ -14,8 +14,8 @@ use super::set::Connections;
 use super::{flag, CloseCause};
 use crate::tls::TlsSession;
 
-/// What one read's ciphertext came to.
-pub(super) struct Opened {
+/// What one read's records came to.
+pub(super) struct Plain {
     /// Plaintext bytes, now in the scratch buffer.
     pub(super) plaintext: usize,
     /// The peer sent close_notify: its stream is complete (an EOF).
@@ -62,12 +62,12 @@ impl Connections {
     /// scratch buffer holds the plaintext they carried (see [`Connections::end_open`]).
     /// What TLS answers (handshake messages, an alert) is written at once; a completed
     /// handshake announces the connection before its first plaintext is framed.
-    pub(super) fn open(&mut self, token: usize, n: usize) -> Result<Opened, CloseCause> {
+    pub(super) fn open(&mut self, token: usize, n: usize) -> Result<Plain, CloseCause> {
         let conn = &mut self.conns[token];
         // Once our write side is shut, what TLS would answer is not sent.
         let shut = conn.has(flag::WRITE_SHUT | flag::SHUTDOWN_PENDING);
         let Some(tls) = conn.tls.as_mut() else {
-            return Ok(Opened {
+            return Ok(Plain {
                 plaintext: n,
                 peer_closed: false,
             });
@@ -102,7 +102,7 @@ impl Connections {
                 return Err(CloseCause::Done); // gone before it could be announced
             }
         }
-        Ok(Opened {
+        Ok(Plain {
             plaintext: self.scratch.len(),
             peer_closed: opened.peer_closed,
         })

@@ -300,7 +300,7 @@ fn write_records<C: Records>(
             ConnectionState::WriteTraffic(mut traffic) => {
                 let len = match what {
                     Traffic::Data(data) => data.len(),
-                    Traffic::CloseNotify => 0,
+                    Traffic::CloseNotify => 2, // the alert's level and description
                 };
                 let mut size = len + (len / MAX_FRAGMENT + 1) * RECORD_OVERHEAD;
                 loop {

@@ -149,6 +149,9 @@ pub struct Reader {
     /// A whole compressed message (in `buffer`) being inflated in steps: whether it is
     /// text, and how far it got.
     inflating: Option<(bool, Progress)>,
+    /// The peer is a client, whose frames must be masked; else a server, whose frames must
+    /// not be (RFC 6455 section 5.1).
+    peer_is_client: bool,
 }
 
 impl Reader {
@@ -164,6 +167,15 @@ impl Reader {
             closed: false,
             arriving_valid: 0,
             inflating: None,
+            peer_is_client: true,
+        }
+    }
+
+    /// The same for a client's connection: the server's frames must come unmasked.
+    pub fn for_client(max_message_size: usize, rsv1_allowed: bool) -> Self {
+        Reader {
+            peer_is_client: false,
+            ..Reader::new(max_message_size, rsv1_allowed)
         }
     }
 
@@ -312,8 +324,11 @@ impl Reader {
         if header.rsv23 {
             return protocol("reserved bits RSV2/RSV3 set");
         }
-        if !header.masked {
-            return protocol("client frames must be masked");
+        if header.masked != self.peer_is_client {
+            return protocol(match self.peer_is_client {
+                true => "client frames must be masked",
+                false => "server frames must not be masked",
+            });
         }
         match header.opcode {
             opcode::CONTINUATION | opcode::TEXT | opcode::BINARY => {}

@@ -6,6 +6,7 @@ pub mod client_handshake;
 pub mod deflate;
 pub mod frames;
 pub mod handshake;
+pub mod masking;
 mod protocol;
 mod state;
 mod zlib;

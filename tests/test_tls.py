@@ -666,6 +666,34 @@ def test_stop_with_connections_in_their_handshake(serve: Serve, pki: Pki) -> Non
         sock.close()
 
 
+def test_handshakes_past_max_handshakes_are_refused(
+    serve: Serve, pki: Pki, pygev_log: LogCapture
+) -> None:
+    """A loop runs at most max_handshakes at once: clients that never finish theirs
+    cannot take the loop's memory; the next is refused, established connections go on,
+    and a handshake slot freed is taken again."""
+    handler = Echo()
+    tls = pygev.TLS(pki.certfile, pki.keyfile, max_handshakes=3)
+    server = serve(handler, num_loops=1, tls=tls)
+    ctx = pki.client_context()
+    established = tls_connect(server, ctx)
+    echo(established, b"before")
+    silent = [server.connect() for _ in range(3)]  # in their handshake, for ever
+    wait_until(lambda: server.stats()["accepted"] == 4, what="the accepts")
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        with tls_connect(server, ctx) as refused:
+            echo(refused, b"no room")
+    assert "tls_max_handshakes" in pygev_log.wait_for("TLS handshakes in progress").getMessage()
+    echo(established, b"still served")
+    silent.pop().close()  # its handshake ends: a slot is free
+    wait_until(lambda: server.stats()["closed"] == 1, what="the close")
+    with tls_connect(server, ctx) as admitted:
+        echo(admitted, b"admitted")
+    for sock in silent:
+        sock.close()
+    established.close()
+
+
 def test_a_dial_timeout_covers_the_handshake(serve: Serve) -> None:
     mute = socket.create_server(("127.0.0.1", 0))  # accepts (the kernel does), never answers
     server = serve(Echo(), None)

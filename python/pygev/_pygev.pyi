@@ -179,11 +179,15 @@ class TLS:
             ``{"name": (certfile, keyfile)}`` (``"*.example.com"`` matches one label).
         handshake_timeout: Seconds an accepted connection's handshake may take before it
             is closed (default 10).
+        max_handshakes: Handshakes each loop thread runs at once with accepted
+            connections (default 1024): past it a new connection is reset, with a warning
+            at most once a second, so that clients that never finish their handshake cannot
+            take the loop's memory while established connections go on.
 
     Files are read when a server or a connection uses the settings. A client uses
     ``certfile``/``keyfile``, ``password``, ``ca_file``, ``alpn`` and ``min_version``;
-    ``client_auth``, ``sni`` and ``handshake_timeout`` are a server's (a dial's handshake
-    counts within its ``timeout``).
+    ``client_auth``, ``sni``, ``handshake_timeout`` and ``max_handshakes`` are a
+    server's (a dial's handshake counts within its ``timeout``).
     """
 
     def __new__(
@@ -198,6 +202,7 @@ class TLS:
         min_version: Literal["1.2", "1.3"] = "1.2",
         sni: dict[str, tuple[str | os.PathLike[str], str | os.PathLike[str]]] | None = None,
         handshake_timeout: float = 10.0,
+        max_handshakes: int = 1024,
     ) -> Self: ...
 
 @final

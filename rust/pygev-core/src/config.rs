@@ -74,6 +74,11 @@ pub struct Config {
     pub tls: Option<Arc<ServerTls>>,
     /// How long an accepted connection's TLS handshake may take before it is closed.
     pub tls_handshake_timeout: Duration,
+    /// TLS handshakes a loop runs at once with accepted connections: past it, a new
+    /// connection is refused (reset), so that a flood of clients that never finish their
+    /// handshake cannot take the loop's memory (each may hold a handshake message, up to
+    /// 64 KiB) while established connections go on.
+    pub tls_max_handshakes: usize,
 }
 
 impl Default for Config {
@@ -98,6 +103,7 @@ impl Default for Config {
             batch_bytes: 256 << 10,
             tls: None,
             tls_handshake_timeout: Duration::from_secs(10),
+            tls_max_handshakes: 1024,
         }
     }
 }

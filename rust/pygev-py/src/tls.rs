@@ -17,6 +17,8 @@ use crate::errors::Error;
 
 /// How long a handshake may take by default.
 const HANDSHAKE_TIMEOUT: f64 = 10.0;
+/// Handshakes a loop runs at once by default.
+const MAX_HANDSHAKES: usize = 1024;
 
 /// TLS settings: a certificate and key for a server, trusted roots and an optional client
 /// certificate for a client. Files are read when a server or a connection uses them.
@@ -24,6 +26,8 @@ const HANDSHAKE_TIMEOUT: f64 = 10.0;
 pub struct Tls {
     settings: TlsSettings,
     pub(crate) handshake_timeout: Duration,
+    /// Handshakes a loop runs at once with accepted connections.
+    pub(crate) max_handshakes: usize,
     /// The client side, built on first use (loading the system's roots takes a while).
     client: OnceLock<ClientTls>,
 }
@@ -54,6 +58,7 @@ impl Tls {
         DEFAULT.get_or_init(|| Tls {
             settings: TlsSettings::default(),
             handshake_timeout: Duration::from_secs_f64(HANDSHAKE_TIMEOUT),
+            max_handshakes: MAX_HANDSHAKES,
             client: OnceLock::new(),
         })
     }
@@ -143,8 +148,10 @@ impl Tls {
         min_version = "1.2",
         sni = None,
         handshake_timeout = HANDSHAKE_TIMEOUT,
+        max_handshakes = MAX_HANDSHAKES as i64,
     ), text_signature = "(certfile=None, keyfile=None, *, password=None, ca_file=None, \
-        client_auth='none', alpn=(), min_version='1.2', sni=None, handshake_timeout=10.0)")]
+        client_auth='none', alpn=(), min_version='1.2', sni=None, handshake_timeout=10.0, \
+        max_handshakes=1024)")]
     #[allow(clippy::too_many_arguments)]
     fn py_new(
         certfile: Option<PathBuf>,
@@ -156,6 +163,7 @@ impl Tls {
         min_version: &str,
         sni: Option<HashMap<String, (PathBuf, PathBuf)>>,
         handshake_timeout: f64,
+        max_handshakes: i64,
     ) -> PyResult<Self> {
         let client_auth = match client_auth {
             "none" => ClientAuth::None,
@@ -202,6 +210,14 @@ impl Tls {
         sni.sort_by(|a, b| a.0.cmp(&b.0));
         let handshake_timeout =
             crate::server::seconds("handshake_timeout", handshake_timeout, false)?;
+        let max_handshakes = usize::try_from(max_handshakes)
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                Error::Value(format!(
+                    "pygev: max_handshakes must be positive, got {max_handshakes}"
+                ))
+            })?;
         Ok(Tls {
             settings: TlsSettings {
                 identity: pair(certfile, keyfile)?,
@@ -213,6 +229,7 @@ impl Tls {
                 sni,
             },
             handshake_timeout,
+            max_handshakes,
             client: OnceLock::new(),
         })
     }

@@ -137,6 +137,7 @@ impl Connections {
         }
         LoopStats::add(&self.handle.stats.closed, 1);
         if flags & flag::HANDSHAKING != 0 {
+            self.handshake_ended();
             return; // never announced: nothing to tell the dispatcher
         }
         self.queue_event(Event::Closed {

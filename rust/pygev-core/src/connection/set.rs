@@ -71,6 +71,12 @@ pub(crate) struct Connections {
     pub(crate) batch_read: usize,
     /// Accepting waits until the dispatcher catches up.
     pub(crate) accept_deferred: bool,
+    /// Accepted connections in their TLS handshake (against `tls_max_handshakes`).
+    pub(super) handshakes: usize,
+    /// When a connection was last refused for `tls_max_handshakes` (logged once a second).
+    pub(super) refused_logged: Option<Instant>,
+    /// Connections refused for `tls_max_handshakes` since that log line.
+    pub(super) refused: u64,
     /// The dispatcher caught up with accepting deferred: the loop accepts again.
     pub(crate) accept_wanted: bool,
 }
@@ -111,6 +117,9 @@ impl Connections {
             batch_read: 0,
             accept_deferred: false,
             accept_wanted: false,
+            handshakes: 0,
+            refused_logged: None,
+            refused: 0,
         }
     }
 
@@ -175,6 +184,12 @@ impl Connections {
         }
         let session = match &self.config.tls {
             None => None,
+            Some(_) if self.handshakes >= self.config.tls_max_handshakes => {
+                self.refuse_handshake(&peer);
+                let _ = transport.reset_on_close();
+                let _ = self.registry.deregister(&mut transport);
+                return uncharge(&self.handle);
+            }
             Some(tls) => match tls.session() {
                 Ok(session) => Some(session),
                 Err(err) => {

@@ -30,6 +30,7 @@ impl Connections {
     /// timeout runs until it completes.
     pub(super) fn begin_handshake(&mut self, token: usize, session: TlsSession) {
         let deadline = self.now.after(self.config.tls_handshake_timeout);
+        self.handshakes += 1;
         let conn = &mut self.conns[token];
         conn.tls = Some(Box::new(session));
         conn.flags |= flag::HANDSHAKING;
@@ -151,6 +152,9 @@ impl Connections {
         };
         let outgoing = conn.has(flag::DIALED);
         conn.flags &= !(flag::HANDSHAKING | flag::DIALED);
+        if !outgoing {
+            self.handshakes -= 1;
+        }
         conn.close_deadline = crate::clock::Millis::NEVER;
         conn.last_active = now;
         conn.last_read = now;
@@ -222,6 +226,29 @@ impl Connections {
             wire.clear();
         }
         self.sealed = wire;
+    }
+
+    /// A connection accepted past `tls_max_handshakes` is refused; said once a second at
+    /// most, with how many were.
+    pub(super) fn refuse_handshake(&mut self, peer: &crate::address::Address) {
+        self.refused += 1;
+        let now = self.instant;
+        let due = (self.refused_logged).is_none_or(|at| now.duration_since(at).as_secs() >= 1);
+        if due {
+            log::warn!(
+                "pygev: {} TLS handshakes in progress on loop {} (tls_max_handshakes): refused \
+                 {} connection(s), the last from {peer}",
+                self.handshakes,
+                self.index,
+                std::mem::take(&mut self.refused)
+            );
+            self.refused_logged = Some(now);
+        }
+    }
+
+    /// An accepted connection in its handshake is gone.
+    pub(super) fn handshake_ended(&mut self) {
+        self.handshakes = self.handshakes.saturating_sub(1);
     }
 
     /// A dialed connection closed during its TLS handshake: its connect fails, with why.

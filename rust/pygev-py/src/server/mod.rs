@@ -220,6 +220,11 @@ impl Server {
                 .map_or(Config::default().tls_handshake_timeout, |tls| {
                     tls.get().handshake_timeout
                 }),
+            tls_max_handshakes: tls
+                .as_ref()
+                .map_or(Config::default().tls_max_handshakes, |tls| {
+                    tls.get().max_handshakes
+                }),
             ..Config::default()
         };
         if config.tls.is_some() && address.is_none() {

@@ -247,11 +247,35 @@ impl Connections {
         } else {
             self.queue_event(connect);
         }
+        if outgoing && !self.say_first(token) {
+            return; // its framing could not open it: closed
+        }
         if self.quiesced || self.draining {
             self.begin_close(token, self.now.after(self.config.drain_timeout));
         } else {
             self.schedule(token);
         }
+    }
+
+    /// Writes what the connection's framing sends first (a WebSocket client's upgrade
+    /// request); false when it failed and the connection was closed.
+    fn say_first(&mut self, token: usize) -> bool {
+        let conn = &mut self.conns[token];
+        let protocol = self.protocols.get(conn.protocol).clone();
+        let mut out = Vec::new();
+        if let Err(err) = protocol.opening(&mut conn.state, &mut out) {
+            let reason = format!(
+                "{err} (protocol {}, connection {})",
+                protocol.name(),
+                conn.id
+            );
+            self.close_now(token, super::CloseCause::Abort(reason));
+            return false;
+        }
+        if !out.is_empty() {
+            self.write_out(token, &out);
+        }
+        self.conns.contains(token)
     }
 
     /// Queues `event` for the dispatcher, charging its cost to dispatch backpressure.

@@ -85,6 +85,12 @@ pub trait Protocol: Send + Sync {
         None
     }
 
+    /// What this side sends first, as soon as a connection it frames is open (a WebSocket
+    /// client's upgrade request); nothing by default. An error closes the connection.
+    fn opening(&self, _state: &mut ProtocolState, _out: &mut Vec<u8>) -> Result<(), ProtocolError> {
+        Ok(())
+    }
+
     /// Pushes every whole frame found at the start of `input` into `frames` and returns how
     /// many bytes of `input` those frames used; the rest is kept and offered again, with more
     /// bytes after it, on the next call.

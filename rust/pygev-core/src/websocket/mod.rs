@@ -2,6 +2,7 @@
 //! the upgrade handshake, the frame reader and writer, compression, and the [`WebSocket`]
 //! framing that ties them to a connection.
 
+pub mod client;
 pub mod client_handshake;
 pub mod deflate;
 pub mod frames;

@@ -1,0 +1,159 @@
+//! The WebSocket client framing against the server framing, in memory: the upgrade, masked
+//! frames one way and unmasked the other, with and without permessage-deflate, pings, a
+//! masked frame from the server (1002), a refusal, and fresh keys per connection.
+
+use std::time::Duration;
+
+use pygev_core::websocket::client::{ClientSettings, WebSocketClient};
+use pygev_core::websocket::client_handshake::{DeflateOffer, Offer};
+use pygev_core::websocket::frames::{opcode, write_frame};
+use pygev_core::websocket::masking::write_masked_frame;
+use pygev_core::websocket::{Settings, WebSocket};
+use pygev_core::{FrameSink, Item, MessageKind, Protocol, ProtocolState, Signal};
+
+fn client(deflate: bool) -> WebSocketClient {
+    WebSocketClient::new(ClientSettings {
+        offer: Offer {
+            host: "localhost".into(),
+            target: "/echo".into(),
+            key: String::new(),
+            origin: None,
+            protocols: Vec::new(),
+            headers: Vec::new(),
+            deflate: deflate.then_some(DeflateOffer {
+                server_no_context_takeover: false,
+                client_no_context_takeover: false,
+                server_max_window_bits: 15,
+                client_max_window_bits: true,
+            }),
+        },
+        max_message_size: 1 << 20,
+        handshake_timeout: Duration::from_secs(5),
+        threshold: 16,
+    })
+}
+
+/// Feeds `input` to `protocol` as the loop would; returns what it delivered and what it
+/// asked to write back.
+fn feed(protocol: &dyn Protocol, state: &mut ProtocolState, input: &[u8]) -> (Vec<Item>, Vec<u8>) {
+    let mut sink = FrameSink::new();
+    let used = protocol.unpack(state, input, &mut sink).unwrap();
+    assert_eq!(used, input.len(), "everything whole was used");
+    let items = sink.drain_items();
+    let (reply, _) = sink.take_actions();
+    (items, reply)
+}
+
+/// A connected client and server; whether they agreed on compression.
+fn connected(
+    deflate: bool,
+) -> (
+    WebSocketClient,
+    ProtocolState,
+    WebSocket,
+    ProtocolState,
+    bool,
+) {
+    let client = client(deflate);
+    let server = WebSocket::new(Settings::default());
+    let (mut cstate, mut sstate) = (client.new_state(), server.new_state());
+    let mut request = Vec::new();
+    client.opening(&mut cstate, &mut request).unwrap();
+    assert!(request.starts_with(b"GET /echo HTTP/1.1\r\n"));
+    let (items, response) = feed(&server, &mut sstate, &request);
+    assert!(matches!(items[..], [Item::Signal(Signal::Opened { .. })]));
+    let (items, _) = feed(&client, &mut cstate, &response);
+    let [Item::Signal(Signal::Opened { compressed })] = items[..] else {
+        panic!("the client did not open: {items:?}");
+    };
+    (client, cstate, server, sstate, compressed)
+}
+
+fn message(items: &[Item]) -> (MessageKind, Vec<u8>) {
+    match items {
+        [Item::Message { kind, data }] => (*kind, data.clone()),
+        other => panic!("not one message: {other:?}"),
+    }
+}
+
+#[test]
+fn messages_go_both_ways_with_and_without_compression() {
+    for deflate in [false, true] {
+        let (client, mut cstate, server, mut sstate, compressed) = connected(deflate);
+        assert_eq!(compressed, deflate);
+        for size in [0usize, 5, 200, 70_000] {
+            let payload: Vec<u8> = (0..size).map(|i| b"abcabcabd"[i % 9]).collect();
+            let mut wire = Vec::new();
+            client
+                .pack_kind(&mut cstate, MessageKind::Text, &payload, &mut wire)
+                .unwrap();
+            assert_eq!(wire[1] & 0x80, 0x80, "a client frame is masked");
+            let (items, _) = feed(&server, &mut sstate, &wire);
+            assert_eq!(message(&items), (MessageKind::Text, payload.clone()));
+            let mut back = Vec::new();
+            server
+                .pack_kind(&mut sstate, MessageKind::Binary, &payload, &mut back)
+                .unwrap();
+            let (items, _) = feed(&client, &mut cstate, &back);
+            assert_eq!(message(&items), (MessageKind::Binary, payload));
+        }
+    }
+}
+
+#[test]
+fn pings_are_answered_with_masked_pongs() {
+    let (client, mut cstate, server, mut sstate, _) = connected(false);
+    let mut ping = Vec::new();
+    write_frame(&mut ping, opcode::PING, true, false, b"are you there");
+    let (items, pong) = feed(&client, &mut cstate, &ping);
+    assert!(items.is_empty());
+    assert_eq!(pong[0] & 0x0f, opcode::PONG);
+    assert_eq!(pong[1] & 0x80, 0x80, "masked");
+    let (items, _) = feed(&server, &mut sstate, &pong); // the server's reader accepts it
+    assert!(items.is_empty());
+}
+
+#[test]
+fn a_masked_frame_from_the_server_is_a_protocol_error() {
+    let (client, mut cstate, _, _, _) = connected(false);
+    let mut masked = Vec::new();
+    write_masked_frame(&mut masked, opcode::TEXT, true, false, b"hi", [9, 9, 9, 9]);
+    let (items, _) = feed(&client, &mut cstate, &masked);
+    match &items[..] {
+        [Item::Signal(Signal::Ending { close: Some(close) })] => {
+            assert_eq!(&close[..2], &1002u16.to_be_bytes());
+        }
+        other => panic!("not ended with 1002: {other:?}"),
+    }
+}
+
+#[test]
+fn a_refusal_is_an_error_with_its_status() {
+    let client = client(false);
+    let mut state = client.new_state();
+    let mut request = Vec::new();
+    client.opening(&mut state, &mut request).unwrap();
+    let mut sink = FrameSink::new();
+    let refused = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n";
+    let err = client.unpack(&mut state, refused, &mut sink).unwrap_err();
+    assert!(err.message().contains("403 Forbidden"), "{err}");
+}
+
+#[test]
+fn every_connection_gets_a_fresh_key() {
+    let client = client(false);
+    let keys: std::collections::HashSet<Vec<u8>> = (0..50)
+        .map(|_| {
+            let mut state = client.new_state();
+            let mut request = Vec::new();
+            client.opening(&mut state, &mut request).unwrap();
+            let text = String::from_utf8(request).unwrap();
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("Sec-WebSocket-Key:"))
+                .unwrap();
+            line.as_bytes().to_vec()
+        })
+        .collect();
+    assert_eq!(keys.len(), 50);
+}

@@ -1,8 +1,8 @@
 //! WebSocket as a client's framing (a dialed connection): the upgrade request as the
 //! connection opens ([`Protocol::opening`]), the server's answer checked as it arrives
-//! (`client_handshake.rs`), then frames: ours masked, each with a fresh key
-//! (`masking.rs`), the server's unmasked; permessage-deflate with the roles of the
-//! server's codec swapped; pings answered, the close handshake, a handshake timeout.
+//! (`client_handshake.rs`), then the open connection as the server side runs it
+//! (`session.rs`), with our frames masked with a fresh key each and the server's required
+//! unmasked; permessage-deflate with the roles of the server's codec swapped.
 //!
 //! Not yet wired to Python (`server.connect("ws://...")`): that is the next step of the
 //! WebSocket client work.
@@ -10,9 +10,11 @@
 use std::time::{Duration, Instant};
 
 use super::client_handshake::{parse_response, request, Answer, Offer};
-use super::deflate::{Agreed, Codec};
-use super::frames::{opcode, Deliver, Message, Reader, Violation};
-use super::masking::{write_masked_frame, MaskKeys};
+use super::deflate::Agreed;
+use super::frames::Reader;
+use super::masking::MaskKeys;
+use super::session;
+use super::state::{state_of, state_ref, ClientSide, Phase, State};
 use crate::protocols::{
     Control, FrameSink, MessageKind, Protocol, ProtocolError, ProtocolState, Signal,
 };
@@ -37,45 +39,6 @@ pub struct WebSocketClient {
     settings: ClientSettings,
 }
 
-#[derive(Debug, PartialEq, Eq)]
-enum Phase {
-    /// The request went out; reading the server's answer.
-    Handshake,
-    Open,
-    /// The server's close was read: ours follows the replies already queued.
-    CloseReceived,
-    /// Ours went out; the server's ends the connection.
-    CloseSent,
-    Closed,
-}
-
-#[derive(Debug)]
-struct State {
-    phase: Phase,
-    key: String,
-    keys: MaskKeys,
-    reader: Reader,
-    /// What was agreed, in the server codec's terms with the roles swapped (its "server"
-    /// is us: we compress with the client's window, inflate with the server's).
-    agreed: Option<Agreed>,
-    codec: Option<Box<Codec>>,
-    started: Instant,
-}
-
-fn state_of(state: &mut ProtocolState) -> &mut State {
-    state
-        .as_mut()
-        .and_then(|s| s.downcast_mut::<State>())
-        .expect("the WebSocket client state is made by new_state")
-}
-
-fn state_ref(state: &ProtocolState) -> &State {
-    state
-        .as_ref()
-        .and_then(|s| s.downcast_ref::<State>())
-        .expect("the WebSocket client state is made by new_state")
-}
-
 /// A fresh `Sec-WebSocket-Key`: 16 bytes of the mask generator, base64.
 fn fresh_key(keys: &mut MaskKeys) -> String {
     use base64::Engine;
@@ -86,7 +49,8 @@ fn fresh_key(keys: &mut MaskKeys) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-/// The agreement as the shared codec reads it, for our side: roles swapped.
+/// The agreement as the shared codec reads it, for our side: roles swapped (its "server"
+/// is the side that compresses, us).
 fn as_client(agreed: Agreed) -> Agreed {
     Agreed {
         server_no_context_takeover: agreed.client_no_context_takeover,
@@ -96,39 +60,22 @@ fn as_client(agreed: Agreed) -> Agreed {
     }
 }
 
-/// Delivers the server's messages; answers pings with masked pongs; keeps its close.
-struct Delivery<'a> {
-    sink: &'a mut FrameSink,
-    keys: &'a mut MaskKeys,
-    closes: Vec<Option<(u16, String)>>,
-}
-
-impl Deliver for Delivery<'_> {
-    fn data(&mut self, text: bool, payload: &[u8]) {
-        let kind = if text {
-            MessageKind::Text
-        } else {
-            MessageKind::Binary
-        };
-        self.sink.push_kind(kind, payload);
-    }
-
-    fn control(&mut self, message: Message) {
-        match message {
-            Message::Ping(data) => {
-                let key = self.keys.next_key();
-                write_masked_frame(self.sink.reply(), opcode::PONG, true, false, &data, key);
-            }
-            Message::Close(received) => self.closes.push(received),
-            _ => {}
-        }
-    }
-}
-
 impl WebSocketClient {
     /// A client framing with these settings.
     pub fn new(settings: ClientSettings) -> Self {
         WebSocketClient { settings }
+    }
+
+    fn offer(&self, state: &State) -> Offer {
+        let key = state
+            .client
+            .as_ref()
+            .map(|c| c.key.clone())
+            .unwrap_or_default();
+        Offer {
+            key,
+            ..self.settings.offer.clone()
+        }
     }
 
     fn answer(
@@ -137,36 +84,30 @@ impl WebSocketClient {
         input: &[u8],
         sink: &mut FrameSink,
     ) -> Result<usize, ProtocolError> {
-        let offer = Offer {
-            key: state.key.clone(),
-            ..self.settings.offer.clone()
-        };
-        match parse_response(input, &offer) {
-            Ok(None) => Ok(0),
+        let refused = match parse_response(input, &self.offer(state)) {
+            Ok(None) => return Ok(0),
             Ok(Some(Answer::Accepted(accepted, used))) => {
                 state.phase = Phase::Open;
+                state.reschedule = true;
                 state.agreed = accepted.deflate.map(as_client);
                 let compressed = state.agreed.is_some();
                 state.reader = Reader::for_client(self.settings.max_message_size, compressed);
                 sink.signal(Signal::Opened { compressed });
-                Ok(used + self.frames(state, &input[used..], sink)?)
+                return Ok(used + self.frames(state, &input[used..], sink)?);
             }
             Ok(Some(Answer::Refused(refused, _))) => {
-                state.phase = Phase::Closed;
-                let location = refused
-                    .location
+                let location = (refused.location)
                     .map(|l| format!(" (redirected to {l}, not followed)"))
                     .unwrap_or_default();
-                Err(ProtocolError::new(format!(
+                format!(
                     "pygev: WebSocket handshake refused: {} {}{location}",
                     refused.status, refused.reason
-                )))
+                )
             }
-            Err(reason) => {
-                state.phase = Phase::Closed;
-                Err(ProtocolError::new(reason))
-            }
-        }
+            Err(reason) => reason,
+        };
+        state.phase = Phase::Closed;
+        Err(ProtocolError::new(refused))
     }
 
     fn frames(
@@ -175,63 +116,8 @@ impl WebSocketClient {
         input: &[u8],
         sink: &mut FrameSink,
     ) -> Result<usize, ProtocolError> {
-        let max = self.settings.max_message_size;
-        let threshold = self.settings.threshold;
-        let (result, closes) = {
-            let State {
-                reader,
-                agreed,
-                codec,
-                keys,
-                ..
-            } = &mut *state;
-            let mut out = Delivery {
-                sink: &mut *sink,
-                keys,
-                closes: Vec::new(),
-            };
-            let agreed = *agreed;
-            let result = reader.read_with(input, &mut out, &mut |data, progress| {
-                let agreed = agreed.expect("the reader takes RSV1 only with permessage-deflate");
-                codec
-                    .get_or_insert_with(|| Box::new(Codec::new(agreed, threshold)))
-                    .inflate_step(data, progress, max, super::state::INFLATE_STEP)
-            });
-            (result, out.closes)
-        };
-        if state.reader.is_inflating() {
-            sink.call_again();
-        }
-        for received in closes {
-            let payload = received.map_or_else(Vec::new, |(code, _)| code.to_be_bytes().to_vec());
-            self.end(state, sink, &payload, None);
-        }
-        match result {
-            Ok(used) => Ok(used),
-            Err(Violation { code, reason }) => {
-                let error =
-                    format!("pygev: WebSocket protocol violation, closing with {code}: {reason}");
-                let payload = super::frames::close_payload(code, &reason);
-                self.end(state, sink, &payload, Some(error));
-                Ok(input.len())
-            }
-        }
-    }
-
-    fn end(&self, state: &mut State, sink: &mut FrameSink, payload: &[u8], error: Option<String>) {
-        let close = match state.phase {
-            Phase::Open => {
-                state.phase = Phase::CloseReceived;
-                Some(payload.to_vec())
-            }
-            Phase::CloseSent => {
-                state.phase = Phase::Closed;
-                None
-            }
-            _ => return,
-        };
-        sink.signal(Signal::Ending { close });
-        sink.stop_reading(error);
+        let (max, threshold) = (self.settings.max_message_size, self.settings.threshold);
+        session::read_frames(state, input, sink, max, threshold)
     }
 }
 
@@ -245,23 +131,22 @@ impl Protocol for WebSocketClient {
         let key = fresh_key(&mut keys);
         Some(Box::new(State {
             phase: Phase::Handshake,
-            key,
-            keys,
             reader: Reader::for_client(self.settings.max_message_size, false),
             agreed: None,
             codec: None,
+            holding: false,
+            held_since: Instant::now(),
+            reschedule: false,
+            ping_sent: None,
             started: Instant::now(),
+            client: Some(Box::new(ClientSide { key, keys })),
         }))
     }
 
     fn opening(&self, state: &mut ProtocolState, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
         let state = state_of(state);
         state.started = Instant::now();
-        let offer = Offer {
-            key: state.key.clone(),
-            ..self.settings.offer.clone()
-        };
-        out.extend_from_slice(&request(&offer).map_err(ProtocolError::new)?);
+        out.extend_from_slice(&request(&self.offer(state)).map_err(ProtocolError::new)?);
         Ok(())
     }
 
@@ -273,7 +158,7 @@ impl Protocol for WebSocketClient {
     ) -> Result<usize, ProtocolError> {
         let state = state_of(state);
         match state.phase {
-            Phase::Handshake => self.answer(state, input, sink),
+            Phase::Handshake | Phase::Pending(_) => self.answer(state, input, sink),
             Phase::Open | Phase::CloseSent => self.frames(state, input, sink),
             Phase::CloseReceived | Phase::Closed => Ok(input.len()),
         }
@@ -295,31 +180,8 @@ impl Protocol for WebSocketClient {
         payload: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), ProtocolError> {
-        let state = state_of(state);
-        if !matches!(state.phase, Phase::Open | Phase::CloseReceived) {
-            return Ok(());
-        }
-        let op = match kind {
-            MessageKind::Text => opcode::TEXT,
-            MessageKind::Binary => opcode::BINARY,
-        };
         let threshold = self.settings.threshold;
-        let compressed = match state.agreed {
-            Some(agreed) => {
-                let codec =
-                    (state.codec).get_or_insert_with(|| Box::new(Codec::new(agreed, threshold)));
-                codec
-                    .should_compress(payload.len())
-                    .then(|| codec.deflate(payload))
-                    .flatten()
-            }
-            None => None,
-        };
-        let key = state.keys.next_key();
-        match compressed {
-            Some(compressed) => write_masked_frame(out, op, true, true, &compressed, key),
-            None => write_masked_frame(out, op, true, false, payload, key),
-        }
+        session::write_message(state_of(state), kind, payload, threshold, out);
         Ok(())
     }
 
@@ -329,32 +191,14 @@ impl Protocol for WebSocketClient {
         control: Control,
         out: &mut Vec<u8>,
     ) -> Result<bool, ProtocolError> {
-        let state = state_of(state);
-        match (control, &state.phase) {
-            (Control::Close(payload), _) if payload.len() > 125 => {
-                return Err(ProtocolError::new(format!(
-                    "pygev: a WebSocket close frame carries at most 125 bytes, got {}",
-                    payload.len()
-                )));
-            }
-            (Control::Close(payload), Phase::Open) => {
-                let key = state.keys.next_key();
-                write_masked_frame(out, opcode::CLOSE, true, false, &payload, key);
-                state.phase = Phase::CloseSent;
-            }
-            (Control::Close(payload), Phase::CloseReceived) => {
-                let key = state.keys.next_key();
-                write_masked_frame(out, opcode::CLOSE, true, false, &payload, key);
-                state.phase = Phase::Closed;
-            }
-            _ => {}
+        if let Control::Close(payload) = control {
+            session::write_close(state_of(state), &payload, out)?;
         }
         Ok(false)
     }
 
     fn max_buffered_input(&self) -> usize {
-        self.settings
-            .max_message_size
+        (self.settings.max_message_size)
             .saturating_add(14)
             .max(16 << 10)
     }
@@ -366,7 +210,7 @@ impl Protocol for WebSocketClient {
     fn has_partial_frame(&self, state: &ProtocolState, buffered: usize) -> bool {
         let state = state_ref(state);
         match state.phase {
-            Phase::Handshake => buffered > 0,
+            Phase::Handshake | Phase::Pending(_) => buffered > 0,
             Phase::Open | Phase::CloseSent => buffered > 0 || state.reader.in_message(),
             Phase::CloseReceived | Phase::Closed => false,
         }
@@ -376,9 +220,18 @@ impl Protocol for WebSocketClient {
         true
     }
 
+    fn take_reschedule(&self, state: &mut ProtocolState) -> bool {
+        std::mem::take(&mut state_of(state).reschedule)
+    }
+
     fn next_tick(&self, state: &ProtocolState, _last_heard: Instant) -> Option<Instant> {
         let state = state_ref(state);
-        (state.phase == Phase::Handshake).then(|| state.started + self.settings.handshake_timeout)
+        let handshake = matches!(state.phase, Phase::Handshake)
+            .then(|| state.started + self.settings.handshake_timeout);
+        match (handshake, state.park_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn tick(
@@ -389,8 +242,11 @@ impl Protocol for WebSocketClient {
         _out: &mut Vec<u8>,
     ) -> Result<(), ProtocolError> {
         let state = state_of(state);
+        if state.park_deadline().is_some_and(|at| now >= at) {
+            state.park();
+        }
         let timeout = self.settings.handshake_timeout;
-        if state.phase == Phase::Handshake && now.duration_since(state.started) >= timeout {
+        if matches!(state.phase, Phase::Handshake) && now.duration_since(state.started) >= timeout {
             state.phase = Phase::Closed;
             return Err(ProtocolError::new(format!(
                 "pygev: the server did not answer the WebSocket handshake within {timeout:?}"

@@ -9,6 +9,7 @@ pub mod frames;
 pub mod handshake;
 pub mod masking;
 mod protocol;
+mod session;
 mod state;
 mod zlib;
 

@@ -9,10 +9,11 @@
 
 use std::time::{Duration, Instant};
 
-use super::deflate::{self, Agreed, Codec};
-use super::frames::{self, close_code, opcode, Reader, Violation};
+use super::deflate::{self, Agreed};
+use super::frames::{self, close_code, opcode, Reader};
 use super::handshake::{self, Limits, UpgradeRequest};
-use super::state::{state_of, state_ref, Delivery, Phase, State, INFLATE_STEP};
+use super::session;
+use super::state::{state_of, state_ref, Phase, State};
 use crate::protocols::{
     Control, FrameSink, MessageKind, Protocol, ProtocolError, ProtocolState, Signal,
 };
@@ -145,83 +146,11 @@ impl WebSocket {
         input: &[u8],
         sink: &mut FrameSink,
     ) -> Result<usize, ProtocolError> {
-        let mut out = Delivery {
-            sink,
-            closes: Vec::new(),
-        };
-        let max = self.settings.max_message_size;
-        let threshold = self.settings.deflate.threshold;
-        let mut inflated = false;
-        let result = {
-            let State {
-                reader,
-                agreed,
-                codec,
-                ..
-            } = &mut *state;
-            let agreed = *agreed;
-            reader.read_with(input, &mut out, &mut |data, progress| {
-                let agreed = agreed.expect("the reader takes RSV1 only with permessage-deflate");
-                inflated = true;
-                codec
-                    .get_or_insert_with(|| Box::new(Codec::new(agreed, threshold)))
-                    .inflate_step(data, progress, max, INFLATE_STEP)
-            })
-        };
-        if inflated || state.reader.holds_buffer() {
-            state.used_memory();
-        }
-        if result.as_ref().is_ok_and(|used| *used > 0) {
-            state.ping_sent = None; // the peer is alive
-        }
-        let Delivery { sink, closes } = out;
-        if state.reader.is_inflating() {
-            sink.call_again(); // the rest of this message in the loop's next turn
-        }
-        for received in closes {
-            // The close is echoed with the peer's code (and no reason), or empty.
-            let payload = received.map_or_else(Vec::new, |(code, _)| code.to_be_bytes().to_vec());
-            self.end(state, sink, &payload, None);
-        }
-        match result {
-            Ok(used) => Ok(used),
-            Err(Violation { code, reason }) => {
-                let error =
-                    format!("pygev: WebSocket protocol violation, closing with {code}: {reason}");
-                self.end(
-                    state,
-                    sink,
-                    &frames::close_payload(code, &reason),
-                    Some(error),
-                );
-                Ok(input.len())
-            }
-        }
-    }
-
-    /// Ends the connection after the messages already pushed, and reads no more: the
-    /// dispatcher sends our close frame (`close_payload`, unless ours went out already)
-    /// after their replies, then closes.
-    fn end(
-        &self,
-        state: &mut State,
-        sink: &mut FrameSink,
-        close_payload: &[u8],
-        error: Option<String>,
-    ) {
-        let close = match state.phase {
-            Phase::Open => {
-                state.phase = Phase::CloseReceived;
-                Some(close_payload.to_vec())
-            }
-            Phase::CloseSent => {
-                state.phase = Phase::Closed;
-                None
-            }
-            _ => return, // already ending
-        };
-        sink.signal(Signal::Ending { close });
-        sink.stop_reading(error);
+        let (max, threshold) = (
+            self.settings.max_message_size,
+            self.settings.deflate.threshold,
+        );
+        session::read_frames(state, input, sink, max, threshold)
     }
 }
 
@@ -241,6 +170,7 @@ impl Protocol for WebSocket {
             reschedule: false,
             ping_sent: None,
             started: Instant::now(),
+            client: None,
         }))
     }
 
@@ -285,23 +215,8 @@ impl Protocol for WebSocket {
         payload: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), ProtocolError> {
-        let state = state_of(state);
-        if !matches!(state.phase, Phase::Open | Phase::CloseReceived) {
-            return Ok(()); // nothing may follow a close frame, nor precede the handshake
-        }
-        let op = match kind {
-            MessageKind::Text => opcode::TEXT,
-            MessageKind::Binary => opcode::BINARY,
-        };
         let threshold = self.settings.deflate.threshold;
-        let compressed = match state.codec(threshold) {
-            Some(codec) if codec.should_compress(payload.len()) => codec.deflate(payload),
-            _ => None,
-        };
-        match compressed {
-            Some(compressed) => frames::write_frame(out, op, true, true, &compressed),
-            None => frames::write_frame(out, op, true, false, payload),
-        }
+        session::write_message(state_of(state), kind, payload, threshold, out);
         Ok(())
     }
 
@@ -319,21 +234,8 @@ impl Protocol for WebSocket {
                 self.open(state, agreed);
                 return Ok(true);
             }
-            (Control::Close(payload), _) if payload.len() > 125 => {
-                return Err(ProtocolError::new(format!(
-                    "pygev: a WebSocket close frame carries at most 125 bytes, got {}",
-                    payload.len()
-                )));
-            }
-            (Control::Close(payload), Phase::Open) => {
-                frames::write_frame(out, opcode::CLOSE, true, false, &payload);
-                state.phase = Phase::CloseSent;
-            }
-            (Control::Close(payload), Phase::CloseReceived) => {
-                frames::write_frame(out, opcode::CLOSE, true, false, &payload);
-                state.phase = Phase::Closed;
-            }
-            _ => {} // a close after ours, or an accept for a connection not held: nothing
+            (Control::Close(payload), _) => session::write_close(state, &payload, out)?,
+            _ => {} // an accept for a connection not held: nothing
         }
         Ok(false)
     }

@@ -52,7 +52,8 @@ def chaos(port: int, until: float, seed: int, counts: dict[str, int]) -> None:
                 elif kind == "plain":
                     sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
                 elif kind == "half_hello":
-                    sock.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + rng.randbytes(40))
+                    hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"  # and no more
+                    sock.sendall(hello + rng.randbytes(40))
                 else:
                     tls = ctx.wrap_socket(sock, server_hostname="localhost")
                     tls.sendall(frame * rng.randrange(1, 50))
@@ -63,7 +64,8 @@ def chaos(port: int, until: float, seed: int, counts: dict[str, int]) -> None:
                     else:
                         raw = socket.socket(fileno=tls.detach())
                         if kind == "reset":
-                            raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                            linger = struct.pack("ii", 1, 0)
+                            raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
                         else:  # a record cut short, then the end
                             raw.sendall(b"\x17\x03\x03\x40\x00" + rng.randbytes(100))
                         raw.close()

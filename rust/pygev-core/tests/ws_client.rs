@@ -44,18 +44,23 @@ fn feed(protocol: &dyn Protocol, state: &mut ProtocolState, input: &[u8]) -> (Ve
     (items, reply)
 }
 
-/// A connected client and server; whether they agreed on compression.
-fn connected(
-    deflate: bool,
-) -> (
+/// A connected client and server, and whether they agreed on compression.
+type Pair = (
     WebSocketClient,
     ProtocolState,
     WebSocket,
     ProtocolState,
     bool,
-) {
+);
+
+/// A client connected to a default server.
+fn connected(deflate: bool) -> Pair {
+    connected_to(deflate, Settings::default())
+}
+
+fn connected_to(deflate: bool, settings: Settings) -> Pair {
     let client = client(deflate);
-    let server = WebSocket::new(Settings::default());
+    let server = WebSocket::new(settings);
     let (mut cstate, mut sstate) = (client.new_state(), server.new_state());
     let mut request = Vec::new();
     client.opening(&mut cstate, &mut request).unwrap();
@@ -156,4 +161,89 @@ fn every_connection_gets_a_fresh_key() {
         })
         .collect();
     assert_eq!(keys.len(), 50);
+}
+
+#[test]
+fn the_agreed_windows_and_context_takeover_hold_both_ways() {
+    use pygev_core::websocket::deflate;
+    for (client_bits, server_no_context, client_no_context) in [
+        (8, false, false),
+        (9, true, false),
+        (12, false, true),
+        (15, true, true),
+    ] {
+        let settings = Settings {
+            deflate: deflate::Settings {
+                server_no_context_takeover: server_no_context,
+                client_no_context_takeover: client_no_context,
+                client_max_window_bits: client_bits,
+                ..deflate::Settings::default()
+            },
+            ..Settings::default()
+        };
+        let (client, mut cstate, server, mut sstate, compressed) = connected_to(true, settings);
+        assert!(compressed);
+        for round in 0..6 {
+            let payload: Vec<u8> = (0..3000)
+                .map(|i| b"the same words again "[(i + round) % 21])
+                .collect();
+            let mut wire = Vec::new();
+            client
+                .pack_kind(&mut cstate, MessageKind::Binary, &payload, &mut wire)
+                .unwrap();
+            let rsv1 = wire[0] & 0x40 != 0;
+            assert_eq!(
+                rsv1,
+                client_bits >= 9,
+                "no compression within an 8-bit window"
+            );
+            let (items, _) = feed(&server, &mut sstate, &wire);
+            assert_eq!(message(&items), (MessageKind::Binary, payload.clone()));
+            let mut back = Vec::new();
+            server
+                .pack_kind(&mut sstate, MessageKind::Binary, &payload, &mut back)
+                .unwrap();
+            assert_ne!(back[0] & 0x40, 0, "the server compresses");
+            let (items, _) = feed(&client, &mut cstate, &back);
+            assert_eq!(message(&items), (MessageKind::Binary, payload));
+        }
+    }
+}
+
+#[test]
+fn a_close_from_the_client_is_masked_and_ends_on_the_echo() {
+    let (client, mut cstate, server, mut sstate, _) = connected(false);
+    let mut close = Vec::new();
+    client
+        .control(
+            &mut cstate,
+            pygev_core::Control::Close(1000u16.to_be_bytes().to_vec()),
+            &mut close,
+        )
+        .unwrap();
+    assert_eq!(close[0] & 0x0f, opcode::CLOSE);
+    assert_eq!(close[1] & 0x80, 0x80, "masked");
+    let mut after = Vec::new();
+    client
+        .pack_kind(&mut cstate, MessageKind::Text, b"late", &mut after)
+        .unwrap();
+    assert!(after.is_empty(), "nothing after our close");
+    let (items, _) = feed(&server, &mut sstate, &close);
+    assert!(matches!(
+        &items[..],
+        [Item::Signal(Signal::Ending { close: Some(_) })]
+    ));
+    let mut echo = Vec::new();
+    write_frame(
+        &mut echo,
+        opcode::CLOSE,
+        true,
+        false,
+        &1000u16.to_be_bytes(),
+    );
+    let (items, _) = feed(&client, &mut cstate, &echo);
+    assert!(matches!(
+        &items[..],
+        [Item::Signal(Signal::Ending { close: None })]
+    ));
 }

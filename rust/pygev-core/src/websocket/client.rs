@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use super::client_handshake::{parse_response, request, Answer, Offer};
 use super::deflate::Agreed;
 use super::frames::Reader;
-use super::masking::MaskKeys;
+use super::masking::fill_random;
 use super::session;
 use super::state::{state_of, state_ref, ClientSide, Phase, State};
 use crate::protocols::{
@@ -39,13 +39,11 @@ pub struct WebSocketClient {
     settings: ClientSettings,
 }
 
-/// A fresh `Sec-WebSocket-Key`: 16 bytes of the mask generator, base64.
-fn fresh_key(keys: &mut MaskKeys) -> String {
+/// A fresh `Sec-WebSocket-Key`: 16 random bytes (the system's entropy), base64.
+fn fresh_key() -> String {
     use base64::Engine;
     let mut bytes = [0u8; 16];
-    for chunk in bytes.chunks_mut(4) {
-        chunk.copy_from_slice(&keys.next_key());
-    }
+    fill_random(&mut bytes);
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
@@ -67,11 +65,7 @@ impl WebSocketClient {
     }
 
     fn offer(&self, state: &State) -> Offer {
-        let key = state
-            .client
-            .as_ref()
-            .map(|c| c.key.clone())
-            .unwrap_or_default();
+        let key = (state.client.as_ref()).map_or_else(String::new, |c| c.ws_key.clone());
         Offer {
             key,
             ..self.settings.offer.clone()
@@ -127,8 +121,6 @@ impl Protocol for WebSocketClient {
     }
 
     fn new_state(&self) -> ProtocolState {
-        let mut keys = MaskKeys::new();
-        let key = fresh_key(&mut keys);
         Some(Box::new(State {
             phase: Phase::Handshake,
             reader: Reader::for_client(self.settings.max_message_size, false),
@@ -139,7 +131,9 @@ impl Protocol for WebSocketClient {
             reschedule: false,
             ping_sent: None,
             started: Instant::now(),
-            client: Some(Box::new(ClientSide { key, keys })),
+            client: Some(Box::new(ClientSide {
+                ws_key: fresh_key(),
+            })),
         }))
     }
 

@@ -4,7 +4,8 @@
 //! subprotocol among those offered and extensions among those offered, or a refusal (any
 //! other status) reported with its status, reason and redirect target.
 //!
-//! The key is the caller's (16 random bytes, base64): this module draws no randomness.
+//! The key is the caller's (the client framing draws 16 random bytes from the system's
+//! entropy, `masking::fill_random`): this module draws no randomness itself.
 
 use super::deflate::Agreed;
 use super::handshake::{accept_key, header_safe};
@@ -81,13 +82,14 @@ const MAX_HEADERS: usize = 64;
 
 /// The upgrade request for `offer`; `Err` names a field that cannot go into a header.
 pub fn request(offer: &Offer) -> Result<Vec<u8>, String> {
-    let fields = [("host", &offer.host), ("target", &offer.target)];
-    for (name, value) in fields {
-        if !header_safe(value) || value.contains(' ') && name == "target" {
-            return Err(format!(
-                "pygev: the WebSocket {name} {value:?} is not valid"
-            ));
-        }
+    let host_ok = !offer.host.is_empty() && header_safe(&offer.host) && !offer.host.contains(' ');
+    let target_ok =
+        offer.target.starts_with('/') && header_safe(&offer.target) && !offer.target.contains(' ');
+    if !host_ok || !target_ok {
+        return Err(format!(
+            "pygev: not a valid WebSocket host and path: {:?} {:?}",
+            offer.host, offer.target
+        ));
     }
     let mut out = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -263,7 +265,10 @@ fn agreed(text: &str, offer: Option<&DeflateOffer>) -> Result<Agreed, String> {
         return refuse("no extension was offered");
     };
     let mut params = text.split(';').map(str::trim);
-    if params.next() != Some("permessage-deflate") {
+    if !params
+        .next()
+        .is_some_and(|name| name.eq_ignore_ascii_case("permessage-deflate"))
+    {
         return refuse("not the extension offered");
     }
     let mut agreed = Agreed {
@@ -275,7 +280,7 @@ fn agreed(text: &str, offer: Option<&DeflateOffer>) -> Result<Agreed, String> {
     let mut seen = Vec::new();
     for param in params {
         let (name, value) = match param.split_once('=') {
-            Some((name, value)) => (name.trim(), Some(value.trim().trim_matches('"'))),
+            Some((name, value)) => (name.trim(), Some(unquoted(value.trim()))),
             None => (param, None),
         };
         if seen.contains(&name) {
@@ -308,6 +313,11 @@ fn agreed(text: &str, offer: Option<&DeflateOffer>) -> Result<Agreed, String> {
         return refuse("server_max_window_bits was asked for");
     }
     Ok(agreed)
+}
+
+/// A parameter's value without one pair of quotes around it, if it has them.
+fn unquoted(value: &str) -> &str {
+    (value.strip_prefix('"').and_then(|v| v.strip_suffix('"'))).unwrap_or(value)
 }
 
 #[cfg(test)]

@@ -209,7 +209,9 @@ impl Codec {
         self.deflate = None;
         if let Some(inflate) = self.inflate.take() {
             if !self.agreed.client_no_context_takeover {
-                self.window = inflate.history(1 << self.agreed.client_max_window_bits);
+                // (zlib compresses with 9 bits where 8 were agreed: keep 9 bits' worth.)
+                let bits = self.agreed.client_max_window_bits.max(9);
+                self.window = inflate.history(1 << bits);
             }
         }
     }
@@ -224,9 +226,11 @@ impl Codec {
         self.window.capacity()
     }
 
-    /// Whether a message of `len` bytes is worth compressing.
+    /// Whether a message of `len` bytes is worth compressing. Never with an agreed window
+    /// of 8 bits: zlib cannot compress within it (it would use 9), and compressing is
+    /// optional per message.
     pub fn should_compress(&self, len: usize) -> bool {
-        len >= self.threshold
+        len >= self.threshold && self.agreed.server_max_window_bits >= 9
     }
 
     /// Decompresses one message, refusing (1009) as soon as it passes `max` bytes.

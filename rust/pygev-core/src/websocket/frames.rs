@@ -263,7 +263,10 @@ impl Reader {
             if header.fin && header.opcode == opcode::BINARY && !header.rsv1 {
                 // NOTE: a whole uncompressed binary message in one frame (the common case)
                 // is unmasked straight into its destination: one copy, not three.
-                out.masked(payload, header.mask);
+                match header.masked {
+                    true => out.masked(payload, header.mask),
+                    false => out.data(false, payload), // a server's frame, to a client
+                }
                 continue;
             }
             if header.opcode != opcode::CONTINUATION {

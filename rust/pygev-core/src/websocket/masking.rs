@@ -1,44 +1,50 @@
-//! A client masks every frame it sends (RFC 6455 section 5.3) with a fresh 32-bit key that
-//! the application cannot predict: here from a fast generator (wyrand) seeded once from
-//! the operating system's randomness, never a constant and never a key the caller picks.
+//! A client masks every frame it sends (RFC 6455 section 5.3) with a fresh 32-bit key from
+//! a strong source of entropy, which the application cannot predict: aws-lc's random
+//! generator (the crypto rustls runs on), drawn a kilobyte at a time into a pool per
+//! thread, so a key costs a copy of four bytes. The handshake's `Sec-WebSocket-Key` comes
+//! from the same generator.
 
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
+use std::cell::RefCell;
 
 use super::frames::unmask_into;
 
-/// Masking keys for one loop's client connections.
-#[derive(Debug, Clone)]
-pub struct MaskKeys {
-    state: u64,
+/// Bytes drawn from the generator at a time.
+const POOL: usize = 1024;
+
+struct Pool {
+    bytes: [u8; POOL],
+    used: usize,
 }
 
-impl Default for MaskKeys {
-    fn default() -> Self {
-        Self::new()
-    }
+thread_local! {
+    static KEYS: RefCell<Pool> = const { RefCell::new(Pool { bytes: [0; POOL], used: POOL }) };
 }
 
-impl MaskKeys {
-    /// A generator seeded from the operating system (through the standard library's
-    /// randomly keyed hasher, which draws its keys from it).
-    pub fn new() -> Self {
-        let mut hasher = RandomState::new().build_hasher();
-        hasher.write_u64(std::process::id().into());
-        MaskKeys {
-            state: hasher.finish(),
+/// Fills `out` from the operating system's entropy (through aws-lc's generator).
+pub fn fill_random(out: &mut [u8]) {
+    // NOTE: aws-lc's generator fails only if the system's entropy source does: nothing
+    // sensible can go on then.
+    aws_lc_rs::rand::fill(out).expect("the system's random generator failed");
+}
+
+/// A fresh masking key.
+#[inline]
+pub fn next_key() -> [u8; 4] {
+    KEYS.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        if pool.used + 4 > POOL {
+            fill_random(&mut pool.bytes);
+            pool.used = 0;
         }
-    }
-
-    /// The next key.
-    #[inline]
-    pub fn next_key(&mut self) -> [u8; 4] {
-        // wyrand: one multiply per key, passes the usual statistical tests.
-        self.state = self.state.wrapping_add(0xa076_1d64_78bd_642f);
-        let product = u128::from(self.state) * u128::from(self.state ^ 0xe703_7ed1_a0b4_28db);
-        let mixed = (product >> 64) as u64 ^ product as u64;
-        (mixed as u32).to_ne_bytes()
-    }
+        let at = pool.used;
+        pool.used += 4;
+        [
+            pool.bytes[at],
+            pool.bytes[at + 1],
+            pool.bytes[at + 2],
+            pool.bytes[at + 3],
+        ]
+    })
 }
 
 /// Appends a client frame (masked with `mask`) of `kind` carrying `payload`.
@@ -86,30 +92,24 @@ mod tests {
     }
 
     #[test]
-    fn keys_change_and_generators_differ() {
-        let mut keys = MaskKeys::new();
-        let first: Vec<[u8; 4]> = (0..64).map(|_| keys.next_key()).collect();
+    fn keys_change_across_refills_and_threads() {
+        let first: Vec<[u8; 4]> = (0..1000).map(|_| next_key()).collect();
         let distinct: std::collections::HashSet<_> = first.iter().collect();
-        assert!(distinct.len() > 60, "keys repeat: {first:?}");
-        let mut other = MaskKeys::new();
-        let second: Vec<[u8; 4]> = (0..64).map(|_| other.next_key()).collect();
-        assert_ne!(first, second, "two generators gave the same keys");
+        assert!(distinct.len() > 990, "keys repeat");
+        let other = std::thread::spawn(|| (0..1000).map(|_| next_key()).collect::<Vec<_>>());
+        assert_ne!(
+            first,
+            other.join().unwrap(),
+            "two threads drew the same keys"
+        );
     }
 
     #[test]
     fn a_masked_frame_reads_back_on_the_server_side() {
-        let mut keys = MaskKeys::new();
         for size in [0usize, 5, 125, 126, 65_535, 65_536, 100_000] {
             let payload: Vec<u8> = (0..size).map(|i| (i * 7) as u8).collect();
             let mut wire = Vec::new();
-            write_masked_frame(
-                &mut wire,
-                opcode::BINARY,
-                true,
-                false,
-                &payload,
-                keys.next_key(),
-            );
+            write_masked_frame(&mut wire, opcode::BINARY, true, false, &payload, next_key());
             let mut got = Got::default();
             let used = Reader::new(1 << 20, false).read(&wire, &mut got).unwrap();
             assert_eq!(used, wire.len());
@@ -121,10 +121,11 @@ mod tests {
     fn a_client_reads_unmasked_frames_and_refuses_masked_ones() {
         let mut wire = Vec::new();
         write_frame(&mut wire, opcode::TEXT, true, false, b"hello");
+        write_frame(&mut wire, opcode::BINARY, true, false, b"\x00\x01");
         let mut got = Got::default();
         let mut client = Reader::for_client(1 << 20, false);
         assert_eq!(client.read(&wire, &mut got).unwrap(), wire.len());
-        assert_eq!(got.0, vec![(true, b"hello".to_vec())]);
+        assert_eq!(got.0, vec![(true, b"hello".to_vec()), (false, vec![0, 1])]);
         let mut masked = Vec::new();
         write_masked_frame(
             &mut masked,

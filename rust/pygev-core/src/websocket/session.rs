@@ -5,7 +5,7 @@
 
 use super::deflate::Codec;
 use super::frames::{self, opcode, Violation};
-use super::masking::write_masked_frame;
+use super::masking::{next_key, write_masked_frame};
 use super::state::{Delivery, Phase, State, INFLATE_STEP};
 use crate::protocols::{FrameSink, MessageKind, ProtocolError, Signal};
 
@@ -30,7 +30,7 @@ pub(super) fn read_frames(
         let mut out = Delivery {
             sink: &mut *sink,
             closes: Vec::new(),
-            keys: client.as_mut().map(|c| &mut c.keys),
+            masked: client.is_some(),
         };
         let agreed = *agreed;
         let result = reader.read_with(input, &mut out, &mut |data, progress| {
@@ -98,11 +98,8 @@ pub(super) fn end(
 
 /// Writes one frame of ours: masked on a client's side.
 pub(super) fn write_frame(state: &mut State, out: &mut Vec<u8>, op: u8, rsv1: bool, data: &[u8]) {
-    match state.client.as_mut() {
-        Some(client) => {
-            let key = client.keys.next_key();
-            write_masked_frame(out, op, true, rsv1, data, key);
-        }
+    match state.client {
+        Some(_) => write_masked_frame(out, op, true, rsv1, data, next_key()),
         None => frames::write_frame(out, op, true, rsv1, data),
     }
 }

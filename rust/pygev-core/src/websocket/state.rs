@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::deflate::{Agreed, Codec};
 use super::frames::{self, opcode, Deliver, Message, Reader};
-use super::masking::{write_masked_frame, MaskKeys};
+use super::masking::{next_key, write_masked_frame};
 use crate::protocols::{FrameSink, MessageKind, ProtocolState};
 
 /// Where a connection is in its life.
@@ -32,8 +32,8 @@ pub(super) enum Phase {
 pub(super) struct Delivery<'a> {
     pub(super) sink: &'a mut FrameSink,
     pub(super) closes: Vec<Option<(u16, String)>>,
-    /// On a client's side: the keys its pongs are masked with.
-    pub(super) keys: Option<&'a mut MaskKeys>,
+    /// On a client's side: its pongs are masked.
+    pub(super) masked: bool,
 }
 
 impl Deliver for Delivery<'_> {
@@ -54,13 +54,13 @@ impl Deliver for Delivery<'_> {
 
     fn control(&mut self, message: Message) {
         match message {
-            Message::Ping(data) => match self.keys.as_mut() {
-                Some(keys) => {
-                    let key = keys.next_key();
-                    write_masked_frame(self.sink.reply(), opcode::PONG, true, false, &data, key);
-                }
-                None => frames::write_frame(self.sink.reply(), opcode::PONG, true, false, &data),
-            },
+            Message::Ping(data) if self.masked => {
+                let key = next_key();
+                write_masked_frame(self.sink.reply(), opcode::PONG, true, false, &data, key);
+            }
+            Message::Ping(data) => {
+                frames::write_frame(self.sink.reply(), opcode::PONG, true, false, &data);
+            }
             Message::Close(received) => self.closes.push(received),
             _ => {} // pongs only show the peer is alive
         }
@@ -88,7 +88,8 @@ pub(super) struct State {
     pub(super) ping_sent: Option<Instant>,
     /// When the connection was accepted, or its request sent (for the handshake timeout).
     pub(super) started: Instant,
-    /// On a client's side: its key and its masks (boxed: servers hold the many).
+    /// On a client's side: what only a client has (boxed: servers hold the many); its
+    /// frames are masked.
     pub(super) client: Option<Box<ClientSide>>,
 }
 
@@ -96,9 +97,7 @@ pub(super) struct State {
 #[derive(Debug)]
 pub(super) struct ClientSide {
     /// Its `Sec-WebSocket-Key`.
-    pub(super) key: String,
-    /// Where the masks of its frames come from.
-    pub(super) keys: MaskKeys,
+    pub(super) ws_key: String,
 }
 
 /// Output one inflation step produces at most: a large compressed message is inflated a

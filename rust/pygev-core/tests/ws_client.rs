@@ -74,6 +74,18 @@ fn connected_to(deflate: bool, settings: Settings) -> Pair {
     (client, cstate, server, sstate, compressed)
 }
 
+/// What `protocol` writes for a message of `kind` carrying `payload`.
+fn packed(
+    protocol: &dyn Protocol,
+    state: &mut ProtocolState,
+    kind: MessageKind,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut wire = Vec::new();
+    protocol.pack_kind(state, kind, payload, &mut wire).unwrap();
+    wire
+}
+
 fn message(items: &[Item]) -> (MessageKind, Vec<u8>) {
     match items {
         [Item::Message { kind, data }] => (*kind, data.clone()),
@@ -88,17 +100,11 @@ fn messages_go_both_ways_with_and_without_compression() {
         assert_eq!(compressed, deflate);
         for size in [0usize, 5, 200, 70_000] {
             let payload: Vec<u8> = (0..size).map(|i| b"abcabcabd"[i % 9]).collect();
-            let mut wire = Vec::new();
-            client
-                .pack_kind(&mut cstate, MessageKind::Text, &payload, &mut wire)
-                .unwrap();
+            let wire = packed(&client, &mut cstate, MessageKind::Text, &payload);
             assert_eq!(wire[1] & 0x80, 0x80, "a client frame is masked");
             let (items, _) = feed(&server, &mut sstate, &wire);
             assert_eq!(message(&items), (MessageKind::Text, payload.clone()));
-            let mut back = Vec::new();
-            server
-                .pack_kind(&mut sstate, MessageKind::Binary, &payload, &mut back)
-                .unwrap();
+            let back = packed(&server, &mut sstate, MessageKind::Binary, &payload);
             let (items, _) = feed(&client, &mut cstate, &back);
             assert_eq!(message(&items), (MessageKind::Binary, payload));
         }
@@ -187,10 +193,7 @@ fn the_agreed_windows_and_context_takeover_hold_both_ways() {
             let payload: Vec<u8> = (0..3000)
                 .map(|i| b"the same words again "[(i + round) % 21])
                 .collect();
-            let mut wire = Vec::new();
-            client
-                .pack_kind(&mut cstate, MessageKind::Binary, &payload, &mut wire)
-                .unwrap();
+            let wire = packed(&client, &mut cstate, MessageKind::Binary, &payload);
             let rsv1 = wire[0] & 0x40 != 0;
             assert_eq!(
                 rsv1,
@@ -199,10 +202,7 @@ fn the_agreed_windows_and_context_takeover_hold_both_ways() {
             );
             let (items, _) = feed(&server, &mut sstate, &wire);
             assert_eq!(message(&items), (MessageKind::Binary, payload.clone()));
-            let mut back = Vec::new();
-            server
-                .pack_kind(&mut sstate, MessageKind::Binary, &payload, &mut back)
-                .unwrap();
+            let back = packed(&server, &mut sstate, MessageKind::Binary, &payload);
             assert_ne!(back[0] & 0x40, 0, "the server compresses");
             let (items, _) = feed(&client, &mut cstate, &back);
             assert_eq!(message(&items), (MessageKind::Binary, payload));

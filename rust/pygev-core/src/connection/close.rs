@@ -131,8 +131,8 @@ impl Connections {
         self.protocols.release(conn.protocol);
         let (id, flags) = (conn.id, conn.flags);
         drop(conn);
-        if flags & flag::HANDSHAKING != 0 && flags & flag::DIALED != 0 {
-            // Never announced: the connect fails.
+        if flags & flag::DIALED != 0 {
+            // In its TLS handshake, never announced (DIALED goes with it): the connect fails.
             return self.handshake_abandoned(id, message);
         }
         LoopStats::add(&self.handle.stats.closed, 1);

@@ -192,11 +192,11 @@ impl Connections {
     /// Seals `data` and writes the records after any pending output.
     pub(super) fn write_sealed(&mut self, token: usize, data: &[u8]) {
         let Some(tls) = self.conns[token].tls.as_mut() else {
-            return self.write_raw(token, data);
+            return self.write_wire(token, data, true);
         };
         let mut sealed = std::mem::take(&mut self.sealed);
         match tls.seal(data, &mut sealed) {
-            Ok(()) => self.write_raw(token, &sealed),
+            Ok(()) => self.write_wire(token, &sealed, true),
             Err(err) => {
                 let reason = format!("{err} (connection {})", self.conns[token].id);
                 self.close_now(token, CloseCause::Abort(reason));

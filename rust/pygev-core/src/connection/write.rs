@@ -153,7 +153,7 @@ impl Connections {
     pub(crate) fn write_out(&mut self, token: usize, wire: &[u8]) {
         match self.conns.get(token) {
             Some(conn) if conn.tls.is_some() => self.write_sealed(token, wire),
-            _ => self.write_raw(token, wire),
+            _ => self.write_wire(token, wire, true),
         }
     }
 
@@ -171,19 +171,15 @@ impl Connections {
         }
     }
 
-    /// Writes `wire` as it is (ciphertext, on a TLS connection) after any pending output;
-    /// past `max_write_buffer` the connection is reset.
-    pub(crate) fn write_raw(&mut self, token: usize, wire: &[u8]) {
-        self.write_wire(token, wire, true);
-    }
-
     /// Writes records TLS made itself (handshake messages, alerts, close_notify): few and
     /// small, so not held to `max_write_buffer` (a close must not become a reset).
     pub(super) fn write_tls_own(&mut self, token: usize, wire: &[u8]) {
         self.write_wire(token, wire, false);
     }
 
-    fn write_wire(&mut self, token: usize, wire: &[u8], bounded: bool) {
+    /// Writes `wire` as it is (ciphertext, on a TLS connection) after any pending output;
+    /// `bounded`: past `max_write_buffer` the connection is reset.
+    pub(super) fn write_wire(&mut self, token: usize, wire: &[u8], bounded: bool) {
         let now = self.now;
         let Some(conn) = self.conns.get_mut(token) else {
             return;

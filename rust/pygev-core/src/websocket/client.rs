@@ -64,6 +64,15 @@ impl WebSocketClient {
         WebSocketClient { settings }
     }
 
+    /// The handshake's deadline (no keepalive on the client side yet).
+    fn timing(&self) -> session::Timing {
+        session::Timing {
+            handshake_timeout: self.settings.handshake_timeout,
+            ping_interval: None,
+            ping_timeout: Duration::ZERO,
+        }
+    }
+
     fn offer(&self, state: &State) -> Offer {
         let key = (state.client.as_ref()).map_or_else(String::new, |c| c.ws_key.clone());
         Offer {
@@ -198,16 +207,11 @@ impl Protocol for WebSocketClient {
     }
 
     fn allows_packed(&self, state: &ProtocolState) -> bool {
-        !matches!(state_ref(state).phase, Phase::CloseSent | Phase::Closed)
+        session::allows_packed(state_ref(state))
     }
 
     fn has_partial_frame(&self, state: &ProtocolState, buffered: usize) -> bool {
-        let state = state_ref(state);
-        match state.phase {
-            Phase::Handshake | Phase::Pending(_) => buffered > 0,
-            Phase::Open | Phase::CloseSent => buffered > 0 || state.reader.in_message(),
-            Phase::CloseReceived | Phase::Closed => false,
-        }
+        session::has_partial_frame(state_ref(state), buffered)
     }
 
     fn has_ticks(&self) -> bool {
@@ -218,34 +222,17 @@ impl Protocol for WebSocketClient {
         std::mem::take(&mut state_of(state).reschedule)
     }
 
-    fn next_tick(&self, state: &ProtocolState, _last_heard: Instant) -> Option<Instant> {
-        let state = state_ref(state);
-        let handshake = matches!(state.phase, Phase::Handshake)
-            .then(|| state.started + self.settings.handshake_timeout);
-        match (handshake, state.park_deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+    fn next_tick(&self, state: &ProtocolState, last_heard: Instant) -> Option<Instant> {
+        session::next_tick(state_ref(state), last_heard, &self.timing())
     }
 
     fn tick(
         &self,
         state: &mut ProtocolState,
         now: Instant,
-        _last_heard: Instant,
-        _out: &mut Vec<u8>,
+        last_heard: Instant,
+        out: &mut Vec<u8>,
     ) -> Result<(), ProtocolError> {
-        let state = state_of(state);
-        if state.park_deadline().is_some_and(|at| now >= at) {
-            state.park();
-        }
-        let timeout = self.settings.handshake_timeout;
-        if matches!(state.phase, Phase::Handshake) && now.duration_since(state.started) >= timeout {
-            state.phase = Phase::Closed;
-            return Err(ProtocolError::new(format!(
-                "pygev: the server did not answer the WebSocket handshake within {timeout:?}"
-            )));
-        }
-        Ok(())
+        session::tick(state_of(state), now, last_heard, out, &self.timing())
     }
 }

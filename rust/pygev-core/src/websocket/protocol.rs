@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use super::deflate::{self, Agreed};
-use super::frames::{self, close_code, opcode, Reader};
+use super::frames::Reader;
 use super::handshake::{self, Limits, UpgradeRequest};
 use super::session;
 use super::state::{state_of, state_ref, Phase, State};
@@ -58,20 +58,11 @@ pub struct WebSocket {
 }
 
 impl WebSocket {
-    /// The handshake timeout, or the keepalive's next ping or ping timeout.
-    fn own_tick(&self, state: &State, last_heard: Instant) -> Option<Instant> {
-        match state.phase {
-            Phase::Handshake | Phase::Pending(_) => {
-                Some(state.started + self.settings.handshake_timeout)
-            }
-            Phase::Open => {
-                let interval = self.settings.ping_interval?;
-                match state.ping_sent {
-                    Some(sent) if last_heard <= sent => Some(sent + self.settings.ping_timeout),
-                    _ => Some(last_heard + interval),
-                }
-            }
-            _ => None,
+    fn timing(&self) -> session::Timing {
+        session::Timing {
+            handshake_timeout: self.settings.handshake_timeout,
+            ping_interval: self.settings.ping_interval,
+            ping_timeout: self.settings.ping_timeout,
         }
     }
 
@@ -249,17 +240,11 @@ impl Protocol for WebSocket {
     }
 
     fn allows_packed(&self, state: &ProtocolState) -> bool {
-        !matches!(state_ref(state).phase, Phase::CloseSent | Phase::Closed)
+        session::allows_packed(state_ref(state))
     }
 
     fn has_partial_frame(&self, state: &ProtocolState, buffered: usize) -> bool {
-        let state = state_ref(state);
-        match state.phase {
-            Phase::Handshake => buffered > 0,
-            Phase::Open | Phase::CloseSent => buffered > 0 || state.reader.in_message(),
-            // Held behind the hook (the handshake timeout runs), or ending.
-            Phase::Pending(_) | Phase::CloseReceived | Phase::Closed => false,
-        }
+        session::has_partial_frame(state_ref(state), buffered)
     }
 
     fn has_ticks(&self) -> bool {
@@ -271,12 +256,7 @@ impl Protocol for WebSocket {
     }
 
     fn next_tick(&self, state: &ProtocolState, last_heard: Instant) -> Option<Instant> {
-        let state = state_ref(state);
-        let own = self.own_tick(state, last_heard);
-        match (own, state.park_deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        session::next_tick(state_ref(state), last_heard, &self.timing())
     }
 
     fn tick(
@@ -286,46 +266,6 @@ impl Protocol for WebSocket {
         last_heard: Instant,
         out: &mut Vec<u8>,
     ) -> Result<(), ProtocolError> {
-        let state = state_of(state);
-        if state.park_deadline().is_some_and(|at| now >= at) {
-            state.park();
-        }
-        match state.phase {
-            Phase::Handshake | Phase::Pending(_) => {
-                let timeout = self.settings.handshake_timeout;
-                if now.duration_since(state.started) >= timeout {
-                    state.phase = Phase::Closed;
-                    return Err(ProtocolError::new(format!(
-                        "pygev: no complete WebSocket handshake within {timeout:?}"
-                    )));
-                }
-                return Ok(());
-            }
-            Phase::Open => {}
-            _ => return Ok(()),
-        }
-        let Some(interval) = self.settings.ping_interval else {
-            return Ok(());
-        };
-        if state.ping_sent.is_some_and(|sent| last_heard > sent) {
-            state.ping_sent = None; // bytes came (a frame may still be arriving)
-        }
-        match state.ping_sent {
-            Some(sent) if now.duration_since(sent) >= self.settings.ping_timeout => {
-                frames::write_close(out, close_code::INTERNAL_ERROR, "keepalive ping timeout");
-                state.phase = Phase::CloseSent;
-                Err(ProtocolError::new(format!(
-                    "pygev: no answer to a WebSocket keepalive ping within {:?}",
-                    self.settings.ping_timeout
-                )))
-            }
-            Some(_) => Ok(()),
-            None if now.duration_since(last_heard) >= interval => {
-                frames::write_frame(out, opcode::PING, true, false, b"keepalive");
-                state.ping_sent = Some(now);
-                Ok(())
-            }
-            None => Ok(()),
-        }
+        session::tick(state_of(state), now, last_heard, out, &self.timing())
     }
 }

@@ -1,10 +1,13 @@
-//! What both sides do with an open WebSocket connection, over its [`State`]: read frames
-//! into whole messages (answering pings, keeping the peer's close for after the messages
-//! before it), end the connection, and write messages and close frames (masked with a
-//! fresh key each on a client's side).
+//! What both sides do with a WebSocket connection, over its [`State`]: read frames into
+//! whole messages (answering pings, keeping the peer's close for after the messages before
+//! it), end the connection, write messages and close frames (masked with a fresh key each
+//! on a client's side), and run its deadlines (the handshake's, the keepalive's, the
+//! codec's park).
+
+use std::time::{Duration, Instant};
 
 use super::deflate::Codec;
-use super::frames::{self, opcode, Violation};
+use super::frames::{self, close_code, opcode, Violation};
 use super::masking::{next_key, write_masked_frame};
 use super::state::{Delivery, Phase, State, INFLATE_STEP};
 use crate::protocols::{FrameSink, MessageKind, ProtocolError, Signal};
@@ -150,4 +153,97 @@ pub(super) fn write_close(
     write_frame(state, out, opcode::CLOSE, false, payload);
     state.phase = next;
     Ok(())
+}
+
+/// Whether a message may still be sent: not once our close went out.
+pub(super) fn allows_packed(state: &State) -> bool {
+    !matches!(state.phase, Phase::CloseSent | Phase::Closed)
+}
+
+/// Whether the connection is in the middle of something the peer must finish (a frame, a
+/// fragmented message, the handshake), for the frame timeout.
+pub(super) fn has_partial_frame(state: &State, buffered: usize) -> bool {
+    match state.phase {
+        Phase::Handshake => buffered > 0,
+        Phase::Open | Phase::CloseSent => buffered > 0 || state.reader.in_message(),
+        // Held behind the hook (the handshake timeout runs), or ending.
+        Phase::Pending(_) | Phase::CloseReceived | Phase::Closed => false,
+    }
+}
+
+/// A connection's deadlines.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Timing {
+    /// The handshake must be done within this long.
+    pub(super) handshake_timeout: Duration,
+    /// Ping a peer silent for this long...
+    pub(super) ping_interval: Option<Duration>,
+    /// ...and close the connection if nothing arrives this long after the ping.
+    pub(super) ping_timeout: Duration,
+}
+
+/// The next of the connection's deadlines: the handshake's, the keepalive's (its next
+/// ping, or the ping's timeout), the codec's park.
+pub(super) fn next_tick(state: &State, last_heard: Instant, timing: &Timing) -> Option<Instant> {
+    let own = match state.phase {
+        Phase::Handshake | Phase::Pending(_) => Some(state.started + timing.handshake_timeout),
+        Phase::Open => timing.ping_interval.map(|interval| match state.ping_sent {
+            Some(sent) if last_heard <= sent => sent + timing.ping_timeout,
+            _ => last_heard + interval,
+        }),
+        _ => None,
+    };
+    [own, state.park_deadline()].into_iter().flatten().min()
+}
+
+/// Acts on the deadlines that came: parks the codec, fails a handshake that took too long,
+/// pings a silent peer, closes one that did not answer the ping.
+pub(super) fn tick(
+    state: &mut State,
+    now: Instant,
+    last_heard: Instant,
+    out: &mut Vec<u8>,
+    timing: &Timing,
+) -> Result<(), ProtocolError> {
+    if state.park_deadline().is_some_and(|at| now >= at) {
+        state.park();
+    }
+    match state.phase {
+        Phase::Handshake | Phase::Pending(_) => {
+            let timeout = timing.handshake_timeout;
+            if now.duration_since(state.started) >= timeout {
+                state.phase = Phase::Closed;
+                return Err(ProtocolError::new(format!(
+                    "pygev: no complete WebSocket handshake within {timeout:?}"
+                )));
+            }
+            return Ok(());
+        }
+        Phase::Open => {}
+        _ => return Ok(()),
+    }
+    let Some(interval) = timing.ping_interval else {
+        return Ok(());
+    };
+    if state.ping_sent.is_some_and(|sent| last_heard > sent) {
+        state.ping_sent = None; // bytes came (a frame may still be arriving)
+    }
+    match state.ping_sent {
+        Some(sent) if now.duration_since(sent) >= timing.ping_timeout => {
+            let close = frames::close_payload(close_code::INTERNAL_ERROR, "keepalive ping timeout");
+            write_frame(state, out, opcode::CLOSE, false, &close);
+            state.phase = Phase::CloseSent;
+            Err(ProtocolError::new(format!(
+                "pygev: no answer to a WebSocket keepalive ping within {:?}",
+                timing.ping_timeout
+            )))
+        }
+        Some(_) => Ok(()),
+        None if now.duration_since(last_heard) >= interval => {
+            write_frame(state, out, opcode::PING, false, b"keepalive");
+            state.ping_sent = Some(now);
+            Ok(())
+        }
+        None => Ok(()),
+    }
 }

@@ -29,7 +29,7 @@ fi
 echo "== cargo fmt / clippy / test"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
-cargo test -p pygev-core -p pygev-plugin
+cargo test -p pygev-core -p pygev-plugin -p pygev-py
 
 echo "== ruff / mypy / stubtest"
 ruff check python tests examples benches

@@ -27,6 +27,7 @@ from pygev._pygev import (
     Timer,
     TLSInfo,
     WebSocket,
+    WebSocketHandshakeError,
     WebSocketRequest,
     _register_classes,
 )
@@ -47,6 +48,13 @@ del _register_classes, _Resumed, _wake, _READY
 
 # Exceptions pickle by module path: name the public one.
 ConnectionClosed.__module__ = "pygev"
+WebSocketHandshakeError.__module__ = "pygev"
+# What a handshake error says when the server sent no response (set per refusal).
+WebSocketHandshakeError.status = None
+WebSocketHandshakeError.reason = None
+WebSocketHandshakeError.headers = []
+WebSocketHandshakeError.body = b""
+WebSocketHandshakeError.location = None
 
 __all__ = [
     "TLS",
@@ -65,6 +73,7 @@ __all__ = [
     "Timer",
     "WebSocket",
     "WebSocketHandler",
+    "WebSocketHandshakeError",
     "WebSocketRequest",
 ]
 

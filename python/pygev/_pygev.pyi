@@ -30,6 +30,7 @@ __all__ = [
     "TLSInfo",
     "Timer",
     "WebSocket",
+    "WebSocketHandshakeError",
     "WebSocketRequest",
     "_length_prefix_plugin",
     "_register_classes",
@@ -38,6 +39,28 @@ __all__ = [
 @final
 class ConnectionClosed(ConnectionError):
     """Raised when sending on a connection that is closed or has shut down its write side."""
+
+@final
+class WebSocketHandshakeError(ConnectionError):
+    """A WebSocket client's handshake failed (the future of ``Server.connect("ws://...")``).
+
+    The server refused the upgrade (any status but 101; redirects are reported, not
+    followed), or answered it wrongly (then ``status`` is ``None`` and the message says
+    why: a wrong ``Sec-WebSocket-Accept``, a subprotocol or extension not offered, ...),
+    or the connection closed before the answer.
+    """
+
+    status: int | None
+    """The response's status, on a refusal."""
+    reason: str | None
+    """The response's reason phrase, on a refusal."""
+    headers: list[tuple[str, str]]
+    """The response's header fields (names lower-cased), on a refusal."""
+    body: bytes
+    """The start of the response's body: its ``Content-Length`` bytes (at most 8 KiB), or
+    what came with the head when it has no length."""
+    location: str | None
+    """The ``Location`` header, on a redirect."""
 
 @final
 class Raw:
@@ -346,6 +369,13 @@ class Connection:
         """A number unique to this connection within its server. Thread-safe."""
 
     @property
+    def subprotocol(self) -> str | None:
+        """The subprotocol the server chose, on a WebSocket client's connection (dialed to
+        a ``ws://`` URL with ``subprotocols=``); ``None`` when it chose none, and on other
+        connections (a server's connections carry the one their ``on_handshake``
+        accepted, which the handler knows). Thread-safe."""
+
+    @property
     def tls(self) -> TLSInfo | None:
         """What the TLS handshake negotiated; ``None`` on a plain connection (the
         handshake completed before ``on_connect``). Thread-safe."""
@@ -569,11 +599,12 @@ class Server:
     def connect(
         self,
         address: str | tuple[str, int],
-        handler: Handler | None = None,
+        handler: Handler | WebSocketHandler | None = None,
         protocol: Raw
         | LengthPrefix
         | Delimited
         | Protocol
+        | WebSocket
         | CapsuleType
         | ProvidesProtocol
         | None = None,
@@ -581,6 +612,9 @@ class Server:
         timeout: float = 10.0,
         tls: TLS | bool | None = None,
         server_hostname: str | None = None,
+        headers: Sequence[tuple[str, str]] | None = None,
+        subprotocols: Sequence[str] | None = None,
+        origin: str | None = None,
     ) -> concurrent.futures.Future[Connection]:
         """Dials ``address`` from the server's loops (in turn).
 
@@ -590,13 +624,29 @@ class Server:
         waits for it), from any thread and from callbacks. A host name is resolved in the
         calling thread.
 
+        A ``ws://`` or ``wss://`` URL dials a WebSocket server: the loop sends the upgrade
+        request (a fresh random ``Sec-WebSocket-Key``), checks the 101 (accept key,
+        ``Upgrade``/``Connection``, a subprotocol and extensions among those offered),
+        then frames as a server's connection does, with every frame masked by a fresh
+        random key. The handler (this one or the server's) is a
+        :class:`WebSocketHandler`: ``on_connect`` after the handshake, ``on_message`` with
+        ``str``/``bytes``, ``ping()``, ``close(code, reason)``, and the keepalive of the
+        :class:`WebSocket` settings.
+
         Args:
-            address: ``"host:port"``, a ``(host, port)`` tuple, ``"unix:/path"`` or
-                ``"unix:@name"``.
+            address: ``"host:port"``, a ``(host, port)`` tuple, ``"unix:/path"``,
+                ``"unix:@name"``, or a ``ws://host[:port][/path][?query]`` or ``wss://``
+                URL.
             handler: The connection's callbacks; default the server's.
-            protocol: The connection's framing, as ``Server(protocol=...)`` takes it
-                (WebSocket excepted); default the server's. Only this connection is
-                framed by it.
+            protocol: The connection's framing, as ``Server(protocol=...)`` takes it;
+                default the server's. Only this connection is framed by it. For a
+                WebSocket URL a :class:`WebSocket` (default ``WebSocket()``): its
+                ``max_message_size``, keepalive and ``handshake_timeout``, and its
+                compression settings as the client's offer (permessage-deflate when
+                ``compression``, asking for ``server_no_context_takeover`` and
+                ``server_max_window_bits`` below 15, promising
+                ``client_no_context_takeover``, compressing with a window of at most
+                ``client_max_window_bits``).
             timeout: Seconds the connect may take (with its TLS handshake).
             tls: Speak TLS: ``True`` verifies the server against the system's roots, a
                 :class:`TLS` against its ``ca_file`` and may present its certificate.
@@ -604,6 +654,12 @@ class Server:
                 fails the future (``ConnectionAbortedError`` naming the reason).
             server_hostname: The name the server's certificate must have, sent as SNI
                 (default: the host of ``address``).
+            headers: WebSocket URLs only: more header fields for the upgrade request
+                (not ``Host``, ``Upgrade``, ``Connection``, ``Origin`` nor
+                ``Sec-WebSocket-*``).
+            subprotocols: WebSocket URLs only: subprotocols to offer, in order of
+                preference; the one chosen is ``conn.subprotocol``.
+            origin: WebSocket URLs only: the ``Origin`` header.
 
         Returns:
             A future that resolves to the :class:`Connection` once connected (just before
@@ -612,14 +668,20 @@ class Server:
             ``FileNotFoundError`` (no such socket file), or ``ConnectionAbortedError`` when
             the server stopped first. A failed connect leaves no descriptor open.
             Cancelling the future before it resolves closes the connection without
-            callbacks. ``asyncio.wrap_future`` makes it awaitable.
+            callbacks. ``asyncio.wrap_future`` makes it awaitable. For a WebSocket URL it
+            resolves once the upgrade was accepted, and fails with
+            :class:`WebSocketHandshakeError` when it was refused or answered wrongly, or
+            with ``TimeoutError`` after the :class:`WebSocket`'s ``handshake_timeout``.
 
         Raises:
             TypeError: ``address`` is not an address, ``handler`` lacks a callback, or
                 ``tls`` is not a :class:`TLS`, a bool or ``None``.
             ValueError: ``address`` cannot be parsed, ``timeout`` is not positive, the
-                connection would speak WebSocket (the client handshake is not implemented
-                yet), ``server_hostname`` is given without ``tls``, no name can be told
+                connection would speak WebSocket without a ``ws://`` URL, a URL is not
+                valid (a fragment, credentials, a bad port), ``tls`` is given with a plain
+                ``ws://`` URL, a header or subprotocol cannot go into a request,
+                ``headers``/``subprotocols``/``origin`` are given for another kind of
+                address, ``server_hostname`` is given without ``tls``, no name can be told
                 for TLS (a Unix socket without ``server_hostname``) or it is not a valid
                 name, or a TLS file is missing, unreadable or does not match.
             RuntimeError: The server was stopped.

@@ -1,11 +1,12 @@
 //! The WebSocket client framing against the server framing, in memory: the upgrade, masked
 //! frames one way and unmasked the other, with and without permessage-deflate, pings, a
-//! masked frame from the server (1002), a refusal, and fresh keys per connection.
+//! masked frame from the server (1002), refusals, wrong answers and silence (reported,
+//! closed in order), and fresh keys per connection.
 
 use std::time::Duration;
 
 use pygev_core::websocket::client::{ClientSettings, WebSocketClient};
-use pygev_core::websocket::client_handshake::{DeflateOffer, Offer};
+use pygev_core::websocket::client_handshake::{DeflateOffer, HandshakeFailure, Offer};
 use pygev_core::websocket::frames::{opcode, write_frame};
 use pygev_core::websocket::masking::write_masked_frame;
 use pygev_core::websocket::{Settings, WebSocket};
@@ -30,7 +31,11 @@ fn client(deflate: bool) -> WebSocketClient {
         max_message_size: 1 << 20,
         handshake_timeout: Duration::from_secs(5),
         threshold: 16,
+        own_window_bits: 15,
+        ping_interval: None,
+        ping_timeout: Duration::from_secs(5),
     })
+    .expect("a valid offer")
 }
 
 /// Feeds `input` to `protocol` as the loop would; returns what it delivered and what it
@@ -68,7 +73,7 @@ fn connected_to(deflate: bool, settings: Settings) -> Pair {
     let (items, response) = feed(&server, &mut sstate, &request);
     assert!(matches!(items[..], [Item::Signal(Signal::Opened { .. })]));
     let (items, _) = feed(&client, &mut cstate, &response);
-    let [Item::Signal(Signal::Opened { compressed })] = items[..] else {
+    let [Item::Signal(Signal::Opened { compressed, .. })] = items[..] else {
         panic!("the client did not open: {items:?}");
     };
     (client, cstate, server, sstate, compressed)
@@ -138,16 +143,86 @@ fn a_masked_frame_from_the_server_is_a_protocol_error() {
     }
 }
 
+/// The failure a client reported, and whether it asked for an orderly close.
+fn failure(sink: &mut FrameSink) -> (HandshakeFailure, bool) {
+    let items = sink.drain_items();
+    let (_, close) = sink.take_actions();
+    match items.into_iter().next() {
+        Some(Item::Signal(Signal::HandshakeFailed(failure))) => (*failure, close == Some(None)),
+        other => panic!("no handshake failure reported: {other:?}"),
+    }
+}
+
 #[test]
-fn a_refusal_is_an_error_with_its_status() {
+fn a_refusal_is_reported_with_its_status_and_whole_body() {
     let client = client(false);
     let mut state = client.new_state();
     let mut request = Vec::new();
     client.opening(&mut state, &mut request).unwrap();
     let mut sink = FrameSink::new();
-    let refused = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n";
-    let err = client.unpack(&mut state, refused, &mut sink).unwrap_err();
-    assert!(err.message().contains("403 Forbidden"), "{err}");
+    let head = b"HTTP/1.1 302 Found\r\nLocation: /elsewhere\r\nContent-Length: 11\r\n\r\n";
+    let mut wire = head.to_vec();
+    wire.extend_from_slice(b"go ");
+    // The head and part of the body: it waits for the rest.
+    assert_eq!(client.unpack(&mut state, &wire, &mut sink).unwrap(), 0);
+    assert!(sink.drain_items().is_empty());
+    wire.extend_from_slice(b"elsewhere");
+    let used = client.unpack(&mut state, &wire, &mut sink).unwrap();
+    assert_eq!(used, wire.len());
+    let (failure, orderly) = failure(&mut sink);
+    assert!(orderly, "closed in order, nothing logged");
+    let HandshakeFailure::Refused { refused, body } = failure else {
+        panic!("not a refusal: {failure:?}");
+    };
+    assert_eq!((refused.status, refused.reason.as_str()), (302, "Found"));
+    assert_eq!(refused.location.as_deref(), Some("/elsewhere"));
+    assert_eq!(body, b"go elsewher", "Content-Length bytes, no more");
+}
+
+#[test]
+fn a_wrong_accept_key_fails_the_handshake() {
+    let client = client(false);
+    let mut state = client.new_state();
+    let mut request = Vec::new();
+    client.opening(&mut state, &mut request).unwrap();
+    let mut sink = FrameSink::new();
+    let answer = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+        Connection: Upgrade\r\nSec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n";
+    client.unpack(&mut state, answer, &mut sink).unwrap();
+    let (failure, orderly) = failure(&mut sink);
+    assert!(orderly);
+    match failure {
+        HandshakeFailure::Invalid(reason) => assert!(reason.contains("Accept"), "{reason}"),
+        other => panic!("not an invalid answer: {other:?}"),
+    }
+    assert!(!client.allows_packed(&state));
+}
+
+#[test]
+fn a_server_that_never_answers_is_timed_out() {
+    let client = client(false);
+    let mut state = client.new_state();
+    let mut request = Vec::new();
+    client.opening(&mut state, &mut request).unwrap();
+    let start = std::time::Instant::now();
+    let mut sink = FrameSink::new();
+    client.tick(&mut state, start, start, &mut sink).unwrap();
+    assert!(sink.drain_items().is_empty(), "not yet");
+    let late = start + Duration::from_secs(6);
+    client.tick(&mut state, late, start, &mut sink).unwrap();
+    let (failure, orderly) = failure(&mut sink);
+    assert!(orderly);
+    assert_eq!(failure, HandshakeFailure::TimedOut(Duration::from_secs(5)));
+}
+
+#[test]
+fn an_offer_that_cannot_be_sent_is_refused_up_front() {
+    let mut settings = client(false).settings().clone();
+    settings.offer.headers = vec![("X-Bad".into(), "a\r\nInjected: yes".into())];
+    assert!(WebSocketClient::new(settings.clone()).is_err());
+    settings.offer.headers.clear();
+    settings.offer.target = "no-slash".into();
+    assert!(WebSocketClient::new(settings).is_err());
 }
 
 #[test]

@@ -36,13 +36,14 @@ fn items(sink: &mut FrameSink) -> Vec<Vec<u8>> {
             tagged(kind, &data)
         }
         Item::Signal(Signal::Upgrade(request)) => tagged(tag::HANDSHAKE, request.path.as_bytes()),
-        Item::Signal(Signal::Opened { compressed }) => vec![tag::OPEN, u8::from(compressed)],
+        Item::Signal(Signal::Opened { compressed, .. }) => vec![tag::OPEN, u8::from(compressed)],
         Item::Signal(Signal::Ending { close: Some(close) }) => {
             let mut end = vec![tag::END, 1];
             end.extend(close);
             end
         }
         Item::Signal(Signal::Ending { close: None }) => vec![tag::END, 0],
+        Item::Signal(Signal::HandshakeFailed(_)) => panic!("a server's handshake never fails so"),
     };
     sink.drain_items().into_iter().map(item).collect()
 }
@@ -351,33 +352,33 @@ fn an_unfinished_handshake_times_out_and_keepalive_pings_then_gives_up() {
         ..Settings::default()
     });
     let start = Instant::now();
-    let mut out = Vec::new();
+    let mut sink = FrameSink::new();
     let mut waiting = ws.new_state();
-    assert!(ws.tick(&mut waiting, start, start, &mut out).is_ok());
+    assert!(ws.tick(&mut waiting, start, start, &mut sink).is_ok());
     let late = start + Duration::from_secs(11);
-    assert!(ws.tick(&mut waiting, late, start, &mut out).is_err());
-    assert!(out.is_empty());
+    assert!(ws.tick(&mut waiting, late, start, &mut sink).is_err());
+    assert!(sink.reply().is_empty());
 
     let mut state = ws.new_state();
     ws.unpack(&mut state, REQUEST, &mut FrameSink::new())
         .unwrap();
     let t = |s: u64| start + Duration::from_secs(s);
-    ws.tick(&mut state, t(3), t(0), &mut out).unwrap();
-    assert!(out.is_empty()); // not silent long enough
-    ws.tick(&mut state, t(6), t(0), &mut out).unwrap();
+    ws.tick(&mut state, t(3), t(0), &mut sink).unwrap();
+    assert!(sink.reply().is_empty()); // not silent long enough
+    ws.tick(&mut state, t(6), t(0), &mut sink).unwrap();
     assert_eq!(
-        out,
+        *sink.reply(),
         [0x89, 9, b'k', b'e', b'e', b'p', b'a', b'l', b'i', b'v', b'e']
     );
-    out.clear();
+    sink.reply().clear();
     // Bytes arrived after the ping (a long frame, say): the ping counts as answered.
-    ws.tick(&mut state, t(9), t(7), &mut out).unwrap();
-    assert!(out.is_empty());
+    ws.tick(&mut state, t(9), t(7), &mut sink).unwrap();
+    assert!(sink.reply().is_empty());
     // Silent again: a new ping, then nothing for ping_timeout: close 1011.
-    ws.tick(&mut state, t(13), t(7), &mut out).unwrap();
-    out.clear();
-    assert!(ws.tick(&mut state, t(16), t(7), &mut out).is_err());
-    assert_eq!(&out[..4], &[0x88, 24, 0x03, 0xf3]);
+    ws.tick(&mut state, t(13), t(7), &mut sink).unwrap();
+    sink.reply().clear();
+    assert!(ws.tick(&mut state, t(16), t(7), &mut sink).is_err());
+    assert_eq!(&sink.reply()[..4], &[0x88, 24, 0x03, 0xf3]);
     assert!(!ws.allows_packed(&state));
 }
 
@@ -539,8 +540,8 @@ fn a_park_due_while_a_message_is_inflated_in_steps_waits_for_its_end() {
     assert!(sink.take_again(), "more steps to go");
     // The loop paused the connection between two steps for longer than the park's delay.
     let later = Instant::now() + Duration::from_secs(5);
-    let mut out = Vec::new();
-    ws.tick(&mut state, later, later, &mut out).unwrap();
+    ws.tick(&mut state, later, later, &mut FrameSink::new())
+        .unwrap();
     loop {
         let used = ws.unpack(&mut state, &pending, &mut sink).unwrap();
         pending.drain(..used);

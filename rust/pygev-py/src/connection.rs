@@ -447,6 +447,14 @@ impl Connection {
         Some(crate::tls::TlsInfoObject::new(info.clone()))
     }
 
+    /// The subprotocol the server chose, on a WebSocket client's connection (`None`: none
+    /// was chosen, or the connection is not a dialed WebSocket's; a server's connections
+    /// carry the one their `on_handshake` accepted, which the handler knows).
+    #[getter]
+    fn subprotocol(&self) -> Option<&str> {
+        self.mode.subprotocol()
+    }
+
     /// A server-unique number for this connection.
     #[getter]
     fn id(&self) -> u64 {

@@ -115,6 +115,17 @@ impl DialTable {
         fail(py, &dial, connect_error(&dial.address, error));
     }
 
+    /// Keeps the request of connection `id`, which connected, until its handshake ends
+    /// (a WebSocket client's future resolves only then); the server's end fails it.
+    pub(crate) fn hold(&self, py: Python<'_>, id: u64, dial: Dial) {
+        let mut dials = self.lock();
+        if dials.closed {
+            drop(dials);
+            return abort(py, &dial, "pygev: the server stopped");
+        }
+        dials.pending.insert(id, dial);
+    }
+
     /// Takes the request of connection `id` (its loop answered).
     pub(crate) fn take(&self, id: u64) -> Option<Dial> {
         self.lock().pending.remove(&id)

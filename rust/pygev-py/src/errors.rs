@@ -12,6 +12,15 @@ pyo3::create_exception!(
     "Raised when sending on (or shutting down) a connection that is closed."
 );
 
+pyo3::create_exception!(
+    _pygev,
+    WebSocketHandshakeError,
+    PyConnectionError,
+    "A WebSocket client's handshake failed: the server refused it (any status but 101; \
+     `status`, `reason`, `headers`, `body` and a redirect's `location` say how) or answered \
+     it wrongly (`status` is None; the message says why)."
+);
+
 /// Errors of the binding, turned into Python exceptions only at the boundary.
 #[derive(Debug)]
 pub(crate) enum Error {

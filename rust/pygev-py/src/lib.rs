@@ -18,6 +18,7 @@ mod slow_callbacks;
 mod timer;
 mod tls;
 mod websocket;
+mod ws_client;
 
 /// pygev's compiled core: Server, Connection, Timer, protocols.
 #[pyo3::pymodule]
@@ -25,7 +26,7 @@ mod _pygev {
     #[pymodule_export]
     use crate::connection::Connection;
     #[pymodule_export]
-    use crate::errors::ConnectionClosed;
+    use crate::errors::{ConnectionClosed, WebSocketHandshakeError};
     #[pymodule_export]
     use crate::package::_register_classes;
     #[pymodule_export]

@@ -13,7 +13,6 @@ use crate::errors::Error;
 /// WebSocket (RFC 6455) with permessage-deflate (RFC 7692), run in the loop threads: give it
 /// as `protocol=` with a `pygev.WebSocketHandler`.
 #[pyclass(module = "pygev._pygev", frozen)]
-#[derive(Default)]
 pub struct WebSocket {
     pub(crate) settings: Settings,
 }

@@ -287,7 +287,7 @@ impl Connections {
 
     /// Queues what the protocol put in the frame sink: the messages as one event (the
     /// common case), or, around signals, each message and signal in order.
-    fn queue_frames(&mut self, token: usize) {
+    pub(super) fn queue_frames(&mut self, token: usize) {
         let (loop_index, token32) = (self.index, token as u32);
         let count = self.frames.len() as u64;
         if count > 0 {

@@ -223,14 +223,25 @@ impl Connections {
             return; // ending: the dispatcher closes it
         }
         let heard = self.clock.instant(conn.last_heard);
-        let mut out = Vec::new();
-        let result = protocol.tick(&mut conn.state, self.instant, heard, &mut out);
+        // The frame sink is empty between reads: a tick pushes signals and actions only.
+        let result = protocol.tick(&mut conn.state, self.instant, heard, &mut self.frames);
+        if self.frames.has_signals() {
+            self.queue_frames(token);
+        }
+        let (out, close) = self.frames.take_actions();
+        if let Some(error) = self.frames.take_stop() {
+            let conn = &mut self.conns[token];
+            conn.flags |= flag::READ_STOPPED;
+            if let Some(message) = error {
+                log::warn!("{message} (connection {})", conn.id);
+            }
+        }
         match result {
-            Ok(()) if out.is_empty() => {}
-            Ok(()) => self.protocol_actions(token, &out, None),
+            Ok(()) if out.is_empty() && close.is_none() => {}
+            Ok(()) => self.protocol_actions(token, &out, close),
             // Before any in-band close exists (a handshake that never completed): reset.
             Err(err) if out.is_empty() => {
-                let reason = format!("{} (connection {})", err.message(), conn.id);
+                let reason = format!("{} (connection {})", err.message(), self.conns[token].id);
                 self.close_now(token, CloseCause::Abort(reason));
             }
             Err(err) => {

@@ -212,14 +212,15 @@ pub trait Protocol: Send + Sync {
     }
 
     /// Called once the time [`Protocol::next_tick`] gave has come (a WebSocket handshake
-    /// timeout, a keepalive ping); may append bytes to write to `out`. An `Err` closes the
-    /// connection. It may be called early and must then do nothing.
+    /// timeout, a keepalive ping); may write bytes with `sink.reply()`, signal the
+    /// dispatcher and ask for a close, as `unpack` does (it pushes no messages). An `Err`
+    /// closes the connection. It may be called early and must then do nothing.
     fn tick(
         &self,
         _state: &mut ProtocolState,
         _now: std::time::Instant,
         _last_heard: std::time::Instant,
-        _out: &mut Vec<u8>,
+        _sink: &mut FrameSink,
     ) -> Result<(), ProtocolError> {
         Ok(())
     }

@@ -3,6 +3,7 @@
 //! instructions to it ([`Control`], dispatcher to loop). Typed, so that no payload carries
 //! a marker byte in front of it.
 
+use crate::websocket::client_handshake::HandshakeFailure;
 use crate::websocket::handshake::UpgradeRequest;
 
 /// What a message is, for framings whose messages have kinds (WebSocket's text and
@@ -22,12 +23,17 @@ pub enum Signal {
     /// WebSocket: an upgrade request held for the dispatcher's handshake hook. The
     /// connection reads nothing more until [`Control::Accept`] answers it (or it closes).
     Upgrade(Box<UpgradeRequest>),
-    /// WebSocket: the loop answered the upgrade itself; `compressed` when
-    /// permessage-deflate was agreed.
+    /// WebSocket: the handshake completed (a server's loop answered the upgrade itself,
+    /// or a client's got its 101).
     Opened {
         /// permessage-deflate was agreed: sends are compressed in the loop.
         compressed: bool,
+        /// The subprotocol the server chose (a client's connection only).
+        subprotocol: Option<Box<str>>,
     },
+    /// WebSocket client: the server refused the upgrade, answered it wrongly, or not in
+    /// time. The loop closes the connection (it was never open for messages).
+    HandshakeFailed(Box<HandshakeFailure>),
     /// WebSocket: the connection ends after the messages queued before this signal, and
     /// reads no more. The dispatcher sends `close` (a close frame's payload: code and
     /// reason) with [`Control::Close`] after their replies, if it is `Some` (`None`: ours
@@ -58,7 +64,8 @@ impl Signal {
                 let fields = request.headers.iter().map(|(n, v)| n.len() + v.len() + 48);
                 std::mem::size_of::<UpgradeRequest>() + request.path.len() + fields.sum::<usize>()
             }
-            Signal::Opened { .. } => 0,
+            Signal::Opened { subprotocol, .. } => subprotocol.as_ref().map_or(0, |p| p.len()),
+            Signal::HandshakeFailed(failure) => failure.held_bytes(),
             Signal::Ending { close } => close.as_ref().map_or(0, Vec::capacity),
         }
     }

@@ -4,12 +4,14 @@
 //! (`session.rs`), with our frames masked with a fresh key each and the server's required
 //! unmasked; permessage-deflate with the roles of the server's codec swapped.
 //!
-//! Not yet wired to Python (`server.connect("ws://...")`): that is the next step of the
-//! WebSocket client work.
+//! A handshake that fails (another status than 101, a wrong answer, none in time) is
+//! reported with [`Signal::HandshakeFailed`] and the connection closed in order: whoever
+//! dialed learns why, and the log stays quiet (the server's refusal is not our fault).
 
 use std::time::{Duration, Instant};
 
-use super::client_handshake::{parse_response, request, Answer, Offer};
+use super::client_handshake::{parse_response, request, Answer, HandshakeFailure, Offer};
+use super::client_handshake::{MAX_BODY, MAX_HEAD};
 use super::deflate::Agreed;
 use super::frames::Reader;
 use super::masking::fill_random;
@@ -20,7 +22,7 @@ use crate::protocols::{
 };
 
 /// A WebSocket client's settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientSettings {
     /// What the upgrade request asks for (its key is replaced by a fresh one per
     /// connection).
@@ -31,6 +33,13 @@ pub struct ClientSettings {
     pub handshake_timeout: Duration,
     /// Messages shorter than this go out uncompressed.
     pub threshold: usize,
+    /// The largest window we compress with (9 to 15), below what the server allows when
+    /// that is more: a smaller window costs less memory per connection.
+    pub own_window_bits: u8,
+    /// Ping a server silent for this long (`None`: never)...
+    pub ping_interval: Option<Duration>,
+    /// ...and close the connection (1011) if nothing arrives this long after the ping.
+    pub ping_timeout: Duration,
 }
 
 /// The WebSocket framing, client side.
@@ -48,28 +57,39 @@ fn fresh_key() -> String {
 }
 
 /// The agreement as the shared codec reads it, for our side: roles swapped (its "server"
-/// is the side that compresses, us).
-fn as_client(agreed: Agreed) -> Agreed {
+/// is the side that compresses, us, with at most `own_bits` of window).
+fn as_client(agreed: Agreed, own_bits: u8) -> Agreed {
     Agreed {
         server_no_context_takeover: agreed.client_no_context_takeover,
         client_no_context_takeover: agreed.server_no_context_takeover,
-        server_max_window_bits: agreed.client_max_window_bits,
+        server_max_window_bits: agreed.client_max_window_bits.min(own_bits),
         client_max_window_bits: agreed.server_max_window_bits,
     }
 }
 
 impl WebSocketClient {
-    /// A client framing with these settings.
-    pub fn new(settings: ClientSettings) -> Self {
-        WebSocketClient { settings }
+    /// A client framing with these settings; `Err` names what cannot go into the upgrade
+    /// request (checked once here, so that no connection fails for it later).
+    pub fn new(settings: ClientSettings) -> Result<Self, String> {
+        let probe = Offer {
+            key: fresh_key(),
+            ..settings.offer.clone()
+        };
+        request(&probe)?;
+        Ok(WebSocketClient { settings })
     }
 
-    /// The handshake's deadline (no keepalive on the client side yet).
+    /// Its settings.
+    pub fn settings(&self) -> &ClientSettings {
+        &self.settings
+    }
+
+    /// The handshake's deadline and the keepalive.
     fn timing(&self) -> session::Timing {
         session::Timing {
             handshake_timeout: self.settings.handshake_timeout,
-            ping_interval: None,
-            ping_timeout: Duration::ZERO,
+            ping_interval: self.settings.ping_interval,
+            ping_timeout: self.settings.ping_timeout,
         }
     }
 
@@ -87,30 +107,32 @@ impl WebSocketClient {
         input: &[u8],
         sink: &mut FrameSink,
     ) -> Result<usize, ProtocolError> {
-        let refused = match parse_response(input, &self.offer(state)) {
+        let failure = match parse_response(input, &self.offer(state)) {
             Ok(None) => return Ok(0),
             Ok(Some(Answer::Accepted(accepted, used))) => {
                 state.phase = Phase::Open;
                 state.reschedule = true;
-                state.agreed = accepted.deflate.map(as_client);
+                let own_bits = self.settings.own_window_bits;
+                state.agreed = accepted.deflate.map(|a| as_client(a, own_bits));
                 let compressed = state.agreed.is_some();
                 state.reader = Reader::for_client(self.settings.max_message_size, compressed);
-                sink.signal(Signal::Opened { compressed });
+                sink.signal(Signal::Opened {
+                    compressed,
+                    subprotocol: accepted.protocol.map(String::into_boxed_str),
+                });
                 return Ok(used + self.frames(state, &input[used..], sink)?);
             }
-            Ok(Some(Answer::Refused(refused, _))) => {
-                let location = (refused.location)
-                    .map(|l| format!(" (redirected to {l}, not followed)"))
-                    .unwrap_or_default();
-                format!(
-                    "pygev: WebSocket handshake refused: {} {}{location}",
-                    refused.status, refused.reason
-                )
+            Ok(Some(Answer::Refused(refused, used))) => {
+                let Some(body) = refused.body(&input[used..]) else {
+                    return Ok(0); // the rest of the body is on its way
+                };
+                let body = body.to_vec();
+                HandshakeFailure::Refused { refused, body }
             }
-            Err(reason) => reason,
+            Err(reason) => HandshakeFailure::Invalid(reason),
         };
-        state.phase = Phase::Closed;
-        Err(ProtocolError::new(refused))
+        fail(state, sink, failure);
+        Ok(input.len())
     }
 
     fn frames(
@@ -122,6 +144,14 @@ impl WebSocketClient {
         let (max, threshold) = (self.settings.max_message_size, self.settings.threshold);
         session::read_frames(state, input, sink, max, threshold)
     }
+}
+
+/// Reports a failed handshake and closes the connection in order (nothing to log: the
+/// dialer learns why).
+fn fail(state: &mut State, sink: &mut FrameSink, failure: HandshakeFailure) {
+    state.phase = Phase::Closed;
+    sink.signal(Signal::HandshakeFailed(Box::new(failure)));
+    sink.close_after_reply(None);
 }
 
 impl Protocol for WebSocketClient {
@@ -201,9 +231,10 @@ impl Protocol for WebSocketClient {
     }
 
     fn max_buffered_input(&self) -> usize {
+        // A refusal's head and the part of its body kept fit, whatever the message size.
         (self.settings.max_message_size)
             .saturating_add(14)
-            .max(16 << 10)
+            .max(MAX_HEAD + MAX_BODY)
     }
 
     fn allows_packed(&self, state: &ProtocolState) -> bool {
@@ -231,8 +262,20 @@ impl Protocol for WebSocketClient {
         state: &mut ProtocolState,
         now: Instant,
         last_heard: Instant,
-        out: &mut Vec<u8>,
+        sink: &mut FrameSink,
     ) -> Result<(), ProtocolError> {
-        session::tick(state_of(state), now, last_heard, out, &self.timing())
+        let state = state_of(state);
+        let timing = self.timing();
+        if matches!(state.phase, Phase::Handshake)
+            && now.duration_since(state.started) >= timing.handshake_timeout
+        {
+            fail(
+                state,
+                sink,
+                HandshakeFailure::TimedOut(timing.handshake_timeout),
+            );
+            return Ok(());
+        }
+        session::tick(state, now, last_heard, sink.reply(), &timing)
     }
 }

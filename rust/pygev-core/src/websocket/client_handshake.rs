@@ -66,6 +66,49 @@ pub struct Refused {
     pub headers: Vec<(String, String)>,
 }
 
+impl Refused {
+    /// The body to keep from what follows the head: its `Content-Length` bytes (at most
+    /// [`MAX_BODY`]), or `None` while they have not all come; without a length (or
+    /// chunked), what came with the head, up to [`MAX_BODY`].
+    pub fn body<'a>(&self, after_head: &'a [u8]) -> Option<&'a [u8]> {
+        let length = (self.headers.iter())
+            .find(|(name, _)| name == "content-length")
+            .and_then(|(_, value)| value.parse::<usize>().ok());
+        let wanted = length.unwrap_or(after_head.len()).min(MAX_BODY);
+        after_head.get(..wanted)
+    }
+}
+
+/// Why a client's handshake failed, for whoever dialed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// Any status but 101, with the start of its body (at most [`MAX_BODY`] bytes).
+    Refused {
+        /// The status, reason and headers.
+        refused: Refused,
+        /// The body, as far as it came (or its `Content-Length` said).
+        body: Vec<u8>,
+    },
+    /// A response that is not a valid answer to the request: why.
+    Invalid(String),
+    /// No complete response within the handshake timeout.
+    TimedOut(std::time::Duration),
+}
+
+impl HandshakeFailure {
+    /// About the memory it holds, for dispatch backpressure.
+    pub fn held_bytes(&self) -> usize {
+        match self {
+            HandshakeFailure::Refused { refused, body } => {
+                let fields = refused.headers.iter().map(|(n, v)| n.len() + v.len() + 48);
+                body.len() + refused.reason.len() + fields.sum::<usize>()
+            }
+            HandshakeFailure::Invalid(reason) => reason.len(),
+            HandshakeFailure::TimedOut(_) => 0,
+        }
+    }
+}
+
 /// What the response came to (with the bytes of it used: what follows is frames, or a
 /// refusal's body).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,7 +120,9 @@ pub enum Answer {
 }
 
 /// The longest response head accepted, and its header count.
-const MAX_HEAD: usize = 16 << 10;
+pub const MAX_HEAD: usize = 16 << 10;
+/// The most of a refusal's body kept.
+pub const MAX_BODY: usize = 8 << 10;
 const MAX_HEADERS: usize = 64;
 
 /// The upgrade request for `offer`; `Err` names a field that cannot go into a header.

@@ -120,7 +120,10 @@ impl WebSocket {
         sink.reply().extend_from_slice(&response);
         self.open(state, agreed);
         let compressed = agreed.is_some();
-        sink.signal(Signal::Opened { compressed });
+        sink.signal(Signal::Opened {
+            compressed,
+            subprotocol: None,
+        });
         Ok(used + self.frames(state, &input[used..], sink)?)
     }
 
@@ -264,8 +267,14 @@ impl Protocol for WebSocket {
         state: &mut ProtocolState,
         now: Instant,
         last_heard: Instant,
-        out: &mut Vec<u8>,
+        sink: &mut FrameSink,
     ) -> Result<(), ProtocolError> {
-        session::tick(state_of(state), now, last_heard, out, &self.timing())
+        session::tick(
+            state_of(state),
+            now,
+            last_heard,
+            sink.reply(),
+            &self.timing(),
+        )
     }
 }

@@ -9,6 +9,7 @@ use pyo3::prelude::*;
 use super::{Dispatcher, LoopPhase, Then};
 use crate::connection::Connection;
 use crate::dial;
+use crate::errors::WebSocketHandshakeError;
 use crate::logging;
 
 impl<'py> Dispatcher<'py> {
@@ -53,13 +54,18 @@ impl<'py> Dispatcher<'py> {
                     }
                 };
                 if let Some(mut dial) = dial {
-                    if !dial::succeed(self.py, &dial, conn.bind(self.py).as_any()) {
+                    let greets = conn.get().mode().greets_at_open();
+                    if greets && !dial::succeed(self.py, &dial, conn.bind(self.py).as_any()) {
                         // Cancelled while connecting: closed without any callback.
                         self.shared.post(loop_index, Command::Close { token, id });
                         return;
                     }
                     if let Some(callbacks) = dial.callbacks.take() {
                         self.own_callbacks.insert(id, *callbacks);
+                    }
+                    if !greets {
+                        // A WebSocket client's: its future waits for the handshake.
+                        self.shared.dials.hold(self.py, id, dial);
                     }
                 }
                 let slot = conn.clone_ref(self.py);
@@ -127,6 +133,28 @@ impl<'py> Dispatcher<'py> {
         }
     }
 
+    /// A dialed connection held until its handshake completed has: its `connect()` future
+    /// gets it. False when that future was cancelled: the connection is closed without
+    /// callbacks.
+    pub(crate) fn dial_opened(&mut self, conn: &Py<Connection>) -> bool {
+        let Some(dial) = self.shared.dials.take(conn.get().id_value()) else {
+            return true; // answered already (the server is ending)
+        };
+        if dial::succeed(self.py, &dial, conn.bind(self.py).as_any()) {
+            return true;
+        }
+        conn.get().request_close();
+        false
+    }
+
+    /// A dialed connection held until its handshake completed failed it: its `connect()`
+    /// future fails with `error` (the loop closes the connection).
+    pub(crate) fn dial_failed(&mut self, conn: &Py<Connection>, error: PyErr) {
+        if let Some(dial) = self.shared.dials.take(conn.get().id_value()) {
+            dial::fail(self.py, &dial, error);
+        }
+    }
+
     pub(crate) fn connected(&mut self, conn: &Py<Connection>) {
         let py = self.py;
         self.enter_callback();
@@ -160,6 +188,12 @@ impl<'py> Dispatcher<'py> {
         self.partial_frames.remove(&conn.get().id_value());
         if !conn.get().mode().farewell_due(conn.get()) {
             self.own_callbacks.remove(&conn.get().id_value());
+            // A dialed WebSocket whose handshake did not complete, nor fail in words.
+            let reason = "the connection closed before the WebSocket handshake completed";
+            self.dial_failed(
+                &conn,
+                WebSocketHandshakeError::new_err(format!("pygev: {reason}")),
+            );
             return;
         }
         let py = self.py;

@@ -157,15 +157,15 @@ pub(crate) trait Mode: Send + Sync {
         Err(not_websocket(conn))
     }
 
-    /// Whether an outgoing connection may run in this mode (WebSocket needs the client
-    /// handshake, not written yet).
+    /// Whether an outgoing connection may run in this mode (a WebSocket server's may not:
+    /// a `ws://` URL makes a client mode of its own).
     fn check_dial(&self) -> Result<(), Error> {
         Ok(())
     }
 
-    /// Whether a server in this mode must have a listener (it cannot dial).
-    fn needs_listener(&self) -> bool {
-        self.check_dial().is_err()
+    /// The subprotocol the server chose, on a WebSocket client's connection.
+    fn subprotocol(&self) -> Option<&str> {
+        None
     }
 
     /// Visits the mode's Python references for the GC.
@@ -197,7 +197,7 @@ pub(crate) fn choose(
     let ws_handler = handler.is_instance(classes.websocket_handler.bind(py))?;
     let websocket = match protocol {
         Some(protocol) => protocol.cast::<crate::websocket::WebSocket>().ok().cloned(),
-        None if ws_handler => Some(Bound::new(py, crate::websocket::WebSocket::default())?),
+        None if ws_handler => Some(default_websocket(py)?),
         None => None,
     };
     match websocket {
@@ -218,4 +218,37 @@ pub(crate) fn choose(
             (protocol, None) => Arc::new(Native::new(protocol)),
         }),
     }
+}
+
+/// The settings of a connection dialed to a `ws://` URL: its handler must be a
+/// `pygev.WebSocketHandler`, its `protocol=` a `pygev.WebSocket` (by default
+/// `pygev.WebSocket()`).
+pub(crate) fn client_settings(
+    handler: &Bound<'_, PyAny>,
+    protocol: Option<&Bound<'_, PyAny>>,
+) -> PyResult<pygev_core::websocket::Settings> {
+    let py = handler.py();
+    let classes = crate::package::classes(py)?;
+    if !handler.is_instance(classes.websocket_handler.bind(py))? {
+        return Err(Error::Type(
+            "pygev: a ws:// or wss:// connection needs a pygev.WebSocketHandler".into(),
+        )
+        .into());
+    }
+    match protocol {
+        None => Ok(default_websocket(py)?.get().settings.clone()),
+        Some(protocol) => match protocol.cast::<crate::websocket::WebSocket>() {
+            Ok(ws) => Ok(ws.get().settings.clone()),
+            Err(_) => Err(Error::Type(
+                "pygev: a ws:// or wss:// connection takes protocol=pygev.WebSocket(...)".into(),
+            )
+            .into()),
+        },
+    }
+}
+
+/// `pygev.WebSocket()`, with the defaults its signature shows (a keepalive among them).
+fn default_websocket(py: Python<'_>) -> PyResult<Bound<'_, crate::websocket::WebSocket>> {
+    let ws = py.get_type::<crate::websocket::WebSocket>().call0()?;
+    Ok(ws.cast_into::<crate::websocket::WebSocket>()?)
 }

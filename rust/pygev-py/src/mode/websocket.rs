@@ -1,11 +1,15 @@
-//! The WebSocket mode: the loops run the handshake and frames; here are the handshake's
-//! outcome and the `on_handshake` hook, whole messages as `str` or `bytes`, sends, pings
-//! and the close. A connection's WebSocket phase is kept here only (in its `phase`).
+//! The WebSocket mode, both sides: the loops run the handshake and frames; here are the
+//! handshake's outcome (a server's `on_handshake` hook, a client's dial future), whole
+//! messages as `str` or `bytes`, sends, pings and the close. A connection's WebSocket
+//! phase is kept here only (in its `phase`).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use pygev_core::websocket::client::WebSocketClient;
+use pygev_core::websocket::client_handshake::HandshakeFailure;
 use pygev_core::websocket::frames::{self, opcode};
 use pygev_core::websocket::handshake::{self, UpgradeRequest};
+use pygev_core::websocket::masking::{next_key, write_masked_frame};
 use pygev_core::websocket::WebSocket;
 use pygev_core::{Control, MessageKind, Protocol, Signal};
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -28,14 +32,57 @@ mod phase {
     pub(super) const OPEN_COMPRESSED: u8 = 2;
 }
 
-/// WebSocket, server side.
+/// WebSocket, a server's side or one dialed connection's.
 pub(crate) struct WebSocketMode {
-    ws: Arc<WebSocket>,
+    side: Side,
+}
+
+enum Side {
+    /// The framing of a server's connections.
+    Server(Arc<WebSocket>),
+    /// One dialed connection's (a mode each: it remembers what the server chose).
+    Client(Box<Client>),
+}
+
+struct Client {
+    /// The framing, shared by dials that ask the same.
+    framing: Arc<WebSocketClient>,
+    /// The URL dialed, for messages.
+    url: String,
+    /// The subprotocol the server chose, if any.
+    subprotocol: OnceLock<Box<str>>,
 }
 
 impl WebSocketMode {
+    /// A server's.
     pub(crate) fn new(ws: Arc<WebSocket>) -> Self {
-        WebSocketMode { ws }
+        WebSocketMode {
+            side: Side::Server(ws),
+        }
+    }
+
+    /// One dialed connection's, to `url`.
+    pub(crate) fn client(framing: Arc<WebSocketClient>, url: String) -> Self {
+        let client = Client {
+            framing,
+            url,
+            subprotocol: OnceLock::new(),
+        };
+        WebSocketMode {
+            side: Side::Client(Box::new(client)),
+        }
+    }
+
+    /// Writes one frame of ours, masked on a client's side.
+    fn post_frame(&self, conn: &Connection, op: u8, payload: &[u8]) -> Result<(), Error> {
+        match self.side {
+            Side::Server(_) => conn.post_frame(payload.len() + 10, |out| {
+                frames::write_frame(out, op, true, false, payload)
+            }),
+            Side::Client(_) => conn.post_frame(payload.len() + 14, |out| {
+                write_masked_frame(out, op, true, false, payload, next_key())
+            }),
+        }
     }
 
     /// The handshake completed (`compressed`: permessage-deflate was agreed).
@@ -67,9 +114,7 @@ impl WebSocketMode {
                     MessageKind::Text => opcode::TEXT,
                     MessageKind::Binary => opcode::BINARY,
                 };
-                conn.post_frame(payload.len() + 10, |out| {
-                    frames::write_frame(out, op, true, false, payload)
-                })
+                self.post_frame(conn, op, payload)
             }
             phase::OPEN_COMPRESSED => conn.post_message(payload, kind),
             _ => Err(Error::State(format!(
@@ -209,7 +254,10 @@ impl WebSocketMode {
         if conn.get().is_closed() {
             return; // the hook closed it: no handshake, no callbacks
         }
-        let (response, agreed) = self.ws.answer(request, protocol, extra);
+        let Side::Server(ws) = &self.side else {
+            return; // a client's upgrade is its loop's
+        };
+        let (response, agreed) = ws.answer(request, protocol, extra);
         // Posted now, not with the batch: once the connection is open, another thread may
         // send on it, and that must not overtake the 101.
         if conn
@@ -226,7 +274,10 @@ impl WebSocketMode {
 
 impl Mode for WebSocketMode {
     fn loop_protocol(&self) -> Arc<dyn Protocol> {
-        self.ws.clone()
+        match &self.side {
+            Side::Server(ws) => ws.clone(),
+            Side::Client(client) => client.framing.clone(),
+        }
     }
 
     fn send(&self, conn: &Bound<'_, Connection>, data: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -269,11 +320,25 @@ impl Mode for WebSocketMode {
             return;
         }
         match signal {
-            Signal::Opened { compressed } => {
+            Signal::Opened {
+                compressed,
+                subprotocol,
+            } => {
+                if let (Side::Client(client), Some(chosen)) = (&self.side, subprotocol) {
+                    let _ = client.subprotocol.set(chosen);
+                }
+                if matches!(self.side, Side::Client(_)) && !d.dial_opened(conn) {
+                    return; // its connect() was cancelled: closed without callbacks
+                }
                 Self::set_open(conn.get(), compressed);
                 d.connected(conn);
             }
             Signal::Upgrade(request) => self.handshake(d, conn, &request),
+            Signal::HandshakeFailed(failure) => {
+                if let Side::Client(client) = &self.side {
+                    d.dial_failed(conn, handshake_error(d.py(), &client.url, &failure));
+                }
+            }
             Signal::Ending { close } => {
                 // Our close frame goes after the replies already queued, made by the loop
                 // (which then refuses anything more).
@@ -294,7 +359,14 @@ impl Mode for WebSocketMode {
     }
 
     fn has_handshake(&self) -> bool {
-        true
+        matches!(self.side, Side::Server(_))
+    }
+
+    fn subprotocol(&self) -> Option<&str> {
+        match &self.side {
+            Side::Client(client) => client.subprotocol.get().map(|p| &**p),
+            Side::Server(_) => None,
+        }
     }
 
     fn close(&self, conn: &Connection, code: i64, reason: &str) -> Result<(), Error> {
@@ -348,17 +420,16 @@ impl Mode for WebSocketMode {
                 conn.id_value()
             )));
         }
-        conn.post_frame(payload.len() + 2, |out| {
-            frames::write_frame(out, opcode::PING, true, false, payload)
-        })
+        self.post_frame(conn, opcode::PING, payload)
     }
 
     fn check_dial(&self) -> Result<(), Error> {
-        Err(Error::Value(
-            "pygev: a WebSocket connection cannot be dialed yet: the WebSocket client \
-             handshake is not implemented"
-                .into(),
-        ))
+        match self.side {
+            Side::Client(_) => Ok(()),
+            Side::Server(_) => Err(Error::Value(
+                "pygev: a WebSocket connection is dialed with a ws:// or wss:// URL".into(),
+            )),
+        }
     }
 }
 
@@ -405,4 +476,50 @@ fn answer_of(answer: &Bound<'_, PyAny>) -> PyResult<Answer> {
         "pygev: on_handshake must return None, pygev.Accept(...) or pygev.Reject(...), got {}",
         type_name(answer)
     )))
+}
+
+/// The exception a dial's future fails with when the handshake did: `TimeoutError`, or
+/// `pygev.WebSocketHandshakeError` with the refusal's status, reason, headers, body and
+/// redirect target (or the reason the answer is invalid).
+fn handshake_error(py: Python<'_>, url: &str, failure: &HandshakeFailure) -> PyErr {
+    use crate::errors::WebSocketHandshakeError;
+    let (message, refused, body) = match failure {
+        HandshakeFailure::TimedOut(timeout) => {
+            return Error::Os(
+                Some(libc::ETIMEDOUT),
+                format!("pygev: {url} did not answer the WebSocket handshake within {timeout:?}"),
+            )
+            .into();
+        }
+        HandshakeFailure::Invalid(reason) => (
+            format!("pygev: {url} answered the WebSocket handshake wrongly: {reason}"),
+            None,
+            &[][..],
+        ),
+        HandshakeFailure::Refused { refused, body } => {
+            let redirect = (refused.location.as_ref())
+                .map(|l| format!(" (redirected to {l}, not followed)"))
+                .unwrap_or_default();
+            let message = format!(
+                "pygev: {url} refused the WebSocket handshake: {} {}{redirect}",
+                refused.status, refused.reason
+            );
+            (message, Some(refused), &body[..])
+        }
+    };
+    let err = WebSocketHandshakeError::new_err(message);
+    let value = err.value(py);
+    let set = || -> PyResult<()> {
+        value.setattr("status", refused.map(|r| r.status))?;
+        value.setattr("reason", refused.map(|r| r.reason.as_str()))?;
+        let headers = refused.map(|r| r.headers.clone()).unwrap_or_default();
+        value.setattr("headers", headers)?;
+        value.setattr("body", PyBytes::new(py, body))?;
+        value.setattr("location", refused.and_then(|r| r.location.as_deref()))?;
+        Ok(())
+    };
+    match set() {
+        Ok(()) => err,
+        Err(failed) => failed,
+    }
 }

@@ -19,6 +19,7 @@ use crate::mode;
 use crate::shared::Shared;
 use crate::timer::Timer;
 use crate::tls::Tls;
+use crate::ws_client;
 use drivers::Serving;
 pub(crate) use settings::seconds;
 use settings::{positive, AddressArg, DEFAULT_ADDRESS};
@@ -47,6 +48,8 @@ pub struct Server {
     slow_callback_duration: Option<Duration>,
     /// What `serve()` keeps between its turns in an asyncio loop.
     serving: Mutex<Option<Serving>>,
+    /// The WebSocket client framings of recent `ws://` dials.
+    ws_framings: ws_client::Framings,
 }
 
 impl Server {
@@ -239,14 +242,6 @@ impl Server {
             .map(|t| seconds("slow_callback_duration", t, false))
             .transpose()?;
         let mode = mode::choose(handler, protocol)?;
-        if mode.needs_listener() && address.is_none() {
-            return Err(Error::Value(
-                "pygev: a server without a listener could serve nothing: its protocol cannot \
-                 dial (WebSocket: the client handshake is not implemented yet)"
-                    .into(),
-            )
-            .into());
-        }
         let unix_file = address
             .as_deref()
             .is_some_and(|a| a.starts_with("unix:") && !a.starts_with("unix:@"));
@@ -289,6 +284,7 @@ impl Server {
             config,
             slow_callback_duration,
             serving: Mutex::new(None),
+            ws_framings: ws_client::Framings::default(),
         })
     }
 
@@ -309,11 +305,19 @@ impl Server {
     /// stopped first). Before `start()` the request waits for it. `handler` and `protocol`
     /// default to the server's; a `protocol` of its own frames this connection only.
     /// `tls` (a `pygev.TLS`, or `True` for the system's roots) speaks TLS to a server that
-    /// must be `server_hostname` (default: the address's host). Thread-safe, callable from
-    /// callbacks.
+    /// must be `server_hostname` (default: the address's host).
+    ///
+    /// A `ws://` or `wss://` URL dials a WebSocket server: the handler (this one or the
+    /// server's) is a `pygev.WebSocketHandler`, `protocol` a `pygev.WebSocket` (default
+    /// `pygev.WebSocket()`), and `headers`, `subprotocols` and `origin` go into the upgrade
+    /// request. The future resolves once the server accepted the upgrade; a refusal fails
+    /// it with `pygev.WebSocketHandshakeError` (status, headers, body; redirects are
+    /// reported, not followed), no answer within the handshake timeout with
+    /// `TimeoutError`. `wss://` speaks TLS (`tls=True` unless a `pygev.TLS` is given).
+    /// Thread-safe, callable from callbacks.
     #[pyo3(signature = (
         address, handler = None, protocol = None, *, timeout = 10.0, tls = None,
-        server_hostname = None,
+        server_hostname = None, headers = None, subprotocols = None, origin = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn connect(
@@ -325,27 +329,77 @@ impl Server {
         timeout: f64,
         tls: Option<&Bound<'_, PyAny>>,
         server_hostname: Option<String>,
+        headers: Option<Vec<(String, String)>>,
+        subprotocols: Option<Vec<String>>,
+        origin: Option<String>,
     ) -> PyResult<Py<PyAny>> {
-        let own_mode = match protocol {
-            Some(protocol) => {
+        let text = address_text(address)?;
+        let url = match address.is_instance_of::<pyo3::types::PyString>() {
+            true => ws_client::Url::parse(&text)?,
+            false => None,
+        };
+        let asks = ws_client::Asks {
+            headers: headers.unwrap_or_default(),
+            subprotocols: subprotocols.unwrap_or_default(),
+            origin,
+        };
+        let (own_mode, text, tls) = match &url {
+            Some(url) => {
                 let handler = match handler {
                     Some(handler) => handler.clone(),
                     None => self.handler(py)?.into_bound(py),
                 };
-                Some(mode::choose(&handler, Some(protocol))?)
+                let settings = mode::client_settings(&handler, protocol)?;
+                let settings = ws_client::client_settings(&settings, url, asks);
+                let framing = self.ws_framings.get(settings)?;
+                let mode: Arc<dyn mode::Mode> =
+                    Arc::new(mode::WebSocketMode::client(framing, text.clone()));
+                let tls = match (url.secure, tls) {
+                    (true, None) => Some(pyo3::types::PyBool::new(py, true).to_owned().into_any()),
+                    (true, Some(tls)) => Some(tls.clone()),
+                    (false, None) => None,
+                    (false, Some(_)) => {
+                        return Err(Error::Value(
+                            "pygev: a ws:// URL is plain; use wss:// for TLS".into(),
+                        )
+                        .into())
+                    }
+                };
+                (Some(mode), url.address.clone(), tls)
             }
-            None => None,
+            None => {
+                if !(asks.headers.is_empty() && asks.subprotocols.is_empty())
+                    || asks.origin.is_some()
+                {
+                    return Err(Error::Value(
+                        "pygev: headers=, subprotocols= and origin= are for ws:// and wss:// \
+                         URLs"
+                            .into(),
+                    )
+                    .into());
+                }
+                let own_mode = match protocol {
+                    Some(protocol) => {
+                        let handler = match handler {
+                            Some(handler) => handler.clone(),
+                            None => self.handler(py)?.into_bound(py),
+                        };
+                        Some(mode::choose(&handler, Some(protocol))?)
+                    }
+                    None => None,
+                };
+                own_mode
+                    .as_ref()
+                    .unwrap_or(&self.shared.mode)
+                    .check_dial()?;
+                (own_mode, text, tls.cloned())
+            }
         };
-        own_mode
-            .as_ref()
-            .unwrap_or(&self.shared.mode)
-            .check_dial()?;
         if self.state.load(Ordering::Acquire) >= STOPPED {
             return Err(Error::State("pygev: server was stopped".into()).into());
         }
         let timeout = seconds("timeout", timeout, false)?;
-        let text = address_text(address)?;
-        let tls = crate::tls::dial_target(py, tls, server_hostname.as_deref(), &text)?;
+        let tls = crate::tls::dial_target(py, tls.as_ref(), server_hostname.as_deref(), &text)?;
         // A host name is resolved here: without the GIL, so callbacks go on meanwhile.
         let mut addresses = py
             .detach(|| Address::resolve_all(&text))

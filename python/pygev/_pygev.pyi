@@ -399,7 +399,10 @@ class Connection:
 
         Past ``high`` bytes of unsent output the loop stops reading this connection (a
         peer that does not read its replies cannot make it buffer more); at ``low`` reading
-        resumes and :meth:`drain` returns. ``high`` defaults to the server's
+        resumes and :meth:`drain` returns. A connection dialed with
+        :meth:`Server.connect` keeps reading (its server may read again only once its own
+        output drained: both waiting would deadlock); its output is bounded by
+        ``max_write_buffer`` and :meth:`drain`. ``high`` defaults to the server's
         ``write_high_water``, ``low`` to half ``high``. Thread-safe.
 
         Raises:
@@ -510,8 +513,9 @@ class Server:
                 the server itself stopped reading (backpressure) does not count.
             backlog: The listen backlog.
             drain_timeout: Seconds :meth:`stop` waits at most for pending output to flush.
-            write_high_water: Bytes of pending output past which a connection stops reading
-                until its output drains to ``write_low_water`` (default 1 MiB; each
+            write_high_water: Bytes of pending output past which an accepted connection
+                stops reading until its output drains to ``write_low_water`` (dialed ones
+                keep reading; :meth:`Connection.drain` waits for it) (default 1 MiB; each
                 connection may set its own, see
                 :meth:`Connection.set_write_buffer_limits`).
             write_low_water: Bytes of pending output at or under which a connection reads

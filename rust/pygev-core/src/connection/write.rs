@@ -260,7 +260,7 @@ impl Connections {
         }
         let conn = &mut self.conns[token];
         let (high_water, low_water) = conn.backlog.write_limits();
-        if pending > high_water {
+        if pending > high_water && !conn.has(flag::KEEPS_READING) {
             if !conn.has(flag::OUTPUT_FULL) {
                 conn.flags |= flag::OUTPUT_FULL;
                 LoopStats::add(&self.handle.stats.read_pauses, 1);

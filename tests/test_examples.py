@@ -207,6 +207,39 @@ def test_websocket_echo() -> None:
             assert ws.recv(timeout=WAIT) == b"\x00\xff" * 50000
 
 
+def test_websocket_client_sends_stdin_lines_and_prints_replies() -> None:
+    with run_example("websocket_echo") as (host, port):
+        lines = ["hello", "wörld ✓", "", "x" * 70000]
+        done = subprocess.run(
+            [sys.executable, str(EXAMPLES / "websocket_client.py"), f"ws://{host}:{port}/"],
+            input="\n".join(lines) + "\n",
+            capture_output=True,
+            text=True,
+            timeout=WAIT * 3,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines() == lines
+
+
+def test_websocket_client_reports_a_refusal() -> None:
+    from websockets.sync.client import connect as ws_connect
+
+    with run_example("websocket_chat") as (host, port):
+        url = f"ws://{host}:{port}/?name=ann"
+        with ws_connect(url, open_timeout=WAIT, proxy=None):
+            # The chat refuses a second "ann" with 409 and says why in the body.
+            done = subprocess.run(
+                [sys.executable, str(EXAMPLES / "websocket_client.py"), url],
+                input="",
+                capture_output=True,
+                text=True,
+                timeout=WAIT * 3,
+            )
+        assert done.returncode == 1
+        assert "refused the WebSocket handshake: 409" in done.stderr, done.stderr
+        assert "the name ann is taken" in done.stderr, done.stderr
+
+
 def test_websocket_chat_broadcasts_to_everyone() -> None:
     from websockets.exceptions import InvalidStatus
     from websockets.sync.client import connect as ws_connect

@@ -554,6 +554,26 @@ def test_an_unoffered_extension_or_subprotocol_is_refused(
         sock.close()
 
 
+def test_a_connect_cancelled_during_the_handshake_gets_no_callbacks(
+    dialer: ServerThread, raw: RawServer
+) -> None:
+    future = dialer.server.connect(raw.url())
+    sock, headers = raw.next()
+    assert future.cancel(), "still pending while the server has not answered"
+    answer(sock, headers)
+    sock.settimeout(WAIT)
+    assert sock.recv(100) == b"", "the client closed the connection"
+    # A later dial works: nothing was left half-done.
+    later = dialer.server.connect(raw.url())
+    second, headers = raw.next()
+    answer(second, headers)
+    conn = later.result(WAIT)
+    dialer.handler.wait(lambda: dialer.handler.of(conn.id), "on_connect")
+    assert [i for _, i, _ in dialer.handler.events] == [conn.id]
+    sock.close()
+    second.close()
+
+
 def test_a_server_that_never_answers_is_timed_out(dialer: ServerThread, raw: RawServer) -> None:
     ws = pygev.WebSocket(handshake_timeout=0.5)
     future = dialer.server.connect(raw.url(), protocol=ws)

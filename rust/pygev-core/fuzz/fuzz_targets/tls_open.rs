@@ -51,9 +51,13 @@ fn connected() -> (TlsSession, TlsSession) {
     let (mut to_server, mut to_client, mut sink) = (Vec::new(), Vec::new(), Vec::new());
     client.start(&mut to_server).unwrap();
     while client.is_handshaking() || server.is_handshaking() || !to_server.is_empty() {
-        server.open(&mut to_server, &mut sink, &mut to_client).unwrap();
+        server
+            .open(&mut to_server, &mut sink, &mut to_client)
+            .unwrap();
         to_server.clear();
-        client.open(&mut to_client, &mut sink, &mut to_server).unwrap();
+        client
+            .open(&mut to_client, &mut sink, &mut to_server)
+            .unwrap();
         to_client.clear();
     }
     (client, server)
@@ -107,7 +111,10 @@ fn records(config: u8, data: &[u8]) {
             failed = true;
             break;
         }
-        assert!(server.held() <= 5 + 16 * 1024 + 256, "at most one record is held");
+        assert!(
+            server.held() <= 5 + 16 * 1024 + 256,
+            "at most one record is held"
+        );
         at = end;
         step = step * 7 % 20_011 + 1;
     }

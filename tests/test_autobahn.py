@@ -1,6 +1,8 @@
 """The quick part of the Autobahn|Testsuite (cases 1-7 and 10, about 250 cases) against
-examples/websocket_echo.py: no case may fail or be unimplemented. The whole suite (517
-cases, compression included) is `scripts/autobahn.sh`; it takes about 10 minutes."""
+examples/websocket_echo.py (the suite's fuzzingclient mode) and against the client
+examples/autobahn_client.py (its fuzzingserver mode): no case may fail or be
+unimplemented. The whole suite (517 cases, compression included) is `scripts/autobahn.sh`
+and `scripts/autobahn.sh client`; each takes about 10 minutes."""
 
 from __future__ import annotations
 
@@ -15,14 +17,13 @@ ROOT = Path(__file__).resolve().parent.parent
 TOOLS = Path(os.environ.get("AUTOBAHN_TOOLS", ROOT.parent / "shared" / "tools" / "autobahn"))
 
 
-@pytest.mark.timeout(600)
-@pytest.mark.skipif(
-    not (TOOLS / "run.sh").exists(), reason=f"the Autobahn tools are not at {TOOLS}"
-)
-def test_autobahn_quick_cases_all_pass(tmp_path: Path) -> None:
+def _run_quick(tmp_path: Path, *mode: str) -> None:
+    """Runs `scripts/autobahn.sh [client] quick` and checks its summary line."""
     env = dict(os.environ, AUTOBAHN_OUT=str(tmp_path / "report"), AUTOBAHN_TOOLS=str(TOOLS))
+    # The tools' own bound on the whole run, below this test's.
+    env.setdefault("AUTOBAHN_TIMEOUT", "480")
     done = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "autobahn.sh"), "quick"],
+        ["bash", str(ROOT / "scripts" / "autobahn.sh"), *mode, "quick"],
         env=env,
         capture_output=True,
         text=True,
@@ -35,3 +36,20 @@ def test_autobahn_quick_cases_all_pass(tmp_path: Path) -> None:
     assert counts["FAILED"] == "0" and counts["UNIMPLEMENTED"] == "0", summary
     assert counts["close_not_ok"] == "0", summary
     assert done.returncode == 0, summary
+
+
+needs_tools = pytest.mark.skipif(
+    not (TOOLS / "run.sh").exists(), reason=f"the Autobahn tools are not at {TOOLS}"
+)
+
+
+@pytest.mark.timeout(600)
+@needs_tools
+def test_autobahn_quick_cases_all_pass(tmp_path: Path) -> None:
+    _run_quick(tmp_path)
+
+
+@pytest.mark.timeout(600)
+@needs_tools
+def test_autobahn_client_quick_cases_all_pass(tmp_path: Path) -> None:
+    _run_quick(tmp_path, "client")

@@ -192,20 +192,20 @@ impl LoopHandle {
         self.spares.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Keeps a buffer the dispatcher is done with (a batch of frames it handled) for
+    /// [`LoopHandle::spare_buffer`], when it fits among the spares.
+    pub fn give_back(&self, buffer: Vec<u8>) {
+        keep(&mut self.lock_spares(), buffer);
+    }
+
     /// Keeps written-out send buffers (emptied) for [`LoopHandle::spare_buffer`].
     pub(crate) fn recycle(&self, buffers: &mut Vec<Vec<u8>>) {
         if buffers.is_empty() {
             return;
         }
         let mut spares = self.lock_spares();
-        for mut buffer in buffers.drain(..) {
-            let capacity = buffer.capacity();
-            let fits = spares.buffers.len() < SPARES && spares.bytes + capacity <= SPARE_BYTES;
-            if fits && (SPARE_MIN..=SPARE_MAX).contains(&capacity) {
-                buffer.clear();
-                spares.bytes += capacity;
-                spares.buffers.push(buffer);
-            }
+        for buffer in buffers.drain(..) {
+            keep(&mut spares, buffer);
         }
     }
 
@@ -272,5 +272,17 @@ impl LoopHandle {
             self.post(Command::Resume)?;
         }
         Ok(())
+    }
+}
+
+/// Keeps `buffer` (emptied) among the spares if it is of a size worth keeping and they have
+/// room.
+fn keep(spares: &mut Spares, mut buffer: Vec<u8>) {
+    let capacity = buffer.capacity();
+    let fits = spares.buffers.len() < SPARES && spares.bytes + capacity <= SPARE_BYTES;
+    if fits && (SPARE_MIN..=SPARE_MAX).contains(&capacity) {
+        buffer.clear();
+        spares.bytes += capacity;
+        spares.buffers.push(buffer);
     }
 }

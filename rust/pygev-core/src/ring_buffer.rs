@@ -85,7 +85,11 @@ impl RingBuffer {
         if data.is_empty() {
             return;
         }
-        self.reserve(data.len());
+        let needed = self.len + data.len();
+        if needed > self.capacity() {
+            let new_cap = needed.max(MIN_CAPACITY).next_power_of_two();
+            return self.reallocate_with(new_cap, data);
+        }
         let cap = self.capacity();
         let tail = (self.head + self.len) % cap;
         let first = data.len().min(cap - tail);
@@ -105,13 +109,22 @@ impl RingBuffer {
     }
 
     fn reallocate(&mut self, new_cap: usize) {
-        debug_assert!(new_cap >= self.len);
-        let mut storage = vec![0u8; new_cap].into_boxed_slice();
+        self.reallocate_with(new_cap, &[]);
+    }
+
+    /// New storage of `new_cap` bytes holding the held bytes at its front, then `more`
+    /// (counted as held). Only the space left after them is zero-filled.
+    fn reallocate_with(&mut self, new_cap: usize, more: &[u8]) {
+        debug_assert!(new_cap >= self.len + more.len());
+        let mut storage = Vec::with_capacity(new_cap);
         let (a, b) = self.as_slices();
-        storage[..a.len()].copy_from_slice(a);
-        storage[a.len()..a.len() + b.len()].copy_from_slice(b);
-        self.storage = storage;
+        storage.extend_from_slice(a);
+        storage.extend_from_slice(b);
+        storage.extend_from_slice(more);
+        storage.resize(new_cap, 0);
+        self.storage = storage.into_boxed_slice();
         self.head = 0;
+        self.len += more.len();
     }
 
     /// The held bytes as two slices, in order (the second is empty unless the data wraps).
@@ -141,8 +154,10 @@ impl RingBuffer {
     pub fn write_contiguous(&mut self, data: &[u8]) -> &[u8] {
         let needed = self.len + data.len();
         if needed > self.capacity() {
+            // (Copied in with the held bytes: no zero-filling of what `data` covers.)
             let new_cap = needed.max(MIN_CAPACITY).next_power_of_two();
-            self.reallocate(new_cap); // leaves the held bytes at the front
+            self.reallocate_with(new_cap, data);
+            return &self.storage[..self.len];
         } else if self.head + needed > self.capacity() {
             self.make_contiguous();
             self.storage.copy_within(self.head..self.head + self.len, 0);

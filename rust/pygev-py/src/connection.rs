@@ -337,7 +337,7 @@ pub(crate) fn packet(
     data: &Bound<'_, PyAny>,
 ) -> PyResult<Result<Vec<u8>, Error>> {
     let wire = protocol.call_method1("packet", (conn, data))?;
-    Ok(bytes_of(&wire).map_err(|_| {
+    Ok(bytes_of(&wire).map(Cow::into_owned).map_err(|_| {
         Error::Type(format!(
             "pygev: Protocol.packet() must return bytes, bytearray or memoryview, got {}",
             wire.get_type()
@@ -348,17 +348,20 @@ pub(crate) fn packet(
     }))
 }
 
-/// Copies a bytes-like object (bytes, bytearray, memoryview, any C-contiguous buffer).
-pub(crate) fn bytes_of(data: &Bound<'_, PyAny>) -> Result<Vec<u8>, Error> {
+/// The bytes of a bytes-like object (bytes, bytearray, memoryview, any C-contiguous
+/// buffer): `bytes` borrowed (immutable, and alive while the caller holds it), the others
+/// copied (they may change).
+pub(crate) fn bytes_of<'a>(data: &'a Bound<'_, PyAny>) -> Result<Cow<'a, [u8]>, Error> {
     if let Ok(bytes) = data.cast::<PyBytes>() {
-        return Ok(bytes.as_bytes().to_vec());
+        return Ok(Cow::Borrowed(bytes.as_bytes()));
     }
     if let Ok(array) = data.cast::<PyByteArray>() {
-        return Ok(array.to_vec());
+        return Ok(Cow::Owned(array.to_vec()));
     }
     if let Ok(buffer) = PyBuffer::<u8>::get(data) {
         return buffer
             .to_vec(data.py())
+            .map(Cow::Owned)
             .map_err(|e| Error::Type(format!("pygev: cannot read buffer: {e}")));
     }
     Err(Error::Type(format!(

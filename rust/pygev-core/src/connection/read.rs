@@ -308,6 +308,13 @@ impl Connections {
                     frames,
                 },
             };
+            if let Some(capacity) = self.frames.wants_buffer() {
+                // NOTE: a batch's buffer comes back from the dispatcher once handled: a
+                // fresh one for each read cost page faults and a memset on 16 KiB messages.
+                let buffer = (self.handle.spare_buffer(capacity))
+                    .unwrap_or_else(|| Vec::with_capacity(capacity));
+                self.frames.adopt_buffer(buffer);
+            }
             return self.queue_connection_event(token, event);
         }
         for item in self.frames.drain_items() {

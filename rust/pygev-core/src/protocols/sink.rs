@@ -30,7 +30,12 @@ pub struct FrameSink {
     stop: Option<Option<String>>,
     /// The protocol has more to do with the input it holds (see [`FrameSink::call_again`]).
     again: bool,
+    /// The capacity the frames' buffer had when taken (capped), for the next one.
+    wanted: usize,
 }
+
+/// The largest frames' buffer made ahead for the next batch.
+const REUSE_CAP: usize = 64 << 10;
 
 /// The frames taken from a [`FrameSink`] at once: one buffer and where each frame ends.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -242,6 +247,29 @@ impl FrameSink {
         items
     }
 
+    /// The frames' buffer, taken with the batch; the next one should be as large (capped):
+    /// see [`FrameSink::wants_buffer`].
+    fn take_data(&mut self) -> Vec<u8> {
+        self.wanted = self.data.capacity().min(REUSE_CAP);
+        std::mem::take(&mut self.data)
+    }
+
+    /// The capacity the frames' buffer should have, when the last one went with a batch:
+    /// the caller hands one over with [`FrameSink::adopt_buffer`] (a recycled one, or a new
+    /// one made at once rather than grown frame by frame).
+    pub fn wants_buffer(&mut self) -> Option<usize> {
+        let wanted = std::mem::take(&mut self.wanted);
+        (wanted > 0 && self.data.capacity() == 0).then_some(wanted)
+    }
+
+    /// Takes `buffer` (emptied) as the frames' buffer, if it holds none.
+    pub fn adopt_buffer(&mut self, mut buffer: Vec<u8>) {
+        if self.data.capacity() == 0 {
+            buffer.clear();
+            self.data = buffer;
+        }
+    }
+
     /// Takes a single recorded frame as its own buffer, or several frames as one
     /// [`Frames`] batch; `None` when empty. Only without signals (see
     /// [`FrameSink::has_signals`]).
@@ -256,21 +284,48 @@ impl FrameSink {
             1 => {
                 self.ends.clear();
                 let kind = self.kinds.pop().unwrap_or_default();
-                let data = std::mem::take(&mut self.data);
+                let data = self.take_data();
                 Some(Taken::One { kind, data })
             }
             _ => {
-                // NOTE: the sink's buffers go with the batch; new ones of a similar size
-                // (capped) are made at once, not grown frame by frame.
-                const REUSE_CAP: usize = 64 << 10;
-                let data_cap = self.data.capacity().min(REUSE_CAP);
                 let ends_cap = self.ends.capacity().min(REUSE_CAP / 8);
                 Some(Taken::Many(Frames {
-                    data: std::mem::replace(&mut self.data, Vec::with_capacity(data_cap)),
+                    data: self.take_data(),
                     ends: std::mem::replace(&mut self.ends, Vec::with_capacity(ends_cap)),
                     kinds: std::mem::take(&mut self.kinds),
                 }))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_taken_batch_asks_for_a_buffer_of_its_size_and_adopts_one() {
+        let mut sink = FrameSink::new();
+        sink.push(&[1; 3000]);
+        sink.push(&[2; 3000]);
+        assert!(matches!(sink.take(), Some(Taken::Many(_))));
+        let wanted = sink.wants_buffer().expect("the next batch wants a buffer");
+        assert!(wanted >= 6000);
+        assert_eq!(sink.wants_buffer(), None, "asked once");
+        let mut recycled = Vec::with_capacity(wanted);
+        recycled.extend_from_slice(b"stale bytes of a handled batch");
+        let at = recycled.as_ptr();
+        sink.adopt_buffer(recycled);
+        sink.push(b"fresh");
+        sink.push(b"frames");
+        let Some(Taken::Many(frames)) = sink.take() else {
+            panic!("two frames");
+        };
+        assert_eq!(frames.data, b"freshframes", "nothing stale is left");
+        assert_eq!(frames.data.as_ptr(), at, "the adopted buffer was used");
+        // A sink that already holds a buffer keeps it.
+        sink.push(b"x");
+        sink.adopt_buffer(vec![0; 10]);
+        assert!(matches!(sink.take(), Some(Taken::One { data, .. }) if data == b"x"));
     }
 }

@@ -274,6 +274,19 @@ impl<'py> Dispatcher<'py> {
         }
     }
 
+    /// Hands a handled batch's buffer back to its loop, which frames its next reads into
+    /// it (no fresh memory, and its page faults, per read).
+    fn give_back(&self, loop_index: u32, buffer: Vec<u8>) {
+        if let Some(handle) = self
+            .shared
+            .loops
+            .get()
+            .and_then(|l| l.get(loop_index as usize))
+        {
+            handle.give_back(buffer);
+        }
+    }
+
     /// Takes a handled event's cost off its loop's count (once: work held behind an
     /// awaiting callback had it when it was held).
     fn credit_loop(&mut self, loop_index: u32, cost: usize) {

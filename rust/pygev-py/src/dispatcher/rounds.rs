@@ -290,6 +290,7 @@ impl<'py> Dispatcher<'py> {
         let made = (reached - next).max(1);
         if reached == total || conn.get().is_closed() {
             self.credit(loop_index, Some(conn), cost);
+            self.give_back(loop_index, frames.data);
             return (made, None);
         }
         let handled_bytes =

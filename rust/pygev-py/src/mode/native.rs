@@ -41,7 +41,7 @@ impl Mode for Native {
 
     fn send(&self, conn: &Bound<'_, Connection>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let data = bytes_of(data)?;
-        Ok(conn.get().send_framed(Cow::Owned(data), self.framing())?)
+        Ok(conn.get().send_framed(data, self.framing())?)
     }
 
     fn on_message(
@@ -88,7 +88,7 @@ impl Mode for Native {
         value: Bound<'_, PyAny>,
     ) {
         match bytes_of(&value) {
-            Ok(reply) => dispatcher.reply(conn, Cow::Owned(reply), self.framing()),
+            Ok(reply) => dispatcher.reply(conn, reply, self.framing()),
             Err(err) => {
                 let what = "on_message returned a non-bytes value, which";
                 dispatcher.callback_failed(what, conn, err.into());

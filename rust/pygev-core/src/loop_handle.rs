@@ -195,7 +195,9 @@ impl LoopHandle {
     /// Keeps a buffer the dispatcher is done with (a batch of frames it handled) for
     /// [`LoopHandle::spare_buffer`], when it fits among the spares.
     pub fn give_back(&self, buffer: Vec<u8>) {
-        keep(&mut self.lock_spares(), buffer);
+        if (SPARE_MIN..=SPARE_MAX).contains(&buffer.capacity()) {
+            keep(&mut self.lock_spares(), buffer);
+        }
     }
 
     /// Keeps written-out send buffers (emptied) for [`LoopHandle::spare_buffer`].

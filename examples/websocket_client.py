@@ -75,6 +75,8 @@ def main() -> int:
     reactor = pygev.Server(printer, None)  # no listener: it only dials
     thread = threading.Thread(target=reactor.start, daemon=True)
     thread.start()
+    if args.ca_file and not args.url.lower().startswith("wss://"):
+        parser.error("--ca-file is for wss:// URLs")
     tls = pygev.TLS(ca_file=args.ca_file) if args.ca_file else None
     future = reactor.connect(
         args.url,
@@ -101,7 +103,10 @@ def main() -> int:
     for line in sys.stdin:
         if printer.closed.is_set():
             break  # the server closed
-        conn.send(line.rstrip("\r\n"))
+        try:
+            conn.send(line.rstrip("\r\n"))
+        except pygev.ConnectionClosed:
+            break  # the server closed meanwhile
         sent += 1
     printer.wait_replies(sent, args.timeout)
     conn.close(1000, "end of input")

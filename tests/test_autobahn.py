@@ -38,18 +38,19 @@ def _run_quick(tmp_path: Path, *mode: str) -> None:
     assert done.returncode == 0, summary
 
 
-needs_tools = pytest.mark.skipif(
-    not (TOOLS / "run.sh").exists(), reason=f"the Autobahn tools are not at {TOOLS}"
-)
+def needs_tool(script: str) -> pytest.MarkDecorator:
+    return pytest.mark.skipif(
+        not (TOOLS / script).exists(), reason=f"the Autobahn tools are not at {TOOLS}"
+    )
 
 
 @pytest.mark.timeout(600)
-@needs_tools
+@needs_tool("run.sh")
 def test_autobahn_quick_cases_all_pass(tmp_path: Path) -> None:
     _run_quick(tmp_path)
 
 
 @pytest.mark.timeout(600)
-@needs_tools
+@needs_tool("run-client.sh")
 def test_autobahn_client_quick_cases_all_pass(tmp_path: Path) -> None:
     _run_quick(tmp_path, "client")

@@ -300,9 +300,11 @@ def test_refusals_are_reported_with_status_and_body_and_redirects_not_followed(
     thread.start()
     port = server.socket.getsockname()[1]
     try:
-        future = dialer.server.connect(f"ws://127.0.0.1:{port}/private")
+        future = dialer.server.connect(f"ws://127.0.0.1:{port}/private?token=secret")
         with pytest.raises(pygev.WebSocketHandshakeError) as refused:
             future.result(WAIT)
+        assert f"ws://127.0.0.1:{port}/private refused" in str(refused.value)
+        assert "secret" not in str(refused.value), "the query stays out of messages"
         assert refused.value.status == 403
         assert refused.value.reason == "Forbidden"
         assert refused.value.body == b"no entry for you\n"
@@ -404,15 +406,72 @@ def test_a_client_handler_may_await(serve: Serve) -> None:
         conn = await asyncio.wrap_future(reactor.connect(url))
         for i in range(5):
             conn.send(f"m{i}")
-        for _ in range(500):
-            if len(got) == 5:
-                break
+        deadline = asyncio.get_running_loop().time() + WAIT
+        while len(got) < 5 and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.01)
         reactor.stop()
         await asyncio.wait_for(serving, WAIT)
 
     asyncio.run(main())
     assert got == [f"m{i}" for i in range(5)]
+
+
+def test_a_connection_is_ready_when_its_future_resolves(serve: Serve) -> None:
+    """A done-callback and a thread woken by result() may send at once: the connection is
+    open before the future resolves, and on_connect comes after."""
+    server = serve(Echo())
+    client = Client()
+    dialer = serve(client, None)
+    sent: list[int] = []
+
+    def send_at_once(future: Any) -> None:
+        conn = future.result()
+        conn.send("from the done-callback")
+        sent.append(conn.id)
+
+    for _ in range(20):
+        future = dialer.server.connect(f"ws://127.0.0.1:{server.port}/")
+        future.add_done_callback(send_at_once)
+        conn = future.result(WAIT)
+        conn.send("from the waiting thread")
+    client.wait(lambda: len(sent) == 20, "every done-callback to send")
+    for conn_id in sent:
+        got = client.wait_messages(conn_id, 2)
+        assert sorted(got) == ["from the done-callback", "from the waiting thread"]
+        assert client.of(conn_id)[0] == ("connect", None)
+
+
+def test_ipv6_and_header_mappings(serve: Serve, dialer: ServerThread) -> None:
+    from conftest import ipv6_available
+
+    if not ipv6_available():
+        pytest.skip("no IPv6 loopback here")
+    server = serve(Echo(), "[::1]:0")
+    conn = dial(dialer, f"ws://[::1]:{server.port}/v6", headers={"X-Trace": "1"})
+    conn.send("over IPv6")
+    assert dialer.handler.wait_messages(conn.id, 1) == ["over IPv6"]
+    assert conn.peer_addr[0] == "::1"
+
+
+def test_tls_false_cannot_make_wss_plain(dialer: ServerThread) -> None:
+    with pytest.raises(ValueError, match="contradicts"):
+        dialer.server.connect("wss://127.0.0.1:1/", tls=False)
+    dialer.server.connect("ws://127.0.0.1:1/", tls=False).cancel()  # plain, as asked
+
+
+def test_a_stop_during_the_handshake_aborts_the_connect(serve: Serve) -> None:
+    raw = RawServer()
+    try:
+        dialer = serve(Client(), None)
+        future = dialer.server.connect(raw.url())
+        sock, _ = raw.next()  # the request came; no answer
+        dialer.stop()
+        with pytest.raises(ConnectionAbortedError):
+            future.result(WAIT)
+        assert dialer.handler.events == []
+        sock.close()
+    finally:
+        raw.close()
 
 
 # ---- a raw server: what no server should do ----------------------------------------------
@@ -654,8 +713,11 @@ def test_bad_websocket_connect_arguments_are_refused_at_the_call(dialer: ServerT
     for bad in ["ws://", "ws://host:99999/", "ws://user:pw@host/", "ws://h/#f", "ws://::1/"]:
         with pytest.raises(ValueError, match="URL"):
             connect(bad)
-    with pytest.raises(ValueError, match="cannot be set"):
-        connect("ws://127.0.0.1:1/", headers=[("Sec-WebSocket-Key", "x")])
+    for name in ["Sec-WebSocket-Key", "Host", "Content-Length", "Transfer-Encoding"]:
+        with pytest.raises(ValueError, match="cannot be set"):
+            connect("ws://127.0.0.1:1/", headers=[(name, "x")])
+    with pytest.raises(TypeError, match="headers must be"):
+        connect("ws://127.0.0.1:1/", headers=[("only a name",)])
     with pytest.raises(ValueError, match="control characters"):
         connect("ws://127.0.0.1:1/", headers=[("X-A", "a\r\nInjected: 1")])
     with pytest.raises(ValueError, match="not a valid token"):

@@ -49,10 +49,10 @@ del _register_classes, _Resumed, _wake, _READY
 # Exceptions pickle by module path: name the public one.
 ConnectionClosed.__module__ = "pygev"
 WebSocketHandshakeError.__module__ = "pygev"
-# What a handshake error says when the server sent no response (set per refusal).
+# What a handshake error made by hand says (pygev sets each on every one it raises).
 WebSocketHandshakeError.status = None
 WebSocketHandshakeError.reason = None
-WebSocketHandshakeError.headers = []
+WebSocketHandshakeError.headers = ()
 WebSocketHandshakeError.body = b""
 WebSocketHandshakeError.location = None
 

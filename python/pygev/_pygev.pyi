@@ -8,7 +8,7 @@ called from another thread and from inside a callback.
 import builtins
 import concurrent.futures
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal, final, type_check_only
 
 from typing_extensions import Buffer, CapsuleType, Self, disjoint_base
@@ -54,7 +54,7 @@ class WebSocketHandshakeError(ConnectionError):
     """The response's status, on a refusal."""
     reason: str | None
     """The response's reason phrase, on a refusal."""
-    headers: list[tuple[str, str]]
+    headers: Sequence[tuple[str, str]]
     """The response's header fields (names lower-cased), on a refusal."""
     body: bytes
     """The start of the response's body: its ``Content-Length`` bytes (at most 8 KiB), or
@@ -336,8 +336,8 @@ class Connection:
         """
 
     def ping(self, payload: bytes = b"") -> None:
-        """Sends a WebSocket ping (the client answers with a pong, which the loop takes as a
-        sign of life). Thread-safe, callable from callbacks.
+        """Sends a WebSocket ping (the peer answers with a pong, which the loop takes as a
+        sign of life; a client's ping is masked). Thread-safe, callable from callbacks.
 
         Raises:
             ValueError: ``payload`` is over 125 bytes.
@@ -399,11 +399,10 @@ class Connection:
 
         Past ``high`` bytes of unsent output the loop stops reading this connection (a
         peer that does not read its replies cannot make it buffer more); at ``low`` reading
-        resumes and :meth:`drain` returns. A connection dialed with
-        :meth:`Server.connect` keeps reading (its server may read again only once its own
-        output drained: both waiting would deadlock); its output is bounded by
-        ``max_write_buffer`` and :meth:`drain`. ``high`` defaults to the server's
-        ``write_high_water``, ``low`` to half ``high``. Thread-safe.
+        resumes and :meth:`drain` returns. A WebSocket client's connection keeps reading
+        (its server may read again only once its own output drained: both waiting would
+        deadlock); its output is bounded by ``max_write_buffer`` and :meth:`drain`. ``high``
+        defaults to the server's ``write_high_water``, ``low`` to half ``high``. Thread-safe.
 
         Raises:
             ValueError: ``low > high``, ``high == 0`` or ``high`` over ``max_write_buffer``.
@@ -513,9 +512,9 @@ class Server:
                 the server itself stopped reading (backpressure) does not count.
             backlog: The listen backlog.
             drain_timeout: Seconds :meth:`stop` waits at most for pending output to flush.
-            write_high_water: Bytes of pending output past which an accepted connection
-                stops reading until its output drains to ``write_low_water`` (dialed ones
-                keep reading; :meth:`Connection.drain` waits for it) (default 1 MiB; each
+            write_high_water: Bytes of pending output past which a connection stops
+                reading until its output drains to ``write_low_water`` (a WebSocket client's
+                keeps reading; :meth:`Connection.drain` waits for it) (default 1 MiB; each
                 connection may set its own, see
                 :meth:`Connection.set_write_buffer_limits`).
             write_low_water: Bytes of pending output at or under which a connection reads
@@ -616,7 +615,7 @@ class Server:
         timeout: float = 10.0,
         tls: TLS | bool | None = None,
         server_hostname: str | None = None,
-        headers: Sequence[tuple[str, str]] | None = None,
+        headers: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
         subprotocols: Sequence[str] | None = None,
         origin: str | None = None,
     ) -> concurrent.futures.Future[Connection]:
@@ -658,8 +657,9 @@ class Server:
                 fails the future (``ConnectionAbortedError`` naming the reason).
             server_hostname: The name the server's certificate must have, sent as SNI
                 (default: the host of ``address``).
-            headers: WebSocket URLs only: more header fields for the upgrade request
-                (not ``Host``, ``Upgrade``, ``Connection``, ``Origin`` nor
+            headers: WebSocket URLs only: more header fields for the upgrade request, a
+                mapping or ``(name, value)`` pairs (not ``Host``, ``Upgrade``,
+                ``Connection``, ``Origin``, ``Content-Length``, ``Transfer-Encoding`` nor
                 ``Sec-WebSocket-*``).
             subprotocols: WebSocket URLs only: subprotocols to offer, in order of
                 preference; the one chosen is ``conn.subprotocol``.
@@ -800,6 +800,15 @@ class WebSocket:
             that takes output we queued counts as heard from.
         handshake_timeout: Close a connection whose upgrade request is not complete (and
             answered) this many seconds after it was accepted.
+
+    For a client (``Server.connect("ws://...", protocol=WebSocket(...))``) the same
+    settings read from the other side: ``compression`` offers permessage-deflate, asking
+    the server for ``server_no_context_takeover`` and ``server_max_window_bits`` (below 15)
+    and promising ``client_no_context_takeover``; the client compresses with a window of at
+    most ``client_max_window_bits``; ``ping_interval`` and ``ping_timeout`` watch the
+    server; ``handshake_timeout`` counts from the upgrade request sent to the server's
+    complete answer. ``max_request_size`` and ``max_headers`` do not apply (a response
+    head holds at most 16 KiB and 64 fields).
 
     Immutable: one instance may be shared by several servers and threads.
     """

@@ -233,17 +233,25 @@ pub(crate) fn fail(py: Python<'_>, dial: &Dial, error: PyErr) {
 /// Resolves `dial`'s future with the connection; false when it was cancelled (then the
 /// connection is to be closed without callbacks).
 pub(crate) fn succeed(py: Python<'_>, dial: &Dial, conn: &Bound<'_, PyAny>) -> bool {
-    claim(py, dial)
-        && dial
-            .future
-            .bind(py)
-            .call_method1("set_result", (conn,))
-            .is_ok()
+    claim(py, dial) && resolve(py, dial, conn)
+}
+
+/// Resolves `dial`'s future, claimed already, with the connection (done-callbacks and
+/// waiting threads see it at once: it must be ready for use).
+pub(crate) fn resolve(py: Python<'_>, dial: &Dial, conn: &Bound<'_, PyAny>) -> bool {
+    let future = dial.future.bind(py);
+    future.call_method1("set_result", (conn,)).is_ok()
+}
+
+/// Whether `dial`'s future was cancelled (it stays cancellable).
+pub(crate) fn cancelled(py: Python<'_>, dial: &Dial) -> bool {
+    let cancelled = dial.future.bind(py).call_method0("cancelled");
+    cancelled.and_then(|c| c.is_truthy()).unwrap_or(false)
 }
 
 /// Marks `dial`'s future running, so that it can no longer be cancelled; false when it
 /// was cancelled already.
-fn claim(py: Python<'_>, dial: &Dial) -> bool {
+pub(crate) fn claim(py: Python<'_>, dial: &Dial) -> bool {
     let running = dial
         .future
         .bind(py)

@@ -8,6 +8,9 @@ use pygev_core::websocket::client::{ClientSettings, WebSocketClient};
 use pygev_core::websocket::client_handshake::{DeflateOffer, Offer};
 use pygev_core::websocket::Settings;
 
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyMapping};
+
 use crate::errors::Error;
 
 /// Where a `ws://` or `wss://` URL leads.
@@ -21,6 +24,9 @@ pub(crate) struct Url {
     pub(crate) target: String,
     /// `wss://`.
     pub(crate) secure: bool,
+    /// `ws://` or `wss://`, the host and the path, for messages (the query may hold a
+    /// secret).
+    shown: String,
 }
 
 impl Url {
@@ -73,12 +79,57 @@ impl Url {
             t if t.starts_with('?') => format!("/{t}"),
             t => t.to_string(),
         };
+        let path = target.split('?').next().unwrap_or("/");
+        let shown = format!("{}://{authority}{path}", if secure { "wss" } else { "ws" });
         Ok(Some(Url {
             address: format!("{host}:{}", port.unwrap_or(default_port)),
             host_header,
             target,
             secure,
+            shown,
         }))
+    }
+
+    /// The URL as messages show it: without its query.
+    pub(crate) fn shown(&self) -> String {
+        self.shown.clone()
+    }
+
+    /// The `tls=` argument for this URL: `wss://` speaks TLS (`True`, the system's roots,
+    /// unless a `pygev.TLS` is given), `ws://` does not.
+    pub(crate) fn tls<'py>(
+        &self,
+        py: Python<'py>,
+        tls: Option<&Bound<'py, PyAny>>,
+    ) -> Result<Option<Bound<'py, PyAny>>, Error> {
+        let off = tls.is_none_or(|t| t.extract::<bool>().ok() == Some(false));
+        match (self.secure, off) {
+            (true, true) if tls.is_some() => Err(Error::Value(
+                "pygev: a wss:// URL speaks TLS: tls=False contradicts it (use ws://)".into(),
+            )),
+            (true, true) => Ok(Some(PyBool::new(py, true).to_owned().into_any())),
+            (true, false) => Ok(tls.cloned()),
+            (false, true) => Ok(None),
+            (false, false) => Err(Error::Value(
+                "pygev: a ws:// URL is plain; use wss:// for TLS".into(),
+            )),
+        }
+    }
+}
+
+/// `headers=`: a mapping or a sequence of `(name, value)` pairs.
+pub(crate) fn header_pairs(headers: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<(String, String)>> {
+    let Some(headers) = headers else {
+        return Ok(Vec::new());
+    };
+    match headers.cast::<PyMapping>() {
+        Ok(mapping) => mapping.items()?.extract(),
+        Err(_) => headers.extract().map_err(|_| {
+            Error::Type(
+                "pygev: headers must be a mapping or a sequence of (name, value) strings".into(),
+            )
+            .into()
+        }),
     }
 }
 
@@ -157,6 +208,7 @@ mod tests {
     #[test]
     fn urls_give_address_host_and_target() {
         let u = url("ws://example.com/chat?room=1");
+        assert_eq!(u.shown(), "ws://example.com/chat");
         assert_eq!(u.address, "example.com:80");
         assert_eq!(u.host_header, "example.com");
         assert_eq!(u.target, "/chat?room=1");

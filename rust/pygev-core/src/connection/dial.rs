@@ -70,7 +70,10 @@ impl Connections {
         let mut conn = Conn::new(transport, id, state, backlog, self.now);
         conn.protocol = protocol;
         conn.tls = tls;
-        conn.flags |= flag::CONNECTING | flag::KEEPS_READING;
+        conn.flags |= flag::CONNECTING;
+        if self.protocols.get(protocol).reads_while_output_full() {
+            conn.flags |= flag::KEEPS_READING;
+        }
         conn.close_deadline = self.now.after(timeout);
         entry.insert(conn);
         self.schedule(token);

@@ -71,10 +71,8 @@ pub(crate) mod flag {
     /// The peer's TLS close_notify came while the protocol still works through input it
     /// holds (`UNPACK_AGAIN`): its EOF is taken up once that is done.
     pub(crate) const EOF_PENDING: u32 = 1 << 18;
-    /// Dialed: unsent output past the high-water mark does not stop its reading. Its peer
-    /// is a server that may itself read again only once its own output drained (one that
-    /// blocks in a send, or that throttles like ours): both waiting would be a deadlock.
-    /// The connection's output is still bounded by `max_write_buffer`.
+    /// Dialed with a framing that reads on while its output is past the high-water mark
+    /// (`Protocol::reads_while_output_full`: a WebSocket client's).
     pub(crate) const KEEPS_READING: u32 = 1 << 19;
 
     /// The loop stopped reading this connection for reasons of ours (Python is behind, or

@@ -310,7 +310,9 @@ impl Connections {
             };
             if let Some(capacity) = self.frames.wants_buffer() {
                 // NOTE: a batch's buffer comes back from the dispatcher once handled: a
-                // fresh one for each read cost page faults and a memset on 16 KiB messages.
+                // fresh one for each read cost page faults and realloc copies (WebSocket
+                // client, 10 x 16 KiB x 4 in flight: page faults 5.3% -> 2.6% of its CPU;
+                // with the other copies saved, 0.77x -> 1.1x picows's MiB/s).
                 let buffer = (self.handle.spare_buffer(capacity))
                     .unwrap_or_else(|| Vec::with_capacity(capacity));
                 self.frames.adopt_buffer(buffer);

@@ -144,6 +144,15 @@ pub trait Protocol: Send + Sync {
         false
     }
 
+    /// Whether a connection dialed with this framing keeps reading while its unsent output
+    /// is past the write high-water mark (normally reading stops until it drains). A
+    /// WebSocket client's does: its server may itself read again only once its own output
+    /// drained, and both waiting would be a deadlock; its output stays bounded by
+    /// `max_write_buffer`.
+    fn reads_while_output_full(&self) -> bool {
+        false
+    }
+
     /// Appends the wire form of a message of `kind` (already accepted by `check_payload`)
     /// to `out`. Framings without kinds of messages pack every message as `pack` does.
     fn pack_kind(

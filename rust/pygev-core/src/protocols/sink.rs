@@ -284,7 +284,9 @@ impl FrameSink {
             1 => {
                 self.ends.clear();
                 let kind = self.kinds.pop().unwrap_or_default();
-                let data = self.take_data();
+                // (Not handed back by the dispatcher, which may send it on as it is: the
+                // next buffer grows as frames come.)
+                let data = std::mem::take(&mut self.data);
                 Some(Taken::One { kind, data })
             }
             _ => {
@@ -323,9 +325,15 @@ mod tests {
         };
         assert_eq!(frames.data, b"freshframes", "nothing stale is left");
         assert_eq!(frames.data.as_ptr(), at, "the adopted buffer was used");
-        // A sink that already holds a buffer keeps it.
+        assert!(sink.wants_buffer().is_some()); // (the loop asks after every batch)
+                                                // A sink that already holds a buffer keeps it.
         sink.push(b"x");
         sink.adopt_buffer(vec![0; 10]);
         assert!(matches!(sink.take(), Some(Taken::One { data, .. }) if data == b"x"));
+        assert_eq!(
+            sink.wants_buffer(),
+            None,
+            "a single message's buffer is not recycled"
+        );
     }
 }

@@ -230,6 +230,10 @@ impl Protocol for WebSocketClient {
         Ok(false)
     }
 
+    fn reads_while_output_full(&self) -> bool {
+        true // see the trait: two peers with 16 MiB messages in flight deadlocked
+    }
+
     fn max_buffered_input(&self) -> usize {
         // A refusal's head and the part of its body kept fit, whatever the message size.
         (self.settings.max_message_size)

@@ -163,7 +163,15 @@ pub fn request(offer: &Offer) -> Result<Vec<u8>, String> {
     for (name, value) in &offer.headers {
         let lower = name.to_ascii_lowercase();
         let ours = lower.starts_with("sec-websocket-")
-            || matches!(lower.as_str(), "host" | "upgrade" | "connection" | "origin");
+            || matches!(
+                lower.as_str(),
+                "host"
+                    | "upgrade"
+                    | "connection"
+                    | "origin"
+                    | "content-length"
+                    | "transfer-encoding"
+            );
         if !is_token(name) || ours {
             return Err(format!("pygev: header {name:?} cannot be set here"));
         }

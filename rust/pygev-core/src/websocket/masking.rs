@@ -5,6 +5,8 @@
 //! from the same generator.
 
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Once;
 
 use super::frames::unmask_into;
 
@@ -14,10 +16,35 @@ const POOL: usize = 1024;
 struct Pool {
     bytes: [u8; POOL],
     used: usize,
+    /// The [`FORKS`] count the bytes were drawn under.
+    forks: u64,
 }
 
 thread_local! {
-    static KEYS: RefCell<Pool> = const { RefCell::new(Pool { bytes: [0; POOL], used: POOL }) };
+    static KEYS: RefCell<Pool> =
+        const { RefCell::new(Pool { bytes: [0; POOL], used: POOL, forks: 0 }) };
+}
+
+/// How many times this process was forked off: a child (a worker process) must not mask
+/// with the rest of its parent's pool, which its siblings hold too.
+static FORKS: AtomicU64 = AtomicU64::new(0);
+static WATCH_FORKS: Once = Once::new();
+
+extern "C" fn forked() {
+    FORKS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Draws a new pool (the first one registers the fork watch).
+#[cold]
+fn refill(pool: &mut Pool, forks: u64) {
+    WATCH_FORKS.call_once(|| {
+        // SAFETY: `forked` is an `extern "C" fn()` that only increments an atomic, which is
+        // async-signal-safe, as a child handler of pthread_atfork must be.
+        unsafe { libc::pthread_atfork(None, None, Some(forked)) };
+    });
+    fill_random(&mut pool.bytes);
+    pool.used = 0;
+    pool.forks = forks;
 }
 
 /// Fills `out` from the operating system's entropy (through aws-lc's generator).
@@ -32,9 +59,9 @@ pub fn fill_random(out: &mut [u8]) {
 pub fn next_key() -> [u8; 4] {
     KEYS.with(|pool| {
         let mut pool = pool.borrow_mut();
-        if pool.used + 4 > POOL {
-            fill_random(&mut pool.bytes);
-            pool.used = 0;
+        let forks = FORKS.load(Ordering::Relaxed);
+        if pool.used + 4 > POOL || pool.forks != forks {
+            refill(&mut pool, forks);
         }
         let at = pool.used;
         pool.used += 4;
@@ -75,6 +102,23 @@ pub fn write_masked_frame(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_forked_child_draws_a_pool_of_its_own() {
+        let _ = next_key();
+        let inherited = KEYS.with(|pool| {
+            let pool = pool.borrow();
+            pool.bytes[pool.used.min(POOL - 4)..][..4].to_vec()
+        });
+        forked(); // as pthread_atfork calls it in the child
+        let first = next_key();
+        assert_ne!(
+            first.to_vec(),
+            inherited,
+            "the parent's next key was not reused"
+        );
+        KEYS.with(|pool| assert_eq!(pool.borrow().forks, FORKS.load(Ordering::Relaxed)));
+    }
+
     use super::*;
     use crate::websocket::frames::{opcode, write_frame, Deliver, Message, Reader};
 

@@ -8,8 +8,8 @@ use pyo3::prelude::*;
 
 use super::{Dispatcher, LoopPhase, Then};
 use crate::connection::Connection;
-use crate::dial;
-use crate::errors::WebSocketHandshakeError;
+use crate::dial::{self, Dial};
+use crate::errors;
 use crate::logging;
 
 impl<'py> Dispatcher<'py> {
@@ -62,6 +62,12 @@ impl<'py> Dispatcher<'py> {
                     }
                     if let Some(callbacks) = dial.callbacks.take() {
                         self.own_callbacks.insert(id, *callbacks);
+                    }
+                    if !greets && dial::cancelled(self.py, &dial) {
+                        // Cancelled while connecting: no upgrade for nobody.
+                        self.own_callbacks.remove(&id);
+                        self.shared.post(loop_index, Command::Close { token, id });
+                        return;
                     }
                     if !greets {
                         // A WebSocket client's: its future waits for the handshake.
@@ -134,17 +140,18 @@ impl<'py> Dispatcher<'py> {
     }
 
     /// A dialed connection held until its handshake completed has: its `connect()` future
-    /// gets it. False when that future was cancelled: the connection is closed without
-    /// callbacks.
-    pub(crate) fn dial_opened(&mut self, conn: &Py<Connection>) -> bool {
-        let Some(dial) = self.shared.dials.take(conn.get().id_value()) else {
-            return true; // answered already (the server is ending)
-        };
-        if dial::succeed(self.py, &dial, conn.bind(self.py).as_any()) {
-            return true;
+    /// is claimed (the caller makes the connection ready, then resolves it with
+    /// [`dial::resolve`]). `None` when that future was cancelled or failed already (the
+    /// server ends): the connection is closed without callbacks.
+    pub(crate) fn claim_dial(&mut self, conn: &Py<Connection>) -> Option<Dial> {
+        let dial = self.shared.dials.take(conn.get().id_value());
+        match dial {
+            Some(dial) if dial::claim(self.py, &dial) => Some(dial),
+            _ => {
+                conn.get().request_close();
+                None
+            }
         }
-        conn.get().request_close();
-        false
     }
 
     /// A dialed connection held until its handshake completed failed it: its `connect()`
@@ -189,11 +196,14 @@ impl<'py> Dispatcher<'py> {
         if !conn.get().mode().farewell_due(conn.get()) {
             self.own_callbacks.remove(&conn.get().id_value());
             // A dialed WebSocket whose handshake did not complete, nor fail in words.
-            let reason = "the connection closed before the WebSocket handshake completed";
-            self.dial_failed(
-                &conn,
-                WebSocketHandshakeError::new_err(format!("pygev: {reason}")),
-            );
+            if let Some(dial) = self.shared.dials.take(conn.get().id_value()) {
+                if self.stopping {
+                    dial::abort(self.py, &dial, "pygev: the server stopped");
+                } else {
+                    let reason = "the connection closed before the WebSocket handshake completed";
+                    dial::fail(self.py, &dial, errors::handshake_closed(self.py, reason));
+                }
+            }
             return;
         }
         let py = self.py;

@@ -6,7 +6,6 @@
 use std::sync::{Arc, OnceLock};
 
 use pygev_core::websocket::client::WebSocketClient;
-use pygev_core::websocket::client_handshake::HandshakeFailure;
 use pygev_core::websocket::frames::{self, opcode};
 use pygev_core::websocket::handshake::{self, UpgradeRequest};
 use pygev_core::websocket::masking::{next_key, write_masked_frame};
@@ -18,8 +17,9 @@ use pyo3::types::{PyBytes, PyString};
 
 use super::Mode;
 use crate::connection::{bytes_of, Connection};
+use crate::dial;
 use crate::dispatcher::{type_name, Dispatcher, Frame, Then};
-use crate::errors::Error;
+use crate::errors::{self, Error};
 use crate::websocket::WebSocketRequest;
 
 /// A connection's phase (`Connection::phase`).
@@ -324,19 +324,30 @@ impl Mode for WebSocketMode {
                 compressed,
                 subprotocol,
             } => {
-                if let (Side::Client(client), Some(chosen)) = (&self.side, subprotocol) {
-                    let _ = client.subprotocol.set(chosen);
-                }
-                if matches!(self.side, Side::Client(_)) && !d.dial_opened(conn) {
-                    return; // its connect() was cancelled: closed without callbacks
-                }
+                let dial = match &self.side {
+                    Side::Server(_) => None,
+                    Side::Client(client) => {
+                        if let Some(chosen) = subprotocol {
+                            let _ = client.subprotocol.set(chosen);
+                        }
+                        match d.claim_dial(conn) {
+                            Some(dial) => Some(dial),
+                            None => return, // cancelled: closed without callbacks
+                        }
+                    }
+                };
+                // Open before the future resolves: whoever it wakes may send at once.
                 Self::set_open(conn.get(), compressed);
+                if let Some(dial) = dial {
+                    dial::resolve(d.py(), &dial, conn.bind(d.py()).as_any());
+                }
                 d.connected(conn);
             }
             Signal::Upgrade(request) => self.handshake(d, conn, &request),
             Signal::HandshakeFailed(failure) => {
                 if let Side::Client(client) = &self.side {
-                    d.dial_failed(conn, handshake_error(d.py(), &client.url, &failure));
+                    let error = errors::handshake_failed(d.py(), &client.url, &failure);
+                    d.dial_failed(conn, error);
                 }
             }
             Signal::Ending { close } => {
@@ -476,50 +487,4 @@ fn answer_of(answer: &Bound<'_, PyAny>) -> PyResult<Answer> {
         "pygev: on_handshake must return None, pygev.Accept(...) or pygev.Reject(...), got {}",
         type_name(answer)
     )))
-}
-
-/// The exception a dial's future fails with when the handshake did: `TimeoutError`, or
-/// `pygev.WebSocketHandshakeError` with the refusal's status, reason, headers, body and
-/// redirect target (or the reason the answer is invalid).
-fn handshake_error(py: Python<'_>, url: &str, failure: &HandshakeFailure) -> PyErr {
-    use crate::errors::WebSocketHandshakeError;
-    let (message, refused, body) = match failure {
-        HandshakeFailure::TimedOut(timeout) => {
-            return Error::Os(
-                Some(libc::ETIMEDOUT),
-                format!("pygev: {url} did not answer the WebSocket handshake within {timeout:?}"),
-            )
-            .into();
-        }
-        HandshakeFailure::Invalid(reason) => (
-            format!("pygev: {url} answered the WebSocket handshake wrongly: {reason}"),
-            None,
-            &[][..],
-        ),
-        HandshakeFailure::Refused { refused, body } => {
-            let redirect = (refused.location.as_ref())
-                .map(|l| format!(" (redirected to {l}, not followed)"))
-                .unwrap_or_default();
-            let message = format!(
-                "pygev: {url} refused the WebSocket handshake: {} {}{redirect}",
-                refused.status, refused.reason
-            );
-            (message, Some(refused), &body[..])
-        }
-    };
-    let err = WebSocketHandshakeError::new_err(message);
-    let value = err.value(py);
-    let set = || -> PyResult<()> {
-        value.setattr("status", refused.map(|r| r.status))?;
-        value.setattr("reason", refused.map(|r| r.reason.as_str()))?;
-        let headers = refused.map(|r| r.headers.clone()).unwrap_or_default();
-        value.setattr("headers", headers)?;
-        value.setattr("body", PyBytes::new(py, body))?;
-        value.setattr("location", refused.and_then(|r| r.location.as_deref()))?;
-        Ok(())
-    };
-    match set() {
-        Ok(()) => err,
-        Err(failed) => failed,
-    }
 }

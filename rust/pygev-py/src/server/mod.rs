@@ -329,7 +329,7 @@ impl Server {
         timeout: f64,
         tls: Option<&Bound<'_, PyAny>>,
         server_hostname: Option<String>,
-        headers: Option<Vec<(String, String)>>,
+        headers: Option<&Bound<'_, PyAny>>,
         subprotocols: Option<Vec<String>>,
         origin: Option<String>,
     ) -> PyResult<Py<PyAny>> {
@@ -339,7 +339,7 @@ impl Server {
             false => None,
         };
         let asks = ws_client::Asks {
-            headers: headers.unwrap_or_default(),
+            headers: ws_client::header_pairs(headers)?,
             subprotocols: subprotocols.unwrap_or_default(),
             origin,
         };
@@ -353,19 +353,8 @@ impl Server {
                 let settings = ws_client::client_settings(&settings, url, asks);
                 let framing = self.ws_framings.get(settings)?;
                 let mode: Arc<dyn mode::Mode> =
-                    Arc::new(mode::WebSocketMode::client(framing, text.clone()));
-                let tls = match (url.secure, tls) {
-                    (true, None) => Some(pyo3::types::PyBool::new(py, true).to_owned().into_any()),
-                    (true, Some(tls)) => Some(tls.clone()),
-                    (false, None) => None,
-                    (false, Some(_)) => {
-                        return Err(Error::Value(
-                            "pygev: a ws:// URL is plain; use wss:// for TLS".into(),
-                        )
-                        .into())
-                    }
-                };
-                (Some(mode), url.address.clone(), tls)
+                    Arc::new(mode::WebSocketMode::client(framing, url.shown()));
+                (Some(mode), url.address.clone(), url.tls(py, tls)?)
             }
             None => {
                 if !(asks.headers.is_empty() && asks.subprotocols.is_empty())

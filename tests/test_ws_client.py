@@ -143,6 +143,9 @@ def test_echo_with_the_websockets_server(
     offered = request.headers.get("Sec-WebSocket-Extensions", "")
     assert ("permessage-deflate" in offered) == compression
     assert conn.subprotocol is None  # the server supports none of them
+    headers = conn.response_headers
+    assert headers is not None and ("upgrade", "websocket") in headers
+    assert any(name == "sec-websocket-accept" for name, _ in headers)
 
     client: Client = dialer.handler
     sent: list[str | bytes] = []
@@ -451,6 +454,7 @@ def test_ipv6_and_header_mappings(serve: Serve, dialer: ServerThread) -> None:
     conn.send("over IPv6")
     assert dialer.handler.wait_messages(conn.id, 1) == ["over IPv6"]
     assert conn.peer_addr[0] == "::1"
+    assert conn.response_headers is not None
 
 
 def test_tls_false_cannot_make_wss_plain(dialer: ServerThread) -> None:

@@ -376,6 +376,12 @@ class Connection:
         accepted, which the handler knows). Thread-safe."""
 
     @property
+    def response_headers(self) -> list[tuple[str, str]] | None:
+        """The header fields of the server's 101 response (names lower-cased, in order),
+        on a WebSocket client's connection (``Set-Cookie``, ``Server``, ...); ``None`` on
+        other connections. Thread-safe."""
+
+    @property
     def tls(self) -> TLSInfo | None:
         """What the TLS handshake negotiated; ``None`` on a plain connection (the
         handshake completed before ``on_connect``). Thread-safe."""

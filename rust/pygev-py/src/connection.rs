@@ -458,6 +458,13 @@ impl Connection {
         self.mode.subprotocol()
     }
 
+    /// The header fields of the server's 101 response (names lower-cased), on a WebSocket
+    /// client's connection; `None` on others.
+    #[getter]
+    fn response_headers(&self) -> Option<Vec<(String, String)>> {
+        self.mode.response_headers().map(<[_]>::to_vec)
+    }
+
     /// A server-unique number for this connection.
     #[getter]
     fn id(&self) -> u64 {

@@ -54,6 +54,8 @@ impl Url {
             ));
         }
         let (host, port) = match authority.rfind(':') {
+            // (An empty port is the scheme's own: RFC 3986 3.2.3.)
+            Some(colon) if authority[colon + 1..].is_empty() => (&authority[..colon], None),
             Some(colon) if !authority[colon..].contains(']') => {
                 let port = authority[colon + 1..]
                     .parse::<u16>()
@@ -226,6 +228,8 @@ mod tests {
             ("[::1]:9000", "/?x=1")
         );
         assert_eq!(url("wss://h:443/").host_header, "h");
+        let u = url("ws://h:/x");
+        assert_eq!((u.address.as_str(), u.host_header.as_str()), ("h:80", "h"));
         assert!(Url::parse("127.0.0.1:80").unwrap().is_none());
         assert!(Url::parse("unix:/tmp/x").unwrap().is_none());
     }

@@ -3,7 +3,7 @@
 //! instructions to it ([`Control`], dispatcher to loop). Typed, so that no payload carries
 //! a marker byte in front of it.
 
-use crate::websocket::client_handshake::HandshakeFailure;
+use crate::websocket::client_handshake::{Accepted, HandshakeFailure};
 use crate::websocket::handshake::UpgradeRequest;
 
 /// What a message is, for framings whose messages have kinds (WebSocket's text and
@@ -28,8 +28,9 @@ pub enum Signal {
     Opened {
         /// permessage-deflate was agreed: sends are compressed in the loop.
         compressed: bool,
-        /// The subprotocol the server chose (a client's connection only).
-        subprotocol: Option<Box<str>>,
+        /// The server's answer: the subprotocol it chose and its response's header fields
+        /// (a client's connection only).
+        answer: Option<Box<Accepted>>,
     },
     /// WebSocket client: the server refused the upgrade, answered it wrongly, or not in
     /// time. The loop closes the connection (it was never open for messages).
@@ -64,7 +65,7 @@ impl Signal {
                 let fields = request.headers.iter().map(|(n, v)| n.len() + v.len() + 48);
                 std::mem::size_of::<UpgradeRequest>() + request.path.len() + fields.sum::<usize>()
             }
-            Signal::Opened { subprotocol, .. } => subprotocol.as_ref().map_or(0, |p| p.len()),
+            Signal::Opened { answer, .. } => answer.as_ref().map_or(0, |a| a.held_bytes()),
             Signal::HandshakeFailed(failure) => failure.held_bytes(),
             Signal::Ending { close } => close.as_ref().map_or(0, Vec::capacity),
         }

@@ -118,7 +118,7 @@ impl WebSocketClient {
                 state.reader = Reader::for_client(self.settings.max_message_size, compressed);
                 sink.signal(Signal::Opened {
                     compressed,
-                    subprotocol: accepted.protocol.map(String::into_boxed_str),
+                    answer: Some(Box::new(accepted)),
                 });
                 return Ok(used + self.frames(state, &input[used..], sink)?);
             }

@@ -66,6 +66,14 @@ pub struct Refused {
     pub headers: Vec<(String, String)>,
 }
 
+impl Accepted {
+    /// About the memory it holds, for dispatch backpressure.
+    pub fn held_bytes(&self) -> usize {
+        let fields = self.headers.iter().map(|(n, v)| n.len() + v.len() + 48);
+        std::mem::size_of::<Accepted>() + fields.sum::<usize>()
+    }
+}
+
 impl Refused {
     /// The body to keep from what follows the head: its `Content-Length` bytes (at most
     /// [`MAX_BODY`]), or `None` while they have not all come; without a length (or

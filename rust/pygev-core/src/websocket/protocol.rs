@@ -122,7 +122,7 @@ impl WebSocket {
         let compressed = agreed.is_some();
         sink.signal(Signal::Opened {
             compressed,
-            subprotocol: None,
+            answer: None,
         });
         Ok(used + self.frames(state, &input[used..], sink)?)
     }

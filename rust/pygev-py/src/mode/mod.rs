@@ -168,6 +168,11 @@ pub(crate) trait Mode: Send + Sync {
         None
     }
 
+    /// The header fields of the server's answer, on a WebSocket client's connection.
+    fn response_headers(&self) -> Option<&[(String, String)]> {
+        None
+    }
+
     /// Visits the mode's Python references for the GC.
     fn traverse(&self, _visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         Ok(())

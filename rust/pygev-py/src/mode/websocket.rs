@@ -6,6 +6,7 @@
 use std::sync::{Arc, OnceLock};
 
 use pygev_core::websocket::client::WebSocketClient;
+use pygev_core::websocket::client_handshake::Accepted;
 use pygev_core::websocket::frames::{self, opcode};
 use pygev_core::websocket::handshake::{self, UpgradeRequest};
 use pygev_core::websocket::masking::{next_key, write_masked_frame};
@@ -49,8 +50,8 @@ struct Client {
     framing: Arc<WebSocketClient>,
     /// The URL dialed, for messages.
     url: String,
-    /// The subprotocol the server chose, if any.
-    subprotocol: OnceLock<Box<str>>,
+    /// The server's answer (its subprotocol and header fields), once it came.
+    answer: OnceLock<Box<Accepted>>,
 }
 
 impl WebSocketMode {
@@ -66,10 +67,18 @@ impl WebSocketMode {
         let client = Client {
             framing,
             url,
-            subprotocol: OnceLock::new(),
+            answer: OnceLock::new(),
         };
         WebSocketMode {
             side: Side::Client(Box::new(client)),
+        }
+    }
+
+    /// A client's: the server's answer to its upgrade, once it came.
+    fn servers_answer(&self) -> Option<&Accepted> {
+        match &self.side {
+            Side::Client(client) => client.answer.get().map(|a| &**a),
+            Side::Server(_) => None,
         }
     }
 
@@ -320,15 +329,12 @@ impl Mode for WebSocketMode {
             return;
         }
         match signal {
-            Signal::Opened {
-                compressed,
-                subprotocol,
-            } => {
+            Signal::Opened { compressed, answer } => {
                 let dial = match &self.side {
                     Side::Server(_) => None,
                     Side::Client(client) => {
-                        if let Some(chosen) = subprotocol {
-                            let _ = client.subprotocol.set(chosen);
+                        if let Some(answer) = answer {
+                            let _ = client.answer.set(answer);
                         }
                         match d.claim_dial(conn) {
                             Some(dial) => Some(dial),
@@ -374,10 +380,11 @@ impl Mode for WebSocketMode {
     }
 
     fn subprotocol(&self) -> Option<&str> {
-        match &self.side {
-            Side::Client(client) => client.subprotocol.get().map(|p| &**p),
-            Side::Server(_) => None,
-        }
+        self.servers_answer()?.protocol.as_deref()
+    }
+
+    fn response_headers(&self) -> Option<&[(String, String)]> {
+        Some(&self.servers_answer()?.headers)
     }
 
     fn close(&self, conn: &Connection, code: i64, reason: &str) -> Result<(), Error> {

@@ -276,7 +276,7 @@ impl<'py> Dispatcher<'py> {
 
     /// Hands a handled batch's buffer back to its loop, which frames its next reads into
     /// it (no fresh memory, and its page faults, per read).
-    fn give_back(&self, loop_index: u32, buffer: Vec<u8>) {
+    pub(crate) fn give_back(&self, loop_index: u32, buffer: Vec<u8>) {
         if let Some(handle) = self
             .shared
             .loops

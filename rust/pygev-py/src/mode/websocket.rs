@@ -305,7 +305,15 @@ impl Mode for WebSocketMode {
         frame: Frame<'_>,
         kind: MessageKind,
     ) -> bool {
-        !conn.get().is_closed() && self.message(d, conn, kind, frame.bytes())
+        if conn.get().is_closed() {
+            return false;
+        }
+        let awaits = self.message(d, conn, kind, frame.bytes());
+        if let Frame::Owned(data) = frame {
+            // Copied into Python already: the loop frames its next reads into it.
+            d.give_back(conn.get().loop_index, data);
+        }
+        awaits
     }
 
     fn reply(&self, d: &mut Dispatcher<'_>, conn: &Py<Connection>, value: Bound<'_, PyAny>) {

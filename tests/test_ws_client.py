@@ -637,6 +637,21 @@ def test_a_connect_cancelled_during_the_handshake_gets_no_callbacks(
     second.close()
 
 
+def test_a_connect_cancelled_while_the_server_is_silent_closes_at_once(
+    dialer: ServerThread, raw: RawServer
+) -> None:
+    ws = pygev.WebSocket(handshake_timeout=600)
+    future = dialer.server.connect(raw.url(), protocol=ws)
+    sock, _ = raw.next()  # the request came; no answer
+    wait_until(lambda: dialer.stats()["connections"] == 1, what="the connection to be known")
+    assert future.cancel()
+    sock.settimeout(WAIT)  # long before the 600 s handshake timeout
+    assert sock.recv(100) == b"", "the client closed the connection"
+    wait_until(lambda: dialer.stats()["connections"] == 0, what="the connection to close")
+    assert dialer.handler.events == []
+    sock.close()
+
+
 def test_a_server_that_never_answers_is_timed_out(dialer: ServerThread, raw: RawServer) -> None:
     ws = pygev.WebSocket(handshake_timeout=0.5)
     future = dialer.server.connect(raw.url(), protocol=ws)

@@ -4,7 +4,10 @@
 
 use pygev_core::{Command, Event};
 use pyo3::exceptions::PyRuntimeError;
+use std::sync::Arc;
+
 use pyo3::prelude::*;
+use pyo3::types::{PyCFunction, PyDict, PyTuple};
 
 use super::{Dispatcher, LoopPhase, Then};
 use crate::connection::Connection;
@@ -70,7 +73,9 @@ impl<'py> Dispatcher<'py> {
                         return;
                     }
                     if !greets {
-                        // A WebSocket client's: its future waits for the handshake.
+                        // A WebSocket client's: its future waits for the handshake; a
+                        // cancel meanwhile closes the connection at once.
+                        self.close_on_cancel(&dial, loop_index, token, id);
                         self.shared.dials.hold(self.py, id, dial);
                     }
                 }
@@ -151,6 +156,27 @@ impl<'py> Dispatcher<'py> {
                 conn.get().request_close();
                 None
             }
+        }
+    }
+
+    /// Closes connection `id` (slot `token` of loop `loop_index`) if `dial`'s future is
+    /// cancelled before it resolves (a done-callback: the cancel may come from any thread).
+    fn close_on_cancel(&self, dial: &Dial, loop_index: u32, token: u32, id: u64) {
+        let shared = Arc::downgrade(&self.shared);
+        let close = move |args: &Bound<'_, PyTuple>, _: Option<&Bound<'_, PyDict>>| {
+            let cancelled = args.get_item(0)?.call_method0("cancelled")?.is_truthy()?;
+            if let (true, Some(shared)) = (cancelled, shared.upgrade()) {
+                shared.post(loop_index, Command::Close { token, id });
+            }
+            PyResult::Ok(())
+        };
+        let added = PyCFunction::new_closure(self.py, None, None, close).and_then(|callback| {
+            dial.future
+                .bind(self.py)
+                .call_method1("add_done_callback", (callback,))
+        });
+        if let Err(err) = added {
+            logging::log_exception(self.py, "pygev: cannot watch a connect future", &err);
         }
     }
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs pygev with its test and lint tools into .venv, then runs every check and test:
-# Rust format, clippy and tests; ruff, mypy and stubtest; the pytest suite.
+# Rust format, clippy and tests; ruff, mypy and stubtest; the wheel, built and installed
+# into a fresh venv; the pytest suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +36,9 @@ echo "== ruff / mypy / stubtest"
 ruff check python tests examples benches
 mypy
 python -m mypy.stubtest pygev._pygev
+
+echo "== wheel (maturin build --release, installed into a fresh venv)"
+bash scripts/check_wheel.sh
 
 echo "== pytest"
 python -m pytest -q "$@"

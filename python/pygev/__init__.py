@@ -13,6 +13,7 @@ Write a :class:`Handler`, give it to a :class:`Server`, call :meth:`Server.start
 
 from __future__ import annotations
 
+from pygev import _pygev
 from pygev._awaiting import _READY, _Resumed, _wake
 from pygev._handler import Handler
 from pygev._protocol import Protocol
@@ -77,4 +78,4 @@ __all__ = [
     "WebSocketRequest",
 ]
 
-__version__ = "0.1.0"
+__version__: str = _pygev.__version__  # one source: Cargo.toml's [workspace.package]

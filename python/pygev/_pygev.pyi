@@ -32,9 +32,13 @@ __all__ = [
     "WebSocket",
     "WebSocketHandshakeError",
     "WebSocketRequest",
+    "__version__",
     "_length_prefix_plugin",
     "_register_classes",
 ]
+
+__version__: str
+"""The package's version (one source: ``[workspace.package]`` in Cargo.toml)."""
 
 @final
 class ConnectionClosed(ConnectionError):

@@ -43,4 +43,12 @@ mod _pygev {
     use crate::tls::{Tls, TlsInfoObject};
     #[pymodule_export]
     use crate::websocket::{WebSocket, WebSocketRequest};
+
+    use pyo3::prelude::*;
+
+    /// The package's version: the workspace's (Cargo.toml), its one source.
+    #[pymodule_init]
+    fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        m.add("__version__", env!("CARGO_PKG_VERSION"))
+    }
 }

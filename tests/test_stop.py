@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 import queue
 import random
 import signal
@@ -353,3 +354,44 @@ def test_keyboard_interrupt_in_a_callback_stops_the_server_cleanly(serve, pygev_
         sock.sendall(b"ctrl-c")
         st_.join()  # returned, and did not raise
         expect_eof(other)
+
+
+def test_sigterm_stops_a_plain_start_gracefully(tmp_path: pathlib.Path) -> None:
+    """No signal handler of the application's: start() itself stops on SIGTERM, drains,
+    calls on_close for every connection and returns normally."""
+    script = tmp_path / "serve.py"
+    script.write_text(
+        "import sys, pygev\n"
+        "class H(pygev.Handler):\n"
+        "    def on_message(self, conn, ctx, data):\n"
+        "        return data\n"
+        "    def on_close(self, conn):\n"
+        "        print('closed', conn.id, flush=True)\n"
+        "server = pygev.Server(H(), '127.0.0.1:0')\n"
+        "print('port', server.address[1], flush=True)\n"
+        "server.start()\n"
+        "print('returned', flush=True)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=str(tmp_path)
+    )
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline().split()[1])
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=WAIT) for _ in range(3)]
+        for client in clients:
+            client.sendall(b"ping")
+            assert recv_exactly(client, 4) == b"ping"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=WAIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out
+    lines = out.splitlines()
+    assert sum(line.startswith("closed") for line in lines) == 3, out
+    assert lines[-1] == "returned", out
+    for client in clients:
+        assert client.recv(10) == b"", "closed in order"
+        client.close()

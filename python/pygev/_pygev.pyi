@@ -597,12 +597,15 @@ class Server:
         """The number of loop threads. Thread-safe."""
 
     def start(self) -> None:
-        """Serves until :meth:`stop` or Ctrl+C: blocks the calling thread, which runs every
-        callback.
+        """Serves until :meth:`stop`, Ctrl+C or SIGTERM: blocks the calling thread, which
+        runs every callback.
 
         Call it once, normally from the main thread (signals such as Ctrl+C are only seen
-        there); not from a callback. Ctrl+C stops the server cleanly and ``start()`` returns
-        normally; ``SystemExit`` raised in a callback stops it and is re-raised here.
+        there); not from a callback. Ctrl+C and SIGTERM stop the server cleanly (pending
+        output flushed, ``on_close`` for every connection) and ``start()`` returns normally
+        (SIGTERM is watched by ``pygev.Server.start`` unless the application set its own
+        SIGTERM handler); ``SystemExit`` raised in a callback stops it and is re-raised
+        here.
 
         Raises:
             RuntimeError: The server is already running, or was stopped.

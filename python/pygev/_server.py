@@ -40,6 +40,35 @@ def _unwatch_sigterm(loop: asyncio.AbstractEventLoop, server: Server) -> None:
         loop.remove_signal_handler(signal.SIGTERM)
 
 
+# Servers in start() in the main thread: SIGTERM stops them all.
+_starting: set[Server] = set()
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    for server in list(_starting):
+        server.stop()
+
+
+def _watch_sigterm_blocking(server: Server) -> bool:
+    """Makes SIGTERM stop `server` in :meth:`Server.start` (a Python handler: start() runs
+    it within 50 ms), unless the application handles SIGTERM itself; returns whether this
+    server is watched."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    if not _starting:
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return False  # the application's own handler decides
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    _starting.add(server)
+    return True
+
+
+def _unwatch_sigterm_blocking(server: Server) -> None:
+    _starting.discard(server)
+    if not _starting and signal.getsignal(signal.SIGTERM) is _on_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 class Server(_pygev.Server):
     """A TCP, Unix-socket or WebSocket server (see ``pygev._pygev.Server`` for its
     arguments).
@@ -52,9 +81,12 @@ class Server(_pygev.Server):
     _closed: asyncio.Future[None] | None = None
 
     def start(self) -> None:
-        """Serves until :meth:`stop` or Ctrl+C, blocking the calling thread, which runs the
-        callbacks. A handler with an ``async def`` callback is served in an asyncio loop of
-        its own (``asyncio.run(server.serve())``): its callbacks may wait.
+        """Serves until :meth:`stop`, Ctrl+C or SIGTERM, blocking the calling thread, which
+        runs the callbacks; each of them drains: every connection's pending output goes out
+        and ``on_close`` runs for each. (SIGTERM is watched in the main thread, unless the
+        application set its own SIGTERM handler.) A handler with an ``async def`` callback
+        is served in an asyncio loop of its own (``asyncio.run(server.serve())``): its
+        callbacks may wait.
         """
         if self._handler_awaits():
             try:
@@ -62,7 +94,12 @@ class Server(_pygev.Server):
             except KeyboardInterrupt:
                 pass  # serve() drained; start() returns normally on Ctrl+C
             return
-        super().start()
+        watched = _watch_sigterm_blocking(self)
+        try:
+            super().start()
+        finally:
+            if watched:
+                _unwatch_sigterm_blocking(self)
 
     async def serve(self) -> None:
         """Serves in the running asyncio loop until :meth:`stop` (or :meth:`close`).

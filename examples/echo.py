@@ -5,6 +5,7 @@ Every byte a client sends comes back to it. With ``--framing length`` the server
 
     python examples/echo.py --port 1833 --loops 0
     python examples/echo.py --unix /tmp/echo.sock     # a Unix socket instead
+    python examples/echo.py --port 1833 --workers 2   # two processes sharing the port
 """
 
 from __future__ import annotations
@@ -31,6 +32,13 @@ def main() -> None:
     parser.add_argument("--framing", choices=["raw", "length"], default="raw")
     parser.add_argument("--stats", action="store_true", help="log server.stats() at exit")
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes sharing the port (SO_REUSEPORT), supervised by pygev.run; "
+        "give a fixed --port",
+    )
+    parser.add_argument(
         "--tls", nargs=2, metavar=("CERT", "KEY"), help="speak TLS with this certificate and key"
     )
     parser.add_argument(
@@ -51,7 +59,18 @@ def main() -> None:
     protocol = plugin if plugin is not None and args.framing == "length" else framing
     address = f"unix:{args.unix}" if args.unix else f"{args.host}:{args.port}"
     tls = pygev.TLS(*args.tls) if args.tls else None
-    server = pygev.Server(Echo(), address, num_loops=args.loops, protocol=protocol, tls=tls)
+
+    def make_server() -> pygev.Server:
+        return pygev.Server(Echo(), address, num_loops=args.loops, protocol=protocol, tls=tls)
+
+    if args.workers > 1:
+        if args.unix or args.port == 0:
+            parser.error("--workers needs a fixed TCP --port")
+        print(f"pygev echo server listening on {args.host}:{args.port}", flush=True)
+        # SIGINT and SIGTERM stop every worker gracefully (pygev.run handles both).
+        pygev.run(make_server, workers=args.workers)
+        return
+    server = make_server()
     bound = server.address
     where = bound if isinstance(bound, str) else f"{bound[0]}:{bound[1]}"
     # SIGINT (Ctrl+C) and SIGTERM stop the server cleanly, even before start() runs.

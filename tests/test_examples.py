@@ -266,3 +266,28 @@ def test_websocket_chat_broadcasts_to_everyone() -> None:
                 assert ann.recv(timeout=WAIT) == "bob: hi all"
                 assert bob.recv(timeout=WAIT) == "bob: hi all"
             assert ann.recv(timeout=WAIT) == "* bob left (1 here)"
+
+
+def test_echo_with_two_workers_serves_and_stops_on_sigterm() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, str(EXAMPLES / "echo.py"), "--host", "127.0.0.1"]
+    proc = subprocess.Popen(
+        [*command, "--port", str(port), "--workers", "2"], stdout=subprocess.PIPE
+    )
+    try:
+        assert _read_address(proc) == ("127.0.0.1", port)
+        deadline = time.monotonic() + WAIT
+        while True:  # the workers bind just after the supervisor's line
+            try:
+                client = connect(("127.0.0.1", port))
+                break
+            except ConnectionRefusedError:
+                assert time.monotonic() < deadline, "no worker listens"
+                time.sleep(0.05)
+        with client:
+            assert_echoes(client, b"through a worker")
+    finally:
+        code = _stop(proc, signal.SIGTERM)
+    assert code == 0

@@ -34,6 +34,7 @@ from pygev._pygev import (
 )
 from pygev._server import Server
 from pygev._websocket import Accept, Reject, WebSocketHandler
+from pygev._workers import run
 
 # The compiled module recognises these classes; it never imports the package itself.
 _register_classes(
@@ -76,6 +77,7 @@ __all__ = [
     "WebSocketHandler",
     "WebSocketHandshakeError",
     "WebSocketRequest",
+    "run",
 ]
 
 __version__: str = _pygev.__version__  # one source: Cargo.toml's [workspace.package]

@@ -6,6 +6,7 @@ import asyncio
 import signal
 import threading
 from types import TracebackType
+from typing import Any, ClassVar
 
 from pygev import _pygev
 
@@ -79,6 +80,14 @@ class Server(_pygev.Server):
     """
 
     _closed: asyncio.Future[None] | None = None
+    #: Keyword defaults for the servers this process builds (a worker of ``pygev.run``
+    #: listens with ``reuse_port=True``).
+    _defaults: ClassVar[dict[str, object]] = {}
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Server:
+        for name, value in cls._defaults.items():
+            kwargs.setdefault(name, value)
+        return super().__new__(cls, *args, **kwargs)
 
     def start(self) -> None:
         """Serves until :meth:`stop`, Ctrl+C or SIGTERM, blocking the calling thread, which

@@ -166,6 +166,27 @@ def test_sigterm_drains_every_worker(deployment: Deployment) -> None:
         sock.close()
 
 
+def test_workers_do_not_outlive_a_killed_supervisor(deployment: Deployment) -> None:
+    socks, pids = deployment.pids(10)
+    for sock in socks:
+        sock.close()
+    deployment.proc.kill()  # SIGKILL: no chance to stop the workers itself
+    deployment.proc.wait(WAIT)
+    deadline = time.monotonic() + WAIT
+    while any(os.path.exists(f"/proc/{pid}") and _alive(pid) for pid in pids):
+        assert time.monotonic() < deadline, f"workers {pids} outlived their supervisor"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (not a zombie waiting for a reaper)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def test_bad_arguments_are_refused() -> None:
     import pygev
 

@@ -57,6 +57,18 @@ def run(
     _Supervisor(make_server, workers, restart_delay, max_restart_delay).run()
 
 
+def _stop_with_parent() -> None:
+    """Asks Linux to send this worker SIGTERM if the supervisor dies (even by SIGKILL), so
+    that no worker outlives it unsupervised."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the worker stays up until told
+
+
 class _Supervisor:
     def __init__(
         self,
@@ -70,6 +82,7 @@ class _Supervisor:
         self.base_delay = restart_delay
         self.max_delay = max_restart_delay
         self.stopping = threading.Event()
+        self.pid = os.getpid()
         #: Worker slot by pid, and when each slot's worker started.
         self.slots: dict[int, int] = {}
         self.started: dict[int, float] = {}
@@ -112,6 +125,9 @@ class _Supervisor:
             # and Ctrl+C (SIGINT to the whole group) stops it as well.
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.default_int_handler)
+            _stop_with_parent()
+            if os.getppid() != self.pid:
+                return  # the supervisor died before the watch was set
             _server.Server._defaults = {"reuse_port": True}
             server = self.make_server()
             if self.stopping.is_set():

@@ -28,7 +28,8 @@ class Pid(pygev.Handler):
     def on_message(self, conn, ctx, data):
         return f"{os.getpid()}\\n".encode()
     def on_close(self, conn):
-        print(f"closed {os.getpid()} {conn.id}", flush=True)
+        # One write: the workers share the pipe, and lines must not interleave.
+        os.write(1, f"closed {os.getpid()} {conn.id}\\n".encode())
 
 def make_server():
     return pygev.Server(Pid(), "127.0.0.1:" + sys.argv[1], num_loops=1)
@@ -56,6 +57,7 @@ class Deployment:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            start_new_session=True,  # its workers too can be killed as a group
         )
         self.log: list[str] = []
         self.reader = threading.Thread(target=self._read_log, daemon=True)
@@ -86,8 +88,12 @@ class Deployment:
                 time.sleep(0.05)
 
     def pids(self, connections: int = 40) -> tuple[list[socket.socket], set[int]]:
-        socks, pids = [], set()
-        for _ in range(connections):
+        """At least `connections` connections, more until both workers took some (one may
+        still be binding), and the pids that took them."""
+        socks: list[socket.socket] = []
+        pids: set[int] = set()
+        deadline = time.monotonic() + WAIT
+        while len(socks) < connections or (len(pids) < 2 and time.monotonic() < deadline):
             sock, pid = self.pid_of_new_connection()
             socks.append(sock)
             pids.add(pid)
@@ -96,12 +102,26 @@ class Deployment:
     def stop(self) -> tuple[int, str]:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
+        assert self.proc.stdout is not None
         try:
-            out, _ = self.proc.communicate(timeout=WAIT * 2)
+            self.proc.wait(WAIT * 2)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            out, _ = self.proc.communicate()
+            pass
+        finally:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # whatever is left of the group
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+        out = self.proc.stdout.read()
+        self.reader.join(WAIT)
         return self.proc.returncode, out
+
+    def wait_log(self, pattern: str) -> None:
+        deadline = time.monotonic() + WAIT
+        while not any(re.search(pattern, line) for line in list(self.log)):
+            assert time.monotonic() < deadline, f"no log line {pattern!r}: {self.log}"
+            time.sleep(0.05)
 
 
 @pytest.fixture
@@ -146,10 +166,7 @@ def test_a_killed_worker_comes_back(deployment: Deployment) -> None:
             break
         assert time.monotonic() < deadline, f"no replacement worker: {now}"
         time.sleep(0.1)
-    assert any(
-        re.search(rf"pid {victim}\) exited with -9 .* starting it again", line)
-        for line in deployment.log
-    ), deployment.log
+    deployment.wait_log(rf"pid {victim}\) exited with -9 .* starting it again")
 
 
 def test_sigterm_drains_every_worker(deployment: Deployment) -> None:

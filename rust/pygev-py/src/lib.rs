@@ -1,6 +1,7 @@
 //! `pygev._pygev`: the compiled half of pygev. Users import `pygev`, never this module.
 
 mod address;
+mod bytes_like;
 mod connection;
 mod dial;
 mod dispatcher;

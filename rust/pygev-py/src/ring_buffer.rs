@@ -6,7 +6,7 @@ use std::sync::{Mutex, MutexGuard};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use crate::connection::bytes_of;
+use crate::bytes_like::bytes_of;
 use crate::errors::Error;
 
 /// Bytes received and not yet taken by `unpacket`, with gev's reads.

@@ -10,7 +10,8 @@ use pyo3::prelude::*;
 use pyo3::{PyTraverseError, PyVisit};
 
 use super::{type_name, Dispatcher, Then};
-use crate::connection::{packet, Connection};
+use crate::bytes_like::packet;
+use crate::connection::Connection;
 use crate::ring_buffer::RingBuffer;
 
 /// Part of a frame a connection's Python framing holds, timed by `frame_timeout`.

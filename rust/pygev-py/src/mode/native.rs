@@ -9,7 +9,8 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use super::Mode;
-use crate::connection::{bytes_of, Connection};
+use crate::bytes_like::bytes_of;
+use crate::connection::Connection;
 use crate::dispatcher::{Dispatcher, Frame, Then};
 use crate::shared::{Packer, Packing};
 

@@ -13,7 +13,8 @@ use pyo3::prelude::*;
 use pyo3::PyTraverseError;
 
 use super::Mode;
-use crate::connection::{packet, Connection};
+use crate::bytes_like::packet;
+use crate::connection::Connection;
 use crate::dispatcher::{Dispatcher, Frame};
 use crate::errors::ConnectionClosed;
 use crate::shared::Packer;

@@ -17,7 +17,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 
 use super::Mode;
-use crate::connection::{bytes_of, Connection};
+use crate::bytes_like::bytes_of;
+use crate::connection::Connection;
 use crate::dial;
 use crate::dispatcher::{type_name, Dispatcher, Frame, Then};
 use crate::errors::{self, Error};

@@ -12,7 +12,6 @@ use pyo3::types::{PyDict, PyList};
 use pyo3::PyTraverseError;
 
 use crate::address::{address_object, address_text};
-use crate::dial::{self, Dial};
 use crate::dispatcher::Callbacks;
 use crate::errors::Error;
 use crate::mode;
@@ -24,6 +23,7 @@ use drivers::Serving;
 pub(crate) use settings::seconds;
 use settings::{positive, AddressArg, DEFAULT_ADDRESS};
 
+mod connect;
 mod drivers;
 mod settings;
 
@@ -333,90 +333,21 @@ impl Server {
         subprotocols: Option<Vec<String>>,
         origin: Option<String>,
     ) -> PyResult<Py<PyAny>> {
-        let text = address_text(address)?;
-        let url = match address.is_instance_of::<pyo3::types::PyString>() {
-            true => ws_client::Url::parse(&text)?,
-            false => None,
-        };
         let asks = ws_client::Asks {
             headers: ws_client::header_pairs(headers)?,
             subprotocols: subprotocols.unwrap_or_default(),
             origin,
         };
-        let (own_mode, text, tls) = match &url {
-            Some(url) => {
-                let handler = match handler {
-                    Some(handler) => handler.clone(),
-                    None => self.handler(py)?.into_bound(py),
-                };
-                let settings = mode::client_settings(&handler, protocol)?;
-                let settings = ws_client::client_settings(&settings, url, asks);
-                let framing = self.ws_framings.get(settings)?;
-                let mode: Arc<dyn mode::Mode> =
-                    Arc::new(mode::WebSocketMode::client(framing, url.shown()));
-                (Some(mode), url.address.clone(), url.tls(py, tls)?)
-            }
-            None => {
-                if !(asks.headers.is_empty() && asks.subprotocols.is_empty())
-                    || asks.origin.is_some()
-                {
-                    return Err(Error::Value(
-                        "pygev: headers=, subprotocols= and origin= are for ws:// and wss:// \
-                         URLs"
-                            .into(),
-                    )
-                    .into());
-                }
-                let own_mode = match protocol {
-                    Some(protocol) => {
-                        let handler = match handler {
-                            Some(handler) => handler.clone(),
-                            None => self.handler(py)?.into_bound(py),
-                        };
-                        Some(mode::choose(&handler, Some(protocol))?)
-                    }
-                    None => None,
-                };
-                own_mode
-                    .as_ref()
-                    .unwrap_or(&self.shared.mode)
-                    .check_dial()?;
-                (own_mode, text, tls.cloned())
-            }
-        };
-        if self.state.load(Ordering::Acquire) >= STOPPED {
-            return Err(Error::State("pygev: server was stopped".into()).into());
-        }
-        let timeout = seconds("timeout", timeout, false)?;
-        let tls = crate::tls::dial_target(py, tls.as_ref(), server_hostname.as_deref(), &text)?;
-        // A host name is resolved here: without the GIL, so callbacks go on meanwhile.
-        let mut addresses = py
-            .detach(|| Address::resolve_all(&text))
-            .map_err(Error::Io)?;
-        let address = addresses.remove(0);
-        addresses.reverse(); // tried in the resolver's order, last popped first
-        let callbacks = handler
-            .map(|h| Callbacks::of(h, false).map(Box::new))
-            .transpose()?;
-        let future = py
-            .import("concurrent.futures")?
-            .getattr("Future")?
-            .call0()?
-            .unbind();
-        let id = self.shared.ids.fetch_add(1, Ordering::Relaxed);
-        let dial = Dial {
-            future: future.clone_ref(py),
-            callbacks,
-            mode: own_mode,
+        self.dial(
+            py,
             address,
-            fallbacks: addresses,
+            handler,
+            protocol,
             timeout,
             tls,
-        };
-        if let Err(dial) = self.shared.dials.add(id, dial, self.shared.loops.get()) {
-            dial::abort(py, &dial, "pygev: the server stopped");
-        }
-        Ok(future)
+            server_hostname,
+            asks,
+        )
     }
 
     /// Loads `tls`'s certificates and keys and uses them for the connections accepted

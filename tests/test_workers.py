@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import WAIT
+from conftest import WAIT, expect_eof
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -131,16 +131,6 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
     d.stop()
 
 
-def recv_exactly_or_short(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
 def test_connections_spread_over_every_worker(deployment: Deployment) -> None:
     socks, pids = deployment.pids(40)
     try:
@@ -179,7 +169,7 @@ def test_sigterm_drains_every_worker(deployment: Deployment) -> None:
     assert {int(line.split()[1]) for line in closed} == pids
     assert out.splitlines()[-1] == "supervisor returned"
     for sock in socks:
-        assert recv_exactly_or_short(sock, 1) == b"", "closed in order"
+        expect_eof(sock)  # closed in order
         sock.close()
 
 

@@ -538,19 +538,27 @@ impl Header {
 /// Appends one unmasked server frame to `out`.
 pub fn write_frame(out: &mut Vec<u8>, kind: u8, fin: bool, rsv1: bool, payload: &[u8]) {
     out.reserve(payload.len() + 10);
+    write_header(out, kind, fin, rsv1, payload.len(), false);
+    out.extend_from_slice(payload);
+}
+
+/// Appends a frame's header for a payload of `len` bytes: the first byte, then the length
+/// in its shortest form, with the mask bit when `masked` (the key follows, the caller's).
+#[inline]
+pub fn write_header(out: &mut Vec<u8>, kind: u8, fin: bool, rsv1: bool, len: usize, masked: bool) {
+    let mask_bit = if masked { 0x80 } else { 0 };
     out.push(u8::from(fin) << 7 | u8::from(rsv1) << 6 | kind);
-    match payload.len() {
-        n if n < 126 => out.push(n as u8),
+    match len {
+        n if n < 126 => out.push(mask_bit | n as u8),
         n if n <= 0xffff => {
-            out.push(126);
+            out.push(mask_bit | 126);
             out.extend_from_slice(&(n as u16).to_be_bytes());
         }
         n => {
-            out.push(127);
+            out.push(mask_bit | 127);
             out.extend_from_slice(&(n as u64).to_be_bytes());
         }
     }
-    out.extend_from_slice(payload);
 }
 
 /// A close frame's payload: `code`, then `reason` cut to fit 125 bytes, on a character

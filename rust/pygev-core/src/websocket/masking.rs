@@ -8,7 +8,7 @@ use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Once;
 
-use super::frames::unmask_into;
+use super::frames::{unmask_into, write_header};
 
 /// Bytes drawn from the generator at a time.
 const POOL: usize = 1024;
@@ -84,18 +84,7 @@ pub fn write_masked_frame(
     mask: [u8; 4],
 ) {
     out.reserve(payload.len() + 14);
-    out.push(u8::from(fin) << 7 | u8::from(rsv1) << 6 | kind);
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n <= 0xffff => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
+    write_header(out, kind, fin, rsv1, payload.len(), true);
     out.extend_from_slice(&mask);
     unmask_into(out, payload, mask); // (masking and unmasking are the same XOR)
 }

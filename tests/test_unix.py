@@ -271,3 +271,42 @@ def test_stats_count_unix_connections(serve: Serve, sock_path: str) -> None:
     for s in socks:
         s.close()
     wait_until(lambda: st.stats()["connections"] == 0, what="the connections to close")
+
+
+def test_a_listening_socket_given_is_served(serve: Serve, tmp_path: Path) -> None:
+    """A socket bound and listening elsewhere (a parent process, systemd) is served as
+    the address: TCP and Unix. The server listens on a duplicate (closing the original
+    changes nothing) and leaves the Unix socket's file to its binder."""
+    path = tmp_path / "given.sock"
+    given_unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    given_unix.bind(str(path))
+    given_unix.listen(16)
+    given_tcp = socket.create_server(("127.0.0.1", 0))
+    port = given_tcp.getsockname()[1]
+    unix_server = serve(Echo(), given_unix, num_loops=2)
+    tcp_server = serve(Echo(), given_tcp, num_loops=2)
+    given_unix.close()
+    given_tcp.close()
+    assert unix_server.server.address == f"unix:{path}"
+    assert tcp_server.server.address == ("127.0.0.1", port)
+    for st in (unix_server, tcp_server):
+        for _ in range(4):  # across both loops
+            with st.connect() as sock:
+                sock.sendall(b"adopted")
+                assert recv_exactly(sock, 7) == b"adopted"
+    unix_server.stop()
+    assert path.exists(), "the file is its binder's to remove"
+
+
+def test_a_socket_that_does_not_listen_is_refused(tmp_path: Path) -> None:
+    with socket.socket() as unbound:
+        with pytest.raises(ValueError, match="not a listening stream socket"):
+            pygev.Server(Echo(), unbound)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as datagram:
+        datagram.bind(("127.0.0.1", 0))
+        with pytest.raises(ValueError, match="not a listening stream socket"):
+            pygev.Server(Echo(), datagram)
+    closed = socket.socket()
+    closed.close()
+    with pytest.raises(ValueError, match="closed"):
+        pygev.Server(Echo(), closed)

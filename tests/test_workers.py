@@ -1,6 +1,7 @@
 """``pygev.run(make_server, workers=N)``: worker processes sharing a port (SO_REUSEPORT),
-restarted when they die, stopped gracefully by SIGTERM. Each test runs a supervisor in a
-subprocess and talks to its workers over real sockets."""
+or one socket (a Unix socket; TCP port 0 binds the first worker's port), restarted when
+they die, stopped gracefully by SIGTERM. Each test runs a supervisor in a subprocess and
+talks to its workers over real sockets."""
 
 from __future__ import annotations
 
@@ -32,7 +33,9 @@ class Pid(pygev.Handler):
         os.write(1, f"closed {os.getpid()} {conn.id}\\n".encode())
 
 def make_server():
-    return pygev.Server(Pid(), "127.0.0.1:" + sys.argv[1], num_loops=1)
+    server = pygev.Server(Pid(), sys.argv[1], num_loops=1)
+    os.write(2, f"worker {os.getpid()} listens on {server.address}\\n".encode())
+    return server
 
 pygev.run(make_server, workers=2, restart_delay=0.2)
 print("supervisor returned", flush=True)
@@ -46,14 +49,21 @@ def free_port() -> int:
 
 
 class Deployment:
-    """A supervisor with 2 workers in a subprocess; its stderr (the log) is collected."""
+    """A supervisor with 2 workers in a subprocess, listening on a fixed TCP port, on port
+    0 or on a Unix socket (`kind`); its stderr (the log) is collected."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, kind: str = "tcp") -> None:
         script = tmp_path / "workers.py"
         script.write_text(SCRIPT)
-        self.port = free_port()
+        self.kind = kind
+        self.socket_file = tmp_path / "workers.sock"
+        address = {
+            "tcp": f"127.0.0.1:{free_port()}",
+            "port0": "127.0.0.1:0",
+            "unix": f"unix:{self.socket_file}",
+        }[kind]
         self.proc = subprocess.Popen(
-            [sys.executable, str(script), str(self.port)],
+            [sys.executable, str(script), address],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -62,18 +72,38 @@ class Deployment:
         self.log: list[str] = []
         self.reader = threading.Thread(target=self._read_log, daemon=True)
         self.reader.start()
+        self.target: tuple[str, int] | str = address
+        if kind == "tcp":
+            self.target = ("127.0.0.1", int(address.rpartition(":")[2]))
+        elif kind == "unix":
+            self.target = str(self.socket_file)
+        else:  # the port the first worker got
+            line = self.wait_log(r"listens on \('127.0.0.1', \d+\)")
+            self.target = ("127.0.0.1", int(line.rpartition(" ")[2].rstrip(")")))
 
     def _read_log(self) -> None:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
             self.log.append(line.rstrip())
 
+    def connect(self) -> socket.socket:
+        if isinstance(self.target, str):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(WAIT)
+            try:
+                sock.connect(self.target)
+            except OSError:
+                sock.close()
+                raise
+            return sock
+        return socket.create_connection(self.target, timeout=WAIT)
+
     def pid_of_new_connection(self) -> tuple[socket.socket, int]:
         """A connection to the port and the pid of the worker that took it."""
         deadline = time.monotonic() + WAIT
         while True:
             try:
-                sock = socket.create_connection(("127.0.0.1", self.port), timeout=WAIT)
+                sock = self.connect()
                 sock.sendall(b"?")
                 line = b""
                 while not line.endswith(b"\n"):
@@ -82,7 +112,7 @@ class Deployment:
                         raise ConnectionResetError("closed before the reply")
                     line += chunk
                 return sock, int(line)
-            except (ConnectionRefusedError, ValueError, OSError):
+            except (ValueError, OSError):
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
@@ -117,16 +147,20 @@ class Deployment:
         self.reader.join(WAIT)
         return self.proc.returncode, out
 
-    def wait_log(self, pattern: str) -> None:
+    def wait_log(self, pattern: str) -> str:
+        """The first log line matching `pattern`, once there is one."""
         deadline = time.monotonic() + WAIT
-        while not any(re.search(pattern, line) for line in list(self.log)):
+        while True:
+            for line in list(self.log):
+                if re.search(pattern, line):
+                    return line
             assert time.monotonic() < deadline, f"no log line {pattern!r}: {self.log}"
             time.sleep(0.05)
 
 
-@pytest.fixture
-def deployment(tmp_path: Path) -> Iterator[Deployment]:
-    d = Deployment(tmp_path)
+@pytest.fixture(params=["tcp", "port0", "unix"])
+def deployment(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Deployment]:
+    d = Deployment(tmp_path, request.param)
     yield d
     d.stop()
 
@@ -165,12 +199,40 @@ def test_sigterm_drains_every_worker(deployment: Deployment) -> None:
     code, out = deployment.stop()
     assert code == 0, (code, out, deployment.log)
     closed = [line for line in out.splitlines() if line.startswith("closed")]
-    assert len(closed) == 40, out  # on_close for every connection, in both workers
+    assert len(closed) == len(socks), out  # on_close for every connection, in both workers
     assert {int(line.split()[1]) for line in closed} == pids
     assert out.splitlines()[-1] == "supervisor returned"
     for sock in socks:
         expect_eof(sock)  # closed in order
         sock.close()
+    assert not deployment.socket_file.exists(), "the supervisor removes the socket file"
+
+
+def test_workers_share_one_socket_bound_once(deployment: Deployment) -> None:
+    """Every worker listens where the first one bound: the same port for port 0, the same
+    socket for a Unix socket (no worker refused with EADDRINUSE, none on a port of its
+    own), and a Unix socket's file outlives a worker's restart."""
+    socks, pids = deployment.pids(20)
+    for sock in socks:
+        sock.close()
+    addresses = {
+        line.partition(" listens on ")[2] for line in deployment.log if "listens on" in line
+    }
+    assert len(addresses) == 1, deployment.log
+    assert not any("failed" in line for line in deployment.log), deployment.log
+    os.kill(min(pids), signal.SIGKILL)
+    deployment.wait_log(rf"pid {min(pids)}\) exited with -9")
+    if deployment.kind == "unix":
+        assert deployment.socket_file.exists(), "a dying worker does not remove the file"
+    deadline = time.monotonic() + WAIT
+    while True:
+        socks, now = deployment.pids(20)
+        for sock in socks:
+            sock.close()
+        if len(now) == 2 and min(pids) not in now:
+            break
+        assert time.monotonic() < deadline, f"no replacement worker: {now}"
+        time.sleep(0.1)
 
 
 def test_workers_do_not_outlive_a_killed_supervisor(deployment: Deployment) -> None:

@@ -8,6 +8,7 @@ called from another thread and from inside a callback.
 import builtins
 import concurrent.futures
 import os
+import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal, final, type_check_only
 
@@ -458,7 +459,7 @@ class Server:
     def __new__(
         cls,
         handler: Handler | WebSocketHandler,
-        address: str | tuple[str, int] | None = ...,
+        address: str | tuple[str, int] | socket.socket | None = ...,
         *,
         num_loops: int = 0,
         protocol: Raw
@@ -495,9 +496,12 @@ class Server:
                 ``"unix:/path/to.sock"`` (a Unix socket file: a stale one left by a dead
                 process is replaced, one a live server listens on is refused with
                 ``EADDRINUSE``, and the file is removed on :meth:`stop`) or ``"unix:@name"``
-                (Linux's abstract namespace, no file). Default ``"0.0.0.0:1833"``.
-                ``None``: no listener, a server whose loops only serve the connections
-                it dials with :meth:`connect`.
+                (Linux's abstract namespace, no file), or a socket already listening
+                (a ``socket.socket``, or any object with ``fileno()``: TCP or Unix, handed
+                down by a parent process or systemd; the server listens on a duplicate
+                and leaves a Unix socket's file to its binder). Default
+                ``"0.0.0.0:1833"``. ``None``: no listener, a server whose loops only serve
+                the connections it dials with :meth:`connect`.
             num_loops: Reactor (loop) threads; 0 means one per CPU.
             protocol: The framing: :class:`Raw` (the default, also ``None``),
                 :class:`LengthPrefix`, :class:`Delimited`, :class:`WebSocket` (the default
@@ -582,6 +586,12 @@ class Server:
                 in use stay.
             RuntimeError: The server was made without ``tls=``.
         """
+
+    def _share_listener(self) -> int | None:
+        """A duplicate of the listening socket before :meth:`start`, as a descriptor the
+        caller owns (``pygev.run`` shares it with its workers); a Unix socket's file is
+        then the caller's to remove. ``None`` without a listener, or with one SO_REUSEPORT
+        socket per loop."""
 
     @property
     def address(self) -> Any:

@@ -6,9 +6,25 @@ import asyncio
 import signal
 import threading
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from pygev import _pygev
+
+
+class Binding(Protocol):
+    """A worker process's say in how its servers listen (see ``pygev._workers``)."""
+
+    def arguments(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], str | None]:
+        """The constructor's positional arguments, with the address replaced by a shared
+        socket where one is inherited (``kwargs`` is updated in place); and the address's
+        key, if it is one a worker's supervisor may share."""
+        ...
+
+    def built(self, key: str | None, server: Server) -> None:
+        """Notes a server built with the address of ``key``."""
+        ...
 
 # Servers serving in the main thread's loop: SIGTERM stops them all.
 _serving: set[Server] = set()
@@ -80,14 +96,18 @@ class Server(_pygev.Server):
     """
 
     _closed: asyncio.Future[None] | None = None
-    #: Keyword defaults for the servers this process builds (a worker of ``pygev.run``
-    #: listens with ``reuse_port=True``).
-    _defaults: ClassVar[dict[str, object]] = {}
+    #: How the servers this process builds listen, in a worker of ``pygev.run``
+    #: (``reuse_port=True``, and the sockets its supervisor shares); ``None`` elsewhere.
+    _binding: ClassVar[Binding | None] = None
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Server:
-        for name, value in cls._defaults.items():
-            kwargs.setdefault(name, value)
-        return super().__new__(cls, *args, **kwargs)
+        binding = cls._binding
+        if binding is None:
+            return super().__new__(cls, *args, **kwargs)
+        args, key = binding.arguments(args, kwargs)
+        server = super().__new__(cls, *args, **kwargs)
+        binding.built(key, server)
+        return server
 
     def start(self) -> None:
         """Serves until :meth:`stop`, Ctrl+C or SIGTERM, blocking the calling thread, which

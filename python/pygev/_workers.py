@@ -6,17 +6,27 @@ spreads new connections over the workers) and serves it with ``start()``. A work
 dies is started again, after a delay that doubles while workers keep dying young. SIGTERM
 or SIGINT to the supervisor stops every worker gracefully (each drains: pending output
 flushed, ``on_close`` for every connection) and ``run()`` returns once all have exited.
+
+Sockets that SO_REUSEPORT cannot share are bound once: the first worker builds its
+servers alone and reports, over a socket pair, what it bound. A Unix socket goes to the
+supervisor itself (its descriptor passed with SCM_RIGHTS), which keeps it open, hands it
+to every later worker and removes its file at the end; for TCP port 0, the port the first
+worker got is the one every other worker binds (with SO_REUSEPORT). Then the others start.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import select
 import signal
+import socket
 import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from pygev import _server
 
@@ -46,8 +56,12 @@ def run(
     a worker still running ``stop_timeout`` seconds later (or at a second signal) is
     killed; ``run()`` returns once they all exited. A worker gets SIGTERM if the
     supervisor dies. Linux (fork) only; call it from the main thread, before any pygev
-    server runs in this process. Unix-socket addresses need one shared socket, which is
-    not supported yet: give the workers a TCP address.
+    server runs in this process.
+
+    A Unix socket address (``"unix:/path"`` or ``"unix:@name"``) is bound once, by the
+    first worker, and shared by all: the supervisor keeps it open across restarts and
+    removes its file when ``run()`` returns. With port 0, every worker listens on the port
+    the first one got. The first worker builds its servers before the others start.
     """
     if workers < 1:
         raise ValueError(f"pygev: workers must be at least 1, got {workers}")
@@ -73,6 +87,73 @@ def _stop_with_parent() -> None:
         libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass  # not Linux: the worker stays up until told
+
+
+_MISSING = object()
+
+
+def _address_key(address: object) -> str | None:
+    """The address a supervisor may share, as a key: a Unix socket's, or a TCP address
+    with port 0 (``None`` for any other)."""
+    if isinstance(address, tuple) and len(address) >= 2 and address[1] == 0:
+        host = str(address[0])
+        return f"[{host}]:0" if ":" in host else f"{host}:0"
+    if not isinstance(address, str):
+        return None
+    if address.startswith("unix:"):
+        return address if len(address) > len("unix:") else None
+    return address if address.rpartition(":")[2] == "0" else None
+
+
+class _Binding:
+    """How a worker's servers listen: ``reuse_port=True`` unless told otherwise, and the
+    supervisor's shared sockets (or the port the first worker got) in place of the
+    addresses they were bound for. The first worker records what it bound instead."""
+
+    def __init__(self, shared: dict[str, socket.socket | str], first: bool) -> None:
+        self.shared = shared
+        #: The first worker's servers built with a shareable address.
+        self.made: list[tuple[str, _server.Server]] | None = [] if first else None
+
+    def arguments(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], str | None]:
+        kwargs.setdefault("reuse_port", True)
+        given = args[1] if len(args) > 1 else kwargs.get("address", _MISSING)
+        key = _address_key(given)
+        if key is None or key not in self.shared:
+            return args, key
+        inherited = self.shared[key]
+        if len(args) > 1:
+            args = (args[0], inherited, *args[2:])
+        else:
+            kwargs["address"] = inherited
+        return args, None
+
+    def built(self, key: str | None, server: _server.Server) -> None:
+        if key is not None and self.made is not None:
+            self.made.append((key, server))
+
+    def report(self, channel: socket.socket) -> None:
+        """Tells the supervisor what the first worker bound: its Unix sockets (their
+        descriptors) and the ports it got for port 0."""
+        entries: list[dict[str, str]] = []
+        fds: list[int] = []
+        for key, server in self.made or []:
+            if key.startswith("unix:"):
+                fd = server._share_listener()
+                if fd is not None:
+                    entries.append({"key": key})
+                    fds.append(fd)
+            elif isinstance(server.address, tuple):
+                host, port = server.address[0], server.address[1]
+                bound = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                entries.append({"key": key, "address": bound})
+        try:
+            socket.send_fds(channel, [json.dumps(entries).encode()], fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
 
 
 class _Supervisor:
@@ -103,17 +184,22 @@ class _Supervisor:
         self.delays = [restart_delay] * workers
         #: When stopping began (None: serving).
         self.stopping: float | None = None
+        #: What the first worker bound, by address key (None: it has not reported yet);
+        #: the channel it reports on while it starts; the Unix socket files to remove.
+        self.shared: dict[str, socket.socket | str] | None = None
+        self.channel: socket.socket | None = None
+        self.files: list[tuple[str, int, int]] = []
 
     def run(self) -> None:
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
         self.old_mask = old_mask
         try:
-            for slot in range(self.workers):
-                self._spawn(slot)
+            self._spawn(0)  # the others once it reported what it bound
             while self.slots or (self.due and self.stopping is None):
                 info = signal.sigtimedwait(self.SIGNALS, self._timeout())
                 if info is not None and info.si_signo != signal.SIGCHLD:
                     self._stop(info.si_signo)
+                self._hear_first()
                 self._reap()
                 self._restart_due()
                 if self.stopping is not None and time.monotonic() >= (
@@ -122,10 +208,12 @@ class _Supervisor:
                     self._signal_all(signal.SIGKILL)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            self._unbind()
 
     def _timeout(self) -> float:
         now = time.monotonic()
-        wake = [now + 1.0, *self.due.values()]
+        # While the first worker starts, its report is looked for every 20 ms.
+        wake = [now + (0.02 if self.channel is not None else 1.0), *self.due.values()]
         if self.stopping is not None:
             wake.append(self.stopping + self.stop_timeout)
         return max(min(wake) - now, 0.0)
@@ -171,6 +259,49 @@ class _Supervisor:
                 delay,
             )
 
+    def _hear_first(self) -> None:
+        """Takes the first worker's report, if it came, and starts the other workers."""
+        channel = self.channel
+        if channel is None or not select.select([channel], [], [], 0)[0]:
+            return
+        self.channel = None
+        try:
+            message, fds, _, _ = socket.recv_fds(channel, 1 << 16, 64)
+        finally:
+            channel.close()
+        if not message:
+            return  # it died first: its restart reports again
+        shared: dict[str, socket.socket | str] = {}
+        sockets = iter(fds)
+        for entry in json.loads(message):
+            key = entry["key"]
+            if "address" in entry:
+                shared[key] = entry["address"]
+                continue
+            shared[key] = socket.socket(fileno=next(sockets))
+            if not key.startswith("unix:@"):
+                path = key[len("unix:") :]
+                info = os.stat(path)
+                self.files.append((path, info.st_dev, info.st_ino))
+        self.shared = shared
+        running = set(self.slots.values()) | set(self.due)
+        for slot in range(self.workers):
+            if slot not in running and self.stopping is None:
+                self._spawn(slot)
+
+    def _unbind(self) -> None:
+        """Closes the shared sockets and removes the socket files, if still theirs."""
+        for value in (self.shared or {}).values():
+            if isinstance(value, socket.socket):
+                value.close()
+        for path, dev, ino in self.files:
+            try:
+                info = os.stat(path)
+                if (info.st_dev, info.st_ino) == (dev, ino):
+                    os.unlink(path)
+            except OSError:
+                pass
+
     def _restart_due(self) -> None:
         now = time.monotonic()
         for slot, at in list(self.due.items()):
@@ -179,16 +310,21 @@ class _Supervisor:
                 self._spawn(slot)
 
     def _spawn(self, slot: int) -> None:
+        report = None
+        if self.shared is None:  # the first worker: it binds, and reports what
+            self.channel, report = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            self._work()  # never returns
+            self._work(report)  # never returns
+        if report is not None:
+            report.close()  # the channel's end is the worker's: EOF if it dies first
         self.slots[pid] = slot
         self.started[slot] = time.monotonic()
         log.info("pygev: worker %d started (pid %d)", slot, pid)
 
-    def _work(self) -> None:
+    def _work(self, report: socket.socket | None) -> None:
         code = 1
         try:
             # The worker's own signal handling: start() watches SIGTERM, and Ctrl+C (SIGINT
@@ -199,8 +335,15 @@ class _Supervisor:
             signal.pthread_sigmask(signal.SIG_SETMASK, self.old_mask)
             if os.getppid() != self.pid:
                 return  # the supervisor died before the watch was set
-            _server.Server._defaults = {"reuse_port": True}
-            self.make_server().start()
+            if self.channel is not None:
+                self.channel.close()
+            binding = _Binding(self.shared or {}, first=report is not None)
+            _server.Server._binding = binding
+            server = self.make_server()
+            if report is not None:
+                binding.report(report)
+                report.close()
+            server.start()
             code = 0
         except KeyboardInterrupt:
             code = 0

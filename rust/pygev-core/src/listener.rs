@@ -1,8 +1,10 @@
 //! Listening sockets, TCP or Unix domain: binding (a stale socket file replaced, a live
-//! one refused), accepting into a [`Transport`], and removing the socket file at the end.
+//! one refused) or adopting one already listening, accepting into a [`Transport`], and
+//! removing the socket file at the end (only the listener that made it, while it owns it).
 
 use std::ffi::OsStr;
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -60,6 +62,46 @@ impl Listener {
                 io::ErrorKind::InvalidInput,
                 "pygev: a Unix socket to listen on needs a path or an abstract name",
             )),
+        }
+    }
+
+    /// Takes a socket that is already listening (passed by a parent process, or by systemd),
+    /// TCP or Unix, and makes it non-blocking. A Unix socket's file stays where it is: its
+    /// binder removes it.
+    pub(crate) fn adopt(fd: OwnedFd) -> io::Result<Listener> {
+        let socket = Socket::from(fd);
+        if socket.r#type()? != Type::STREAM || !socket.is_listener()? {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "pygev: the socket given is not a listening stream socket (bind() and listen() \
+                 it first)",
+            ));
+        }
+        socket.set_nonblocking(true)?;
+        match socket.domain()? {
+            Domain::UNIX => Ok(Listener::Unix {
+                listener: UnixListener::from_std(socket.into()),
+                file: None,
+            }),
+            Domain::IPV4 | Domain::IPV6 => Ok(Listener::Tcp(TcpListener::from_std(socket.into()))),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "pygev: the socket given is neither TCP nor a Unix socket",
+            )),
+        }
+    }
+
+    /// A duplicate of the listening socket, for other processes to accept from, and the
+    /// socket file's ownership with it: this listener no longer removes the file (whoever
+    /// took the duplicate does, once every process is done with it).
+    pub(crate) fn share(&mut self) -> io::Result<OwnedFd> {
+        match self {
+            Listener::Tcp(listener) => listener.as_fd().try_clone_to_owned(),
+            Listener::Unix { listener, file } => {
+                let fd = listener.as_fd().try_clone_to_owned()?;
+                *file = None;
+                Ok(fd)
+            }
         }
     }
 

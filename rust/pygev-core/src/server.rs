@@ -1,6 +1,7 @@
 //! Binding listeners and running the loop threads.
 
 use std::io;
+use std::os::fd::OwnedFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -73,6 +74,30 @@ impl Server {
         server.listeners = listeners;
         server.local_addr = Some(addr);
         Ok(server)
+    }
+
+    /// A server that listens on `fd`, a socket already listening (TCP or Unix), handed
+    /// down by a parent process or systemd; it is closed with the server.
+    pub fn adopt(fd: OwnedFd, config: Config, protocol: Arc<dyn Protocol>) -> io::Result<Server> {
+        let mut server = Server::without_listener(config, protocol)?;
+        let listener = Listener::adopt(fd)?;
+        let mut config = (*server.config).clone();
+        config.reuse_port = false; // one socket: one acceptor hands its connections out
+        server.config = Arc::new(config);
+        server.local_addr = Some(listener.local_addr()?);
+        server.listeners = vec![listener];
+        Ok(server)
+    }
+
+    /// A duplicate of the listening socket (before [`start`](Self::start)), so that other
+    /// processes accept from the same socket; a Unix socket file is theirs to remove from
+    /// then on. `None` without a listener, or with one SO_REUSEPORT listener per loop (other
+    /// processes bind the port themselves).
+    pub fn share_listener(&mut self) -> io::Result<Option<OwnedFd>> {
+        match self.listeners.as_mut_slice() {
+            [listener] => listener.share().map(Some),
+            _ => Ok(None),
+        }
     }
 
     /// A server with no listener: its loops serve the connections it dials

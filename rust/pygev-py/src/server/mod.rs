@@ -21,7 +21,7 @@ use crate::tls::Tls;
 use crate::ws_client;
 use drivers::Serving;
 pub(crate) use settings::seconds;
-use settings::{positive, AddressArg, DEFAULT_ADDRESS};
+use settings::{listening_socket, positive, AddressArg, DEFAULT_ADDRESS};
 
 mod connect;
 mod drivers;
@@ -162,10 +162,13 @@ impl Server {
         slow_callback_duration: Option<f64>,
         tls: Option<Py<Tls>>,
     ) -> PyResult<Self> {
-        let address = match address {
-            AddressArg::Default => Some(DEFAULT_ADDRESS.to_string()),
-            AddressArg::NoListener => None,
-            AddressArg::Given(address) => Some(address_text(&address)?),
+        let (address, socket) = match address {
+            AddressArg::Default => (Some(DEFAULT_ADDRESS.to_string()), None),
+            AddressArg::NoListener => (None, None),
+            AddressArg::Given(given) => match listening_socket(&given)? {
+                Some(fd) => (None, Some(fd)),
+                None => (Some(address_text(&given)?), None),
+            },
         };
         Callbacks::of(handler, false)?; // every callback there and callable
         let num_loops = match num_loops {
@@ -230,7 +233,7 @@ impl Server {
                 }),
             ..Config::default()
         };
-        if config.tls.is_some() && address.is_none() {
+        if config.tls.is_some() && address.is_none() && socket.is_none() {
             return Err(Error::Value(
                 "pygev: tls= is for the connections a server accepts; it has no listener (give \
                  tls= to connect() instead)"
@@ -252,9 +255,10 @@ impl Server {
             .into());
         }
         let protocol = mode.loop_protocol();
-        let core = match &address {
-            Some(address) => pygev_core::Server::bind(address, config.clone(), protocol),
-            None => pygev_core::Server::without_listener(config.clone(), protocol),
+        let core = match (&address, socket) {
+            (Some(address), _) => pygev_core::Server::bind(address, config.clone(), protocol),
+            (None, Some(fd)) => pygev_core::Server::adopt(fd, config.clone(), protocol),
+            (None, None) => pygev_core::Server::without_listener(config.clone(), protocol),
         };
         let core = core.map_err(|e| {
             if e.kind() == std::io::ErrorKind::InvalidInput {
@@ -286,6 +290,20 @@ impl Server {
             serving: Mutex::new(None),
             ws_framings: ws_client::Framings::default(),
         })
+    }
+
+    /// Hands the listening socket to the caller before `start()`: a duplicate of it, as a
+    /// descriptor the caller owns, so that other processes accept from it too; a Unix
+    /// socket file is then the caller's to remove. `None` without a listener or with one
+    /// SO_REUSEPORT socket per loop. (For `pygev.run`'s workers.)
+    fn _share_listener(&self) -> PyResult<Option<i32>> {
+        let mut core = self.lock_core();
+        let Some(core) = core.as_mut() else {
+            return Err(Error::State("pygev: the server has started or stopped".into()).into());
+        };
+        Ok(core
+            .share_listener()?
+            .map(std::os::fd::IntoRawFd::into_raw_fd))
     }
 
     /// The bound address: `(host, port)` (with the real port when 0 was asked), or the

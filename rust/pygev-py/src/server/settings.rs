@@ -1,9 +1,12 @@
-//! Turning `pygev.Server`'s keyword arguments into settings: the address argument,
+//! Turning `pygev.Server`'s keyword arguments into settings: the address argument (text,
+//! a tuple or a listening socket),
 //! durations and sizes, each checked with an error that names it.
 
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use pyo3::prelude::*;
+use pyo3::types::{PyString, PyTuple};
 
 use crate::errors::Error;
 
@@ -25,6 +28,26 @@ impl<'a, 'py> FromPyObject<'a, 'py> for AddressArg<'py> {
             AddressArg::Given(obj.to_owned())
         })
     }
+}
+
+/// The listening socket given as `address` (anything with a `fileno()`, such as a
+/// `socket.socket`), duplicated: the server closes its own copy. `None` for an address
+/// given as text or a tuple.
+pub(crate) fn listening_socket(given: &Bound<'_, PyAny>) -> PyResult<Option<OwnedFd>> {
+    if given.is_instance_of::<PyString>()
+        || given.is_instance_of::<PyTuple>()
+        || !given.hasattr("fileno")?
+    {
+        return Ok(None);
+    }
+    let fd: RawFd = given.call_method0("fileno")?.extract()?;
+    if fd < 0 {
+        return Err(Error::Value("pygev: the socket given is closed".into()).into());
+    }
+    // SAFETY: `given` is alive for this call and owns `fd`, which stays open while it is
+    // duplicated here; the duplicate is ours alone.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    Ok(Some(borrowed.try_clone_to_owned()?))
 }
 
 /// Where a server listens when no address is given.

@@ -7,6 +7,7 @@ called from another thread and from inside a callback.
 
 import builtins
 import concurrent.futures
+import ipaddress
 import os
 import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -485,6 +486,9 @@ class Server:
         unix_mode: int | None = None,
         slow_callback_duration: float | None = ...,
         tls: TLS | None = None,
+        proxy_protocol: bool = False,
+        trusted_proxies: Sequence[str | ipaddress.IPv4Network | ipaddress.IPv6Network]
+        | None = None,
     ) -> Self:
         """Validates the settings and binds the listening socket(s).
 
@@ -564,6 +568,17 @@ class Server:
                 socket): the handshake and the records run in the loops, and a connection
                 is announced (``on_connect``) once its handshake completed. Its files are
                 loaded and checked here.
+            proxy_protocol: Every accepted connection starts with a PROXY protocol header
+                (HAProxy's, version 1 or 2, as ``send-proxy`` or ``send-proxy-v2`` sends
+                it), read in the loops before TLS and any framing: ``conn.peer_addr`` is
+                the client's address from it (the proxy's own for a header without one:
+                ``LOCAL``, such as a health check, or ``UNKNOWN``); ``conn.local_addr``
+                stays the socket's. A connection from a peer that is not a trusted proxy,
+                or with a malformed header, or with none within 10 s, is reset with a
+                warning before ``on_connect``; the others go on.
+            trusted_proxies: The networks a header is believed from (``"10.0.0.0/8"``,
+                ``"::1"``, or ``ipaddress`` networks); default: loopback only. Unix-socket
+                peers are always trusted.
 
         Returns:
             The bound server; nothing is served before :meth:`start`.

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::proxy::TrustedProxies;
 use crate::tls::ServerTls;
 
 /// How the acceptor picks the loop that takes a new connection.
@@ -79,7 +80,16 @@ pub struct Config {
     /// handshake cannot take the loop's memory (each may hold a handshake message, up to
     /// 64 KiB) while established connections go on.
     pub tls_max_handshakes: usize,
+    /// Read a PROXY protocol header (v1 or v2) first on every accepted connection, from
+    /// these peers only (`None`: no header expected). A peer not trusted, a header that
+    /// is malformed or missing, or none within `PROXY_HEADER_TIMEOUT`, closes the
+    /// connection (reset) with a log line before the dispatcher hears of it.
+    pub proxy_protocol: Option<TrustedProxies>,
 }
+
+/// How long an accepted connection may take to send its PROXY protocol header (a proxy
+/// sends it at once).
+pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Default for Config {
     fn default() -> Self {
@@ -104,6 +114,7 @@ impl Default for Config {
             tls: None,
             tls_handshake_timeout: Duration::from_secs(10),
             tls_max_handshakes: 1024,
+            proxy_protocol: None,
         }
     }
 }

@@ -20,6 +20,7 @@ mod listener;
 mod loop_handle;
 pub mod plugin;
 mod protocols;
+pub mod proxy;
 mod ring_buffer;
 mod server;
 mod stats;

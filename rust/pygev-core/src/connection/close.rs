@@ -136,8 +136,11 @@ impl Connections {
             return self.handshake_abandoned(id, message);
         }
         LoopStats::add(&self.handle.stats.closed, 1);
-        if flags & flag::HANDSHAKING != 0 {
-            self.handshake_ended();
+        if flags & flag::UNANNOUNCED != 0 {
+            if flags & flag::HANDSHAKING != 0 {
+                self.handshake_ended();
+                self.take_proxied(token);
+            }
             return; // never announced: nothing to tell the dispatcher
         }
         self.queue_event(Event::Closed {

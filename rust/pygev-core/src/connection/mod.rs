@@ -2,7 +2,8 @@
 //! (this file), and the paths every connection goes through, one concern each: `read.rs`
 //! (reading, framing, dispatch backpressure), `write.rs` (packing and writing), `close.rs`
 //! (graceful, linger, reset), `timeouts.rs` (the deadlines a connection may have running),
-//! `dial.rs` (connecting), `tls.rs` (the TLS handshake and record layer), over the loop's
+//! `dial.rs` (connecting), `proxy.rs` (a PROXY protocol header before anything else),
+//! `tls.rs` (the TLS handshake and record layer), over the loop's
 //! set of connections (`set.rs`), their framings (`protocols.rs`) and their buffers
 //! (`buffer.rs`).
 
@@ -19,6 +20,7 @@ mod buffer;
 mod close;
 mod dial;
 mod protocols;
+mod proxy;
 mod read;
 mod set;
 mod timeouts;
@@ -74,6 +76,12 @@ pub(crate) mod flag {
     /// Dialed with a framing that reads on while its output is past the high-water mark
     /// (`Protocol::reads_while_output_full`: a WebSocket client's).
     pub(crate) const KEEPS_READING: u32 = 1 << 19;
+    /// Accepted with `proxy_protocol` on, its PROXY header not read yet: the dispatcher
+    /// does not know it, and only the header's deadline runs (in `close_deadline`).
+    pub(crate) const PROXY_HEADER: u32 = 1 << 20;
+
+    /// Not announced to the dispatcher yet (its close is not told either).
+    pub(crate) const UNANNOUNCED: u32 = HANDSHAKING | PROXY_HEADER;
 
     /// The loop stopped reading this connection for reasons of ours (Python is behind, or
     /// the handler paused it): time spent so is not the peer's silence.

@@ -83,13 +83,14 @@ impl Connections {
                     conn.last_read = self.now;
                     conn.last_heard = self.now;
                     LoopStats::add(&self.handle.stats.bytes_in, n as u64);
-                    let tls = conn.tls.is_some();
-                    if tls {
-                        if let Err(cause) = self.read_tls(token, n) {
-                            self.close_now(token, cause);
-                            return;
-                        }
-                    } else if let Err(cause) = self.feed(token, n) {
+                    let read = if conn.has(flag::PROXY_HEADER) {
+                        self.read_proxy_header(token, n)
+                    } else if conn.tls.is_some() {
+                        self.read_tls(token, n)
+                    } else {
+                        self.feed(token, n)
+                    };
+                    if let Err(cause) = read {
                         self.close_now(token, cause);
                         return;
                     }
@@ -180,7 +181,7 @@ impl Connections {
 
     /// Opens the `n` bytes of TLS records just read, and frames the plaintext they held; a
     /// close_notify among them is the peer's EOF.
-    fn read_tls(&mut self, token: usize, n: usize) -> Result<(), CloseCause> {
+    pub(super) fn read_tls(&mut self, token: usize, n: usize) -> Result<(), CloseCause> {
         let opened = self.open(token, n);
         let framed = match &opened {
             Ok(opened) if opened.plaintext > 0 => self.feed(token, opened.plaintext),

@@ -4,7 +4,7 @@
 //! readiness and commands; the paths themselves are `read.rs`, `write.rs`, `close.rs`,
 //! `timeouts.rs` and `dial.rs`.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -79,6 +79,9 @@ pub(crate) struct Connections {
     pub(super) refused: u64,
     /// The dispatcher caught up with accepting deferred: the loop accepts again.
     pub(crate) accept_wanted: bool,
+    /// The clients' addresses from PROXY headers of connections still in their TLS
+    /// handshake (announced with them once it completes).
+    pub(super) proxied: HashMap<usize, Address>,
 }
 
 impl Connections {
@@ -120,6 +123,7 @@ impl Connections {
             handshakes: 0,
             refused_logged: None,
             refused: 0,
+            proxied: HashMap::new(),
         }
     }
 
@@ -165,6 +169,10 @@ impl Connections {
                 handle.dispatched_quietly(crate::event::EVENT_COST);
             }
         };
+        if !self.proxy_admits(&peer) {
+            let _ = transport.reset_on_close();
+            return uncharge(&self.handle);
+        }
         let entry = self.conns.vacant_entry();
         let token = entry.key();
         if token >= FIRST_LOOP_TOKEN {
@@ -204,14 +212,21 @@ impl Connections {
         let backlog = new_backlog(&self.config);
         entry.insert(Conn::new(transport, id, state, backlog, self.now));
         LoopStats::add(&self.handle.stats.accepted, 1);
-        match session {
-            None => self.announce(token, peer, local, false, charged),
-            Some(session) => {
-                // Announced once the handshake completed (and charged then).
-                uncharge(&self.handle);
-                self.begin_handshake(token, session);
-            }
+        let header = self.await_proxy_header(token);
+        if let Some(session) = session {
+            // Announced once the handshake completed (and charged then).
+            uncharge(&self.handle);
+            return self.begin_handshake(token, session);
         }
+        if !header {
+            return self.announce(token, peer, local, false, charged);
+        }
+        // Announced once its header came (and charged then).
+        uncharge(&self.handle);
+        if self.quiesced || self.draining {
+            return self.close_now(token, super::CloseCause::Done);
+        }
+        self.schedule(token);
     }
 
     /// Tells the dispatcher that the connection in `token` is open (accepted, or dialed

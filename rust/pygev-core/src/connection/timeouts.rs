@@ -45,8 +45,9 @@ impl Connections {
     /// The earliest of the connection's running deadlines (NEVER: none).
     fn next_deadline(&self, conn: &Conn) -> Millis {
         let mut due = conn.close_deadline;
-        if conn.has(flag::CLOSING | flag::PAUSED_BY_US | flag::CONNECTING | flag::HANDSHAKING) {
-            // Closing, connecting or in a TLS handshake: only that deadline counts. Paused
+        if conn.has(flag::CLOSING | flag::PAUSED_BY_US | flag::CONNECTING | flag::UNANNOUNCED) {
+            // Closing, connecting, waiting for a PROXY header or in a TLS handshake: only
+            // that deadline counts. Paused
             // by us: the other deadlines start afresh when reading resumes.
             return due;
         }
@@ -98,6 +99,9 @@ impl Connections {
         if conn.close_deadline <= now {
             if conn.has(flag::CONNECTING | flag::DIALED) {
                 return self.dial_timed_out(token);
+            }
+            if conn.has(flag::PROXY_HEADER) {
+                return self.proxy_header_timed_out(token);
             }
             if conn.has(flag::HANDSHAKING) {
                 let reason = format!(

@@ -152,6 +152,8 @@ impl Connections {
         };
         let outgoing = conn.has(flag::DIALED);
         conn.flags &= !(flag::HANDSHAKING | flag::DIALED);
+        let peer = self.take_proxied(token).unwrap_or(peer);
+        let conn = &mut self.conns[token];
         if !outgoing {
             self.handshakes -= 1;
         }

@@ -139,6 +139,8 @@ impl Server {
         unix_mode = None,
         slow_callback_duration = Some(0.1),
         tls = None,
+        proxy_protocol = false,
+        trusted_proxies = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn py_new(
@@ -161,7 +163,10 @@ impl Server {
         unix_mode: Option<u32>,
         slow_callback_duration: Option<f64>,
         tls: Option<Py<Tls>>,
+        proxy_protocol: bool,
+        trusted_proxies: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
+        let proxy_protocol = settings::trusted_proxies(proxy_protocol, trusted_proxies)?;
         let (address, socket) = match address {
             AddressArg::Default => (Some(DEFAULT_ADDRESS.to_string()), None),
             AddressArg::NoListener => (None, None),
@@ -231,6 +236,7 @@ impl Server {
                 .map_or(Config::default().tls_max_handshakes, |tls| {
                     tls.get().max_handshakes
                 }),
+            proxy_protocol,
             ..Config::default()
         };
         if config.tls.is_some() && address.is_none() && socket.is_none() {

@@ -5,6 +5,7 @@
 use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::time::Duration;
 
+use pygev_core::proxy::{Network, TrustedProxies};
 use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple};
 
@@ -48,6 +49,39 @@ pub(crate) fn listening_socket(given: &Bound<'_, PyAny>) -> PyResult<Option<Owne
     // duplicated here; the duplicate is ours alone.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
     Ok(Some(borrowed.try_clone_to_owned()?))
+}
+
+/// The peers a PROXY protocol header is read from when `proxy_protocol` is on: the
+/// networks given (strings or `ipaddress` objects, as `"10.0.0.0/8"` or `"::1"`), or
+/// loopback by default; Unix-socket peers always.
+pub(crate) fn trusted_proxies(
+    on: bool,
+    networks: Option<&Bound<'_, PyAny>>,
+) -> Result<Option<TrustedProxies>, Error> {
+    let Some(networks) = networks.filter(|n| !n.is_none()) else {
+        return Ok(on.then(TrustedProxies::loopback));
+    };
+    if !on {
+        return Err(Error::Value(
+            "pygev: trusted_proxies is for proxy_protocol=True".into(),
+        ));
+    }
+    if networks.is_instance_of::<PyString>() {
+        return Err(Error::Type(
+            "pygev: trusted_proxies is a list of networks, not one string".into(),
+        ));
+    }
+    let mut parsed = Vec::new();
+    for item in networks.try_iter().map_err(|_| {
+        Error::Type("pygev: trusted_proxies is a list of networks (\"10.0.0.0/8\")".into())
+    })? {
+        let text = item
+            .and_then(|i| i.str())
+            .map_err(|e| Error::Type(e.to_string()))?;
+        let network: Network = text.to_string().parse().map_err(Error::Value)?;
+        parsed.push(network);
+    }
+    Ok(Some(TrustedProxies::new(parsed)))
 }
 
 /// Where a server listens when no address is given.

@@ -1,0 +1,123 @@
+//! The PROXY protocol header on an accepted connection: read before TLS and any framing,
+//! from trusted peers only. Until it is complete the connection is unannounced (the
+//! dispatcher hears of it with the client's address from the header, or after the TLS
+//! handshake that follows); only the header's deadline runs.
+
+use super::set::Connections;
+use super::{flag, CloseCause};
+use crate::address::Address;
+use crate::config::PROXY_HEADER_TIMEOUT;
+use crate::proxy::{self, Parsed};
+
+impl Connections {
+    /// Whether an accepted connection from `peer` may go on: true when no header is
+    /// expected or the peer is a trusted proxy. Otherwise it is said why (the caller
+    /// drops the connection).
+    pub(super) fn proxy_admits(&self, peer: &Address) -> bool {
+        let Some(trusted) = &self.config.proxy_protocol else {
+            return true;
+        };
+        if trusted.trusts(peer) {
+            return true;
+        }
+        log::warn!(
+            "pygev: refused a connection from {peer}: it is not a trusted proxy, and \
+             proxy_protocol is on (trusted_proxies)"
+        );
+        false
+    }
+
+    /// A newly accepted connection waits for its header; `false` when it is not expected.
+    pub(super) fn await_proxy_header(&mut self, token: usize) -> bool {
+        if self.config.proxy_protocol.is_none() {
+            return false;
+        }
+        let deadline = self.now.after(PROXY_HEADER_TIMEOUT);
+        let conn = &mut self.conns[token];
+        conn.flags |= flag::PROXY_HEADER;
+        conn.close_deadline = conn.close_deadline.min(deadline);
+        true
+    }
+
+    /// Takes the `n` bytes just read into the scratch buffer as (part of) the header. Once
+    /// it is complete, the connection goes on with what followed it: announced with the
+    /// client's address (or first through its TLS handshake), then framed.
+    pub(super) fn read_proxy_header(&mut self, token: usize, n: usize) -> Result<(), CloseCause> {
+        let conn = &mut self.conns[token];
+        let parsed = proxy::parse(conn.input.write_contiguous(&self.scratch[..n]));
+        self.scratch.clear();
+        let header = match parsed {
+            Ok(Parsed::Incomplete) => return Ok(()),
+            Ok(Parsed::Done(header)) => header,
+            Err(err) => {
+                let peer = describe_peer(conn);
+                return Err(CloseCause::Abort(format!(
+                    "pygev: connection {} from {peer}: {err}",
+                    conn.id
+                )));
+            }
+        };
+        conn.input.retrieve(header.len);
+        conn.flags &= !flag::PROXY_HEADER;
+        // What came after the header is read again, as if it had just arrived.
+        let rest = conn.input.write_contiguous(&[]);
+        self.scratch.extend_from_slice(rest);
+        let rest = rest.len();
+        conn.input.retrieve(rest);
+        let client = header.addresses.map(|(client, _)| Address::Inet(client));
+        if conn.tls.is_some() {
+            // Announced when its handshake completes, with the client's address.
+            if let Some(client) = client {
+                self.proxied.insert(token, client);
+            }
+            return if rest > 0 {
+                self.read_tls(token, rest)
+            } else {
+                Ok(())
+            };
+        }
+        let addresses = conn
+            .transport
+            .peer_addr()
+            .and_then(|peer| Ok((peer, conn.transport.local_addr()?)));
+        let Ok((peer, local)) = addresses else {
+            self.scratch.clear();
+            return Err(CloseCause::Done); // reset meanwhile: never announced
+        };
+        conn.close_deadline = crate::clock::Millis::NEVER;
+        self.announce(token, client.unwrap_or(peer), local, false, false);
+        let open = self.conns.get(token).is_some_and(|c| !c.has(flag::CLOSING));
+        if rest == 0 || !open {
+            self.scratch.clear();
+            return Ok(());
+        }
+        self.feed(token, rest)
+    }
+
+    /// The connection's header did not come in time.
+    pub(super) fn proxy_header_timed_out(&mut self, token: usize) {
+        let conn = &self.conns[token];
+        let reason = format!(
+            "pygev: connection {} from {} sent no complete PROXY protocol header within {:?}",
+            conn.id,
+            describe_peer(conn),
+            PROXY_HEADER_TIMEOUT
+        );
+        self.close_now(token, CloseCause::Abort(reason));
+    }
+
+    /// The address a connection announced after its header is to have: the client's
+    /// from the header, else the socket's own peer.
+    pub(super) fn take_proxied(&mut self, token: usize) -> Option<Address> {
+        if self.proxied.is_empty() {
+            return None;
+        }
+        self.proxied.remove(&token)
+    }
+}
+
+fn describe_peer(conn: &super::Conn) -> String {
+    conn.transport
+        .peer_addr()
+        .map_or_else(|_| "a peer that left".to_string(), |a| a.to_string())
+}

@@ -22,6 +22,7 @@ from pygev._pygev import (
     Connection,
     ConnectionClosed,
     Delimited,
+    HttpRequest,
     LengthPrefix,
     Raw,
     RingBuffer,
@@ -33,7 +34,7 @@ from pygev._pygev import (
     _register_classes,
 )
 from pygev._server import Server
-from pygev._websocket import Accept, Reject, WebSocketHandler
+from pygev._websocket import Accept, Reject, Response, WebSocketHandler
 from pygev._workers import run
 
 # The compiled module recognises these classes; it never imports the package itself.
@@ -42,6 +43,7 @@ _register_classes(
     websocket_handler=WebSocketHandler,
     accept=Accept,
     reject=Reject,
+    response=Response,
     resume=_Resumed,
     wake=_wake,
     ready=_READY,
@@ -65,10 +67,12 @@ __all__ = [
     "ConnectionClosed",
     "Delimited",
     "Handler",
+    "HttpRequest",
     "LengthPrefix",
     "Protocol",
     "Raw",
     "Reject",
+    "Response",
     "RingBuffer",
     "Server",
     "TLSInfo",

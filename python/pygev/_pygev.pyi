@@ -18,13 +18,14 @@ from typing_extensions import Protocol as _TypingProtocol
 
 from pygev._handler import Handler
 from pygev._protocol import Protocol
-from pygev._websocket import Accept, Reject, WebSocketHandler
+from pygev._websocket import Accept, Reject, Response, WebSocketHandler
 
 __all__ = [
     "TLS",
     "Connection",
     "ConnectionClosed",
     "Delimited",
+    "HttpRequest",
     "LengthPrefix",
     "Raw",
     "RingBuffer",
@@ -911,6 +912,35 @@ class WebSocketRequest:
         """The value of header ``name`` (any case), or ``default``; repeated fields are
         joined with ``", "``."""
 
+@final
+class HttpRequest:
+    """A plain HTTP request on a WebSocket port (not an upgrade; a load balancer's health
+    check, say), as ``on_http_request(conn, request)`` sees it."""
+
+    @property
+    def method(self) -> str:
+        """``"GET"``, ``"HEAD"``, ... as sent."""
+
+    @property
+    def path(self) -> str:
+        """The request target's path, e.g. ``"/healthz"``."""
+
+    @property
+    def query(self) -> str | None:
+        """What follows ``?`` in the request target, or ``None``."""
+
+    @property
+    def version(self) -> str:
+        """``"HTTP/1.0"`` or ``"HTTP/1.1"``."""
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """Every header field in order, as ``(name, value)`` with lower-case names."""
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        """The value of header ``name`` (any case), or ``default``; repeated fields are
+        joined with ``", "``."""
+
 @type_check_only
 class ProvidesProtocol(_TypingProtocol):
     """An object that hands over a plugin's capsule (see docs/plugins.md)."""
@@ -933,6 +963,7 @@ def _register_classes(
     websocket_handler: type[WebSocketHandler],
     accept: type[Accept],
     reject: type[Reject],
+    response: type[Response],
     resume: Callable[[Any, Any], Any],
     wake: Callable[[Any, BaseException | None], None],
     ready: Any,

@@ -1,4 +1,5 @@
-"""WebSocket handlers and the answers of the ``on_handshake`` hook."""
+"""WebSocket handlers and the answers of the ``on_handshake`` and ``on_http_request``
+hooks."""
 
 from __future__ import annotations
 
@@ -27,6 +28,15 @@ class WebSocketHandler:
     :class:`Accept` (pick a subprotocol, add headers) or a :class:`Reject` (an HTTP status
     and reason). An exception there refuses the request with 500. Without the method, the
     loop threads accept every valid request themselves, without a trip to Python.
+
+    To answer plain HTTP requests on the WebSocket port (not upgrades: a load balancer's
+    ``GET /healthz``), define ``on_http_request(self, conn, request)``: it gets a
+    :class:`pygev.HttpRequest` (method, path, query, headers) and returns a
+    :class:`Response` (status, headers, a body of at most 1 MiB), written before the
+    connection closes, or ``None`` to refuse it as without the method (400, or 426 when it
+    lacks ``Sec-WebSocket-Version``). An exception there answers 500. Such a connection
+    gets neither ``on_connect`` nor ``on_close``. A request with a body, or one asking
+    for an upgrade, never reaches it.
 
     Every callback, ``on_handshake`` included, may be an ``async def`` (see
     :class:`pygev.Handler`).
@@ -62,3 +72,15 @@ class Reject:
 
     status: int = 403
     reason: str = "Forbidden"
+
+
+@dataclass(frozen=True)
+class Response:
+    """``on_http_request``'s answer to a plain HTTP request: a status (200 to 599), header
+    fields (``Content-Length`` and ``Connection: close`` are added) and a body (``str`` is
+    sent as UTF-8 ``text/plain`` unless a ``Content-Type`` is given; none is sent to a
+    ``HEAD``)."""
+
+    status: int = 200
+    body: bytes | str = b""
+    headers: Sequence[tuple[str, str]] = ()

@@ -7,6 +7,7 @@ mod dial;
 mod dispatcher;
 mod drain;
 mod errors;
+mod http_request;
 mod logging;
 mod mode;
 mod package;
@@ -28,6 +29,8 @@ mod _pygev {
     use crate::connection::Connection;
     #[pymodule_export]
     use crate::errors::{ConnectionClosed, WebSocketHandshakeError};
+    #[pymodule_export]
+    use crate::http_request::PyHttpRequest;
     #[pymodule_export]
     use crate::package::_register_classes;
     #[pymodule_export]

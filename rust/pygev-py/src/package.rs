@@ -1,6 +1,6 @@
 //! What the Python package hands the compiled module when it is imported: the classes
 //! written in Python that the binding must recognise (`pygev.Protocol`,
-//! `pygev.WebSocketHandler`, `pygev.Accept`, `pygev.Reject`) and the helper that lets an
+//! `pygev.WebSocketHandler`, `pygev.Accept`, `pygev.Reject`, `pygev.Response`) and the helper that lets an
 //! `async def` callback go on in an asyncio task. Rust never imports the package's modules
 //! itself.
 
@@ -16,6 +16,7 @@ pub(crate) struct Classes {
     pub(crate) websocket_handler: Py<PyType>,
     pub(crate) accept: Py<PyType>,
     pub(crate) reject: Py<PyType>,
+    pub(crate) response: Py<PyType>,
     /// `pygev._awaiting._Resumed(coro, waiting)`: a callback's coroutine, whose first step
     /// ran here, as something an asyncio task can run on.
     pub(crate) resume: Py<PyAny>,
@@ -37,13 +38,14 @@ pub(crate) fn classes(py: Python<'_>) -> Result<&Classes, Error> {
 /// Called once by `pygev/__init__.py` with the classes the binding recognises.
 #[pyfunction]
 #[allow(clippy::too_many_arguments)] // keyword-only, one per class
-#[pyo3(signature = (*, protocol, websocket_handler, accept, reject, resume, wake, ready))]
+#[pyo3(signature = (*, protocol, websocket_handler, accept, reject, response, resume, wake, ready))]
 pub(crate) fn _register_classes(
     py: Python<'_>,
     protocol: Py<PyType>,
     websocket_handler: Py<PyType>,
     accept: Py<PyType>,
     reject: Py<PyType>,
+    response: Py<PyType>,
     resume: Py<PyAny>,
     wake: Py<PyAny>,
     ready: Py<PyAny>,
@@ -53,6 +55,7 @@ pub(crate) fn _register_classes(
         websocket_handler,
         accept,
         reject,
+        response,
         resume,
         wake,
         ready,

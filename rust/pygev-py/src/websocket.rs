@@ -108,6 +108,7 @@ impl WebSocket {
                 threshold: compression_threshold,
             },
             handshake_hook: false,
+            http_hook: false,
             ping_interval: ping_interval
                 .map(|s| duration("ping_interval", s))
                 .transpose()?,
@@ -153,10 +154,16 @@ impl WebSocket {
 }
 
 impl WebSocket {
-    /// The framing the loops run, with or without a handshake hook.
-    pub(crate) fn core(&self, handshake_hook: bool) -> Arc<pygev_core::websocket::WebSocket> {
+    /// The framing the loops run, with or without the hooks for upgrade requests and for
+    /// plain HTTP requests.
+    pub(crate) fn core(
+        &self,
+        handshake_hook: bool,
+        http_hook: bool,
+    ) -> Arc<pygev_core::websocket::WebSocket> {
         Arc::new(pygev_core::websocket::WebSocket::new(Settings {
             handshake_hook,
+            http_hook,
             ..self.settings.clone()
         }))
     }

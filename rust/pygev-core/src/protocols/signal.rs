@@ -5,6 +5,7 @@
 
 use crate::websocket::client_handshake::{Accepted, HandshakeFailure};
 use crate::websocket::handshake::UpgradeRequest;
+use crate::websocket::http_request::HttpRequest;
 
 /// What a message is, for framings whose messages have kinds (WebSocket's text and
 /// binary); every other framing's messages are `Binary`.
@@ -23,6 +24,9 @@ pub enum Signal {
     /// WebSocket: an upgrade request held for the dispatcher's handshake hook. The
     /// connection reads nothing more until [`Control::Accept`] answers it (or it closes).
     Upgrade(Box<UpgradeRequest>),
+    /// WebSocket: a plain HTTP request (not an upgrade) held for the dispatcher's HTTP
+    /// hook, which answers it and closes the connection.
+    HttpRequest(Box<HttpRequest>),
     /// WebSocket: the handshake completed (a server's loop answered the upgrade itself,
     /// or a client's got its 101).
     Opened {
@@ -65,6 +69,7 @@ impl Signal {
                 let fields = request.headers.iter().map(|(n, v)| n.len() + v.len() + 48);
                 std::mem::size_of::<UpgradeRequest>() + request.path.len() + fields.sum::<usize>()
             }
+            Signal::HttpRequest(request) => request.held_bytes(),
             Signal::Opened { answer, .. } => answer.as_ref().map_or(0, |a| a.held_bytes()),
             Signal::HandshakeFailed(failure) => failure.held_bytes(),
             Signal::Ending { close } => close.as_ref().map_or(0, Vec::capacity),

@@ -7,6 +7,7 @@ pub mod client_handshake;
 pub mod deflate;
 pub mod frames;
 pub mod handshake;
+pub mod http_request;
 pub mod masking;
 mod protocol;
 mod session;

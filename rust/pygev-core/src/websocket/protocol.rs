@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use super::deflate::{self, Agreed};
 use super::frames::Reader;
 use super::handshake::{self, Limits, UpgradeRequest};
+use super::http_request;
 use super::session;
 use super::state::{state_of, state_ref, Phase, State};
 use crate::protocols::{
@@ -29,6 +30,9 @@ pub struct Settings {
     pub deflate: deflate::Settings,
     /// Whether a hook in the dispatcher answers each upgrade request.
     pub handshake_hook: bool,
+    /// Whether a hook in the dispatcher answers plain HTTP requests (not upgrades), such
+    /// as a load balancer's health check; without it they are refused (400 or 426).
+    pub http_hook: bool,
     /// Close a connection whose upgrade request is not complete and answered by then.
     pub handshake_timeout: Duration,
     /// Ping a peer silent for this long...
@@ -44,6 +48,7 @@ impl Default for Settings {
             limits: Limits::default(),
             deflate: deflate::Settings::default(),
             handshake_hook: false,
+            http_hook: false,
             handshake_timeout: Duration::from_secs(10),
             ping_interval: None,
             ping_timeout: Duration::from_secs(20),
@@ -101,6 +106,18 @@ impl WebSocket {
             Ok(None) => return Ok(0),
             Ok(Some(parsed)) => parsed,
             Err(refusal) => {
+                if self.settings.http_hook {
+                    let limits = &self.settings.limits;
+                    if let Some((request, used)) =
+                        http_request::parse(input, limits, refusal.clone())
+                    {
+                        // Held for the hook (the handshake timeout runs); it answers and
+                        // closes.
+                        state.phase = Phase::Pending(None);
+                        sink.signal(Signal::HttpRequest(Box::new(request)));
+                        return Ok(used);
+                    }
+                }
                 sink.reply().extend_from_slice(&refusal.response());
                 sink.close_after_reply(Some(format!(
                     "pygev: WebSocket handshake refused with {}: {}",

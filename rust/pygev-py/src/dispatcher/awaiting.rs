@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pygev_core::websocket::handshake::UpgradeRequest;
+use pygev_core::websocket::http_request::HttpRequest;
 use pygev_core::DispatchQueue;
 use pyo3::exceptions::asyncio::CancelledError;
 use pyo3::prelude::*;
@@ -44,6 +45,8 @@ pub(crate) enum Then {
     Reply,
     /// `on_handshake` over this request: its answer accepts or refuses the upgrade.
     Handshake(Box<UpgradeRequest>),
+    /// `on_http_request` over this plain request: its answer goes out, then the close.
+    HttpRequest(Box<HttpRequest>),
     /// `on_close`: nothing follows it.
     Closed,
     /// A timer's callback: no connection.
@@ -56,6 +59,7 @@ impl Then {
             Then::Connected => "on_connect",
             Then::Reply => "on_message",
             Then::Handshake(_) => "on_handshake",
+            Then::HttpRequest(_) => "on_http_request",
             Then::Closed => "on_close",
             Then::Timer => "timer callback",
         }
@@ -63,7 +67,10 @@ impl Then {
 
     /// Whether the connection's later work waits for it.
     fn holds(&self) -> bool {
-        matches!(self, Then::Connected | Then::Reply | Then::Handshake(_))
+        matches!(
+            self,
+            Then::Connected | Then::Reply | Then::Handshake(_) | Then::HttpRequest(_)
+        )
     }
 }
 
@@ -456,7 +463,7 @@ impl<'py> Dispatcher<'py> {
                     "pygev: {what} of connection {} was cancelled",
                     conn.get().id_value()
                 );
-                if let Then::Handshake(_) = then {
+                if let Then::Handshake(_) | Then::HttpRequest(_) = then {
                     conn.get().request_close(); // never answered
                 }
             }
@@ -469,6 +476,11 @@ impl<'py> Dispatcher<'py> {
             }
             (Then::Handshake(request), result) => {
                 conn.get().mode().answered(self, &conn, &request, result);
+            }
+            (Then::HttpRequest(request), result) => {
+                conn.get()
+                    .mode()
+                    .http_answered(self, &conn, &request, result);
             }
             (_, Err(err)) => self.callback_failed(what, &conn, err),
             (Then::Reply, Ok(value)) if !value.is_none() && !conn.get().is_over() => {

@@ -54,6 +54,8 @@ pub(crate) struct Callbacks {
     pub(crate) on_close: Py<PyAny>,
     /// A WebSocket handler's `on_handshake`, if it has one.
     pub(crate) on_handshake: Option<Py<PyAny>>,
+    /// A WebSocket handler's `on_http_request`, if it has one.
+    pub(crate) on_http_request: Option<Py<PyAny>>,
 }
 
 impl Callbacks {
@@ -77,6 +79,10 @@ impl Callbacks {
                 true => handler.getattr("on_handshake").ok().map(Bound::unbind),
                 false => None,
             },
+            on_http_request: match websocket {
+                true => handler.getattr("on_http_request").ok().map(Bound::unbind),
+                false => None,
+            },
         })
     }
 
@@ -85,7 +91,8 @@ impl Callbacks {
         visit.call(&self.on_connect)?;
         visit.call(&self.on_message)?;
         visit.call(&self.on_close)?;
-        visit.call(self.on_handshake.as_ref())
+        visit.call(self.on_handshake.as_ref())?;
+        visit.call(self.on_http_request.as_ref())
     }
 }
 

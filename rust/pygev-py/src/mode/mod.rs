@@ -9,6 +9,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use pygev_core::websocket::handshake::UpgradeRequest;
+use pygev_core::websocket::http_request::HttpRequest;
 use pygev_core::{Frames, MessageKind, Protocol, Signal};
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
@@ -133,6 +134,21 @@ pub(crate) trait Mode: Send + Sync {
         );
     }
 
+    /// An `on_http_request` that awaited has ended with `answer`: answer the held plain
+    /// HTTP `request` and close.
+    fn http_answered(
+        &self,
+        _dispatcher: &mut Dispatcher<'_>,
+        conn: &Py<Connection>,
+        _request: &HttpRequest,
+        _answer: PyResult<Bound<'_, PyAny>>,
+    ) {
+        log::error!(
+            "pygev: connection {} got an HTTP answer its mode does not expect",
+            conn.get().id_value()
+        );
+    }
+
     /// `conn.close(code, reason)` before the connection is closed: WebSocket sends its
     /// close frame (checking code and reason); the others ignore both.
     fn close(&self, _conn: &Connection, _code: i64, _reason: &str) -> Result<(), Error> {
@@ -208,7 +224,8 @@ pub(crate) fn choose(
     match websocket {
         Some(ws) if ws_handler => {
             let hook = handler.hasattr("on_handshake")?;
-            Ok(Arc::new(WebSocketMode::new(ws.get().core(hook))))
+            let http = handler.hasattr("on_http_request")?;
+            Ok(Arc::new(WebSocketMode::new(ws.get().core(hook, http))))
         }
         Some(_) => Err(Error::Type(
             "pygev: protocol=pygev.WebSocket() needs a pygev.WebSocketHandler".into(),

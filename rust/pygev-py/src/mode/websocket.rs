@@ -9,6 +9,7 @@ use pygev_core::websocket::client::WebSocketClient;
 use pygev_core::websocket::client_handshake::Accepted;
 use pygev_core::websocket::frames::{self, opcode};
 use pygev_core::websocket::handshake::{self, UpgradeRequest};
+use pygev_core::websocket::http_request::HttpRequest;
 use pygev_core::websocket::masking::{next_key, write_masked_frame};
 use pygev_core::websocket::WebSocket;
 use pygev_core::{Control, MessageKind, Protocol, Signal};
@@ -22,6 +23,7 @@ use crate::connection::Connection;
 use crate::dial;
 use crate::dispatcher::{type_name, Dispatcher, Frame, Then};
 use crate::errors::{self, Error};
+use crate::http_request::{response_of, PyHttpRequest};
 use crate::websocket::WebSocketRequest;
 
 /// A connection's phase (`Connection::phase`).
@@ -223,6 +225,54 @@ impl WebSocketMode {
         }
     }
 
+    /// Runs the `on_http_request` hook over a held plain request; its answer goes out and
+    /// the connection closes.
+    fn http_request(
+        &self,
+        d: &mut Dispatcher<'_>,
+        conn: &Py<Connection>,
+        request: Box<HttpRequest>,
+    ) {
+        let py = d.py();
+        let hook = d
+            .callbacks_of(conn.get())
+            .on_http_request
+            .as_ref()
+            .map(|h| h.clone_ref(py));
+        let Some(hook) = hook else {
+            return answer_and_close(conn, &request.refusal.response());
+        };
+        d.enter_callback();
+        let asked = Py::new(
+            py,
+            PyHttpRequest {
+                inner: (*request).clone(),
+            },
+        )
+        .and_then(|r| hook.bind(py).call1((conn.bind(py), r)));
+        if let Some(answer) = d.settle(asked, Some(conn), Then::HttpRequest(request.clone())) {
+            self.http_answer(d, conn, &request, answer);
+        }
+    }
+
+    /// Sends what `on_http_request` answered, then closes.
+    fn http_answer(
+        &self,
+        d: &mut Dispatcher<'_>,
+        conn: &Py<Connection>,
+        request: &HttpRequest,
+        answer: PyResult<Bound<'_, PyAny>>,
+    ) {
+        match answer.and_then(|answer| response_of(&answer, request)) {
+            Ok(response) => answer_and_close(conn, &response),
+            Err(err) => {
+                d.report("on_http_request", conn, &err);
+                refuse(conn, 500, "Internal Server Error");
+                d.maybe_stop(err);
+            }
+        }
+    }
+
     /// Accepts or refuses the upgrade as `on_handshake` answered.
     fn answer(
         &self,
@@ -333,6 +383,18 @@ impl Mode for WebSocketMode {
         }
     }
 
+    fn http_answered(
+        &self,
+        d: &mut Dispatcher<'_>,
+        conn: &Py<Connection>,
+        request: &HttpRequest,
+        answer: PyResult<Bound<'_, PyAny>>,
+    ) {
+        if !conn.get().is_closed() {
+            self.http_answer(d, conn, request, answer);
+        }
+    }
+
     fn on_signal(&self, d: &mut Dispatcher<'_>, conn: &Py<Connection>, signal: Signal) {
         if conn.get().is_closed() {
             return;
@@ -359,6 +421,7 @@ impl Mode for WebSocketMode {
                 d.connected(conn);
             }
             Signal::Upgrade(request) => self.handshake(d, conn, &request),
+            Signal::HttpRequest(request) => self.http_request(d, conn, request),
             Signal::HandshakeFailed(failure) => {
                 if let Side::Client(client) = &self.side {
                     let error = errors::handshake_failed(d.py(), &client.url, &failure);
@@ -462,10 +525,14 @@ impl Mode for WebSocketMode {
 
 /// Refuses the upgrade with `status` and closes.
 fn refuse(conn: &Py<Connection>, status: u16, reason: &str) {
-    let response = handshake::error_response(status, reason);
+    answer_and_close(conn, &handshake::error_response(status, reason));
+}
+
+/// Writes a complete HTTP response, then closes.
+fn answer_and_close(conn: &Py<Connection>, response: &[u8]) {
     let _ = conn
         .get()
-        .post_frame(response.len(), |out| out.extend_from_slice(&response));
+        .post_frame(response.len(), |out| out.extend_from_slice(response));
     conn.get().request_close();
 }
 

@@ -23,6 +23,7 @@ mod tag {
     pub const END: u8 = b'E';
     pub const ACCEPT: u8 = b'A';
     pub const CLOSE: u8 = b'C';
+    pub const HTTP: u8 = b'P';
 }
 
 /// Everything in the sink, in order, written down as in [`tag`].
@@ -36,6 +37,7 @@ fn items(sink: &mut FrameSink) -> Vec<Vec<u8>> {
             tagged(kind, &data)
         }
         Item::Signal(Signal::Upgrade(request)) => tagged(tag::HANDSHAKE, request.path.as_bytes()),
+        Item::Signal(Signal::HttpRequest(request)) => tagged(tag::HTTP, request.path.as_bytes()),
         Item::Signal(Signal::Opened { compressed, .. }) => vec![tag::OPEN, u8::from(compressed)],
         Item::Signal(Signal::Ending { close: Some(close) }) => {
             let mut end = vec![tag::END, 1];
@@ -404,6 +406,24 @@ fn a_bad_request_is_answered_and_closed() {
     assert!(outcome.closed);
     assert!(outcome.replies.starts_with(b"HTTP/1.1 400 Bad Request\r\n"));
     assert!(outcome.frames.is_empty());
+}
+
+proptest! {
+    /// With the HTTP hook, a plain request split anywhere is held for it, once, and
+    /// nothing is answered by the loop; without it, the same request is refused.
+    #[test]
+    fn a_plain_request_goes_to_the_http_hook_however_split(
+        cuts in proptest::collection::vec(any::<usize>(), 0..6),
+    ) {
+        let request = b"GET /healthz?x=1 HTTP/1.1\r\nHost: lb\r\n\r\n";
+        let hooked = WebSocket::new(Settings { http_hook: true, ..Settings::default() });
+        let outcome = run(&hooked, request, &cuts);
+        prop_assert_eq!(outcome.frames, vec![tagged(tag::HTTP, b"/healthz")]);
+        prop_assert!(outcome.replies.is_empty() && !outcome.closed);
+        let plain = run(&WebSocket::new(Settings::default()), request, &cuts);
+        prop_assert!(plain.closed && plain.frames.is_empty());
+        prop_assert!(plain.replies.starts_with(b"HTTP/1.1 400 Bad Request\r\n"));
+    }
 }
 
 #[test]

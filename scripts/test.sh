@@ -17,6 +17,7 @@ python -m pip install -q -e ".[test,lint]"
 missing=()
 command -v redis-server > /dev/null || missing+=(redis-server)
 command -v openssl > /dev/null || missing+=(openssl)
+command -v haproxy > /dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
         echo "== apt-get install ${missing[*]}"

@@ -278,7 +278,11 @@ def test_a_broadcast_with_drain_keeps_memory_bounded_and_serves_the_readers(
 
     async def main() -> dict[str, Any]:
         handler = Conns()
-        server = pygev.Server(handler, "127.0.0.1:0", write_high_water=high, num_loops=2)
+        # A generous drain_timeout: each reader's last bytes must go out even when the
+        # machine is loaded (a close past it resets, and the reader would lose them).
+        server = pygev.Server(
+            handler, "127.0.0.1:0", write_high_water=high, num_loops=2, drain_timeout=60
+        )
         serving = asyncio.create_task(server.serve())
         host, port = server.address
         idle = []

@@ -8,7 +8,7 @@ import asyncio
 import socket
 from typing import Callable
 
-from conftest import WAIT, LogCapture, ServerThread, recv_until_eof
+from conftest import WAIT, LogCapture, ServerThread, recv_exactly, recv_until_eof, wait_until
 from wsraw import BINARY, frame, read_response, upgrade_request
 
 import pygev
@@ -92,11 +92,14 @@ def test_the_hook_answers_plain_requests(serve: Serve) -> None:
         ("GET", "/healthz", "deep=1", "HTTP/1.1", "lb"),
         ("GET", "/bytes", None, "HTTP/1.0", "lb"),
     ]
+    wait_until(lambda: server.stats()["closed"] == 4, what="the 4 requests closed")
+    server.stop()  # (every callback queued before has run)
     assert handler.events == [], "no on_connect or on_close for a plain request"
 
 
 def test_none_refuses_as_without_the_hook(serve: Serve) -> None:
-    with_hook = serve(Health())
+    hooked = Health()
+    with_hook = serve(hooked)
     without = serve(pygev.WebSocketHandler())
     answers = [http(server, get("/other")) for server in (with_hook, without)]
     assert answers[0] == answers[1]
@@ -106,6 +109,7 @@ def test_none_refuses_as_without_the_hook(serve: Serve) -> None:
     assert http(with_hook, post)[0] == 400
     bad_upgrade = b"GET /healthz HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n"
     assert http(with_hook, bad_upgrade)[0] == 400
+    assert [r[1] for r in hooked.requests] == ["/other"], "the hook saw the plain one only"
 
 
 def test_a_failing_or_wrong_hook_answers_500(serve: Serve, pygev_log: LogCapture) -> None:
@@ -131,7 +135,7 @@ def test_upgrades_still_work_beside_the_hook(serve: Serve) -> None:
         status, _, _ = read_response(sock)
         assert status == 101
         sock.sendall(frame(BINARY, b"still a websocket", mask=True))
-        assert sock.recv(64) == b"\x82\x11still a websocket"
+        assert recv_exactly(sock, 19) == b"\x82\x11still a websocket"
     assert handler.requests == []
 
 

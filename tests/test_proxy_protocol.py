@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import ssl
 import struct
 from pathlib import Path
 from typing import Any, Callable
@@ -152,7 +153,7 @@ def test_a_peer_that_is_not_a_trusted_proxy_is_refused(serve: Serve, pygev_log: 
     with server.connect() as sock:
         sock.sendall(v1(("203.0.113.1", 1)))
         expect_reset(sock)
-    record = pygev_log.wait_for("not a trusted proxy")
+    record = pygev_log.wait_for("not from a trusted proxy")
     assert "127.0.0.1" in record.getMessage() and record.levelname == "WARNING"
     assert handler.peers == []
     trusting = serve(
@@ -170,7 +171,7 @@ def test_a_missing_header_is_reset_after_its_timeout(serve: Serve, pygev_log: Lo
         expect_reset(sock, timeout=WAIT + 10)
     pygev_log.wait_for("sent no complete PROXY protocol header within 10s")
     assert handler.peers == []
-    assert server.stats()["connections"] == 0
+    wait_until(lambda: server.stats()["connections"] == 0, what="the connection closed")
 
 
 def test_the_header_comes_before_tls(serve: Serve, pki: Pki) -> None:  # noqa: F811
@@ -233,3 +234,73 @@ def test_without_proxy_protocol_a_header_is_just_data(serve: Serve) -> None:
     server = serve(Peers())
     with server.connect() as sock:
         echo(sock, v1(("192.0.2.1", 1)))
+
+
+def test_a_header_and_a_client_hello_in_one_segment(serve: Serve, pki: Pki) -> None:  # noqa: F811
+    """What follows the header in the same read is the TLS handshake's first flight."""
+    handler = Peers()
+    server = serve(handler, tls=pygev.TLS(pki.certfile, pki.keyfile), proxy_protocol=True)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = pki.client_context().wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with server.connect() as sock:
+        try:
+            tls.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        sock.sendall(v2(("192.0.2.33", 3333)) + outgoing.read())  # one segment
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                sock.sendall(outgoing.read())
+                data = sock.recv(65536)
+                assert data, "closed during the handshake"
+                incoming.write(data)
+        sock.sendall(outgoing.read())
+        tls.write(b"sealed")
+        sock.sendall(outgoing.read())
+        plain = b""
+        while len(plain) < 6:
+            try:
+                plain += tls.read(6 - len(plain))
+            except ssl.SSLWantReadError:
+                incoming.write(sock.recv(65536))
+        assert plain == b"sealed"
+    assert handler.peers == [("192.0.2.33", 3333)]
+
+
+def test_a_header_larger_than_a_read(serve: Serve) -> None:
+    """A v2 header may carry up to 64 KiB of TLVs: more than one read takes."""
+    handler = Peers()
+    server = serve(handler, proxy_protocol=True)
+    tlv = bytes([0xE0]) + struct.pack("!H", 65000) + b"t" * 65000  # a custom TLV, skipped
+    with server.connect() as sock:
+        sock.sendall(v2(("192.0.2.44", 4444), tlvs=tlv) + b"after")
+        assert recv_exactly(sock, 5) == b"after"
+    assert handler.peers == [("192.0.2.44", 4444)]
+
+
+def test_stop_while_a_header_is_pending(serve: Serve) -> None:
+    handler = Peers()
+    server = serve(handler, proxy_protocol=True)
+    with server.connect() as sock:
+        sock.sendall(b"PROXY TCP4 192.0.2.1")  # and no more
+        wait_until(lambda: server.stats()["accepted"] == 1, what="the accept")
+        server.stop(timeout=WAIT)  # returns: the pending connection is simply closed
+        assert sock.recv(16) == b""
+    assert handler.peers == []
+
+
+def test_refused_and_timed_out_connections_leave_the_counts_right(serve: Serve) -> None:
+    server = serve(Peers(), proxy_protocol=True, trusted_proxies=["192.0.2.0/24"])
+    for _ in range(3):
+        with server.connect() as sock:
+            expect_reset(sock)
+    trusting = serve(Peers(), proxy_protocol=True)
+    with trusting.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        expect_reset(sock)
+    wait_until(lambda: trusting.stats()["closed"] == 1, what="the close counted")
+    assert server.stats()["connections"] == 0 and server.stats()["accepted"] == 0
+    assert trusting.stats()["connections"] == 0 and trusting.stats()["accepted"] == 1

@@ -52,9 +52,9 @@ class Deployment:
     """A supervisor with 2 workers in a subprocess, listening on a fixed TCP port, on port
     0 or on a Unix socket (`kind`); its stderr (the log) is collected."""
 
-    def __init__(self, tmp_path: Path, kind: str = "tcp") -> None:
+    def __init__(self, tmp_path: Path, kind: str = "tcp", source: str = SCRIPT) -> None:
         script = tmp_path / "workers.py"
-        script.write_text(SCRIPT)
+        script.write_text(source)
         self.kind = kind
         self.socket_file = tmp_path / "workers.sock"
         address = {
@@ -263,3 +263,58 @@ def test_bad_arguments_are_refused() -> None:
         pygev.run(lambda: pygev.Server(pygev.Handler(), "127.0.0.1:0"), workers=0)
     with pytest.raises(ValueError, match="restart_delay"):
         pygev.run(lambda: pygev.Server(pygev.Handler(), "127.0.0.1:0"), 2, restart_delay=0)
+
+
+TWO_SERVERS = """
+import logging, os, pathlib, sys, pygev
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+class Pid(pygev.Handler):
+    def on_message(self, conn, ctx, data):
+        return f"{os.getpid()}\\n".encode()
+
+kept = []
+
+def make_server():
+    failed = pathlib.Path(os.environ["FAIL_FLAG"])
+    if not failed.exists():  # the very first start fails, before anything is bound
+        failed.write_text("once")
+        raise RuntimeError("the first start fails")
+    first = pygev.Server(Pid(), sys.argv[1], num_loops=1)
+    second = pygev.Server(Pid(), sys.argv[1], num_loops=1)
+    kept.append(second)
+    os.write(2, f"second of {os.getpid()} on {second.address[1]}\\n".encode())
+    os.write(2, f"worker {os.getpid()} listens on {first.address}\\n".encode())
+    return first
+
+pygev.run(make_server, workers=2, restart_delay=0.2)
+"""
+
+
+def test_a_first_worker_failing_and_two_port_0_servers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first worker fails before it reports: it is started again, and the others wait
+    for its report. It builds two servers on port 0: every worker binds the same two
+    ports, the first server's on the first port and the second's on the second."""
+    monkeypatch.setenv("FAIL_FLAG", str(tmp_path / "failed"))
+    deployment = Deployment(tmp_path, "port0", TWO_SERVERS)
+    try:
+        socks, pids = deployment.pids(20)
+        for sock in socks:
+            sock.close()
+        assert len(pids) == 2, pids
+        deployment.wait_log(r"exited with 1 .* starting it again")
+        seconds = {
+            line.split()[2]: line.split()[4]
+            for line in deployment.log
+            if line.startswith("second of")
+        }
+        firsts = {
+            line.partition(" listens on ")[2] for line in deployment.log if "listens on" in line
+        }
+        assert set(seconds) >= {str(pid) for pid in pids}, deployment.log
+        assert len(set(seconds.values())) == 1 and len(firsts) == 1, deployment.log
+        first_port = deployment.target[1] if isinstance(deployment.target, tuple) else None
+        assert first_port is not None and str(first_port) not in seconds.values()
+    finally:
+        deployment.stop()

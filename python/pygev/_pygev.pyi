@@ -356,7 +356,9 @@ class Connection:
     @property
     def peer_addr(self) -> Any:
         """The peer's address: ``(host, port)``, or on a Unix socket ``"unix:/path"``,
-        ``"unix:@name"`` or ``"unix:"`` (a client that bound no name). Thread-safe.
+        ``"unix:@name"`` or ``"unix:"`` (a client that bound no name). Behind a proxy
+        (``proxy_protocol=True``) it is the client's address from the PROXY header.
+        Thread-safe.
 
         Typed ``Any`` (as asyncio's ``getpeername``) so that ``host, port =
         conn.peer_addr`` type-checks on TCP servers."""
@@ -503,8 +505,10 @@ class Server:
                 ``EADDRINUSE``, and the file is removed on :meth:`stop`) or ``"unix:@name"``
                 (Linux's abstract namespace, no file), or a socket already listening
                 (a ``socket.socket``, or any object with ``fileno()``: TCP or Unix, handed
-                down by a parent process or systemd; the server listens on a duplicate
-                and leaves a Unix socket's file to its binder). Default
+                down by a parent process or systemd; the server listens on a duplicate,
+                which shares the original's non-blocking mode (it becomes non-blocking),
+                ignores ``reuse_port``, ``backlog`` and ``unix_mode`` (the socket is bound
+                and listening already) and leaves a Unix socket's file to its binder). Default
                 ``"0.0.0.0:1833"``. ``None``: no listener, a server whose loops only serve
                 the connections it dials with :meth:`connect`.
             num_loops: Reactor (loop) threads; 0 means one per CPU.

@@ -33,8 +33,8 @@ class WebSocketHandler:
     ``GET /healthz``), define ``on_http_request(self, conn, request)``: it gets a
     :class:`pygev.HttpRequest` (method, path, query, headers) and returns a
     :class:`Response` (status, headers, a body of at most 1 MiB), written before the
-    connection closes, or ``None`` to refuse it as without the method (400, or 426 when it
-    lacks ``Sec-WebSocket-Version``). An exception there answers 500. Such a connection
+    connection closes, or ``None`` to refuse it as without the method (400: not an
+    upgrade). An exception there answers 500. Such a connection
     gets neither ``on_connect`` nor ``on_close``. A request with a body, or one asking
     for an upgrade, never reaches it.
 

@@ -49,8 +49,7 @@ def run(
     With one worker the server is built and started here. With more, this process
     supervises: each worker process calls ``make_server()`` (so handlers and their state
     are per process) with ``reuse_port=True`` by default, and serves until it is told to
-    stop. Give the servers a fixed port: with port 0 each worker would get a port of its
-    own. A worker that exits is started again after ``restart_delay`` seconds, doubled
+    stop. A worker that exits is started again after ``restart_delay`` seconds, doubled
     (up to ``max_restart_delay``) while workers die within 10 s of their start, with a
     log line each time. SIGTERM or SIGINT to this process stops every worker gracefully;
     a worker still running ``stop_timeout`` seconds later (or at a second signal) is
@@ -93,8 +92,8 @@ _MISSING = object()
 
 
 def _address_key(address: object) -> str | None:
-    """The address a supervisor may share, as a key: a Unix socket's, or a TCP address
-    with port 0 (``None`` for any other)."""
+    """The address a supervisor may share: a Unix socket's, or a TCP address with port 0
+    (``None`` for any other)."""
     if isinstance(address, tuple) and len(address) >= 2 and address[1] == 0:
         host = str(address[0])
         return f"[{host}]:0" if ":" in host else f"{host}:0"
@@ -114,14 +113,22 @@ class _Binding:
         self.shared = shared
         #: The first worker's servers built with a shareable address.
         self.made: list[tuple[str, _server.Server]] | None = [] if first else None
+        #: How many servers were built for each shareable address: the n-th server for an
+        #: address gets the n-th socket bound for it (two port-0 servers, two ports).
+        self.seen: dict[str, int] = {}
 
     def arguments(
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[tuple[Any, ...], str | None]:
         kwargs.setdefault("reuse_port", True)
         given = args[1] if len(args) > 1 else kwargs.get("address", _MISSING)
-        key = _address_key(given)
-        if key is None or key not in self.shared:
+        address = _address_key(given)
+        if address is None:
+            return args, None
+        count = self.seen.get(address, 0)
+        self.seen[address] = count + 1
+        key = f"{address}#{count}"
+        if key not in self.shared:
             return args, key
         inherited = self.shared[key]
         if len(args) > 1:
@@ -139,11 +146,12 @@ class _Binding:
         descriptors) and the ports it got for port 0."""
         entries: list[dict[str, str]] = []
         fds: list[int] = []
-        for key, server in self.made or []:
+        made, self.made = self.made or [], None  # (servers it dropped are not kept alive)
+        for key, server in made:
             if key.startswith("unix:"):
                 fd = server._share_listener()
                 if fd is not None:
-                    entries.append({"key": key})
+                    entries.append({"key": key, "address": str(server.address)})
                     fds.append(fd)
             elif isinstance(server.address, tuple):
                 host, port = server.address[0], server.address[1]
@@ -269,25 +277,49 @@ class _Supervisor:
             message, fds, _, _ = socket.recv_fds(channel, 1 << 16, 64)
         finally:
             channel.close()
+        sockets = [socket.socket(fileno=fd) for fd in fds]
+        for sock in sockets:
+            sock.set_inheritable(False)  # (fork keeps it; an exec must not)
         if not message:
             return  # it died first: its restart reports again
-        shared: dict[str, socket.socket | str] = {}
-        sockets = iter(fds)
-        for entry in json.loads(message):
-            key = entry["key"]
-            if "address" in entry:
-                shared[key] = entry["address"]
-                continue
-            shared[key] = socket.socket(fileno=next(sockets))
-            if not key.startswith("unix:@"):
-                path = key[len("unix:") :]
-                info = os.stat(path)
-                self.files.append((path, info.st_dev, info.st_ino))
-        self.shared = shared
+        try:
+            self.shared = self._shared_from(json.loads(message), sockets)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("pygev: the first worker's report is unusable (%s): restarting it", exc)
+            for sock in sockets:
+                sock.close()
+            self._signal_all(signal.SIGKILL)
+            return
         running = set(self.slots.values()) | set(self.due)
         for slot in range(self.workers):
             if slot not in running and self.stopping is None:
                 self._spawn(slot)
+
+    def _shared_from(
+        self, entries: list[dict[str, str]], sockets: list[socket.socket]
+    ) -> dict[str, socket.socket | str]:
+        """The first worker's report as the table later workers bind from: each Unix
+        socket (its file noted for removal at the end), or the address port 0 became."""
+        shared: dict[str, socket.socket | str] = {}
+        unix = [entry for entry in entries if entry["key"].startswith("unix:")]
+        if len(unix) != len(sockets):
+            raise ValueError(f"{len(unix)} Unix sockets reported, {len(sockets)} received")
+        received = iter(sockets)
+        for entry in entries:
+            key = entry["key"]
+            if not key.startswith("unix:"):
+                shared[key] = entry["address"]
+                continue
+            shared[key] = next(received)
+            path = entry["address"][len("unix:") :]
+            if path and not path.startswith("@"):
+                try:
+                    info = os.lstat(path)
+                except OSError as exc:
+                    log.warning("pygev: %s will not be removed at the end: %s", path, exc)
+                    continue
+                self.files.append((path, info.st_dev, info.st_ino))
+        return shared
 
     def _unbind(self) -> None:
         """Closes the shared sockets and removes the socket files, if still theirs."""
@@ -296,7 +328,7 @@ class _Supervisor:
                 value.close()
         for path, dev, ino in self.files:
             try:
-                info = os.stat(path)
+                info = os.lstat(path)
                 if (info.st_dev, info.st_ino) == (dev, ino):
                     os.unlink(path)
             except OSError:

@@ -58,19 +58,7 @@ impl PyHttpRequest {
     /// that name are joined with `", "`.
     #[pyo3(signature = (name, default = None))]
     fn header(&self, name: &str, default: Option<String>) -> Option<String> {
-        let name = name.to_ascii_lowercase();
-        let values: Vec<&str> = self
-            .inner
-            .headers
-            .iter()
-            .filter(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_str())
-            .collect();
-        if values.is_empty() {
-            default
-        } else {
-            Some(values.join(", "))
-        }
+        header_of(&self.inner.headers, name, default)
     }
 
     fn __repr__(&self) -> String {
@@ -78,6 +66,26 @@ impl PyHttpRequest {
             "<pygev.HttpRequest {} {:?}>",
             self.inner.method, self.inner.path
         )
+    }
+}
+
+/// The value of header `name` (any case) among `headers` (lower-case names), several
+/// fields of that name joined with `", "`; `default` if there is none.
+pub(crate) fn header_of(
+    headers: &[(String, String)],
+    name: &str,
+    default: Option<String>,
+) -> Option<String> {
+    let name = name.to_ascii_lowercase();
+    let values: Vec<&str> = headers
+        .iter()
+        .filter(|(n, _)| *n == name)
+        .map(|(_, v)| v.as_str())
+        .collect();
+    if values.is_empty() {
+        default
+    } else {
+        Some(values.join(", "))
     }
 }
 

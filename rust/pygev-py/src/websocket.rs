@@ -211,19 +211,7 @@ impl WebSocketRequest {
     /// that name are joined with `", "`.
     #[pyo3(signature = (name, default = None))]
     fn header(&self, name: &str, default: Option<String>) -> Option<String> {
-        let name = name.to_ascii_lowercase();
-        let values: Vec<&str> = self
-            .inner
-            .headers
-            .iter()
-            .filter(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_str())
-            .collect();
-        if values.is_empty() {
-            default
-        } else {
-            Some(values.join(", "))
-        }
+        crate::http_request::header_of(&self.inner.headers, name, default)
     }
 
     fn __repr__(&self) -> String {

@@ -11,19 +11,27 @@ use crate::proxy::{self, Parsed};
 
 impl Connections {
     /// Whether an accepted connection from `peer` may go on: true when no header is
-    /// expected or the peer is a trusted proxy. Otherwise it is said why (the caller
-    /// drops the connection).
-    pub(super) fn proxy_admits(&self, peer: &Address) -> bool {
+    /// expected or the peer is a trusted proxy. Otherwise it is said why, once a second at
+    /// most with how many were refused (a scanner must not flood the log), and the caller
+    /// drops the connection.
+    pub(super) fn proxy_admits(&mut self, peer: &Address) -> bool {
         let Some(trusted) = &self.config.proxy_protocol else {
             return true;
         };
         if trusted.trusts(peer) {
             return true;
         }
-        log::warn!(
-            "pygev: refused a connection from {peer}: it is not a trusted proxy, and \
-             proxy_protocol is on (trusted_proxies)"
-        );
+        self.untrusted += 1;
+        let now = self.instant;
+        let due = (self.untrusted_logged).is_none_or(|at| now.duration_since(at).as_secs() >= 1);
+        if due {
+            log::warn!(
+                "pygev: refused {} connection(s) not from a trusted proxy (proxy_protocol is \
+                 on; trusted_proxies), the last from {peer}",
+                std::mem::take(&mut self.untrusted)
+            );
+            self.untrusted_logged = Some(now);
+        }
         false
     }
 
@@ -94,16 +102,36 @@ impl Connections {
         self.feed(token, rest)
     }
 
-    /// The connection's header did not come in time.
+    /// The connection's header did not come in time (its own timeout, or its TLS
+    /// handshake's when that is shorter).
     pub(super) fn proxy_header_timed_out(&mut self, token: usize) {
         let conn = &self.conns[token];
+        let within = match conn.tls {
+            Some(_) => PROXY_HEADER_TIMEOUT.min(self.config.tls_handshake_timeout),
+            None => PROXY_HEADER_TIMEOUT,
+        };
         let reason = format!(
-            "pygev: connection {} from {} sent no complete PROXY protocol header within {:?}",
+            "pygev: connection {} from {} sent no complete PROXY protocol header within \
+             {within:?}",
             conn.id,
             describe_peer(conn),
-            PROXY_HEADER_TIMEOUT
         );
         self.close_now(token, CloseCause::Abort(reason));
+    }
+
+    /// The peer's EOF came before its header was complete: said (at info level) when part
+    /// of one had come; a connection that sent nothing ends quietly.
+    pub(super) fn proxy_eof(&self, token: usize) {
+        let conn = &self.conns[token];
+        if conn.has(flag::PROXY_HEADER) && !conn.input.is_empty() {
+            log::info!(
+                "pygev: connection {} from {} closed before its PROXY protocol header was \
+                 complete ({} bytes of it came)",
+                conn.id,
+                describe_peer(conn),
+                conn.input.len()
+            );
+        }
     }
 
     /// The address a connection announced after its header is to have: the client's

@@ -60,7 +60,9 @@ impl Connections {
             if self.batch_full() {
                 break;
             }
-            if self.dispatch_backlogged() {
+            // A PROXY header is read even then: it queues nothing until it is whole, and its
+            // deadline must not run out while the loop would not read it.
+            if self.dispatch_backlogged() && !self.conns[token].has(flag::PROXY_HEADER) {
                 self.defer_read(token);
                 return;
             }
@@ -75,6 +77,7 @@ impl Connections {
             match conn.transport.read_into(&mut self.scratch) {
                 Ok(0) => {
                     self.tls_eof(token);
+                    self.proxy_eof(token);
                     return self.peer_eof(token);
                 }
                 Ok(n) => {

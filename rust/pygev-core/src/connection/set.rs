@@ -82,6 +82,10 @@ pub(crate) struct Connections {
     /// The clients' addresses from PROXY headers of connections still in their TLS
     /// handshake (announced with them once it completes).
     pub(super) proxied: HashMap<usize, Address>,
+    /// Connections refused for not coming from a trusted proxy since that was last
+    /// logged, and when (once a second at most).
+    pub(super) untrusted: u64,
+    pub(super) untrusted_logged: Option<Instant>,
 }
 
 impl Connections {
@@ -124,6 +128,8 @@ impl Connections {
             refused_logged: None,
             refused: 0,
             proxied: HashMap::new(),
+            untrusted: 0,
+            untrusted_logged: None,
         }
     }
 
@@ -169,18 +175,26 @@ impl Connections {
                 handle.dispatched_quietly(crate::event::EVENT_COST);
             }
         };
+        // Dropped before it counts as accepted: the acceptor's count of what it gave this
+        // loop (for least_connections) takes it back.
+        let refuse = |handle: &LoopHandle| {
+            uncharge(handle);
+            if charged {
+                handle.assigned.fetch_sub(1, Ordering::Relaxed);
+            }
+        };
         if !self.proxy_admits(&peer) {
             let _ = transport.reset_on_close();
-            return uncharge(&self.handle);
+            return refuse(&self.handle);
         }
         let entry = self.conns.vacant_entry();
         let token = entry.key();
         if token >= FIRST_LOOP_TOKEN {
-            return uncharge(&self.handle); // cannot happen: the slab would need 2^64 entries
+            return refuse(&self.handle); // cannot happen: the slab would need 2^64 entries
         }
         let local = match transport.local_addr() {
             Ok(local) => local,
-            Err(_) => return uncharge(&self.handle), // already reset by the peer: drop it
+            Err(_) => return refuse(&self.handle), // already reset by the peer: drop it
         };
         if let Err(err) = self.registry.register(
             &mut transport,
@@ -188,7 +202,7 @@ impl Connections {
             Interest::READABLE | Interest::WRITABLE,
         ) {
             log::warn!("pygev: could not register connection from {peer}: {err}");
-            return uncharge(&self.handle);
+            return refuse(&self.handle);
         }
         let session = match &self.config.tls {
             None => None,
@@ -196,14 +210,14 @@ impl Connections {
                 self.refuse_handshake(&peer);
                 let _ = transport.reset_on_close();
                 let _ = self.registry.deregister(&mut transport);
-                return uncharge(&self.handle);
+                return refuse(&self.handle);
             }
             Some(tls) => match tls.session() {
                 Ok(session) => Some(session),
                 Err(err) => {
                     log::error!("pygev: no TLS session for a connection from {peer}: {err}");
                     let _ = self.registry.deregister(&mut transport);
-                    return uncharge(&self.handle);
+                    return refuse(&self.handle);
                 }
             },
         };

@@ -47,8 +47,8 @@ impl Connections {
         let mut due = conn.close_deadline;
         if conn.has(flag::CLOSING | flag::PAUSED_BY_US | flag::CONNECTING | flag::UNANNOUNCED) {
             // Closing, connecting, waiting for a PROXY header or in a TLS handshake: only
-            // that deadline counts. Paused
-            // by us: the other deadlines start afresh when reading resumes.
+            // that deadline counts. Paused by us: the other deadlines start afresh when
+            // reading resumes.
             return due;
         }
         if let Some(idle) = self.config.idle_timeout {

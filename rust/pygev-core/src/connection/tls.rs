@@ -29,12 +29,13 @@ impl Connections {
     /// An accepted connection starts its handshake with `session`: only the handshake
     /// timeout runs until it completes.
     pub(super) fn begin_handshake(&mut self, token: usize, session: TlsSession) {
+        // With a PROXY header still to come, the sooner of the two deadlines holds.
         let deadline = self.now.after(self.config.tls_handshake_timeout);
         self.handshakes += 1;
         let conn = &mut self.conns[token];
         conn.tls = Some(Box::new(session));
         conn.flags |= flag::HANDSHAKING;
-        conn.close_deadline = deadline;
+        conn.close_deadline = conn.close_deadline.min(deadline);
         if self.quiesced || self.draining {
             return self.close_now(token, CloseCause::Done);
         }

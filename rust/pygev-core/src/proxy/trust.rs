@@ -9,6 +9,17 @@ use std::str::FromStr;
 use crate::address::Address;
 
 /// An IP network, `address/prefix` (a lone address is a network of one).
+///
+/// # Examples
+///
+/// ```
+/// use pygev_core::proxy::Network;
+///
+/// let net: Network = "10.0.0.0/8".parse().unwrap();
+/// assert!(net.contains("10.1.2.3".parse().unwrap()));
+/// assert!(net.contains("::ffff:10.1.2.3".parse().unwrap()), "IPv4-mapped counts");
+/// assert!("10.0.0.1/8".parse::<Network>().is_err(), "host bits set");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Network {
     address: IpAddr,
@@ -36,7 +47,7 @@ impl Network {
 }
 
 /// Whether the bits of `address` past the first `prefix` are all zero.
-fn prefix_eq_host_zero(address: IpAddr, prefix: u8) -> bool {
+fn host_bits_zero(address: IpAddr, prefix: u8) -> bool {
     let (bits, width) = match address {
         IpAddr::V4(a) => (u128::from(a.to_bits()), 32),
         IpAddr::V6(a) => (a.to_bits(), 128),
@@ -79,7 +90,7 @@ impl FromStr for Network {
         };
         let network = Network { address, prefix };
         // Host bits set ("10.0.0.1/8") is usually a typo for a narrower network: refused.
-        if !prefix_eq_host_zero(address, prefix) {
+        if !host_bits_zero(address, prefix) {
             return Err(format!(
                 "pygev: {text:?} has host bits set (a network is given by its first address)"
             ));
@@ -113,6 +124,18 @@ impl TrustedProxies {
     }
 
     /// Whether a header from `peer` is believed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pygev_core::proxy::TrustedProxies;
+    /// use pygev_core::Address;
+    ///
+    /// let trusted = TrustedProxies::new(vec!["192.0.2.0/24".parse().unwrap()]);
+    /// assert!(trusted.trusts(&Address::parse("192.0.2.9:4000").unwrap()));
+    /// assert!(!trusted.trusts(&Address::parse("127.0.0.1:4000").unwrap()));
+    /// assert!(trusted.trusts(&Address::parse("unix:@proxy").unwrap()), "a Unix peer");
+    /// ```
     pub fn trusts(&self, peer: &Address) -> bool {
         match peer.as_inet() {
             Some(addr) => self.networks.iter().any(|n| n.contains(addr.ip())),

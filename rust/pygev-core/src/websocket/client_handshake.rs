@@ -8,7 +8,7 @@
 //! entropy, `masking::fill_random`): this module draws no randomness itself.
 
 use super::deflate::Agreed;
-use super::handshake::{accept_key, header_safe};
+use super::handshake::{accept_key, header_safe, is_token};
 
 /// What a client asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,13 +196,6 @@ fn checked<'a>(name: &str, value: &'a str) -> Result<&'a str, String> {
             "pygev: the value of header {name} has control characters"
         )),
     }
-}
-
-fn is_token(text: &str) -> bool {
-    !text.is_empty()
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// The extension offer's text.

@@ -219,6 +219,39 @@ pub fn header_safe(text: &str) -> bool {
     !text.bytes().any(|b| b.is_ascii_control() && b != b'\t')
 }
 
+/// Whether `name` is an HTTP token, as a header field's name must be.
+pub fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// The reason phrase for `status` (the statuses pygev or a hook's answer use; "Status"
+/// for others: the phrase is informative only).
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Status",
+    }
+}
+
 /// Checks what a hook chose before it goes into the response: the subprotocol must be one
 /// the client offered, extra header names must be HTTP tokens and values must be
 /// [`header_safe`]. The error names the culprit.
@@ -236,11 +269,7 @@ pub fn check_choice(
         }
     }
     for (name, value) in extra {
-        let token = !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-        if !token {
+        if !is_token(name) {
             return Err(format!("pygev: {name:?} is not a valid header name"));
         }
         let lower = name.to_ascii_lowercase();
@@ -294,16 +323,7 @@ pub fn accept_response(
 
 /// A complete error response (plain-text reason as the body) after which the server closes.
 pub fn error_response(status: u16, reason: &str) -> Vec<u8> {
-    let phrase = match status {
-        400 => "Bad Request",
-        403 => "Forbidden",
-        404 => "Not Found",
-        426 => "Upgrade Required",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        503 => "Service Unavailable",
-        _ => "Error",
-    };
+    let phrase = reason_phrase(status);
     let body = format!("{reason}\n");
     let mut out = format!(
         "HTTP/1.1 {status} {phrase}\r\nContent-Type: text/plain; charset=utf-8\r\n\

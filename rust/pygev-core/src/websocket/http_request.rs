@@ -4,7 +4,7 @@
 //! such a request is refused as any bad upgrade request is (400, or 426 without the
 //! WebSocket version).
 
-use super::handshake::{Limits, Refusal};
+use super::handshake::{self, Limits, Refusal};
 
 /// A complete plain request: no body, no upgrade.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,7 +84,23 @@ pub fn parse(input: &[u8], limits: &Limits, refusal: Refusal) -> Option<(HttpReq
 
 /// A complete response of `status` with `headers` and `body`, after which the server
 /// closes (`Connection: close`; `Content-Length` is set here). `head` leaves the body out
-/// (an answer to `HEAD`). `None` if the status or a header is not valid on the wire.
+/// (an answer to `HEAD`), as do 204 and 304, which have none (204 has no length either).
+/// `None` if the status is not 200 to 599 or a header's name is not a token (or one set
+/// here) or its value has control characters.
+///
+/// # Examples
+///
+/// ```
+/// use pygev_core::websocket::http_request::response;
+///
+/// let ok = response(200, &[("Cache-Control".into(), "no-store".into())], b"ok", false);
+/// assert_eq!(
+///     ok.unwrap(),
+///     b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 2\r\n\
+///       Connection: close\r\n\r\nok"
+/// );
+/// assert!(response(200, &[("Bad Name".into(), "x".into())], b"", false).is_none());
+/// ```
 pub fn response(
     status: u16,
     headers: &[(String, String)],
@@ -94,52 +110,28 @@ pub fn response(
     if !(200..=599).contains(&status) {
         return None;
     }
-    let mut out = format!("HTTP/1.1 {status} {}\r\n", phrase(status)).into_bytes();
+    let phrase = handshake::reason_phrase(status);
+    let mut out = format!("HTTP/1.1 {status} {phrase}\r\n").into_bytes();
     for (name, value) in headers {
         let framing = ["content-length", "connection", "transfer-encoding"];
-        if !super::handshake::header_safe(name)
-            || !super::handshake::header_safe(value)
-            || name.is_empty()
-            || name.bytes().any(|b| b == b':' || b == b' ')
+        if !handshake::is_token(name)
+            || !handshake::header_safe(value)
             || framing.iter().any(|f| name.eq_ignore_ascii_case(f))
         {
             return None;
         }
         out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
     }
-    out.extend_from_slice(
-        format!(
-            "Content-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        )
-        .as_bytes(),
-    );
-    if !head {
+    let bodiless = matches!(status, 204 | 304);
+    if status != 204 {
+        let len = if bodiless { 0 } else { body.len() };
+        out.extend_from_slice(format!("Content-Length: {len}\r\n").as_bytes());
+    }
+    out.extend_from_slice(b"Connection: close\r\n\r\n");
+    if !head && !bodiless {
         out.extend_from_slice(body);
     }
     Some(out)
-}
-
-/// The reason phrase of the statuses a health check or a small answer uses.
-fn phrase(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        204 => "No Content",
-        301 => "Moved Permanently",
-        302 => "Found",
-        304 => "Not Modified",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        429 => "Too Many Requests",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "Status",
-    }
 }
 
 #[cfg(test)]
@@ -203,6 +195,12 @@ mod tests {
         assert!(bad("X", "a\r\nInjected: 1"));
         assert!(bad("Content-Length", "9"));
         assert!(bad("Bad Name", "v"));
+        assert!(bad("X\tY", "v"));
         assert!(bad("", "v"));
+        let empty = response(204, &[], b"ignored", false).unwrap();
+        assert_eq!(
+            empty,
+            b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n"
+        );
     }
 }

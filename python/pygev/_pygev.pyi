@@ -603,9 +603,10 @@ class Server:
 
         Timing reads the clock once per callback, as it returns: a callback's time runs
         from the return of the one before it in the same batch (or from its own start),
-        so it includes pygev's own work for that event, a few hundred nanoseconds. Off,
-        it costs nothing measurable. Settable at any time; thread-safe and callable from
-        callbacks.
+        so it includes pygev's own work for that event (well under a microsecond). It
+        costs about 8% more instructions per message on a small-message echo; off, nothing
+        measurable. Takes effect from the next batch; settable at any time, thread-safe and
+        callable from callbacks.
         """
 
     @time_callbacks.setter

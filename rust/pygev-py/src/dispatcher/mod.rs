@@ -239,6 +239,7 @@ impl<'py> Dispatcher<'py> {
     fn dispatch_batch(&mut self, batch: &mut Vec<Event>, due: &mut Vec<u64>) {
         let shared = self.shared.clone();
         let batch_in_progress = shared.begin_batch();
+        self.clock.begin_batch();
         // Held work gets half the batch's calls at most, new work the rest.
         let bound = self.max_batch_events;
         let mut calls = self.resume_awaited(bound.div_ceil(2));

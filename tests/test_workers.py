@@ -37,7 +37,10 @@ def make_server():
     os.write(2, f"worker {os.getpid()} listens on {server.address}\\n".encode())
     return server
 
-pygev.run(make_server, workers=2, restart_delay=0.2)
+def reaped(pid):
+    os.write(1, f"reaped {pid}\\n".encode())
+
+pygev.run(make_server, workers=2, restart_delay=0.2, on_worker_exit=reaped)
 print("supervisor returned", flush=True)
 """
 
@@ -233,6 +236,22 @@ def test_workers_share_one_socket_bound_once(deployment: Deployment) -> None:
             break
         assert time.monotonic() < deadline, f"no replacement worker: {now}"
         time.sleep(0.1)
+
+
+def test_on_worker_exit_hears_of_every_worker_reaped(deployment: Deployment) -> None:
+    socks, pids = deployment.pids(40)
+    for sock in socks:
+        sock.close()
+    victim = min(pids)
+    os.kill(victim, signal.SIGKILL)
+    deployment.wait_log(rf"pid {victim}\) exited with -9")
+    socks, now = deployment.pids(40)  # the replacement serves too
+    for sock in socks:
+        sock.close()
+    code, out = deployment.stop()
+    assert code == 0, (code, out, deployment.log)
+    reaped = {int(line.split()[1]) for line in out.splitlines() if line.startswith("reaped")}
+    assert reaped == pids | now, out
 
 
 def test_workers_do_not_outlive_a_killed_supervisor(deployment: Deployment) -> None:

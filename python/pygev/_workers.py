@@ -43,6 +43,7 @@ def run(
     restart_delay: float = 0.5,
     max_restart_delay: float = 30.0,
     stop_timeout: float = 30.0,
+    on_worker_exit: Callable[[int], object] | None = None,
 ) -> None:
     """Serves ``make_server()``'s server, in ``workers`` processes when more than one.
 
@@ -54,8 +55,10 @@ def run(
     log line each time. SIGTERM or SIGINT to this process stops every worker gracefully;
     a worker still running ``stop_timeout`` seconds later (or at a second signal) is
     killed; ``run()`` returns once they all exited. A worker gets SIGTERM if the
-    supervisor dies. Linux (fork) only; call it from the main thread, before any pygev
-    server runs in this process.
+    supervisor dies. ``on_worker_exit(pid)`` is called in this process for each worker
+    that exited, once reaped (``prometheus_client.multiprocess.mark_process_dead``, for
+    one; an exception it raises is logged). Linux (fork) only; call it from the main
+    thread, before any pygev server runs in this process.
 
     A Unix socket address (``"unix:/path"`` or ``"unix:@name"``) is bound once, by the
     first worker, and shared by all: the supervisor keeps it open across restarts and
@@ -73,7 +76,9 @@ def run(
         return
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("pygev: run() with workers supervises from the main thread")
-    _Supervisor(make_server, workers, restart_delay, max_restart_delay, stop_timeout).run()
+    _Supervisor(
+        make_server, workers, restart_delay, max_restart_delay, stop_timeout, on_worker_exit
+    ).run()
 
 
 def _stop_with_parent() -> None:
@@ -178,8 +183,10 @@ class _Supervisor:
         restart_delay: float,
         max_restart_delay: float,
         stop_timeout: float,
+        on_worker_exit: Callable[[int], object] | None = None,
     ) -> None:
         self.make_server = make_server
+        self.on_worker_exit = on_worker_exit
         self.workers = workers
         self.base_delay = restart_delay
         self.max_delay = max_restart_delay
@@ -250,6 +257,7 @@ class _Supervisor:
                 continue
             slot = self.slots.pop(pid)
             code = os.waitstatus_to_exitcode(status)
+            self._exited(pid)
             if self.stopping is not None:
                 log.info("pygev: worker %d (pid %d) exited with %d", slot, pid, code)
                 continue
@@ -333,6 +341,14 @@ class _Supervisor:
                     os.unlink(path)
             except OSError:
                 pass
+
+    def _exited(self, pid: int) -> None:
+        if self.on_worker_exit is None:
+            return
+        try:
+            self.on_worker_exit(pid)
+        except Exception:
+            log.exception("pygev: on_worker_exit(%d) raised", pid)
 
     def _restart_due(self) -> None:
         now = time.monotonic()

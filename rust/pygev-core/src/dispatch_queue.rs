@@ -211,6 +211,12 @@ impl DispatchQueue {
         state.cancelled.clear();
     }
 
+    /// Events the loops queued that the dispatcher has not taken yet (it takes them all at
+    /// once, so this is what arrived since its last take).
+    pub fn queued_events(&self) -> usize {
+        self.lock().events.len()
+    }
+
     /// Timer entries held (live ones, and cancelled ones not yet dropped).
     pub fn timers_queued(&self) -> usize {
         self.lock().timers.len()

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use crate::address::Address;
 use crate::backlog::Backlog;
+use crate::close_reason::CloseReason;
 use crate::protocols::{Control, MessageKind, Protocol, Signal};
 use crate::tls::{TlsInfo, TlsTarget};
 use crate::transport::{Credentials, Transport};
@@ -247,6 +248,8 @@ pub enum Command {
         /// What went wrong (a limit, a protocol error), for the loop to log; `None` when
         /// the sender logged it already.
         reason: Option<String>,
+        /// Why, as the loop counts the close.
+        counted_as: CloseReason,
     },
     /// The dispatcher caught up: resume reading connections paused for dispatch backpressure.
     Resume,

@@ -12,6 +12,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::acceptor::{AcceptNext, Accepting};
 use crate::clock::Millis;
+use crate::close_reason::CloseReason;
 use crate::config::Config;
 use crate::connection::{flag, CloseCause, Connections, FIRST_LOOP_TOKEN};
 use crate::dispatch_queue::DispatchQueue;
@@ -90,6 +91,7 @@ impl EventLoop {
             c.abandon_dials();
             let tokens: Vec<usize> = c.conns.iter().map(|(t, _)| t).collect();
             for token in tokens {
+                c.conns[token].note_close(CloseReason::Error);
                 c.close_now(token, CloseCause::Done);
             }
         }
@@ -254,11 +256,17 @@ impl EventLoop {
                 Command::Close { token, id } => {
                     if c.conn_mut(token, id).is_some() {
                         let deadline = c.now.after(c.config.drain_timeout);
-                        c.begin_close(token as usize, deadline);
+                        c.begin_close(token as usize, deadline, c.closer());
                     }
                 }
-                Command::Abort { token, id, reason } => {
-                    if c.conn_mut(token, id).is_some() {
+                Command::Abort {
+                    token,
+                    id,
+                    reason,
+                    counted_as,
+                } => {
+                    if let Some(conn) = c.conn_mut(token, id) {
+                        conn.note_close(counted_as);
                         let cause = reason.map_or(CloseCause::Reset, CloseCause::Abort);
                         c.close_now(token as usize, cause);
                     }

@@ -10,6 +10,7 @@ mod acceptor;
 mod address;
 mod backlog;
 mod clock;
+mod close_reason;
 mod config;
 mod connection;
 mod deadlines;
@@ -30,6 +31,7 @@ pub mod websocket;
 
 pub use address::{parse_inet, Address, UnixAddress};
 pub use backlog::Backlog;
+pub use close_reason::CloseReason;
 pub use config::{Config, Strategy};
 pub use dispatch_queue::{DispatchQueue, Found};
 pub use event::{Command, ConnectInfo, Event, EVENT_COST};

@@ -233,6 +233,13 @@ impl LoopHandle {
         drop(spares);
     }
 
+    /// The dispatch cost (bytes, plus [`EVENT_COST`](crate::EVENT_COST) per event) of what
+    /// the loop handed to the dispatcher and Python has not handled yet: past the server's
+    /// dispatch high-water mark, the loop stops reading.
+    pub fn dispatch_pending(&self) -> usize {
+        self.pending_dispatch.load(Ordering::Relaxed)
+    }
+
     /// Whether more than `high_water` of dispatch cost waits for the dispatcher.
     pub(crate) fn dispatch_backlogged(&self, high_water: usize) -> bool {
         self.dispatch_room(high_water) == 0

@@ -2,6 +2,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use crate::close_reason::CloseReason;
+
 /// A loop's counters; written by its thread, read by `Server::stats()`.
 #[derive(Debug, Default)]
 pub struct LoopStats {
@@ -9,6 +11,8 @@ pub struct LoopStats {
     pub(crate) dialed: AtomicU64,
     pub(crate) connect_failed: AtomicU64,
     pub(crate) closed: AtomicU64,
+    /// `closed`, by [`CloseReason::index`].
+    pub(crate) closed_by_reason: [AtomicU64; CloseReason::COUNT],
     pub(crate) bytes_in: AtomicU64,
     pub(crate) bytes_out: AtomicU64,
     pub(crate) messages_in: AtomicU64,
@@ -29,6 +33,8 @@ pub struct LoopStatsSnapshot {
     pub connect_failed: u64,
     /// Connections closed by the loop.
     pub closed: u64,
+    /// `closed` by why, indexed by [`CloseReason::index`] (they add up to `closed`).
+    pub closed_by_reason: [u64; CloseReason::COUNT],
     /// Bytes read from sockets.
     pub bytes_in: u64,
     /// Bytes written to sockets.
@@ -51,11 +57,35 @@ impl LoopStatsSnapshot {
     pub fn open(&self) -> u64 {
         (self.accepted + self.dialed).saturating_sub(self.closed)
     }
+
+    /// Adds `other`'s counters to these (the totals over loops).
+    pub fn add(&mut self, other: &LoopStatsSnapshot) {
+        self.accepted += other.accepted;
+        self.dialed += other.dialed;
+        self.connect_failed += other.connect_failed;
+        self.closed += other.closed;
+        for (total, n) in self.closed_by_reason.iter_mut().zip(other.closed_by_reason) {
+            *total += n;
+        }
+        self.bytes_in += other.bytes_in;
+        self.bytes_out += other.bytes_out;
+        self.messages_in += other.messages_in;
+        self.wakeups += other.wakeups;
+        self.read_pauses += other.read_pauses;
+        self.input_pauses += other.input_pauses;
+        self.write_buffered += other.write_buffered;
+    }
 }
 
 impl LoopStats {
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Relaxed);
+    }
+
+    /// Counts a closed connection, and why it closed.
+    pub(crate) fn closed(&self, reason: CloseReason) {
+        Self::add(&self.closed, 1);
+        Self::add(&self.closed_by_reason[reason.index()], 1);
     }
 
     /// Reads every counter.
@@ -65,6 +95,7 @@ impl LoopStats {
             dialed: self.dialed.load(Relaxed),
             connect_failed: self.connect_failed.load(Relaxed),
             closed: self.closed.load(Relaxed),
+            closed_by_reason: self.closed_by_reason.each_ref().map(|n| n.load(Relaxed)),
             bytes_in: self.bytes_in.load(Relaxed),
             bytes_out: self.bytes_out.load(Relaxed),
             messages_in: self.messages_in.load(Relaxed),

@@ -1,5 +1,5 @@
 //! The dispatch queue's wake-up as a descriptor (for a dispatcher an asyncio loop drives):
-//! armed when a look finds nothing, rung by the next event, timer or stop.
+//! armed when a look finds nothing, rung by the next event, timer or stop; its depth.
 
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
@@ -115,4 +115,19 @@ fn a_wake_rings_an_armed_doorbell_and_ends_a_blocking_wait() {
     waker.join().unwrap();
     assert!(began.elapsed() < Duration::from_secs(30));
     assert!(batch.is_empty() && due.is_empty());
+}
+
+#[test]
+fn queued_events_counts_what_the_dispatcher_has_not_taken() {
+    let queue = DispatchQueue::new();
+    assert_eq!(queue.queued_events(), 0);
+    queue.push(&mut vec![
+        Event::Quiesced { loop_index: 0 },
+        Event::Quiesced { loop_index: 1 },
+    ]);
+    queue.push(&mut vec![Event::Quiesced { loop_index: 2 }]);
+    assert_eq!(queue.queued_events(), 3);
+    let (mut batch, mut due) = (Vec::new(), Vec::new());
+    queue.try_take(&mut batch, &mut due);
+    assert_eq!(queue.queued_events(), 0);
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::borrow::Cow;
 
 use pygev_core::{
-    Address, Backlog, Command, ConnectInfo, Control, Credentials, MessageKind, TlsInfo,
+    Address, Backlog, CloseReason, Command, ConnectInfo, Control, Credentials, MessageKind, TlsInfo,
 };
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
@@ -139,12 +139,15 @@ impl Connection {
             )));
         }
         let unsent = self.backlog.unsent();
-        self.abort(Some(format!(
-            "pygev: connection {} would have {} bytes of unsent output, over \
+        self.abort(
+            CloseReason::Abort,
+            Some(format!(
+                "pygev: connection {} would have {} bytes of unsent output, over \
              max_write_buffer {limit} (it is sent to faster than the peer reads)",
-            self.id,
-            unsent + len
-        )));
+                self.id,
+                unsent + len
+            )),
+        );
         Err(Error::Closed(format!(
             "pygev: connection {} was reset: its unsent output would exceed \
              max_write_buffer {limit}",
@@ -152,11 +155,16 @@ impl Connection {
         )))
     }
 
-    /// Resets the connection at once (unsent output is dropped); the loop logs `reason`
-    /// (`None`: logged already).
-    pub(crate) fn abort(&self, reason: Option<String>) {
+    /// Resets the connection at once (unsent output is dropped), counted as `counted_as`;
+    /// the loop logs `reason` (`None`: logged already).
+    pub(crate) fn abort(&self, counted_as: CloseReason, reason: Option<String>) {
         let (token, id) = (self.token, self.id);
-        self.end_with(Command::Abort { token, id, reason });
+        self.end_with(Command::Abort {
+            token,
+            id,
+            reason,
+            counted_as,
+        });
     }
 
     /// Marks the connection closed and tells its loop how to end it, the first time only
@@ -289,7 +297,7 @@ impl Connection {
             self.id
         );
         crate::logging::log_exception(py, &message, err);
-        self.abort(None);
+        self.abort(CloseReason::Abort, None);
     }
 
     pub(crate) fn closed_error(&self) -> Error {

@@ -2,6 +2,7 @@
 
 mod address;
 mod bytes_like;
+mod callback_times;
 mod connection;
 mod dial;
 mod dispatcher;

@@ -9,9 +9,10 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use pygev_core::{
-    Backlog, Command, DispatchQueue, LoopHandle, MessageKind, Protocol, ProtocolError,
+    Backlog, CloseReason, Command, DispatchQueue, LoopHandle, MessageKind, Protocol, ProtocolError,
 };
 
+use crate::callback_times::CallbackTimes;
 use crate::timer::Timer;
 use pyo3::prelude::*;
 
@@ -40,6 +41,8 @@ pub(crate) struct DispatchStats {
 
 pub(crate) struct Shared {
     pub(crate) stats: DispatchStats,
+    /// How long callbacks take, when timed (the dispatcher's `CallbackClock` fills it).
+    pub(crate) callback_times: Arc<CallbackTimes>,
     pub(crate) queue: Arc<DispatchQueue>,
     /// Set when the server starts.
     pub(crate) loops: OnceLock<Vec<Arc<LoopHandle>>>,
@@ -79,6 +82,7 @@ impl Shared {
             mode,
             max_write_buffer,
             stats: DispatchStats::default(),
+            callback_times: Arc::default(),
             queue,
             loops: OnceLock::new(),
             outboxes: Mutex::new(Vec::new()),
@@ -262,6 +266,7 @@ impl Shared {
                             token,
                             id,
                             reason: Some(reason),
+                            counted_as: CloseReason::Abort,
                         });
                     }
                 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 use super::set::{Connections, READ_BUDGET};
 use super::{flag, CloseCause};
 use crate::clock::Millis;
+use crate::close_reason::CloseReason;
 use crate::event::Event;
-use crate::stats::LoopStats;
 
 /// How long a closing connection keeps discarding a still-sending peer's input.
 const LINGER_TIMEOUT: Duration = Duration::from_secs(1);
@@ -19,11 +19,13 @@ const LINGER_RECENT: Duration = Duration::from_secs(1);
 
 impl Connections {
     /// Stops reading and closes once output is flushed, or at `deadline`; a TLS connection
-    /// sends close_notify after what was queued.
-    pub(crate) fn begin_close(&mut self, token: usize, deadline: Millis) {
+    /// sends close_notify after what was queued. `reason` is counted when it closes,
+    /// unless another came first.
+    pub(crate) fn begin_close(&mut self, token: usize, deadline: Millis, reason: CloseReason) {
         let Some(conn) = self.conns.get_mut(token) else {
             return;
         };
+        conn.note_close(reason);
         if !conn.has(flag::CLOSING) && conn.tls.is_some() {
             self.send_close_notify(token);
         }
@@ -100,11 +102,19 @@ impl Connections {
     }
 
     /// Closes the socket now and tells the dispatcher. An abort resets the connection
-    /// (SO_LINGER 0), so the peer cannot take a cut-off stream for a complete one.
+    /// (SO_LINGER 0), so the peer cannot take a cut-off stream for a complete one. The
+    /// close counts for the reason noted when it began, else for `cause`'s.
     pub(crate) fn close_now(&mut self, token: usize, cause: CloseCause) {
         let Some(mut conn) = self.conns.try_remove(token) else {
             return;
         };
+        let reason = conn.close_reason.unwrap_or_else(|| {
+            if conn.has(flag::HANDSHAKING) {
+                CloseReason::Tls
+            } else {
+                cause.reason()
+            }
+        });
         let (reset, message) = match cause {
             CloseCause::Done => (false, None),
             CloseCause::Failed(message) => {
@@ -135,7 +145,7 @@ impl Connections {
             // In its TLS handshake, never announced (DIALED goes with it): the connect fails.
             return self.handshake_abandoned(id, message);
         }
-        LoopStats::add(&self.handle.stats.closed, 1);
+        self.handle.stats.closed(reason);
         if flags & flag::UNANNOUNCED != 0 {
             if flags & flag::HANDSHAKING != 0 {
                 self.handshake_ended();

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crate::backlog::Backlog;
 use crate::clock::Millis;
+use crate::close_reason::CloseReason;
 use crate::protocols::ProtocolState;
 use crate::tls::TlsSession;
 use crate::transport::Transport;
@@ -101,6 +102,8 @@ pub(crate) struct Conn {
     pub(crate) flags: u32,
     /// Its framing's index in the loop's protocol table.
     pub(crate) protocol: u16,
+    /// Why its close began (`None`: not closing, or closed at once for the cause given).
+    pub(crate) close_reason: Option<CloseReason>,
     /// Bytes the kernel's send queue held at the last look (0: empty, or not looked at);
     /// see `Connections::kernel_queue`.
     pub(crate) kernel_queued: u32,
@@ -138,6 +141,7 @@ impl Conn {
             id,
             flags: 0,
             protocol: 0,
+            close_reason: None,
             kernel_queued: 0,
             input: Buffer::default(),
             output: Buffer::default(),
@@ -154,6 +158,11 @@ impl Conn {
 
     pub(crate) fn has(&self, bits: u32) -> bool {
         self.flags & bits != 0
+    }
+
+    /// Records why the connection is being closed, unless a cause came first.
+    pub(crate) fn note_close(&mut self, reason: CloseReason) {
+        self.close_reason.get_or_insert(reason);
     }
 
     pub(crate) fn can_read(&self) -> bool {
@@ -187,4 +196,16 @@ pub(crate) enum CloseCause {
     /// scanner must not flood the log with warnings). An orderly close: the alert that
     /// says why went out first.
     Refused(String),
+}
+
+impl CloseCause {
+    /// The reason counted for a connection closed for this cause, when no other was noted.
+    fn reason(&self) -> CloseReason {
+        match self {
+            CloseCause::Done => CloseReason::Peer,
+            CloseCause::Failed(_) => CloseReason::Error,
+            CloseCause::Abort(_) | CloseCause::Reset => CloseReason::Abort,
+            CloseCause::Refused(_) => CloseReason::Tls,
+        }
+    }
 }

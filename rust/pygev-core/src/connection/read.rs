@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use super::set::{Connections, READ_BUDGET};
 use super::{flag, CloseCause};
 use crate::clock::Millis;
+use crate::close_reason::CloseReason;
 use crate::event::Event;
 use crate::protocols::{Item, ProtocolError, Taken};
 use crate::stats::LoopStats;
@@ -137,12 +138,16 @@ impl Connections {
     fn peer_eof(&mut self, token: usize) {
         let conn = &mut self.conns[token];
         conn.flags = (conn.flags | flag::PEER_EOF) & !flag::READ_READY;
+        // Whoever closes it now (the dispatcher once Python answered, or drain_timeout),
+        // the peer's EOF was the cause.
+        conn.note_close(CloseReason::Peer);
         // Python credits a message only after its handler ran, and the handler's replies
         // are charged as it sends them: nothing in either count means nothing is coming.
         if !conn.owes_anything() {
             if conn.tls.is_some() {
                 // close_notify first (then the close, the peer's EOF being in).
-                return self.begin_close(token, self.now.after(self.config.drain_timeout));
+                let deadline = self.now.after(self.config.drain_timeout);
+                return self.begin_close(token, deadline, CloseReason::Peer);
             }
             return self.close_now(token, CloseCause::Done);
         }
@@ -252,6 +257,7 @@ impl Connections {
         if let Err(err) = result {
             self.frames.take_actions();
             self.frames.take_stop();
+            conn.note_close(CloseReason::Protocol);
             return Err(CloseCause::Abort(format!(
                 "{} (protocol {}, connection {})",
                 err,
@@ -263,6 +269,7 @@ impl Connections {
         if conn.input.len() > max_input {
             self.frames.take_actions();
             self.frames.take_stop();
+            conn.note_close(CloseReason::Protocol);
             return Err(CloseCause::Abort(format!(
                 "pygev: connection {} holds {} bytes of unparsed input, over max_input_buffer {}",
                 conn.id,
@@ -278,12 +285,15 @@ impl Connections {
         if self.frames.has_actions() {
             if let Some(error) = self.frames.take_stop() {
                 conn.flags |= flag::READ_STOPPED;
+                // The peer's close (WebSocket's), or what it did wrong.
+                conn.note_close(peer_or_protocol(&error));
                 if let Some(message) = error {
                     log::warn!("{message} (connection {})", conn.id);
                 }
             }
             let (reply, close) = self.frames.take_actions();
-            self.protocol_actions(token, &reply, close);
+            let reason = close.as_ref().map_or(CloseReason::Peer, peer_or_protocol);
+            self.protocol_actions(token, &reply, close, reason);
         }
         self.track_frame(token, produced);
         Ok(())
@@ -379,12 +389,13 @@ impl Connections {
     }
 
     /// Does what the protocol asked for itself: writes its reply (ahead of anything sent
-    /// later), then closes if it asked to, logging what the peer did wrong.
+    /// later), then closes (for `reason`) if it asked to, logging what the peer did wrong.
     pub(crate) fn protocol_actions(
         &mut self,
         token: usize,
         reply: &[u8],
         close: Option<Option<String>>,
+        reason: CloseReason,
     ) {
         let id = self.conns[token].id;
         if !reply.is_empty() && !self.conns[token].has(flag::WRITE_SHUT | flag::SHUTDOWN_PENDING) {
@@ -395,7 +406,7 @@ impl Connections {
                 log::warn!("{message} (connection {id})");
             }
             if self.conns.contains(token) {
-                self.begin_close(token, self.now.after(self.config.drain_timeout));
+                self.begin_close(token, self.now.after(self.config.drain_timeout), reason);
             }
         }
     }
@@ -515,6 +526,15 @@ fn checked_use(used: usize, len: usize) -> Result<usize, ProtocolError> {
         )));
     }
     Ok(used)
+}
+
+/// Why a framing ends a connection as it reads: the peer's own end (no error), or what the
+/// peer did wrong.
+fn peer_or_protocol(error: &Option<String>) -> CloseReason {
+    match error {
+        None => CloseReason::Peer,
+        Some(_) => CloseReason::Protocol,
+    }
 }
 
 /// How a failed read or write ends the connection: a peer that reset or vanished is a

@@ -17,6 +17,7 @@ use super::Conn;
 use crate::address::Address;
 use crate::backlog::Backlog;
 use crate::clock::{Clock, Millis};
+use crate::close_reason::CloseReason;
 use crate::config::Config;
 use crate::deadlines::Deadlines;
 use crate::event::{ConnectInfo, Event};
@@ -156,6 +157,16 @@ impl Connections {
         });
     }
 
+    /// Why a close the dispatcher asks for counts: the application's, or the stop's once
+    /// the server stops (its WebSocket goodbyes, the handlers' last closes).
+    pub(crate) fn closer(&self) -> CloseReason {
+        if self.quiesced || self.draining {
+            CloseReason::Stop
+        } else {
+            CloseReason::Local
+        }
+    }
+
     /// Closes every connection, flushing output until `deadline`.
     pub(crate) fn drain(&mut self, deadline: Instant) {
         self.draining = true;
@@ -163,7 +174,7 @@ impl Connections {
         let deadline = self.clock.millis(deadline);
         let tokens: Vec<usize> = self.conns.iter().map(|(t, _)| t).collect();
         for token in tokens {
-            self.begin_close(token, deadline);
+            self.begin_close(token, deadline, CloseReason::Stop);
         }
     }
 
@@ -280,7 +291,8 @@ impl Connections {
             return; // its framing could not open it: closed
         }
         if self.quiesced || self.draining {
-            self.begin_close(token, self.now.after(self.config.drain_timeout));
+            let deadline = self.now.after(self.config.drain_timeout);
+            self.begin_close(token, deadline, CloseReason::Stop);
         } else {
             self.schedule(token);
         }

@@ -8,6 +8,7 @@ use super::set::Connections;
 use super::write::KernelQueue;
 use super::{flag, CloseCause, Conn};
 use crate::clock::Millis;
+use crate::close_reason::CloseReason;
 
 /// How soon a connection that seems idle, with output waiting in the kernel, is looked at
 /// again (to see whether the peer takes it).
@@ -133,7 +134,11 @@ impl Connections {
                 );
                 return self.close_now(token, CloseCause::Abort(reason));
             }
-            return self.begin_close(token, now.after(self.config.drain_timeout));
+            return self.begin_close(
+                token,
+                now.after(self.config.drain_timeout),
+                CloseReason::Peer,
+            );
         }
         if conn.has(flag::CLOSING | flag::PAUSED_BY_US) {
             return;
@@ -187,6 +192,7 @@ impl Connections {
                     // We stopped reading (the peer is slow to read): not its fault.
                     conn.frame_started = now;
                 } else {
+                    conn.note_close(CloseReason::Timeout);
                     let reason = format!(
                         "pygev: connection {} sent part of a frame and not the rest within \
                          frame_timeout {limit:?}",
@@ -204,12 +210,14 @@ impl Connections {
     /// Closes a connection that made no progress for `idle_timeout`: gracefully when
     /// nothing is lost, with a reset when output or input would be dropped.
     fn idle(&mut self, token: usize) {
-        let conn = &self.conns[token];
+        let conn = &mut self.conns[token];
         let (unsent, unread) = (conn.output.len(), conn.input.len());
         if unsent == 0 && unread == 0 {
             log::debug!("pygev: closing connection {} after idle timeout", conn.id);
-            return self.begin_close(token, self.now.after(self.config.drain_timeout));
+            let deadline = self.now.after(self.config.drain_timeout);
+            return self.begin_close(token, deadline, CloseReason::Idle);
         }
+        conn.note_close(CloseReason::Idle);
         let reason = format!(
             "pygev: connection {} made no progress for idle_timeout {:?} with {unsent} bytes \
              unsent and {unread} bytes of an unfinished frame",
@@ -236,21 +244,26 @@ impl Connections {
         if let Some(error) = self.frames.take_stop() {
             let conn = &mut self.conns[token];
             conn.flags |= flag::READ_STOPPED;
+            conn.note_close(CloseReason::Timeout);
             if let Some(message) = error {
                 log::warn!("{message} (connection {})", conn.id);
             }
         }
         match result {
             Ok(()) if out.is_empty() && close.is_none() => {}
-            Ok(()) => self.protocol_actions(token, &out, close),
-            // Before any in-band close exists (a handshake that never completed): reset.
+            // A protocol acts on time only when a deadline passed (a handshake that never
+            // completed, a ping never answered).
+            Ok(()) => self.protocol_actions(token, &out, close, CloseReason::Timeout),
+            // Before any in-band close exists: reset.
             Err(err) if out.is_empty() => {
-                let reason = format!("{} (connection {})", err.message(), self.conns[token].id);
+                let conn = &mut self.conns[token];
+                conn.note_close(CloseReason::Timeout);
+                let reason = format!("{} (connection {})", err.message(), conn.id);
                 self.close_now(token, CloseCause::Abort(reason));
             }
             Err(err) => {
                 let close = Some(Some(err.message().to_string()));
-                self.protocol_actions(token, &out, close);
+                self.protocol_actions(token, &out, close, CloseReason::Timeout);
             }
         }
     }

@@ -12,6 +12,7 @@ use std::io;
 
 use super::set::Connections;
 use super::{flag, CloseCause};
+use crate::close_reason::CloseReason;
 use crate::tls::TlsSession;
 
 /// What one read's records came to.
@@ -37,6 +38,7 @@ impl Connections {
         conn.flags |= flag::HANDSHAKING;
         conn.close_deadline = conn.close_deadline.min(deadline);
         if self.quiesced || self.draining {
+            conn.note_close(CloseReason::Stop);
             return self.close_now(token, CloseCause::Done);
         }
         self.schedule(token);

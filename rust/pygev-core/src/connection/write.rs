@@ -99,6 +99,7 @@ impl Connections {
     /// it held back, if the control released it (a WebSocket handshake accepted by the
     /// hook, with frames already behind it), is read on in the loop's next turn.
     pub(crate) fn control(&mut self, token: u32, id: u64, control: Control) {
+        let closer = self.closer();
         let Some(conn) = self.conns.get_mut(token as usize).filter(|c| c.id == id) else {
             return;
         };
@@ -106,6 +107,10 @@ impl Connections {
         let ticks = self.protocols.ticks(conn.protocol);
         if conn.has(flag::WRITE_SHUT | flag::SHUTDOWN_PENDING | flag::CLOSING) {
             return; // as for sends: nothing is written after a close
+        }
+        if matches!(control, Control::Close(_)) {
+            // Our closing handshake begins here (an answer to the peer's has its reason).
+            conn.note_close(closer);
         }
         let mut out = Vec::new();
         let resumes = match protocol.control(&mut conn.state, control, &mut out) {

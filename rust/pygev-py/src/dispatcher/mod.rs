@@ -19,6 +19,7 @@ use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::prelude::*;
 use pyo3::{PyTraverseError, PyVisit};
 
+use crate::callback_times::CallbackClock;
 use crate::connection::Connection;
 use crate::errors::Error;
 use crate::logging;
@@ -157,6 +158,8 @@ pub(crate) struct DispatchState {
     stopped_at: Option<Instant>,
     /// Watches for callbacks that hold the dispatcher too long.
     slow: SlowCallbacks,
+    /// Times callbacks when the server asks for it.
+    clock: CallbackClock,
 }
 
 impl DispatchState {
@@ -201,7 +204,6 @@ impl<'py> Dispatcher<'py> {
             max_batch_events: config.max_batch_events,
             pending: VecDeque::new(),
             own_callbacks: HashMap::new(),
-            shared,
             callbacks,
             conns: (0..num_loops).map(|_| Vec::new()).collect(),
             handled_cost: vec![0; num_loops],
@@ -213,6 +215,8 @@ impl<'py> Dispatcher<'py> {
             replaying: false,
             stopped_at: None,
             slow: SlowCallbacks::new(slow_callback_duration),
+            clock: CallbackClock::new(shared.callback_times.clone()),
+            shared,
         };
         Ok(Dispatcher { py, state })
     }
@@ -242,6 +246,7 @@ impl<'py> Dispatcher<'py> {
     fn dispatch_batch(&mut self, batch: &mut Vec<Event>, due: &mut Vec<u64>) {
         let shared = self.shared.clone();
         let batch_in_progress = shared.begin_batch();
+        self.clock.begin_batch();
         // Held work gets half the batch's calls at most, new work the rest.
         let bound = self.max_batch_events;
         let mut calls = self.resume_awaited(bound.div_ceil(2));
@@ -266,6 +271,7 @@ impl<'py> Dispatcher<'py> {
                 }
             }
         }
+        self.clock.end_batch();
         let stats = &self.shared.stats;
         stats.events.fetch_add(calls as u64, Ordering::Relaxed);
         stats.batches.fetch_add(1, Ordering::Relaxed);
@@ -323,15 +329,18 @@ impl<'py> Dispatcher<'py> {
             .unwrap_or(&self.callbacks)
     }
 
-    /// A Python callback begins (`slow_callbacks.rs` watches it).
+    /// A Python callback begins (`slow_callbacks.rs` watches it, `callback_times.rs`
+    /// may time it).
     #[inline]
     pub(crate) fn enter_callback(&self) {
         self.slow.enter();
+        self.clock.enter();
     }
 
     /// The callback begun last has returned (`what` of `conn`): logged if it ran too long.
     #[inline]
     pub(crate) fn leave_callback(&self, what: &str, conn: Option<&Py<Connection>>) {
+        self.clock.leave();
         if let Some(slow) = self.slow.leave() {
             self.report_slow(what, conn, &slow);
         }

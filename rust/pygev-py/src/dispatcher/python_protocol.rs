@@ -5,6 +5,7 @@ use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
 use crate::shared::Packer;
+use pygev_core::CloseReason;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::{PyTraverseError, PyVisit};
@@ -74,11 +75,14 @@ impl<'py> Dispatcher<'py> {
             drop(data);
             if held > self.max_input_buffer {
                 self.inputs.remove(&id);
-                conn.get().abort(Some(format!(
+                conn.get().abort(
+                    CloseReason::Protocol,
+                    Some(format!(
                     "pygev: connection {id} holds {held} bytes that Protocol.unpacket() has not \
                      taken, over max_input_buffer {}",
                     self.max_input_buffer
-                )));
+                )),
+                );
                 return (0, false);
             }
         }
@@ -225,10 +229,13 @@ impl<'py> Dispatcher<'py> {
         for id in expired {
             if let Some(PartialFrame { conn, .. }) = self.partial_frames.remove(&id) {
                 self.inputs.remove(&id);
-                conn.get().abort(Some(format!(
-                    "pygev: connection {id} sent part of a frame and not the rest within \
+                conn.get().abort(
+                    CloseReason::Timeout,
+                    Some(format!(
+                        "pygev: connection {id} sent part of a frame and not the rest within \
                      frame_timeout {limit:?}"
-                )));
+                    )),
+                );
             }
         }
     }
@@ -245,7 +252,7 @@ impl<'py> Dispatcher<'py> {
         );
         crate::logging::log_exception(self.py, &message, &err);
         self.inputs.remove(&conn.get().id_value());
-        conn.get().abort(None);
+        conn.get().abort(CloseReason::Abort, None);
         self.maybe_stop(err);
     }
 }

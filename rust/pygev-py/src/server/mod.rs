@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use pygev_core::{Address, Config, LoopStatsSnapshot, Strategy};
+use pygev_core::{Address, CloseReason, Config, LoopStatsSnapshot, Strategy};
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
@@ -105,6 +105,11 @@ fn snapshot_dict<'py>(py: Python<'py>, s: &LoopStatsSnapshot) -> PyResult<Bound<
     dict.set_item("dialed", s.dialed)?;
     dict.set_item("connect_failed", s.connect_failed)?;
     dict.set_item("closed", s.closed)?;
+    let by_reason = PyDict::new(py);
+    for reason in CloseReason::ALL {
+        by_reason.set_item(reason.name(), s.closed_by_reason[reason.index()])?;
+    }
+    dict.set_item("closed_by_reason", by_reason)?;
     dict.set_item("bytes_in", s.bytes_in)?;
     dict.set_item("bytes_out", s.bytes_out)?;
     dict.set_item("messages_in", s.messages_in)?;
@@ -393,6 +398,17 @@ impl Server {
         self.config.num_loops
     }
 
+    /// Whether callbacks are timed (the histogram `stats()["callback_durations"]`).
+    #[getter]
+    fn time_callbacks(&self) -> bool {
+        self.shared.callback_times.enabled()
+    }
+
+    #[setter]
+    fn set_time_callbacks(&self, enabled: bool) {
+        self.shared.callback_times.set_enabled(enabled);
+    }
+
     /// Serves until `stop()` (or Ctrl+C): blocks the calling thread, which runs the
     /// callbacks (`pygev.Server.start` serves a handler that awaits in an asyncio loop
     /// instead).
@@ -479,40 +495,40 @@ impl Server {
         self.schedule(py, interval, Some(interval), callback)
     }
 
-    /// Counters: connections, accepted, dialed, connect_failed, closed, bytes_in, bytes_out,
-    /// messages_in,
-    /// events_dispatched, batches_dispatched, max_batch, loop_wakeups, read_pauses,
-    /// input_pauses, write_buffered, and `loops` (the same per loop).
+    /// Counters: connections, accepted, dialed, connect_failed, closed, closed_by_reason,
+    /// bytes_in, bytes_out, messages_in, events_dispatched, batches_dispatched, max_batch,
+    /// loop_wakeups, read_pauses, input_pauses, write_buffered, dispatch_pending,
+    /// dispatch_queue_depth, timers_queued, callback_durations, and `loops` (the loop
+    /// counters per loop).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let snapshots: Vec<LoopStatsSnapshot> = self
-            .shared
-            .loops
-            .get()
-            .map(|loops| loops.iter().map(|h| h.stats().snapshot()).collect())
-            .unwrap_or_default();
+        let loops = self.shared.loops.get().map_or(&[][..], |l| &l[..]);
+        let snapshots: Vec<LoopStatsSnapshot> =
+            loops.iter().map(|h| h.stats().snapshot()).collect();
         let mut total = LoopStatsSnapshot::default();
         for s in &snapshots {
-            total.accepted += s.accepted;
-            total.dialed += s.dialed;
-            total.connect_failed += s.connect_failed;
-            total.closed += s.closed;
-            total.bytes_in += s.bytes_in;
-            total.bytes_out += s.bytes_out;
-            total.messages_in += s.messages_in;
-            total.wakeups += s.wakeups;
-            total.read_pauses += s.read_pauses;
-            total.input_pauses += s.input_pauses;
-            total.write_buffered += s.write_buffered;
+            total.add(s);
         }
         let dict = snapshot_dict(py, &total)?;
         let stats = &self.shared.stats;
         dict.set_item("events_dispatched", stats.events.load(Ordering::Relaxed))?;
         dict.set_item("batches_dispatched", stats.batches.load(Ordering::Relaxed))?;
         dict.set_item("max_batch", stats.max_batch.load(Ordering::Relaxed))?;
+        let pending: Vec<usize> = loops.iter().map(|h| h.dispatch_pending()).collect();
+        dict.set_item("dispatch_pending", pending.iter().sum::<usize>())?;
+        dict.set_item("dispatch_queue_depth", self.shared.queue.queued_events())?;
         dict.set_item("timers_queued", self.shared.queue.timers_queued())?;
+        let histogram = self.shared.callback_times.snapshot();
+        let durations = PyDict::new(py);
+        let count = histogram.buckets.last().map_or(0, |&(_, n)| n);
+        durations.set_item("buckets", histogram.buckets)?;
+        durations.set_item("count", count)?;
+        durations.set_item("sum", histogram.sum_seconds)?;
+        dict.set_item("callback_durations", durations)?;
         let per_loop = PyList::empty(py);
-        for s in &snapshots {
-            per_loop.append(snapshot_dict(py, s)?)?;
+        for (s, pending) in snapshots.iter().zip(pending) {
+            let loop_dict = snapshot_dict(py, s)?;
+            loop_dict.set_item("dispatch_pending", pending)?;
+            per_loop.append(loop_dict)?;
         }
         dict.set_item("loops", per_loop)?;
         Ok(dict)

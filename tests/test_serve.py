@@ -236,3 +236,14 @@ def test_the_asyncio_example_stops_cleanly_on_a_signal(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_importing_pygev_leaves_asyncio_out() -> None:
+    """asyncio (with ssl and concurrent.futures, about 6 MiB of RSS) is imported when a
+    server first needs it, not by ``import pygev``: every worker process of pygev.run
+    would carry it."""
+    probe = "import sys, pygev; print(sorted({'asyncio', 'ssl'} & set(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=WAIT, check=True
+    )
+    assert out.stdout.strip() == "[]", out

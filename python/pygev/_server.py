@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import threading
 from types import TracebackType
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pygev import _pygev
+
+if TYPE_CHECKING:
+    import asyncio
+
+# NOTE: asyncio is imported where it is used, not here: it pulls in ssl and
+# concurrent.futures (about 6 MiB of RSS), which a server without async def callbacks
+# never needs, and each of pygev.run's worker processes would carry.
 
 
 class Binding(Protocol):
@@ -118,6 +124,8 @@ class Server(_pygev.Server):
         callbacks may wait.
         """
         if self._handler_awaits():
+            import asyncio
+
             try:
                 asyncio.run(self.serve())
             except KeyboardInterrupt:
@@ -140,6 +148,8 @@ class Server(_pygev.Server):
         server stops the same way, and then the cancellation goes on. In the main thread,
         SIGTERM stops it too, unless the application set its own SIGTERM handler.
         """
+        import asyncio
+
         loop = asyncio.get_running_loop()
         closed = self._closed_future(loop)
         try:
@@ -203,6 +213,8 @@ class Server(_pygev.Server):
     async def wait_closed(self) -> None:
         """Returns once a :meth:`serve` that ran has ended (at once if none runs)."""
         if self._closed is not None:
+            import asyncio
+
             await asyncio.shield(self._closed)
 
     async def __aenter__(self) -> Server:

@@ -32,7 +32,7 @@ pub struct Connection {
     pub(crate) token: u32,
     id: u64,
     peer: Address,
-    local: Address,
+    local: Arc<Address>,
     /// The peer process, on a Unix socket (boxed: TCP connections are the many).
     credentials: Option<Box<Credentials>>,
     /// What its TLS handshake negotiated (`None`: plain).

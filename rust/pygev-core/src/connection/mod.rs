@@ -209,3 +209,4 @@ impl CloseCause {
         }
     }
 }
+

@@ -87,6 +87,8 @@ pub(crate) struct Connections {
     /// logged, and when (once a second at most).
     pub(super) untrusted: u64,
     pub(super) untrusted_logged: Option<Instant>,
+    /// The local address last announced, shared with the next connection that has it.
+    local: Option<Arc<Address>>,
 }
 
 impl Connections {
@@ -131,6 +133,7 @@ impl Connections {
             proxied: HashMap::new(),
             untrusted: 0,
             untrusted_logged: None,
+            local: None,
         }
     }
 
@@ -265,6 +268,10 @@ impl Connections {
         outgoing: bool,
         charged: bool,
     ) {
+        let local = match &self.local {
+            Some(shared) if **shared == local => shared.clone(),
+            _ => self.local.insert(Arc::new(local)).clone(),
+        };
         let conn = &self.conns[token];
         // The connection's own count holds its Connect until `on_connect` ran: a peer that
         // half-closes at once still gets what `on_connect` sends (a banner).

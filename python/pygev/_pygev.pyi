@@ -544,9 +544,10 @@ class Server:
                 again and ``await conn.drain()`` returns (default half the high-water
                 mark).
             max_write_buffer: Bytes of pending output past which a connection is reset
-                (default 64 MiB). Sends count at once: a send that would take a connection
-                past it resets the connection and raises :class:`ConnectionClosed`; a single
-                send larger than it raises ``ValueError`` and sends nothing.
+                (default 64 MiB, at most 2 GiB). Sends count at once: a send that would
+                take a connection past it resets the connection and raises
+                :class:`ConnectionClosed`; a single send larger than it raises
+                ``ValueError`` and sends nothing.
             max_input_buffer: Bytes of unframed input past which a connection is closed
                 (default 64 MiB).
             dispatch_high_water: Dispatch cost (bytes held plus 128 per event) of what waits

@@ -29,13 +29,16 @@ pub struct Backlog {
     to_python: AtomicUsize,
     /// The loop stopped reading the connection because `to_python` passed its limit.
     throttled: AtomicBool,
-    /// Bytes of sends charged from anywhere but the dispatcher's batches.
-    posted: AtomicUsize,
+    /// Bytes of sends charged from anywhere but the dispatcher's batches (this and the next
+    /// two are running counts modulo 2^32, only ever subtracted: what is posted and not
+    /// taken stays under `max_write_buffer`, which is validated to be under 2 GiB; u32
+    /// keeps every connection's backlog in a 64-byte allocation).
+    posted: AtomicU32,
     /// Bytes of sends charged by the dispatcher within its batches: that one thread alone
     /// writes it, so it needs no atomic read-modify-write (a locked instruction per send).
-    posted_in_batch: AtomicUsize,
+    posted_in_batch: AtomicU32,
     /// Bytes of posted sends the loop took: the loop alone writes it.
-    taken: AtomicUsize,
+    taken: AtomicU32,
     /// Bytes in the loop's output buffer, not yet written to the socket.
     buffered: AtomicUsize,
     /// Output past which the loop stops reading the connection (its write high-water
@@ -87,7 +90,7 @@ impl Backlog {
     /// Adds `bytes` posted for writing, from any thread.
     #[inline]
     pub fn charge_send(&self, bytes: usize) {
-        self.posted.fetch_add(bytes, Ordering::Release);
+        self.posted.fetch_add(bytes as u32, Ordering::Release); // (modulo 2^32)
     }
 
     /// Adds `bytes` posted for writing by the dispatcher within a batch. Only one thread
@@ -97,14 +100,14 @@ impl Backlog {
     pub fn charge_send_in_batch(&self, bytes: usize) {
         let charged = self.posted_in_batch.load(Ordering::Relaxed);
         self.posted_in_batch
-            .store(charged.wrapping_add(bytes), Ordering::Release);
+            .store(charged.wrapping_add(bytes as u32), Ordering::Release);
     }
 
     /// Called by the loop (the only writer) when it takes a posted send of `bytes`.
     pub(crate) fn took_send(&self, bytes: usize) {
         let taken = self.taken.load(Ordering::Relaxed);
         self.taken
-            .store(taken.wrapping_add(bytes), Ordering::Release);
+            .store(taken.wrapping_add(bytes as u32), Ordering::Release);
     }
 
     /// Called by the loop when its output buffer for the connection changed size.
@@ -173,6 +176,6 @@ impl Backlog {
             .posted
             .load(Ordering::Acquire)
             .wrapping_add(self.posted_in_batch.load(Ordering::Acquire));
-        posted.wrapping_sub(taken) + self.buffered.load(Ordering::Acquire)
+        posted.wrapping_sub(taken) as usize + self.buffered.load(Ordering::Acquire)
     }
 }

@@ -87,6 +87,10 @@ pub struct Config {
     pub proxy_protocol: Option<TrustedProxies>,
 }
 
+/// The largest `max_write_buffer`: a connection's unsent output is counted in 32 bits
+/// (see [`Backlog`](crate::Backlog)).
+pub const MAX_WRITE_BUFFER: usize = 1 << 31;
+
 /// How long an accepted connection may take to send its PROXY protocol header (a proxy
 /// sends it at once).
 pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -140,6 +144,12 @@ impl Config {
             return Err(format!(
                 "pygev: backlog must be positive, got {}",
                 self.backlog
+            ));
+        }
+        if self.max_write_buffer > MAX_WRITE_BUFFER {
+            return Err(format!(
+                "pygev: max_write_buffer is at most {MAX_WRITE_BUFFER} (2 GiB), got {}",
+                self.max_write_buffer
             ));
         }
         if self.write_high_water == 0 || self.max_write_buffer < self.write_high_water {

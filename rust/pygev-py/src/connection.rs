@@ -14,7 +14,7 @@ use pyo3::PyTraverseError;
 
 use crate::address::{address_object, credentials_tuple};
 use crate::errors::Error;
-use crate::mode::Mode;
+use crate::mode::{Mode, SharedMode};
 use crate::shared::{Packer, Shared, Target};
 
 const OPEN: u8 = 0;
@@ -33,28 +33,33 @@ pub struct Connection {
     id: u64,
     peer: Address,
     local: Arc<Address>,
-    /// The peer process, on a Unix socket (boxed: TCP connections are the many).
-    credentials: Option<Box<Credentials>>,
-    /// What its TLS handshake negotiated (`None`: plain).
-    tls: Option<Box<TlsInfo>>,
+    /// The peer process on a Unix socket, and what a TLS handshake negotiated (boxed
+    /// together: plain TCP connections, the many, have neither).
+    extra: Option<Box<Extra>>,
     /// What is queued each way, shared with the loop.
     pub(crate) backlog: Arc<Backlog>,
     state: AtomicU8,
     /// `pause_reading()` was called (and not `resume_reading()` since).
     paused: AtomicBool,
     /// How its bytes become handler calls (see `mode/`).
-    mode: Arc<dyn Mode>,
+    mode: SharedMode,
     /// Where the mode has got to with it (WebSocket: handshake, open, open compressed),
     /// read and written by the mode only.
     phase: AtomicU8,
     context: Mutex<Option<Py<PyAny>>>,
 }
 
+/// What only some connections have.
+struct Extra {
+    credentials: Option<Credentials>,
+    tls: Option<Box<TlsInfo>>,
+}
+
 impl Connection {
     /// The Python side of a connection the loop `loop_index` holds in slot `token`.
     pub(crate) fn new(
         shared: Arc<Shared>,
-        mode: Arc<dyn Mode>,
+        mode: SharedMode,
         loop_index: u32,
         token: u32,
         info: ConnectInfo,
@@ -74,8 +79,8 @@ impl Connection {
             id,
             peer,
             local,
-            credentials: credentials.map(Box::new),
-            tls,
+            extra: (credentials.is_some() || tls.is_some())
+                .then(|| Box::new(Extra { credentials, tls })),
             backlog,
             state: AtomicU8::new(OPEN),
             paused: AtomicBool::new(false),
@@ -87,8 +92,8 @@ impl Connection {
     }
 
     /// The connection's mode.
-    pub(crate) fn mode(&self) -> &Arc<dyn Mode> {
-        &self.mode
+    pub(crate) fn mode(&self) -> &dyn Mode {
+        &**self.mode
     }
 
     /// Whether the connection was dialed with a mode of its own (one `connect()` made it,
@@ -402,13 +407,14 @@ impl Connection {
     /// connected); `None` on TCP.
     #[getter]
     fn peer_credentials(&self) -> Option<(i32, u32, u32)> {
-        self.credentials.as_deref().copied().map(credentials_tuple)
+        let extra = self.extra.as_deref()?;
+        extra.credentials.map(credentials_tuple)
     }
 
     /// What the TLS handshake negotiated (`pygev.TLSInfo`); `None` on a plain connection.
     #[getter]
     fn tls(&self) -> Option<crate::tls::TlsInfoObject> {
-        let info = self.tls.as_deref()?;
+        let info = self.extra.as_deref()?.tls.as_deref()?;
         Some(crate::tls::TlsInfoObject::new(info.clone()))
     }
 

@@ -7,7 +7,7 @@
 //! (the server ended first) fails when the dispatcher ends.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use pyo3::prelude::*;
@@ -15,7 +15,7 @@ use pyo3::prelude::*;
 use pygev_core::{Address, Command, LoopHandle, TlsTarget};
 
 use crate::dispatcher::Callbacks;
-use crate::mode::Mode;
+use crate::mode::SharedMode;
 
 /// One request.
 pub(crate) struct Dial {
@@ -24,7 +24,7 @@ pub(crate) struct Dial {
     /// The connection's own handler, when not the server's.
     pub(crate) callbacks: Option<Box<Callbacks>>,
     /// The connection's own mode (a `protocol=` of its own), when not the server's.
-    pub(crate) mode: Option<Arc<dyn Mode>>,
+    pub(crate) mode: Option<SharedMode>,
     /// Where to (the address being tried), for messages.
     pub(crate) address: Address,
     /// The host name's other addresses, tried in turn when this one fails (last first).

@@ -53,7 +53,7 @@ pub(crate) struct Shared {
     /// The server's mode, chosen when it was built: its accepted connections' (and its
     /// outgoing ones', unless dialed with a protocol of their own). Only the `Server`
     /// reports its references to the GC.
-    pub(crate) mode: Arc<dyn crate::mode::Mode>,
+    pub(crate) mode: crate::mode::SharedMode,
     /// Unsent output a connection may have (see `Connection::check_room`).
     pub(crate) max_write_buffer: usize,
     /// The server's write high- and low-water marks (connections start with these).
@@ -71,7 +71,7 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn new(
         queue: Arc<DispatchQueue>,
-        mode: Arc<dyn crate::mode::Mode>,
+        mode: crate::mode::SharedMode,
         (max_write_buffer, write_limits): (usize, (usize, usize)),
         ids: Arc<AtomicU64>,
     ) -> Self {

@@ -206,13 +206,22 @@ pub(crate) fn not_websocket(conn: &Connection) -> Error {
     ))
 }
 
+/// A mode as connections hold it: one thin pointer (8 bytes each, where `Arc<dyn Mode>`
+/// would take 16), shared by every connection of a server or of one dial.
+pub(crate) type SharedMode = Arc<Box<dyn Mode>>;
+
+/// `mode`, to be shared.
+pub(crate) fn shared(mode: impl Mode + 'static) -> SharedMode {
+    Arc::new(Box::new(mode))
+}
+
 /// The mode for `handler` and a `protocol=` argument. A `pygev.WebSocketHandler` goes with
 /// `pygev.WebSocket` (the default for it), and only with it; its `on_handshake`, if any,
 /// becomes the hook.
 pub(crate) fn choose(
     handler: &Bound<'_, PyAny>,
     protocol: Option<&Bound<'_, PyAny>>,
-) -> PyResult<Arc<dyn Mode>> {
+) -> PyResult<SharedMode> {
     let py = handler.py();
     let classes = crate::package::classes(py)?;
     let ws_handler = handler.is_instance(classes.websocket_handler.bind(py))?;
@@ -225,7 +234,7 @@ pub(crate) fn choose(
         Some(ws) if ws_handler => {
             let hook = handler.hasattr("on_handshake")?;
             let http = handler.hasattr("on_http_request")?;
-            Ok(Arc::new(WebSocketMode::new(ws.get().core(hook, http))))
+            Ok(shared(WebSocketMode::new(ws.get().core(hook, http))))
         }
         Some(_) => Err(Error::Type(
             "pygev: protocol=pygev.WebSocket() needs a pygev.WebSocketHandler".into(),
@@ -236,8 +245,8 @@ pub(crate) fn choose(
         )
         .into()),
         None => Ok(match protocol_from(protocol)? {
-            (_, Some(framing)) => Arc::new(PythonFraming::new(framing)),
-            (protocol, None) => Arc::new(Native::new(protocol)),
+            (_, Some(framing)) => shared(PythonFraming::new(framing)),
+            (protocol, None) => shared(Native::new(protocol)),
         }),
     }
 }

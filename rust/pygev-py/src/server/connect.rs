@@ -3,7 +3,6 @@
 //! GIL), then the request handed to the loops (`dial.rs`).
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use pygev_core::Address;
 use pyo3::prelude::*;
@@ -46,8 +45,7 @@ impl Server {
                 let settings = mode::client_settings(&handler_or_servers()?, protocol)?;
                 let settings = ws_client::client_settings(&settings, url, asks);
                 let framing = self.ws_framings.get(settings)?;
-                let mode: Arc<dyn mode::Mode> =
-                    Arc::new(mode::WebSocketMode::client(framing, url.shown()));
+                let mode = mode::shared(mode::WebSocketMode::client(framing, url.shown()));
                 (Some(mode), url.address.clone(), url.tls(py, tls)?)
             }
             None => {

@@ -145,6 +145,7 @@ def test_a_malformed_header_resets_only_its_connection(
         echo(sock, b"new ones too")
     good.close()
     assert handler.peers == [("192.0.2.50", 5000), ("192.0.2.51", 5001)], "no on_connect"
+    wait_until(lambda: server.stats()["closed_by_reason"]["protocol"] == 1, what="counted")
 
 
 def test_a_peer_that_is_not_a_trusted_proxy_is_refused(serve: Serve, pygev_log: LogCapture) -> None:
@@ -172,6 +173,7 @@ def test_a_missing_header_is_reset_after_its_timeout(serve: Serve, pygev_log: Lo
     pygev_log.wait_for("sent no complete PROXY protocol header within 10s")
     assert handler.peers == []
     wait_until(lambda: server.stats()["connections"] == 0, what="the connection closed")
+    assert server.stats()["closed_by_reason"]["timeout"] == 1
 
 
 def test_the_header_comes_before_tls(serve: Serve, pki: Pki) -> None:  # noqa: F811

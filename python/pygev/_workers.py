@@ -95,6 +95,10 @@ def _stop_with_parent() -> None:
 
 _MISSING = object()
 
+#: Called in a worker process once its server stopped (drained), just before it exits:
+#: the last word of what keeps figures outside it (``pygev.metrics``'s exporter).
+_at_worker_exit: list[Callable[[], None]] = []
+
 
 def _address_key(address: object) -> str | None:
     """The address a supervisor may share: a Unix socket's, or a TCP address with port 0
@@ -392,6 +396,11 @@ class _Supervisor:
                 binding.report(report)
                 report.close()
             server.start()
+            for hook in _at_worker_exit:
+                try:
+                    hook()
+                except Exception:
+                    log.exception("pygev: a worker's exit hook failed")
             code = 0
         except KeyboardInterrupt:
             code = 0

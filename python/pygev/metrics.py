@@ -62,6 +62,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from pygev import _workers
 from pygev._server import Server
 
 __all__ = [
@@ -275,6 +276,9 @@ class MultiprocessExporter:
         self._last_sum = 0.0
         self._mirror(stats)
         self.timer = server.run_every(interval, self.update)
+        # Timers stop with the server: the drain's closes and last bytes are mirrored once
+        # more when a worker of pygev.run ends.
+        _workers._at_worker_exit.append(self.update)
 
     def update(self) -> None:
         """Mirrors the server's counters now (the timer calls it)."""

@@ -6,6 +6,7 @@
 use super::set::Connections;
 use super::{flag, CloseCause};
 use crate::address::Address;
+use crate::close_reason::CloseReason;
 use crate::config::PROXY_HEADER_TIMEOUT;
 use crate::proxy::{self, Parsed};
 
@@ -58,6 +59,7 @@ impl Connections {
             Ok(Parsed::Incomplete) => return Ok(()),
             Ok(Parsed::Done(header)) => header,
             Err(err) => {
+                conn.note_close(CloseReason::Protocol);
                 let peer = describe_peer(conn);
                 return Err(CloseCause::Abort(format!(
                     "pygev: connection {} from {peer}: {err}",
@@ -105,7 +107,8 @@ impl Connections {
     /// The connection's header did not come in time (its own timeout, or its TLS
     /// handshake's when that is shorter).
     pub(super) fn proxy_header_timed_out(&mut self, token: usize) {
-        let conn = &self.conns[token];
+        let conn = &mut self.conns[token];
+        conn.note_close(CloseReason::Timeout);
         let within = match conn.tls {
             Some(_) => PROXY_HEADER_TIMEOUT.min(self.config.tls_handshake_timeout),
             None => PROXY_HEADER_TIMEOUT,

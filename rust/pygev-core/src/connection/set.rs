@@ -252,6 +252,7 @@ impl Connections {
         // Announced once its header came (and charged then).
         uncharge(&self.handle);
         if self.quiesced || self.draining {
+            self.conns[token].note_close(crate::close_reason::CloseReason::Stop);
             return self.close_now(token, super::CloseCause::Done);
         }
         self.schedule(token);

@@ -28,6 +28,7 @@ from conftest import (
     ServerThread,
     echo_roundtrip,
     expect_eof,
+    expect_reset,
     recv_exactly,
     wait_until,
 )
@@ -42,6 +43,7 @@ from pygev import metrics
 pytestmark = pytest.mark.timeout(90)
 
 REASONS = {"peer", "local", "stop", "idle", "timeout", "protocol", "abort", "error", "tls"}
+REFUSALS = {"untrusted_proxy", "tls_handshakes"}
 
 
 def frame(payload: bytes) -> bytes:
@@ -226,6 +228,8 @@ def test_the_collector_reports_stats_and_they_move(
     assert before["pygev_open_connections"] == 0
     assert before["pygev_callback_duration_seconds_count"] == 0
     assert {f"pygev_connections_closed_total{{reason={r}}}" for r in REASONS} <= set(before)
+    refused = {f"pygev_connections_refused_total{{reason={r}}}" for r in REFUSALS}
+    assert refused <= set(before) and all(before[name] == 0 for name in refused)
 
     socks = [server.connect() for _ in range(3)]
     for i, sock in enumerate(socks):
@@ -449,3 +453,20 @@ def test_with_two_workers_one_endpoint_adds_them_up(
     assert stopped == len(socks) - victims_count
     for sock in socks:
         sock.close()
+
+
+def test_refusals_are_counted_by_reason(
+    serve: Callable[..., ServerThread], http_server: Callable[[CollectorRegistry], str]
+) -> None:
+    """A connection not from a trusted proxy is reset before it counts as accepted; the
+    refusal shows in its own counter."""
+    server = serve(proxy_protocol=True, trusted_proxies=["192.0.2.0/24"])
+    registry = CollectorRegistry()
+    metrics.ServerCollector(server.server, registry)
+    url = http_server(registry)
+    for _ in range(2):
+        with server.connect() as sock:
+            expect_reset(sock)
+    name = "pygev_connections_refused_total{reason=untrusted_proxy}"
+    after = wait_until(lambda: (s := scrape(url))[name] == 2 and s, what="the refusals")
+    assert after["pygev_connections_accepted_total"] == 0

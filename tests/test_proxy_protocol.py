@@ -305,4 +305,6 @@ def test_refused_and_timed_out_connections_leave_the_counts_right(serve: Serve) 
         expect_reset(sock)
     wait_until(lambda: trusting.stats()["closed"] == 1, what="the close counted")
     assert server.stats()["connections"] == 0 and server.stats()["accepted"] == 0
+    assert server.stats()["refused_by_reason"] == {"untrusted_proxy": 3, "tls_handshakes": 0}
     assert trusting.stats()["connections"] == 0 and trusting.stats()["accepted"] == 1
+    assert trusting.stats()["refused_by_reason"]["untrusted_proxy"] == 0

@@ -837,15 +837,23 @@ class Server:
         frame or message, bad UTF-8, ``max_input_buffer``), ``"abort"`` (reset for
         anything else: ``max_write_buffer``, a framing that failed to pack, a
         :class:`Protocol` that raised), ``"error"`` (a socket error other than the
-        peer's reset), ``"tls"`` (closed during its TLS handshake);
+        peer's reset), ``"tls"`` (closed during its TLS handshake); a PROXY protocol
+        header that is malformed counts as ``"protocol"``, one that is late as
+        ``"timeout"``;
+
+        ``refused_by_reason``: connections reset before they counted as accepted:
+        ``"untrusted_proxy"`` (``proxy_protocol`` is on and the peer is not in
+        ``trusted_proxies``), ``"tls_handshakes"`` (``tls_max_handshakes`` were going on);
 
         ``callback_durations``: a histogram of callback times (see
-        :attr:`time_callbacks`; empty while that is off): ``"buckets"``, a list of
+        :attr:`time_callbacks`; its counts stay as they were while that is off):
+        ``"buckets"``, a list of
         ``(upper_bound_seconds, count)`` with cumulative counts, bounds 1 µs to 8.4 s
         doubling, then ``inf``; ``"count"``; ``"sum"`` in seconds;
 
         and ``loops``: a list with the loop counters per loop (``connections`` to
-        ``write_buffered``, ``closed_by_reason`` and ``dispatch_pending``). Loop counters
+        ``write_buffered``, ``closed_by_reason``, ``refused_by_reason`` and
+        ``dispatch_pending``). Loop counters
         are zero before :meth:`start`. Thread-safe and callable from callbacks.
 
         Returns:

@@ -112,6 +112,17 @@ CLOSED = (
     "Connections closed, by the cause that began the close.",
 )
 
+#: Connections refused before they counted as accepted, by the ``reason`` label.
+REFUSED = (
+    "pygev_connections_refused",
+    "refused_by_reason",
+    "Connections reset before they counted as accepted: not from a trusted proxy "
+    "(untrusted_proxy), or past tls_max_handshakes (tls_handshakes).",
+)
+
+#: The counters with a ``reason`` label.
+BY_REASON = (CLOSED, REFUSED)
+
 #: Gauges: name, ``stats()`` key, help, how worker processes add up (multiprocess mode).
 GAUGES: tuple[tuple[str, str, str, Literal["livesum", "livemax"]], ...] = (
     ("pygev_open_connections", "connections", "Connections open now.", "livesum"),
@@ -195,12 +206,12 @@ def _families(stats: Mapping[str, Any] | None) -> Iterator[Metric]:
         if stats is not None:
             counter.add_metric([], stats[key])
         yield counter
-    name, key, documentation = CLOSED
-    closed = CounterMetricFamily(name, documentation, labels=["reason"])
-    if stats is not None:
-        for reason, count in stats[key].items():
-            closed.add_metric([reason], count)
-    yield closed
+    for name, key, documentation in BY_REASON:
+        by_reason = CounterMetricFamily(name, documentation, labels=["reason"])
+        if stats is not None:
+            for reason, count in stats[key].items():
+                by_reason.add_metric([reason], count)
+        yield by_reason
     for name, key, documentation, _ in GAUGES:
         gauge = GaugeMetricFamily(name, documentation)
         if stats is not None:
@@ -257,8 +268,10 @@ class MultiprocessExporter:
             key: Counter(name, documentation, registry=None)
             for name, key, documentation in COUNTERS
         }
-        name, _, documentation = CLOSED
-        self._closed = Counter(name, documentation, ["reason"], registry=None)
+        self._by_reason = {
+            key: Counter(name, documentation, ["reason"], registry=None)
+            for name, key, documentation in BY_REASON
+        }
         self._gauges = {
             key: Gauge(name, documentation, registry=None, multiprocess_mode=mode)
             for name, key, documentation, mode in GAUGES
@@ -287,8 +300,9 @@ class MultiprocessExporter:
     def _mirror(self, stats: Mapping[str, Any]) -> None:
         for key, counter in self._counters.items():
             counter.inc(self._delta(key, stats[key]))
-        for reason, count in stats["closed_by_reason"].items():
-            self._closed.labels(reason).inc(self._delta(f"closed.{reason}", count))
+        for key, by_reason in self._by_reason.items():
+            for reason, count in stats[key].items():
+                by_reason.labels(reason).inc(self._delta(f"{key}.{reason}", count))
         for key, gauge in self._gauges.items():
             gauge.set(stats[key])
         durations = stats["callback_durations"]

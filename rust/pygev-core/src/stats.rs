@@ -13,6 +13,10 @@ pub struct LoopStats {
     pub(crate) closed: AtomicU64,
     /// `closed`, by [`CloseReason::index`].
     pub(crate) closed_by_reason: [AtomicU64; CloseReason::COUNT],
+    /// Connections refused before they counted as accepted: not from a trusted proxy
+    /// (`proxy_protocol`), and past `tls_max_handshakes`.
+    pub(crate) refused_untrusted: AtomicU64,
+    pub(crate) refused_handshakes: AtomicU64,
     pub(crate) bytes_in: AtomicU64,
     pub(crate) bytes_out: AtomicU64,
     pub(crate) messages_in: AtomicU64,
@@ -35,6 +39,11 @@ pub struct LoopStatsSnapshot {
     pub closed: u64,
     /// `closed` by why, indexed by [`CloseReason::index`] (they add up to `closed`).
     pub closed_by_reason: [u64; CloseReason::COUNT],
+    /// Connections refused (reset) before they counted as accepted because they did not
+    /// come from a trusted proxy while `proxy_protocol` is on.
+    pub refused_untrusted: u64,
+    /// The same, because `tls_max_handshakes` handshakes were going on.
+    pub refused_handshakes: u64,
     /// Bytes read from sockets.
     pub bytes_in: u64,
     /// Bytes written to sockets.
@@ -67,6 +76,8 @@ impl LoopStatsSnapshot {
         for (total, n) in self.closed_by_reason.iter_mut().zip(other.closed_by_reason) {
             *total += n;
         }
+        self.refused_untrusted += other.refused_untrusted;
+        self.refused_handshakes += other.refused_handshakes;
         self.bytes_in += other.bytes_in;
         self.bytes_out += other.bytes_out;
         self.messages_in += other.messages_in;
@@ -96,6 +107,8 @@ impl LoopStats {
             connect_failed: self.connect_failed.load(Relaxed),
             closed: self.closed.load(Relaxed),
             closed_by_reason: self.closed_by_reason.each_ref().map(|n| n.load(Relaxed)),
+            refused_untrusted: self.refused_untrusted.load(Relaxed),
+            refused_handshakes: self.refused_handshakes.load(Relaxed),
             bytes_in: self.bytes_in.load(Relaxed),
             bytes_out: self.bytes_out.load(Relaxed),
             messages_in: self.messages_in.load(Relaxed),

@@ -23,6 +23,7 @@ impl Connections {
             return true;
         }
         self.untrusted += 1;
+        crate::stats::LoopStats::add(&self.handle.stats.refused_untrusted, 1);
         let now = self.instant;
         let due = (self.untrusted_logged).is_none_or(|at| now.duration_since(at).as_secs() >= 1);
         if due {

@@ -237,6 +237,7 @@ impl Connections {
     /// most, with how many were.
     pub(super) fn refuse_handshake(&mut self, peer: &crate::address::Address) {
         self.refused += 1;
+        crate::stats::LoopStats::add(&self.handle.stats.refused_handshakes, 1);
         let now = self.instant;
         let due = (self.refused_logged).is_none_or(|at| now.duration_since(at).as_secs() >= 1);
         if due {

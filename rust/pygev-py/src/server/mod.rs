@@ -110,6 +110,10 @@ fn snapshot_dict<'py>(py: Python<'py>, s: &LoopStatsSnapshot) -> PyResult<Bound<
         by_reason.set_item(reason.name(), s.closed_by_reason[reason.index()])?;
     }
     dict.set_item("closed_by_reason", by_reason)?;
+    let refused = PyDict::new(py);
+    refused.set_item("untrusted_proxy", s.refused_untrusted)?;
+    refused.set_item("tls_handshakes", s.refused_handshakes)?;
+    dict.set_item("refused_by_reason", refused)?;
     dict.set_item("bytes_in", s.bytes_in)?;
     dict.set_item("bytes_out", s.bytes_out)?;
     dict.set_item("messages_in", s.messages_in)?;

@@ -33,8 +33,9 @@ import pygev
 PAYLOAD = bytes(range(64))  # the broadcast; million_client.c checks these bytes
 
 
-class Held(pygev.Handler):
-    """Raw TCP: a connection goes into the set when accepted, out when closed."""
+class Holding:
+    """Keeps the connections in a set: in when announced (accepted; a WebSocket's once its
+    handshake completed), out when closed."""
 
     def __init__(self) -> None:
         self.conns: set = set()
@@ -46,17 +47,12 @@ class Held(pygev.Handler):
         self.conns.discard(conn)
 
 
-class HeldWs(pygev.WebSocketHandler):
-    """WebSocket: a connection goes into the set once its handshake completed."""
+class Held(Holding, pygev.Handler):
+    """Raw TCP."""
 
-    def __init__(self) -> None:
-        self.conns: set = set()
 
-    def on_connect(self, conn):
-        self.conns.add(conn)
-
-    def on_close(self, conn):
-        self.conns.discard(conn)
+class HeldWs(Holding, pygev.WebSocketHandler):
+    """WebSocket."""
 
 
 class Control(pygev.Handler):

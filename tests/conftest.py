@@ -177,6 +177,22 @@ def expect_reset(sock: socket.socket, timeout: float = WAIT) -> bytes:
     return data
 
 
+def expect_refused(server: ServerThread, data: bytes = b"") -> None:
+    """Connects to `server`, sends `data`, and asserts the server resets the connection at
+    once: the reset may come before connect() returns, before the send, or at the read."""
+    try:
+        sock = server.connect()
+    except ConnectionResetError:
+        return
+    with sock:
+        try:
+            if data:
+                sock.sendall(data)
+        except (ConnectionResetError, BrokenPipeError):
+            return
+        expect_reset(sock)
+
+
 def expect_eof(sock: socket.socket, timeout: float = WAIT) -> None:
     """Asserts the peer closes (EOF) with no further data, before the deadline."""
     rest = recv_until_eof(sock, timeout)

@@ -28,7 +28,7 @@ from conftest import (
     ServerThread,
     echo_roundtrip,
     expect_eof,
-    expect_reset,
+    expect_refused,
     recv_exactly,
     wait_until,
 )
@@ -465,8 +465,7 @@ def test_refusals_are_counted_by_reason(
     metrics.ServerCollector(server.server, registry)
     url = http_server(registry)
     for _ in range(2):
-        with server.connect() as sock:
-            expect_reset(sock)
+        expect_refused(server)
     name = "pygev_connections_refused_total{reason=untrusted_proxy}"
     after = wait_until(lambda: (s := scrape(url))[name] == 2 and s, what="the refusals")
     assert after["pygev_connections_accepted_total"] == 0

@@ -18,6 +18,7 @@ from conftest import (
     WAIT,
     LogCapture,
     ServerThread,
+    expect_refused,
     expect_reset,
     recv_exactly,
     wait_until,
@@ -151,9 +152,7 @@ def test_a_malformed_header_resets_only_its_connection(
 def test_a_peer_that_is_not_a_trusted_proxy_is_refused(serve: Serve, pygev_log: LogCapture) -> None:
     handler = Peers()
     server = serve(handler, proxy_protocol=True, trusted_proxies=["192.0.2.0/24", "::1"])
-    with server.connect() as sock:
-        sock.sendall(v1(("203.0.113.1", 1)))
-        expect_reset(sock)
+    expect_refused(server, v1(("203.0.113.1", 1)))
     record = pygev_log.wait_for("not from a trusted proxy")
     assert "127.0.0.1" in record.getMessage() and record.levelname == "WARNING"
     assert handler.peers == []
@@ -297,8 +296,7 @@ def test_stop_while_a_header_is_pending(serve: Serve) -> None:
 def test_refused_and_timed_out_connections_leave_the_counts_right(serve: Serve) -> None:
     server = serve(Peers(), proxy_protocol=True, trusted_proxies=["192.0.2.0/24"])
     for _ in range(3):
-        with server.connect() as sock:
-            expect_reset(sock)
+        expect_refused(server)
     trusting = serve(Peers(), proxy_protocol=True)
     with trusting.connect() as sock:
         sock.sendall(b"GET / HTTP/1.1\r\n\r\n")

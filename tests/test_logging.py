@@ -285,3 +285,46 @@ def test_slow_callback_duration_is_validated() -> None:
     for bad in (0.0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="slow_callback_duration"):
             pygev.Server(pygev.Handler(), "127.0.0.1:0", slow_callback_duration=bad)
+
+
+INTERRUPTED_WHILE_LOGGING = """
+import logging, socket, struct, sys, threading
+import pygev
+
+class CtrlCNow(logging.Handler):
+    # Ctrl+C arriving while the dispatcher hands a loop's record to logging.
+    def emit(self, record):
+        if "reset" in record.getMessage():
+            raise KeyboardInterrupt
+
+logging.getLogger("pygev").addHandler(CtrlCNow())
+server = pygev.Server(pygev.Handler(), "127.0.0.1:0", num_loops=1,
+                      protocol=pygev.LengthPrefix(max_frame_size=16))
+
+def bad_client():
+    with socket.create_connection(server.address) as sock:
+        sock.sendall(struct.pack(">I", 1 << 20))  # past max_frame_size: reset, logged
+        sock.recv(1)
+
+threading.Thread(target=bad_client, daemon=True).start()
+try:
+    server.start()
+except KeyboardInterrupt:
+    pass
+print("stopped", flush=True)
+"""
+
+
+def test_ctrl_c_during_logging_still_stops_the_server() -> None:
+    """A KeyboardInterrupt raised inside logging code the dispatcher runs is not swallowed
+    with the logging error: the server stops."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_WHILE_LOGGING],
+        capture_output=True,
+        text=True,
+        timeout=WAIT * 2,
+    )
+    assert proc.stdout.strip() == "stopped", (proc.stdout, proc.stderr)

@@ -125,8 +125,23 @@ pub(crate) fn refresh_level(py: Python<'_>) {
         *next = Some(now + LEVEL_CHECK_INTERVAL);
     }
     if let Err(err) = set_level(py) {
-        log_exception(py, "pygev: cannot read the log level", &err);
+        if !keep_interrupt(py, &err) {
+            log_exception(py, "pygev: cannot read the log level", &err);
+        }
     }
+}
+
+/// A Ctrl+C that came while Python ran logging code for the dispatcher surfaced there as
+/// its `KeyboardInterrupt`: it is raised again at the dispatcher's next signal check (which
+/// stops the server), not lost with the logging error. Returns whether `err` was one.
+fn keep_interrupt(py: Python<'_>, err: &PyErr) -> bool {
+    if !err.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py) {
+        return false;
+    }
+    // SAFETY: PyErr_SetInterrupt only marks SIGINT as tripped for the next
+    // PyErr_CheckSignals; it may be called from any thread, and we hold the GIL.
+    unsafe { pyo3::ffi::PyErr_SetInterrupt() };
+    true
 }
 
 fn set_level(py: Python<'_>) -> PyResult<()> {
@@ -161,8 +176,12 @@ pub(crate) fn emit_pending(py: Python<'_>) {
         return;
     }
     let records = std::mem::take(&mut *RECORDS.lock().unwrap_or_else(|e| e.into_inner()));
-    let Ok(logger) = pygev_logger(py) else {
-        return;
+    let logger = match pygev_logger(py) {
+        Ok(logger) => logger,
+        Err(err) => {
+            keep_interrupt(py, &err);
+            return;
+        }
     };
     let dropped = DROPPED.swap(0, Ordering::Relaxed);
     if dropped > 0 {
@@ -173,6 +192,9 @@ pub(crate) fn emit_pending(py: Python<'_>) {
     }
     for record in records {
         if let Err(err) = emit(&logger, record) {
+            if keep_interrupt(py, &err) {
+                return; // (the rest of this batch of records is dropped)
+            }
             err.print(py); // logging itself is broken: stderr is all that is left
         }
     }

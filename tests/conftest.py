@@ -11,6 +11,7 @@ import logging
 import os
 import random
 import selectors
+import signal
 import socket
 import subprocess
 import sys
@@ -175,6 +176,26 @@ def expect_reset(sock: socket.socket, timeout: float = WAIT) -> bytes:
         "take a cut-off stream for a complete one"
     )
     return data
+
+
+def stop_group(proc: subprocess.Popen[Any], signum: int = signal.SIGTERM) -> int:
+    """Stops `proc` (started with ``start_new_session=True``) with `signum` if it still
+    runs, waits up to ``2 * WAIT`` for it, then kills whatever is left of its process group
+    (its workers); its exit code."""
+    try:
+        if proc.poll() is None:
+            proc.send_signal(signum)
+        try:
+            proc.wait(WAIT * 2)
+        except subprocess.TimeoutExpired:
+            pass
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    return proc.returncode
 
 
 def expect_refused(server: ServerThread, data: bytes = b"") -> None:

@@ -30,6 +30,7 @@ from conftest import (
     expect_eof,
     expect_refused,
     recv_exactly,
+    stop_group,
     wait_until,
 )
 from prometheus_client import CollectorRegistry
@@ -318,22 +319,11 @@ class MetricsExample:
     def stop(self, signum: int = signal.SIGTERM) -> int:
         """Stops it gracefully (killing whatever is left of its group after); its code."""
         try:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signum)
-            try:
-                self.proc.wait(WAIT * 2)
-            except subprocess.TimeoutExpired:
-                pass
+            return stop_group(self.proc, signum)
         finally:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait()
             for stream in (self.proc.stdout, self.proc.stderr):
                 if stream is not None:
                     stream.close()
-        return self.proc.returncode
 
 
 @pytest.fixture

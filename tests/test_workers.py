@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import WAIT, expect_eof
+from conftest import WAIT, expect_eof, stop_group
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -133,19 +133,8 @@ class Deployment:
         return socks, pids
 
     def stop(self) -> tuple[int, str]:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
         assert self.proc.stdout is not None
-        try:
-            self.proc.wait(WAIT * 2)
-        except subprocess.TimeoutExpired:
-            pass
-        finally:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)  # whatever is left of the group
-            except ProcessLookupError:
-                pass
-            self.proc.wait()
+        stop_group(self.proc)
         out = self.proc.stdout.read()
         self.reader.join(WAIT)
         return self.proc.returncode, out

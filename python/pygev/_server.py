@@ -5,32 +5,18 @@ from __future__ import annotations
 import signal
 import threading
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pygev import _pygev
 
 if TYPE_CHECKING:
     import asyncio
 
+    from pygev._workers import _Binding
+
 # NOTE: asyncio is imported where it is used, not here: it pulls in ssl and
 # concurrent.futures (about 6 MiB of RSS), which a server without async def callbacks
 # never needs, and each of pygev.run's worker processes would carry.
-
-
-class Binding(Protocol):
-    """A worker process's say in how its servers listen (see ``pygev._workers``)."""
-
-    def arguments(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[tuple[Any, ...], str | None]:
-        """The constructor's positional arguments, with the address replaced by a shared
-        socket where one is inherited (``kwargs`` is updated in place); and the address's
-        key, if it is one a worker's supervisor may share."""
-        ...
-
-    def built(self, key: str | None, server: Server) -> None:
-        """Notes a server built with the address of ``key``."""
-        ...
 
 # Servers serving in the main thread's loop: SIGTERM stops them all.
 _serving: set[Server] = set()
@@ -104,7 +90,7 @@ class Server(_pygev.Server):
     _closed: asyncio.Future[None] | None = None
     #: How the servers this process builds listen, in a worker of ``pygev.run``
     #: (``reuse_port=True``, and the sockets its supervisor shares); ``None`` elsewhere.
-    _binding: ClassVar[Binding | None] = None
+    _binding: ClassVar[_Binding | None] = None
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Server:
         binding = cls._binding

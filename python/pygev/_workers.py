@@ -93,8 +93,6 @@ def _stop_with_parent() -> None:
         pass  # not Linux: the worker stays up until told
 
 
-_MISSING = object()
-
 #: Called in a worker process once its server stopped (drained), just before it exits:
 #: the last word of what keeps figures outside it (``pygev.metrics``'s exporter).
 _at_worker_exit: list[Callable[[], None]] = []
@@ -130,7 +128,7 @@ class _Binding:
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[tuple[Any, ...], str | None]:
         kwargs.setdefault("reuse_port", True)
-        given = args[1] if len(args) > 1 else kwargs.get("address", _MISSING)
+        given = args[1] if len(args) > 1 else kwargs.get("address")
         address = _address_key(given)
         if address is None:
             return args, None

@@ -165,6 +165,13 @@ impl Conn {
         self.close_reason.get_or_insert(reason);
     }
 
+    /// The peer's address for a log line (the dispatcher may not know the connection yet).
+    pub(crate) fn peer_text(&self) -> String {
+        self.transport
+            .peer_addr()
+            .map_or_else(|_| "a peer that left".to_string(), |a| a.to_string())
+    }
+
     pub(crate) fn can_read(&self) -> bool {
         !self.has(flag::NOT_READING | flag::PEER_EOF)
     }

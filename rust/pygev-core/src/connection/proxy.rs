@@ -61,7 +61,7 @@ impl Connections {
             Ok(Parsed::Done(header)) => header,
             Err(err) => {
                 conn.note_close(CloseReason::Protocol);
-                let peer = describe_peer(conn);
+                let peer = conn.peer_text();
                 return Err(CloseCause::Abort(format!(
                     "pygev: connection {} from {peer}: {err}",
                     conn.id
@@ -118,7 +118,7 @@ impl Connections {
             "pygev: connection {} from {} sent no complete PROXY protocol header within \
              {within:?}",
             conn.id,
-            describe_peer(conn),
+            conn.peer_text(),
         );
         self.close_now(token, CloseCause::Abort(reason));
     }
@@ -132,7 +132,7 @@ impl Connections {
                 "pygev: connection {} from {} closed before its PROXY protocol header was \
                  complete ({} bytes of it came)",
                 conn.id,
-                describe_peer(conn),
+                conn.peer_text(),
                 conn.input.len()
             );
         }
@@ -146,10 +146,4 @@ impl Connections {
         }
         self.proxied.remove(&token)
     }
-}
-
-fn describe_peer(conn: &super::Conn) -> String {
-    conn.transport
-        .peer_addr()
-        .map_or_else(|_| "a peer that left".to_string(), |a| a.to_string())
 }

@@ -124,10 +124,7 @@ impl Connections {
     /// so the close is orderly (a reset could destroy the alert).
     fn tls_failed(&self, token: usize, error: &str) -> CloseCause {
         let conn = &self.conns[token];
-        let peer = conn
-            .transport
-            .peer_addr()
-            .map_or_else(|_| "a peer that left".to_string(), |a| a.to_string());
+        let peer = conn.peer_text();
         if conn.has(flag::HANDSHAKING) {
             let id = conn.id;
             let reason =

@@ -385,6 +385,73 @@ fn an_unfinished_handshake_times_out_and_keepalive_pings_then_gives_up() {
 }
 
 #[test]
+fn an_open_quiet_connection_keeps_no_state_until_it_holds_something() {
+    use std::time::{Duration, Instant};
+    let ws = WebSocket::new(Settings {
+        ping_interval: Some(Duration::from_secs(5)),
+        ping_timeout: Duration::from_secs(2),
+        ..Settings::default()
+    });
+    let mask = [1, 2, 3, 4];
+    let mut sink = FrameSink::new();
+    let mut state = ws.new_state();
+    assert!(state.is_some(), "the handshake has a deadline to keep");
+    ws.unpack(&mut state, REQUEST, &mut sink).unwrap();
+    assert_eq!(items(&mut sink), [vec![tag::OPEN, 0]]);
+    sink.take_actions();
+    assert!(ws.take_reschedule(&mut state));
+    assert!(state.is_none(), "open and holding nothing: no state kept");
+
+    // A whole binary message, a packed reply, the keepalive's deadline: still nothing.
+    let frame = client_frame(true, opcode::BINARY, b"abc", mask);
+    assert_eq!(ws.unpack(&mut state, &frame, &mut sink), Ok(frame.len()));
+    assert_eq!(items(&mut sink), [tagged(tag::BINARY, b"abc")]);
+    let mut out = Vec::new();
+    ws.pack_kind(&mut state, MessageKind::Binary, b"xyz", &mut out)
+        .unwrap();
+    assert_eq!(out, [0x82, 3, b'x', b'y', b'z']);
+    assert!(state.is_none() && ws.allows_packed(&state));
+    assert!(!ws.has_partial_frame(&state, 0) && ws.has_partial_frame(&state, 1));
+    let t0 = Instant::now();
+    let t = |s: u64| t0 + Duration::from_secs(s);
+    assert_eq!(ws.next_tick(&state, t0), Some(t(5)));
+
+    // A ping out is kept until the peer answers.
+    ws.tick(&mut state, t(6), t0, &mut sink).unwrap();
+    assert_eq!(sink.reply()[0], 0x89);
+    sink.take_actions();
+    assert!(state.is_some());
+    assert_eq!(ws.next_tick(&state, t0), Some(t(8)));
+    let pong = client_frame(true, opcode::PONG, b"keepalive", mask);
+    assert_eq!(ws.unpack(&mut state, &pong, &mut sink), Ok(pong.len()));
+    assert!(state.is_none(), "answered");
+
+    // Half a text frame, then a message in two frames: kept until parked.
+    let text = client_frame(true, opcode::TEXT, "hé".as_bytes(), mask);
+    assert_eq!(ws.unpack(&mut state, &text[..7], &mut sink), Ok(0));
+    assert!(state.is_some(), "part of a text frame was checked");
+    assert_eq!(ws.unpack(&mut state, &text, &mut sink), Ok(text.len()));
+    assert_eq!(items(&mut sink), [tagged(tag::TEXT, "hé".as_bytes())]);
+    assert!(ws.take_reschedule(&mut state), "the park's deadline");
+    assert!(state.is_some(), "the reassembly buffer is kept a while");
+    let first = client_frame(false, opcode::BINARY, b"ab", mask);
+    ws.unpack(&mut state, &first, &mut sink).unwrap();
+    assert!(ws.has_partial_frame(&state, 0), "in a message");
+    let last = client_frame(true, opcode::CONTINUATION, b"cd", mask);
+    ws.unpack(&mut state, &last, &mut sink).unwrap();
+    assert_eq!(items(&mut sink), [tagged(tag::BINARY, b"abcd")]);
+    let later = Instant::now() + Duration::from_secs(2);
+    ws.tick(&mut state, later, later, &mut sink).unwrap();
+    assert!(sink.reply().is_empty());
+    assert!(state.is_none(), "parked: nothing held");
+
+    // Our close is kept: the peer's is still to come.
+    ws.control(&mut state, Control::Close(vec![3, 232]), &mut out)
+        .unwrap();
+    assert!(state.is_some() && !ws.allows_packed(&state));
+}
+
+#[test]
 fn a_violation_ends_with_its_code_after_earlier_messages() {
     let ws = WebSocket::new(Settings::default());
     let mut wire = REQUEST.to_vec();

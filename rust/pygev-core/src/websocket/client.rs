@@ -16,7 +16,7 @@ use super::deflate::Agreed;
 use super::frames::Reader;
 use super::masking::fill_random;
 use super::session;
-use super::state::{state_of, state_ref, ClientSide, Phase, State};
+use super::state::{self, ClientSide, Phase, State};
 use crate::protocols::{
     Control, FrameSink, MessageKind, Protocol, ProtocolError, ProtocolState, Signal,
 };
@@ -68,6 +68,16 @@ fn as_client(agreed: Agreed, own_bits: u8) -> Agreed {
 }
 
 impl WebSocketClient {
+    /// Runs `f` on a connection's state (see [`state::with_state`]).
+    fn with<R>(&self, slot: &mut ProtocolState, f: impl FnOnce(&mut State) -> R) -> R {
+        state::with_state(slot, self.settings.max_message_size, f)
+    }
+
+    /// Looks at a connection's state (see [`state::peek`]).
+    fn peek<R>(&self, slot: &ProtocolState, f: impl FnOnce(&State) -> R) -> R {
+        state::peek(slot, self.settings.max_message_size, f)
+    }
+
     /// A client framing with these settings; `Err` names what cannot go into the upgrade
     /// request (checked once here, so that no connection fails for it later).
     pub fn new(settings: ClientSettings) -> Result<Self, String> {
@@ -160,27 +170,20 @@ impl Protocol for WebSocketClient {
     }
 
     fn new_state(&self) -> ProtocolState {
-        Some(Box::new(State {
-            phase: Phase::Handshake,
-            reader: Reader::for_client(self.settings.max_message_size, false),
-            agreed: None,
-            codec: None,
-            holding: false,
-            held_since: Instant::now(),
-            reschedule: false,
-            ping_sent: None,
-            started: Instant::now(),
-            client: Some(Box::new(ClientSide {
-                ws_key: fresh_key(),
-            })),
-        }))
+        let reader = Reader::for_client(self.settings.max_message_size, false);
+        let mut state = State::new(Phase::Handshake, reader, Some(Instant::now()));
+        state.client = Some(Box::new(ClientSide {
+            ws_key: fresh_key(),
+        }));
+        Some(Box::new(state))
     }
 
     fn opening(&self, state: &mut ProtocolState, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
-        let state = state_of(state);
-        state.started = Instant::now();
-        out.extend_from_slice(&request(&self.offer(state)).map_err(ProtocolError::new)?);
-        Ok(())
+        self.with(state, |state| {
+            state.started = Some(Instant::now());
+            out.extend_from_slice(&request(&self.offer(state)).map_err(ProtocolError::new)?);
+            Ok(())
+        })
     }
 
     fn unpack(
@@ -189,12 +192,11 @@ impl Protocol for WebSocketClient {
         input: &[u8],
         sink: &mut FrameSink,
     ) -> Result<usize, ProtocolError> {
-        let state = state_of(state);
-        match state.phase {
+        self.with(state, |state| match state.phase {
             Phase::Handshake | Phase::Pending(_) => self.answer(state, input, sink),
             Phase::Open | Phase::CloseSent => self.frames(state, input, sink),
             Phase::CloseReceived | Phase::Closed => Ok(input.len()),
-        }
+        })
     }
 
     fn pack(
@@ -214,7 +216,9 @@ impl Protocol for WebSocketClient {
         out: &mut Vec<u8>,
     ) -> Result<(), ProtocolError> {
         let threshold = self.settings.threshold;
-        session::write_message(state_of(state), kind, payload, threshold, out);
+        self.with(state, |state| {
+            session::write_message(state, kind, payload, threshold, out)
+        });
         Ok(())
     }
 
@@ -225,7 +229,7 @@ impl Protocol for WebSocketClient {
         out: &mut Vec<u8>,
     ) -> Result<bool, ProtocolError> {
         if let Control::Close(payload) = control {
-            session::write_close(state_of(state), &payload, out)?;
+            self.with(state, |state| session::write_close(state, &payload, out))?;
         }
         Ok(false)
     }
@@ -242,11 +246,11 @@ impl Protocol for WebSocketClient {
     }
 
     fn allows_packed(&self, state: &ProtocolState) -> bool {
-        session::allows_packed(state_ref(state))
+        self.peek(state, session::allows_packed)
     }
 
     fn has_partial_frame(&self, state: &ProtocolState, buffered: usize) -> bool {
-        session::has_partial_frame(state_ref(state), buffered)
+        self.peek(state, |state| session::has_partial_frame(state, buffered))
     }
 
     fn has_ticks(&self) -> bool {
@@ -254,11 +258,13 @@ impl Protocol for WebSocketClient {
     }
 
     fn take_reschedule(&self, state: &mut ProtocolState) -> bool {
-        std::mem::take(&mut state_of(state).reschedule)
+        self.with(state, |state| std::mem::take(&mut state.reschedule))
     }
 
     fn next_tick(&self, state: &ProtocolState, last_heard: Instant) -> Option<Instant> {
-        session::next_tick(state_ref(state), last_heard, &self.timing())
+        self.peek(state, |state| {
+            session::next_tick(state, last_heard, &self.timing())
+        })
     }
 
     fn tick(
@@ -268,18 +274,21 @@ impl Protocol for WebSocketClient {
         last_heard: Instant,
         sink: &mut FrameSink,
     ) -> Result<(), ProtocolError> {
-        let state = state_of(state);
         let timing = self.timing();
-        if matches!(state.phase, Phase::Handshake)
-            && now.duration_since(state.started) >= timing.handshake_timeout
-        {
-            fail(
-                state,
-                sink,
-                HandshakeFailure::TimedOut(timing.handshake_timeout),
-            );
-            return Ok(());
-        }
-        session::tick(state, now, last_heard, sink.reply(), &timing)
+        self.with(state, |state| {
+            if matches!(state.phase, Phase::Handshake)
+                && state
+                    .started
+                    .is_some_and(|started| now.duration_since(started) >= timing.handshake_timeout)
+            {
+                fail(
+                    state,
+                    sink,
+                    HandshakeFailure::TimedOut(timing.handshake_timeout),
+                );
+                return Ok(());
+            }
+            session::tick(state, now, last_heard, sink.reply(), &timing)
+        })
     }
 }

@@ -198,6 +198,18 @@ impl Reader {
         }
     }
 
+    /// Whether the reader is as a server's new one without permessage-deflate: between
+    /// messages, before any close, holding no buffer and no part of a frame.
+    pub fn is_fresh(&self) -> bool {
+        self.partial.is_none()
+            && self.inflating.is_none()
+            && self.buffer.capacity() == 0
+            && self.arriving_valid == 0
+            && !self.closed
+            && !self.rsv1_allowed
+            && self.peer_is_client
+    }
+
     /// Whether a fragmented message has started and not ended yet.
     pub fn in_message(&self) -> bool {
         self.partial.is_some() || self.inflating.is_some()

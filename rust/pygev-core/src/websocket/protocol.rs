@@ -14,7 +14,7 @@ use super::frames::Reader;
 use super::handshake::{self, Limits, UpgradeRequest};
 use super::http_request;
 use super::session;
-use super::state::{state_of, state_ref, Phase, State};
+use super::state::{self, Phase, State};
 use crate::protocols::{
     Control, FrameSink, MessageKind, Protocol, ProtocolError, ProtocolState, Signal,
 };
@@ -63,6 +63,16 @@ pub struct WebSocket {
 }
 
 impl WebSocket {
+    /// Runs `f` on a connection's state (see [`state::with_state`]).
+    fn with<R>(&self, slot: &mut ProtocolState, f: impl FnOnce(&mut State) -> R) -> R {
+        state::with_state(slot, self.settings.max_message_size, f)
+    }
+
+    /// Looks at a connection's state (see [`state::peek`]).
+    fn peek<R>(&self, slot: &ProtocolState, f: impl FnOnce(&State) -> R) -> R {
+        state::peek(slot, self.settings.max_message_size, f)
+    }
+
     fn timing(&self) -> session::Timing {
         session::Timing {
             handshake_timeout: self.settings.handshake_timeout,
@@ -146,6 +156,7 @@ impl WebSocket {
 
     fn open(&self, state: &mut State, agreed: Option<Agreed>) {
         state.phase = Phase::Open;
+        state.started = None;
         state.reschedule = true; // the keepalive's deadline replaces the handshake's
         state.agreed = agreed;
         state.reader = Reader::new(self.settings.max_message_size, agreed.is_some());
@@ -163,35 +174,13 @@ impl WebSocket {
         );
         session::read_frames(state, input, sink, max, threshold)
     }
-}
 
-impl Protocol for WebSocket {
-    fn name(&self) -> &str {
-        "websocket"
-    }
-
-    fn new_state(&self) -> ProtocolState {
-        Some(Box::new(State {
-            phase: Phase::Handshake,
-            reader: Reader::new(self.settings.max_message_size, false),
-            agreed: None,
-            codec: None,
-            holding: false,
-            held_since: Instant::now(),
-            reschedule: false,
-            ping_sent: None,
-            started: Instant::now(),
-            client: None,
-        }))
-    }
-
-    fn unpack(
+    fn unpack_state(
         &self,
-        state: &mut ProtocolState,
+        state: &mut State,
         input: &[u8],
         sink: &mut FrameSink,
     ) -> Result<usize, ProtocolError> {
-        let state = state_of(state);
         match state.phase {
             Phase::Handshake => self.handshake(state, input, sink),
             // Clients must wait for the 101; what they send meanwhile is held, up to the
@@ -208,6 +197,46 @@ impl Protocol for WebSocket {
             Phase::Open | Phase::CloseSent => self.frames(state, input, sink),
             Phase::CloseReceived | Phase::Closed => Ok(input.len()),
         }
+    }
+
+    fn control_state(
+        &self,
+        state: &mut State,
+        control: Control,
+        out: &mut Vec<u8>,
+    ) -> Result<bool, ProtocolError> {
+        match (control, &state.phase) {
+            (Control::Accept(response), Phase::Pending(agreed)) => {
+                let agreed = *agreed;
+                out.extend_from_slice(&response);
+                self.open(state, agreed);
+                return Ok(true);
+            }
+            (Control::Close(payload), _) => session::write_close(state, &payload, out)?,
+            _ => {} // an accept for a connection not held: nothing
+        }
+        Ok(false)
+    }
+}
+
+impl Protocol for WebSocket {
+    fn name(&self) -> &str {
+        "websocket"
+    }
+
+    fn new_state(&self) -> ProtocolState {
+        let reader = Reader::new(self.settings.max_message_size, false);
+        let state = State::new(Phase::Handshake, reader, Some(Instant::now()));
+        Some(Box::new(state))
+    }
+
+    fn unpack(
+        &self,
+        state: &mut ProtocolState,
+        input: &[u8],
+        sink: &mut FrameSink,
+    ) -> Result<usize, ProtocolError> {
+        self.with(state, |state| self.unpack_state(state, input, sink))
     }
 
     fn pack(
@@ -227,7 +256,9 @@ impl Protocol for WebSocket {
         out: &mut Vec<u8>,
     ) -> Result<(), ProtocolError> {
         let threshold = self.settings.deflate.threshold;
-        session::write_message(state_of(state), kind, payload, threshold, out);
+        self.with(state, |state| {
+            session::write_message(state, kind, payload, threshold, out)
+        });
         Ok(())
     }
 
@@ -237,18 +268,7 @@ impl Protocol for WebSocket {
         control: Control,
         out: &mut Vec<u8>,
     ) -> Result<bool, ProtocolError> {
-        let state = state_of(state);
-        match (control, &state.phase) {
-            (Control::Accept(response), Phase::Pending(agreed)) => {
-                let agreed = *agreed;
-                out.extend_from_slice(&response);
-                self.open(state, agreed);
-                return Ok(true);
-            }
-            (Control::Close(payload), _) => session::write_close(state, &payload, out)?,
-            _ => {} // an accept for a connection not held: nothing
-        }
-        Ok(false)
+        self.with(state, |state| self.control_state(state, control, out))
     }
 
     fn max_buffered_input(&self) -> usize {
@@ -260,11 +280,11 @@ impl Protocol for WebSocket {
     }
 
     fn allows_packed(&self, state: &ProtocolState) -> bool {
-        session::allows_packed(state_ref(state))
+        self.peek(state, session::allows_packed)
     }
 
     fn has_partial_frame(&self, state: &ProtocolState, buffered: usize) -> bool {
-        session::has_partial_frame(state_ref(state), buffered)
+        self.peek(state, |state| session::has_partial_frame(state, buffered))
     }
 
     fn has_ticks(&self) -> bool {
@@ -272,11 +292,13 @@ impl Protocol for WebSocket {
     }
 
     fn take_reschedule(&self, state: &mut ProtocolState) -> bool {
-        std::mem::take(&mut state_of(state).reschedule)
+        self.with(state, |state| std::mem::take(&mut state.reschedule))
     }
 
     fn next_tick(&self, state: &ProtocolState, last_heard: Instant) -> Option<Instant> {
-        session::next_tick(state_ref(state), last_heard, &self.timing())
+        self.peek(state, |state| {
+            session::next_tick(state, last_heard, &self.timing())
+        })
     }
 
     fn tick(
@@ -286,12 +308,8 @@ impl Protocol for WebSocket {
         last_heard: Instant,
         sink: &mut FrameSink,
     ) -> Result<(), ProtocolError> {
-        session::tick(
-            state_of(state),
-            now,
-            last_heard,
-            sink.reply(),
-            &self.timing(),
-        )
+        self.with(state, |state| {
+            session::tick(state, now, last_heard, sink.reply(), &self.timing())
+        })
     }
 }

@@ -186,7 +186,9 @@ pub(super) struct Timing {
 /// ping, or the ping's timeout), the codec's park.
 pub(super) fn next_tick(state: &State, last_heard: Instant, timing: &Timing) -> Option<Instant> {
     let own = match state.phase {
-        Phase::Handshake | Phase::Pending(_) => Some(state.started + timing.handshake_timeout),
+        Phase::Handshake | Phase::Pending(_) => state
+            .started
+            .map(|started| started + timing.handshake_timeout),
         Phase::Open => timing.ping_interval.map(|interval| match state.ping_sent {
             Some(sent) if last_heard <= sent => sent + timing.ping_timeout,
             _ => last_heard + interval,
@@ -211,7 +213,10 @@ pub(super) fn tick(
     match state.phase {
         Phase::Handshake | Phase::Pending(_) => {
             let timeout = timing.handshake_timeout;
-            if now.duration_since(state.started) >= timeout {
+            if state
+                .started
+                .is_some_and(|started| now.duration_since(started) >= timeout)
+            {
                 state.phase = Phase::Closed;
                 return Err(ProtocolError::new(format!(
                     "pygev: no complete WebSocket handshake within {timeout:?}"

@@ -1,6 +1,11 @@
 //! A WebSocket connection's state in the loop: where it is in its life ([`Phase`]), its
 //! frame reader and compression codec (made when used, parked when quiet), its keepalive,
 //! and the delivery of what the reader finds into the frame sink.
+//!
+//! The loop keeps it in the connection's [`ProtocolState`] slot, boxed only while there is
+//! something to keep: an open server connection that holds nothing (no compression, no
+//! message on the way, no ping out, no buffer) is all defaults, [`State::quiet`], and its
+//! slot is empty. [`with_state`] and [`peek`] make it again, on the stack, when needed.
 
 use std::time::{Duration, Instant};
 
@@ -77,17 +82,16 @@ pub(super) struct State {
     /// Made at the first compressed message either way; parked (zlib state freed) once the
     /// connection's messages stop for `PARK_AFTER`.
     pub(super) codec: Option<Box<Codec>>,
-    /// The codec or the reader holds memory a quiet connection does not need (the park
-    /// deadline runs).
-    pub(super) holding: bool,
-    /// When that memory was last used.
-    pub(super) held_since: Instant,
+    /// Set while the codec or the reader holds memory a quiet connection does not need:
+    /// when it was last used (the park deadline runs from there).
+    pub(super) held_since: Option<Instant>,
     /// A deadline (the park, or the keepalive's once open) the loop must take into its heap.
     pub(super) reschedule: bool,
     /// When the keepalive ping went out, until anything arrives.
     pub(super) ping_sent: Option<Instant>,
-    /// When the connection was accepted, or its request sent (for the handshake timeout).
-    pub(super) started: Instant,
+    /// When the connection was accepted, or its request sent (for the handshake timeout);
+    /// `None` once open.
+    pub(super) started: Option<Instant>,
     /// On a client's side: what only a client has (boxed: servers hold the many); its
     /// frames are masked.
     pub(super) client: Option<Box<ClientSide>>,
@@ -109,6 +113,38 @@ pub(super) const INFLATE_STEP: usize = 256 << 10;
 pub(super) const PARK_AFTER: Duration = Duration::from_secs(1);
 
 impl State {
+    /// A connection in `phase`, from the start: nothing agreed, read or held yet.
+    pub(super) fn new(phase: Phase, reader: Reader, started: Option<Instant>) -> State {
+        State {
+            phase,
+            reader,
+            agreed: None,
+            codec: None,
+            held_since: None,
+            reschedule: false,
+            ping_sent: None,
+            started,
+            client: None,
+        }
+    }
+
+    /// An open server connection that holds nothing: what an empty slot stands for.
+    pub(super) fn quiet(max_message_size: usize) -> State {
+        State::new(Phase::Open, Reader::new(max_message_size, false), None)
+    }
+
+    /// Whether this is [`State::quiet`] (what the loop must keep is nothing).
+    fn is_quiet(&self) -> bool {
+        matches!(self.phase, Phase::Open)
+            && self.reader.is_fresh()
+            && self.agreed.is_none()
+            && self.codec.is_none()
+            && self.held_since.is_none()
+            && !self.reschedule
+            && self.ping_sent.is_none()
+            && self.client.is_none()
+    }
+
     pub(super) fn codec(&mut self, threshold: usize) -> Option<&mut Codec> {
         let agreed = self.agreed?;
         self.used_memory();
@@ -120,15 +156,13 @@ impl State {
 
     /// The codec or the reader's buffer was used: they stay for `PARK_AFTER` from now.
     pub(super) fn used_memory(&mut self) {
-        self.held_since = Instant::now();
-        if !self.holding {
-            self.holding = true;
+        if self.held_since.replace(Instant::now()).is_none() {
             self.reschedule = true;
         }
     }
 
     pub(super) fn park_deadline(&self) -> Option<Instant> {
-        self.holding.then(|| self.held_since + PARK_AFTER)
+        self.held_since.map(|since| since + PARK_AFTER)
     }
 
     /// Frees what a quiet connection does not need: zlib state (keeping the client's
@@ -137,27 +171,53 @@ impl State {
     /// park waits another `PARK_AFTER`.
     pub(super) fn park(&mut self) {
         if self.reader.is_inflating() {
-            self.held_since = Instant::now();
+            self.held_since = Some(Instant::now());
             return;
         }
         if let Some(codec) = self.codec.as_mut() {
             codec.park();
         }
         self.reader.release_buffer();
-        self.holding = false;
+        self.held_since = None;
     }
 }
 
-pub(super) fn state_ref(state: &ProtocolState) -> &State {
-    state
-        .as_ref()
-        .and_then(|s| s.downcast_ref::<State>())
-        .expect("the WebSocket state is made by new_state")
+/// Runs `f` on the connection's state and keeps what it leaves: a quiet connection's state
+/// is made on the stack and boxed only if `f` leaves it holding something; a boxed state
+/// that `f` leaves quiet is freed.
+pub(super) fn with_state<R>(
+    slot: &mut ProtocolState,
+    max_message_size: usize,
+    f: impl FnOnce(&mut State) -> R,
+) -> R {
+    let Some(boxed) = slot else {
+        let mut state = State::quiet(max_message_size);
+        let result = f(&mut state);
+        if !state.is_quiet() {
+            *slot = Some(Box::new(state));
+        }
+        return result;
+    };
+    let state = boxed
+        .downcast_mut::<State>()
+        .expect("the WebSocket state is made by new_state");
+    let result = f(state);
+    if state.is_quiet() {
+        *slot = None;
+    }
+    result
 }
 
-pub(super) fn state_of(state: &mut ProtocolState) -> &mut State {
-    state
-        .as_mut()
-        .and_then(|s| s.downcast_mut::<State>())
-        .expect("the WebSocket state is made by new_state")
+/// Looks at the connection's state (a quiet connection's made on the stack).
+pub(super) fn peek<R>(
+    slot: &ProtocolState,
+    max_message_size: usize,
+    f: impl FnOnce(&State) -> R,
+) -> R {
+    match slot {
+        Some(boxed) => f(boxed
+            .downcast_ref::<State>()
+            .expect("the WebSocket state is made by new_state")),
+        None => f(&State::quiet(max_message_size)),
+    }
 }

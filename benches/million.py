@@ -8,7 +8,9 @@
 
 The deployment is benches/peers/million_server.py under pygev.run: W workers (default
 ceil(N / 19,000), as a process may hold 20,000 descriptors here) share one port with
-SO_REUSEPORT, one loop each, no idle timeout, a handler that keeps its connections in a set.
+SO_REUSEPORT, one loop each, no idle timeout, a handler that keeps its connections in a set
+(--hold-order hash, the default: the broadcast visits them in hash order) or in a dict
+(--hold-order accept: the broadcast visits them in accept order).
 Each worker dials a control connection out to this script (not counted among the held).
 
 Client processes (benches/million_client.c, C and epoll, at most --clients-per-process
@@ -25,6 +27,15 @@ Measured, in order:
             (CLOCK_MONOTONIC) to the last client's receipt of all 64 bytes (the clients
             stamp each arrival with CLOCK_MONOTONIC: one clock on one machine)
 
+Around the ramp and around the broadcast, the machine-wide TCP counters of /proc/net/snmp
+and /proc/net/netstat (retransmissions, memory pressure, pruning, timeouts: TCP_COUNTERS)
+are read before and after; /proc/net/sockstat's TCP memory (pages, charged per socket; the
+kernel batches it per CPU, so it is off by up to net.core.mem_pcpu_rsv pages per CPU) is
+sampled every 0.5 s in the ramp and every 50 ms in the broadcast, against the kernel-wide
+limits of /proc/sys/net/ipv4/tcp_mem (min, pressure, max pages), which are recorded, and
+which --tcp-mem MIN,PRESSURE,MAX sets for the run (root; restored however the run ends,
+short of SIGKILL).
+
 The targets are judged on VmRSS: per connection, (VmRSS held - VmRSS start) / connections
 of each worker; in total, the sum of the workers' VmRSS (which counts the pages they share
 once per worker; PSS shares them out and is reported beside it).
@@ -34,12 +45,13 @@ The run stops early, reporting how far it got, when MemAvailable falls under
 started is stopped on the way out (the supervisor by SIGTERM, then its process group by
 SIGKILL; the clients by SIGKILL).
 
-Writes benches/results/million[-ws].json and .png (--out for another folder).
+Writes benches/results/million[-ws][-N][-accept].json and .png (--out for another folder).
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime
 import json
 import math
@@ -55,12 +67,26 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common
-from common import CLK_TCK, MIB, log
+from common import CLK_TCK, MIB, PAGE_SIZE, log
 
 GIB = 1024 * MIB
 SERVER = os.path.join(common.BENCH_DIR, "peers", "million_server.py")
 TARGETS = {"bytes_per_conn": 400, "total_rss_gib": 1.5, "idle_cpu_pct": 5.0,
            "broadcast_s": 5.0}
+TCP_MEM = "/proc/sys/net/ipv4/tcp_mem"
+LISTEN_COUNTERS = ("ListenOverflows", "ListenDrops", "SyncookiesSent", "TCPReqQFullDrop",
+                   "TCPReqQFullDoCookies")
+# Read before and after the ramp and the broadcast (machine-wide, 0 where the kernel lacks
+# one); the table always shows TCP_SHOWN, and the others when they moved.
+TCP_COUNTERS = {
+    "Tcp": ("OutSegs", "RetransSegs"),
+    "TcpExt": ("TCPMemoryPressures", "TCPMemoryPressuresChrono", "PruneCalled", "RcvPruned",
+               "OfoPruned", "TCPRcvCollapsed", "TCPRcvQDrop", "TCPOFODrop", "TCPAbortOnMemory",
+               "DelayedACKs", "TCPTimeouts", "TCPLossProbes", "TCPSpuriousRTOs",
+               "TCPBacklogDrop", "TCPZeroWindowDrop", "TCPToZeroWindowAdv"),
+}
+TCP_SHOWN = ("RetransSegs", "TCPMemoryPressures", "TCPMemoryPressuresChrono", "PruneCalled",
+             "RcvPruned", "TCPAbortOnMemory", "DelayedACKs", "TCPTimeouts")
 
 
 class Abort(Exception):
@@ -150,16 +176,143 @@ def sockstat():
     return {}
 
 
+def net_counters(wanted):
+    """Counters of /proc/net/snmp and /proc/net/netstat (a line of names, then a line of
+    values, per group): {name: value} for the names of `wanted` ({group: names}), 0 for a
+    name this kernel does not count. The names picked must differ across groups."""
+    out = {}
+    for path in ("/proc/net/snmp", "/proc/net/netstat"):
+        with open(path) as f:
+            lines = f.read().splitlines()
+        for names, values in zip(lines[::2], lines[1::2]):
+            group = names.partition(":")[0]
+            if group in wanted:
+                d = dict(zip(names.split()[1:], (int(v) for v in values.split()[1:])))
+                out.update({k: d.get(k, 0) for k in wanted[group]})
+    return out
+
+
 def listen_drops():
     """TcpExt ListenOverflows and ListenDrops (accept queues that were full)."""
-    with open("/proc/net/netstat") as f:
-        lines = f.read().splitlines()
-    for names, values in zip(lines[::2], lines[1::2]):
-        if names.startswith("TcpExt:"):
-            d = dict(zip(names.split()[1:], (int(v) for v in values.split()[1:])))
-            return {k: d.get(k, 0) for k in ("ListenOverflows", "ListenDrops", "SyncookiesSent",
-                                             "TCPReqQFullDrop", "TCPReqQFullDoCookies")}
-    return {}
+    return net_counters({"TcpExt": LISTEN_COUNTERS})
+
+
+def tcp_counters():
+    """TCP_COUNTERS now (machine-wide)."""
+    return net_counters(TCP_COUNTERS)
+
+
+def counter_deltas(before, after):
+    return {k: after[k] - before.get(k, 0) for k in after}
+
+
+def read_tcp_mem():
+    """The kernel-wide tcp_mem: [min, pressure, max] in pages."""
+    with open(TCP_MEM) as f:
+        return [int(x) for x in f.read().split()]
+
+
+def tcp_mem_arg(text):
+    """--tcp-mem MIN,PRESSURE,MAX (pages)."""
+    try:
+        pages = [int(x) for x in text.replace(",", " ").split()]
+    except ValueError:
+        pages = []
+    if len(pages) != 3 or not 0 < pages[0] <= pages[1] <= pages[2]:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: three page counts MIN,PRESSURE,MAX with 0 < MIN <= PRESSURE <= MAX")
+    return pages
+
+
+def set_tcp_mem(pages):
+    """Writes the kernel-wide tcp_mem (every TCP socket of the machine obeys it) and arranges
+    that the previous value comes back however this script ends, short of SIGKILL: returns
+    that value and the function that restores it (once; atexit calls it too)."""
+    previous = read_tcp_mem()
+    if not os.access(TCP_MEM, os.W_OK):
+        raise SystemExit(f"--tcp-mem: {TCP_MEM} is not writable here (it needs root, and a "
+                         "writable /proc/sys in the initial network namespace); nothing "
+                         "was changed")
+    was = " ".join(map(str, previous))
+    done = []
+
+    def restore():
+        if done:
+            return
+        done.append(True)
+        try:
+            with open(TCP_MEM, "w") as f:
+                f.write(was + "\n")
+            log(f"--tcp-mem: restored the kernel-wide {TCP_MEM} to {read_tcp_mem()} pages")
+        except OSError as exc:
+            log(f"--tcp-mem: COULD NOT RESTORE {TCP_MEM} to '{was}': {exc}")
+
+    atexit.register(restore)  # before the write: whatever happens next, it comes back
+    try:
+        with open(TCP_MEM, "w") as f:
+            f.write(" ".join(map(str, pages)) + "\n")
+    except OSError as exc:
+        if read_tcp_mem() == previous:
+            done.append(True)  # unchanged: nothing to restore
+        raise SystemExit(f"--tcp-mem: could not write {TCP_MEM}: {exc}") from None
+    now = read_tcp_mem()
+    new = " ".join(map(str, now))
+    log(f"--tcp-mem: changed the KERNEL-WIDE {TCP_MEM} (every TCP socket on this machine) "
+        f"from '{was}' to '{new}' pages (pressure at {now[1] * PAGE_SIZE / GIB:.2f} GiB, "
+        f"max {now[2] * PAGE_SIZE / GIB:.2f} GiB) for this run; it is restored at the end. "
+        f"Should this script be SIGKILLed: echo '{was}' > {TCP_MEM}")
+    if now != pages:
+        restore()
+        raise SystemExit(f"--tcp-mem: the kernel kept {now} for {pages}: restored, stopped")
+    return previous, restore
+
+
+def tcp_mem_record(previous=None):
+    """What the run records of the TCP memory limits in effect."""
+    out = {"pages": read_tcp_mem(), "page_size": PAGE_SIZE, "set_by_run": previous is not None,
+           "previous": previous}
+    for name in ("tcp_rmem", "tcp_wmem"):
+        try:
+            with open(f"/proc/sys/net/ipv4/{name}") as f:
+                out[name] = [int(x) for x in f.read().split()]
+        except OSError:
+            pass
+    return out
+
+
+class SockMemSampler:
+    """/proc/net/sockstat's TCP mem (pages) every `every` s on a thread of its own, from
+    start() to stop(): its course (seconds from stop's t0_ns) and its peak (one small read
+    per sample)."""
+
+    def __init__(self, every=0.05):
+        self.every = every
+        self.samples = []  # (monotonic ns, pages)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while True:
+            try:
+                mem = sockstat().get("mem")
+            except OSError:
+                mem = None
+            if mem is not None:
+                self.samples.append((time.monotonic_ns(), mem))
+            if self._stop.wait(self.every):
+                return
+
+    def stop(self, t0_ns):
+        self._stop.set()
+        self._thread.join()
+        samples = [[round((t - t0_ns) / 1e9, 3), m] for t, m in self.samples]
+        peak = max(samples, key=lambda p: p[1], default=(None, None))
+        return {"every_s": self.every, "peak_pages": peak[1], "peak_t_s": peak[0],
+                "samples": samples}
 
 
 def all_processes():
@@ -259,6 +412,7 @@ class Deployment:
                "--workers", str(self.args.workers)]
         if self.args.ws:
             cmd.append("--ws")
+        cmd += ["--order", self.args.hold_order]
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, cwd=common.REPO, stdin=subprocess.DEVNULL,
                                      stdout=self._log, stderr=self._log,
@@ -473,6 +627,7 @@ class Run:
         rate = a.rate / len(sizes)
         log(f"ramp: {len(sizes)} client processes, {a.connections:,} connections at "
             f"{a.rate:,.0f}/s in all")
+        tcp0 = tcp_counters()
         t0 = time.monotonic()
         for i, n in enumerate(sizes):
             self.clients.append(Client(i, exe, a, port, n, rate))
@@ -487,7 +642,8 @@ class Run:
             now = time.monotonic()
             m = meminfo()
             timeline.append({"t": now - t0, "held": held, "max_worker": max(counts),
-                             "mem_available": m["MemAvailable"], "slab": m["Slab"]})
+                             "mem_available": m["MemAvailable"], "slab": m["Slab"],
+                             "tcp_mem_pages": sockstat().get("mem")})
             if held != last_held:
                 last_held, last_change = held, now
             ramped = [c.ramped for c in self.clients]
@@ -505,6 +661,7 @@ class Run:
             "clients": [c.ramped for c in self.clients],
             "seconds": time.monotonic() - t0,
             "processes": len(self.clients),
+            "tcp": counter_deltas(tcp0, tcp_counters()),  # machine-wide, over the ramp
         }
 
     def idle(self):
@@ -542,19 +699,26 @@ class Run:
         cpu0 = ({p: cpu_seconds(p) for p in pids}, {p: cpu_seconds(p) for p in clients},
                 machine_busy())
         procs0 = all_processes()
+        tcp_mem = read_tcp_mem()
+        tcp0 = tcp_counters()
+        sampler = SockMemSampler().start()  # its first sample: just before the request
         t0 = time.monotonic_ns()
-        for w in d.workers:
-            w.send("BCAST")
-        sent = []
-        for w in d.workers:
-            reply = w.answer().split()
-            sent.append({"pid": w.pid, "sent": int(reply[1]),
-                         "queued_s": (int(reply[2]) - t0) / 1e9})
-        deadline = time.monotonic() + a.broadcast_timeout
-        while time.monotonic() < deadline and not all(c.received for c in self.clients):
-            self.check("the broadcast")
-            time.sleep(0.05)
-        wall = time.monotonic_ns() - t0
+        try:
+            for w in d.workers:
+                w.send("BCAST")
+            sent = []
+            for w in d.workers:
+                reply = w.answer().split()
+                sent.append({"pid": w.pid, "sent": int(reply[1]),
+                             "queued_s": (int(reply[2]) - t0) / 1e9})
+            deadline = time.monotonic() + a.broadcast_timeout
+            while time.monotonic() < deadline and not all(c.received for c in self.clients):
+                self.check("the broadcast")
+                time.sleep(0.05)
+            wall = time.monotonic_ns() - t0
+        finally:
+            sock_mem = sampler.stop(t0)
+        tcp1 = tcp_counters()
         cpu1 = ({p: cpu_seconds(p) for p in pids}, {p: cpu_seconds(p) for p in clients},
                 machine_busy())
         procs1 = all_processes()
@@ -588,6 +752,10 @@ class Run:
             "workers_split": cpu_split(procs0, procs1, set(pids)),
             "clients_split": cpu_split(procs0, procs1, set(clients)),
             "others": cpu_split(procs0, procs1, set(pids) | set(clients)),
+            # machine-wide, from the request until every client had it (or the timeout)
+            "tcp": counter_deltas(tcp0, tcp1),
+            "tcp_mem_pages": tcp_mem,
+            "sock_mem": sock_mem,
         }
 
     def partial(self):
@@ -635,7 +803,13 @@ def summarize(result, args):
     """The figures the targets are judged on, from the snapshots taken so far."""
     ph = result["phases"]
     s = {"connections_asked": args.connections, "workers": args.workers,
-         "mode": "websocket" if args.ws else "tcp"}
+         "mode": "websocket" if args.ws else "tcp",
+         "hold_order": getattr(args, "hold_order", "hash")}  # runs before the option: hash
+    tm = result.get("tcp_mem")
+    if tm:
+        s["tcp_mem_limits"] = tm["pages"]
+        s["tcp_mem_set_by_run"] = tm["set_by_run"]
+        s["tcp_mem_previous"] = tm["previous"]
     start, held = ph.get("start"), ph.get("held")
     if start and held:
         per_worker = []
@@ -677,6 +851,9 @@ def summarize(result, args):
             "max_fds": max((f for f in held.get("fds", []) if f), default=None),
             "listen_overflows": held["listen"]["ListenOverflows"]
             - start["listen"]["ListenOverflows"],
+            # /proc/net/sockstat's TCP mem: pages charged to TCP sockets, both ends
+            "tcp_pages_start": start["sockstat"].get("mem"),
+            "tcp_pages_held": held["sockstat"].get("mem"),
         })
     tl = result.get("timeline") or []
     ramp = result.get("ramp")
@@ -695,6 +872,10 @@ def summarize(result, args):
         if first and last["t"] > first["t"]:
             s["accepts_per_s_mean"] = top / (last["t"] - first["t"] + 0.5)
             s["ramp_s"] = last["t"]
+    if any(p.get("tcp_mem_pages") is not None for p in tl):
+        s["tcp_pages_ramp_peak"] = max(p.get("tcp_mem_pages") or 0 for p in tl)
+    if ramp and "tcp" in ramp:
+        s["tcp_counters_ramp"] = ramp["tcp"]
     if ramp:
         cl = [c for c in ramp["clients"] if c]
         s["client_established"] = sum(c["established"] for c in cl)
@@ -719,6 +900,10 @@ def summarize(result, args):
         s["broadcast_received"] = b["received"]
         s["broadcast_percentiles_s"] = b["percentiles_s"]
         s["broadcast_queued_s"] = b["queued_s_max"]
+        if "tcp" in b:
+            s["tcp_counters_broadcast"] = b["tcp"]
+            s["tcp_pages_broadcast_peak"] = b["sock_mem"]["peak_pages"]
+            s["tcp_pages_broadcast_peak_t_s"] = b["sock_mem"]["peak_t_s"]
     after = ph.get("after_broadcast")
     if after and held:
         s["rss_total_after_broadcast"] = sum(w["VmRSS"] for w in after["workers"])
@@ -749,13 +934,32 @@ def other_processes(split):
     return f"{split['others_s']:.2f} s in all ({top})"
 
 
+def counters_text(d, moved_only=False):
+    """TCP_SHOWN (always), or the other counters that moved."""
+    keys = ([k for k in d if k not in TCP_SHOWN and d[k]] if moved_only
+            else [k for k in TCP_SHOWN if k in d])
+    return ", ".join(f"{k} {d[k]:,}{' ms' if k.endswith('Chrono') else ''}" for k in keys)
+
+
+def pages_text(pages):
+    return f"{pages:,} pages ({pages * PAGE_SIZE / MIB:,.1f} MiB)"
+
+
 def table(s, result):
     rows = []
 
     def row(name, value):
         rows.append((name, value))
 
-    row("mode", f"{s['mode']}, {s['workers']} workers x 1 loop")
+    row("mode", f"{s['mode']}, {s['workers']} workers x 1 loop; the broadcast visits the "
+        f"connections in {s['hold_order']} order")
+    if s.get("tcp_mem_limits"):
+        lim = s["tcp_mem_limits"]
+        row("kernel tcp_mem (pages)",
+            f"{' '.join(map(str, lim))}: pressure above {lim[1] * PAGE_SIZE / GIB:.2f} GiB, "
+            f"max {lim[2] * PAGE_SIZE / GIB:.2f} GiB; "
+            + (f"SET BY --tcp-mem for this run (was {' '.join(map(str, s['tcp_mem_previous']))})"
+               if s["tcp_mem_set_by_run"] else "the machine's own"))
     if "held" in s:
         clients = (f" (clients: {s['client_established']:,} established, "
                    f"{s['client_given_up']:,} given up, "
@@ -793,6 +997,17 @@ def table(s, result):
         row("slab caches grown", ", ".join(f"{k} {v / MIB:,.0f} MiB"
                                            for k, v in s["slab_top"] if v > 0))
         row("accept queue overflows", f"{s['listen_overflows']:,}")
+        if s.get("tcp_pages_held") is not None:
+            per = ((s["tcp_pages_held"] - s["tcp_pages_start"]) * PAGE_SIZE / s["held"]
+                   if s["held"] else 0)
+            peak = (f"; at most {s['tcp_pages_ramp_peak']:,} in the ramp"
+                    if s.get("tcp_pages_ramp_peak") is not None else "")
+            row("TCP socket memory (sockstat)", f"{pages_text(s['tcp_pages_held'])} held, "
+                f"{per:,.0f} B per connection{peak}")
+    if s.get("tcp_counters_ramp"):
+        row("TCP counters over the ramp", counters_text(s["tcp_counters_ramp"]))
+        if counters_text(s["tcp_counters_ramp"], moved_only=True):
+            row("  and", counters_text(s["tcp_counters_ramp"], moved_only=True))
     if "idle_cpu_pct" in s:
         row("idle CPU (supervisor + workers)",
             f"{s['idle_cpu_pct']:.2f}% of a core over {result['idle']['window_s']:.0f} s "
@@ -815,6 +1030,23 @@ def table(s, result):
         row("  user / system", f"workers {ws['user_s']:.2f} / {ws['system_s']:.2f} s, clients "
             f"{cs['user_s']:.2f} / {cs['system_s']:.2f} s")
         row("  other processes", other_processes(b["others"]))
+        if s.get("tcp_pages_broadcast_peak") is not None:
+            lim, held = s.get("tcp_mem_limits"), s.get("tcp_pages_held")
+            extra = []
+            if held is not None and s.get("held"):
+                extra.append(f"{(s['tcp_pages_broadcast_peak'] - held) / s['held']:.2f} "
+                             f"pages per connection above the held state")
+            if lim:
+                extra.append(f"{100.0 * s['tcp_pages_broadcast_peak'] / lim[1]:.0f}% of the "
+                             f"pressure mark")
+            row("  TCP socket memory at most",
+                f"{pages_text(s['tcp_pages_broadcast_peak'])} after "
+                f"{max(0.0, s['tcp_pages_broadcast_peak_t_s']):.2f} s ({'; '.join(extra)}; sampled "
+                f"every {b['sock_mem']['every_s'] * 1000:.0f} ms)")
+        if s.get("tcp_counters_broadcast"):
+            row("  TCP counters (machine-wide)", counters_text(s["tcp_counters_broadcast"]))
+            if counters_text(s["tcp_counters_broadcast"], moved_only=True):
+                row("  and", counters_text(s["tcp_counters_broadcast"], moved_only=True))
     width = max(len(r[0]) for r in rows)
     lines = [f"{name.ljust(width)}  {value}" for name, value in rows]
     for name, ok in verdicts(s).items():
@@ -878,6 +1110,24 @@ def plot(s, result, path):
         ax.set_ylabel("% of connections that received it")
         ax.set_title(f"one 64-byte broadcast: last after {b['last_s']:.2f} s")
         ax.legend(loc="lower right")
+        sm = b.get("sock_mem")
+        if sm and sm["samples"]:
+            ax2 = ax.twinx()
+            ax2.plot([p[0] for p in sm["samples"]],
+                     [p[1] * PAGE_SIZE / MIB for p in sm["samples"]], color="C1", lw=0.8)
+            ax2.set_ylabel("TCP socket memory, MiB (sockstat)", color="C1")
+            lim = b.get("tcp_mem_pages")
+            if lim and lim[1] * PAGE_SIZE / MIB < 1.5 * ax2.get_ylim()[1]:
+                ax2.axhline(lim[1] * PAGE_SIZE / MIB, color="C1", ls=":", lw=0.8)
+                ax2.text(ax2.get_xlim()[1], lim[1] * PAGE_SIZE / MIB, "tcp_mem pressure ",
+                         color="C1", ha="right", va="bottom", fontsize=7)
+        if b.get("tcp"):
+            t = b["tcp"]
+            ax.text(0.02, 0.98, f"machine-wide: {t['RetransSegs']:,} retransmitted, "
+                    f"{t['TCPTimeouts']:,} timeouts,\n{t['TCPMemoryPressures']:,} memory "
+                    f"pressures ({t['TCPMemoryPressuresChrono']:,} ms), "
+                    f"{t['PruneCalled']:,} prunes", transform=ax.transAxes, va="top",
+                    fontsize=7)
 
     ax = axes[1][1]
     bars = []  # (label, value as a share of its target, what it says)
@@ -952,6 +1202,12 @@ def main():
     ap.add_argument("--timeout", type=float, default=1200.0, help="seconds for the whole run")
     ap.add_argument("--min-available", type=float, default=2.0,
                     help="GiB of MemAvailable under which the run stops")
+    ap.add_argument("--hold-order", choices=("hash", "accept"), default="hash",
+                    help="the order each worker's broadcast visits its connections in: a "
+                         "set's (hash, the default) or a dict's (accept)")
+    ap.add_argument("--tcp-mem", type=tcp_mem_arg, metavar="MIN,PRESSURE,MAX",
+                    help="pages: write the KERNEL-WIDE /proc/sys/net/ipv4/tcp_mem for the run "
+                         "and restore it at the end (root); by default it is left alone")
     ap.add_argument("--out", default=common.RESULTS_DIR)
     ap.add_argument("--replot", metavar="JSON",
                     help="print the table and draw the plot of a saved run again; run nothing")
@@ -979,11 +1235,17 @@ def main():
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # not under nohup
+        signal.signal(signal.SIGHUP, on_term)
     # Started in the background (`cmd &`), a script inherits SIGINT ignored: Ctrl+C (or
     # kill -INT) must still stop the run and everything it started.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     started = datetime.datetime.now(datetime.timezone.utc)
     status = 0
+    previous_tcp_mem = restore_tcp_mem = None
+    if args.tcp_mem:
+        previous_tcp_mem, restore_tcp_mem = set_tcp_mem(args.tcp_mem)
+    run.result["tcp_mem"] = tcp_mem_record(previous_tcp_mem)
     try:
         run.run()
     except Abort as exc:
@@ -1009,6 +1271,8 @@ def main():
         t = time.monotonic()
         run.stop()
         log(f"  stopped in {time.monotonic() - t:.1f} s")
+        if restore_tcp_mem is not None:
+            restore_tcp_mem()  # atexit too, should this be cut short
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
     s = summarize(run.result, args)
@@ -1021,6 +1285,8 @@ def main():
     stem = os.path.join(args.out, f"million{args.suffix}")
     if args.connections < 1_000_000:
         stem += f"-{args.connections}"
+    if args.hold_order != "hash":  # beside the default's results, not over them
+        stem += f"-{args.hold_order}"
     result = {
         "benchmark": "million",
         "started": started.isoformat(timespec="seconds"),

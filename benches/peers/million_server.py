@@ -2,7 +2,9 @@
 """The deployment benches/million.py runs: pygev.run with W workers sharing a port.
 
 Each worker is one pygev server (num_loops=1, no idle timeout) whose handler keeps its
-connections in a set and nothing else per connection. It also dials one control connection
+connections in a set (--order hash, the default: the broadcast visits them in hash order)
+or in a dict (--order accept: insertion order, so the broadcast goes in accept order), and
+nothing else per connection. It also dials one control connection
 out to million.py (``server.connect`` with a handler of its own, so it is never in the set)
 and answers, one line each (newline-delimited):
 
@@ -13,6 +15,7 @@ and answers, one line each (newline-delimited):
                WebSocket message with --ws)
 
     python benches/peers/million_server.py --port P --control 127.0.0.1:C --workers W [--ws]
+        [--order hash|accept]
 
 With --ws the handler is a WebSocketHandler whose protocol has ping_interval=None: no
 keepalive, so that idle connections cost no timer (the idle CPU measurement) and no ping
@@ -47,12 +50,33 @@ class Holding:
         self.conns.discard(conn)
 
 
+class HoldingInOrder(Holding):
+    """Keeps them in a dict instead (keys only): iterated in insertion (accept) order."""
+
+    def __init__(self) -> None:
+        self.conns: dict = {}
+
+    def on_connect(self, conn):
+        self.conns[conn] = None
+
+    def on_close(self, conn):
+        self.conns.pop(conn, None)
+
+
 class Held(Holding, pygev.Handler):
     """Raw TCP."""
 
 
 class HeldWs(Holding, pygev.WebSocketHandler):
     """WebSocket."""
+
+
+class HeldInOrder(HoldingInOrder, pygev.Handler):
+    """Raw TCP, accept order."""
+
+
+class HeldWsInOrder(HoldingInOrder, pygev.WebSocketHandler):
+    """WebSocket, accept order."""
 
 
 class Control(pygev.Handler):
@@ -102,17 +126,21 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--ws", action="store_true")
     ap.add_argument("--backlog", type=int, default=4096)
+    ap.add_argument("--order", choices=("hash", "accept"), default="hash",
+                    help="the order the broadcast visits the connections in: a set's (hash) "
+                         "or a dict's (accept)")
     args = ap.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     chost, cport = args.control.rsplit(":", 1)
 
     def make_server() -> pygev.Server:
+        in_order = args.order == "accept"
         if args.ws:
-            held = HeldWs()
+            held = HeldWsInOrder() if in_order else HeldWs()
             protocol = pygev.WebSocket(ping_interval=None, compression=False)
         else:
-            held = Held()
+            held = HeldInOrder() if in_order else Held()
             protocol = pygev.Raw()
         server = pygev.Server(held, f"{args.host}:{args.port}", num_loops=1, protocol=protocol,
                               idle_timeout=None, backlog=args.backlog,
@@ -121,7 +149,8 @@ def main() -> None:
         server.connect((chost, int(cport)), Control(held, ref), pygev.Delimited(b"\n"))
         return server
 
-    print(f"listening on {args.host}:{args.port}", flush=True)
+    print(f"listening on {args.host}:{args.port} (connections in {args.order} order)",
+          flush=True)
     pygev.run(make_server, workers=args.workers)
 
 

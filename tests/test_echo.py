@@ -82,6 +82,25 @@ def test_ipv6(serve):
         echo_roundtrip(sock, b"over ipv6")
 
 
+def test_ipv6_peer_address(serve):
+    """An IPv6 peer's address (kept apart from IPv4 ones, the many) reads back whole."""
+    if not ipv6_available():
+        pytest.skip("no IPv6 loopback on this host")
+    seen = queue.Queue()
+
+    class Peers(Echo):
+        def on_connect(self, conn):
+            seen.put((conn.peer_addr, conn.local_addr, repr(conn)))
+
+    st_ = serve(Peers(), "[::1]:0")
+    with connect(st_.port, "::1") as sock:
+        echo_roundtrip(sock, b"who")
+        peer, local, text = seen.get(timeout=10)
+        assert peer == sock.getsockname()[:2]
+        assert local == ("::1", st_.port)
+        assert f"peer=[::1]:{peer[1]}" in text
+
+
 def test_reuse_port(serve):
     st_ = serve(Echo(), num_loops=2, reuse_port=True)
     rng = random.Random(5)

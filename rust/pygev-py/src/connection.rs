@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use std::borrow::Cow;
+use std::net::{SocketAddr, SocketAddrV4};
 
 use pygev_core::{
     Address, Backlog, CloseReason, Command, ConnectInfo, Control, Credentials, MessageKind, TlsInfo,
@@ -31,10 +32,13 @@ pub struct Connection {
     pub(crate) loop_index: u32,
     pub(crate) token: u32,
     id: u64,
-    peer: Address,
+    /// The peer's address when it is IPv4 (the many); any other is in `extra`.
+    ///
+    /// NOTE: an IPv6 or Unix address takes 32 bytes; this takes 8, which keeps the object
+    /// in pymalloc's 128-byte class (a million idle connections: 16 MB less).
+    peer_v4: Option<SocketAddrV4>,
     local: Arc<Address>,
-    /// The peer process on a Unix socket, and what a TLS handshake negotiated (boxed
-    /// together: plain TCP connections, the many, have neither).
+    /// What only some connections have (boxed: plain IPv4 ones, the many, have none of it).
     extra: Option<Box<Extra>>,
     /// What is queued each way, shared with the loop.
     pub(crate) backlog: Arc<Backlog>,
@@ -51,7 +55,11 @@ pub struct Connection {
 
 /// What only some connections have.
 struct Extra {
+    /// The peer's address when it is not IPv4: IPv6, or a Unix socket's.
+    peer: Option<Address>,
+    /// The peer process on a Unix socket.
     credentials: Option<Credentials>,
+    /// What a TLS handshake negotiated.
     tls: Option<Box<TlsInfo>>,
 }
 
@@ -73,14 +81,23 @@ impl Connection {
             outgoing: _,
             tls,
         } = info;
+        let (peer_v4, peer) = match peer {
+            Address::Inet(SocketAddr::V4(v4)) => (Some(v4), None),
+            other => (None, Some(other)),
+        };
         Connection {
             loop_index,
             token,
             id,
-            peer,
+            peer_v4,
             local,
-            extra: (credentials.is_some() || tls.is_some())
-                .then(|| Box::new(Extra { credentials, tls })),
+            extra: (peer.is_some() || credentials.is_some() || tls.is_some()).then(|| {
+                Box::new(Extra {
+                    peer,
+                    credentials,
+                    tls,
+                })
+            }),
             backlog,
             state: AtomicU8::new(OPEN),
             paused: AtomicBool::new(false),
@@ -88,6 +105,20 @@ impl Connection {
             phase: AtomicU8::new(0),
             context: Mutex::new(None),
             shared,
+        }
+    }
+
+    /// The peer's address.
+    fn peer(&self) -> Cow<'_, Address> {
+        match (self.peer_v4, self.extra.as_deref()) {
+            (Some(v4), _) => Cow::Owned(Address::Inet(v4.into())),
+            (
+                None,
+                Some(Extra {
+                    peer: Some(peer), ..
+                }),
+            ) => Cow::Borrowed(peer),
+            (None, _) => unreachable!("a peer that is not IPv4 is kept in extra"),
         }
     }
 
@@ -394,7 +425,7 @@ impl Connection {
     /// `"unix:@name"` or `"unix:"` (a client that bound no name).
     #[getter]
     fn peer_addr(&self, py: Python<'_>) -> Py<PyAny> {
-        address_object(py, &self.peer)
+        address_object(py, &self.peer())
     }
 
     /// This end's address, in the same forms as `peer_addr`.
@@ -556,7 +587,7 @@ impl Connection {
         format!(
             "<pygev.Connection id={} peer={} {}>",
             self.id,
-            self.peer,
+            self.peer(),
             if self.is_over() { "closed" } else { "open" }
         )
     }

@@ -55,12 +55,49 @@ impl Deadlines {
     pub(crate) fn compact(&mut self, mut live: impl FnMut(&Entry) -> bool) {
         self.heap.retain(|Reverse(entry)| live(entry));
     }
+
+    /// Gives back the room a burst of entries left (a ramp of WebSocket handshakes puts
+    /// every new connection in for its handshake timeout): once at most a quarter of it is
+    /// used, the heap shrinks to twice what is (never under [`KEEP_ROOM`] entries).
+    pub(crate) fn release_room(&mut self) {
+        let (len, room) = (self.heap.len(), self.heap.capacity());
+        if room > KEEP_ROOM && len < room / 4 {
+            self.heap.shrink_to((2 * len).max(KEEP_ROOM));
+        }
+    }
 }
+
+/// Entries' room the heap keeps however few it holds (6 KiB).
+const KEEP_ROOM: usize = 256;
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn the_room_of_a_burst_is_given_back_once_it_has_passed() {
+        let t0 =
+            crate::clock::Clock::new(std::time::Instant::now()).millis(std::time::Instant::now());
+        let mut deadlines = Deadlines::default();
+        for token in 0..10_000 {
+            deadlines.push(t0.after(Duration::from_millis(token as u64)), token, 0);
+        }
+        deadlines.release_room();
+        assert!(deadlines.heap.capacity() >= 10_000, "all of it is in use");
+        let now = t0.after(Duration::from_millis(8_999));
+        while deadlines.pop_due(now).is_some() {}
+        deadlines.release_room();
+        assert_eq!(deadlines.len(), 1_000);
+        assert!((2_000..4_000).contains(&deadlines.heap.capacity()));
+        while deadlines
+            .pop_due(t0.after(Duration::from_secs(60)))
+            .is_some()
+        {}
+        deadlines.release_room();
+        assert!(deadlines.heap.capacity() <= 2 * KEEP_ROOM);
+        assert!(deadlines.heap.capacity() >= KEEP_ROOM);
+    }
 
     #[test]
     fn pops_in_deadline_order_and_only_when_due() {

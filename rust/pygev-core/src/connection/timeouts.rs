@@ -91,6 +91,7 @@ impl Connections {
                     .is_some_and(|c| c.id == e.id && c.wake_at == e.at)
             });
         }
+        self.deadlines.release_room();
     }
 
     /// Acts on whichever of the connection's deadlines has passed.

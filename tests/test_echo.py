@@ -101,6 +101,26 @@ def test_ipv6_peer_address(serve):
         assert f"peer=[::1]:{peer[1]}" in text
 
 
+def test_ipv4_peer_on_a_dual_stack_listener(serve):
+    """On a listener bound to "::", an IPv4 client shows as the socket gives it: mapped into
+    IPv6."""
+    if not ipv6_available():
+        pytest.skip("no IPv6 loopback on this host")
+    seen = queue.Queue()
+
+    class Peers(Echo):
+        def on_connect(self, conn):
+            seen.put((conn.peer_addr, repr(conn)))
+
+    st_ = serve(Peers(), "[::]:0")
+    with connect(st_.port, "127.0.0.1") as sock:
+        echo_roundtrip(sock, b"who")
+        peer, text = seen.get(timeout=10)
+        port = sock.getsockname()[1]
+        assert peer == ("::ffff:127.0.0.1", port)
+        assert f"peer=[::ffff:127.0.0.1]:{port}" in text
+
+
 def test_reuse_port(serve):
     st_ = serve(Echo(), num_loops=2, reuse_port=True)
     rng = random.Random(5)

@@ -57,7 +57,7 @@ impl Deadlines {
     }
 
     /// Gives back the room a burst of entries left (a ramp of WebSocket handshakes puts
-    /// every new connection in for its handshake timeout): once at most a quarter of it is
+    /// every new connection in for its handshake timeout): once under a quarter of it is
     /// used, the heap shrinks to twice what is (never under [`KEEP_ROOM`] entries).
     pub(crate) fn release_room(&mut self) {
         let (len, room) = (self.heap.len(), self.heap.capacity());

@@ -452,6 +452,35 @@ fn an_open_quiet_connection_keeps_no_state_until_it_holds_something() {
 }
 
 #[test]
+fn a_connection_that_agreed_compression_or_waits_for_the_hook_keeps_its_state() {
+    use std::time::{Duration, Instant};
+    let ws = WebSocket::new(Settings::default());
+    let mut sink = FrameSink::new();
+    let mut state = ws.new_state();
+    ws.unpack(&mut state, deflate_request().as_bytes(), &mut sink)
+        .unwrap();
+    assert_eq!(items(&mut sink), [vec![tag::OPEN, 1]]);
+    ws.take_reschedule(&mut state);
+    let later = Instant::now() + Duration::from_secs(2);
+    ws.tick(&mut state, later, later, &mut sink).unwrap();
+    assert!(state.is_some(), "what was agreed stays, parked or not");
+
+    let hooked = WebSocket::new(Settings {
+        handshake_hook: true,
+        ..Settings::default()
+    });
+    let mut state = hooked.new_state();
+    hooked.unpack(&mut state, REQUEST, &mut sink).unwrap();
+    assert_eq!(items(&mut sink), [tagged(tag::HANDSHAKE, b"/chat")]);
+    assert!(!hooked.take_reschedule(&mut state));
+    assert!(state.is_some(), "held for the hook");
+    let mut out = Vec::new();
+    send(&hooked, &mut state, b"AHTTP/1.1 101 ok\r\n\r\n", &mut out).unwrap();
+    assert!(hooked.take_reschedule(&mut state));
+    assert!(state.is_none(), "accepted, and holding nothing");
+}
+
+#[test]
 fn a_violation_ends_with_its_code_after_earlier_messages() {
     let ws = WebSocket::new(Settings::default());
     let mut wire = REQUEST.to_vec();

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use std::borrow::Cow;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use pygev_core::{
     Address, Backlog, CloseReason, Command, ConnectInfo, Control, Credentials, MessageKind, TlsInfo,
@@ -32,11 +32,12 @@ pub struct Connection {
     pub(crate) loop_index: u32,
     pub(crate) token: u32,
     id: u64,
-    /// The peer's address when it is IPv4 (the many); any other is in `extra`.
+    /// The peer's address when it is IPv4, as such or mapped into IPv6 (on a dual-stack
+    /// listener): the many. Any other is in `extra`.
     ///
     /// NOTE: an IPv6 or Unix address takes 32 bytes; this takes 8, which keeps the object
     /// in pymalloc's 128-byte class (a million idle connections: 16 MB less).
-    peer_v4: Option<SocketAddrV4>,
+    peer_v4: Option<PeerV4>,
     local: Arc<Address>,
     /// What only some connections have (boxed: plain IPv4 ones, the many, have none of it).
     extra: Option<Box<Extra>>,
@@ -51,6 +52,37 @@ pub struct Connection {
     /// read and written by the mode only.
     phase: AtomicU8,
     context: Mutex<Option<Py<PyAny>>>,
+}
+
+/// An IPv4 peer's address, and whether the socket gave it mapped into IPv6.
+#[derive(Clone, Copy)]
+enum PeerV4 {
+    Plain(SocketAddrV4),
+    Mapped(SocketAddrV4),
+}
+
+impl PeerV4 {
+    /// `address` when it is IPv4, or IPv4 mapped into IPv6 with no flow or scope.
+    fn of(address: &Address) -> Option<PeerV4> {
+        match address {
+            Address::Inet(SocketAddr::V4(v4)) => Some(PeerV4::Plain(*v4)),
+            Address::Inet(SocketAddr::V6(v6)) if v6.flowinfo() == 0 && v6.scope_id() == 0 => {
+                let ip = v6.ip().to_ipv4_mapped()?;
+                Some(PeerV4::Mapped(SocketAddrV4::new(ip, v6.port())))
+            }
+            _ => None,
+        }
+    }
+
+    /// The address as the socket gave it.
+    fn address(self) -> Address {
+        Address::Inet(match self {
+            PeerV4::Plain(v4) => SocketAddr::V4(v4),
+            PeerV4::Mapped(v4) => {
+                SocketAddr::V6(SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0))
+            }
+        })
+    }
 }
 
 /// What only some connections have.
@@ -81,10 +113,8 @@ impl Connection {
             outgoing: _,
             tls,
         } = info;
-        let (peer_v4, peer) = match peer {
-            Address::Inet(SocketAddr::V4(v4)) => (Some(v4), None),
-            other => (None, Some(other)),
-        };
+        let peer_v4 = PeerV4::of(&peer);
+        let peer = peer_v4.is_none().then_some(peer);
         Connection {
             loop_index,
             token,
@@ -110,15 +140,13 @@ impl Connection {
 
     /// The peer's address.
     fn peer(&self) -> Cow<'_, Address> {
-        match (self.peer_v4, self.extra.as_deref()) {
-            (Some(v4), _) => Cow::Owned(Address::Inet(v4.into())),
-            (
-                None,
-                Some(Extra {
-                    peer: Some(peer), ..
-                }),
-            ) => Cow::Borrowed(peer),
-            (None, _) => unreachable!("a peer that is not IPv4 is kept in extra"),
+        match self.peer_v4 {
+            Some(v4) => Cow::Owned(v4.address()),
+            None => Cow::Borrowed(
+                (self.extra.as_deref())
+                    .and_then(|extra| extra.peer.as_ref())
+                    .expect("new() keeps a peer that is not IPv4 in extra"),
+            ),
         }
     }
 

@@ -14,7 +14,9 @@ pub use length_prefix::{ByteOrder, LengthPrefix};
 pub use signal::{Control, MessageKind, Signal};
 pub use sink::{FrameSink, Frames, Item, Taken};
 
-/// Per-connection state a protocol may keep between calls (`None` for stateless framings).
+/// Per-connection state a protocol may keep between calls: `None` for stateless framings,
+/// or whatever else the protocol makes it mean (WebSocket: an open connection that holds
+/// nothing, so that a million quiet ones cost no allocation each).
 pub type ProtocolState = Option<Box<dyn Any + Send>>;
 
 /// Why a protocol refused a connection's input; the connection is closed with this message.

@@ -70,6 +70,7 @@ fn as_client(agreed: Agreed, own_bits: u8) -> Agreed {
 impl WebSocketClient {
     /// Runs `f` on a connection's state (see [`state::with_state`]).
     fn with<R>(&self, slot: &mut ProtocolState, f: impl FnOnce(&mut State) -> R) -> R {
+        debug_assert!(slot.is_some(), "a client's state is never quiet: it masks");
         state::with_state(slot, self.settings.max_message_size, f)
     }
 
@@ -121,6 +122,7 @@ impl WebSocketClient {
             Ok(None) => return Ok(0),
             Ok(Some(Answer::Accepted(accepted, used))) => {
                 state.phase = Phase::Open;
+                state.started = None;
                 state.reschedule = true;
                 let own_bits = self.settings.own_window_bits;
                 state.agreed = accepted.deflate.map(|a| as_client(a, own_bits));

@@ -198,9 +198,9 @@ impl Reader {
         }
     }
 
-    /// Whether the reader is as a server's new one without permessage-deflate: between
-    /// messages, before any close, holding no buffer and no part of a frame.
-    pub fn is_fresh(&self) -> bool {
+    /// Whether the reader behaves as a server's new one without permessage-deflate:
+    /// between messages, before any close, holding no buffer and no part of a frame.
+    pub(crate) fn is_fresh(&self) -> bool {
         self.partial.is_none()
             && self.inflating.is_none()
             && self.buffer.capacity() == 0

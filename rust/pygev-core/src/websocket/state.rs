@@ -135,9 +135,10 @@ impl State {
 
     /// Whether this is [`State::quiet`] (what the loop must keep is nothing).
     fn is_quiet(&self) -> bool {
-        matches!(self.phase, Phase::Open)
+        self.agreed.is_none()
+            && matches!(self.phase, Phase::Open)
             && self.reader.is_fresh()
-            && self.agreed.is_none()
+            && self.started.is_none()
             && self.codec.is_none()
             && self.held_since.is_none()
             && !self.reschedule
@@ -184,7 +185,8 @@ impl State {
 
 /// Runs `f` on the connection's state and keeps what it leaves: a quiet connection's state
 /// is made on the stack and boxed only if `f` leaves it holding something; a boxed state
-/// that `f` leaves quiet is freed.
+/// that `f` leaves quiet is freed. (Only a server's state is ever quiet: a client's is
+/// boxed from `new_state` to the end, so an empty slot always stands for a server's.)
 pub(super) fn with_state<R>(
     slot: &mut ProtocolState,
     max_message_size: usize,

@@ -5,6 +5,7 @@
     python benches/million.py --ws                   # the same with WebSocket connections
     python benches/million.py -n 20000 --workers 2   # a small trial
     python benches/million.py --workers 1 -n 1000000 # one process, where no fd cap applies
+    python benches/million.py --server floor         # the same shape, a minimal C server
 
 The deployment is benches/peers/million_server.py under pygev.run: W workers (default
 ceil(N / 19,000), as a process may hold 20,000 descriptors here) share one port with
@@ -12,6 +13,13 @@ SO_REUSEPORT, one loop each, no idle timeout, a handler that keeps its connectio
 (--hold-order hash, the default: the broadcast visits them in hash order) or in a dict
 (--hold-order accept: the broadcast visits them in accept order).
 Each worker dials a control connection out to this script (not counted among the held).
+
+--server floor runs benches/peers/million_floor.c (built with gcc -O2 into benches/build/)
+in place of million_server.py: the same shape (W processes, one SO_REUSEPORT listener each,
+a supervisor when W > 1, the same control lines) with a minimal C epoll server that keeps
+the descriptors in accept order and broadcasts with one plain write() of 64 bytes each. It
+is the floor, not pygev: what the broadcast (and the rest) costs when the server does
+nothing more. Raw TCP only; its results are labelled "floor" everywhere.
 
 Client processes (benches/million_client.c, C and epoll, at most --clients-per-process
 connections each) open the connections at --rate per second in all, each from its own
@@ -45,7 +53,8 @@ The run stops early, reporting how far it got, when MemAvailable falls under
 started is stopped on the way out (the supervisor by SIGTERM, then its process group by
 SIGKILL; the clients by SIGKILL).
 
-Writes benches/results/million[-ws][-N][-accept].json and .png (--out for another folder).
+Writes benches/results/million[-ws|-floor][-N][-accept].json and .png (--out for another
+folder).
 """
 
 from __future__ import annotations
@@ -71,6 +80,7 @@ from common import CLK_TCK, MIB, PAGE_SIZE, log
 
 GIB = 1024 * MIB
 SERVER = os.path.join(common.BENCH_DIR, "peers", "million_server.py")
+FLOOR = "benches/peers/million_floor.c"  # --server floor (relative to the repo, for build_c)
 TARGETS = {"bytes_per_conn": 400, "total_rss_gib": 1.5, "idle_cpu_pct": 5.0,
            "broadcast_s": 5.0}
 TCP_MEM = "/proc/sys/net/ipv4/tcp_mem"
@@ -392,7 +402,8 @@ class Worker:
 
 
 class Deployment:
-    """million_server.py under pygev.run, and the control listener its workers dial."""
+    """million_server.py under pygev.run (or, with --server floor, million_floor.c), and
+    the control listener its workers dial."""
 
     def __init__(self, args, port):
         self.args = args
@@ -407,12 +418,16 @@ class Deployment:
 
     def start(self, timeout=120.0):
         os.makedirs(common.LOG_DIR, exist_ok=True)
-        cmd = [sys.executable, SERVER, "--port", str(self.port),
-               "--control", f"127.0.0.1:{self.listener.getsockname()[1]}",
-               "--workers", str(self.args.workers)]
-        if self.args.ws:
-            cmd.append("--ws")
-        cmd += ["--order", self.args.hold_order]
+        common_args = ["--port", str(self.port),
+                       "--control", f"127.0.0.1:{self.listener.getsockname()[1]}",
+                       "--workers", str(self.args.workers)]
+        if self.args.server == "floor":  # accept order only, raw TCP only
+            cmd = [common.build_c(FLOOR), *common_args]
+        else:
+            cmd = [sys.executable, SERVER, *common_args]
+            if self.args.ws:
+                cmd.append("--ws")
+            cmd += ["--order", self.args.hold_order]
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, cwd=common.REPO, stdin=subprocess.DEVNULL,
                                      stdout=self._log, stderr=self._log,
@@ -593,7 +608,8 @@ class Run:
         exe = common.build_c("benches/million_client.c")
         self.deployment = Deployment(a, port)
         log(f"starting {a.workers} worker(s) on 127.0.0.1:{port}"
-            f"{' (WebSocket)' if a.ws else ''}")
+            f"{' (WebSocket)' if a.ws else ''}"
+            f"{' (the C FLOOR, not pygev)' if a.server == 'floor' else ''}")
         t = time.monotonic()
         self.deployment.start()
         log(f"  {a.workers} worker(s) serving after {time.monotonic() - t:.1f} s")
@@ -803,6 +819,7 @@ def summarize(result, args):
     """The figures the targets are judged on, from the snapshots taken so far."""
     ph = result["phases"]
     s = {"connections_asked": args.connections, "workers": args.workers,
+         "server": getattr(args, "server", "pygev"),  # runs before the option: pygev
          "mode": "websocket" if args.ws else "tcp",
          "hold_order": getattr(args, "hold_order", "hash")}  # runs before the option: hash
     tm = result.get("tcp_mem")
@@ -951,6 +968,10 @@ def table(s, result):
     def row(name, value):
         rows.append((name, value))
 
+    floor = s.get("server") == "floor"
+    if floor:
+        row("server", "the C FLOOR (benches/peers/million_floor.c), NOT pygev: epoll, one "
+            "plain write() of 64 B per connection in the broadcast")
     row("mode", f"{s['mode']}, {s['workers']} workers x 1 loop; the broadcast visits the "
         f"connections in {s['hold_order']} order")
     if s.get("tcp_mem_limits"):
@@ -1021,7 +1042,8 @@ def table(s, result):
         row("broadcast, 64 B to every connection",
             f"last of {s['broadcast_received']:,} received after {s['broadcast_last_s']:.3f} s "
             f"(p50 {p.get('p50', 0):.3f} s, p99 {p.get('p99', 0):.3f} s; the workers had "
-            f"queued every send after {s['broadcast_queued_s']:.3f} s)")
+            f"{'written' if floor else 'queued'} every send after "
+            f"{s['broadcast_queued_s']:.3f} s)")
         b = result["broadcast"]
         row("CPU during the broadcast",
             f"workers {b['cpu_deployment_s']:.2f} s, clients {b['cpu_clients_s']:.2f} s, "
@@ -1049,8 +1071,9 @@ def table(s, result):
                 row("  and", counters_text(s["tcp_counters_broadcast"], moved_only=True))
     width = max(len(r[0]) for r in rows)
     lines = [f"{name.ljust(width)}  {value}" for name, value in rows]
+    label = "floor vs target" if floor else "target"  # the targets are pygev's
     for name, ok in verdicts(s).items():
-        lines.append(f"{'target'.ljust(width)}  {'met' if ok else 'MISSED'}: {name}")
+        lines.append(f"{label.ljust(width)}  {'met' if ok else 'MISSED'}: {name}")
     return "\n".join(lines)
 
 
@@ -1066,7 +1089,9 @@ def plot(s, result, path):
         return False
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     mode = "WebSocket" if s["mode"] == "websocket" else "TCP"
-    fig.suptitle(f"pygev: {s.get('held', 0):,} {mode} connections, {s['workers']} workers")
+    server = ("C FLOOR (million_floor.c, not pygev)" if s.get("server") == "floor"
+              else "pygev")
+    fig.suptitle(f"{server}: {s.get('held', 0):,} {mode} connections, {s['workers']} workers")
 
     ax = axes[0][0]
     tl = result.get("timeline") or []
@@ -1202,9 +1227,13 @@ def main():
     ap.add_argument("--timeout", type=float, default=1200.0, help="seconds for the whole run")
     ap.add_argument("--min-available", type=float, default=2.0,
                     help="GiB of MemAvailable under which the run stops")
-    ap.add_argument("--hold-order", choices=("hash", "accept"), default="hash",
+    ap.add_argument("--hold-order", choices=("hash", "accept"), default=None,
                     help="the order each worker's broadcast visits its connections in: a "
-                         "set's (hash, the default) or a dict's (accept)")
+                         "set's (hash, the default) or a dict's (accept); the floor's is "
+                         "accept")
+    ap.add_argument("--server", choices=("pygev", "floor"), default="pygev",
+                    help="the deployment: pygev (million_server.py, the default) or floor "
+                         "(million_floor.c: a minimal C server, the broadcast's floor)")
     ap.add_argument("--tcp-mem", type=tcp_mem_arg, metavar="MIN,PRESSURE,MAX",
                     help="pages: write the KERNEL-WIDE /proc/sys/net/ipv4/tcp_mem for the run "
                          "and restore it at the end (root); by default it is left alone")
@@ -1216,7 +1245,16 @@ def main():
         return replot(args.replot)
     if args.workers is None:
         args.workers = math.ceil(args.connections / 19_000)
-    args.suffix = "-ws" if args.ws else ""
+    if args.server == "floor":
+        if args.ws:
+            raise SystemExit("--server floor is raw TCP only: no --ws")
+        if args.hold_order == "hash":
+            raise SystemExit("--server floor keeps its connections in accept order only")
+        args.hold_order = "accept"
+        args.suffix = "-floor"
+    else:
+        args.hold_order = args.hold_order or "hash"
+        args.suffix = "-ws" if args.ws else ""
     hard = common.raise_nofile_limit()
     if args.clients_per_process + 32 > hard:
         raise SystemExit(f"--clients-per-process {args.clients_per_process} needs more "
@@ -1285,10 +1323,11 @@ def main():
     stem = os.path.join(args.out, f"million{args.suffix}")
     if args.connections < 1_000_000:
         stem += f"-{args.connections}"
-    if args.hold_order != "hash":  # beside the default's results, not over them
+    if args.server == "pygev" and args.hold_order != "hash":  # beside the default's results
         stem += f"-{args.hold_order}"
     result = {
         "benchmark": "million",
+        "server": args.server,  # floor: million_floor.c, not pygev
         "started": started.isoformat(timespec="seconds"),
         "args": vars(args),
         "machine": common.machine_info(),

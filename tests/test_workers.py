@@ -271,6 +271,53 @@ def test_bad_arguments_are_refused() -> None:
         pygev.run(lambda: pygev.Server(pygev.Handler(), "127.0.0.1:0"), workers=0)
     with pytest.raises(ValueError, match="restart_delay"):
         pygev.run(lambda: pygev.Server(pygev.Handler(), "127.0.0.1:0"), 2, restart_delay=0)
+    with pytest.raises(ValueError, match="max_boot_failures"):
+        pygev.run(lambda: pygev.Server(pygev.Handler(), "127.0.0.1:0"), 2, max_boot_failures=0)
+
+
+CANNOT_START = """
+import logging, os, sys, pygev
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+
+def make_server():
+    if sys.argv[2] == "never":
+        raise RuntimeError("no configuration here")
+    # Port 0 without SO_REUSEPORT: the first worker gets a port, later ones cannot share it.
+    server = pygev.Server(pygev.Handler(), sys.argv[1], num_loops=1, reuse_port=False)
+    os.write(2, f"worker {os.getpid()} listens on {server.address}\\n".encode())
+    return server
+
+try:
+    pygev.run(make_server, workers=2, restart_delay=0.05, max_restart_delay=0.1,
+              max_boot_failures=3)
+except RuntimeError as exc:
+    print("run() raised:", exc, flush=True)
+    sys.exit(2)
+"""
+
+
+@pytest.mark.parametrize("case", ["never", "second"])
+def test_a_deployment_that_cannot_start_gives_up(tmp_path: Path, case: str) -> None:
+    """A worker's place that fails to start max_boot_failures times in a row without ever
+    serving stops every worker, and run() raises: the first worker's make_server() always
+    raises, or the second cannot bind the port the first got (port 0, no SO_REUSEPORT)."""
+    script = tmp_path / "cannot_start.py"
+    script.write_text(CANNOT_START)
+    proc = subprocess.run(
+        [sys.executable, str(script), "127.0.0.1:0", case],
+        capture_output=True,
+        text=True,
+        timeout=WAIT * 3,
+    )
+    slot = 0 if case == "never" else 1
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert f"run() raised: pygev: worker {slot} failed to start 3 times in a row" in proc.stdout
+    causes = "no configuration here" if case == "never" else "Address already in use"
+    assert proc.stderr.count(causes) >= 3, proc.stderr
+    assert proc.stderr.count("failed to start after") == 2, proc.stderr
+    if case == "second":  # the first worker served, and was stopped gracefully
+        assert "listens on" in proc.stderr
+        assert re.search(r"worker 0 \(pid \d+\) exited with 0", proc.stderr), proc.stderr
 
 
 TWO_SERVERS = """
@@ -311,7 +358,7 @@ def test_a_first_worker_failing_and_two_port_0_servers(
         for sock in socks:
             sock.close()
         assert len(pids) == 2, pids
-        deployment.wait_log(r"exited with 1 .* starting it again")
+        deployment.wait_log(r"failed to start .* starting it again")
         seconds = {
             line.split()[2]: line.split()[4]
             for line in deployment.log

@@ -35,6 +35,10 @@ log = logging.getLogger("pygev")
 #: A worker that ran this long before dying is restarted after the base delay again.
 _SETTLED = 10.0
 
+#: A worker's exit status when it failed before serving: ``make_server()`` raised (an
+#: address in use, a certificate that does not load, a dependency down).
+_BOOT_FAILED = 3
+
 
 def run(
     make_server: Callable[[], _server.Server],
@@ -44,6 +48,7 @@ def run(
     max_restart_delay: float = 30.0,
     stop_timeout: float = 30.0,
     on_worker_exit: Callable[[int], object] | None = None,
+    max_boot_failures: int = 5,
 ) -> None:
     """Serves ``make_server()``'s server, in ``workers`` processes when more than one.
 
@@ -60,6 +65,13 @@ def run(
     one; an exception it raises is logged). Linux (fork) only; call it from the main
     thread, before any pygev server runs in this process.
 
+    A worker whose ``make_server()`` raises is retried the same way, but a deployment that
+    cannot start is not retried forever: when one worker's place has failed so
+    ``max_boot_failures`` times in a row without ever serving since ``run()`` began, every
+    worker is stopped and ``run()`` raises ``RuntimeError`` (the workers' log has the
+    cause). A place that has served once is retried for as long as it takes (a dependency
+    down for a while).
+
     A Unix socket address (``"unix:/path"`` or ``"unix:@name"``) is bound once, by the
     first worker, and shared by all: the supervisor keeps it open across restarts and
     removes its file when ``run()`` returns. With port 0, every worker listens on the port
@@ -67,6 +79,8 @@ def run(
     """
     if workers < 1:
         raise ValueError(f"pygev: workers must be at least 1, got {workers}")
+    if max_boot_failures < 1:
+        raise ValueError(f"pygev: max_boot_failures must be at least 1, got {max_boot_failures}")
     if restart_delay <= 0 or max_restart_delay < restart_delay or stop_timeout <= 0:
         raise ValueError(
             "pygev: need 0 < restart_delay <= max_restart_delay and a positive stop_timeout"
@@ -77,7 +91,13 @@ def run(
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("pygev: run() with workers supervises from the main thread")
     _Supervisor(
-        make_server, workers, restart_delay, max_restart_delay, stop_timeout, on_worker_exit
+        make_server,
+        workers,
+        restart_delay,
+        max_restart_delay,
+        stop_timeout,
+        on_worker_exit,
+        max_boot_failures,
     ).run()
 
 
@@ -186,6 +206,7 @@ class _Supervisor:
         max_restart_delay: float,
         stop_timeout: float,
         on_worker_exit: Callable[[int], object] | None = None,
+        max_boot_failures: int = 5,
     ) -> None:
         self.make_server = make_server
         self.on_worker_exit = on_worker_exit
@@ -199,6 +220,12 @@ class _Supervisor:
         self.started: dict[int, float] = {}
         self.due: dict[int, float] = {}
         self.delays = [restart_delay] * workers
+        #: Each place's failures to start in a row while it has never served (None: it
+        #: has served); past max_boot_failures, the deployment gives up.
+        self.max_boot_failures = max_boot_failures
+        self.boot_failures: list[int | None] = [0] * workers
+        #: Why the deployment gave up (run() raises it once every worker exited).
+        self.failure: str | None = None
         #: When stopping began (None: serving).
         self.stopping: float | None = None
         #: What the first worker bound, by address key (None: it has not reported yet);
@@ -215,7 +242,7 @@ class _Supervisor:
             while self.slots or (self.due and self.stopping is None):
                 info = signal.sigtimedwait(self.SIGNALS, self._timeout())
                 if info is not None and info.si_signo != signal.SIGCHLD:
-                    self._stop(info.si_signo)
+                    self._stop(f"signal {info.si_signo}")
                 self._hear_first()
                 self._reap()
                 self._restart_due()
@@ -226,6 +253,8 @@ class _Supervisor:
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
             self._unbind()
+        if self.failure is not None:
+            raise RuntimeError(self.failure)
 
     def _timeout(self) -> float:
         now = time.monotonic()
@@ -235,12 +264,12 @@ class _Supervisor:
             wake.append(self.stopping + self.stop_timeout)
         return max(min(wake) - now, 0.0)
 
-    def _stop(self, signum: int) -> None:
+    def _stop(self, why: str) -> None:
         if self.stopping is not None:
             log.warning("pygev: a second signal: killing %d workers", len(self.slots))
             self._signal_all(signal.SIGKILL)
             return
-        log.info("pygev: stopping %d workers (signal %d)", len(self.slots), signum)
+        log.info("pygev: stopping %d workers (%s)", len(self.slots), why)
         self.stopping = time.monotonic()
         self.due.clear()
         self._signal_all(signal.SIGTERM)
@@ -264,18 +293,41 @@ class _Supervisor:
                 log.info("pygev: worker %d (pid %d) exited with %d", slot, pid, code)
                 continue
             lived = time.monotonic() - self.started[slot]
+            if self._gives_up(slot, code):
+                continue
             delay = self.delays[slot] if lived < _SETTLED else self.base_delay
             self.delays[slot] = min(delay * 2, self.max_delay)
             self.due[slot] = time.monotonic() + delay
+            what = "failed to start" if code == _BOOT_FAILED else f"exited with {code}"
             log.warning(
-                "pygev: worker %d (pid %d) exited with %d after %.1f s; starting it again "
-                "in %.1f s",
+                "pygev: worker %d (pid %d) %s after %.1f s; starting it again in %.1f s",
                 slot,
                 pid,
-                code,
+                what,
                 lived,
                 delay,
             )
+
+    def _gives_up(self, slot: int, code: int) -> bool:
+        """Counts a failure to start of a place that never served; stops the deployment
+        once there were too many in a row."""
+        failures = self.boot_failures[slot]
+        if failures is None:
+            return False  # it served once: it is retried for as long as it takes
+        if code != _BOOT_FAILED:
+            self.boot_failures[slot] = None  # it got as far as serving
+            return False
+        failures += 1
+        self.boot_failures[slot] = failures
+        if failures < self.max_boot_failures:
+            return False
+        self.failure = (
+            f"pygev: worker {slot} failed to start {failures} times in a row (its log "
+            "above has why): stopping every worker"
+        )
+        log.error("%s", self.failure)
+        self._stop("a worker cannot start")
+        return True
 
     def _hear_first(self) -> None:
         """Takes the first worker's report, if it came, and starts the other workers."""
@@ -389,10 +441,12 @@ class _Supervisor:
                 self.channel.close()
             binding = _Binding(self.shared or {}, first=report is not None)
             _server.Server._binding = binding
+            code = _BOOT_FAILED  # until it serves
             server = self.make_server()
             if report is not None:
                 binding.report(report)
                 report.close()
+            code = 1
             server.start()
             for hook in _at_worker_exit:
                 try:

@@ -264,6 +264,33 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.parametrize("kind", ["tcp", "port0"])
+def test_without_reuse_port_the_workers_share_one_socket(tmp_path: Path, kind: str) -> None:
+    """A server asked for with reuse_port=False is bound once, by the first worker, and its
+    socket shared: every worker accepts from it, a killed one comes back to it, and SIGTERM
+    drains them all."""
+    source = SCRIPT.replace("num_loops=1)", "num_loops=1, reuse_port=False)")
+    deployment = Deployment(tmp_path, kind, source)
+    try:
+        socks, pids = deployment.pids()
+        assert len(pids) == 2, pids
+        ports = {line.rpartition(" ")[2] for line in deployment.log if "listens on" in line}
+        assert len(ports) == 1, deployment.log
+        victim = next(iter(pids))
+        os.kill(victim, signal.SIGKILL)
+        deployment.wait_log(rf"\(pid {victim}\) exited with -9 .* starting it again")
+        for sock in socks:
+            sock.close()
+        socks, after = deployment.pids()
+        assert len(after) == 2 and victim not in after, (pids, after)
+        for sock in socks:
+            sock.close()
+    finally:
+        code, out = deployment.stop()
+    assert code == 0, deployment.log
+    assert "supervisor returned" in out
+
+
 def test_bad_arguments_are_refused() -> None:
     import pygev
 
@@ -276,14 +303,17 @@ def test_bad_arguments_are_refused() -> None:
 
 
 CANNOT_START = """
-import logging, os, sys, pygev
+import logging, os, pathlib, sys, pygev
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
 
 def make_server():
     if sys.argv[2] == "never":
         raise RuntimeError("no configuration here")
-    # Port 0 without SO_REUSEPORT: the first worker gets a port, later ones cannot share it.
-    server = pygev.Server(pygev.Handler(), sys.argv[1], num_loops=1, reuse_port=False)
+    started = pathlib.Path(sys.argv[3])
+    if started.exists():  # the first worker starts; every later one fails
+        raise RuntimeError("later workers cannot start")
+    started.write_text("first")
+    server = pygev.Server(pygev.Handler(), sys.argv[1], num_loops=1)
     os.write(2, f"worker {os.getpid()} listens on {server.address}\\n".encode())
     return server
 
@@ -300,11 +330,11 @@ except RuntimeError as exc:
 def test_a_deployment_that_cannot_start_gives_up(tmp_path: Path, case: str) -> None:
     """A worker's place that fails to start max_boot_failures times in a row without ever
     serving stops every worker, and run() raises: the first worker's make_server() always
-    raises, or the second cannot bind the port the first got (port 0, no SO_REUSEPORT)."""
+    raises, or the first starts and the second's always raises."""
     script = tmp_path / "cannot_start.py"
     script.write_text(CANNOT_START)
     proc = subprocess.run(
-        [sys.executable, str(script), "127.0.0.1:0", case],
+        [sys.executable, str(script), "127.0.0.1:0", case, str(tmp_path / "started")],
         capture_output=True,
         text=True,
         timeout=WAIT * 3,
@@ -312,7 +342,7 @@ def test_a_deployment_that_cannot_start_gives_up(tmp_path: Path, case: str) -> N
     slot = 0 if case == "never" else 1
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert f"run() raised: pygev: worker {slot} failed to start 3 times in a row" in proc.stdout
-    causes = "no configuration here" if case == "never" else "Address already in use"
+    causes = "no configuration here" if case == "never" else "later workers cannot start"
     assert proc.stderr.count(causes) >= 3, proc.stderr
     assert proc.stderr.count("failed to start after") == 2, proc.stderr
     if case == "second":  # the first worker served, and was stopped gracefully

@@ -10,8 +10,10 @@ flushed, ``on_close`` for every connection) and ``run()`` returns once all have 
 Sockets that SO_REUSEPORT cannot share are bound once: the first worker builds its
 servers alone and reports, over a socket pair, what it bound. A Unix socket goes to the
 supervisor itself (its descriptor passed with SCM_RIGHTS), which keeps it open, hands it
-to every later worker and removes its file at the end; for TCP port 0, the port the first
-worker got is the one every other worker binds (with SO_REUSEPORT). Then the others start.
+to every later worker and removes its file at the end; so does a TCP socket a server asked
+for with ``reuse_port=False`` (one socket, one accept queue, for all the workers); for TCP
+port 0, the port the first worker got is the one every other worker binds (with
+SO_REUSEPORT). Then the others start.
 """
 
 from __future__ import annotations
@@ -74,8 +76,10 @@ def run(
 
     A Unix socket address (``"unix:/path"`` or ``"unix:@name"``) is bound once, by the
     first worker, and shared by all: the supervisor keeps it open across restarts and
-    removes its file when ``run()`` returns. With port 0, every worker listens on the port
-    the first one got. The first worker builds its servers before the others start.
+    removes its file when ``run()`` returns. So is a TCP address whose server was asked
+    for with ``reuse_port=False`` (the workers then share one accept queue). With port 0,
+    every worker listens on the port the first one got. The first worker builds its
+    servers before the others start.
     """
     if workers < 1:
         raise ValueError(f"pygev: workers must be at least 1, got {workers}")
@@ -118,17 +122,28 @@ def _stop_with_parent() -> None:
 _at_worker_exit: list[Callable[[], None]] = []
 
 
-def _address_key(address: object) -> str | None:
-    """The address a supervisor may share: a Unix socket's, or a TCP address with port 0
-    (``None`` for any other)."""
-    if isinstance(address, tuple) and len(address) >= 2 and address[1] == 0:
-        host = str(address[0])
-        return f"[{host}]:0" if ":" in host else f"{host}:0"
-    if not isinstance(address, str):
+def _address_key(address: object, one_socket: bool) -> str | None:
+    """The address a supervisor may share, as a key: a Unix socket's, or a TCP address
+    without SO_REUSEPORT (``one_socket``: the workers could not each bind it), each bound
+    once and shared as one socket; or a TCP address with port 0, whose port the first
+    worker got and every worker binds. ``None`` for any other."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = str(address[0]), address[1]
+        text = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    elif isinstance(address, str):
+        if address.startswith("unix:"):
+            return address if len(address) > len("unix:") else None
+        text = address
+    else:
         return None
-    if address.startswith("unix:"):
-        return address if len(address) > len("unix:") else None
-    return address if address.rpartition(":")[2] == "0" else None
+    if one_socket:
+        return f"one:{text}"
+    return text if text.rpartition(":")[2] == "0" else None
+
+
+def _shares_socket(key: str) -> bool:
+    """Whether the address of `key` is shared as one socket (not as a port to bind)."""
+    return key.startswith(("unix:", "one:"))
 
 
 class _Binding:
@@ -147,9 +162,9 @@ class _Binding:
     def arguments(
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[tuple[Any, ...], str | None]:
-        kwargs.setdefault("reuse_port", True)
+        reuse_port = kwargs.setdefault("reuse_port", True)
         given = args[1] if len(args) > 1 else kwargs.get("address")
-        address = _address_key(given)
+        address = _address_key(given, one_socket=not reuse_port)
         if address is None:
             return args, None
         count = self.seen.get(address, 0)
@@ -169,13 +184,13 @@ class _Binding:
             self.made.append((key, server))
 
     def report(self, channel: socket.socket) -> None:
-        """Tells the supervisor what the first worker bound: its Unix sockets (their
+        """Tells the supervisor what the first worker bound: the sockets it shares (their
         descriptors) and the ports it got for port 0."""
         entries: list[dict[str, str]] = []
         fds: list[int] = []
         made, self.made = self.made or [], None  # (servers it dropped are not kept alive)
         for key, server in made:
-            if key.startswith("unix:"):
+            if _shares_socket(key):
                 fd = server._share_listener()
                 if fd is not None:
                     entries.append({"key": key, "address": str(server.address)})
@@ -360,19 +375,22 @@ class _Supervisor:
     def _shared_from(
         self, entries: list[dict[str, str]], sockets: list[socket.socket]
     ) -> dict[str, socket.socket | str]:
-        """The first worker's report as the table later workers bind from: each Unix
-        socket (its file noted for removal at the end), or the address port 0 became."""
+        """The first worker's report as the table later workers bind from: each shared
+        socket (a Unix socket's file noted for removal at the end), or the address port 0
+        became."""
         shared: dict[str, socket.socket | str] = {}
-        unix = [entry for entry in entries if entry["key"].startswith("unix:")]
-        if len(unix) != len(sockets):
-            raise ValueError(f"{len(unix)} Unix sockets reported, {len(sockets)} received")
+        passed = [entry for entry in entries if _shares_socket(entry["key"])]
+        if len(passed) != len(sockets):
+            raise ValueError(f"{len(passed)} shared sockets reported, {len(sockets)} received")
         received = iter(sockets)
         for entry in entries:
             key = entry["key"]
-            if not key.startswith("unix:"):
+            if not _shares_socket(key):
                 shared[key] = entry["address"]
                 continue
             shared[key] = next(received)
+            if not key.startswith("unix:"):
+                continue
             path = entry["address"][len("unix:") :]
             if path and not path.startswith("@"):
                 try:

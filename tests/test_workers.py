@@ -1,7 +1,8 @@
 """``pygev.run(make_server, workers=N)``: worker processes sharing a port (SO_REUSEPORT),
-or one socket (a Unix socket; TCP port 0 binds the first worker's port), restarted when
-they die, stopped gracefully by SIGTERM. Each test runs a supervisor in a subprocess and
-talks to its workers over real sockets."""
+or one socket (a Unix socket, or TCP with ``reuse_port=False``; TCP port 0 binds the first
+worker's port), restarted when they die, stopped gracefully by SIGTERM, given up on when
+they cannot start. Each test runs a supervisor in a subprocess and talks to its workers
+over real sockets."""
 
 from __future__ import annotations
 
@@ -276,6 +277,9 @@ def test_without_reuse_port_the_workers_share_one_socket(tmp_path: Path, kind: s
         assert len(pids) == 2, pids
         ports = {line.rpartition(" ")[2] for line in deployment.log if "listens on" in line}
         assert len(ports) == 1, deployment.log
+        port = deployment.target[1] if isinstance(deployment.target, tuple) else 0
+        listening = [_listening_inodes(port, pid) for pid in (*pids, deployment.proc.pid)]
+        assert len(listening[0]) == 1 and all(i == listening[0] for i in listening), listening
         victim = next(iter(pids))
         os.kill(victim, signal.SIGKILL)
         deployment.wait_log(rf"\(pid {victim}\) exited with -9 .* starting it again")
@@ -289,9 +293,84 @@ def test_without_reuse_port_the_workers_share_one_socket(tmp_path: Path, kind: s
         code, out = deployment.stop()
     assert code == 0, deployment.log
     assert "supervisor returned" in out
+    with socket.socket() as again:  # nobody listens on the port any more
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # (TIME_WAIT is fine)
+        again.bind(("127.0.0.1", port))
+        again.listen()
 
 
-def test_bad_arguments_are_refused() -> None:
+def _listening_inodes(port: int, pid: int) -> set[str]:
+    """The inodes of the listening TCP sockets on `port` that process `pid` holds."""
+    wanted = f":{port:04X}"
+    inodes = set()
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if fields[1].endswith(wanted) and fields[3] == "0A":  # LISTEN
+                inodes.add(fields[9])
+    held = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:[") and target[8:-1] in inodes:
+            held.add(target[8:-1])
+    return held
+
+
+SERVED_ONCE = """
+import logging, os, pathlib, sys, pygev
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+
+def make_server():
+    starts = pathlib.Path(sys.argv[2])
+    count = len(starts.read_text()) if starts.exists() else 0
+    if count >= 2:  # each worker starts once; every later start fails
+        raise RuntimeError("cannot start again")
+    starts.write_text("x" * (count + 1))
+    server = pygev.Server(pygev.Handler(), sys.argv[1], num_loops=1)
+    os.write(2, f"worker {os.getpid()} listens on {server.address}\\n".encode())
+    return server
+
+pygev.run(make_server, workers=2, restart_delay=0.05, max_restart_delay=0.1,
+          max_boot_failures=2)
+print("supervisor returned", flush=True)
+"""
+
+
+def test_a_place_that_served_once_is_retried_past_the_limit(tmp_path: Path) -> None:
+    """Once a worker's place has served, its failures to start again never make the
+    deployment give up: it is retried until stopped."""
+    script = tmp_path / "served_once.py"
+    script.write_text(SERVED_ONCE)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "127.0.0.1:0", str(tmp_path / "started")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    log: list[str] = []
+    reader = threading.Thread(target=lambda: log.extend(proc.stderr or []), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + WAIT
+        pid = None
+        while pid is None:
+            assert time.monotonic() < deadline, log
+            pid = next((int(line.split()[1]) for line in log if "listens on" in line), None)
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGTERM)  # it served: now it cannot start again
+        while sum("worker 0 " in line and "failed to start" in line for line in log) < 4:
+            assert time.monotonic() < deadline, log
+            assert proc.poll() is None, log
+            time.sleep(0.05)
+        assert not any("times in a row" in line for line in log if "worker 0" in line), log
+    finally:
+        stop_group(proc)
+    reader.join(WAIT)
+
     import pygev
 
     with pytest.raises(ValueError, match="workers"):

@@ -71,13 +71,16 @@ def run(
     cannot start is not retried forever: when one worker's place has failed so
     ``max_boot_failures`` times in a row without ever serving since ``run()`` began, every
     worker is stopped and ``run()`` raises ``RuntimeError`` (the workers' log has the
-    cause). A place that has served once is retried for as long as it takes (a dependency
-    down for a while).
+    cause). With the default delays that is about 7.5 s after the start: a ``make_server()``
+    that waits for a dependency should retry itself, or ``max_boot_failures`` be raised.
+    A place that has served once is retried for as long as it takes (a dependency down for
+    a while). (With ``workers=1``, ``make_server()``'s exception comes out of ``run()``.)
 
     A Unix socket address (``"unix:/path"`` or ``"unix:@name"``) is bound once, by the
     first worker, and shared by all: the supervisor keeps it open across restarts and
     removes its file when ``run()`` returns. So is a TCP address whose server was asked
-    for with ``reuse_port=False`` (the workers then share one accept queue). With port 0,
+    for with ``reuse_port=False``: the workers then share one accept queue, which the
+    kernel does not balance (one worker may take most connections). With port 0,
     every worker listens on the port the first one got. The first worker builds its
     servers before the others start.
     """
@@ -141,6 +144,10 @@ def _address_key(address: object, one_socket: bool) -> str | None:
     return text if text.rpartition(":")[2] == "0" else None
 
 
+#: The address a server listens on when none is given (``pygev.Server``'s default).
+_DEFAULT_ADDRESS = "0.0.0.0:1833"
+
+
 def _shares_socket(key: str) -> bool:
     """Whether the address of `key` is shared as one socket (not as a port to bind)."""
     return key.startswith(("unix:", "one:"))
@@ -163,7 +170,7 @@ class _Binding:
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[tuple[Any, ...], str | None]:
         reuse_port = kwargs.setdefault("reuse_port", True)
-        given = args[1] if len(args) > 1 else kwargs.get("address")
+        given = args[1] if len(args) > 1 else kwargs.get("address", _DEFAULT_ADDRESS)
         address = _address_key(given, one_socket=not reuse_port)
         if address is None:
             return args, None
@@ -287,6 +294,7 @@ class _Supervisor:
         log.info("pygev: stopping %d workers (%s)", len(self.slots), why)
         self.stopping = time.monotonic()
         self.due.clear()
+        self._close_shared()  # no worker starts now: no new connection may wait on them
         self._signal_all(signal.SIGTERM)
 
     def _signal_all(self, signum: int) -> None:
@@ -329,6 +337,8 @@ class _Supervisor:
         failures = self.boot_failures[slot]
         if failures is None:
             return False  # it served once: it is retried for as long as it takes
+        if code < 0:
+            return False  # killed by a signal: it may or may not have served
         if code != _BOOT_FAILED:
             self.boot_failures[slot] = None  # it got as far as serving
             return False
@@ -367,6 +377,9 @@ class _Supervisor:
                 sock.close()
             self._signal_all(signal.SIGKILL)
             return
+        if self.stopping is not None:
+            self._close_shared()  # no later worker will start (files are still removed)
+            return
         running = set(self.slots.values()) | set(self.due)
         for slot in range(self.workers):
             if slot not in running and self.stopping is None:
@@ -401,11 +414,17 @@ class _Supervisor:
                 self.files.append((path, info.st_dev, info.st_ino))
         return shared
 
-    def _unbind(self) -> None:
-        """Closes the shared sockets and removes the socket files, if still theirs."""
+    def _close_shared(self) -> None:
+        """Closes the sockets kept for later workers (each worker has its own copy)."""
         for value in (self.shared or {}).values():
             if isinstance(value, socket.socket):
                 value.close()
+
+    def _unbind(self) -> None:
+        """Closes the shared sockets and removes the socket files, if still theirs."""
+        if self.channel is not None:
+            self.channel.close()  # the first worker's report never came
+        self._close_shared()
         for path, dev, ino in self.files:
             try:
                 info = os.lstat(path)

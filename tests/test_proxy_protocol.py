@@ -166,10 +166,11 @@ def test_a_peer_that_is_not_a_trusted_proxy_is_refused(serve: Serve, pygev_log: 
 
 def test_a_missing_header_is_reset_after_its_timeout(serve: Serve, pygev_log: LogCapture) -> None:
     handler = Peers()
-    server = serve(handler, proxy_protocol=True)
+    server = serve(handler, proxy_protocol=True, proxy_header_timeout=0.3)
     with server.connect() as sock:
-        expect_reset(sock, timeout=WAIT + 10)
-    pygev_log.wait_for("sent no complete PROXY protocol header within 10s")
+        sock.sendall(v1(("203.0.113.1", 1))[:20])  # a header begun, never ended
+        expect_reset(sock)
+    pygev_log.wait_for("sent no complete PROXY protocol header within 300ms")
     assert handler.peers == []
     wait_until(lambda: server.stats()["connections"] == 0, what="the connection closed")
     assert server.stats()["closed_by_reason"]["timeout"] == 1
@@ -229,6 +230,10 @@ def test_bad_settings_are_refused() -> None:
         pygev.Server(Peers(), "127.0.0.1:0", proxy_protocol=True, trusted_proxies="10.0.0.0/8")
     with pytest.raises(ValueError, match="proxy_protocol=True"):
         pygev.Server(Peers(), "127.0.0.1:0", trusted_proxies=["10.0.0.0/8"])
+    with pytest.raises(ValueError, match="proxy_header_timeout is for proxy_protocol=True"):
+        pygev.Server(Peers(), "127.0.0.1:0", proxy_header_timeout=1.0)
+    with pytest.raises(ValueError, match="proxy_header_timeout must be"):
+        pygev.Server(Peers(), "127.0.0.1:0", proxy_protocol=True, proxy_header_timeout=0)
 
 
 def test_without_proxy_protocol_a_header_is_just_data(serve: Serve) -> None:

@@ -492,6 +492,7 @@ class Server:
         proxy_protocol: bool = False,
         trusted_proxies: Sequence[str | ipaddress.IPv4Network | ipaddress.IPv6Network]
         | None = None,
+        proxy_header_timeout: float | None = None,
     ) -> Self:
         """Validates the settings and binds the listening socket(s).
 
@@ -580,11 +581,14 @@ class Server:
                 the client's address from it (the proxy's own for a header without one:
                 ``LOCAL``, such as a health check, or ``UNKNOWN``); ``conn.local_addr``
                 stays the socket's. A connection from a peer that is not a trusted proxy,
-                or with a malformed header, or with none within 10 s, is reset with a
-                warning before ``on_connect``; the others go on.
+                or with a malformed header, or with none within ``proxy_header_timeout``,
+                is reset with a warning before ``on_connect``; the others go on.
             trusted_proxies: The networks a header is believed from (``"10.0.0.0/8"``,
                 ``"::1"``, or ``ipaddress`` networks); default: loopback only. Unix-socket
                 peers are always trusted.
+            proxy_header_timeout: Seconds a connection may take to send its whole PROXY
+                header (default 10; a proxy sends it at once); with TLS, the handshake's
+                timeout if shorter.
 
         Returns:
             The bound server; nothing is served before :meth:`start`.

@@ -82,17 +82,19 @@ pub struct Config {
     pub tls_max_handshakes: usize,
     /// Read a PROXY protocol header (v1 or v2) first on every accepted connection, from
     /// these peers only (`None`: no header expected). A peer not trusted, a header that
-    /// is malformed or missing, or none within `PROXY_HEADER_TIMEOUT`, closes the
+    /// is malformed or missing, or none within `proxy_header_timeout`, closes the
     /// connection (reset) with a log line before the dispatcher hears of it.
     pub proxy_protocol: Option<TrustedProxies>,
+    /// How long an accepted connection may take to send its PROXY protocol header.
+    pub proxy_header_timeout: Duration,
 }
 
 /// The largest `max_write_buffer`: a connection's unsent output is counted in 32 bits
 /// (see [`Backlog`](crate::Backlog)).
 pub const MAX_WRITE_BUFFER: usize = 1 << 31;
 
-/// How long an accepted connection may take to send its PROXY protocol header (a proxy
-/// sends it at once).
+/// How long an accepted connection may take to send its PROXY protocol header by default
+/// (a proxy sends it at once).
 pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Default for Config {
@@ -119,6 +121,7 @@ impl Default for Config {
             tls_handshake_timeout: Duration::from_secs(10),
             tls_max_handshakes: 1024,
             proxy_protocol: None,
+            proxy_header_timeout: PROXY_HEADER_TIMEOUT,
         }
     }
 }

@@ -7,7 +7,6 @@ use super::set::Connections;
 use super::{flag, CloseCause};
 use crate::address::Address;
 use crate::close_reason::CloseReason;
-use crate::config::PROXY_HEADER_TIMEOUT;
 use crate::proxy::{self, Parsed};
 
 impl Connections {
@@ -42,7 +41,7 @@ impl Connections {
         if self.config.proxy_protocol.is_none() {
             return false;
         }
-        let deadline = self.now.after(PROXY_HEADER_TIMEOUT);
+        let deadline = self.now.after(self.config.proxy_header_timeout);
         let conn = &mut self.conns[token];
         conn.flags |= flag::PROXY_HEADER;
         conn.close_deadline = conn.close_deadline.min(deadline);
@@ -110,9 +109,10 @@ impl Connections {
     pub(super) fn proxy_header_timed_out(&mut self, token: usize) {
         let conn = &mut self.conns[token];
         conn.note_close(CloseReason::Timeout);
+        let header_timeout = self.config.proxy_header_timeout;
         let within = match conn.tls {
-            Some(_) => PROXY_HEADER_TIMEOUT.min(self.config.tls_handshake_timeout),
-            None => PROXY_HEADER_TIMEOUT,
+            Some(_) => header_timeout.min(self.config.tls_handshake_timeout),
+            None => header_timeout,
         };
         let reason = format!(
             "pygev: connection {} from {} sent no complete PROXY protocol header within \

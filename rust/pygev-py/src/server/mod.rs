@@ -150,6 +150,7 @@ impl Server {
         tls = None,
         proxy_protocol = false,
         trusted_proxies = None,
+        proxy_header_timeout = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn py_new(
@@ -174,7 +175,10 @@ impl Server {
         tls: Option<Py<Tls>>,
         proxy_protocol: bool,
         trusted_proxies: Option<&Bound<'_, PyAny>>,
+        proxy_header_timeout: Option<f64>,
     ) -> PyResult<Self> {
+        let proxy_header_timeout =
+            settings::proxy_header_timeout(proxy_protocol, proxy_header_timeout)?;
         let proxy_protocol = settings::trusted_proxies(proxy_protocol, trusted_proxies)?;
         let (address, socket) = match address {
             AddressArg::Default => (Some(DEFAULT_ADDRESS.to_string()), None),
@@ -246,6 +250,7 @@ impl Server {
                     tls.get().max_handshakes
                 }),
             proxy_protocol,
+            proxy_header_timeout,
             ..Config::default()
         };
         if config.tls.is_some() && address.is_none() && socket.is_none() {

@@ -6,6 +6,7 @@ use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use pygev_core::proxy::{Network, TrustedProxies};
+use pygev_core::PROXY_HEADER_TIMEOUT;
 use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple};
 
@@ -82,6 +83,20 @@ pub(crate) fn trusted_proxies(
         parsed.push(network);
     }
     Ok(Some(TrustedProxies::new(parsed)))
+}
+
+/// How long a connection may take to send its PROXY protocol header: `seconds`, or 10 s.
+pub(crate) fn proxy_header_timeout(
+    on: bool,
+    seconds_given: Option<f64>,
+) -> Result<Duration, Error> {
+    match seconds_given {
+        None => Ok(PROXY_HEADER_TIMEOUT),
+        Some(_) if !on => Err(Error::Value(
+            "pygev: proxy_header_timeout is for proxy_protocol=True".into(),
+        )),
+        Some(value) => seconds("proxy_header_timeout", value, false),
+    }
 }
 
 /// Where a server listens when no address is given.

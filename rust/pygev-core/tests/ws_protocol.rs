@@ -95,7 +95,8 @@ struct Outcome {
 }
 
 /// Feeds `input` to a fresh connection in pieces (cut points modulo its length), keeping
-/// what the protocol did not use, as the loop does.
+/// what the protocol did not use and taking its reschedule after each read, as the loop
+/// does (so an open, quiet connection's state slot goes empty between reads).
 fn run(ws: &WebSocket, input: &[u8], cuts: &[usize]) -> Outcome {
     let mut points: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
     points.sort_unstable();
@@ -115,6 +116,7 @@ fn run(ws: &WebSocket, input: &[u8], cuts: &[usize]) -> Outcome {
             let used = ws
                 .unpack(&mut state, &pending, &mut sink)
                 .expect("no hard error");
+            ws.take_reschedule(&mut state);
             pending.drain(..used);
             outcome.frames.extend(items(&mut sink));
             outcome.stopped |= sink.take_stop().is_some();

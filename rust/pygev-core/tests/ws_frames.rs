@@ -3,7 +3,8 @@
 mod ws_util;
 
 use proptest::prelude::*;
-use pygev_core::websocket::frames::{opcode, write_close, write_frame, Message, Reader};
+use pygev_core::websocket::frames::{opcode, write_close, write_frame, Message};
+use pygev_core::websocket::reader::Reader;
 use ws_util::client_frame;
 
 fn frame(fin: bool, kind: u8, payload: &[u8]) -> Vec<u8> {

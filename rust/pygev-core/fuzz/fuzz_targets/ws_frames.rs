@@ -4,7 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pygev_core::websocket::frames::{Message, Reader};
+use pygev_core::websocket::frames::Message;
+use pygev_core::websocket::reader::Reader;
 
 fn read(data: &[u8], step: usize) -> (Vec<Message>, Option<u16>) {
     let mut reader = Reader::new(4096, false);

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use super::client_handshake::{parse_response, request, Answer, HandshakeFailure, Offer};
 use super::client_handshake::{MAX_BODY, MAX_HEAD};
 use super::deflate::Agreed;
-use super::frames::Reader;
 use super::masking::fill_random;
+use super::reader::Reader;
 use super::session;
 use super::state::{self, ClientSide, Phase, State};
 use crate::protocols::{

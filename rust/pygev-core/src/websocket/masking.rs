@@ -109,7 +109,8 @@ mod tests {
     }
 
     use super::*;
-    use crate::websocket::frames::{opcode, write_frame, Deliver, Message, Reader};
+    use crate::websocket::frames::{opcode, write_frame, Message};
+    use crate::websocket::reader::{Deliver, Reader};
 
     /// What a reader delivered: (is text, payload) per data message, and control frames.
     #[derive(Default)]

@@ -10,6 +10,7 @@ pub mod handshake;
 pub mod http_request;
 pub mod masking;
 mod protocol;
+pub mod reader;
 mod session;
 mod state;
 mod zlib;

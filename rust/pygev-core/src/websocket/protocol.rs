@@ -10,9 +10,9 @@
 use std::time::{Duration, Instant};
 
 use super::deflate::{self, Agreed};
-use super::frames::Reader;
 use super::handshake::{self, Limits, UpgradeRequest};
 use super::http_request;
+use super::reader::Reader;
 use super::session;
 use super::state::{self, Phase, State};
 use crate::protocols::{

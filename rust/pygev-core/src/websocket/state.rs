@@ -10,8 +10,9 @@
 use std::time::{Duration, Instant};
 
 use super::deflate::{Agreed, Codec};
-use super::frames::{self, opcode, Deliver, Message, Reader};
+use super::frames::{self, opcode, Message};
 use super::masking::{next_key, write_masked_frame};
+use super::reader::{Deliver, Reader};
 use crate::protocols::{FrameSink, MessageKind, ProtocolState};
 
 /// Where a connection is in its life.

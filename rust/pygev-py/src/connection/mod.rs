@@ -1,14 +1,12 @@
-//! `pygev.Connection`: the Python face of one TCP connection.
+//! `pygev.Connection`: the Python face of one TCP connection: its state (open, write
+//! side shut, closed, gone), its flow control and its Python methods. Its output on the
+//! way to the loop is in `output.rs`; its peer address as kept, in `peer.rs`.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
-use std::borrow::Cow;
-use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
-
-use pygev_core::{
-    Address, Backlog, CloseReason, Command, ConnectInfo, Control, Credentials, MessageKind, TlsInfo,
-};
+use pygev_core::{Address, Backlog, CloseReason, Command, ConnectInfo, Credentials, TlsInfo};
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::PyTraverseError;
@@ -16,7 +14,12 @@ use pyo3::PyTraverseError;
 use crate::address::{address_object, credentials_tuple};
 use crate::errors::Error;
 use crate::mode::{Mode, SharedMode};
-use crate::shared::{Packer, Shared, Target};
+use crate::shared::Shared;
+
+mod output;
+mod peer;
+
+use peer::PeerV4;
 
 const OPEN: u8 = 0;
 const WRITE_SHUT: u8 = 1;
@@ -52,37 +55,6 @@ pub struct Connection {
     /// read and written by the mode only.
     phase: AtomicU8,
     context: Mutex<Option<Py<PyAny>>>,
-}
-
-/// An IPv4 peer's address, and whether the socket gave it mapped into IPv6.
-#[derive(Clone, Copy)]
-enum PeerV4 {
-    Plain(SocketAddrV4),
-    Mapped(SocketAddrV4),
-}
-
-impl PeerV4 {
-    /// `address` when it is IPv4, or IPv4 mapped into IPv6 with no flow or scope.
-    fn of(address: &Address) -> Option<PeerV4> {
-        match address {
-            Address::Inet(SocketAddr::V4(v4)) => Some(PeerV4::Plain(*v4)),
-            Address::Inet(SocketAddr::V6(v6)) if v6.flowinfo() == 0 && v6.scope_id() == 0 => {
-                let ip = v6.ip().to_ipv4_mapped()?;
-                Some(PeerV4::Mapped(SocketAddrV4::new(ip, v6.port())))
-            }
-            _ => None,
-        }
-    }
-
-    /// The address as the socket gave it.
-    fn address(self) -> Address {
-        Address::Inet(match self {
-            PeerV4::Plain(v4) => SocketAddr::V4(v4),
-            PeerV4::Mapped(v4) => {
-                SocketAddr::V6(SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0))
-            }
-        })
-    }
 }
 
 /// What only some connections have.
@@ -170,55 +142,6 @@ impl Connection {
         self.phase.store(phase, Ordering::Release);
     }
 
-    fn target(&self) -> Target<'_> {
-        Target {
-            loop_index: self.loop_index,
-            token: self.token,
-            id: self.id,
-            backlog: &self.backlog,
-        }
-    }
-
-    /// Checks that `len` more bytes of output fit the connection's `max_write_buffer`: a
-    /// single send larger than the limit is the caller's error (nothing is sent); one that
-    /// would take the unsent output past it means the peer does not read as fast as it is
-    /// sent to, and the connection is reset at once (sends within one callback count).
-    #[inline]
-    pub(crate) fn check_room(&self, len: usize) -> Result<(), Error> {
-        let limit = self.shared.max_write_buffer;
-        // NOTE: the common case stays small enough to inline into every send; the errors,
-        // with their formatting, live out of line.
-        if len <= limit && self.backlog.unsent() + len <= limit {
-            return Ok(());
-        }
-        self.no_room(len, limit)
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn no_room(&self, len: usize, limit: usize) -> Result<(), Error> {
-        if len > limit {
-            return Err(Error::Value(format!(
-                "pygev: a send of {len} bytes exceeds max_write_buffer {limit}"
-            )));
-        }
-        let unsent = self.backlog.unsent();
-        self.abort(
-            CloseReason::Abort,
-            Some(format!(
-                "pygev: connection {} would have {} bytes of unsent output, over \
-             max_write_buffer {limit} (it is sent to faster than the peer reads)",
-                self.id,
-                unsent + len
-            )),
-        );
-        Err(Error::Closed(format!(
-            "pygev: connection {} was reset: its unsent output would exceed \
-             max_write_buffer {limit}",
-            self.id
-        )))
-    }
-
     /// Resets the connection at once (unsent output is dropped), counted as `counted_as`;
     /// the loop logs `reason` (`None`: logged already).
     pub(crate) fn abort(&self, counted_as: CloseReason, reason: Option<String>) {
@@ -237,45 +160,6 @@ impl Connection {
         if !matches!(self.state.swap(CLOSED, Ordering::AcqRel), CLOSED | GONE) {
             self.shared.post(self.loop_index, command);
         }
-    }
-
-    /// Queues bytes in wire form made here (a frame without compression, which needs no
-    /// state, or an HTTP response).
-    pub(crate) fn post_frame(
-        &self,
-        size: usize,
-        write: impl FnOnce(&mut Vec<u8>),
-    ) -> Result<(), Error> {
-        if !self.shared.post_wire(self.target(), size, write) {
-            return Err(self.closed_error());
-        }
-        Ok(())
-    }
-
-    /// Queues a message for the loop to pack with the connection's own framing state
-    /// (WebSocket with compression).
-    pub(crate) fn post_message(&self, payload: &[u8], kind: MessageKind) -> Result<(), Error> {
-        if !self
-            .shared
-            .post_message(self.target(), Cow::Borrowed(payload), kind)
-        {
-            return Err(self.closed_error());
-        }
-        Ok(())
-    }
-
-    /// Hands `control` to the connection's framing in the loop, in order with its sends
-    /// (batched inside a callback, like them), or at once with `now`.
-    pub(crate) fn post_control(&self, control: Control, now: bool) -> Result<(), Error> {
-        let command = Command::Control {
-            token: self.token,
-            id: self.id,
-            control,
-        };
-        if !self.shared.post_command(self.loop_index, command, now) {
-            return Err(self.closed_error());
-        }
-        Ok(())
     }
 
     pub(crate) fn id_value(&self) -> u64 {
@@ -306,25 +190,6 @@ impl Connection {
     /// Whether nothing can be sent any more and no drain is to come: closed, or gone.
     pub(crate) fn is_over(&self) -> bool {
         matches!(self.state.load(Ordering::Acquire), CLOSED | GONE)
-    }
-
-    /// Queues a payload for writing, framed by `framing` (here when it packs without
-    /// state, else in the loop); borrowed, it is an echoed frame of a batch.
-    #[inline]
-    pub(crate) fn send_framed(
-        &self,
-        payload: Cow<'_, [u8]>,
-        framing: Packer<'_>,
-    ) -> Result<(), Error> {
-        self.writable()?;
-        if let Err(e) = framing.protocol.check_payload(&payload) {
-            return Err(Error::Value(e.message().to_string()));
-        }
-        self.check_room(payload.len())?;
-        if !self.shared.post_send(self.target(), payload, framing) {
-            return Err(self.closed_error());
-        }
-        Ok(())
     }
 
     /// Whether sending is allowed (open, write side not shut down).

@@ -43,14 +43,20 @@ pub(crate) enum Then {
     Connected,
     /// `on_message`: what it returns is sent (by the connection's mode).
     Reply,
-    /// `on_handshake` over this request: its answer accepts or refuses the upgrade.
-    Handshake(Box<UpgradeRequest>),
-    /// `on_http_request` over this plain request: its answer goes out, then the close.
-    HttpRequest(Box<HttpRequest>),
+    /// A WebSocket hook over the request it holds (see [`HookRequest`]).
+    Hook(HookRequest),
     /// `on_close`: nothing follows it.
     Closed,
     /// A timer's callback: no connection.
     Timer,
+}
+
+/// A request a WebSocket connection holds while a hook answers it.
+pub(crate) enum HookRequest {
+    /// `on_handshake`'s: its answer accepts or refuses the upgrade.
+    Upgrade(Box<UpgradeRequest>),
+    /// `on_http_request`'s (a plain request): its answer goes out, then the close.
+    Http(Box<HttpRequest>),
 }
 
 impl Then {
@@ -58,8 +64,8 @@ impl Then {
         match self {
             Then::Connected => "on_connect",
             Then::Reply => "on_message",
-            Then::Handshake(_) => "on_handshake",
-            Then::HttpRequest(_) => "on_http_request",
+            Then::Hook(HookRequest::Upgrade(_)) => "on_handshake",
+            Then::Hook(HookRequest::Http(_)) => "on_http_request",
             Then::Closed => "on_close",
             Then::Timer => "timer callback",
         }
@@ -67,10 +73,7 @@ impl Then {
 
     /// Whether the connection's later work waits for it.
     fn holds(&self) -> bool {
-        matches!(
-            self,
-            Then::Connected | Then::Reply | Then::Handshake(_) | Then::HttpRequest(_)
-        )
+        matches!(self, Then::Connected | Then::Reply | Then::Hook(_))
     }
 }
 
@@ -463,7 +466,7 @@ impl<'py> Dispatcher<'py> {
                     "pygev: {what} of connection {} was cancelled",
                     conn.get().id_value()
                 );
-                if let Then::Handshake(_) | Then::HttpRequest(_) = then {
+                if let Then::Hook(_) = then {
                     conn.get().request_close(); // never answered
                 }
             }
@@ -471,16 +474,11 @@ impl<'py> Dispatcher<'py> {
                 self.report(what, &conn, &err);
                 self.maybe_stop(err);
             }
-            (Then::Handshake(_), _) if held.as_ref().is_some_and(Awaiting::closed) => {
-                // Gone while the hook awaited: no handshake, no callbacks.
+            (Then::Hook(_), _) if held.as_ref().is_some_and(Awaiting::closed) => {
+                // Gone while the hook awaited: no answer, no callbacks.
             }
-            (Then::Handshake(request), result) => {
+            (Then::Hook(request), result) => {
                 conn.get().mode().answered(self, &conn, &request, result);
-            }
-            (Then::HttpRequest(request), result) => {
-                conn.get()
-                    .mode()
-                    .http_answered(self, &conn, &request, result);
             }
             (_, Err(err)) => self.callback_failed(what, &conn, err),
             (Then::Reply, Ok(value)) if !value.is_none() && !conn.get().is_over() => {

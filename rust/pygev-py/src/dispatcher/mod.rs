@@ -37,7 +37,7 @@ mod python_protocol;
 mod rounds;
 
 use awaiting::Awaits;
-pub(crate) use awaiting::Then;
+pub(crate) use awaiting::{HookRequest, Then};
 use python_protocol::PartialFrame;
 use rounds::Work;
 

@@ -8,15 +8,13 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use pygev_core::websocket::handshake::UpgradeRequest;
-use pygev_core::websocket::http_request::HttpRequest;
 use pygev_core::{Frames, MessageKind, Protocol, Signal};
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::PyTraverseError;
 
 use crate::connection::Connection;
-use crate::dispatcher::{Dispatcher, Frame};
+use crate::dispatcher::{Dispatcher, Frame, HookRequest};
 use crate::errors::Error;
 use crate::protocols::protocol_from;
 
@@ -119,32 +117,17 @@ pub(crate) trait Mode: Send + Sync {
         false
     }
 
-    /// An `on_handshake` that awaited has ended with `answer`: accept or refuse the held
-    /// upgrade `request`.
+    /// A hook that awaited (`on_handshake`, `on_http_request`) has ended with `answer`:
+    /// answer the held `request`.
     fn answered(
         &self,
         _dispatcher: &mut Dispatcher<'_>,
         conn: &Py<Connection>,
-        _request: &UpgradeRequest,
+        _request: &HookRequest,
         _answer: PyResult<Bound<'_, PyAny>>,
     ) {
         log::error!(
-            "pygev: connection {} got a handshake answer its mode does not expect",
-            conn.get().id_value()
-        );
-    }
-
-    /// An `on_http_request` that awaited has ended with `answer`: answer the held plain
-    /// HTTP `request` and close.
-    fn http_answered(
-        &self,
-        _dispatcher: &mut Dispatcher<'_>,
-        conn: &Py<Connection>,
-        _request: &HttpRequest,
-        _answer: PyResult<Bound<'_, PyAny>>,
-    ) {
-        log::error!(
-            "pygev: connection {} got an HTTP answer its mode does not expect",
+            "pygev: connection {} got a hook's answer its mode does not expect",
             conn.get().id_value()
         );
     }

@@ -21,7 +21,7 @@ use super::Mode;
 use crate::bytes_like::bytes_of;
 use crate::connection::Connection;
 use crate::dial;
-use crate::dispatcher::{type_name, Dispatcher, Frame, Then};
+use crate::dispatcher::{type_name, Dispatcher, Frame, HookRequest, Then};
 use crate::errors::{self, Error};
 use crate::http_request::{response_of, PyHttpRequest};
 use crate::websocket::WebSocketRequest;
@@ -219,7 +219,7 @@ impl WebSocketMode {
             },
         )
         .and_then(|r| hook.bind(py).call1((conn.bind(py), r)));
-        let then = Then::Handshake(Box::new(request.clone()));
+        let then = Then::Hook(HookRequest::Upgrade(Box::new(request.clone())));
         if let Some(answer) = d.settle(answer, Some(conn), then) {
             self.answer(d, conn, request, answer);
         }
@@ -250,12 +250,14 @@ impl WebSocketMode {
             },
         )
         .and_then(|r| hook.bind(py).call1((conn.bind(py), r)));
-        if let Some(answer) = d.settle(asked, Some(conn), Then::HttpRequest(request.clone())) {
+        let then = Then::Hook(HookRequest::Http(request.clone()));
+        if let Some(answer) = d.settle(asked, Some(conn), then) {
             self.http_answer(d, conn, &request, answer);
         }
     }
 
-    /// Sends what `on_http_request` answered, then closes.
+    /// Sends what `on_http_request` answered, then closes (nothing once the connection
+    /// is over: the hook closed it, or the peer went while it awaited).
     fn http_answer(
         &self,
         d: &mut Dispatcher<'_>,
@@ -263,6 +265,9 @@ impl WebSocketMode {
         request: &HttpRequest,
         answer: PyResult<Bound<'_, PyAny>>,
     ) {
+        if conn.get().is_over() {
+            return;
+        }
         match answer.and_then(|answer| response_of(&answer, request)) {
             Ok(response) => answer_and_close(conn, &response),
             Err(err) => {
@@ -273,7 +278,8 @@ impl WebSocketMode {
         }
     }
 
-    /// Accepts or refuses the upgrade as `on_handshake` answered.
+    /// Accepts or refuses the upgrade as `on_handshake` answered (nothing once the
+    /// connection is over: the hook closed it, or the peer went while it awaited).
     fn answer(
         &self,
         d: &mut Dispatcher<'_>,
@@ -281,6 +287,9 @@ impl WebSocketMode {
         request: &UpgradeRequest,
         answer: PyResult<Bound<'_, PyAny>>,
     ) {
+        if conn.get().is_over() {
+            return;
+        }
         match answer.and_then(|answer| answer_of(&answer)) {
             Ok(Answer::Accept(protocol, extra)) => {
                 match handshake::check_choice(request, protocol.as_deref(), &extra) {
@@ -375,23 +384,12 @@ impl Mode for WebSocketMode {
         &self,
         d: &mut Dispatcher<'_>,
         conn: &Py<Connection>,
-        request: &UpgradeRequest,
+        request: &HookRequest,
         answer: PyResult<Bound<'_, PyAny>>,
     ) {
-        if !conn.get().is_closed() {
-            self.answer(d, conn, request, answer);
-        }
-    }
-
-    fn http_answered(
-        &self,
-        d: &mut Dispatcher<'_>,
-        conn: &Py<Connection>,
-        request: &HttpRequest,
-        answer: PyResult<Bound<'_, PyAny>>,
-    ) {
-        if !conn.get().is_closed() {
-            self.http_answer(d, conn, request, answer);
+        match request {
+            HookRequest::Upgrade(request) => self.answer(d, conn, request, answer),
+            HookRequest::Http(request) => self.http_answer(d, conn, request, answer),
         }
     }
 

@@ -10,6 +10,7 @@ import ipaddress
 import socket
 import ssl
 import struct
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -187,6 +188,19 @@ def test_the_header_comes_before_tls(serve: Serve, pki: Pki) -> None:  # noqa: F
             echo(sock, b"over TLS behind the proxy")
             expected = client or sock.getsockname()
         assert handler.peers[-1] == expected
+
+
+def test_the_tls_handshake_has_its_own_time_after_the_header(serve: Serve, pki: Pki) -> None:  # noqa: F811
+    """A short header timeout bounds the header, not the TLS handshake that follows it."""
+    handler = Peers()
+    tls = pygev.TLS(pki.certfile, pki.keyfile)
+    server = serve(handler, tls=tls, proxy_protocol=True, proxy_header_timeout=0.3)
+    raw = server.connect()
+    raw.sendall(v1(("192.0.2.78", 7878)))
+    time.sleep(0.6)  # past the header's deadline, well within the handshake's
+    with pki.client_context().wrap_socket(raw, server_hostname="localhost") as sock:
+        echo(sock, b"late but in time")
+    assert handler.peers[-1] == ("192.0.2.78", 7878)
 
 
 def test_the_header_comes_before_the_websocket_upgrade(serve: Serve) -> None:

@@ -588,7 +588,8 @@ class Server:
                 peers are always trusted.
             proxy_header_timeout: Seconds a connection may take to send its whole PROXY
                 header (default 10; a proxy sends it at once); with TLS, the handshake's
-                timeout if shorter.
+                timeout if shorter. A TLS handshake has its own timeout again once the
+                header is in.
 
         Returns:
             The bound server; nothing is served before :meth:`start`.

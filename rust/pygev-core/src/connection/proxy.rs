@@ -76,7 +76,10 @@ impl Connections {
         conn.input.retrieve(rest);
         let client = header.addresses.map(|(client, _)| Address::Inet(client));
         if conn.tls.is_some() {
-            // Announced when its handshake completes, with the client's address.
+            // Its handshake has its own time from here (until now, the sooner of the
+            // header's and the handshake's deadlines held), and it is announced when the
+            // handshake completes, with the client's address.
+            conn.close_deadline = self.now.after(self.config.tls_handshake_timeout);
             if let Some(client) = client {
                 self.proxied.insert(token, client);
             }

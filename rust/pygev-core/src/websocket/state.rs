@@ -136,7 +136,8 @@ impl State {
 
     /// Whether this is [`State::quiet`] (what the loop must keep is nothing).
     fn is_quiet(&self) -> bool {
-        self.agreed.is_none()
+        self.client.is_none()
+            && self.agreed.is_none()
             && matches!(self.phase, Phase::Open)
             && self.reader.is_fresh()
             && self.started.is_none()
@@ -144,7 +145,6 @@ impl State {
             && self.held_since.is_none()
             && !self.reschedule
             && self.ping_sent.is_none()
-            && self.client.is_none()
     }
 
     pub(super) fn codec(&mut self, threshold: usize) -> Option<&mut Codec> {

@@ -315,14 +315,32 @@ print("stopped", flush=True)
 """
 
 
-def test_ctrl_c_during_logging_still_stops_the_server() -> None:
-    """A KeyboardInterrupt raised inside logging code the dispatcher runs is not swallowed
-    with the logging error: the server stops."""
+#: The same, with Ctrl+C arriving while a callback's exception is logged.
+INTERRUPTED_WHILE_LOGGING_AN_ERROR = (
+    INTERRUPTED_WHILE_LOGGING.replace(
+        'if "reset" in record.getMessage():', "if record.exc_info:"
+    )
+    .replace(
+        "server = pygev.Server(pygev.Handler(),",
+        "class Boom(pygev.Handler):\n"
+        "    def on_message(self, conn, ctx, data):\n"
+        "        raise RuntimeError('boom')\n\n"
+        "server = pygev.Server(Boom(),",
+    )
+    .replace('struct.pack(">I", 1 << 20)', 'struct.pack(">I", 1) + b"x"')
+)
+
+
+@pytest.mark.parametrize("script", [INTERRUPTED_WHILE_LOGGING, INTERRUPTED_WHILE_LOGGING_AN_ERROR])
+def test_ctrl_c_during_logging_still_stops_the_server(script: str) -> None:
+    """A KeyboardInterrupt raised inside logging code the dispatcher runs (a loop's record,
+    or a callback's exception) is not swallowed with the logging error: the server stops."""
     import subprocess
     import sys
 
+    assert script.count("raise KeyboardInterrupt") == 1
     proc = subprocess.run(
-        [sys.executable, "-c", INTERRUPTED_WHILE_LOGGING],
+        [sys.executable, "-c", script],
         capture_output=True,
         text=True,
         timeout=WAIT * 2,

@@ -125,17 +125,20 @@ pub(crate) fn refresh_level(py: Python<'_>) {
         *next = Some(now + LEVEL_CHECK_INTERVAL);
     }
     if let Err(err) = set_level(py) {
-        if !keep_interrupt(py, &err) {
-            log_exception(py, "pygev: cannot read the log level", &err);
-        }
+        logging_failed(py, &err, || {
+            log_exception(py, "pygev: cannot read the log level", &err)
+        });
     }
 }
 
-/// A Ctrl+C that came while Python ran logging code for the dispatcher surfaced there as
-/// its `KeyboardInterrupt`: it is raised again at the dispatcher's next signal check (which
-/// stops the server), not lost with the logging error. Returns whether `err` was one.
-fn keep_interrupt(py: Python<'_>, err: &PyErr) -> bool {
+/// Every failure of a Python logging call made for the dispatcher comes here. A Ctrl+C
+/// that came while Python ran that logging code surfaced as its `KeyboardInterrupt`: it is
+/// raised again at the dispatcher's next signal check (which stops the server), not lost
+/// with the logging error; any other error gets `otherwise`. Returns whether `err` was a
+/// Ctrl+C.
+fn logging_failed(py: Python<'_>, err: &PyErr, otherwise: impl FnOnce()) -> bool {
     if !err.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py) {
+        otherwise();
         return false;
     }
     // SAFETY: PyErr_SetInterrupt only marks SIGINT as tripped for the next
@@ -179,23 +182,26 @@ pub(crate) fn emit_pending(py: Python<'_>) {
     let logger = match pygev_logger(py) {
         Ok(logger) => logger,
         Err(err) => {
-            keep_interrupt(py, &err);
+            logging_failed(py, &err, || err.print(py));
             return;
         }
     };
     let dropped = DROPPED.swap(0, Ordering::Relaxed);
     if dropped > 0 {
-        let _ = logger.call_method1(
+        let warned = logger.call_method1(
             "warning",
             (format!("pygev: {dropped} log records dropped (queue full)"),),
         );
+        if let Err(err) = warned {
+            logging_failed(py, &err, || err.print(py));
+        }
     }
     for record in records {
         if let Err(err) = emit(&logger, record) {
-            if keep_interrupt(py, &err) {
+            // Logging itself is broken: stderr is all that is left.
+            if logging_failed(py, &err, || err.print(py)) {
                 return; // (the rest of this batch of records is dropped)
             }
-            err.print(py); // logging itself is broken: stderr is all that is left
         }
     }
 }
@@ -257,7 +263,8 @@ pub(crate) fn log_exception(py: Python<'_>, message: &str, err: &PyErr) {
         kwargs.set_item("exc_info", exc_info)?;
         logger.call_method("error", (message,), Some(&kwargs))
     });
-    if result.is_err() {
-        err.print(py); // logging itself is broken: stderr is all that is left
+    if let Err(failed) = result {
+        // Logging itself is broken: stderr is all that is left.
+        logging_failed(py, &failed, || err.print(py));
     }
 }

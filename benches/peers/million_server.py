@@ -82,9 +82,9 @@ class HeldWsInOrder(HoldingInOrder, pygev.WebSocketHandler):
 class Control(pygev.Handler):
     """The worker's line to million.py."""
 
-    def __init__(self, held, server_ref) -> None:
+    def __init__(self, held, server) -> None:
         self.held = held
-        self.server_ref = server_ref
+        self.server = server
 
     def on_connect(self, conn):
         conn.send(f"HELLO {os.getpid()}".encode())
@@ -104,7 +104,7 @@ class Control(pygev.Handler):
                     pass
             return f"SENT {sent} {time.monotonic_ns()}".encode()
         if cmd == b"STAT":
-            stats = self.server_ref[0].stats()
+            stats = self.server.stats()
             stats.pop("loops", None)
             return ("STAT " + json.dumps({
                 "held": len(conns),
@@ -143,10 +143,8 @@ def main() -> None:
             held = HeldInOrder() if in_order else Held()
             protocol = pygev.Raw()
         server = pygev.Server(held, f"{args.host}:{args.port}", num_loops=1, protocol=protocol,
-                              idle_timeout=None, backlog=args.backlog,
-                              reuse_port=args.workers > 1)
-        ref = [server]
-        server.connect((chost, int(cport)), Control(held, ref), pygev.Delimited(b"\n"))
+                              idle_timeout=None, backlog=args.backlog)
+        server.connect((chost, int(cport)), Control(held, server), pygev.Delimited(b"\n"))
         return server
 
     print(f"listening on {args.host}:{args.port} (connections in {args.order} order)",

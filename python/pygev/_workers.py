@@ -131,8 +131,7 @@ def _address_key(address: object, one_socket: bool) -> str | None:
     once and shared as one socket; or a TCP address with port 0, whose port the first
     worker got and every worker binds. ``None`` for any other."""
     if isinstance(address, tuple) and len(address) >= 2:
-        host, port = str(address[0]), address[1]
-        text = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        text = _host_port(str(address[0]), address[1])
     elif isinstance(address, str):
         if address.startswith("unix:"):
             return address if len(address) > len("unix:") else None
@@ -146,6 +145,11 @@ def _address_key(address: object, one_socket: bool) -> str | None:
 
 #: The address a server listens on when none is given (``pygev.Server``'s default).
 _DEFAULT_ADDRESS = "0.0.0.0:1833"
+
+
+def _host_port(host: str, port: object) -> str:
+    """``host:port``, an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _shares_socket(key: str) -> bool:
@@ -203,8 +207,7 @@ class _Binding:
                     entries.append({"key": key, "address": str(server.address)})
                     fds.append(fd)
             elif isinstance(server.address, tuple):
-                host, port = server.address[0], server.address[1]
-                bound = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                bound = _host_port(server.address[0], server.address[1])
                 entries.append({"key": key, "address": bound})
         try:
             socket.send_fds(channel, [json.dumps(entries).encode()], fds)
@@ -382,7 +385,7 @@ class _Supervisor:
             return
         running = set(self.slots.values()) | set(self.due)
         for slot in range(self.workers):
-            if slot not in running and self.stopping is None:
+            if slot not in running:
                 self._spawn(slot)
 
     def _shared_from(

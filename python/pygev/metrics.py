@@ -162,9 +162,6 @@ DURATIONS = (
     "in the same batch, so pygev's own work for the event is included).",
 )
 
-_SUPERVISOR_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGCHLD})
-
-
 class ServerCollector(Collector):
     """Reports a server's :meth:`~pygev.Server.stats` at each scrape, for a server in this
     process.
@@ -353,7 +350,7 @@ def start_http_server(
         The HTTP server: ``server_port`` is the port it listens on; ``shutdown()`` then
         ``server_close()`` end it.
     """
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SUPERVISOR_SIGNALS)
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _workers._Supervisor.SIGNALS)
     try:
         httpd, _ = _start_http_server(port, addr, registry)
     finally:

@@ -95,7 +95,7 @@ pub const MAX_WRITE_BUFFER: usize = 1 << 31;
 
 /// How long an accepted connection may take to send its PROXY protocol header by default
 /// (a proxy sends it at once).
-pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Default for Config {
     fn default() -> Self {

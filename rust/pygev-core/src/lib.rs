@@ -32,7 +32,7 @@ pub mod websocket;
 pub use address::{parse_inet, Address, UnixAddress};
 pub use backlog::Backlog;
 pub use close_reason::CloseReason;
-pub use config::{Config, Strategy, PROXY_HEADER_TIMEOUT};
+pub use config::{Config, Strategy};
 pub use dispatch_queue::{DispatchQueue, Found};
 pub use event::{Command, ConnectInfo, Event, EVENT_COST};
 pub use loop_handle::LoopHandle;

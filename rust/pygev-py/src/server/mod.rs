@@ -250,7 +250,8 @@ impl Server {
                     tls.get().max_handshakes
                 }),
             proxy_protocol,
-            proxy_header_timeout,
+            proxy_header_timeout: proxy_header_timeout
+                .unwrap_or(Config::default().proxy_header_timeout),
             ..Config::default()
         };
         if config.tls.is_some() && address.is_none() && socket.is_none() {

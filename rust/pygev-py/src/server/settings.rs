@@ -6,7 +6,6 @@ use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use pygev_core::proxy::{Network, TrustedProxies};
-use pygev_core::PROXY_HEADER_TIMEOUT;
 use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple};
 
@@ -85,17 +84,18 @@ pub(crate) fn trusted_proxies(
     Ok(Some(TrustedProxies::new(parsed)))
 }
 
-/// How long a connection may take to send its PROXY protocol header: `seconds`, or 10 s.
+/// How long a connection may take to send its PROXY protocol header, if given (`None`:
+/// the core's default).
 pub(crate) fn proxy_header_timeout(
     on: bool,
     seconds_given: Option<f64>,
-) -> Result<Duration, Error> {
+) -> Result<Option<Duration>, Error> {
     match seconds_given {
-        None => Ok(PROXY_HEADER_TIMEOUT),
+        None => Ok(None),
         Some(_) if !on => Err(Error::Value(
             "pygev: proxy_header_timeout is for proxy_protocol=True".into(),
         )),
-        Some(value) => seconds("proxy_header_timeout", value, false),
+        Some(value) => seconds("proxy_header_timeout", value, false).map(Some),
     }
 }
 

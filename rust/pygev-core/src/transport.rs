@@ -114,6 +114,11 @@ impl Transport {
         }
     }
 
+    /// The peer's address and ours (an error once the peer reset the connection).
+    pub fn addresses(&self) -> io::Result<(Address, Address)> {
+        Ok((self.peer_addr()?, self.local_addr()?))
+    }
+
     /// The peer process's credentials as the kernel recorded them when it connected (a
     /// Unix socket's SO_PEERCRED); `None` on TCP.
     pub fn peer_credentials(&self) -> Option<Credentials> {

@@ -23,6 +23,7 @@ mod dial;
 mod protocols;
 mod proxy;
 mod read;
+mod refusals;
 mod set;
 mod timeouts;
 mod tls;

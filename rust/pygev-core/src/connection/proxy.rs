@@ -21,17 +21,12 @@ impl Connections {
         if trusted.trusts(peer) {
             return true;
         }
-        self.untrusted += 1;
         crate::stats::LoopStats::add(&self.handle.stats.refused_untrusted, 1);
-        let now = self.instant;
-        let due = (self.untrusted_logged).is_none_or(|at| now.duration_since(at).as_secs() >= 1);
-        if due {
+        if let Some(count) = self.untrusted.note(self.instant) {
             log::warn!(
-                "pygev: refused {} connection(s) not from a trusted proxy (proxy_protocol is \
-                 on; trusted_proxies), the last from {peer}",
-                std::mem::take(&mut self.untrusted)
+                "pygev: refused {count} connection(s) not from a trusted proxy (proxy_protocol \
+                 is on; trusted_proxies), the last from {peer}"
             );
-            self.untrusted_logged = Some(now);
         }
         false
     }
@@ -89,11 +84,7 @@ impl Connections {
                 Ok(())
             };
         }
-        let addresses = conn
-            .transport
-            .peer_addr()
-            .and_then(|peer| Ok((peer, conn.transport.local_addr()?)));
-        let Ok((peer, local)) = addresses else {
+        let Ok((peer, local)) = conn.transport.addresses() else {
             self.scratch.clear();
             return Err(CloseCause::Done); // reset meanwhile: never announced
         };

@@ -13,6 +13,7 @@ use mio::{Interest, Registry, Token};
 use slab::Slab;
 
 use super::protocols::{ProtocolTable, SERVER_PROTOCOL};
+use super::refusals::Refusals;
 use super::Conn;
 use crate::address::Address;
 use crate::backlog::Backlog;
@@ -74,19 +75,15 @@ pub(crate) struct Connections {
     pub(crate) accept_deferred: bool,
     /// Accepted connections in their TLS handshake (against `tls_max_handshakes`).
     pub(super) handshakes: usize,
-    /// When a connection was last refused for `tls_max_handshakes` (logged once a second).
-    pub(super) refused_logged: Option<Instant>,
-    /// Connections refused for `tls_max_handshakes` since that log line.
-    pub(super) refused: u64,
+    /// Connections refused for `tls_max_handshakes`, for the log.
+    pub(super) over_handshakes: Refusals,
     /// The dispatcher caught up with accepting deferred: the loop accepts again.
     pub(crate) accept_wanted: bool,
     /// The clients' addresses from PROXY headers of connections still in their TLS
     /// handshake (announced with them once it completes).
     pub(super) proxied: HashMap<usize, Address>,
-    /// Connections refused for not coming from a trusted proxy since that was last
-    /// logged, and when (once a second at most).
-    pub(super) untrusted: u64,
-    pub(super) untrusted_logged: Option<Instant>,
+    /// Connections refused for not coming from a trusted proxy, for the log.
+    pub(super) untrusted: Refusals,
     /// The local address last announced, shared with the next connection that has it.
     local: Option<Arc<Address>>,
 }
@@ -128,11 +125,9 @@ impl Connections {
             accept_deferred: false,
             accept_wanted: false,
             handshakes: 0,
-            refused_logged: None,
-            refused: 0,
+            over_handshakes: Refusals::default(),
             proxied: HashMap::new(),
-            untrusted: 0,
-            untrusted_logged: None,
+            untrusted: Refusals::default(),
             local: None,
         }
     }

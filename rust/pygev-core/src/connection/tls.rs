@@ -142,11 +142,7 @@ impl Connections {
     fn handshake_done(&mut self, token: usize) {
         let now = self.now;
         let conn = &mut self.conns[token];
-        let addresses = conn
-            .transport
-            .peer_addr()
-            .and_then(|peer| Ok((peer, conn.transport.local_addr()?)));
-        let Ok((peer, local)) = addresses else {
+        let Ok((peer, local)) = conn.transport.addresses() else {
             // Gone meanwhile (reset): still unannounced, so it ends as a handshake would.
             return self.close_now(token, CloseCause::Done);
         };
@@ -233,19 +229,14 @@ impl Connections {
     /// A connection accepted past `tls_max_handshakes` is refused; said once a second at
     /// most, with how many were.
     pub(super) fn refuse_handshake(&mut self, peer: &crate::address::Address) {
-        self.refused += 1;
         crate::stats::LoopStats::add(&self.handle.stats.refused_handshakes, 1);
-        let now = self.instant;
-        let due = (self.refused_logged).is_none_or(|at| now.duration_since(at).as_secs() >= 1);
-        if due {
+        if let Some(count) = self.over_handshakes.note(self.instant) {
             log::warn!(
                 "pygev: {} TLS handshakes in progress on loop {} (tls_max_handshakes): refused \
-                 {} connection(s), the last from {peer}",
+                 {count} connection(s), the last from {peer}",
                 self.handshakes,
                 self.index,
-                std::mem::take(&mut self.refused)
             );
-            self.refused_logged = Some(now);
         }
     }
 

@@ -9,7 +9,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// The longest version 1 header, CRLF included (the specification's limit).
-pub const MAX_V1_LEN: usize = 107;
+const MAX_V1_LEN: usize = 107;
 
 /// What starts a version 2 header.
 const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";

@@ -6,5 +6,5 @@
 pub mod header;
 pub mod trust;
 
-pub use header::{parse, Header, Parsed, ProxyError, MAX_V1_LEN};
+pub use header::{parse, Header, Parsed, ProxyError};
 pub use trust::{Network, TrustedProxies};

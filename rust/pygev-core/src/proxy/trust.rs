@@ -34,37 +34,25 @@ impl Network {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             v4 => v4,
         };
-        match (self.address, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                prefix_eq(&net.octets(), &ip.octets(), self.prefix)
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                prefix_eq(&net.octets(), &ip.octets(), self.prefix)
-            }
-            _ => false,
-        }
+        let ((net, width), (ip, ip_width)) = (bits(self.address), bits(ip));
+        // The same family, and no difference in the first `prefix` bits.
+        let host_bits = width - u32::from(self.prefix);
+        width == ip_width && (net ^ ip).checked_shr(host_bits).unwrap_or(0) == 0
+    }
+}
+
+/// An address as a number, and its width in bits (32 or 128).
+fn bits(address: IpAddr) -> (u128, u32) {
+    match address {
+        IpAddr::V4(a) => (u128::from(a.to_bits()), 32),
+        IpAddr::V6(a) => (a.to_bits(), 128),
     }
 }
 
 /// Whether the bits of `address` past the first `prefix` are all zero.
 fn host_bits_zero(address: IpAddr, prefix: u8) -> bool {
-    let (bits, width) = match address {
-        IpAddr::V4(a) => (u128::from(a.to_bits()), 32),
-        IpAddr::V6(a) => (a.to_bits(), 128),
-    };
+    let (bits, width) = bits(address);
     bits.trailing_zeros() >= width - u32::from(prefix)
-}
-
-/// Whether the first `prefix` bits of `a` and `b` are equal.
-fn prefix_eq(a: &[u8], b: &[u8], prefix: u8) -> bool {
-    let (whole, bits) = (usize::from(prefix / 8), prefix % 8);
-    if a[..whole] != b[..whole] {
-        return false;
-    }
-    bits == 0 || {
-        let mask = 0xffu8 << (8 - bits);
-        a[whole] & mask == b[whole] & mask
-    }
 }
 
 impl FromStr for Network {
@@ -168,6 +156,8 @@ mod tests {
         assert!(v6.contains(ip("fdab::1")) && !v6.contains(ip("fe80::1")));
         let all: Network = "0.0.0.0/0".parse().unwrap();
         assert!(all.contains(ip("8.8.8.8")));
+        let all6: Network = "::/0".parse().unwrap();
+        assert!(all6.contains(ip("2001:db8::1")) && !all6.contains(ip("8.8.8.8")));
         for bad in [
             "10.0.0.1/8",
             "10.0.0.0/33",

@@ -11,6 +11,7 @@ import logging
 import os
 import random
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
@@ -176,6 +177,106 @@ def expect_reset(sock: socket.socket, timeout: float = WAIT) -> bytes:
         "take a cut-off stream for a complete one"
     )
     return data
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a server a test starts that
+    cannot take port 0: redis-server, HAProxy, a supervisor's fixed port)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def require_tool(name: str, *elsewhere: str) -> str:
+    """The path of the program `name` (a real server a test starts), looked for on PATH,
+    then at `elsewhere`; missing, the test fails in CI (scripts/test.sh installs it) and is
+    skipped on a user's machine."""
+    found = shutil.which(name) or next((p for p in elsewhere if os.access(p, os.X_OK)), None)
+    if found is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{name} is missing: scripts/test.sh installs it (apt-get)")
+        pytest.skip(f"{name} is not installed (scripts/test.sh installs it with apt-get)")
+    return found
+
+
+class RedisServer:
+    """A ``redis-server`` on a loopback port of its own, which a test may kill and start
+    again on the same port."""
+
+    def __init__(self, executable: str, directory: Path) -> None:
+        self.executable = executable
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        options = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        options += ["--appendonly", "no", "--dir", str(self.directory)]
+        self.proc = subprocess.Popen(
+            [self.executable, *options], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + WAIT
+        while not self._answers():
+            if self.proc.poll() is not None:
+                out = self.proc.stdout.read().decode() if self.proc.stdout else ""
+                pytest.fail(f"redis-server exited with {self.proc.returncode}: {out}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"redis-server did not answer on port {self.port}")
+            time.sleep(0.05)
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL: Redis vanishes at once, as in a crash."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+        self._reap()
+
+    def pause(self) -> None:
+        """SIGSTOP: Redis keeps its connections open and answers nothing, as behind a
+        lost network."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a paused one would not end
+            self.proc.terminate()
+        self._reap()
+
+    def _reap(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            self.proc.wait(WAIT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(WAIT)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.proc = None
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A ``redis-server`` started on a free loopback port, stopped at teardown."""
+    server = RedisServer(require_tool("redis-server"), tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def stop_group(proc: subprocess.Popen[Any], signum: int = signal.SIGTERM) -> int:

@@ -10,19 +10,16 @@ import contextlib
 import os
 import re
 import select
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 import redis
-from conftest import EXAMPLES, ROOT, WAIT
+from conftest import EXAMPLES, ROOT, WAIT, RedisServer, free_port
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
@@ -33,96 +30,6 @@ CHANNEL = "chat:test"
 RELAY_DOWN = "* the chat relay is down"
 RELAY_BACK = "* the chat relay is back"
 NOT_DELIVERED = "* not delivered"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class RedisServer:
-    """A ``redis-server`` on a loopback port of its own, which a test may kill and start
-    again on the same port."""
-
-    def __init__(self, executable: str, directory: Path) -> None:
-        self.executable = executable
-        self.directory = directory
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        options = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-        options += ["--appendonly", "no", "--dir", str(self.directory)]
-        self.proc = subprocess.Popen(
-            [self.executable, *options], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
-        deadline = time.monotonic() + WAIT
-        while not self._answers():
-            if self.proc.poll() is not None:
-                out = self.proc.stdout.read().decode() if self.proc.stdout else ""
-                pytest.fail(f"redis-server exited with {self.proc.returncode}: {out}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"redis-server did not answer on port {self.port}")
-            time.sleep(0.05)
-
-    def _answers(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def kill(self) -> None:
-        """SIGKILL: Redis vanishes at once, as in a crash."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-        self._reap()
-
-    def pause(self) -> None:
-        """SIGSTOP: Redis keeps its connections open and answers nothing, as behind a
-        lost network."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGCONT)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)  # a paused one would not end
-            self.proc.terminate()
-        self._reap()
-
-    def _reap(self) -> None:
-        if self.proc is None:
-            return
-        try:
-            self.proc.wait(WAIT)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(WAIT)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self.proc = None
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    executable = shutil.which("redis-server")
-    if executable is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("redis-server is missing: scripts/test.sh installs it (apt-get)")
-        pytest.skip("redis-server is not installed (scripts/test.sh installs it with apt-get)")
-    server = RedisServer(executable, tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 class ChatCluster:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from conftest import WAIT, Echo, ServerThread, ipv6_available, recv_exactly, wait_until
+from conftest import WAIT, Echo, ServerThread, free_port, ipv6_available, recv_exactly, wait_until
 
 import pygev
 
@@ -101,12 +101,6 @@ def test_echo_through_outgoing_connections_to_an_asyncio_server(serve: Serve) ->
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(WAIT)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_a_refused_connect_fails_its_future_and_leaks_nothing(serve: Serve) -> None:

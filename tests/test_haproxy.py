@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -19,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from conftest import WAIT, ServerThread, recv_exactly, wait_until
+from conftest import WAIT, ServerThread, free_port, recv_exactly, require_tool, wait_until
 from websockets.sync.client import connect as ws_connect
 
 import pygev
@@ -30,20 +28,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def haproxy_binary() -> str:
-    found = shutil.which("haproxy") or (
-        "/usr/sbin/haproxy" if os.access("/usr/sbin/haproxy", os.X_OK) else None
-    )
-    if found is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("haproxy is missing: scripts/test.sh installs it (apt-get)")
-        pytest.skip("haproxy is not installed (scripts/test.sh installs it with apt-get)")
-    return found
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return require_tool("haproxy", "/usr/sbin/haproxy")
 
 
 @dataclass

@@ -29,6 +29,7 @@ from conftest import (
     echo_roundtrip,
     expect_eof,
     expect_refused,
+    free_port,
     recv_exactly,
     stop_group,
     wait_until,
@@ -261,12 +262,6 @@ def test_the_collector_reports_stats_and_they_move(
 
 
 # ---- examples/metrics.py ------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class MetricsExample:

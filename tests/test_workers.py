@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import WAIT, expect_eof, stop_group
+from conftest import WAIT, expect_eof, free_port, stop_group
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -44,12 +44,6 @@ def reaped(pid):
 pygev.run(make_server, workers=2, restart_delay=0.2, on_worker_exit=reaped)
 print("supervisor returned", flush=True)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Deployment:

@@ -21,6 +21,7 @@ from pygev._protocol import Protocol
 from pygev._websocket import Accept, Reject, Response, WebSocketHandler
 
 __all__ = [
+    "DEFAULT_ADDRESS",
     "TLS",
     "Connection",
     "ConnectionClosed",
@@ -42,6 +43,9 @@ __all__ = [
 
 __version__: str
 """The package's version (one source: ``[workspace.package]`` in Cargo.toml)."""
+
+DEFAULT_ADDRESS: str
+"""Where a :class:`Server` listens when no address is given: ``"0.0.0.0:1833"``."""
 
 @final
 class ConnectionClosed(ConnectionError):

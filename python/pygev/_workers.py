@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pygev import _server
+from pygev import _pygev, _server
 
 log = logging.getLogger("pygev")
 
@@ -143,10 +143,6 @@ def _address_key(address: object, one_socket: bool) -> str | None:
     return text if text.rpartition(":")[2] == "0" else None
 
 
-#: The address a server listens on when none is given (``pygev.Server``'s default).
-_DEFAULT_ADDRESS = "0.0.0.0:1833"
-
-
 def _host_port(host: str, port: object) -> str:
     """``host:port``, an IPv6 host in brackets."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -174,7 +170,7 @@ class _Binding:
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[tuple[Any, ...], str | None]:
         reuse_port = kwargs.setdefault("reuse_port", True)
-        given = args[1] if len(args) > 1 else kwargs.get("address", _DEFAULT_ADDRESS)
+        given = args[1] if len(args) > 1 else kwargs.get("address", _pygev.DEFAULT_ADDRESS)
         address = _address_key(given, one_socket=not reuse_port)
         if address is None:
             return args, None

@@ -51,9 +51,11 @@ mod _pygev {
 
     use pyo3::prelude::*;
 
-    /// The package's version: the workspace's (Cargo.toml), its one source.
+    /// The package's version: the workspace's (Cargo.toml), its one source; and the
+    /// address a server listens on when none is given.
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
-        m.add("__version__", env!("CARGO_PKG_VERSION"))
+        m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+        m.add("DEFAULT_ADDRESS", crate::server::DEFAULT_ADDRESS)
     }
 }

@@ -21,7 +21,8 @@ use crate::tls::Tls;
 use crate::ws_client;
 use drivers::Serving;
 pub(crate) use settings::seconds;
-use settings::{listening_socket, positive, AddressArg, DEFAULT_ADDRESS};
+pub(crate) use settings::DEFAULT_ADDRESS;
+use settings::{listening_socket, positive, AddressArg};
 
 mod connect;
 mod drivers;

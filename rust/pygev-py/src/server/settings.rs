@@ -100,7 +100,7 @@ pub(crate) fn proxy_header_timeout(
 }
 
 /// Where a server listens when no address is given.
-pub(super) const DEFAULT_ADDRESS: &str = "0.0.0.0:1833";
+pub(crate) const DEFAULT_ADDRESS: &str = "0.0.0.0:1833";
 
 /// Longest duration accepted anywhere (about 31 years): deadlines stay far from overflow.
 const MAX_SECONDS: f64 = 1e9;

@@ -47,13 +47,26 @@ impl Connections {
     /// it is complete, the connection goes on with what followed it: announced with the
     /// client's address (or first through its TLS handshake), then framed.
     pub(super) fn read_proxy_header(&mut self, token: usize, n: usize) -> Result<(), CloseCause> {
+        debug_assert_eq!(self.scratch.len(), n, "the scratch buffer holds just this read");
         let conn = &mut self.conns[token];
-        let parsed = proxy::parse(conn.input.write_contiguous(&self.scratch[..n]));
-        self.scratch.clear();
+        // NOTE: a header that came whole in one read (the usual) is parsed where it was
+        // read; only one split across reads is gathered in the connection's input.
+        let held = !conn.input.is_empty();
+        let parsed = match held {
+            true => proxy::parse(conn.input.write_contiguous(&self.scratch)),
+            false => proxy::parse(&self.scratch),
+        };
         let header = match parsed {
-            Ok(Parsed::Incomplete) => return Ok(()),
+            Ok(Parsed::Incomplete) => {
+                if !held {
+                    conn.input.write(&self.scratch);
+                }
+                self.scratch.clear();
+                return Ok(());
+            }
             Ok(Parsed::Done(header)) => header,
             Err(err) => {
+                self.scratch.clear();
                 conn.note_close(CloseReason::Protocol);
                 let peer = conn.peer_text();
                 return Err(CloseCause::Abort(format!(
@@ -62,13 +75,18 @@ impl Connections {
                 )));
             }
         };
-        conn.input.retrieve(header.len);
         conn.flags &= !flag::PROXY_HEADER;
         // What came after the header is read again, as if it had just arrived.
-        let rest = conn.input.write_contiguous(&[]);
-        self.scratch.extend_from_slice(rest);
-        let rest = rest.len();
-        conn.input.retrieve(rest);
+        if held {
+            self.scratch.clear();
+            conn.input.retrieve(header.len);
+            self.scratch
+                .extend_from_slice(conn.input.write_contiguous(&[]));
+            conn.input.retrieve(self.scratch.len());
+        } else {
+            self.scratch.drain(..header.len);
+        }
+        let rest = self.scratch.len();
         let client = header.addresses.map(|(client, _)| Address::Inet(client));
         if conn.tls.is_some() {
             // Its handshake has its own time from here (until now, the sooner of the

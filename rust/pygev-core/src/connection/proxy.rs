@@ -47,7 +47,11 @@ impl Connections {
     /// it is complete, the connection goes on with what followed it: announced with the
     /// client's address (or first through its TLS handshake), then framed.
     pub(super) fn read_proxy_header(&mut self, token: usize, n: usize) -> Result<(), CloseCause> {
-        debug_assert_eq!(self.scratch.len(), n, "the scratch buffer holds just this read");
+        debug_assert_eq!(
+            self.scratch.len(),
+            n,
+            "the scratch buffer holds just this read"
+        );
         let conn = &mut self.conns[token];
         // NOTE: a header that came whole in one read (the usual) is parsed where it was
         // read; only one split across reads is gathered in the connection's input.

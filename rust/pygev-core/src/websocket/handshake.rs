@@ -119,6 +119,28 @@ fn too_large(limits: &Limits) -> Refusal {
     )
 }
 
+/// A request's header fields, in order, with lower-case names and trimmed values.
+pub(super) fn header_list(fields: &[httparse::Header<'_>]) -> Vec<(String, String)> {
+    fields
+        .iter()
+        .map(|field| {
+            // Headers the handshake does not use may carry any bytes (a Latin-1 cookie,
+            // say); the ones it checks fail their checks if they are not the ASCII they
+            // must be.
+            let value = String::from_utf8_lossy(field.value);
+            (field.name.to_ascii_lowercase(), value.trim().to_string())
+        })
+        .collect()
+}
+
+/// A request target's path and query (after the `?`, if any).
+pub(super) fn split_target(target: &str) -> (String, Option<String>) {
+    match target.split_once('?') {
+        Some((path, query)) => (path.to_string(), Some(query.to_string())),
+        None => (target.to_string(), None),
+    }
+}
+
 fn validate(request: &httparse::Request<'_, '_>) -> Result<UpgradeRequest, Refusal> {
     if request.method != Some("GET") {
         return Err(Refusal::new(400, "the method must be GET"));
@@ -126,13 +148,7 @@ fn validate(request: &httparse::Request<'_, '_>) -> Result<UpgradeRequest, Refus
     if request.version != Some(1) {
         return Err(Refusal::new(400, "the request must be HTTP/1.1"));
     }
-    let mut headers = Vec::with_capacity(request.headers.len());
-    for field in request.headers.iter() {
-        // Headers the handshake does not use may carry any bytes (a Latin-1 cookie, say);
-        // the ones it checks fail their checks if they are not the ASCII they must be.
-        let value = String::from_utf8_lossy(field.value);
-        headers.push((field.name.to_ascii_lowercase(), value.trim().to_string()));
-    }
+    let headers = header_list(request.headers);
     let one = |name: &str| -> Result<Option<&str>, Refusal> {
         let mut found = headers.iter().filter(|(n, _)| n == name);
         let first = found.next().map(|(_, v)| v.as_str());
@@ -188,11 +204,7 @@ fn validate(request: &httparse::Request<'_, '_>) -> Result<UpgradeRequest, Refus
             ))
         }
     }
-    let target = request.path.unwrap_or("/");
-    let (path, query) = match target.split_once('?') {
-        Some((path, query)) => (path.to_string(), Some(query.to_string())),
-        None => (target.to_string(), None),
-    };
+    let (path, query) = split_target(request.path.unwrap_or("/"));
     let origin = one("origin")?.map(str::to_string);
     Ok(UpgradeRequest {
         path,

@@ -4,7 +4,7 @@
 //! such a request is refused as any bad upgrade request is (400, or 426 without the
 //! WebSocket version).
 
-use super::handshake::{self, Limits, Refusal};
+use super::handshake::{self, header_list, split_target, Limits, Refusal};
 
 /// A complete plain request: no body, no upgrade.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,7 +18,7 @@ pub struct HttpRequest {
     /// `HTTP/1.0` or `HTTP/1.1`'s minor version.
     pub minor_version: u8,
     /// The header fields, in order, with lower-case names (values lossily decoded as
-    /// UTF-8).
+    /// UTF-8 and trimmed, as an upgrade request's).
     pub headers: Vec<(String, String)>,
     /// How the request is refused if the hook does not answer it.
     pub refusal: Refusal,
@@ -56,19 +56,8 @@ pub fn parse(input: &[u8], limits: &Limits, refusal: Refusal) -> Option<(HttpReq
     if has("upgrade") || has("transfer-encoding") || !bodyless {
         return None;
     }
-    let target = request.path?;
-    let (path, query) = match target.split_once('?') {
-        Some((path, query)) => (path.to_string(), Some(query.to_string())),
-        None => (target.to_string(), None),
-    };
-    let headers = request
-        .headers
-        .iter()
-        .map(|h| {
-            let value = String::from_utf8_lossy(h.value).into_owned();
-            (h.name.to_ascii_lowercase(), value)
-        })
-        .collect();
+    let (path, query) = split_target(request.path?);
+    let headers = header_list(request.headers);
     Some((
         HttpRequest {
             method: request.method?.to_string(),
